@@ -1,0 +1,199 @@
+//! Typed pooler configuration: TOML with PgBouncer's key names, defaults, and validation errors that
+//! name the file, line, column and key at fault.
+
+mod duration;
+mod load;
+mod userlist;
+
+pub use duration::parse_duration;
+pub use load::ConfigError;
+pub use userlist::parse_userlist;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration as loaded from one file (plus the auth_file it names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the configuration came from (a path, or a label for configs built from strings).
+    pub origin: String,
+    /// Global settings, the `[pooler]` table.
+    pub pooler: PoolerConfig,
+    /// `[users.NAME]` tables: per-user passwords and limits.
+    pub users: BTreeMap<String, UserConfig>,
+    /// `[databases.NAME]` tables; the key `"*"` is the fallback for databases not listed.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Entries of `pooler.auth_file` (PgBouncer userlist.txt format): user name -> secret
+    /// (plaintext, `md5...` or `SCRAM-SHA-256$...`). Empty when no auth_file is set.
+    pub auth_file_users: BTreeMap<String, String>,
+}
+
+/// How long a client keeps the server it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// The server is held from login until the client disconnects.
+    Session,
+    /// The server is held for one transaction and returned at ReadyForQuery `I`.
+    #[default]
+    Transaction,
+}
+
+/// How clients prove who they are to sluice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthType {
+    /// No password asked.
+    #[serde(rename = "trust")]
+    Trust,
+    /// MD5 challenge, or SCRAM when the stored secret is a SCRAM verifier (as PgBouncer does).
+    #[serde(rename = "md5")]
+    Md5,
+    /// SCRAM-SHA-256 only.
+    #[serde(rename = "scram-sha-256")]
+    #[default]
+    ScramSha256,
+}
+
+/// The `[pooler]` table: PgBouncer's `[pgbouncer]` section under the same key names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolerConfig {
+    /// Address the TCP listener binds (`*` means all IPv4 addresses).
+    pub listen_addr: String,
+    /// TCP port (and unix socket name `.s.PGSQL.<port>`).
+    pub listen_port: u16,
+    /// Directory for the unix socket; no unix socket when absent or empty.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Default pool mode for databases that do not set their own.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user) pool unless the database sets pool_size.
+    pub default_pool_size: u32,
+    /// Most client connections accepted at once (admin console exempt).
+    pub max_client_conn: u32,
+    /// Client authentication method.
+    pub auth_type: AuthType,
+    /// PgBouncer userlist.txt with `"user" "secret"` lines, relative to the config file.
+    pub auth_file: Option<PathBuf>,
+    /// Users allowed to run admin commands on the console.
+    pub admin_users: Vec<String>,
+    /// Users allowed read-only SHOW commands on the console.
+    pub stats_users: Vec<String>,
+    /// Startup parameters accepted from clients and ignored (beyond the ones always tolerated).
+    pub ignore_startup_parameters: Vec<String>,
+    /// Time allowed to open a TCP connection and log in to PostgreSQL.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub server_connect_timeout: Duration,
+    /// Time a client has to finish logging in to sluice.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub client_login_timeout: Duration,
+    /// Longest a client waits for a server before it gets an error.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub query_wait_timeout: Duration,
+    /// SQL run on a server released in session mode before another client gets it.
+    pub server_reset_query: String,
+    /// Largest protocol message sluice will buffer whole (bytes); bigger ones are refused.
+    pub max_packet_size: u32,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for PoolerConfig {
+    fn default() -> Self {
+        PoolerConfig {
+            listen_addr: "127.0.0.1".to_string(),
+            listen_port: 6432,
+            unix_socket_dir: None,
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            max_client_conn: 100,
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            ignore_startup_parameters: Vec::new(),
+            server_connect_timeout: Duration::from_secs(15),
+            client_login_timeout: Duration::from_secs(60),
+            query_wait_timeout: Duration::from_secs(120),
+            server_reset_query: "DISCARD ALL".to_string(),
+            max_packet_size: 2_147_483_647,
+            workers: 0,
+        }
+    }
+}
+
+/// A `[users.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    /// Plaintext password, `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
+    pub password: Option<String>,
+    /// Overrides the pool mode for this user's pools.
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// A `[databases.NAME]` table: where the real database is and how to pool it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Host name, IP address, or a directory holding PostgreSQL's unix socket (starts with `/`).
+    pub host: String,
+    /// PostgreSQL's port.
+    pub port: u16,
+    /// Database name on the server; defaults to the name clients use.
+    pub dbname: Option<String>,
+    /// Forced server login user: every client of this database uses it on the server side.
+    pub user: Option<String>,
+    /// Password for the forced `user`.
+    pub password: Option<String>,
+    /// Pool size for this database's pools; `default_pool_size` when absent.
+    pub pool_size: Option<u32>,
+    /// Pool mode for this database; the global `pool_mode` when absent.
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            host: "127.0.0.1".to_string(),
+            port: 5432,
+            dbname: None,
+            user: None,
+            password: None,
+            pool_size: None,
+            pool_mode: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, and the auth_file it names.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        load::load_file(path)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors; relative auth_file paths are
+    /// resolved against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        base_dir: Option<&std::path::Path>,
+    ) -> Result<Config, ConfigError> {
+        load::load_str(text, origin, base_dir)
+    }
+
+    /// The database entry for a client-facing database name: its own table or the `"*"` fallback.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+
+    /// The secret (plaintext, md5 or SCRAM verifier) sluice knows for a user, from `[users]` first
+    /// and then the auth_file.
+    pub fn user_secret(&self, user: &str) -> Option<&str> {
+        self.users
+            .get(user)
+            .and_then(|u| u.password.as_deref())
+            .or_else(|| self.auth_file_users.get(user).map(String::as_str))
+    }
+}

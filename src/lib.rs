@@ -1,0 +1,16 @@
+//! sluice: a PostgreSQL connection pooler. The library holds everything; `main.rs` is a thin CLI,
+//! and the integration tests start poolers in-process through [`start`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shared;
+
+pub use config::Config;
+pub use error::Error;
+pub use listener::{RunningPooler, start};

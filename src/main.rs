@@ -1,0 +1,105 @@
+//! The `sluice` command: run the pooler, or check a configuration file.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// PostgreSQL connection pooler.
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "PostgreSQL connection pooler")]
+struct Cli {
+    /// Configuration file (TOML) to run with.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pooler (the default when --config is given).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit: 0 when valid, 1 with the error otherwise.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (path, check_only) = match (cli.command, cli.config) {
+        (Some(Command::Check { config }), _) => (config, true),
+        (Some(Command::Run { config }), _) => (config, false),
+        (None, Some(config)) => (config, false),
+        (None, None) => {
+            eprintln!("sluice: no configuration given; use `sluice --config FILE` or `sluice check FILE`");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match sluice::Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if check_only {
+        println!("{}: configuration is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing();
+    let workers = match config.pooler.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let pooler = match sluice::start(config).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("sluice: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down");
+        pooler.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
