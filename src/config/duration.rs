@@ -15,7 +15,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
     if !(v.is_finite() && v >= 0.0) {
         return Err(format!("invalid duration {text:?}"));
     }

@@ -44,14 +44,13 @@ struct RawConfig {
 
 pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&origin, 0, 0, "", &e.to_string()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(&origin, 0, 0, "", &e.to_string()))?;
     load_str(&text, &origin, path.parent())
 }
 
 pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::new(origin, 1, 1, "", e.message()))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::new(origin, 1, 1, "", e.message()))?;
     let mut auth_file_users = BTreeMap::new();
     if let Some(af) = &raw.pooler.auth_file {
         let p = match base_dir {

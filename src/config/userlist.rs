@@ -13,7 +13,13 @@ pub fn parse_userlist(text: &str, origin: &str) -> Result<BTreeMap<String, Strin
         }
         let parts: Vec<&str> = l.split('"').collect();
         if parts.len() < 5 {
-            return Err(ConfigError::new(origin, i + 1, 1, "", "expected \"user\" \"secret\""));
+            return Err(ConfigError::new(
+                origin,
+                i + 1,
+                1,
+                "",
+                "expected \"user\" \"secret\"",
+            ));
         }
         out.insert(parts[1].to_string(), parts[3].to_string());
     }
