@@ -41,12 +41,13 @@ impl Pool {
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, disposition: Disposition) {
+        let reset = self.settings.reset_query.trim().to_string();
+        let run_reset = self.settings.mode == crate::config::PoolMode::Session && !reset.is_empty();
         let mut queries = Vec::new();
         if disposition == Disposition::Rollback {
             queries.push("ROLLBACK");
         }
-        let reset = self.settings.reset_query.trim().to_string();
-        if self.settings.mode == crate::config::PoolMode::Session && !reset.is_empty() {
+        if run_reset {
             queries.push(reset.as_str());
         }
         for sql in queries {
@@ -59,8 +60,11 @@ impl Pool {
             tracing::warn!(pool = ?self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }
-        // Session state is gone after a reset: forget what sluice had applied.
-        server.conn.applied.clear();
+        if run_reset {
+            // The reset query wiped session state: nothing sluice applied is left on the server.
+            // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
+            server.conn.applied.clear();
+        }
         self.give_back(server);
     }
 

@@ -237,8 +237,8 @@ impl Session {
                 Ending::ClientLeft
             }
             RelayError::ClientProtocol(fe) => {
-                self.login.cancel.slot.set(None);
-                drop(server); // half a message went to it: it cannot be trusted
+                // The bad header was never forwarded; the link decides whether the server is clean.
+                self.release(server, link);
                 let err = PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("invalid message from client: {fe}"),

@@ -122,6 +122,28 @@ impl RawClient {
         panic!("stream ended before a '{}' message; got {:?}", tag as char, out);
     }
 
+    /// Sends startup for `user`/`db` and answers a SCRAM-SHA-256 challenge with `password`.
+    pub async fn login_scram(&mut self, user: &str, password: &str, db: &str) {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        self.send_startup(3, 0, &[("user", user), ("database", db)]).await;
+        let m = self.read_message().await.expect("auth request");
+        assert_eq!((m.tag, &m.body[..4]), (b'R', &10i32.to_be_bytes()[..]), "expected SASL: {m:?}");
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut out = BytesMut::new();
+        frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
+        self.send(&out).await;
+        let m = self.read_message().await.expect("SASLContinue");
+        scram.update(&m.body[4..]).expect("server-first");
+        out.clear();
+        frontend::sasl_response(scram.message(), &mut out).unwrap();
+        self.send(&out).await;
+        let m = self.read_message().await.expect("SASLFinal");
+        assert_eq!(m.tag, b'R', "login failed: {:?}", m.field(b'M'));
+        scram.finish(&m.body[4..]).expect("server signature");
+        let msgs = self.read_until(b'Z').await;
+        assert!(msgs.iter().all(|m| m.tag != b'E'), "login failed: {msgs:?}");
+    }
+
     /// Logs in with trust auth (the config must use auth_type = "trust").
     pub async fn login_trust(addr: SocketAddr, params: &[(&str, &str)]) -> RawClient {
         let mut c = RawClient::connect(addr).await;
