@@ -1,9 +1,18 @@
-//! The crate's error type.
+//! The crate's top-level error: what can stop a pooler from starting.
 
-/// Errors (in progress).
+/// Errors from starting or running the pooler as a whole (per-client problems never get here:
+/// they end one session with an ErrorResponse).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Placeholder.
-    #[error("not ready")]
-    NotReady,
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address or socket path.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }

@@ -2,6 +2,7 @@
 //! and the integration tests start poolers in-process through [`start`].
 
 pub mod auth;
+pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod listener;
@@ -10,6 +11,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod stream;
 
 pub use config::Config;
 pub use error::Error;

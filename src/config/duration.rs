@@ -1,40 +1,86 @@
-//! Durations written as `"10s"`, `"250ms"` or a plain number of seconds.
+//! Durations in the config: `"10s"`, `"250ms"`, `"2m"`, `"1h"`, or a plain number of seconds.
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
+use serde::de::{self, Visitor};
+use std::fmt;
 use std::time::Duration;
 
-/// Parses `"10s"`, `"250ms"`, `"2m"` or `"1.5"` (seconds).
+/// What a duration value may look like; used in error messages.
+const EXPECTED: &str =
+    "a duration such as \"10s\", \"250ms\", \"2m\", \"1h\" or a non-negative number of seconds";
+
+/// Parses a duration: a non-negative number (integer or decimal) optionally followed by a unit,
+/// `ms`, `s`, `m` (or `min`) or `h`; no unit means seconds. Examples: `"10s"`, `"250ms"`, `"2m"`,
+/// `"1h"`, `"1.5"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1.0)
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num = num.trim();
+    let ok_chars = num
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+    let value: f64 = match num.parse() {
+        Ok(v) if ok_chars && num.starts_with(|c: char| c != 'e' && c != 'E') => v,
+        _ => return Err(format!("invalid duration {text:?}; expected {EXPECTED}")),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {text:?}"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
+    let secs_per_unit = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {unit:?}; expected ms, s, m or h"
+            ));
+        }
+    };
+    seconds(value * secs_per_unit).map_err(|why| format!("invalid duration {text:?}: {why}"))
 }
 
-/// serde adapter for duration fields.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Float(f64),
-        Text(String),
+/// A number of seconds as a `Duration`, refusing negative, infinite and NaN values.
+fn seconds(value: f64) -> Result<Duration, String> {
+    if value.is_sign_negative() && value != 0.0 {
+        return Err("a duration cannot be negative".to_string());
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(Duration::from_secs(n)),
-        Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-        Raw::Float(f) => Err(serde::de::Error::custom(format!("invalid duration {f}"))),
-        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    Duration::try_from_secs_f64(value.abs()).map_err(|_| "out of range".to_string())
+}
+
+/// serde adapter for duration fields (`#[serde(deserialize_with = "duration::deserialize")]`).
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_any(DurationVisitor)
+}
+
+/// Accepts integers, floats and strings.
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(EXPECTED)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        match u64::try_from(v) {
+            Ok(secs) => Ok(Duration::from_secs(secs)),
+            Err(_) => Err(E::custom(format!(
+                "invalid duration {v}: a duration cannot be negative"
+            ))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+        seconds(v).map_err(|why| E::custom(format!("invalid duration {v}: {why}")))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
     }
 }

@@ -1,21 +1,32 @@
 //! Reading config text into `Config`, with errors located by file, line, column and key.
+//!
+//! The pipeline: TOML syntax (via `toml_edit`, which keeps spans), unknown keys anywhere, value
+//! types (serde via `toml`), semantic validation, then the auth_file. The first failing stage
+//! gives the error; within a stage, the problem earliest in the file wins.
 
+use super::keys::{self, Problem};
 use super::{Config, DatabaseConfig, PoolerConfig, UserConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
+use toml_edit::{Document, TableLike};
 
 /// A configuration problem, located precisely enough to fix it.
+///
+/// Displays as `file:line:column: key: message`. Errors about a key point at the first character
+/// of the key's name. `line` and `column` are 0 when there is no position (e.g. the file cannot be
+/// read, or the config was not loaded from text), and `key` is empty when the problem is not about
+/// one key (e.g. a line of the auth_file); those parts are then left out of the display.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {key}: {message}")]
 pub struct ConfigError {
     /// File (or label) the problem is in.
     pub file: String,
-    /// 1-based line.
+    /// 1-based line (0 when unknown).
     pub line: usize,
-    /// 1-based column.
+    /// 1-based column, counted in characters (0 when unknown).
     pub column: usize,
-    /// Dotted key path at fault (empty when not about one key).
+    /// Dotted key path at fault, e.g. `databases.app.port` (empty when not about one key).
     pub key: String,
     /// What is wrong.
     pub message: String,
@@ -34,6 +45,20 @@ impl ConfigError {
     }
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The file's top level, as serde sees it.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
@@ -42,31 +67,124 @@ struct RawConfig {
     databases: BTreeMap<String, DatabaseConfig>,
 }
 
+/// Reads and loads a config file; relative auth_file paths resolve against its directory.
 pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&origin, 0, 0, "", &e.to_string()))?;
+        .map_err(|e| ConfigError::new(&origin, 0, 0, "", &format!("cannot read the file: {e}")))?;
     load_str(&text, &origin, path.parent())
 }
 
+/// Parses, validates and completes (auth_file) config text.
 pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::new(origin, 1, 1, "", e.message()))?;
-    let mut auth_file_users = BTreeMap::new();
-    if let Some(af) = &raw.pooler.auth_file {
-        let p = match base_dir {
-            Some(b) if af.is_relative() => b.join(af),
-            _ => af.clone(),
-        };
-        let o = p.display().to_string();
-        let t = std::fs::read_to_string(&p).map_err(|e| ConfigError::new(&o, 0, 0, "", &e.to_string()))?;
-        auth_file_users = super::parse_userlist(&t, &o)?;
+    let doc = Document::parse(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, column) = keys::line_col(text, offset);
+        let message = e.message().trim().to_string();
+        ConfigError::new(origin, line, column, &keys::guess_key(text, offset), &message)
+    })?;
+    let root: &dyn TableLike = doc.as_table();
+    let located = Located { text, origin, root };
+    if let Some((problem, _)) = keys::find_unknown_key(root, keys::field_names::<RawConfig>()) {
+        return Err(located.error(&problem));
     }
-    Ok(Config {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| located.serde_error(&e))?;
+    let mut config = Config {
         origin: origin.to_string(),
         pooler: raw.pooler,
         users: raw.users,
         databases: raw.databases,
-        auth_file_users,
-    })
+        auth_file_users: BTreeMap::new(),
+    };
+    let first = super::validate::problems(&config)
+        .into_iter()
+        .map(|p| located.error(&p))
+        .min_by_key(|e| (e.line, e.column));
+    if let Some(error) = first {
+        return Err(error);
+    }
+    if let Some(auth_file) = &config.pooler.auth_file {
+        let path = match base_dir {
+            Some(base) if auth_file.is_relative() => base.join(auth_file),
+            _ => auth_file.clone(),
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            let message = format!("cannot read auth_file {shown:?}: {e}");
+            located.error(&Problem::new(&["pooler", "auth_file"], message))
+        })?;
+        config.auth_file_users = super::parse_userlist(&text, &shown)?;
+    }
+    Ok(config)
+}
+
+/// Config text with its parsed document, to give problems a line and column.
+struct Located<'a> {
+    text: &'a str,
+    origin: &'a str,
+    root: &'a dyn TableLike,
+}
+
+impl Located<'_> {
+    /// The error for a problem, at the start of its key (or nearest existing ancestor).
+    fn error(&self, problem: &Problem) -> ConfigError {
+        let (line, column) = match keys::offset_of(self.root, &problem.path) {
+            Some(offset) => keys::line_col(self.text, offset),
+            None => (0, 0),
+        };
+        let key = keys::dotted(&problem.path);
+        ConfigError::new(self.origin, line, column, &key, &problem.message)
+    }
+
+    /// The error for a serde failure: located at the key whose value failed.
+    fn serde_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = plain_words(e.message().trim());
+        let message = message.as_str();
+        let Some(offset) = e.span().map(|s| s.start) else {
+            return ConfigError::new(self.origin, 0, 0, "", message);
+        };
+        let (key, at) = match keys::key_at(self.root, offset) {
+            Some((path, at)) => (keys::dotted(&path), at),
+            None => (String::new(), offset),
+        };
+        let (line, column) = keys::line_col(self.text, at);
+        ConfigError::new(self.origin, line, column, &key, message)
+    }
+}
+
+/// Rewrites serde's and toml's type jargon (`u16`, `struct PoolerConfig`, ...) in words a config
+/// author knows.
+fn plain_words(message: &str) -> String {
+    // toml's wording when an enum (pool_mode, auth_type) gets a number, bool or array.
+    if message == "wanted string or table" {
+        return "invalid type: expected a string".to_string();
+    }
+    const WORDS: [(&str, &str); 9] = [
+        ("unknown variant", "unknown value"),
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected struct PoolerConfig", "expected a table"),
+        ("expected struct UserConfig", "expected a table"),
+        ("expected struct DatabaseConfig", "expected a table"),
+        ("expected a map", "expected a table"),
+        ("expected a sequence", "expected an array"),
+    ];
+    WORDS
+        .iter()
+        .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
+}
+
+/// Validates an already-built config (no positions are known, so line and column are 0).
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    match super::validate::problems(config).first() {
+        Some(p) => Err(ConfigError::new(
+            &config.origin,
+            0,
+            0,
+            &keys::dotted(&p.path),
+            &p.message,
+        )),
+        None => Ok(()),
+    }
 }

@@ -2,8 +2,10 @@
 //! name the file, line, column and key at fault.
 
 mod duration;
+mod keys;
 mod load;
 mod userlist;
+mod validate;
 
 pub use duration::parse_duration;
 pub use load::ConfigError;
@@ -11,6 +13,7 @@ pub use userlist::parse_userlist;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -181,6 +184,38 @@ impl Config {
         base_dir: Option<&std::path::Path>,
     ) -> Result<Config, ConfigError> {
         load::load_str(text, origin, base_dir)
+    }
+
+    /// Checks the semantic rules (pool sizes, addresses, timeouts, names, ...) that loading
+    /// enforces, for a config built in code; returns the first problem. Configs from
+    /// [`Config::load`] and [`Config::from_toml_str`] are already validated, with positions.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        load::validate(self)
+    }
+
+    /// The IP address `pooler.listen_addr` names: `*` is 0.0.0.0 and `localhost` is 127.0.0.1.
+    /// Falls back to 127.0.0.1 for a value validation would have refused.
+    pub fn listen_ip(&self) -> IpAddr {
+        match self.pooler.listen_addr.as_str() {
+            "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            addr => addr.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        }
+    }
+
+    /// Server connections per (database, user) pool for `db`: its `pool_size` when set,
+    /// otherwise `pooler.default_pool_size`.
+    pub fn pool_size_for(&self, db: &DatabaseConfig) -> u32 {
+        db.pool_size.unwrap_or(self.pooler.default_pool_size)
+    }
+
+    /// Pool mode for `user`'s pool of `db`. Precedence: the user's `pool_mode` (`[users.NAME]`),
+    /// then the database's, then the global `pooler.pool_mode`.
+    pub fn pool_mode_for(&self, db: &DatabaseConfig, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or(db.pool_mode)
+            .unwrap_or(self.pooler.pool_mode)
     }
 
     /// The database entry for a client-facing database name: its own table or the `"*"` fallback.

@@ -1,0 +1,103 @@
+//! What sluice knows of a user's password: plaintext, an md5 hash, or a SCRAM-SHA-256 verifier.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// A user's stored secret, as written in `[users]` or the auth_file.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The password itself.
+    Plain(String),
+    /// `md5` + hex(md5(password || user)), the 32 hex digits kept without the prefix.
+    Md5(String),
+    /// A SCRAM-SHA-256 verifier (`SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`).
+    Scram(ScramVerifier),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret.
+        f.write_str(match self {
+            Secret::Plain(_) => "Secret::Plain(..)",
+            Secret::Md5(_) => "Secret::Md5(..)",
+            Secret::Scram(_) => "Secret::Scram(..)",
+        })
+    }
+}
+
+impl Secret {
+    /// Classifies a stored secret string.
+    pub fn parse(text: &str) -> Secret {
+        if let Some(hex) = text.strip_prefix("md5")
+            && hex.len() == 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Secret::Md5(hex.to_ascii_lowercase());
+        }
+        if let Some(v) = ScramVerifier::parse(text) {
+            return Secret::Scram(v);
+        }
+        Secret::Plain(text.to_string())
+    }
+}
+
+/// The SCRAM-SHA-256 keys PostgreSQL stores in pg_authid, enough to verify a client's proof.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// Salt (decoded).
+    pub salt: Vec<u8>,
+    /// SHA-256(ClientKey).
+    pub stored_key: [u8; 32],
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: [u8; 32],
+}
+
+impl ScramVerifier {
+    /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64 parts).
+    pub fn parse(text: &str) -> Option<ScramVerifier> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramVerifier {
+            iterations: iterations.parse().ok().filter(|&i| i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// Derives a verifier from a plaintext password (SASLprep, a random salt, PBKDF2). Costly by
+    /// design: callers cache the result rather than derive it per login.
+    pub fn from_password(password: &str) -> Option<ScramVerifier> {
+        ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(password.as_bytes()))
+    }
+
+    /// The salt as base64, as sent in the server-first message.
+    pub fn salt_base64(&self) -> String {
+        B64.encode(&self.salt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_classified() {
+        assert!(matches!(Secret::parse("hunter2"), Secret::Plain(_)));
+        assert!(matches!(
+            Secret::parse("md5f3a1e5fca9e5c3e4a8c4b42b3e2d2b1a"),
+            Secret::Md5(_)
+        ));
+        assert!(matches!(Secret::parse("md5short"), Secret::Plain(_)));
+        let v = postgres_protocol::password::scram_sha_256(b"pw");
+        let Secret::Scram(parsed) = Secret::parse(&v) else {
+            panic!("not scram")
+        };
+        assert_eq!(parsed.iterations, 4096);
+        assert!(matches!(Secret::parse("SCRAM-SHA-256$x:y$z"), Secret::Plain(_)));
+    }
+}

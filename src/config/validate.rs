@@ -1,0 +1,117 @@
+//! Semantic checks on a parsed config: limits, addresses, required companions, non-empty names.
+
+use super::keys::Problem;
+use super::userlist::check_secret;
+use super::{Config, DatabaseConfig, PoolerConfig};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Smallest accepted `max_packet_size`, in bytes.
+pub(super) const MIN_PACKET_SIZE: u32 = 1024;
+
+/// Every problem found, in the order checked: `[pooler]`, then databases, then users.
+pub(super) fn problems(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_pooler(&config.pooler, &mut out);
+    for (name, db) in &config.databases {
+        check_database(name, db, &mut out);
+    }
+    for (name, user) in &config.users {
+        if name.is_empty() {
+            out.push(Problem::new(&["users", name], "user name must not be empty"));
+        }
+        if let Some(Err(why)) = user.password.as_deref().map(check_secret) {
+            out.push(Problem::new(&["users", name, "password"], why));
+        }
+    }
+    out
+}
+
+/// Checks of the `[pooler]` table.
+fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
+    let mut fail = |key: &str, message: String| out.push(Problem::new(&["pooler", key], message));
+    if !is_listen_addr(&p.listen_addr) {
+        fail(
+            "listen_addr",
+            format!(
+                "invalid listen_addr {:?}; expected an IP address, \"*\" (all IPv4 addresses) or \"localhost\"",
+                p.listen_addr
+            ),
+        );
+    }
+    if p.default_pool_size < 1 {
+        fail("default_pool_size", "must be at least 1".to_string());
+    }
+    if p.max_client_conn < 1 {
+        fail("max_client_conn", "must be at least 1".to_string());
+    }
+    let timeouts = [
+        ("server_connect_timeout", p.server_connect_timeout),
+        ("client_login_timeout", p.client_login_timeout),
+        ("query_wait_timeout", p.query_wait_timeout),
+    ];
+    for (key, value) in timeouts {
+        if value == Duration::ZERO {
+            fail(key, "must be greater than zero".to_string());
+        }
+    }
+    if p.max_packet_size < MIN_PACKET_SIZE {
+        fail(
+            "max_packet_size",
+            format!(
+                "must be at least {MIN_PACKET_SIZE} bytes, got {}",
+                p.max_packet_size
+            ),
+        );
+    }
+    let lists = [
+        ("admin_users", &p.admin_users),
+        ("stats_users", &p.stats_users),
+        ("ignore_startup_parameters", &p.ignore_startup_parameters),
+    ];
+    for (key, list) in lists {
+        if let Some(i) = list.iter().position(|s| s.trim().is_empty()) {
+            fail(key, format!("entry {} is empty; names must not be empty", i + 1));
+        }
+    }
+}
+
+/// Checks of one `[databases.NAME]` table.
+fn check_database(name: &str, db: &DatabaseConfig, out: &mut Vec<Problem>) {
+    let mut fail = |key: Option<&str>, message: &str| {
+        let path: Vec<&str> = ["databases", name].into_iter().chain(key).collect();
+        out.push(Problem::new(&path, message));
+    };
+    if name.is_empty() {
+        fail(None, "database name must not be empty");
+    }
+    if db.host.trim().is_empty() {
+        fail(Some("host"), "must not be empty");
+    }
+    if db.port == 0 {
+        fail(Some("port"), "must not be 0");
+    }
+    if db.dbname.as_deref().is_some_and(|s| s.is_empty()) {
+        fail(Some("dbname"), "must not be empty");
+    }
+    if db.user.as_deref().is_some_and(|s| s.is_empty()) {
+        fail(Some("user"), "must not be empty");
+    }
+    if db.password.is_some() && db.user.is_none() {
+        fail(
+            Some("password"),
+            "password is set without user; the forced password belongs to the forced user, so set user too",
+        );
+    }
+    if let Some(Err(why)) = db.password.as_deref().map(check_secret) {
+        fail(Some("password"), &why);
+    }
+    if db.pool_size == Some(0) {
+        fail(Some("pool_size"), "must be at least 1");
+    }
+}
+
+/// Whether `addr` is an accepted `listen_addr`: an IP address, `*` or `localhost`.
+fn is_listen_addr(addr: &str) -> bool {
+    addr == "*" || addr == "localhost" || addr.parse::<IpAddr>().is_ok()
+}

@@ -1,0 +1,18 @@
+//! The PostgreSQL v3 wire protocol as sluice needs it: startup packets, message framing with length
+//! limits, the messages sluice itself sends to clients, and the scanner that finds message
+//! boundaries in relayed byte streams without decoding them.
+
+mod error_response;
+pub mod messages;
+mod scan;
+mod startup;
+
+pub use error_response::{PgError, Severity, sqlstate};
+pub use scan::{FrameError, FrameScanner, ScanItem};
+pub use startup::{StartupError, StartupPacket, StartupParams, read_startup_packet};
+
+/// Largest startup packet accepted (PostgreSQL's own limit is 10000 bytes).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Largest message sluice decodes whole while logging in or reading a server's login messages.
+pub const MAX_LOGIN_MESSAGE: usize = 1 << 20;

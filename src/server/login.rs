@@ -1,0 +1,175 @@
+//! Opening a connection to PostgreSQL and logging in as a client would: trust, cleartext, md5 or
+//! SCRAM-SHA-256 (postgres-protocol's client), collecting ParameterStatus and BackendKeyData.
+
+use super::{ServerConn, ServerError, error_from_body};
+use crate::auth::{Secret, md5_salted};
+use crate::stream::Stream;
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where and as whom to log in on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// Host name or IP; a path starting with `/` is a unix-socket directory.
+    pub host: String,
+    /// Port (also names the unix socket file).
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// User name on the server.
+    pub user: String,
+    /// What sluice knows of that user's password.
+    pub secret: Option<Secret>,
+}
+
+impl ServerTarget {
+    /// `host:port`, or the socket path, for messages.
+    pub fn describe(&self) -> String {
+        if self.host.starts_with('/') {
+            format!("{}/.s.PGSQL.{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Opens a socket to the target (TCP_NODELAY on TCP).
+pub async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io::Error> {
+    if host.starts_with('/') {
+        Ok(Stream::Unix(
+            UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?,
+        ))
+    } else {
+        let s = TcpStream::connect((host, port)).await?;
+        s.set_nodelay(true)?;
+        Ok(Stream::Tcp(s))
+    }
+}
+
+/// Connects and logs in; the returned connection is at ReadyForQuery.
+pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
+    let stream = open_socket(&target.host, target.port)
+        .await
+        .map_err(|source| ServerError::Connect {
+            addr: target.describe(),
+            source,
+        })?;
+    let (reader, mut writer) = stream.into_split();
+    let mut out = BytesMut::new();
+    frontend::startup_message(
+        [
+            ("user", target.user.as_str()),
+            ("database", target.dbname.as_str()),
+        ],
+        &mut out,
+    )?;
+    writer.write_all(&out).await?;
+    let mut conn = ServerConn::new(reader, writer, (target.host.clone(), target.port));
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        match conn.read_message().await? {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                let password = plaintext(target)?;
+                send(&mut conn, |out| {
+                    frontend::password_message(password.as_bytes(), out)
+                })
+                .await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let answer = match &target.secret {
+                    Some(Secret::Plain(pw)) => postgres_protocol::authentication::md5_hash(
+                        target.user.as_bytes(),
+                        pw.as_bytes(),
+                        body.salt(),
+                    ),
+                    Some(Secret::Md5(hex)) => md5_salted(hex, body.salt()),
+                    _ => return Err(missing_password(target, "md5")),
+                };
+                send(&mut conn, |out| {
+                    frontend::password_message(answer.as_bytes(), out)
+                })
+                .await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                use fallible_iterator::FallibleIterator;
+                let mut mechanisms = body.mechanisms();
+                let mut offered = false;
+                while let Some(m) = mechanisms.next()? {
+                    offered |= m == SCRAM_SHA_256;
+                }
+                if !offered {
+                    return Err(ServerError::Auth(format!(
+                        "server {} offers no SASL mechanism sluice supports",
+                        target.describe()
+                    )));
+                }
+                let password = plaintext(target)?;
+                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                send(&mut conn, |out| {
+                    frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out)
+                })
+                .await?;
+                scram = Some(client);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let client = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                client.update(body.data())?;
+                let msg = client.message().to_vec();
+                send(&mut conn, |out| frontend::sasl_response(&msg, out)).await?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let client = scram.as_mut().ok_or_else(|| unexpected("SASLFinal"))?;
+                client.finish(body.data())?;
+            }
+            Message::ParameterStatus(body) => {
+                conn.params
+                    .insert(body.name()?.to_string(), body.value()?.to_string());
+            }
+            Message::BackendKeyData(body) => {
+                conn.backend_pid = body.process_id();
+                conn.backend_secret = body.secret_key();
+            }
+            Message::ReadyForQuery(body) => {
+                conn.tx_status = body.status();
+                return Ok(conn);
+            }
+            Message::ErrorResponse(body) => return Err(ServerError::Postgres(error_from_body(&body))),
+            Message::NoticeResponse(_) => {}
+            _ => return Err(unexpected("message during login")),
+        }
+    }
+}
+
+async fn send(
+    conn: &mut ServerConn,
+    encode: impl FnOnce(&mut BytesMut) -> std::io::Result<()>,
+) -> Result<(), ServerError> {
+    let mut out = BytesMut::new();
+    encode(&mut out)?;
+    conn.writer.write_all(&out).await?;
+    Ok(())
+}
+
+fn plaintext(target: &ServerTarget) -> Result<&str, ServerError> {
+    match &target.secret {
+        Some(Secret::Plain(pw)) => Ok(pw),
+        _ => Err(missing_password(target, "a plaintext password")),
+    }
+}
+
+fn missing_password(target: &ServerTarget, need: &str) -> ServerError {
+    ServerError::Auth(format!(
+        "server {} asks user \"{}\" for a password, and sluice has no usable secret for it (needs {need})",
+        target.describe(),
+        target.user
+    ))
+}
+
+fn unexpected(what: &str) -> ServerError {
+    ServerError::Protocol(format!("unexpected {what} from server"))
+}

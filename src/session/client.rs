@@ -1,0 +1,104 @@
+//! The client's side of a session: its socket halves, the bytes read from it and not yet
+//! forwarded, the bytes waiting to be written to it, and the scanner that keeps its framing.
+
+use crate::protocol::{FrameScanner, PgError, messages};
+use crate::stream::{ReadHalf, WriteHalf};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+
+/// Where a client connected from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// A TCP client.
+    Tcp(SocketAddr),
+    /// A unix-socket client.
+    Unix,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix => f.write_str("unix socket"),
+        }
+    }
+}
+
+/// The client connection after login.
+pub(crate) struct ClientIo {
+    pub(crate) reader: ReadHalf,
+    pub(crate) writer: WriteHalf,
+    /// Read from the client, not yet forwarded. Empty (and unallocated) while the client is idle.
+    pub(crate) inbuf: BytesMut,
+    /// Waiting to be written to the client.
+    pub(crate) outbuf: BytesMut,
+    pub(crate) scan: FrameScanner,
+}
+
+/// What waiting for an idle client produced.
+pub(crate) enum Input {
+    /// Bytes arrived.
+    Data,
+    /// The client closed its socket.
+    Closed,
+}
+
+impl ClientIo {
+    pub(crate) fn new(reader: ReadHalf, writer: WriteHalf, max_message: usize) -> ClientIo {
+        ClientIo {
+            reader,
+            writer,
+            inbuf: BytesMut::new(),
+            outbuf: BytesMut::new(),
+            scan: FrameScanner::new(0, max_message),
+        }
+    }
+
+    /// True when no client message is half-forwarded.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.scan.at_boundary()
+    }
+
+    /// Gives back buffer memory while idle: an idle client owns no buffers.
+    pub(crate) fn shrink_when_empty(&mut self) {
+        if self.inbuf.is_empty() {
+            self.inbuf = BytesMut::new();
+        }
+        if self.outbuf.is_empty() {
+            self.outbuf = BytesMut::new();
+        }
+    }
+
+    /// Waits for the idle client to send something, allocating a buffer only once it has.
+    pub(crate) async fn wait_for_input(&mut self) -> std::io::Result<Input> {
+        loop {
+            self.reader.readable().await?;
+            let mut chunk = [0u8; 8192];
+            match self.reader.try_read(&mut chunk) {
+                Ok(0) => return Ok(Input::Closed),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    return Ok(Input::Data);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends an error (and ReadyForQuery when it is not FATAL), flushing what was buffered first.
+    pub(crate) async fn send_error(
+        &mut self,
+        error: &PgError,
+        ready_status: Option<u8>,
+    ) -> std::io::Result<()> {
+        error.encode(&mut self.outbuf);
+        if let Some(status) = ready_status {
+            messages::ready_for_query(&mut self.outbuf, status);
+        }
+        self.writer.write_all(&self.outbuf).await?;
+        self.outbuf.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! Logging a client in: the startup packet (refusing TLS and GSS encryption until TLS lands,
+//! answering cancel requests, checking the protocol version), the database and user lookup,
+//! authentication, and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use super::params::ClientParams;
+use crate::auth::{self, AuthError, ClientAuth, Secret};
+use crate::cancel::{CancelKey, CancelRegistry};
+use crate::config::Config;
+use crate::pool::{Disposition, Pool, PoolKey, PoolSettings};
+use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
+use crate::server::ServerTarget;
+use crate::shared::{ClientSlot, Shared};
+use crate::stream::Stream;
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// A client that passed login.
+pub(super) struct LoggedIn {
+    pub(super) user: String,
+    pub(super) database: String,
+    pub(super) pool: Arc<Pool>,
+    pub(super) params: ClientParams,
+    pub(super) cancel: CancelKey,
+    pub(super) _slot: ClientSlot,
+}
+
+/// How the startup phase ended without a logged-in client.
+pub(super) enum Refusal {
+    /// Tell the client this, then close.
+    Fatal(PgError),
+    /// Close quietly (cancel request handled, or the client went away).
+    Quiet,
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(_: std::io::Error) -> Self {
+        Refusal::Quiet
+    }
+}
+
+/// Runs the whole login; on success the welcome has been written to the client.
+pub(super) async fn log_in(stream: &mut Stream, shared: &Arc<Shared>) -> Result<LoggedIn, Refusal> {
+    let params = negotiate(stream, shared).await?;
+    let config = shared.config.load_full();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        Refusal::Fatal(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ))
+    })?;
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(Refusal::Fatal(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by sluice",
+        )));
+    }
+    if config.database(&database).is_none() {
+        return Err(Refusal::Fatal(PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("no such database: {database}"),
+        )));
+    }
+    let slot = shared
+        .try_admit_client(config.pooler.max_client_conn as usize)
+        .ok_or_else(|| {
+            Refusal::Fatal(
+                PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "no more connections allowed (max_client_conn)",
+                )
+                .with_detail(format!("{} clients are connected", shared.client_count()))
+                .with_hint(
+                    "raise max_client_conn, or find the application that does not close its connections",
+                ),
+            )
+        })?;
+
+    let secret = config.user_secret(&user).map(Secret::parse);
+    let auth = ClientAuth {
+        method: config.pooler.auth_type,
+        user: &user,
+        secret: secret.clone(),
+        cache: &shared.verifiers,
+        instance_secret: &shared.instance_secret,
+        trust_unknown_users: config.users.is_empty() && config.auth_file_users.is_empty(),
+    };
+    match auth::authenticate(stream, auth).await {
+        Ok(_) => {}
+        Err(AuthError::Rejected(e)) => return Err(Refusal::Fatal(e)),
+        Err(AuthError::Io(_)) => return Err(Refusal::Quiet),
+    }
+
+    let client_params = ClientParams::from_startup(&params, &config.pooler.ignore_startup_parameters)
+        .map_err(|e| Refusal::Fatal(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.0)))?;
+    let key = PoolKey {
+        database: database.clone(),
+        user: user.clone(),
+    };
+    let pool = shared
+        .pools
+        .get_or_create(key, || pool_settings(&config, &database, &user, secret));
+    let welcome = welcome_params(&pool, &config).await?;
+    let cancel = CancelRegistry::issue(shared);
+
+    let mut out = BytesMut::new();
+    for (name, value) in welcome.iter() {
+        let value = client_params.reported_value(name).unwrap_or(value);
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, cancel.process_id, cancel.secret_key);
+    messages::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
+    Ok(LoggedIn {
+        user,
+        database,
+        pool,
+        params: client_params,
+        cancel,
+        _slot: slot,
+    })
+}
+
+/// Reads startup packets until a StartupMessage, answering SSL/GSS requests and cancels.
+async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupParams, Refusal> {
+    loop {
+        let packet = read_startup_packet(stream).await.map_err(|e| {
+            tracing::debug!(error = %e, "bad startup packet");
+            match e {
+                crate::protocol::StartupError::Invalid(what) => Refusal::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {what}"),
+                )),
+                crate::protocol::StartupError::Io(_) => Refusal::Quiet,
+            }
+        })?;
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            } => {
+                shared.cancels.cancel(process_id, secret_key).await;
+                return Err(Refusal::Quiet);
+            }
+            StartupPacket::Startup {
+                major: 3,
+                minor,
+                params,
+            } => {
+                let unknown: Vec<String> = params
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("_pq_."))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if minor > 0 || !unknown.is_empty() {
+                    let mut out = BytesMut::new();
+                    messages::negotiate_protocol_version(&mut out, 0, &unknown);
+                    stream.write_all(&out).await?;
+                }
+                return Ok(params);
+            }
+            StartupPacket::Startup { major, minor, .. } => {
+                return Err(Refusal::Fatal(PgError::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                )));
+            }
+        }
+    }
+}
+
+fn pool_settings(config: &Config, database: &str, user: &str, client_secret: Option<Secret>) -> PoolSettings {
+    let db = config.database(database).cloned().unwrap_or_default();
+    let (server_user, secret) = match &db.user {
+        Some(forced) => (forced.clone(), db.password.as_deref().map(Secret::parse)),
+        None => (user.to_string(), client_secret),
+    };
+    let mode = config
+        .users
+        .get(user)
+        .and_then(|u| u.pool_mode)
+        .or(db.pool_mode)
+        .unwrap_or(config.pooler.pool_mode);
+    PoolSettings {
+        pool_size: db.pool_size.unwrap_or(config.pooler.default_pool_size).max(1) as usize,
+        mode,
+        target: ServerTarget {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.dbname.clone().unwrap_or_else(|| database.to_string()),
+            user: server_user,
+            secret,
+        },
+        connect_timeout: config.pooler.server_connect_timeout,
+        reset_query: config.pooler.server_reset_query.clone(),
+    }
+}
+
+/// The parameters to greet a client with: cached from the pool's first server login, or learnt
+/// now by opening (and returning) a server, which also proves the server login works.
+async fn welcome_params(pool: &Arc<Pool>, config: &Config) -> Result<Arc<BTreeMap<String, String>>, Refusal> {
+    if let Some(w) = pool.welcome_params() {
+        return Ok(w);
+    }
+    match pool.checkout(config.pooler.query_wait_timeout).await {
+        Ok(server) => {
+            pool.release(server, Disposition::Clean);
+            pool.welcome_params().ok_or(Refusal::Quiet)
+        }
+        Err(e) => Err(Refusal::Fatal(super::checkout_error_to_client(&e, pool))),
+    }
+}
