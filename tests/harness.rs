@@ -19,9 +19,7 @@ async fn scram_user_logs_in_over_tcp_and_a_wrong_password_gets_28p01() {
     assert_eq!(row.get::<_, String>(0), "sluice_scram");
     assert_eq!(row.get::<_, String>(1), "app");
     client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS harness_scram (id int); DROP TABLE harness_scram",
-        )
+        .batch_execute("CREATE TABLE IF NOT EXISTS harness_scram (id int); DROP TABLE harness_scram")
         .await
         .expect("sluice_scram may create tables in app");
 
@@ -63,10 +61,7 @@ async fn trust_user_and_superuser_log_in_over_tcp() {
     let trust = connect(pg.addr(), "sluice_trust", "", "app")
         .await
         .expect("trust login");
-    trust
-        .batch_execute("CREATE TEMP TABLE t (id int)")
-        .await
-        .unwrap();
+    trust.batch_execute("CREATE TEMP TABLE t (id int)").await.unwrap();
     let su = connect(
         pg.addr(),
         common::SUPERUSER,
@@ -104,11 +99,7 @@ async fn backend_count_sees_a_connection_come_and_go() {
 #[test]
 fn psql_runs_against_the_shared_server() {
     let out = pg().psql(&["-At", "-c", "SELECT current_user || ' ' || 6 * 7"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres 42");
 }
 
@@ -117,9 +108,7 @@ async fn standalone_server_stops_starts_again_on_the_same_port_and_cleans_up() {
     let mut pg = TempPostgres::start_standalone();
     let addr = pg.addr();
     let dir = pg.socket_dir().to_path_buf();
-    let client = connect(addr, "sluice_scram", "scram_pw", "app")
-        .await
-        .unwrap();
+    let client = connect(addr, "sluice_scram", "scram_pw", "app").await.unwrap();
     client
         .batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (7)")
         .await
@@ -127,22 +116,14 @@ async fn standalone_server_stops_starts_again_on_the_same_port_and_cleans_up() {
 
     pg.stop();
     assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
-    assert!(
-        connect(addr, "sluice_scram", "scram_pw", "app")
-            .await
-            .is_err()
-    );
+    assert!(connect(addr, "sluice_scram", "scram_pw", "app").await.is_err());
 
     pg.start();
     assert_eq!(pg.addr(), addr);
     let client = connect(addr, "sluice_scram", "scram_pw", "app")
         .await
         .expect("port accepts again");
-    let n: i32 = client
-        .query_one("SELECT id FROM kept", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i32 = client.query_one("SELECT id FROM kept", &[]).await.unwrap().get(0);
     assert_eq!(n, 7);
 
     pg.stop_immediate();

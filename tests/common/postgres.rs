@@ -116,8 +116,7 @@ impl TempPostgres {
             .keep();
         if as_postgres_user {
             let (uid, gid) = postgres_os_user();
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .expect("chown temp dir to postgres");
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown temp dir to postgres");
         }
         let mut watchdog = Command::new("bash")
             .arg("-c")
@@ -251,11 +250,7 @@ impl TempPostgres {
                 "--no-sync".as_ref(),
             ],
         );
-        assert!(
-            out.status.success(),
-            "initdb failed:\n{}",
-            output_text(&out)
-        );
+        assert!(out.status.success(), "initdb failed:\n{}", output_text(&out));
         let conf = format!(
             "\n# sluice test harness\n\
              listen_addresses = '127.0.0.1'\n\
@@ -273,8 +268,7 @@ impl TempPostgres {
             .append(true)
             .open(data.join("postgresql.conf"))
             .expect("open postgresql.conf");
-        file.write_all(conf.as_bytes())
-            .expect("write postgresql.conf");
+        file.write_all(conf.as_bytes()).expect("write postgresql.conf");
         std::fs::write(data.join("pg_hba.conf"), PG_HBA).expect("write pg_hba.conf");
     }
 
@@ -314,10 +308,7 @@ impl TempPostgres {
             return Ok(());
         }
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        Err(format!(
-            "{}\n--- postgres.log ---\n{log_text}",
-            output_text(&out)
-        ))
+        Err(format!("{}\n--- postgres.log ---\n{log_text}", output_text(&out)))
     }
 
     fn pg_ctl_stop(&self, mode: &str) {
@@ -335,25 +326,14 @@ impl TempPostgres {
                 data.as_os_str(),
             ],
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed:\n{}",
-            output_text(&out)
-        );
+        assert!(out.status.success(), "pg_ctl stop failed:\n{}", output_text(&out));
     }
 
     fn run_setup_sql(&self) {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-            ])
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
             .args(["-c", "SET client_min_messages = warning"])
             .arg("-f")
             .arg("-")
@@ -370,11 +350,7 @@ impl TempPostgres {
                 child.wait_with_output()
             })
             .expect("run psql for the setup SQL");
-        assert!(
-            out.status.success(),
-            "setup SQL failed:\n{}",
-            output_text(&out)
-        );
+        assert!(out.status.success(), "setup SQL failed:\n{}", output_text(&out));
     }
 
     /// Runs initdb/pg_ctl: directly, or as the `postgres` user when we are root (both refuse root).
@@ -405,11 +381,7 @@ impl TempPostgres {
 
     /// Closes the watchdog's pipe and waits while it stops the server and removes the directory.
     fn teardown(&self) {
-        let taken = self
-            .watchdog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let taken = self.watchdog.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((mut child, stdin)) = taken {
             drop(stdin);
             let _ = child.wait();
