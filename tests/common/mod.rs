@@ -13,6 +13,11 @@
 //!
 //! Databases: `postgres`, and `app` owned by `sluice_scram`. The three `sluice_*` users may create
 //! tables in both.
+//!
+//! [`pg`] starts that server once per test process (under `cargo nextest`, once per test) and it is
+//! gone when the process exits, however it exits. Tests that stop or restart PostgreSQL use their
+//! own [`TempPostgres::start_standalone`]. As root, the server runs as the `postgres` OS user.
+//! `SLUICE_PG_BINDIR` overrides where the PostgreSQL binaries are found.
 
 #![allow(dead_code)]
 

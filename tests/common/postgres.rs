@@ -108,6 +108,7 @@ impl TempPostgres {
     /// server and removes its directory. Panics with PostgreSQL's log when it cannot start.
     pub fn start_standalone() -> TempPostgres {
         let bindir = find_bindir();
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let as_postgres_user = unsafe { libc::geteuid() } == 0;
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
