@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The test command (CI runs it through .ci/run): makes sure PostgreSQL's server binaries, psql and
+# pgbench are installed (apt, when root), then runs cargo fmt --check, clippy with warnings denied,
+# and every test, and prints a summary. Runs every step even when one fails; exits non-zero if any
+# did. Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness`).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Directory with initdb: pg_config --bindir, else the newest /usr/lib/postgresql/<version>/bin.
+pg_bindir() {
+    local dir
+    if dir=$(pg_config --bindir 2>/dev/null) && [ -x "$dir/initdb" ]; then
+        echo "$dir"
+        return 0
+    fi
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
+        if [ -x "$dir/initdb" ]; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
+have_postgres_tools() {
+    local bindir
+    bindir=$(pg_bindir) || return 1
+    [ -x "$bindir/psql" ] && [ -x "$bindir/pgbench" ] && [ -x "$bindir/pg_ctl" ]
+}
+
+ensure_postgres() {
+    if have_postgres_tools; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: PostgreSQL server binaries (initdb, pg_ctl, postgres), psql and pgbench are needed." >&2
+        echo "       Install them as root, e.g.: sudo apt-get install -y postgresql postgresql-contrib" >&2
+        echo "       or point SLUICE_PG_BINDIR at a directory holding them (it must also hold psql/pgbench)." >&2
+        exit 1
+    fi
+    log "installing PostgreSQL with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends postgresql postgresql-contrib postgresql-client
+    # The package starts a system cluster; the tests use their own, so stop it (harmless if absent).
+    service postgresql stop >/dev/null 2>&1 || true
+    have_postgres_tools || { echo "error: PostgreSQL still not usable after apt-get install" >&2; exit 1; }
+}
+
+ensure_postgres_user() {
+    # As root the harness runs initdb/postgres as the `postgres` OS user (they refuse root).
+    if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+        log "creating the postgres OS user"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin postgres
+    fi
+}
+
+ensure_rust_components() {
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            log "adding rustfmt and clippy"
+            rustup component add rustfmt clippy
+        fi
+    fi
+}
+
+if [ -z "${SLUICE_PG_BINDIR:-}" ]; then
+    ensure_postgres
+fi
+ensure_postgres_user
+ensure_rust_components
+log "PostgreSQL binaries: ${SLUICE_PG_BINDIR:-$(pg_bindir)}"
+
+test_log=$(mktemp /tmp/sluice-test-log.XXXXXX)
+trap 'rm -f "$test_log"' EXIT
+
+steps=()
+failed=0
+run_step() {
+    local name=$1
+    shift
+    log "$name: $*"
+    local start=$SECONDS
+    if "$@"; then
+        steps+=("ok      $name ($((SECONDS - start))s)")
+    else
+        steps+=("FAILED  $name ($((SECONDS - start))s)")
+        failed=1
+    fi
+}
+
+run_tests() {
+    # --all-targets covers lib, bins, tests and examples but not doctests, hence the second run.
+    cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee -a "$test_log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$#" -eq 0 ]; then
+        cargo test --doc 2>&1 | tee -a "$test_log"
+        rc=$((rc | PIPESTATUS[0]))
+    fi
+    return "$rc"
+}
+
+run_step "cargo fmt --check" cargo fmt --check
+run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+run_step "cargo test" run_tests "$@"
+
+echo
+echo "==================== summary ===================="
+printf '%s\n' "${steps[@]}"
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i+1) ~ /^passed/) p += $i
+            if ($(i+1) ~ /^failed/) f += $i
+            if ($(i+1) ~ /^ignored/) g += $i
+        }
+    }
+    END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, g }' "$test_log"
+# Names of failed tests, from libtest's "failures:" lists (indented names after the header).
+awk '/^failures:$/ { in_list = 1; next }
+     in_list && /^    [^ ]/ { print "  failed: " $1; next }
+     in_list && !/^    / { in_list = 0 }' "$test_log" | sort -u
+echo "================================================="
+exit "$failed"
