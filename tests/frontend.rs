@@ -35,15 +35,28 @@ async fn scram_login_with_a_plaintext_password_and_the_same_error_for_bad_passwo
     let sluice = start_sluice(&config("scram-sha-256", users, &app_db())).await;
     let addr = sluice.tcp_addr();
     let c = connect(addr, "sluice_scram", "scram_pw", "app").await.unwrap();
-    let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let user: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(user, "sluice_scram");
 
     let wrong = connect(addr, "sluice_scram", "nope", "app").await.unwrap_err();
     assert_eq!(sqlstate(&wrong), Some("28P01"));
     let unknown = connect(addr, "nobody", "nope", "app").await.unwrap_err();
     assert_eq!(sqlstate(&unknown), Some("28P01"));
-    let text = |e: &tokio_postgres::Error| e.as_db_error().unwrap().message().replace("nobody", "sluice_scram");
-    assert_eq!(text(&wrong), text(&unknown), "an unknown user must look like a wrong password");
+    let text = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .replace("nobody", "sluice_scram")
+    };
+    assert_eq!(
+        text(&wrong),
+        text(&unknown),
+        "an unknown user must look like a wrong password"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,10 +69,18 @@ async fn scram_login_against_a_stored_verifier() {
         pg().port()
     );
     let sluice = start_sluice(&config("scram-sha-256", &users, &db)).await;
-    let c = connect(sluice.tcp_addr(), "alice", "scram_pw", "app").await.unwrap();
-    let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let c = connect(sluice.tcp_addr(), "alice", "scram_pw", "app")
+        .await
+        .unwrap();
+    let user: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(user, "sluice_scram");
-    let e = connect(sluice.tcp_addr(), "alice", "wrong", "app").await.unwrap_err();
+    let e = connect(sluice.tcp_addr(), "alice", "wrong", "app")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), Some("28P01"));
 }
 
@@ -70,10 +91,18 @@ async fn md5_login_with_plaintext_and_with_a_stored_md5_hash() {
         let users = format!("[users.sluice_md5]\npassword = \"{secret}\"");
         let sluice = start_sluice(&config("md5", &users, &app_db())).await;
         // The server (pg_hba: md5 for this user) is logged in to with md5 as well.
-        let c = connect(sluice.tcp_addr(), "sluice_md5", "md5_pw", "app").await.unwrap();
-        let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let c = connect(sluice.tcp_addr(), "sluice_md5", "md5_pw", "app")
+            .await
+            .unwrap();
+        let user: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(user, "sluice_md5", "secret {secret}");
-        let e = connect(sluice.tcp_addr(), "sluice_md5", "bad", "app").await.unwrap_err();
+        let e = connect(sluice.tcp_addr(), "sluice_md5", "bad", "app")
+            .await
+            .unwrap_err();
         assert_eq!(sqlstate(&e), Some("28P01"));
     }
 }
@@ -88,11 +117,19 @@ async fn trust_login_and_the_userlist_file() {
     );
     let config = sluice::Config::from_toml_str(&text, "trust.toml", Some(dir.path())).unwrap();
     let sluice = sluice::start(config).await.unwrap();
-    let c = connect(sluice.tcp_addr(), "sluice_trust", "", "app").await.unwrap();
-    let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let c = connect(sluice.tcp_addr(), "sluice_trust", "", "app")
+        .await
+        .unwrap();
+    let user: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(user, "sluice_trust");
     // With users listed, trust still refuses names nobody listed.
-    let e = connect(sluice.tcp_addr(), "sluice_scram", "", "app").await.unwrap_err();
+    let e = connect(sluice.tcp_addr(), "sluice_scram", "", "app")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), Some("28000"));
 }
 
@@ -110,15 +147,35 @@ async fn unknown_database_missing_user_and_bad_protocol_versions_get_clear_fatal
     assert_eq!((m.tag, m.field(b'C').as_deref()), (b'E', Some("28000")));
 
     let mut raw = RawClient::connect(addr).await;
-    raw.send_startup(2, 0, &[("user", "sluice_trust"), ("database", "app")]).await;
+    raw.send_startup(2, 0, &[("user", "sluice_trust"), ("database", "app")])
+        .await;
     let m = raw.read_message().await.unwrap();
-    assert_eq!((m.tag, m.field(b'S').as_deref(), m.field(b'C').as_deref()), (b'E', Some("FATAL"), Some("0A000")));
-    assert!(m.field(b'M').unwrap().contains("unsupported frontend protocol 2.0"));
-    assert!(raw.read_message().await.is_none(), "connection closed after the FATAL");
+    assert_eq!(
+        (m.tag, m.field(b'S').as_deref(), m.field(b'C').as_deref()),
+        (b'E', Some("FATAL"), Some("0A000"))
+    );
+    assert!(
+        m.field(b'M')
+            .unwrap()
+            .contains("unsupported frontend protocol 2.0")
+    );
+    assert!(
+        raw.read_message().await.is_none(),
+        "connection closed after the FATAL"
+    );
 
     // A newer 3.x minor is negotiated down to 3.0, as PostgreSQL does.
     let mut raw = RawClient::connect(addr).await;
-    raw.send_startup(3, 2, &[("user", "sluice_trust"), ("database", "app"), ("_pq_.future", "1")]).await;
+    raw.send_startup(
+        3,
+        2,
+        &[
+            ("user", "sluice_trust"),
+            ("database", "app"),
+            ("_pq_.future", "1"),
+        ],
+    )
+    .await;
     let msgs = raw.read_until(b'Z').await;
     assert_eq!(msgs[0].tag, b'v', "NegotiateProtocolVersion first: {msgs:?}");
     raw.query("SELECT 42").await;
@@ -156,7 +213,8 @@ async fn ssl_and_gss_requests_are_refused_then_login_proceeds_with_driver_parame
         .find(|m| m.body.starts_with(b"application_name\0"))
         .expect("application_name reported");
     assert_eq!(app.body, b"application_name\0jdbc-like\0");
-    raw.query("SELECT current_setting('extra_float_digits'), current_setting('application_name')").await;
+    raw.query("SELECT current_setting('extra_float_digits'), current_setting('application_name')")
+        .await;
     let msgs = raw.read_until(b'Z').await;
     let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
     assert_eq!(row.data_row(), vec![Some("3".into()), Some("jdbc-like".into())]);
@@ -170,11 +228,20 @@ async fn server_login_errors_reach_the_client_as_the_servers_own_error() {
          [databases.nodb]\nhost = \"127.0.0.1\"\nport = {port}\ndbname = \"no_such_db\"\n"
     );
     let sluice = start_sluice(&config("trust", "", &dbs)).await;
-    let e = connect(sluice.tcp_addr(), "sluice_trust", "", "badpw").await.unwrap_err();
+    let e = connect(sluice.tcp_addr(), "sluice_trust", "", "badpw")
+        .await
+        .unwrap_err();
     let db = e.as_db_error().expect("an ErrorResponse, not a silent close");
     assert_eq!(db.code().code(), "28P01");
-    assert!(db.message().contains("password authentication failed for user \"sluice_scram\""), "{}", db.message());
-    let e = connect(sluice.tcp_addr(), "sluice_trust", "", "nodb").await.unwrap_err();
+    assert!(
+        db.message()
+            .contains("password authentication failed for user \"sluice_scram\""),
+        "{}",
+        db.message()
+    );
+    let e = connect(sluice.tcp_addr(), "sluice_trust", "", "nodb")
+        .await
+        .unwrap_err();
     let db = e.as_db_error().expect("an ErrorResponse, not a silent close");
     assert_eq!(db.code().code(), "3D000");
     assert!(db.message().contains("no_such_db"), "{}", db.message());
@@ -192,23 +259,36 @@ async fn unix_socket_listener_and_the_fallback_database() {
     let sluice = start_sluice(&text).await;
     assert!(sluice.unix_socket_path().unwrap().exists());
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(dir.path()).port(sluice.tcp_addr().port()).user("sluice_trust").dbname("app");
+    cfg.host_path(dir.path())
+        .port(sluice.tcp_addr().port())
+        .user("sluice_trust")
+        .dbname("app");
     let c = connect_with(cfg).await.unwrap();
     // "app" is not listed: the "*" entry sends it to the server database of the same name.
-    let db: String = c.query_one("SELECT current_database()::text", &[]).await.unwrap().get(0);
+    let db: String = c
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(db, "app");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_requests_reach_the_running_query() {
     let sluice = start_sluice(&config("trust", "", &app_db())).await;
-    let c = connect(sluice.tcp_addr(), "sluice_trust", "", "app").await.unwrap();
+    let c = connect(sluice.tcp_addr(), "sluice_trust", "", "app")
+        .await
+        .unwrap();
     let token = c.cancel_token();
     let started = std::time::Instant::now();
     let sleeper = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap().unwrap_err();
+    let e = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(sqlstate(&e), Some("57014"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -22,7 +22,9 @@
 #![allow(dead_code)]
 
 mod postgres;
+pub mod raw;
 
+#[allow(unused_imports)]
 pub use postgres::{SUPERUSER, SUPERUSER_PASSWORD, TempPostgres, pg};
 
 use std::future::Future;

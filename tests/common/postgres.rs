@@ -188,6 +188,52 @@ impl TempPostgres {
             .expect("run psql")
     }
 
+    /// Runs psql against another server (sluice): `args` carry host/port/user/db; `password` is
+    /// given through PGPASSWORD. Nothing points it at this PostgreSQL.
+    pub fn psql_to(&self, args: &[&str], password: &str) -> Output {
+        Command::new(self.bindir.join("psql"))
+            .arg("-X")
+            .args(args)
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env_remove("PGSERVICE")
+            .env_remove("PGSSLMODE")
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql")
+    }
+
+    /// Creates a fresh database `name` (dropping any old one) owned by `sluice_scram`, with
+    /// `sluice_users` allowed to create tables in it, so a test can count its own backends by
+    /// `datname` in pg_stat_activity. Returns the name.
+    pub async fn create_database(&self, name: &str) -> String {
+        let admin = self.admin_client().await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER sluice_scram"))
+            .await
+            .expect("create database");
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.dir)
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(name);
+        let in_db = super::connect_with(config)
+            .await
+            .expect("connect to the new database");
+        in_db
+            .batch_execute("GRANT ALL ON SCHEMA public TO sluice_users")
+            .await
+            .expect("grant");
+        name.to_string()
+    }
+
     /// A superuser client over the unix socket, its connection task spawned on the current runtime.
     pub async fn admin_client(&self) -> tokio_postgres::Client {
         let mut config = tokio_postgres::Config::new();

@@ -63,7 +63,9 @@ pub struct RawClient {
 impl RawClient {
     /// Connects without sending anything.
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        RawClient { stream: TcpStream::connect(addr).await.expect("connect") }
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+        }
     }
 
     /// Sends a StartupMessage with protocol `major.minor` and these parameters.
@@ -127,7 +129,11 @@ impl RawClient {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         self.send_startup(3, 0, &[("user", user), ("database", db)]).await;
         let m = self.read_message().await.expect("auth request");
-        assert_eq!((m.tag, &m.body[..4]), (b'R', &10i32.to_be_bytes()[..]), "expected SASL: {m:?}");
+        assert_eq!(
+            (m.tag, &m.body[..4]),
+            (b'R', &10i32.to_be_bytes()[..]),
+            "expected SASL: {m:?}"
+        );
         let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let mut out = BytesMut::new();
         frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
