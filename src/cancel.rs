@@ -92,19 +92,29 @@ impl CancelRegistry {
             tracing::debug!(process_id, "cancel request for no running query; ignored");
             return;
         };
-        let limit = std::time::Duration::from_secs(5);
-        let sent = tokio::time::timeout(limit, async {
-            let mut stream = crate::server::open_socket(&t.host, t.port).await?;
-            let mut out = BytesMut::new();
-            frontend::cancel_request(t.backend_pid, t.backend_secret, &mut out);
-            stream.write_all(&out).await?;
-            stream.shutdown().await
-        })
-        .await;
-        match sent {
-            Ok(Ok(())) => tracing::debug!(backend_pid = t.backend_pid, "cancel forwarded"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
-            Err(_) => tracing::warn!("forwarding cancel request timed out"),
-        }
+        forward(t.host, t.port, t.backend_pid, t.backend_secret).await;
+    }
+}
+
+/// Sends a CancelRequest for a server's backend in the background (used by query_timeout).
+pub fn send_cancel(host: String, port: u16, backend_pid: i32, backend_secret: i32) {
+    tokio::spawn(forward(host, port, backend_pid, backend_secret));
+}
+
+/// Opens a connection to the server and sends the CancelRequest, within 5 seconds.
+async fn forward(host: String, port: u16, backend_pid: i32, backend_secret: i32) {
+    let limit = std::time::Duration::from_secs(5);
+    let sent = tokio::time::timeout(limit, async {
+        let mut stream = crate::server::open_socket(&host, port).await?;
+        let mut out = BytesMut::new();
+        frontend::cancel_request(backend_pid, backend_secret, &mut out);
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => tracing::debug!(backend_pid, "cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+        Err(_) => tracing::warn!("forwarding cancel request timed out"),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod client_info;
 pub mod config;
 pub mod error;
 pub mod listener;

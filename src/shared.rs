@@ -7,6 +7,8 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::PoolRegistry;
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
@@ -24,6 +26,8 @@ pub struct Shared {
     /// Random per-process key for mock SCRAM verifiers of unknown users.
     pub instance_secret: [u8; 32],
     clients: AtomicUsize,
+    /// Connected clients per database [0] and per user [1].
+    client_counts: Mutex<[HashMap<String, usize>; 2]>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -38,26 +42,57 @@ impl Shared {
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
             clients: AtomicUsize::new(0),
+            client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             shutdown,
         })
     }
 
-    /// Takes a client slot if fewer than `limit` are in use; the slot is held by the returned guard.
-    pub fn try_admit_client(self: &Arc<Self>, limit: usize) -> Option<ClientSlot> {
-        let mut current = self.clients.load(Ordering::Relaxed);
-        loop {
-            if current >= limit {
-                return None;
+    /// Takes a client slot if max_client_conn (`limit`) and the per-database and per-user client
+    /// limits (0: none) allow; the slot is held by the returned guard. On refusal, names the limit.
+    pub fn try_admit_client(
+        self: &Arc<Self>,
+        limit: usize,
+        database: (&str, usize),
+        user: (&str, usize),
+    ) -> Result<ClientSlot, &'static str> {
+        let taken = self
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+                (c < limit).then_some(c + 1)
+            });
+        if taken.is_err() {
+            return Err("max_client_conn");
+        }
+        // From here on, dropping `slot` gives back whatever it has taken.
+        let mut slot = ClientSlot {
+            shared: self.clone(),
+            database: None,
+            user: None,
+        };
+        let mut counts = self.client_counts.lock();
+        let refused = 'check: {
+            for (kind, (name, max), refusal) in [
+                (0usize, database, "max_db_client_connections"),
+                (1, user, "max_user_client_connections"),
+            ] {
+                let n = counts[kind].entry(name.to_string()).or_insert(0);
+                if max > 0 && *n >= max {
+                    break 'check Some(refusal);
+                }
+                *n += 1;
+                let taken = Some(name.to_string());
+                if kind == 0 {
+                    slot.database = taken;
+                } else {
+                    slot.user = taken;
+                }
             }
-            match self.clients.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(ClientSlot { shared: self.clone() }),
-                Err(now) => current = now,
-            }
+            None
+        };
+        drop(counts); // before `slot` can drop: its Drop takes the same lock
+        match refused {
+            Some(limit) => Err(limit),
+            None => Ok(slot),
         }
     }
 
@@ -77,13 +112,27 @@ impl Shared {
     }
 }
 
-/// One of max_client_conn's slots, released when the client's session ends.
+/// One of max_client_conn's slots (and of the database's and user's client limits), released
+/// when the client's session ends.
 pub struct ClientSlot {
     shared: Arc<Shared>,
+    database: Option<String>,
+    user: Option<String>,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.shared.client_counts.lock();
+        for (kind, name) in [(0usize, &self.database), (1, &self.user)] {
+            if let Some(name) = name
+                && let Some(n) = counts[kind].get_mut(name)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts[kind].remove(name);
+                }
+            }
+        }
     }
 }

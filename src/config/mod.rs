@@ -100,6 +100,59 @@ pub struct PoolerConfig {
     pub max_packet_size: u32,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
+    /// Servers each pool keeps open even when idle (0: none).
+    pub min_pool_size: u32,
+    /// Extra servers a pool may open for clients that waited `reserve_pool_timeout` (0: none).
+    pub reserve_pool_size: u32,
+    /// How long a client waits before the reserve pool may be used for it.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub reserve_pool_timeout: Duration,
+    /// Most server connections per database over all its pools (0: no limit).
+    pub max_db_connections: u32,
+    /// Most server connections per user over all its pools (0: no limit).
+    pub max_user_connections: u32,
+    /// Most client connections per database (0: no limit).
+    pub max_db_client_connections: u32,
+    /// Most client connections per user (0: no limit).
+    pub max_user_client_connections: u32,
+    /// On query_wait_timeout, send FATAL and close (PgBouncer's behaviour) instead of an ERROR
+    /// that keeps the connection usable.
+    pub query_wait_timeout_disconnect: bool,
+    /// Send a NOTICE to a client queued this long for a server (0: never).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub query_wait_notify: Duration,
+    /// Cancel a query running longer than this, then fail it (0: off).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub query_timeout: Duration,
+    /// Disconnect a client idle inside a transaction longer than this (0: off).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_transaction_timeout: Duration,
+    /// Disconnect a client idle (outside a transaction) longer than this (0: off).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub client_idle_timeout: Duration,
+    /// Disconnect a client whose transaction stays open longer than this (0: off).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub transaction_timeout: Duration,
+    /// Longest pause between attempts to log in to a server that keeps failing; attempts back off
+    /// exponentially (with jitter) up to this.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub server_login_retry: Duration,
+    /// Close a server this old when it is released (jittered per server; 0: never).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub server_lifetime: Duration,
+    /// Close a server idle in the pool longer than this (0: never).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub server_idle_timeout: Duration,
+    /// Query run on a server idle longer than `server_check_delay` before it is handed out
+    /// (empty: sluice only checks that the socket is still open and quiet).
+    pub server_check_query: String,
+    /// Idle time after which a server is checked with `server_check_query` before use.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub server_check_delay: Duration,
+    /// Run `server_reset_query` after every transaction in transaction mode too.
+    pub server_reset_query_always: bool,
+    /// Append the client's address to the application_name the server sees.
+    pub application_name_add_host: bool,
 }
 
 impl Default for PoolerConfig {
@@ -122,6 +175,26 @@ impl Default for PoolerConfig {
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,
             workers: 0,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
+            query_wait_timeout_disconnect: false,
+            query_wait_notify: Duration::from_secs(5),
+            query_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
+            server_login_retry: Duration::from_secs(15),
+            server_lifetime: Duration::from_secs(3600),
+            server_idle_timeout: Duration::from_secs(600),
+            server_check_query: "select 1".to_string(),
+            server_check_delay: Duration::from_secs(30),
+            server_reset_query_always: false,
+            application_name_add_host: false,
         }
     }
 }
@@ -134,6 +207,10 @@ pub struct UserConfig {
     pub password: Option<String>,
     /// Overrides the pool mode for this user's pools.
     pub pool_mode: Option<PoolMode>,
+    /// Most server connections for this user over all pools (overrides max_user_connections).
+    pub max_user_connections: Option<u32>,
+    /// Most client connections for this user (overrides max_user_client_connections).
+    pub max_user_client_connections: Option<u32>,
 }
 
 /// A `[databases.NAME]` table: where the real database is and how to pool it.
@@ -154,6 +231,14 @@ pub struct DatabaseConfig {
     pub pool_size: Option<u32>,
     /// Pool mode for this database; the global `pool_mode` when absent.
     pub pool_mode: Option<PoolMode>,
+    /// Servers kept open for each of this database's pools (overrides min_pool_size).
+    pub min_pool_size: Option<u32>,
+    /// Reserve servers per pool (overrides reserve_pool_size).
+    pub reserve_pool_size: Option<u32>,
+    /// Most server connections to this database over all pools (overrides max_db_connections).
+    pub max_db_connections: Option<u32>,
+    /// Most client connections to this database (overrides max_db_client_connections).
+    pub max_db_client_connections: Option<u32>,
 }
 
 impl Default for DatabaseConfig {
@@ -166,6 +251,10 @@ impl Default for DatabaseConfig {
             password: None,
             pool_size: None,
             pool_mode: None,
+            min_pool_size: None,
+            reserve_pool_size: None,
+            max_db_connections: None,
+            max_db_client_connections: None,
         }
     }
 }

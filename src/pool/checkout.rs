@@ -1,28 +1,31 @@
-//! Getting a server: an idle one (checked alive first), a new one when a slot is free, or a place
-//! in the FIFO queue until one is released. Waiting is cancel-safe: a waiter that goes away takes
-//! itself out of the queue and gives back anything it was handed.
+//! Getting a server: an idle one (checked first), a new one when a slot is free (or a reserve
+//! slot once the client waited reserve_pool_timeout), or a place in the FIFO queue until one is
+//! released. Waiting is cancel-safe: a waiter that goes away takes itself out of the queue and
+//! gives back anything it was handed. While logins fail, clients get the cached error at once.
 
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
-use crate::server::{self, ServerError};
+use crate::client_info::ClientInfo;
+use crate::protocol::PgError;
+use crate::server::{self, ServerError, ServerUse, TxState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Why no server could be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum CheckoutError {
     /// The wait limit passed with every slot busy.
-    #[error("no server became free within {0:?}")]
     Timeout(Duration),
-    /// Opening a new server failed.
-    #[error(transparent)]
-    Server(#[from] ServerError),
+    /// Logging in to the server failed (now, or recently: the error is cached). Ready to send.
+    Login(PgError),
 }
 
+// Short-lived values on the checkout path: boxing the server would cost an allocation per checkout.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Ready(PooledServer),
     Open(SlotPermit),
-    Wait(WaitGuard),
+    Wait(WaitGuard, bool),
 }
 
 /// A place in the waiter queue; removes itself when dropped.
@@ -49,52 +52,57 @@ impl Drop for WaitGuard {
 }
 
 impl Pool {
-    /// Gets a server for a client, waiting at most `wait_limit` for one to become free.
-    pub async fn checkout(self: &Arc<Self>, wait_limit: Duration) -> Result<PooledServer, CheckoutError> {
+    /// Gets a server for `client`, waiting at most `wait_limit` for one to become free.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        client: &Arc<ClientInfo>,
+        wait_limit: Duration,
+    ) -> Result<PooledServer, CheckoutError> {
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait_limit;
-        loop {
-            match self.next_step() {
+        let reserve = self.settings.reserve_pool_size > 0;
+        let server = loop {
+            let reserve_due = reserve && started.elapsed() >= self.settings.reserve_pool_timeout;
+            match self.next_step(reserve_due) {
                 Step::Ready(server) => {
-                    if server.conn.is_healthy_idle() {
-                        return Ok(server);
+                    if let Some(server) = self.vet_idle(server).await {
+                        break server;
                     }
-                    tracing::debug!(
-                        server = server.conn.id,
-                        "idle server closed or out of step; discarding"
-                    );
-                    drop(server);
                 }
-                Step::Open(permit) => return self.open(permit).await,
-                Step::Wait(mut guard) => {
-                    match tokio::time::timeout_at(deadline, &mut guard.rx).await {
-                        Ok(Ok(Grant::Server(server))) => {
-                            if server.conn.is_healthy_idle() {
-                                return Ok(*server);
+                Step::Open(permit) => break self.open(permit).await?,
+                Step::Wait(guard, group_blocked) => {
+                    match self.wait(guard, group_blocked, started, deadline).await {
+                        Waited::Server(server) => {
+                            if let Some(server) = self.vet_idle(server).await {
+                                break server;
                             }
-                            drop(server);
                         }
-                        Ok(Ok(Grant::Slot(permit))) => return self.open(permit).await,
-                        // The sender vanished without a grant: cannot happen while the pool lives; retry.
-                        Ok(Err(_)) => {}
-                        Err(_) => return Err(CheckoutError::Timeout(wait_limit)),
+                        Waited::Slot(permit) => break self.open(permit).await?,
+                        Waited::Retry => {}
+                        Waited::TimedOut => return Err(CheckoutError::Timeout(wait_limit)),
                     }
                 }
             }
-        }
+        };
+        let now = Instant::now();
+        server.conn.info.set(ServerUse::Lent {
+            holder: client.clone(),
+            since: now,
+            tx: TxState::Active,
+            tx_since: now,
+        });
+        Ok(server)
     }
 
-    fn next_step(self: &Arc<Self>) -> Step {
+    fn next_step(self: &Arc<Self>, use_reserve: bool) -> Step {
         let mut st = self.state.lock();
         if let Some(server) = st.idle.pop_back() {
             return Step::Ready(server);
         }
-        if st.slots_used < self.settings.pool_size {
-            st.slots_used += 1;
-            return Step::Open(SlotPermit {
-                pool: self.clone(),
-                armed: true,
-            });
+        if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
+            return Step::Open(permit);
         }
+        let group_blocked = self.blocked_by_group(&st);
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
         let (tx, rx) = oneshot::channel();
@@ -103,28 +111,169 @@ impl Pool {
             since: Instant::now(),
             tx,
         });
-        Step::Wait(WaitGuard {
-            pool: self.clone(),
-            id,
-            rx,
+        Step::Wait(
+            WaitGuard {
+                pool: self.clone(),
+                id,
+                rx,
+            },
+            group_blocked,
+        )
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        mut guard: WaitGuard,
+        group_blocked: bool,
+        started: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Waited {
+        if group_blocked {
+            // The database- or user-wide limit is what stops us: close an idle server of a
+            // sibling pool if there is one; the group wakes us when a unit is freed.
+            for g in &self.groups {
+                if g.max() > 0 && g.used() >= g.max() {
+                    g.evict_idle_elsewhere(self);
+                }
+            }
+        }
+        // Armed only while the reserve is not yet due; once due, next_step already tries it.
+        let reserve_moment = started + self.settings.reserve_pool_timeout;
+        let reserve_at = (self.settings.reserve_pool_size > 0 && Instant::now() < reserve_moment)
+            .then(|| tokio::time::Instant::from_std(reserve_moment));
+        let [db_group, user_group] = &self.groups;
+        tokio::select! {
+            r = &mut guard.rx => match r {
+                Ok(Grant::Server(server)) => Waited::Server(*server),
+                Ok(Grant::Slot(permit)) => Waited::Slot(permit),
+                Err(_) => Waited::Retry,
+            },
+            _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+            _ = sleep_until_opt(reserve_at), if reserve_at.is_some_and(|r| r < deadline) => {
+                self.promote(guard, true)
+            }
+            _ = db_group.freed(), if group_blocked => self.promote(guard, false),
+            _ = user_group.freed(), if group_blocked => self.promote(guard, false),
+        }
+    }
+
+    /// Tries to turn a queued waiter into a slot holder (reserve allowed or a group freed room).
+    fn promote(self: &Arc<Self>, guard: WaitGuard, use_reserve: bool) -> Waited {
+        let mut st = self.state.lock();
+        if let Some(server) = st.idle.pop_back() {
+            drop(st);
+            return Waited::Server(server);
+        }
+        if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
+            if use_reserve {
+                tracing::info!(pool = ?self.key, "using the reserve pool for a client that waited");
+            }
+            drop(st);
+            drop(guard);
+            return Waited::Slot(permit);
+        }
+        drop(st);
+        drop(guard);
+        Waited::Retry
+    }
+
+    /// Checks an idle server before lending it: socket quiet, not past its lifetime, and the
+    /// check query when it has been idle longer than server_check_delay.
+    async fn vet_idle(&self, mut server: PooledServer) -> Option<PooledServer> {
+        if !server.conn.is_healthy_idle() {
+            tracing::debug!(
+                server = server.conn.id,
+                "idle server closed or out of step; discarding"
+            );
+            return None;
+        }
+        if server.expires_at.is_some_and(|t| Instant::now() >= t) {
+            return None;
+        }
+        let check = self.settings.server_check_query.trim();
+        if !check.is_empty() && server.conn.last_used.elapsed() >= self.settings.server_check_delay {
+            if let Err(e) = server
+                .conn
+                .run_internal(check, self.settings.connect_timeout)
+                .await
+            {
+                tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
+                return None;
+            }
+            server.conn.last_used = Instant::now();
+        }
+        Some(server)
+    }
+
+    /// Opens a server with a slot, unless logins are failing and the next try is not due.
+    pub(super) async fn open(self: &Arc<Self>, permit: SlotPermit) -> Result<PooledServer, CheckoutError> {
+        if let Some(cached) = self.login.blocked() {
+            drop(permit); // passes the slot on, so the next waiter learns the same at once
+            return Err(CheckoutError::Login(cached));
+        }
+        let limit = self.settings.connect_timeout;
+        let result = match tokio::time::timeout(limit, server::connect(&self.settings.target)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout(limit)),
+        };
+        let conn = match result {
+            Ok(conn) => conn,
+            Err(e) => {
+                let error = self.login_error(&e);
+                tracing::warn!(pool = ?self.key, error = %e, "server login failed");
+                self.login.failed(&error);
+                drop(permit);
+                return Err(CheckoutError::Login(error));
+            }
+        };
+        self.login.succeeded();
+        tracing::debug!(pool = ?self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
+        self.remember_welcome(&conn);
+        self.state.lock().servers.insert(conn.id, conn.info.clone());
+        let expires_at = (!self.settings.server_lifetime.is_zero()).then(|| {
+            // Each server gets 75-100% of the lifetime, so a pool never recycles all at once.
+            conn.created
+                + self
+                    .settings
+                    .server_lifetime
+                    .mul_f64(0.75 + rand::random::<f64>() * 0.25)
+        });
+        Ok(PooledServer {
+            conn,
+            expires_at,
+            permit,
         })
     }
 
-    async fn open(self: &Arc<Self>, permit: SlotPermit) -> Result<PooledServer, CheckoutError> {
-        let limit = self.settings.connect_timeout;
-        let conn = match tokio::time::timeout(limit, server::connect(&self.settings.target)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::warn!(pool = ?self.key, error = %e, "server login failed");
-                return Err(e.into());
-            }
-            Err(_) => return Err(ServerError::Timeout(limit).into()),
-        };
-        tracing::debug!(pool = ?self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
-        self.remember_welcome(&conn);
-        Ok(PooledServer {
-            conn,
-            _permit: permit,
-        })
+    /// The error a client sees for a failed login: PostgreSQL's own, or one that names the pool.
+    fn login_error(&self, e: &ServerError) -> PgError {
+        match e {
+            ServerError::Postgres(pg) => pg.clone(),
+            other => PgError::error(
+                crate::protocol::sqlstate::CONNECTION_FAILURE,
+                format!("server login failed: {other}"),
+            )
+            .with_detail(format!(
+                "pool {}/{} could not open a connection to {}",
+                self.key.database,
+                self.key.user,
+                self.settings.target.describe()
+            )),
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Waited {
+    Server(PooledServer),
+    Slot(SlotPermit),
+    Retry,
+    TimedOut,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,18 +1,26 @@
-//! Pools of server connections, one per (database, user): a bounded number of slots, an idle
-//! queue, a FIFO queue of waiting clients, and one release path that never hands a dirty server on.
+//! Pools of server connections, one per (database, user): a bounded number of slots (plus a
+//! reserve for clients that waited), an idle queue, a FIFO queue of waiting clients, limits shared
+//! with other pools of the same database or user, a memory of failing logins, and one release path
+//! that never hands a dirty server on.
 
 mod checkout;
+mod diagnose;
+mod limits;
+mod login_health;
+mod maintenance;
 mod registry;
 mod release;
 
 pub use checkout::CheckoutError;
+pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;
 
 use crate::config::PoolMode;
-use crate::server::{ServerConn, ServerTarget};
+use crate::server::{ServerConn, ServerInfo, ServerTarget};
+use login_health::LoginHealth;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -31,6 +39,12 @@ pub struct PoolKey {
 pub struct PoolSettings {
     /// Most server connections open at once (including ones being opened or cleaned).
     pub pool_size: usize,
+    /// Servers kept open even when idle.
+    pub min_pool_size: usize,
+    /// Extra slots for clients that waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    /// Wait after which a client may use the reserve.
+    pub reserve_pool_timeout: Duration,
     /// Session or transaction pooling.
     pub mode: PoolMode,
     /// Where its servers connect.
@@ -39,6 +53,18 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Run on servers released in session mode (empty: none).
     pub reset_query: String,
+    /// Run the reset query after every transaction in transaction mode too.
+    pub reset_query_always: bool,
+    /// Servers are closed after about this long (0: never).
+    pub server_lifetime: Duration,
+    /// Idle servers are closed after this long (0: never).
+    pub server_idle_timeout: Duration,
+    /// Query checking a server idle longer than `server_check_delay` (empty: none).
+    pub server_check_query: String,
+    /// See `server_check_query`.
+    pub server_check_delay: Duration,
+    /// Cap on the back-off between failing login attempts.
+    pub server_login_retry: Duration,
 }
 
 /// A server connection together with the pool slot it occupies. Dropping it closes the
@@ -47,11 +73,19 @@ pub struct PoolSettings {
 pub struct PooledServer {
     /// The connection.
     pub conn: ServerConn,
-    _permit: SlotPermit,
+    /// When this server is due for replacement (server_lifetime, jittered per server).
+    expires_at: Option<Instant>,
+    permit: SlotPermit,
 }
 
-/// One unit of a pool's capacity. Dropping an armed permit frees the slot or passes it to the
-/// oldest waiter.
+impl Drop for PooledServer {
+    fn drop(&mut self) {
+        self.permit.pool.state.lock().servers.remove(&self.conn.id);
+    }
+}
+
+/// One unit of a pool's capacity. Dropping an armed permit passes the slot to the oldest waiter
+/// or frees it (and the units it holds in the pool's limit groups).
 #[derive(Debug)]
 struct SlotPermit {
     pool: Arc<Pool>,
@@ -86,6 +120,8 @@ struct PoolState {
     waiters: VecDeque<Waiter>,
     slots_used: usize,
     next_waiter_id: u64,
+    /// Every open server of the pool (idle, lent or cleaning), by id.
+    servers: HashMap<u64, Arc<ServerInfo>>,
 }
 
 /// A pool of server connections for one (database, user).
@@ -96,6 +132,9 @@ pub struct Pool {
     pub settings: PoolSettings,
     state: Mutex<PoolState>,
     welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    login: LoginHealth,
+    /// The database-wide and user-wide limits this pool counts against.
+    groups: [Arc<LimitGroup>; 2],
 }
 
 impl std::fmt::Debug for Pool {
@@ -120,14 +159,26 @@ pub struct PoolCounts {
 }
 
 impl Pool {
-    /// Creates an empty pool.
-    pub fn new(key: PoolKey, settings: PoolSettings) -> Arc<Pool> {
-        Arc::new(Pool {
+    /// Creates an empty pool counting against `db_group` and `user_group`.
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        db_group: Arc<LimitGroup>,
+        user_group: Arc<LimitGroup>,
+    ) -> Arc<Pool> {
+        let login = LoginHealth::new(settings.server_login_retry);
+        let pool = Arc::new(Pool {
             key,
             settings,
             state: Mutex::new(PoolState::default()),
             welcome: Mutex::new(None),
-        })
+            login,
+            groups: [db_group, user_group],
+        });
+        for g in &pool.groups {
+            g.join(&pool);
+        }
+        pool
     }
 
     /// Counts for monitoring.
@@ -141,6 +192,11 @@ impl Pool {
         }
     }
 
+    /// The observable state of every open server.
+    pub fn server_infos(&self) -> Vec<Arc<ServerInfo>> {
+        self.state.lock().servers.values().cloned().collect()
+    }
+
     /// The ParameterStatus set a server of this pool reported at login (what clients are told
     /// when they log in), once one server has been opened.
     pub fn welcome_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
@@ -152,6 +208,39 @@ impl Pool {
         if w.is_none() {
             *w = Some(Arc::new(conn.params.clone()));
         }
+    }
+
+    /// Takes a slot if the pool (with the reserve when allowed) and its groups have room.
+    /// Called with the state lock held.
+    fn try_take_slot(self: &Arc<Self>, st: &mut PoolState, use_reserve: bool) -> Option<SlotPermit> {
+        let limit = self.settings.pool_size
+            + if use_reserve {
+                self.settings.reserve_pool_size
+            } else {
+                0
+            };
+        if st.slots_used >= limit {
+            return None;
+        }
+        let [db, user] = &self.groups;
+        if !db.try_acquire() {
+            return None;
+        }
+        if !user.try_acquire() {
+            db.release();
+            return None;
+        }
+        st.slots_used += 1;
+        Some(SlotPermit {
+            pool: self.clone(),
+            armed: true,
+        })
+    }
+
+    /// True when the pool itself has room but a shared limit group does not.
+    fn blocked_by_group(&self, st: &PoolState) -> bool {
+        st.slots_used < self.settings.pool_size
+            && self.groups.iter().any(|g| g.max() > 0 && g.used() >= g.max())
     }
 
     /// A slot's permit was dropped: pass the slot to the oldest live waiter, or free it.
@@ -169,11 +258,20 @@ impl Pool {
             }
         }
         st.slots_used = st.slots_used.saturating_sub(1);
+        drop(st);
+        for g in &self.groups {
+            g.release();
+        }
     }
 
-    /// Closes all idle servers (used at shutdown).
+    /// Closes all idle servers (used at shutdown and by RECONNECT-like operations).
     pub fn close_idle(&self) {
         let idle: Vec<PooledServer> = self.state.lock().idle.drain(..).collect();
         drop(idle);
+    }
+
+    /// Starts the pool's maintenance task (min_pool_size, idle timeout, lifetime).
+    pub fn start_maintenance(self: &Arc<Self>) {
+        maintenance::spawn(self);
     }
 }

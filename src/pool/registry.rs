@@ -1,6 +1,7 @@
-//! The set of pools, created on first use of each (database, user).
+//! The set of pools, created on first use of each (database, user), and the limit groups shared
+//! by pools of one database (max_db_connections) or one user (max_user_connections).
 
-use super::{Pool, PoolKey, PoolSettings};
+use super::{LimitGroup, Pool, PoolKey, PoolSettings};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +10,28 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct PoolRegistry {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    db_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
+    user_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
 }
 
 impl PoolRegistry {
-    /// The pool for `key`, created with `settings()` if it does not exist yet.
-    pub fn get_or_create(&self, key: PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+    /// The pool for `key`, created (with its maintenance task) from `settings()` if new.
+    /// `db_limit`/`user_limit` are max_db_connections/max_user_connections (0: none).
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        db_limit: usize,
+        user_limit: usize,
+        settings: impl FnOnce() -> PoolSettings,
+    ) -> Arc<Pool> {
         let mut pools = self.pools.lock();
         if let Some(p) = pools.get(&key) {
             return p.clone();
         }
-        let pool = Pool::new(key.clone(), settings());
+        let db_group = group(&self.db_groups, &key.database, "database", db_limit);
+        let user_group = group(&self.user_groups, &key.user, "user", user_limit);
+        let pool = Pool::new(key.clone(), settings(), db_group, user_group);
+        pool.start_maintenance();
         pools.insert(key, pool.clone());
         pool
     }
@@ -29,4 +42,16 @@ impl PoolRegistry {
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
     }
+}
+
+fn group(
+    map: &Mutex<HashMap<String, Arc<LimitGroup>>>,
+    name: &str,
+    kind: &str,
+    max: usize,
+) -> Arc<LimitGroup> {
+    map.lock()
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(LimitGroup::new(format!("{kind} {name}"), max)))
+        .clone()
 }

@@ -1,8 +1,10 @@
 //! The one way a server goes back: clean servers go straight to the oldest waiter or the idle
-//! queue; servers left in a transaction are rolled back, session-mode servers reset, off the
-//! client's path; anything uncertain is closed.
+//! queue (unless past their lifetime); servers left in a transaction are rolled back, and reset
+//! where the pool mode asks for it, off the client's path; anything uncertain is closed.
 
 use super::{Grant, Pool, PooledServer};
+use crate::config::PoolMode;
+use crate::server::ServerUse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +14,9 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 /// What state a client left its server in, decided by the session that used it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// At ReadyForQuery `I` with nothing due: reusable as is.
+    /// At ReadyForQuery `I` with nothing due: reusable as is (reset first if the pool says so).
     Clean,
-    /// Idle but session state must be reset first (session mode): run the reset query.
-    Reset,
-    /// Idle inside a transaction (status `T` or `E`), nothing due: roll back, then reset if the
-    /// pool is in session mode.
+    /// Idle inside a transaction (status `T` or `E`), nothing due: roll back first.
     Rollback,
     /// Responses still due, COPY in progress, or anything else uncertain: close it.
     Close(&'static str),
@@ -26,29 +25,38 @@ pub enum Disposition {
 impl Pool {
     /// Returns a server to the pool according to how the client left it.
     pub fn release(self: &Arc<Self>, server: PooledServer, disposition: Disposition) {
+        let reset = self.needs_reset();
         match disposition {
-            Disposition::Clean => self.give_back(server),
             Disposition::Close(reason) => {
                 tracing::debug!(pool = ?self.key, server = server.conn.id, reason, "closing server");
                 drop(server);
             }
-            Disposition::Reset if self.settings.reset_query.trim().is_empty() => self.give_back(server),
-            Disposition::Reset | Disposition::Rollback => {
+            Disposition::Clean if !reset => self.give_back(server),
+            Disposition::Clean | Disposition::Rollback => {
+                server.conn.info.set(ServerUse::Cleaning);
                 let pool = self.clone();
-                tokio::spawn(async move { pool.clean_up(server, disposition).await });
+                tokio::spawn(
+                    async move { pool.clean_up(server, disposition == Disposition::Rollback).await },
+                );
             }
         }
     }
 
-    async fn clean_up(self: Arc<Self>, mut server: PooledServer, disposition: Disposition) {
-        let reset = self.settings.reset_query.trim().to_string();
-        let run_reset = self.settings.mode == crate::config::PoolMode::Session && !reset.is_empty();
-        let mut queries = Vec::new();
-        if disposition == Disposition::Rollback {
+    fn needs_reset(&self) -> bool {
+        !self.settings.reset_query.trim().is_empty()
+            && (self.settings.mode == PoolMode::Session || self.settings.reset_query_always)
+    }
+
+    async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {
+        let reset = self
+            .needs_reset()
+            .then(|| self.settings.reset_query.trim().to_string());
+        let mut queries: Vec<&str> = Vec::new();
+        if rollback {
             queries.push("ROLLBACK");
         }
-        if run_reset {
-            queries.push(reset.as_str());
+        if let Some(r) = &reset {
+            queries.push(r);
         }
         for sql in queries {
             if let Err(e) = server.conn.run_internal(sql, CLEANUP_LIMIT).await {
@@ -60,7 +68,7 @@ impl Pool {
             tracing::warn!(pool = ?self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }
-        if run_reset {
+        if reset.is_some() {
             // The reset query wiped session state: nothing sluice applied is left on the server.
             // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
             server.conn.applied.clear();
@@ -68,9 +76,16 @@ impl Pool {
         self.give_back(server);
     }
 
-    /// Hands a clean server to the oldest waiter, or puts it in the idle queue.
+    /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its
+    /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
+        if server.expires_at.is_some_and(|t| Instant::now() >= t) {
+            tracing::debug!(pool = ?self.key, server = server.conn.id, "server_lifetime reached; closing");
+            drop(server);
+            return;
+        }
         server.conn.last_used = Instant::now();
+        server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
         while let Some(waiter) = st.waiters.pop_front() {
             match waiter.tx.send(Grant::Server(Box::new(server))) {

@@ -133,6 +133,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
             Message::BackendKeyData(body) => {
                 conn.backend_pid = body.process_id();
                 conn.backend_secret = body.secret_key();
+                conn.info.set_backend_pid(conn.backend_pid);
             }
             Message::ReadyForQuery(body) => {
                 conn.tx_status = body.status();

@@ -1,7 +1,10 @@
 //! One connection to PostgreSQL: opening and logging in to it, the parameters it reported, and the
 //! short internal queries the pool runs on it (SET, ROLLBACK, DISCARD ALL).
 
+mod info;
 mod login;
+
+pub use info::{ServerInfo, ServerUse, TxState};
 
 pub use login::{ServerTarget, connect, open_socket};
 
@@ -72,13 +75,17 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Where it is connected (for cancel requests).
     pub target_addr: (String, u16),
+    /// Observable state, shared with the pool.
+    pub info: std::sync::Arc<ServerInfo>,
 }
 
 impl ServerConn {
     fn new(reader: ReadHalf, writer: WriteHalf, target_addr: (String, u16)) -> ServerConn {
         let now = Instant::now();
+        let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         ServerConn {
-            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            info: std::sync::Arc::new(ServerInfo::new(id)),
+            id,
             reader,
             writer,
             read_buf: BytesMut::new(),

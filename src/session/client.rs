@@ -4,26 +4,7 @@
 use crate::protocol::{FrameScanner, PgError, messages};
 use crate::stream::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
-
-/// Where a client connected from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAddr {
-    /// A TCP client.
-    Tcp(SocketAddr),
-    /// A unix-socket client.
-    Unix,
-}
-
-impl std::fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PeerAddr::Tcp(a) => write!(f, "{a}"),
-            PeerAddr::Unix => f.write_str("unix socket"),
-        }
-    }
-}
 
 /// The client connection after login.
 pub(crate) struct ClientIo {

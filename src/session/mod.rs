@@ -6,22 +6,23 @@ mod client;
 mod params;
 mod relay;
 mod startup;
+mod waiting;
 
-pub use client::PeerAddr;
+pub use crate::client_info::PeerAddr;
 
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
-use crate::pool::{CheckoutError, Disposition, Pool, PooledServer};
+use crate::pool::{Disposition, PooledServer};
 use crate::protocol::{PgError, sqlstate};
 use crate::server::ServerError;
 use crate::shared::Shared;
 use crate::stream::Stream;
 use client::{ClientIo, Input};
-use relay::{Link, RelayEnd, RelayError};
+use relay::{Link, RelayEnd, RelayError, Timeouts};
 use startup::{LoggedIn, Refusal};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use waiting::{WaitOutcome, send_fatal};
 
 /// Where a session is. Each state owns what it needs; there are no side flags.
 enum SessionState {
@@ -57,40 +58,34 @@ enum Ending {
 /// Serves one client connection from its first byte to its close.
 pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
     let login_limit = shared.config.load().pooler.client_login_timeout;
-    let login = tokio::time::timeout(login_limit, startup::log_in(&mut stream, &shared)).await;
-    let logged_in = match login {
-        Ok(Ok(l)) => l,
-        Ok(Err(Refusal::Fatal(e))) => {
-            tracing::info!(%peer, error = %e, "login refused");
-            let mut out = bytes::BytesMut::new();
-            e.encode(&mut out);
-            let _ = stream.write_all(&out).await;
+    let login = tokio::time::timeout(login_limit, startup::log_in(&mut stream, &peer, &shared)).await;
+    let refusal = match login {
+        Ok(Ok(logged_in)) => {
+            tracing::debug!(%peer, user = %logged_in.info.user, database = %logged_in.info.database, "client logged in");
+            let max_message = shared.config.load().pooler.max_packet_size as usize;
+            let (reader, writer) = stream.into_split();
+            let mut session = Session {
+                client: ClientIo::new(reader, writer, max_message),
+                login: logged_in,
+                shared,
+                state: SessionState::Idle,
+            };
+            match session.run().await {
+                Ending::ClientLeft => tracing::debug!(%peer, "client left"),
+                Ending::Shutdown => tracing::debug!(%peer, "session closed for shutdown"),
+                Ending::Error(e) => tracing::info!(%peer, error = %e, "session ended with an error"),
+            }
             return;
         }
         Ok(Err(Refusal::Quiet)) => return,
-        Err(_) => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_login_timeout (server down)")
-                .with_detail(format!("login did not complete within {login_limit:?}"));
-            let mut out = bytes::BytesMut::new();
-            e.encode(&mut out);
-            let _ = stream.write_all(&out).await;
-            return;
-        }
+        Ok(Err(Refusal::Fatal(e))) => e,
+        Err(_) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_login_timeout (server down)")
+            .with_detail(format!("login did not complete within {login_limit:?}")),
     };
-    tracing::debug!(%peer, user = %logged_in.user, database = %logged_in.database, "client logged in");
-    let max_message = shared.config.load().pooler.max_packet_size as usize;
-    let (reader, writer) = stream.into_split();
-    let mut session = Session {
-        client: ClientIo::new(reader, writer, max_message),
-        login: logged_in,
-        shared,
-        state: SessionState::Idle,
-    };
-    match session.run().await {
-        Ending::ClientLeft => tracing::debug!(%peer, "client left"),
-        Ending::Shutdown => tracing::debug!(%peer, "session closed for shutdown"),
-        Ending::Error(e) => tracing::info!(%peer, error = %e, "session ended with an error"),
-    }
+    tracing::info!(%peer, error = %refusal, "login refused");
+    let mut out = bytes::BytesMut::new();
+    refusal.encode(&mut out);
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &out).await;
 }
 
 struct Session {
@@ -110,11 +105,18 @@ impl Session {
                 SessionState::Idle => {
                     if self.client.inbuf.is_empty() {
                         self.client.shrink_when_empty();
+                        let idle_limit = self.shared.config.load().pooler.client_idle_timeout;
                         let input = tokio::select! {
                             r = self.client.wait_for_input() => r,
+                            _ = sleep_opt(idle_limit) => {
+                                let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+                                    .with_detail(format!("the client sent nothing for {:.1}s", idle_limit.as_secs_f64()));
+                                send_fatal(&mut self.client, &e).await;
+                                return Ending::Error(e);
+                            }
                             _ = wait_shutdown(&mut shutdown) => {
                                 let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down");
-                                let _ = self.client.send_error(&e, None).await;
+                                send_fatal(&mut self.client, &e).await;
                                 return Ending::Shutdown;
                             }
                         };
@@ -131,25 +133,31 @@ impl Session {
                     }
                 }
                 SessionState::Waiting { since } => match self.wait_for_server(since).await {
-                    Ok(Some(server)) => SessionState::Active(Box::new(Active {
-                        server,
-                        link: Link::new(),
-                    })),
-                    Ok(None) => return Ending::ClientLeft,
-                    Err(e) => {
-                        let _ = self.client.send_error(&e, None).await;
-                        return Ending::Error(e);
-                    }
+                    WaitOutcome::Server(server) => match self.prepare(server).await {
+                        Ok(server) => SessionState::Active(Box::new(Active {
+                            server,
+                            link: Link::new(),
+                        })),
+                        Err(e) => {
+                            send_fatal(&mut self.client, &e).await;
+                            return Ending::Error(e);
+                        }
+                    },
+                    WaitOutcome::Failed => SessionState::Idle,
+                    WaitOutcome::ClientGone => return Ending::ClientLeft,
+                    WaitOutcome::Fatal(e) => return Ending::Error(e),
                 },
                 SessionState::Active(active) => {
                     let Active { mut server, mut link } = *active;
-                    let release_when_idle = mode == PoolMode::Transaction;
+                    let timeouts = self.timeouts(mode);
                     let end = relay::relay(
                         &mut self.client,
                         &mut link,
                         &mut server.conn,
                         &mut self.login.params,
-                        release_when_idle,
+                        mode == PoolMode::Transaction,
+                        &timeouts,
+                        &self.login.info,
                     )
                     .await;
                     match end {
@@ -164,6 +172,13 @@ impl Session {
                             self.release(server, &link);
                             return Ending::ClientLeft;
                         }
+                        Ok(RelayEnd::TimedOut(expiry)) => {
+                            let e = expiry.error(&timeouts);
+                            self.release(server, &link);
+                            let _ = relay::flush_client(&mut self.client).await;
+                            send_fatal(&mut self.client, &e).await;
+                            return Ending::Error(e);
+                        }
                         Err(e) => return self.relay_failed(server, &link, e).await,
                     }
                 }
@@ -171,44 +186,46 @@ impl Session {
         }
     }
 
-    /// Queues for a server while watching the client: a client that hangs up stops waiting
-    /// (Ok(None)); anything else it sends meanwhile is buffered (up to the cap) for later.
-    async fn wait_for_server(&mut self, since: Instant) -> Result<Option<PooledServer>, PgError> {
+    fn timeouts(&self, mode: PoolMode) -> Timeouts {
+        let p = &self.shared.config.load().pooler;
+        Timeouts {
+            query: p.query_timeout,
+            idle_transaction: p.idle_transaction_timeout,
+            transaction: p.transaction_timeout,
+            // Between transactions a transaction-mode client holds no server; the Idle state
+            // enforces client_idle_timeout then.
+            client_idle: if mode == PoolMode::Session {
+                p.client_idle_timeout
+            } else {
+                Default::default()
+            },
+        }
+    }
+
+    /// Brings a server to the client's session settings and points cancels at it.
+    async fn prepare(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
         let pool = self.login.pool.clone();
-        let limit = self.shared.config.load().pooler.query_wait_timeout;
-        let checkout = pool.checkout(limit.saturating_sub(since.elapsed()));
-        tokio::pin!(checkout);
-        let mut server = loop {
-            let room = self.client.inbuf.len() < relay::OUT_CAP;
-            tokio::select! {
-                r = &mut checkout => break r.map_err(|e| checkout_error_to_client(&e, &pool))?,
-                r = read_more(&mut self.client), if room => {
-                    if matches!(r, Ok(0) | Err(_)) {
-                        return Ok(None);
-                    }
-                }
-            }
-        };
-        if let Some(sql) = self.login.params.sync_sql(&server.conn, &pool_defaults(&pool)) {
+        let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
+        if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
             let limit = self.shared.config.load().pooler.server_connect_timeout;
             match server.conn.run_internal(&sql, limit).await {
                 Ok(()) => self.login.params.after_sync(&mut server.conn),
                 Err(ServerError::Postgres(e)) => {
                     // The client asked for a setting the server refuses (as PostgreSQL would at login).
-                    let status_ok = server.conn.tx_status == b'I';
-                    pool.release(
-                        server,
-                        if status_ok {
-                            Disposition::Clean
-                        } else {
-                            Disposition::Close("bad SET")
-                        },
-                    );
+                    let d = if server.conn.tx_status == b'I' {
+                        Disposition::Clean
+                    } else {
+                        Disposition::Close("bad SET")
+                    };
+                    pool.release(server, d);
                     return Err(e.with_severity(crate::protocol::Severity::Fatal));
                 }
                 Err(e) => {
                     drop(server);
-                    return Err(server_error_to_client(&e, &pool));
+                    return Err(PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("server conn crashed? {e}"),
+                    ));
                 }
             }
         }
@@ -218,15 +235,12 @@ impl Session {
             backend_pid: server.conn.backend_pid,
             backend_secret: server.conn.backend_secret,
         }));
-        Ok(Some(server))
+        Ok(server)
     }
 
     fn release(&mut self, server: PooledServer, link: &Link) {
         self.login.cancel.slot.set(None);
-        let mut disposition = link.disposition(&self.client, &server.conn);
-        if disposition == Disposition::Clean && self.login.pool.settings.mode == PoolMode::Session {
-            disposition = Disposition::Reset;
-        }
+        let disposition = link.disposition(&self.client, &server.conn);
         self.login.pool.release(server, disposition);
     }
 
@@ -244,7 +258,7 @@ impl Session {
                     format!("invalid message from client: {fe}"),
                 );
                 let _ = relay::flush_client(&mut self.client).await;
-                let _ = self.client.send_error(&err, None).await;
+                send_fatal(&mut self.client, &err).await;
                 Ending::Error(err)
             }
             RelayError::Server(_) | RelayError::ServerProtocol(_) => {
@@ -253,7 +267,7 @@ impl Session {
                 let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
                     .with_detail(format!("{e}; the transaction in progress, if any, is lost"));
                 let _ = relay::flush_client(&mut self.client).await;
-                let _ = self.client.send_error(&err, None).await;
+                send_fatal(&mut self.client, &err).await;
                 Ending::Error(err)
             }
         }
@@ -266,42 +280,10 @@ async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|&s| s).await.map(|_| ());
 }
 
-async fn read_more(client: &mut ClientIo) -> std::io::Result<usize> {
-    use tokio::io::AsyncReadExt;
-    client.inbuf.reserve(relay::READ_CHUNK);
-    client.reader.read_buf(&mut client.inbuf).await
-}
-
-fn pool_defaults(pool: &Pool) -> std::collections::BTreeMap<String, String> {
-    pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default()
-}
-
-/// The error a client gets when no server could be had.
-pub(crate) fn checkout_error_to_client(e: &CheckoutError, pool: &Pool) -> PgError {
-    match e {
-        CheckoutError::Timeout(limit) => {
-            let counts = pool.counts();
-            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout").with_detail(format!(
-                "no server of pool {}/{} became free within {limit:?}: {} of {} servers in use, {} clients waiting",
-                pool.key.database, pool.key.user, counts.slots_used, pool.settings.pool_size, counts.waiting
-            ))
-        }
-        CheckoutError::Server(se) => server_error_to_client(se, pool),
+/// Sleeps for `d`, or forever when it is zero (a disabled limit).
+async fn sleep_opt(d: std::time::Duration) {
+    if d.is_zero() {
+        std::future::pending::<()>().await;
     }
-}
-
-fn server_error_to_client(e: &ServerError, pool: &Pool) -> PgError {
-    match e {
-        ServerError::Postgres(pg) => pg.clone().with_severity(crate::protocol::Severity::Fatal),
-        other => PgError::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            format!("server login failed: {other}"),
-        )
-        .with_detail(format!(
-            "pool {}/{} could not open a connection to {}",
-            pool.key.database,
-            pool.key.user,
-            pool.settings.target.describe()
-        )),
-    }
+    tokio::time::sleep(d).await;
 }

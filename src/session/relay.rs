@@ -5,11 +5,14 @@
 
 use super::client::ClientIo;
 use super::params::ClientParams;
+use crate::client_info::ClientInfo;
 use crate::pool::Disposition;
 use crate::protocol::{FrameError, FrameScanner, MAX_LOGIN_MESSAGE, ScanItem};
 use crate::server::ServerConn;
+use crate::server::TxState;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Stop reading a peer once this much is waiting to be written to the other side.
@@ -39,6 +42,58 @@ pub(super) struct Link {
     server_scan: FrameScanner,
     /// Client bytes on their way to the server.
     pub(super) to_server: BytesMut,
+    /// When the request now in flight began (None when nothing is due).
+    request_since: Option<Instant>,
+    /// When the open transaction began (None outside a transaction).
+    tx_since: Option<Instant>,
+    /// When the server last became idle for the client (ReadyForQuery with nothing due).
+    idle_since: Instant,
+    /// A cancel was sent for the request in flight (query_timeout).
+    cancel_sent: bool,
+}
+
+/// The per-client time limits enforced while a server is held (zero: off).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    /// query_timeout.
+    pub(super) query: Duration,
+    /// idle_transaction_timeout.
+    pub(super) idle_transaction: Duration,
+    /// transaction_timeout.
+    pub(super) transaction: Duration,
+    /// client_idle_timeout (a session-mode client holding an idle server).
+    pub(super) client_idle: Duration,
+}
+
+/// Which limit ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// query_timeout: the cancel did not end the query in time either.
+    Query,
+    /// idle_transaction_timeout.
+    IdleTransaction,
+    /// transaction_timeout.
+    Transaction,
+    /// client_idle_timeout.
+    ClientIdle,
+}
+
+impl Expiry {
+    /// The error the client gets (PgBouncer's text first).
+    pub(super) fn error(self, limit: &Timeouts) -> crate::protocol::PgError {
+        let (text, d) = match self {
+            Expiry::Query => ("query_timeout", limit.query),
+            Expiry::IdleTransaction => ("idle transaction timeout", limit.idle_transaction),
+            Expiry::Transaction => ("transaction timeout", limit.transaction),
+            Expiry::ClientIdle => ("client_idle_timeout", limit.client_idle),
+        };
+        crate::protocol::PgError::fatal(crate::protocol::sqlstate::PROTOCOL_VIOLATION, text).with_detail(
+            format!(
+                "the limit is {:.1}s; the transaction, if any, was rolled back",
+                d.as_secs_f64()
+            ),
+        )
+    }
 }
 
 /// How a relay stretch ended.
@@ -50,6 +105,8 @@ pub(super) enum RelayEnd {
     Terminated,
     /// The client closed its socket.
     ClientGone,
+    /// A time limit ran out.
+    TimedOut(Expiry),
 }
 
 /// Why relaying stopped abnormally.
@@ -78,7 +135,42 @@ impl Link {
             copy_in: false,
             server_scan: FrameScanner::new(MAX_LOGIN_MESSAGE, usize::MAX),
             to_server: BytesMut::new(),
+            request_since: None,
+            tx_since: None,
+            idle_since: Instant::now(),
+            cancel_sent: false,
         }
+    }
+
+    /// The earliest time limit that applies now, and which it is.
+    fn next_deadline(&self, status: u8, t: &Timeouts) -> Option<(Instant, Expiry)> {
+        let mut best: Option<(Instant, Expiry)> = None;
+        let mut consider = |at: Instant, what: Expiry| {
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, what));
+            }
+        };
+        if let Some(since) = self.request_since
+            && !t.query.is_zero()
+        {
+            // After the cancel, the query gets as long again to end before sluice gives up on it.
+            let factor = if self.cancel_sent { 2 } else { 1 };
+            consider(since + t.query * factor, Expiry::Query);
+        }
+        if self.pending.is_empty() {
+            if status != b'I' && !t.idle_transaction.is_zero() {
+                consider(self.idle_since + t.idle_transaction, Expiry::IdleTransaction);
+            }
+            if status == b'I' && !t.client_idle.is_zero() {
+                consider(self.idle_since + t.client_idle, Expiry::ClientIdle);
+            }
+        }
+        if let Some(since) = self.tx_since
+            && !t.transaction.is_zero()
+        {
+            consider(since + t.transaction, Expiry::Transaction);
+        }
+        best
     }
 
     fn on_client_message(&mut self, tag: u8) {
@@ -106,8 +198,22 @@ impl Link {
         }
     }
 
-    fn on_ready_for_query(&mut self) {
+    fn on_ready_for_query(&mut self, server: &ServerConn) {
         self.pending.pop_front();
+        if !self.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.idle_since = now;
+        self.cancel_sent = false;
+        let started = self.request_since.take().unwrap_or(now);
+        if server.tx_status == b'I' {
+            self.tx_since = None;
+            server.info.set_tx(TxState::Idle);
+        } else {
+            self.tx_since.get_or_insert(started);
+            server.info.set_tx(TxState::IdleInTransaction);
+        }
     }
 
     /// True when nothing is due from the server and no message is half-sent.
@@ -139,10 +245,16 @@ pub(super) async fn relay(
     server: &mut ServerConn,
     params: &mut ClientParams,
     release_when_idle: bool,
+    timeouts: &Timeouts,
+    info: &ClientInfo,
 ) -> Result<RelayEnd, RelayError> {
     loop {
         let terminated = pump_client(client, link)?;
-        if pump_server(client, link, server, params)? && release_when_idle && link.quiet(client) {
+        if link.request_since.is_none() && !link.pending.is_empty() {
+            link.request_since = Some(Instant::now());
+            server.info.set_tx(TxState::Active);
+        }
+        if pump_server(client, link, server, params, info)? && release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
         if terminated {
@@ -152,7 +264,23 @@ pub(super) async fn relay(
             && link.to_server.len() < OUT_CAP
             && link.pending.len() < MAX_PENDING;
         let read_server = client.outbuf.len() < OUT_CAP;
+        let deadline = link.next_deadline(server.tx_status, timeouts);
         tokio::select! {
+            _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
+                let Some((_, expiry)) = deadline else { continue };
+                if expiry == Expiry::Query && !link.cancel_sent {
+                    link.cancel_sent = true;
+                    tracing::info!(backend_pid = server.backend_pid, "query_timeout: cancelling the query");
+                    crate::cancel::send_cancel(
+                        server.target_addr.0.clone(),
+                        server.target_addr.1,
+                        server.backend_pid,
+                        server.backend_secret,
+                    );
+                    continue;
+                }
+                return Ok(RelayEnd::TimedOut(expiry));
+            }
             r = client.writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
                 let n = r.map_err(RelayError::Client)?;
                 client.outbuf.advance(n);
@@ -215,6 +343,7 @@ fn pump_server(
     link: &mut Link,
     server: &mut ServerConn,
     params: &mut ClientParams,
+    info: &ClientInfo,
 ) -> Result<bool, RelayError> {
     while client.outbuf.len() < OUT_CAP {
         let item = link
@@ -234,7 +363,7 @@ fn pump_server(
                     return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                 }
                 server.tx_status = msg[5];
-                link.on_ready_for_query();
+                link.on_ready_for_query(server);
                 client.outbuf.unsplit(msg);
                 if link.pending.is_empty() && server.tx_status == b'I' {
                     return Ok(true);
@@ -244,6 +373,9 @@ fn pump_server(
                 let msg = server.read_buf.split_to(len);
                 if let Some((name, value)) = parameter_status(&msg[5..]) {
                     params.observe_server_report(name, value);
+                    if name == "application_name" {
+                        info.set_application_name(value);
+                    }
                     server.params.insert(name.to_string(), value.to_string());
                 }
                 client.outbuf.unsplit(msg);
@@ -268,4 +400,11 @@ pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
         client.outbuf.clear();
     }
     Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }

@@ -5,6 +5,7 @@
 use super::params::ClientParams;
 use crate::auth::{self, AuthError, ClientAuth, Secret};
 use crate::cancel::{CancelKey, CancelRegistry};
+use crate::client_info::{ClientInfo, PeerAddr};
 use crate::config::Config;
 use crate::pool::{Disposition, Pool, PoolKey, PoolSettings};
 use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
@@ -18,8 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 /// A client that passed login.
 pub(super) struct LoggedIn {
-    pub(super) user: String,
-    pub(super) database: String,
+    pub(super) info: Arc<ClientInfo>,
     pub(super) pool: Arc<Pool>,
     pub(super) params: ClientParams,
     pub(super) cancel: CancelKey,
@@ -41,7 +41,11 @@ impl From<std::io::Error> for Refusal {
 }
 
 /// Runs the whole login; on success the welcome has been written to the client.
-pub(super) async fn log_in(stream: &mut Stream, shared: &Arc<Shared>) -> Result<LoggedIn, Refusal> {
+pub(super) async fn log_in(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+) -> Result<LoggedIn, Refusal> {
     let params = negotiate(stream, shared).await?;
     let config = shared.config.load_full();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -66,18 +70,34 @@ pub(super) async fn log_in(stream: &mut Stream, shared: &Arc<Shared>) -> Result<
             format!("no such database: {database}"),
         )));
     }
+    let db_config = config.database(&database).cloned().unwrap_or_default();
+    let user_config = config.users.get(&user).cloned().unwrap_or_default();
+    let p = &config.pooler;
+    let db_limit = db_config
+        .max_db_client_connections
+        .unwrap_or(p.max_db_client_connections);
+    let user_limit = user_config
+        .max_user_client_connections
+        .unwrap_or(p.max_user_client_connections);
     let slot = shared
-        .try_admit_client(config.pooler.max_client_conn as usize)
-        .ok_or_else(|| {
+        .try_admit_client(
+            p.max_client_conn as usize,
+            (&database, db_limit as usize),
+            (&user, user_limit as usize),
+        )
+        .map_err(|limit| {
             Refusal::Fatal(
                 PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
-                    "no more connections allowed (max_client_conn)",
+                    format!("no more connections allowed ({limit})"),
                 )
-                .with_detail(format!("{} clients are connected", shared.client_count()))
-                .with_hint(
-                    "raise max_client_conn, or find the application that does not close its connections",
-                ),
+                .with_detail(format!(
+                    "{} clients are connected in all; database \"{database}\", user \"{user}\"",
+                    shared.client_count()
+                ))
+                .with_hint(format!(
+                    "raise {limit}, or find the application that does not close its connections"
+                )),
             )
         })?;
 
@@ -96,16 +116,29 @@ pub(super) async fn log_in(stream: &mut Stream, shared: &Arc<Shared>) -> Result<
         Err(AuthError::Io(_)) => return Err(Refusal::Quiet),
     }
 
-    let client_params = ClientParams::from_startup(&params, &config.pooler.ignore_startup_parameters)
+    let mut params = params;
+    if p.application_name_add_host {
+        add_host_to_application_name(&mut params, peer);
+    }
+    let client_params = ClientParams::from_startup(&params, &p.ignore_startup_parameters)
         .map_err(|e| Refusal::Fatal(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.0)))?;
+    let app_name = client_params
+        .reported_value("application_name")
+        .unwrap_or("")
+        .to_string();
+    let info = Arc::new(ClientInfo::new(peer.clone(), &user, &database, &app_name));
     let key = PoolKey {
         database: database.clone(),
         user: user.clone(),
     };
+    let db_server_limit = db_config.max_db_connections.unwrap_or(p.max_db_connections) as usize;
+    let user_server_limit = user_config.max_user_connections.unwrap_or(p.max_user_connections) as usize;
     let pool = shared
         .pools
-        .get_or_create(key, || pool_settings(&config, &database, &user, secret));
-    let welcome = welcome_params(&pool, &config).await?;
+        .get_or_create(key, db_server_limit, user_server_limit, || {
+            pool_settings(&config, &database, &user, secret)
+        });
+    let welcome = welcome_params(&pool, &info, &config).await?;
     let cancel = CancelRegistry::issue(shared);
 
     let mut out = BytesMut::new();
@@ -117,8 +150,7 @@ pub(super) async fn log_in(stream: &mut Stream, shared: &Arc<Shared>) -> Result<
     messages::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
     Ok(LoggedIn {
-        user,
-        database,
+        info,
         pool,
         params: client_params,
         cancel,
@@ -187,8 +219,18 @@ fn pool_settings(config: &Config, database: &str, user: &str, client_secret: Opt
         .and_then(|u| u.pool_mode)
         .or(db.pool_mode)
         .unwrap_or(config.pooler.pool_mode);
+    let p = &config.pooler;
     PoolSettings {
-        pool_size: db.pool_size.unwrap_or(config.pooler.default_pool_size).max(1) as usize,
+        pool_size: config.pool_size_for(&db).max(1) as usize,
+        min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size) as usize,
+        reserve_pool_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size) as usize,
+        reserve_pool_timeout: p.reserve_pool_timeout,
+        reset_query_always: p.server_reset_query_always,
+        server_lifetime: p.server_lifetime,
+        server_idle_timeout: p.server_idle_timeout,
+        server_check_query: p.server_check_query.clone(),
+        server_check_delay: p.server_check_delay,
+        server_login_retry: p.server_login_retry,
         mode,
         target: ServerTarget {
             host: db.host.clone(),
@@ -204,15 +246,33 @@ fn pool_settings(config: &Config, database: &str, user: &str, client_secret: Opt
 
 /// The parameters to greet a client with: cached from the pool's first server login, or learnt
 /// now by opening (and returning) a server, which also proves the server login works.
-async fn welcome_params(pool: &Arc<Pool>, config: &Config) -> Result<Arc<BTreeMap<String, String>>, Refusal> {
+async fn welcome_params(
+    pool: &Arc<Pool>,
+    info: &Arc<ClientInfo>,
+    config: &Config,
+) -> Result<Arc<BTreeMap<String, String>>, Refusal> {
     if let Some(w) = pool.welcome_params() {
         return Ok(w);
     }
-    match pool.checkout(config.pooler.query_wait_timeout).await {
+    match pool.checkout(info, config.pooler.query_wait_timeout).await {
         Ok(server) => {
             pool.release(server, Disposition::Clean);
             pool.welcome_params().ok_or(Refusal::Quiet)
         }
-        Err(e) => Err(Refusal::Fatal(super::checkout_error_to_client(&e, pool))),
+        Err(e) => Err(Refusal::Fatal(
+            super::waiting::checkout_error(&e, pool).with_severity(crate::protocol::Severity::Fatal),
+        )),
+    }
+}
+
+/// application_name_add_host: `app - 10.0.0.5:41234`, as PgBouncer does.
+fn add_host_to_application_name(params: &mut Vec<(String, String)>, peer: &PeerAddr) {
+    let suffix = format!(" - {peer}");
+    match params.iter_mut().find(|(n, _)| n == "application_name") {
+        Some((_, v)) => v.push_str(&suffix),
+        None => params.push((
+            "application_name".to_string(),
+            suffix.trim_start_matches(" - ").to_string(),
+        )),
     }
 }

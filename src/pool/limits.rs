@@ -1,0 +1,94 @@
+//! Limits shared by several pools: max_db_connections (all pools of one database) and
+//! max_user_connections (all pools of one user). A pool takes a unit from each of its groups when
+//! it opens a slot and gives it back when the slot is freed; a full group can make room by closing
+//! an idle server of another pool in the group.
+
+use super::{Pool, PooledServer};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::Notify;
+
+/// A server-connection budget shared by pools.
+#[derive(Debug)]
+pub struct LimitGroup {
+    /// Name for messages (`database app`, `user alice`).
+    pub name: String,
+    max: AtomicUsize,
+    used: AtomicUsize,
+    members: Mutex<Vec<Weak<Pool>>>,
+    freed: Notify,
+}
+
+impl LimitGroup {
+    /// A group allowing `max` servers (0: unlimited).
+    pub fn new(name: String, max: usize) -> LimitGroup {
+        LimitGroup {
+            name,
+            max: AtomicUsize::new(max),
+            used: AtomicUsize::new(0),
+            members: Mutex::new(Vec::new()),
+            freed: Notify::new(),
+        }
+    }
+
+    /// The limit (0: unlimited).
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Servers counted against the group now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn join(&self, pool: &Arc<Pool>) {
+        let mut members = self.members.lock();
+        members.retain(|w| w.strong_count() > 0);
+        members.push(Arc::downgrade(pool));
+    }
+
+    /// Takes one unit if the group has room.
+    pub(super) fn try_acquire(&self) -> bool {
+        let max = self.max();
+        if max == 0 {
+            self.used.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < max).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a unit back and wakes pools waiting for room.
+    pub(super) fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+        self.freed.notify_waiters();
+    }
+
+    /// Resolves when some member frees a unit.
+    pub(super) async fn freed(&self) {
+        self.freed.notified().await;
+    }
+
+    /// Closes one idle server of another member pool to make room; true if one was closed.
+    pub(super) fn evict_idle_elsewhere(&self, asking: &Pool) -> bool {
+        let members: Vec<Arc<Pool>> = self.members.lock().iter().filter_map(Weak::upgrade).collect();
+        for pool in members {
+            if std::ptr::eq(Arc::as_ptr(&pool), asking) {
+                continue;
+            }
+            let victim: Option<PooledServer> = pool.state.lock().idle.pop_front();
+            if let Some(server) = victim {
+                tracing::debug!(group = %self.name, pool = ?pool.key, "closing an idle server to make room");
+                drop(server);
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,96 @@
+//! The observable state of one server connection: whether it is idle, lent to a client (and
+//! whether that client is mid-query or idle in a transaction), or being cleaned. Shared with the
+//! pool so a timeout error can say what the servers are doing and who holds them.
+
+use crate::client_info::ClientInfo;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a lent server is doing for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    /// A request is in flight.
+    Active,
+    /// The client holds it with a transaction open and nothing running.
+    IdleInTransaction,
+    /// Held outside a transaction (session mode between transactions).
+    Idle,
+}
+
+/// Where a server is.
+#[derive(Debug, Clone)]
+pub enum ServerUse {
+    /// In the pool's idle queue.
+    Idle,
+    /// Being opened and logged in.
+    Login,
+    /// Lent to a client.
+    Lent {
+        /// The client holding it.
+        holder: Arc<ClientInfo>,
+        /// When it was lent.
+        since: Instant,
+        /// What it is doing.
+        tx: TxState,
+        /// When `tx` last changed.
+        tx_since: Instant,
+    },
+    /// Being rolled back, reset or checked off any client's path.
+    Cleaning,
+}
+
+/// A server's shared, observable state.
+#[derive(Debug)]
+pub struct ServerInfo {
+    /// The server's id.
+    pub id: u64,
+    /// When it was opened.
+    pub opened_at: Instant,
+    state: Mutex<(ServerUse, i32)>,
+}
+
+impl ServerInfo {
+    /// A server being opened.
+    pub fn new(id: u64) -> ServerInfo {
+        ServerInfo {
+            id,
+            opened_at: Instant::now(),
+            state: Mutex::new((ServerUse::Login, 0)),
+        }
+    }
+
+    /// Current use.
+    pub fn current(&self) -> ServerUse {
+        self.state.lock().0.clone()
+    }
+
+    /// Backend pid (0 until logged in).
+    pub fn backend_pid(&self) -> i32 {
+        self.state.lock().1
+    }
+
+    pub(crate) fn set_backend_pid(&self, pid: i32) {
+        self.state.lock().1 = pid;
+    }
+
+    /// Moves the server to a new use.
+    pub fn set(&self, use_: ServerUse) {
+        self.state.lock().0 = use_;
+    }
+
+    /// Updates what a lent server is doing (no-op unless lent and changed).
+    pub fn set_tx(&self, tx: TxState) {
+        let mut st = self.state.lock();
+        if let ServerUse::Lent {
+            tx: current,
+            tx_since,
+            ..
+        } = &mut st.0
+            && *current != tx
+        {
+            *current = tx;
+            *tx_since = Instant::now();
+        }
+    }
+}

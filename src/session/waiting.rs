@@ -1,0 +1,166 @@
+//! The `Waiting` state: queued for a server while watching the client, with a NOTICE after
+//! query_wait_notify, and what happens when no server comes — by default an ERROR that keeps the
+//! connection usable (the rest of the request up to Sync is discarded, then ReadyForQuery), or
+//! PgBouncer's FATAL-and-close with query_wait_timeout_disconnect.
+
+use super::Session;
+use super::client::ClientIo;
+use super::relay::{OUT_CAP, READ_CHUNK};
+use crate::pool::{CheckoutError, Pool, PooledServer};
+use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, messages, sqlstate};
+use bytes::Buf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a wait ended.
+pub(super) enum WaitOutcome {
+    /// A server, ready for the client's request.
+    Server(PooledServer),
+    /// No server: the client was told (ERROR + ReadyForQuery) and may go on.
+    Failed,
+    /// The client hung up while waiting.
+    ClientGone,
+    /// The session must end with this FATAL (already sent).
+    Fatal(PgError),
+}
+
+impl Session {
+    /// Queues for a server; see the module doc.
+    pub(super) async fn wait_for_server(&mut self, since: Instant) -> WaitOutcome {
+        let pool = self.login.pool.clone();
+        let config = self.shared.config.load_full();
+        let limit = config.pooler.query_wait_timeout;
+        let notify_after = config.pooler.query_wait_notify;
+        let checkout = pool.checkout(&self.login.info, limit.saturating_sub(since.elapsed()));
+        tokio::pin!(checkout);
+        let notify_at = tokio::time::Instant::from_std(since + notify_after);
+        let mut notified = notify_after.is_zero();
+        let result = loop {
+            let room = self.client.inbuf.len() < OUT_CAP;
+            tokio::select! {
+                r = &mut checkout => break r,
+                r = read_more(&mut self.client), if room => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        return WaitOutcome::ClientGone;
+                    }
+                }
+                _ = tokio::time::sleep_until(notify_at), if !notified => {
+                    notified = true;
+                    let notice = PgError::notice(format!(
+                        "No server connection available in pool {}/{}, client being queued",
+                        pool.key.database, pool.key.user
+                    ));
+                    notice.encode(&mut self.client.outbuf);
+                    if super::relay::flush_client(&mut self.client).await.is_err() {
+                        return WaitOutcome::ClientGone;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(server) => WaitOutcome::Server(server),
+            Err(e) => {
+                let error = checkout_error(&e, &pool);
+                let disconnect = match e {
+                    CheckoutError::Timeout(_) => config.pooler.query_wait_timeout_disconnect,
+                    CheckoutError::Login(_) => false,
+                };
+                if disconnect {
+                    let fatal = error.with_severity(Severity::Fatal);
+                    let _ = self.client.send_error(&fatal, None).await;
+                    return WaitOutcome::Fatal(fatal);
+                }
+                tracing::info!(client = self.login.info.id, error = %error, "no server for the client's request");
+                match fail_request(&mut self.client, &error, limit).await {
+                    Ok(()) => WaitOutcome::Failed,
+                    Err(_) => WaitOutcome::ClientGone,
+                }
+            }
+        }
+    }
+}
+
+/// The error (severity ERROR) a client gets when no server could be had.
+pub(super) fn checkout_error(e: &CheckoutError, pool: &Pool) -> PgError {
+    match e {
+        CheckoutError::Timeout(limit) => PgError::error(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "query_wait_timeout: no server connection became free within {:.1}s",
+                limit.as_secs_f64()
+            ),
+        )
+        .with_detail(pool.describe_servers())
+        .with_hint(
+            "The connection is still usable: retry, or find the client holding servers \
+             (see the DETAIL); raise pool_size or query_wait_timeout if the load is legitimate.",
+        ),
+        CheckoutError::Login(pg) => pg.clone().with_severity(Severity::Error),
+    }
+}
+
+/// Fails the client's pending request as PostgreSQL fails one: the error at once, the rest of
+/// the request (up to Sync, or the one simple Query) read and dropped, then ReadyForQuery.
+async fn fail_request(client: &mut ClientIo, error: &PgError, limit: Duration) -> std::io::Result<()> {
+    error.encode(&mut client.outbuf);
+    super::relay::flush_client(client).await?;
+    tokio::time::timeout(limit, discard_request(client))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "client never finished its request")
+        })??;
+    messages::ready_for_query(&mut client.outbuf, b'I');
+    super::relay::flush_client(client).await
+}
+
+async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
+    let mut scan = FrameScanner::new(0, usize::MAX);
+    let mut first = true;
+    loop {
+        match scan
+            .next(&client.inbuf, |_| false)
+            .map_err(std::io::Error::other)?
+        {
+            ScanItem::Pass { len, tag } => {
+                client.inbuf.advance(len);
+                if let Some(t) = tag {
+                    let ends = t == b'S' || (first && t == b'Q');
+                    first = false;
+                    if ends {
+                        // Finish dropping the body (a Query may be longer than what arrived).
+                        while !scan.at_boundary() {
+                            if client.inbuf.is_empty() && read_more(client).await? == 0 {
+                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                            }
+                            if let ScanItem::Pass { len, .. } = scan
+                                .next(&client.inbuf, |_| false)
+                                .map_err(std::io::Error::other)?
+                            {
+                                client.inbuf.advance(len);
+                            }
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            ScanItem::Whole { .. } => unreachable!("no message type is asked for whole"),
+            ScanItem::NeedMore => {
+                if read_more(client).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn read_more(client: &mut ClientIo) -> std::io::Result<usize> {
+    client.inbuf.reserve(READ_CHUNK);
+    client.reader.read_buf(&mut client.inbuf).await
+}
+
+/// Sends a FATAL to the client (best effort).
+pub(super) async fn send_fatal(client: &mut ClientIo, error: &PgError) {
+    error.encode(&mut client.outbuf);
+    let _ = client.writer.write_all(&client.outbuf).await;
+    client.outbuf.clear();
+}
