@@ -108,6 +108,7 @@ pub(super) async fn log_in(
         secret: secret.clone(),
         cache: &shared.verifiers,
         instance_secret: &shared.instance_secret,
+        known_user: config.users.contains_key(&user) || config.auth_file_users.contains_key(&user),
         trust_unknown_users: config.users.is_empty() && config.auth_file_users.is_empty(),
     };
     match auth::authenticate(stream, auth).await {
