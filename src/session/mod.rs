@@ -179,7 +179,10 @@ impl Session {
                             send_fatal(&mut self.client, &e).await;
                             return Ending::Error(e);
                         }
-                        Err(e) => return self.relay_failed(server, &link, e).await,
+                        Err(e) => match self.relay_failed(server, &link, e, mode).await {
+                            Some(ending) => return ending,
+                            None => SessionState::Idle,
+                        },
                     }
                 }
             };
@@ -244,11 +247,19 @@ impl Session {
         self.login.pool.release(server, disposition);
     }
 
-    async fn relay_failed(&mut self, server: PooledServer, link: &Link, e: RelayError) -> Ending {
-        match e {
+    /// Handles a failed relay. Returns None when the client keeps its connection (it was told
+    /// with ERROR + ReadyForQuery and goes back to Idle).
+    async fn relay_failed(
+        &mut self,
+        server: PooledServer,
+        link: &Link,
+        e: RelayError,
+        mode: PoolMode,
+    ) -> Option<Ending> {
+        let server_error = match e {
             RelayError::Client(_) => {
                 self.release(server, link);
-                Ending::ClientLeft
+                return Some(Ending::ClientLeft);
             }
             RelayError::ClientProtocol(fe) => {
                 // The bad header was never forwarded; the link decides whether the server is clean.
@@ -259,18 +270,41 @@ impl Session {
                 );
                 let _ = relay::flush_client(&mut self.client).await;
                 send_fatal(&mut self.client, &err).await;
-                Ending::Error(err)
+                return Some(Ending::Error(err));
             }
-            RelayError::Server(_) | RelayError::ServerProtocol(_) => {
-                self.login.cancel.slot.set(None);
-                drop(server);
-                let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
-                    .with_detail(format!("{e}; the transaction in progress, if any, is lost"));
-                let _ = relay::flush_client(&mut self.client).await;
-                send_fatal(&mut self.client, &err).await;
-                Ending::Error(err)
+            RelayError::ServerFatal(pg) => pg,
+            other @ (RelayError::Server(_) | RelayError::ServerProtocol(_)) => {
+                PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
+                    .with_detail(format!("{other}; the request in progress did not complete"))
             }
+        };
+        self.login.cancel.slot.set(None);
+        let soft = mode == PoolMode::Transaction && link.can_fail_softly(&self.client);
+        let pending = link.pending_requests().max(1);
+        drop(server);
+        tracing::info!(client = self.login.info.id, error = %server_error, soft, "server failed under a client");
+        if soft {
+            // Like any failed statement: an ERROR and ReadyForQuery for each request in flight;
+            // the next request gets a fresh server.
+            let err = server_error
+                .with_severity(crate::protocol::Severity::Error)
+                .with_hint(
+                    "The server connection was lost (PostgreSQL restarted or the backend was terminated); \
+                 this connection is still usable: retry the request.",
+                );
+            for _ in 0..pending {
+                err.encode(&mut self.client.outbuf);
+                crate::protocol::messages::ready_for_query(&mut self.client.outbuf, b'I');
+            }
+            if relay::flush_client(&mut self.client).await.is_err() {
+                return Some(Ending::ClientLeft);
+            }
+            return None;
         }
+        let err = server_error.with_severity(crate::protocol::Severity::Fatal);
+        let _ = relay::flush_client(&mut self.client).await;
+        send_fatal(&mut self.client, &err).await;
+        Some(Ending::Error(err))
     }
 }
 

@@ -7,7 +7,7 @@ use super::client::ClientIo;
 use super::params::ClientParams;
 use crate::client_info::ClientInfo;
 use crate::pool::Disposition;
-use crate::protocol::{FrameError, FrameScanner, MAX_LOGIN_MESSAGE, ScanItem};
+use crate::protocol::{FrameError, FrameScanner, ScanItem};
 use crate::server::ServerConn;
 use crate::server::TxState;
 use bytes::{Buf, BytesMut};
@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(super) const OUT_CAP: usize = 64 * 1024;
 /// Bytes requested per socket read.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// Largest server message decoded whole (ReadyForQuery, ParameterStatus, ErrorResponse).
+const MAX_WHOLE_SERVER_MESSAGE: usize = 8 << 20;
 /// Most requests (Query or Sync) in flight before sluice stops reading the client.
 const MAX_PENDING: usize = 4096;
 
@@ -50,6 +52,8 @@ pub(super) struct Link {
     idle_since: Instant,
     /// A cancel was sent for the request in flight (query_timeout).
     cancel_sent: bool,
+    /// The server reported a transaction block (status `T` or `E`) during this checkout.
+    saw_transaction: bool,
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -124,6 +128,10 @@ pub(super) enum RelayError {
     /// The server broke the framing.
     #[error("server protocol violation: {0}")]
     ServerProtocol(String),
+    /// The server sent a FATAL error (it is about to close): not forwarded, so the session can
+    /// decide what the client is told.
+    #[error("server sent FATAL: {0}")]
+    ServerFatal(crate::protocol::PgError),
 }
 
 impl Link {
@@ -133,13 +141,30 @@ impl Link {
             pending: VecDeque::new(),
             unsynced: false,
             copy_in: false,
-            server_scan: FrameScanner::new(MAX_LOGIN_MESSAGE, usize::MAX),
+            server_scan: FrameScanner::new(MAX_WHOLE_SERVER_MESSAGE, usize::MAX),
             to_server: BytesMut::new(),
             request_since: None,
             tx_since: None,
             idle_since: Instant::now(),
             cancel_sent: false,
+            saw_transaction: false,
         }
+    }
+
+    /// When the server fails under the client, can the client be told with ERRORs and keep its
+    /// connection? Only if no transaction block was open (nothing of the client's state is lost
+    /// beyond the failed request) and both streams are at message boundaries.
+    pub(super) fn can_fail_softly(&self, client: &ClientIo) -> bool {
+        !self.saw_transaction
+            && !self.unsynced
+            && !self.copy_in
+            && self.server_scan.at_boundary()
+            && client.at_boundary()
+    }
+
+    /// Requests still waiting for their ReadyForQuery.
+    pub(super) fn pending_requests(&self) -> usize {
+        self.pending.len()
     }
 
     /// The earliest time limit that applies now, and which it is.
@@ -211,6 +236,7 @@ impl Link {
             self.tx_since = None;
             server.info.set_tx(TxState::Idle);
         } else {
+            self.saw_transaction = true;
             self.tx_since.get_or_insert(started);
             server.info.set_tx(TxState::IdleInTransaction);
         }
@@ -348,7 +374,7 @@ fn pump_server(
     while client.outbuf.len() < OUT_CAP {
         let item = link
             .server_scan
-            .next(&server.read_buf, |t| t == b'Z' || t == b'S')
+            .next(&server.read_buf, |t| t == b'Z' || t == b'S' || t == b'E')
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         match item {
             ScanItem::Pass { len, tag } => {
@@ -368,6 +394,14 @@ fn pump_server(
                 if link.pending.is_empty() && server.tx_status == b'I' {
                     return Ok(true);
                 }
+            }
+            ScanItem::Whole { tag: b'E', len } => {
+                let msg = server.read_buf.split_to(len);
+                let error = crate::protocol::PgError::from_fields(&msg[5..]);
+                if error.severity == crate::protocol::Severity::Fatal {
+                    return Err(RelayError::ServerFatal(error));
+                }
+                client.outbuf.unsplit(msg);
             }
             ScanItem::Whole { len, .. } => {
                 let msg = server.read_buf.split_to(len);
