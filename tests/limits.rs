@@ -176,3 +176,34 @@ async fn max_db_connections_is_shared_by_the_pools_of_a_database() {
     b.batch_execute("SELECT 1").await.unwrap();
     assert!(backends(&db).await <= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_user_connections_is_shared_by_the_pools_of_a_user() {
+    let db1 = pg().create_database("t_maxuser1").await;
+    let db2 = pg().create_database("t_maxuser2").await;
+    let (dir, port) = (pg().socket_dir().display().to_string(), pg().port());
+    let text = format!(
+        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nquery_wait_timeout = \"20s\"\n\
+         [users.sluice_trust]\nmax_user_connections = 1\n\
+         [databases.{db1}]\nhost = \"{dir}\"\nport = {port}\n[databases.{db2}]\nhost = \"{dir}\"\nport = {port}\n"
+    );
+    let sluice = start_sluice(&text).await;
+    let addr = sluice.tcp_addr();
+    let a = connect(addr, "sluice_trust", "", &db1).await.unwrap();
+    let b = connect(addr, "sluice_trust", "", &db2).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let bq = tokio::spawn(async move { b.batch_execute("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !bq.is_finished(),
+        "the user got a second server past max_user_connections"
+    );
+    assert_eq!(backends(&db1).await + backends(&db2).await, 1);
+    a.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), bq)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(backends(&db1).await + backends(&db2).await <= 1);
+}
