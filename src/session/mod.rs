@@ -11,6 +11,7 @@ mod waiting;
 pub use crate::client_info::PeerAddr;
 
 use crate::cancel::CancelTarget;
+use crate::client_info::ClientPhase;
 use crate::config::PoolMode;
 use crate::pool::{Disposition, PooledServer};
 use crate::protocol::{PgError, sqlstate};
@@ -133,7 +134,7 @@ impl Session {
                     }
                 }
                 SessionState::Waiting { since } => match self.wait_for_server(since).await {
-                    WaitOutcome::Server(server) => match self.prepare(server).await {
+                    WaitOutcome::Server(server) => match self.prepare(server, since).await {
                         Ok(server) => SessionState::Active(Box::new(Active {
                             server,
                             link: Link::new(),
@@ -143,23 +144,24 @@ impl Session {
                             return Ending::Error(e);
                         }
                     },
-                    WaitOutcome::Failed => SessionState::Idle,
+                    WaitOutcome::Failed => {
+                        self.login.info.set_phase(ClientPhase::Idle, None);
+                        SessionState::Idle
+                    }
                     WaitOutcome::ClientGone => return Ending::ClientLeft,
                     WaitOutcome::Fatal(e) => return Ending::Error(e),
                 },
                 SessionState::Active(active) => {
                     let Active { mut server, mut link } = *active;
                     let timeouts = self.timeouts(mode);
-                    let end = relay::relay(
-                        &mut self.client,
-                        &mut link,
-                        &mut server.conn,
-                        &mut self.login.params,
-                        mode == PoolMode::Transaction,
-                        &timeouts,
-                        &self.login.info,
-                    )
-                    .await;
+                    let mut ctx = relay::RelayContext {
+                        params: &mut self.login.params,
+                        info: &self.login.info,
+                        stats: &self.login.pool.stats,
+                        timeouts,
+                        release_when_idle: mode == PoolMode::Transaction,
+                    };
+                    let end = relay::relay(&mut self.client, &mut link, &mut server.conn, &mut ctx).await;
                     match end {
                         Ok(RelayEnd::TransactionDone) => {
                             self.release(server, &link);
@@ -206,8 +208,13 @@ impl Session {
     }
 
     /// Brings a server to the client's session settings and points cancels at it.
-    async fn prepare(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
+    async fn prepare(&mut self, mut server: PooledServer, since: Instant) -> Result<PooledServer, PgError> {
         let pool = self.login.pool.clone();
+        pool.stats.record_assignment(since.elapsed());
+        self.login.info.set_phase(
+            ClientPhase::Active,
+            Some((server.conn.id, server.conn.backend_pid)),
+        );
         let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
         if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
             let limit = self.shared.config.load().pooler.server_connect_timeout;
@@ -243,6 +250,7 @@ impl Session {
 
     fn release(&mut self, server: PooledServer, link: &Link) {
         self.login.cancel.slot.set(None);
+        self.login.info.set_phase(ClientPhase::Idle, None);
         let disposition = link.disposition(&self.client, &server.conn);
         self.login.pool.release(server, disposition);
     }
@@ -279,6 +287,7 @@ impl Session {
             }
         };
         self.login.cancel.slot.set(None);
+        self.login.info.set_phase(ClientPhase::Idle, None);
         let soft = mode == PoolMode::Transaction && link.can_fail_softly(&self.client);
         let pending = link.pending_requests().max(1);
         drop(server);
