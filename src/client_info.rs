@@ -73,6 +73,8 @@ pub struct ClientInfo {
     pub peer_pid: Option<i32>,
     application_name: Mutex<String>,
     live: Mutex<ClientLive>,
+    kill_reason: Mutex<Option<String>>,
+    kill: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -100,6 +102,24 @@ impl ClientInfo {
                 request_at: now,
                 server: None,
             }),
+            kill_reason: Mutex::new(None),
+            kill: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks the client's session to end with a FATAL carrying `reason` (KILL, KILL_CLIENT).
+    pub fn kill(&self, reason: &str) {
+        self.kill_reason.lock().get_or_insert_with(|| reason.to_string());
+        self.kill.notify_one();
+    }
+
+    /// Resolves with the reason once the client is killed.
+    pub async fn killed(&self) -> String {
+        loop {
+            if let Some(r) = self.kill_reason.lock().clone() {
+                return r;
+            }
+            self.kill.notified().await;
         }
     }
 

@@ -60,9 +60,16 @@ impl Pool {
     ) -> Result<PooledServer, CheckoutError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait_limit;
-        let reserve = self.settings.reserve_pool_size > 0;
+        if self.is_paused()
+            && tokio::time::timeout_at(deadline, self.wait_resumed())
+                .await
+                .is_err()
+        {
+            return Err(CheckoutError::Timeout(wait_limit));
+        }
+        let reserve = self.settings().reserve_pool_size > 0;
         let server = loop {
-            let reserve_due = reserve && started.elapsed() >= self.settings.reserve_pool_timeout;
+            let reserve_due = reserve && started.elapsed() >= self.settings().reserve_pool_timeout;
             match self.next_step(reserve_due) {
                 Step::Ready(server) => {
                     if let Some(server) = self.vet_idle(server).await {
@@ -129,8 +136,8 @@ impl Pool {
         deadline: tokio::time::Instant,
     ) -> Waited {
         // Armed only while the reserve is not yet due; once due, next_step already tries it.
-        let reserve_moment = started + self.settings.reserve_pool_timeout;
-        let reserve_at = (self.settings.reserve_pool_size > 0 && Instant::now() < reserve_moment)
+        let reserve_moment = started + self.settings().reserve_pool_timeout;
+        let reserve_at = (self.settings().reserve_pool_size > 0 && Instant::now() < reserve_moment)
             .then(|| tokio::time::Instant::from_std(reserve_moment));
         let [db_group, user_group] = &self.groups;
         let _blocked = group_blocked.then(|| (db_group.block(), user_group.block()));
@@ -201,13 +208,10 @@ impl Pool {
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
             return None;
         }
-        let check = self.settings.server_check_query.trim();
-        if !check.is_empty() && server.conn.last_used.elapsed() >= self.settings.server_check_delay {
-            if let Err(e) = server
-                .conn
-                .run_internal(check, self.settings.connect_timeout)
-                .await
-            {
+        let settings = self.settings.load_full();
+        let check = settings.server_check_query.trim();
+        if !check.is_empty() && server.conn.last_used.elapsed() >= settings.server_check_delay {
+            if let Err(e) = server.conn.run_internal(check, settings.connect_timeout).await {
                 tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
                 return None;
             }
@@ -222,8 +226,9 @@ impl Pool {
             drop(permit); // passes the slot on, so the next waiter learns the same at once
             return Err(CheckoutError::Login(cached));
         }
-        let limit = self.settings.connect_timeout;
-        let result = match tokio::time::timeout(limit, server::connect(&self.settings.target)).await {
+        let limit = self.settings().connect_timeout;
+        let target = self.settings().target.clone();
+        let result = match tokio::time::timeout(limit, server::connect(&target)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::Timeout(limit)),
         };
@@ -240,15 +245,12 @@ impl Pool {
         self.login.succeeded();
         tracing::debug!(pool = ?self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
         self.remember_welcome(&conn);
+        conn.info.set_generation(self.generation());
         self.state.lock().servers.insert(conn.id, conn.info.clone());
-        let expires_at = (!self.settings.server_lifetime.is_zero()).then(|| {
-            // Each server gets 75-100% of the lifetime, so a pool never recycles all at once.
-            conn.created
-                + self
-                    .settings
-                    .server_lifetime
-                    .mul_f64(0.75 + rand::random::<f64>() * 0.25)
-        });
+        let lifetime = self.settings().server_lifetime;
+        // Each server gets 75-100% of the lifetime, so a pool never recycles all at once.
+        let expires_at = (!lifetime.is_zero())
+            .then(|| conn.created + lifetime.mul_f64(0.75 + rand::random::<f64>() * 0.25));
         Ok(PooledServer {
             conn,
             expires_at,
@@ -268,7 +270,7 @@ impl Pool {
                 "pool {}/{} could not open a connection to {}",
                 self.key.database,
                 self.key.user,
-                self.settings.target.describe()
+                self.settings().target.describe()
             )),
         }
     }

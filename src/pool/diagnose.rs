@@ -56,7 +56,7 @@ impl Pool {
             self.key.database,
             self.key.user,
             slots_used,
-            self.settings.pool_size,
+            self.settings().pool_size,
             active,
             secs(longest_active),
             idle_tx,

@@ -28,7 +28,7 @@ impl Pool {
     /// more than min_pool_size servers are open.
     fn close_stale_idle(&self) {
         let now = Instant::now();
-        let idle_timeout = self.settings.server_idle_timeout;
+        let idle_timeout = self.settings().server_idle_timeout;
         let stale: Vec<PooledServer> = {
             let mut st = self.state.lock();
             let mut open = st.slots_used;
@@ -39,7 +39,7 @@ impl Pool {
                 let expired = server.expires_at.is_some_and(|t| now >= t);
                 let idle_too_long = !idle_timeout.is_zero()
                     && now.duration_since(server.conn.last_used) >= idle_timeout
-                    && open > self.settings.min_pool_size;
+                    && open > self.settings().min_pool_size;
                 if expired || idle_too_long {
                     open -= 1;
                     stale.push(server);
@@ -61,7 +61,7 @@ impl Pool {
         while self.login.may_try() {
             let permit = {
                 let mut st = self.state.lock();
-                if st.slots_used >= self.settings.min_pool_size || !st.waiters.is_empty() {
+                if st.slots_used >= self.settings().min_pool_size || !st.waiters.is_empty() {
                     return;
                 }
                 match self.try_take_slot(&mut st, false) {

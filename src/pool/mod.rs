@@ -4,6 +4,7 @@
 //! that never hands a dirty server on.
 
 mod checkout;
+mod control;
 mod diagnose;
 mod limits;
 mod login_health;
@@ -130,8 +131,12 @@ struct PoolState {
 pub struct Pool {
     /// Which pool this is.
     pub key: PoolKey,
-    /// Its settings.
-    pub settings: PoolSettings,
+    settings: arc_swap::ArcSwap<PoolSettings>,
+    /// PAUSE: new checkouts wait until RESUME.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// RECONNECT: servers opened before the current generation are closed when released.
+    generation: std::sync::atomic::AtomicU64,
     state: Mutex<PoolState>,
     welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     login: LoginHealth,
@@ -173,7 +178,10 @@ impl Pool {
         let login = LoginHealth::new(settings.server_login_retry);
         let pool = Arc::new(Pool {
             key,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(PoolState::default()),
             welcome: Mutex::new(None),
             login,
@@ -184,6 +192,16 @@ impl Pool {
             g.join(&pool);
         }
         pool
+    }
+
+    /// The settings in force (replaced whole by RELOAD and SET).
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
+    }
+
+    /// Replaces the settings (RELOAD, SET); a smaller pool shrinks as servers are released.
+    pub fn update_settings(&self, settings: PoolSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Counts for monitoring.
@@ -218,9 +236,9 @@ impl Pool {
     /// Takes a slot if the pool (with the reserve when allowed) and its groups have room.
     /// Called with the state lock held.
     fn try_take_slot(self: &Arc<Self>, st: &mut PoolState, use_reserve: bool) -> Option<SlotPermit> {
-        let limit = self.settings.pool_size
+        let limit = self.settings().pool_size
             + if use_reserve {
-                self.settings.reserve_pool_size
+                self.settings().reserve_pool_size
             } else {
                 0
             };
@@ -244,7 +262,7 @@ impl Pool {
 
     /// True when the pool itself has room but a shared limit group does not.
     fn blocked_by_group(&self, st: &PoolState) -> bool {
-        st.slots_used < self.settings.pool_size
+        st.slots_used < self.settings().pool_size
             && self.groups.iter().any(|g| g.max() > 0 && g.used() >= g.max())
     }
 
@@ -267,12 +285,6 @@ impl Pool {
         for g in &self.groups {
             g.release();
         }
-    }
-
-    /// Closes all idle servers (used at shutdown and by RECONNECT-like operations).
-    pub fn close_idle(&self) {
-        let idle: Vec<PooledServer> = self.state.lock().idle.drain(..).collect();
-        drop(idle);
     }
 
     /// Starts the pool's maintenance task (min_pool_size, idle timeout, lifetime).

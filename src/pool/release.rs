@@ -43,14 +43,14 @@ impl Pool {
     }
 
     fn needs_reset(&self) -> bool {
-        !self.settings.reset_query.trim().is_empty()
-            && (self.settings.mode == PoolMode::Session || self.settings.reset_query_always)
+        !self.settings().reset_query.trim().is_empty()
+            && (self.settings().mode == PoolMode::Session || self.settings().reset_query_always)
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {
         let reset = self
             .needs_reset()
-            .then(|| self.settings.reset_query.trim().to_string());
+            .then(|| self.settings().reset_query.trim().to_string());
         let mut queries: Vec<&str> = Vec::new();
         if rollback {
             queries.push("ROLLBACK");
@@ -81,6 +81,11 @@ impl Pool {
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
             tracing::debug!(pool = ?self.key, server = server.conn.id, "server_lifetime reached; closing");
+            drop(server);
+            return;
+        }
+        if server.conn.info.generation() < self.generation() || self.is_paused() {
+            // RECONNECT asked for fresh servers, or PAUSE is closing them as they come back.
             drop(server);
             return;
         }

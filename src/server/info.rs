@@ -47,6 +47,9 @@ pub struct ServerInfo {
     pub id: u64,
     /// When it was opened.
     pub opened_at: Instant,
+    /// Wall-clock open time (console timestamps).
+    pub opened_wall: std::time::SystemTime,
+    generation: std::sync::atomic::AtomicU64,
     state: Mutex<(ServerUse, i32)>,
 }
 
@@ -56,8 +59,19 @@ impl ServerInfo {
         ServerInfo {
             id,
             opened_at: Instant::now(),
+            opened_wall: std::time::SystemTime::now(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
         }
+    }
+
+    /// The pool generation it belongs to (RECONNECT starts a new one).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_generation(&self, g: u64) {
+        self.generation.store(g, std::sync::atomic::Ordering::Release);
     }
 
     /// Current use.

@@ -99,7 +99,7 @@ struct Session {
 impl Session {
     async fn run(&mut self) -> Ending {
         let mut shutdown = self.shared.shutdown_signal();
-        let mode = self.login.pool.settings.mode;
+        let mode = self.login.pool.settings().mode;
         loop {
             let state = std::mem::replace(&mut self.state, SessionState::Idle);
             self.state = match state {
@@ -112,6 +112,11 @@ impl Session {
                             _ = sleep_opt(idle_limit) => {
                                 let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
                                     .with_detail(format!("the client sent nothing for {:.1}s", idle_limit.as_secs_f64()));
+                                send_fatal(&mut self.client, &e).await;
+                                return Ending::Error(e);
+                            }
+                            reason = self.login.info.killed() => {
+                                let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
                                 send_fatal(&mut self.client, &e).await;
                                 return Ending::Error(e);
                             }
@@ -173,6 +178,14 @@ impl Session {
                         Ok(RelayEnd::Terminated | RelayEnd::ClientGone) => {
                             self.release(server, &link);
                             return Ending::ClientLeft;
+                        }
+                        Ok(RelayEnd::Killed(reason)) => {
+                            let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
+                            drop(server); // whatever it was doing is abandoned with the client
+                            self.login.cancel.slot.set(None);
+                            let _ = relay::flush_client(&mut self.client).await;
+                            send_fatal(&mut self.client, &e).await;
+                            return Ending::Error(e);
                         }
                         Ok(RelayEnd::TimedOut(expiry)) => {
                             let e = expiry.error(&timeouts);

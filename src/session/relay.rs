@@ -117,6 +117,8 @@ pub(super) enum RelayEnd {
     ClientGone,
     /// A time limit ran out.
     TimedOut(Expiry),
+    /// The operator killed the client (reason given).
+    Killed(String),
 }
 
 /// Why relaying stopped abnormally.
@@ -325,6 +327,7 @@ pub(super) async fn relay(
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
+            reason = ctx.info.killed() => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
                 if expiry == Expiry::Query && !link.cancel_sent {

@@ -39,6 +39,11 @@ impl Session {
             let room = self.client.inbuf.len() < OUT_CAP;
             tokio::select! {
                 r = &mut checkout => break r,
+                reason = self.login.info.killed() => {
+                    let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
+                    send_fatal(&mut self.client, &e).await;
+                    return WaitOutcome::Fatal(e);
+                }
                 r = read_more(&mut self.client), if room => {
                     if matches!(r, Ok(0) | Err(_)) {
                         return WaitOutcome::ClientGone;
