@@ -49,6 +49,12 @@ impl LimitGroup {
         self.max.load(Ordering::Relaxed)
     }
 
+    /// Changes the limit (RELOAD, SET).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+
     /// Servers counted against the group now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)

@@ -11,12 +11,14 @@ mod login_health;
 mod maintenance;
 mod registry;
 mod release;
+mod settings;
 mod stats;
 
 pub use checkout::CheckoutError;
 pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;
+pub use settings::settings_for;
 pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::config::PoolMode;

@@ -36,6 +36,26 @@ impl PoolRegistry {
         pool
     }
 
+    /// Applies a new configuration to existing pools: settings, and shared limits.
+    pub fn apply(&self, config: &crate::Config) {
+        for pool in self.all() {
+            let key = &pool.key;
+            let Some(db) = config.database(&key.database) else {
+                // Removed from the config: the pool drains as its clients leave.
+                continue;
+            };
+            let secret = config.user_secret(&key.user).map(crate::auth::Secret::parse);
+            pool.update_settings(super::settings_for(config, &key.database, &key.user, secret));
+            let db_max = db.max_db_connections.unwrap_or(config.pooler.max_db_connections);
+            pool.groups[0].set_max(db_max as usize);
+            let user = config.users.get(&key.user);
+            let user_max = user
+                .and_then(|u| u.max_user_connections)
+                .unwrap_or(config.pooler.max_user_connections);
+            pool.groups[1].set_max(user_max as usize);
+        }
+    }
+
     /// A snapshot of all pools.
     pub fn all(&self) -> Vec<Arc<Pool>> {
         let mut v: Vec<_> = self.pools.lock().values().cloned().collect();

@@ -7,9 +7,8 @@ use crate::auth::{self, AuthError, ClientAuth, Secret};
 use crate::cancel::{CancelKey, CancelRegistry};
 use crate::client_info::{ClientInfo, PeerAddr};
 use crate::config::Config;
-use crate::pool::{Disposition, Pool, PoolKey, PoolSettings};
+use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
-use crate::server::ServerTarget;
 use crate::shared::{ClientSlot, Shared};
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -145,7 +144,7 @@ pub(super) async fn log_in(
     let pool = shared
         .pools
         .get_or_create(key, db_server_limit, user_server_limit, || {
-            pool_settings(&config, &database, &user, secret)
+            crate::pool::settings_for(&config, &database, &user, secret)
         });
     let welcome = welcome_params(&pool, &info, &config).await?;
     let cancel = CancelRegistry::issue(shared);
@@ -214,43 +213,6 @@ async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupP
                 )));
             }
         }
-    }
-}
-
-fn pool_settings(config: &Config, database: &str, user: &str, client_secret: Option<Secret>) -> PoolSettings {
-    let db = config.database(database).cloned().unwrap_or_default();
-    let (server_user, secret) = match &db.user {
-        Some(forced) => (forced.clone(), db.password.as_deref().map(Secret::parse)),
-        None => (user.to_string(), client_secret),
-    };
-    let mode = config
-        .users
-        .get(user)
-        .and_then(|u| u.pool_mode)
-        .or(db.pool_mode)
-        .unwrap_or(config.pooler.pool_mode);
-    let p = &config.pooler;
-    PoolSettings {
-        pool_size: config.pool_size_for(&db).max(1) as usize,
-        min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size) as usize,
-        reserve_pool_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size) as usize,
-        reserve_pool_timeout: p.reserve_pool_timeout,
-        reset_query_always: p.server_reset_query_always,
-        server_lifetime: p.server_lifetime,
-        server_idle_timeout: p.server_idle_timeout,
-        server_check_query: p.server_check_query.clone(),
-        server_check_delay: p.server_check_delay,
-        server_login_retry: p.server_login_retry,
-        mode,
-        target: ServerTarget {
-            host: db.host.clone(),
-            port: db.port,
-            dbname: db.dbname.clone().unwrap_or_else(|| database.to_string()),
-            user: server_user,
-            secret,
-        },
-        connect_timeout: config.pooler.server_connect_timeout,
-        reset_query: config.pooler.server_reset_query.clone(),
     }
 }
 
