@@ -25,6 +25,8 @@ pub struct Shared {
     pub verifiers: VerifierCache,
     /// Random per-process key for mock SCRAM verifiers of unknown users.
     pub instance_secret: [u8; 32],
+    /// TLS contexts, hba rules and auth_query answers, kept per config snapshot.
+    pub security: crate::security::Security,
     clients: AtomicUsize,
     /// Connected clients per database [0] and per user [1].
     client_counts: Mutex<[HashMap<String, usize>; 2]>,
@@ -41,6 +43,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
+            security: crate::security::Security::default(),
             clients: AtomicUsize::new(0),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             shutdown,
