@@ -1,8 +1,8 @@
 //! `auth_hba_file` for `auth_type = "hba"`: PostgreSQL's pg_hba.conf syntax (local, host, hostssl,
 //! hostnossl; database and user lists; addresses with a CIDR suffix or a separate mask; the
 //! methods trust, reject, md5, scram-sha-256, password and cert). The first matching line decides.
-//! Not supported (refused when loading): `@file` includes, `+group` membership, host names, and
-//! options after the method (they are ignored with the line still used).
+//! Not supported, and refused when loading: `@file` includes, `+group` membership, host names.
+//! Options after the method are ignored (the line still applies).
 
 use std::net::IpAddr;
 
