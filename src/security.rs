@@ -70,15 +70,11 @@ impl Security {
 }
 
 fn load_hba(config: &Config) -> Result<HbaRules, String> {
+    // Relative paths were made relative to the config file when it was loaded.
     let Some(path) = &config.pooler.auth_hba_file else {
         return Ok(HbaRules::default());
     };
-    let base = std::path::Path::new(&config.origin).parent();
-    let path = match base {
-        Some(b) if path.is_relative() && !b.as_os_str().is_empty() => b.join(path),
-        _ => path.clone(),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     HbaRules::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

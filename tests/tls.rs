@@ -346,3 +346,27 @@ async fn require_against_a_server_without_tls_fails_clearly() {
         db.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_settings_are_checked_before_the_pooler_starts() {
+    let missing = "[pooler]\nlisten_port = 0\nclient_tls_sslmode = \"require\"\n";
+    let err = sluice::Config::from_toml_str(missing, "test.toml", None).unwrap_err();
+    assert_eq!(err.key, "pooler.client_tls_sslmode");
+    assert!(err.message.contains("client_tls_cert_file"), "{err}");
+
+    let verify = "[pooler]\nserver_tls_sslmode = \"verify-full\"\n";
+    let err = sluice::Config::from_toml_str(verify, "test.toml", None).unwrap_err();
+    assert_eq!(err.key, "pooler.server_tls_sslmode");
+
+    let old = "[pooler]\nclient_tls_protocols = \"tlsv1.1\"\n";
+    let err = sluice::Config::from_toml_str(old, "test.toml", None).unwrap_err();
+    assert_eq!(err.key, "pooler.client_tls_protocols");
+
+    let unreadable = "[pooler]\nlisten_port = 0\nclient_tls_sslmode = \"require\"\n\
+        client_tls_cert_file = \"/nonexistent/server.crt\"\nclient_tls_key_file = \"/nonexistent/server.key\"\n";
+    let config = sluice::Config::from_toml_str(unreadable, "test.toml", None).unwrap();
+    let Err(err) = sluice::start(config).await else {
+        panic!("a missing certificate file must stop the start");
+    };
+    assert!(err.to_string().contains("client_tls_cert_file"), "{err}");
+}

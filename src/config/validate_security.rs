@@ -73,3 +73,21 @@ pub(super) fn check(p: &PoolerConfig, out: &mut Vec<Problem>) {
         fail("auth_query", "must not be empty".to_string());
     }
 }
+
+/// Makes the relative file paths of the TLS and hba keys relative to the config file's directory
+/// (as auth_file is).
+pub(super) fn resolve_paths(p: &mut PoolerConfig, base: &std::path::Path) {
+    for path in [
+        &mut p.auth_hba_file,
+        &mut p.client_tls_key_file,
+        &mut p.client_tls_cert_file,
+        &mut p.client_tls_ca_file,
+        &mut p.server_tls_ca_file,
+        &mut p.server_tls_key_file,
+        &mut p.server_tls_cert_file,
+    ] {
+        if let Some(relative) = path.as_ref().filter(|p| p.is_relative()) {
+            *path = Some(base.join(relative));
+        }
+    }
+}

@@ -177,6 +177,12 @@ async fn negotiate(
             }
         })?;
         match packet {
+            StartupPacket::SslRequest if stream.is_tls() => {
+                return Err(Refusal::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "SSLRequest received on an encrypted connection",
+                )));
+            }
             StartupPacket::SslRequest => match &acceptor {
                 Some(acceptor) if matches!(stream, Stream::Tcp(_)) => {
                     stream.write_all(b"S").await?;

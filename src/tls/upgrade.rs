@@ -18,8 +18,14 @@ pub async fn accept_client(
     acceptor: &tokio_rustls::TlsAcceptor,
     direct: bool,
 ) -> std::io::Result<()> {
-    let Stream::Tcp(tcp) = std::mem::replace(stream, Stream::Closed) else {
-        return Err(std::io::Error::other("TLS is only offered on TCP connections"));
+    let tcp = match std::mem::replace(stream, Stream::Closed) {
+        Stream::Tcp(tcp) => tcp,
+        other => {
+            *stream = other;
+            return Err(std::io::Error::other(
+                "TLS is only offered on plain TCP connections",
+            ));
+        }
     };
     let tls = acceptor.accept(tcp).await?;
     if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
