@@ -26,6 +26,34 @@ impl std::fmt::Display for PeerAddr {
     }
 }
 
+/// What a client is doing, as the console and leak reports show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// Logged in, holding no server.
+    Idle,
+    /// Queued for a server.
+    Waiting,
+    /// Holding a server with a request in flight.
+    Active,
+    /// Holding a server inside a transaction, nothing running.
+    IdleInTransaction,
+    /// Holding a server outside a transaction (session mode).
+    Holding,
+}
+
+/// The changing part of a client's state.
+#[derive(Debug, Clone)]
+pub struct ClientLive {
+    /// What it is doing.
+    pub phase: ClientPhase,
+    /// Since when.
+    pub phase_since: Instant,
+    /// When its last request began.
+    pub request_at: Instant,
+    /// The server it holds: (server id, backend pid).
+    pub server: Option<(u64, i32)>,
+}
+
 /// One logged-in client.
 #[derive(Debug)]
 pub struct ClientInfo {
@@ -39,20 +67,59 @@ pub struct ClientInfo {
     pub database: String,
     /// When it connected.
     pub connected_at: Instant,
+    /// Wall-clock connect time (for the console's timestamps).
+    pub connected_wall: std::time::SystemTime,
+    /// Process id of a unix-socket peer (SO_PEERCRED).
+    pub peer_pid: Option<i32>,
     application_name: Mutex<String>,
+    live: Mutex<ClientLive>,
 }
 
 impl ClientInfo {
     /// Registers a new client.
-    pub fn new(peer: PeerAddr, user: &str, database: &str, application_name: &str) -> ClientInfo {
+    pub fn new(
+        peer: PeerAddr,
+        peer_pid: Option<i32>,
+        user: &str,
+        database: &str,
+        application_name: &str,
+    ) -> ClientInfo {
+        let now = Instant::now();
         ClientInfo {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             user: user.to_string(),
             database: database.to_string(),
-            connected_at: Instant::now(),
+            connected_at: now,
+            connected_wall: std::time::SystemTime::now(),
+            peer_pid,
             application_name: Mutex::new(application_name.to_string()),
+            live: Mutex::new(ClientLive {
+                phase: ClientPhase::Idle,
+                phase_since: now,
+                request_at: now,
+                server: None,
+            }),
         }
+    }
+
+    /// A copy of the changing state.
+    pub fn live(&self) -> ClientLive {
+        self.live.lock().clone()
+    }
+
+    /// Records a phase change (and the server held, if any). Called on transitions only.
+    pub fn set_phase(&self, phase: ClientPhase, server: Option<(u64, i32)>) {
+        let mut live = self.live.lock();
+        let now = Instant::now();
+        if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && live.phase != ClientPhase::Active {
+            live.request_at = now;
+        }
+        if live.phase != phase {
+            live.phase = phase;
+            live.phase_since = now;
+        }
+        live.server = server;
     }
 
     /// The application_name the client currently has.

@@ -28,6 +28,8 @@ pub struct Shared {
     /// TLS contexts, hba rules and auth_query answers, kept per config snapshot.
     pub security: crate::security::Security,
     clients: AtomicUsize,
+    /// Every logged-in client, by id (for the console and leak reports).
+    client_registry: Mutex<HashMap<u64, Arc<crate::client_info::ClientInfo>>>,
     /// Connected clients per database [0] and per user [1].
     client_counts: Mutex<[HashMap<String, usize>; 2]>,
     shutdown: watch::Sender<bool>,
@@ -46,6 +48,7 @@ impl Shared {
             security: crate::security::Security::default(),
             clients: AtomicUsize::new(0),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
+            client_registry: Mutex::new(HashMap::new()),
             shutdown,
         })
     }
@@ -99,6 +102,23 @@ impl Shared {
         }
     }
 
+    /// Lists a logged-in client until the returned guard drops.
+    pub fn register_client(self: &Arc<Self>, info: Arc<crate::client_info::ClientInfo>) -> Registered {
+        let id = info.id;
+        self.client_registry.lock().insert(id, info);
+        Registered {
+            shared: self.clone(),
+            id,
+        }
+    }
+
+    /// Every logged-in client, oldest first.
+    pub fn clients(&self) -> Vec<Arc<crate::client_info::ClientInfo>> {
+        let mut v: Vec<_> = self.client_registry.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
     /// Clients currently connected (admin console sessions excluded).
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
@@ -137,5 +157,17 @@ impl Drop for ClientSlot {
                 }
             }
         }
+    }
+}
+
+/// Keeps a client in the registry; removes it when dropped.
+pub struct Registered {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.client_registry.lock().remove(&self.id);
     }
 }

@@ -127,6 +127,16 @@ impl TlsRead {
     }
 }
 
+impl Stream {
+    /// The process id of a unix-socket peer (SO_PEERCRED); None for TCP.
+    pub fn peer_pid(&self) -> Option<i32> {
+        match self {
+            Stream::Tcp(_) | Stream::Tls(_) | Stream::Closed => None,
+            Stream::Unix(s) => s.peer_cred().ok().and_then(|c| c.pid()),
+        }
+    }
+}
+
 impl ReadHalf {
     /// Reads whatever is ready without waiting: `Ok(0)` is end of stream, `WouldBlock` is nothing.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {

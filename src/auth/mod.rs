@@ -76,6 +76,8 @@ pub struct ClientAuth<'a> {
     pub cache: &'a VerifierCache,
     /// Per-process random key for mock verifiers of unknown users.
     pub instance_secret: &'a [u8; 32],
+    /// The user is listed (in `[users]` or the auth_file), with or without a secret.
+    pub known_user: bool,
     /// Whether an unknown user may log in under trust (no users configured at all).
     pub trust_unknown_users: bool,
 }
@@ -93,9 +95,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let result = match (auth.method, &auth.secret) {
-        (AuthType::Trust, Some(_)) => Ok(AuthSuccess::default()),
-        (AuthType::Trust, None) if auth.trust_unknown_users => Ok(AuthSuccess::default()),
-        (AuthType::Trust, None) => Err(AuthError::Rejected(PgError::fatal(
+        (AuthType::Trust, _) if auth.known_user || auth.trust_unknown_users => Ok(AuthSuccess::default()),
+        (AuthType::Trust, _) => Err(AuthError::Rejected(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             format!("no such user: {}", auth.user),
         ))),

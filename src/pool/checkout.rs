@@ -128,20 +128,31 @@ impl Pool {
         started: Instant,
         deadline: tokio::time::Instant,
     ) -> Waited {
-        if group_blocked {
-            // The database- or user-wide limit is what stops us: close an idle server of a
-            // sibling pool if there is one; the group wakes us when a unit is freed.
-            for g in &self.groups {
-                if g.max() > 0 && g.used() >= g.max() {
-                    g.evict_idle_elsewhere(self);
-                }
-            }
-        }
         // Armed only while the reserve is not yet due; once due, next_step already tries it.
         let reserve_moment = started + self.settings.reserve_pool_timeout;
         let reserve_at = (self.settings.reserve_pool_size > 0 && Instant::now() < reserve_moment)
             .then(|| tokio::time::Instant::from_std(reserve_moment));
         let [db_group, user_group] = &self.groups;
+        let _blocked = group_blocked.then(|| (db_group.block(), user_group.block()));
+        // Listen for freed units before looking, so a unit freed in between is not missed.
+        let db_freed = db_group.freed();
+        let user_freed = user_group.freed();
+        tokio::pin!(db_freed, user_freed);
+        if group_blocked {
+            db_freed.as_mut().enable();
+            user_freed.as_mut().enable();
+            // The database- or user-wide limit is what stops us: close an idle server of a
+            // sibling pool if there is one, then try again at once.
+            let mut evicted = false;
+            for g in &self.groups {
+                if g.max() > 0 && g.used() >= g.max() {
+                    evicted |= g.evict_idle_elsewhere(self);
+                }
+            }
+            if evicted || self.groups.iter().all(|g| g.max() == 0 || g.used() < g.max()) {
+                return self.promote(guard, false);
+            }
+        }
         tokio::select! {
             r = &mut guard.rx => match r {
                 Ok(Grant::Server(server)) => Waited::Server(*server),
@@ -152,8 +163,8 @@ impl Pool {
             _ = sleep_until_opt(reserve_at), if reserve_at.is_some_and(|r| r < deadline) => {
                 self.promote(guard, true)
             }
-            _ = db_group.freed(), if group_blocked => self.promote(guard, false),
-            _ = user_group.freed(), if group_blocked => self.promote(guard, false),
+            _ = &mut db_freed, if group_blocked => self.promote(guard, false),
+            _ = &mut user_freed, if group_blocked => self.promote(guard, false),
         }
     }
 

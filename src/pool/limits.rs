@@ -18,6 +18,17 @@ pub struct LimitGroup {
     used: AtomicUsize,
     members: Mutex<Vec<Weak<Pool>>>,
     freed: Notify,
+    /// Clients of member pools waiting because this group is full.
+    blocked: AtomicUsize,
+}
+
+/// Counts a waiter as blocked by a group for as long as it lives.
+pub(super) struct BlockedWaiter<'a>(&'a LimitGroup);
+
+impl Drop for BlockedWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.blocked.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LimitGroup {
@@ -29,6 +40,7 @@ impl LimitGroup {
             used: AtomicUsize::new(0),
             members: Mutex::new(Vec::new()),
             freed: Notify::new(),
+            blocked: AtomicUsize::new(0),
         }
     }
 
@@ -70,9 +82,20 @@ impl LimitGroup {
         self.freed.notify_waiters();
     }
 
-    /// Resolves when some member frees a unit.
-    pub(super) async fn freed(&self) {
-        self.freed.notified().await;
+    /// Registers a waiter blocked by this group (until the guard drops).
+    pub(super) fn block(&self) -> BlockedWaiter<'_> {
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        BlockedWaiter(self)
+    }
+
+    /// True when some member pool has clients waiting for room in this group.
+    pub(super) fn contended(&self) -> bool {
+        self.max() > 0 && self.blocked.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves when some member frees a unit (enable it before checking, to miss nothing).
+    pub(super) fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     /// Closes one idle server of another member pool to make room; true if one was closed.

@@ -10,11 +10,13 @@ mod login_health;
 mod maintenance;
 mod registry;
 mod release;
+mod stats;
 
 pub use checkout::CheckoutError;
 pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;
+pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::config::PoolMode;
 use crate::server::{ServerConn, ServerInfo, ServerTarget};
@@ -135,6 +137,8 @@ pub struct Pool {
     login: LoginHealth,
     /// The database-wide and user-wide limits this pool counts against.
     groups: [Arc<LimitGroup>; 2],
+    /// Transaction, query, byte and time counters.
+    pub stats: PoolStats,
 }
 
 impl std::fmt::Debug for Pool {
@@ -174,6 +178,7 @@ impl Pool {
             welcome: Mutex::new(None),
             login,
             groups: [db_group, user_group],
+            stats: PoolStats::default(),
         });
         for g in &pool.groups {
             g.join(&pool);

@@ -94,6 +94,14 @@ impl Pool {
                 Err(Grant::Slot(_)) => unreachable!("a server grant came back as a slot"),
             }
         }
+        if self.groups.iter().any(|g| g.contended()) {
+            // A sibling pool is waiting for room under a shared limit: an idle server here
+            // would keep it waiting, so close this one and free the unit.
+            drop(st);
+            tracing::debug!(pool = ?self.key, "closing a released server to make room in a shared limit");
+            drop(server);
+            return;
+        }
         st.idle.push_back(server);
     }
 }

@@ -61,6 +61,7 @@ pub(super) async fn authenticate(
         secret: secret.clone(),
         cache: &shared.verifiers,
         instance_secret: &shared.instance_secret,
+        known_user: config.users.contains_key(user) || config.auth_file_users.contains_key(user),
         trust_unknown_users: hba_trust || (config.users.is_empty() && config.auth_file_users.is_empty()),
     };
     let success = match auth::authenticate(stream, auth).await {

@@ -12,6 +12,7 @@ mod waiting;
 pub use crate::client_info::PeerAddr;
 
 use crate::cancel::CancelTarget;
+use crate::client_info::ClientPhase;
 use crate::config::PoolMode;
 use crate::pool::{Disposition, PooledServer};
 use crate::protocol::{PgError, sqlstate};
@@ -134,7 +135,7 @@ impl Session {
                     }
                 }
                 SessionState::Waiting { since } => match self.wait_for_server(since).await {
-                    WaitOutcome::Server(server) => match self.prepare(server).await {
+                    WaitOutcome::Server(server) => match self.prepare(server, since).await {
                         Ok(server) => SessionState::Active(Box::new(Active {
                             server,
                             link: Link::new(),
@@ -144,23 +145,24 @@ impl Session {
                             return Ending::Error(e);
                         }
                     },
-                    WaitOutcome::Failed => SessionState::Idle,
+                    WaitOutcome::Failed => {
+                        self.login.info.set_phase(ClientPhase::Idle, None);
+                        SessionState::Idle
+                    }
                     WaitOutcome::ClientGone => return Ending::ClientLeft,
                     WaitOutcome::Fatal(e) => return Ending::Error(e),
                 },
                 SessionState::Active(active) => {
                     let Active { mut server, mut link } = *active;
                     let timeouts = self.timeouts(mode);
-                    let end = relay::relay(
-                        &mut self.client,
-                        &mut link,
-                        &mut server.conn,
-                        &mut self.login.params,
-                        mode == PoolMode::Transaction,
-                        &timeouts,
-                        &self.login.info,
-                    )
-                    .await;
+                    let mut ctx = relay::RelayContext {
+                        params: &mut self.login.params,
+                        info: &self.login.info,
+                        stats: &self.login.pool.stats,
+                        timeouts,
+                        release_when_idle: mode == PoolMode::Transaction,
+                    };
+                    let end = relay::relay(&mut self.client, &mut link, &mut server.conn, &mut ctx).await;
                     match end {
                         Ok(RelayEnd::TransactionDone) => {
                             self.release(server, &link);
@@ -180,7 +182,10 @@ impl Session {
                             send_fatal(&mut self.client, &e).await;
                             return Ending::Error(e);
                         }
-                        Err(e) => return self.relay_failed(server, &link, e).await,
+                        Err(e) => match self.relay_failed(server, &link, e, mode).await {
+                            Some(ending) => return ending,
+                            None => SessionState::Idle,
+                        },
                     }
                 }
             };
@@ -204,8 +209,13 @@ impl Session {
     }
 
     /// Brings a server to the client's session settings and points cancels at it.
-    async fn prepare(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
+    async fn prepare(&mut self, mut server: PooledServer, since: Instant) -> Result<PooledServer, PgError> {
         let pool = self.login.pool.clone();
+        pool.stats.record_assignment(since.elapsed());
+        self.login.info.set_phase(
+            ClientPhase::Active,
+            Some((server.conn.id, server.conn.backend_pid)),
+        );
         let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
         if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
             let limit = self.shared.config.load().pooler.server_connect_timeout;
@@ -241,15 +251,24 @@ impl Session {
 
     fn release(&mut self, server: PooledServer, link: &Link) {
         self.login.cancel.slot.set(None);
+        self.login.info.set_phase(ClientPhase::Idle, None);
         let disposition = link.disposition(&self.client, &server.conn);
         self.login.pool.release(server, disposition);
     }
 
-    async fn relay_failed(&mut self, server: PooledServer, link: &Link, e: RelayError) -> Ending {
-        match e {
+    /// Handles a failed relay. Returns None when the client keeps its connection (it was told
+    /// with ERROR + ReadyForQuery and goes back to Idle).
+    async fn relay_failed(
+        &mut self,
+        server: PooledServer,
+        link: &Link,
+        e: RelayError,
+        mode: PoolMode,
+    ) -> Option<Ending> {
+        let server_error = match e {
             RelayError::Client(_) => {
                 self.release(server, link);
-                Ending::ClientLeft
+                return Some(Ending::ClientLeft);
             }
             RelayError::ClientProtocol(fe) => {
                 // The bad header was never forwarded; the link decides whether the server is clean.
@@ -260,18 +279,42 @@ impl Session {
                 );
                 let _ = relay::flush_client(&mut self.client).await;
                 send_fatal(&mut self.client, &err).await;
-                Ending::Error(err)
+                return Some(Ending::Error(err));
             }
-            RelayError::Server(_) | RelayError::ServerProtocol(_) => {
-                self.login.cancel.slot.set(None);
-                drop(server);
-                let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
-                    .with_detail(format!("{e}; the transaction in progress, if any, is lost"));
-                let _ = relay::flush_client(&mut self.client).await;
-                send_fatal(&mut self.client, &err).await;
-                Ending::Error(err)
+            RelayError::ServerFatal(pg) => pg,
+            other @ (RelayError::Server(_) | RelayError::ServerProtocol(_)) => {
+                PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
+                    .with_detail(format!("{other}; the request in progress did not complete"))
             }
+        };
+        self.login.cancel.slot.set(None);
+        self.login.info.set_phase(ClientPhase::Idle, None);
+        let soft = mode == PoolMode::Transaction && link.can_fail_softly(&self.client);
+        let pending = link.pending_requests().max(1);
+        drop(server);
+        tracing::info!(client = self.login.info.id, error = %server_error, soft, "server failed under a client");
+        if soft {
+            // Like any failed statement: an ERROR and ReadyForQuery for each request in flight;
+            // the next request gets a fresh server.
+            let err = server_error
+                .with_severity(crate::protocol::Severity::Error)
+                .with_hint(
+                    "The server connection was lost (PostgreSQL restarted or the backend was terminated); \
+                 this connection is still usable: retry the request.",
+                );
+            for _ in 0..pending {
+                err.encode(&mut self.client.outbuf);
+                crate::protocol::messages::ready_for_query(&mut self.client.outbuf, b'I');
+            }
+            if relay::flush_client(&mut self.client).await.is_err() {
+                return Some(Ending::ClientLeft);
+            }
+            return None;
         }
+        let err = server_error.with_severity(crate::protocol::Severity::Fatal);
+        let _ = relay::flush_client(&mut self.client).await;
+        send_fatal(&mut self.client, &err).await;
+        Some(Ending::Error(err))
     }
 }
 

@@ -5,9 +5,10 @@
 
 use super::client::ClientIo;
 use super::params::ClientParams;
-use crate::client_info::ClientInfo;
+use crate::client_info::{ClientInfo, ClientPhase};
 use crate::pool::Disposition;
-use crate::protocol::{FrameError, FrameScanner, MAX_LOGIN_MESSAGE, ScanItem};
+use crate::pool::PoolStats;
+use crate::protocol::{FrameError, FrameScanner, ScanItem};
 use crate::server::ServerConn;
 use crate::server::TxState;
 use bytes::{Buf, BytesMut};
@@ -19,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(super) const OUT_CAP: usize = 64 * 1024;
 /// Bytes requested per socket read.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// Largest server message decoded whole (ReadyForQuery, ParameterStatus, ErrorResponse).
+const MAX_WHOLE_SERVER_MESSAGE: usize = 8 << 20;
 /// Most requests (Query or Sync) in flight before sluice stops reading the client.
 const MAX_PENDING: usize = 4096;
 
@@ -50,6 +53,13 @@ pub(super) struct Link {
     idle_since: Instant,
     /// A cancel was sent for the request in flight (query_timeout).
     cancel_sent: bool,
+    /// The server reported a transaction block (status `T` or `E`) during this checkout.
+    saw_transaction: bool,
+    /// When the current transaction's first request began (for xact_time).
+    xact_since: Option<Instant>,
+    /// Bytes from and to the client since the last transaction was counted.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -124,6 +134,10 @@ pub(super) enum RelayError {
     /// The server broke the framing.
     #[error("server protocol violation: {0}")]
     ServerProtocol(String),
+    /// The server sent a FATAL error (it is about to close): not forwarded, so the session can
+    /// decide what the client is told.
+    #[error("server sent FATAL: {0}")]
+    ServerFatal(crate::protocol::PgError),
 }
 
 impl Link {
@@ -133,13 +147,33 @@ impl Link {
             pending: VecDeque::new(),
             unsynced: false,
             copy_in: false,
-            server_scan: FrameScanner::new(MAX_LOGIN_MESSAGE, usize::MAX),
+            server_scan: FrameScanner::new(MAX_WHOLE_SERVER_MESSAGE, usize::MAX),
             to_server: BytesMut::new(),
             request_since: None,
             tx_since: None,
             idle_since: Instant::now(),
             cancel_sent: false,
+            saw_transaction: false,
+            xact_since: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }
+    }
+
+    /// When the server fails under the client, can the client be told with ERRORs and keep its
+    /// connection? Only if no transaction block was open (nothing of the client's state is lost
+    /// beyond the failed request) and both streams are at message boundaries.
+    pub(super) fn can_fail_softly(&self, client: &ClientIo) -> bool {
+        !self.saw_transaction
+            && !self.unsynced
+            && !self.copy_in
+            && self.server_scan.at_boundary()
+            && client.at_boundary()
+    }
+
+    /// Requests still waiting for their ReadyForQuery.
+    pub(super) fn pending_requests(&self) -> usize {
+        self.pending.len()
     }
 
     /// The earliest time limit that applies now, and which it is.
@@ -198,21 +232,30 @@ impl Link {
         }
     }
 
-    fn on_ready_for_query(&mut self, server: &ServerConn) {
+    fn on_ready_for_query(&mut self, server: &ServerConn, stats: &PoolStats, info: &ClientInfo) {
         self.pending.pop_front();
+        let now = Instant::now();
+        let started = self.request_since.unwrap_or(now);
+        stats.record_query(now.duration_since(started));
         if !self.pending.is_empty() {
             return;
         }
-        let now = Instant::now();
+        self.request_since = None;
         self.idle_since = now;
         self.cancel_sent = false;
-        let started = self.request_since.take().unwrap_or(now);
+        let server_ref = Some((server.id, server.backend_pid));
         if server.tx_status == b'I' {
             self.tx_since = None;
+            let xact_start = self.xact_since.take().unwrap_or(started);
+            stats.record_xact(now.duration_since(xact_start), self.bytes_in, self.bytes_out);
+            (self.bytes_in, self.bytes_out) = (0, 0);
             server.info.set_tx(TxState::Idle);
+            info.set_phase(ClientPhase::Holding, server_ref);
         } else {
+            self.saw_transaction = true;
             self.tx_since.get_or_insert(started);
             server.info.set_tx(TxState::IdleInTransaction);
+            info.set_phase(ClientPhase::IdleInTransaction, server_ref);
         }
     }
 
@@ -238,23 +281,39 @@ impl Link {
     }
 }
 
+/// What the relay needs besides the two connections: the client's settings and identity, the
+/// pool's counters, and the policy in force.
+pub(super) struct RelayContext<'a> {
+    /// The client's session settings (updated from ParameterStatus).
+    pub(super) params: &'a mut ClientParams,
+    /// The client's shared state.
+    pub(super) info: &'a ClientInfo,
+    /// The pool's counters.
+    pub(super) stats: &'a PoolStats,
+    /// Time limits.
+    pub(super) timeouts: Timeouts,
+    /// Transaction mode: stop at the end of each transaction.
+    pub(super) release_when_idle: bool,
+}
+
 /// Relays until the transaction ends (when `release_when_idle`), the client leaves, or a side fails.
 pub(super) async fn relay(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
-    params: &mut ClientParams,
-    release_when_idle: bool,
-    timeouts: &Timeouts,
-    info: &ClientInfo,
+    ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
     loop {
         let terminated = pump_client(client, link)?;
         if link.request_since.is_none() && !link.pending.is_empty() {
-            link.request_since = Some(Instant::now());
+            let now = Instant::now();
+            link.request_since = Some(now);
+            link.xact_since.get_or_insert(now);
             server.info.set_tx(TxState::Active);
+            ctx.info
+                .set_phase(ClientPhase::Active, Some((server.id, server.backend_pid)));
         }
-        if pump_server(client, link, server, params, info)? && release_when_idle && link.quiet(client) {
+        if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
         if terminated {
@@ -264,7 +323,7 @@ pub(super) async fn relay(
             && link.to_server.len() < OUT_CAP
             && link.pending.len() < MAX_PENDING;
         let read_server = client.outbuf.len() < OUT_CAP;
-        let deadline = link.next_deadline(server.tx_status, timeouts);
+        let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
@@ -283,6 +342,7 @@ pub(super) async fn relay(
             }
             r = client.writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
                 let n = r.map_err(RelayError::Client)?;
+                link.bytes_out += n as u64;
                 client.outbuf.advance(n);
             }
             r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
@@ -295,9 +355,11 @@ pub(super) async fn relay(
                 }
             }
             r = read_some(&mut client.reader, &mut client.inbuf), if read_client => {
-                if r.map_err(RelayError::Client)? == 0 {
+                let n = r.map_err(RelayError::Client)?;
+                if n == 0 {
                     return Ok(RelayEnd::ClientGone);
                 }
+                link.bytes_in += n as u64;
             }
         }
     }
@@ -342,13 +404,12 @@ fn pump_server(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
-    params: &mut ClientParams,
-    info: &ClientInfo,
+    ctx: &mut RelayContext<'_>,
 ) -> Result<bool, RelayError> {
     while client.outbuf.len() < OUT_CAP {
         let item = link
             .server_scan
-            .next(&server.read_buf, |t| t == b'Z' || t == b'S')
+            .next(&server.read_buf, |t| t == b'Z' || t == b'S' || t == b'E')
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         match item {
             ScanItem::Pass { len, tag } => {
@@ -363,18 +424,26 @@ fn pump_server(
                     return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                 }
                 server.tx_status = msg[5];
-                link.on_ready_for_query(server);
+                link.on_ready_for_query(server, ctx.stats, ctx.info);
                 client.outbuf.unsplit(msg);
                 if link.pending.is_empty() && server.tx_status == b'I' {
                     return Ok(true);
                 }
             }
+            ScanItem::Whole { tag: b'E', len } => {
+                let msg = server.read_buf.split_to(len);
+                let error = crate::protocol::PgError::from_fields(&msg[5..]);
+                if error.severity == crate::protocol::Severity::Fatal {
+                    return Err(RelayError::ServerFatal(error));
+                }
+                client.outbuf.unsplit(msg);
+            }
             ScanItem::Whole { len, .. } => {
                 let msg = server.read_buf.split_to(len);
                 if let Some((name, value)) = parameter_status(&msg[5..]) {
-                    params.observe_server_report(name, value);
+                    ctx.params.observe_server_report(name, value);
                     if name == "application_name" {
-                        info.set_application_name(value);
+                        ctx.info.set_application_name(value);
                     }
                     server.params.insert(name.to_string(), value.to_string());
                 }

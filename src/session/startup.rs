@@ -24,6 +24,7 @@ pub(super) struct LoggedIn {
     pub(super) pool: Arc<Pool>,
     pub(super) params: ClientParams,
     pub(super) cancel: CancelKey,
+    pub(super) _registered: crate::shared::Registered,
     pub(super) _slot: ClientSlot,
 }
 
@@ -114,7 +115,14 @@ pub(super) async fn log_in(
         .reported_value("application_name")
         .unwrap_or("")
         .to_string();
-    let info = Arc::new(ClientInfo::new(peer.clone(), &user, &database, &app_name));
+    let info = Arc::new(ClientInfo::new(
+        peer.clone(),
+        stream.peer_pid(),
+        &user,
+        &database,
+        &app_name,
+    ));
+    let registered = shared.register_client(info.clone());
     let key = PoolKey {
         database: database.clone(),
         user: user.clone(),
@@ -142,6 +150,7 @@ pub(super) async fn log_in(
         pool,
         params: client_params,
         cancel,
+        _registered: registered,
         _slot: slot,
     })
 }

@@ -124,6 +124,19 @@ impl RawClient {
         panic!("stream ended before a '{}' message; got {:?}", tag as char, out);
     }
 
+    /// Reads messages until one with `tag` or the end of the stream; returns all read.
+    pub async fn read_until_end_or(&mut self, tag: u8) -> Vec<RawMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self.read_message().await {
+            let done = m.tag == tag;
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
     /// Sends startup for `user`/`db` and answers a SCRAM-SHA-256 challenge with `password`.
     pub async fn login_scram(&mut self, user: &str, password: &str, db: &str) {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
