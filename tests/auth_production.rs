@@ -263,3 +263,66 @@ port = {port}
     let c = connect_tls(tls, &pki.ca).await.expect("hostssl trust over TLS");
     assert_eq!(current_user(&c).await, "sluice_trust");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hba_password_and_cert_methods_over_tls() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hba = dir.path().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "hostssl app sluice_scram 127.0.0.0/8 cert\nhostssl app sluice_md5 127.0.0.0/8 password\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[pooler]
+listen_port = 0
+auth_type = "hba"
+auth_hba_file = "{}"
+client_tls_sslmode = "prefer"
+client_tls_cert_file = "{}"
+client_tls_key_file = "{}"
+client_tls_ca_file = "{}"
+[users.sluice_scram]
+password = "scram_pw"
+[users.sluice_md5]
+password = "md5_pw"
+[databases.app]
+host = "127.0.0.1"
+port = {}
+"#,
+        hba.display(),
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+        pg().port()
+    );
+    let sluice = start_sluice(&config).await;
+    let port = sluice.tcp_addr().port();
+    let tls = |user: &str, extra: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user={user} dbname=app sslmode=verify-full sslrootcert={} {extra}",
+            pki.ca.display()
+        )
+    };
+    let run = |info: String, password: &str| {
+        let out = pg().psql_to(&[&info, "-tAc", "SELECT current_user"], password);
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // password: cleartext over TLS, checked against the stored secret.
+    assert_eq!(run(tls("sluice_md5", ""), "md5_pw").0, "sluice_md5");
+    let (_, err) = run(tls("sluice_md5", ""), "wrong");
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    // cert: the certificate's CN is the user; no password is asked.
+    let (cert, key) = pki.client("sluice_scram");
+    let with_cert = format!("sslcert={} sslkey={}", cert.display(), key.display());
+    assert_eq!(run(tls("sluice_scram", &with_cert), "").0, "sluice_scram");
+    let (_, err) = run(tls("sluice_scram", ""), "scram_pw");
+    assert!(err.contains("certificate authentication failed"), "{err}");
+}

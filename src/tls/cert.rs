@@ -150,3 +150,31 @@ impl ServerCertVerifier for CaOnlyServer {
         self.0.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_cn_is_found_and_not_the_issuers() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "the CA");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "org");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
+        let no_cn = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        let mut no_cn = no_cn;
+        no_cn.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = no_cn.signed_by(&key, &issuer).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(&[0x30, 0x82, 0xff]), None);
+    }
+}
