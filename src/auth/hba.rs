@@ -1,7 +1,8 @@
 //! `auth_hba_file` for `auth_type = "hba"`: PostgreSQL's pg_hba.conf syntax (local, host, hostssl,
 //! hostnossl; database and user lists; addresses with a CIDR suffix or a separate mask; the
 //! methods trust, reject, md5, scram-sha-256, password and cert). The first matching line decides.
-//! Not supported, and refused when loading: `@file` includes, `+group` membership, host names.
+//! Not supported, and refused when loading: `@file` includes, role membership (`+role`,
+//! `samerole`), host names.
 //! Options after the method are ignored (the line still applies).
 
 use std::net::IpAddr;
@@ -107,7 +108,7 @@ impl Rule {
 fn list_matches(list: &[String], name: &str, user: &str) -> bool {
     list.iter().any(|entry| match entry.as_str() {
         "all" => true,
-        "sameuser" | "samerole" => name == user,
+        "sameuser" => name == user,
         other => other == name,
     })
 }
