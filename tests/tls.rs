@@ -139,6 +139,23 @@ async fn plaintext_clients_get_a_fatal_under_require_and_ssl_requests_get_s() {
         "SSLRequest must be accepted when TLS is configured"
     );
 
+    // Unix-socket clients are never asked for TLS, so require does not apply to them.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("unix_socket_dir = \"{}\"", dir.path().display());
+    let with_socket = start_sluice(&tls_config(&pki, "require", "scram-sha-256", &extra)).await;
+    let mut local = tokio_postgres::Config::new();
+    local
+        .host_path(dir.path())
+        .port(with_socket.tcp_addr().port())
+        .user("sluice_scram")
+        .password("scram_pw")
+        .dbname("app");
+    let c = common::connect_with(local)
+        .await
+        .expect("unix socket under require");
+    let n: i32 = c.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3);
+
     let disabled = start_sluice(&tls_config(&pki, "disable", "scram-sha-256", "")).await;
     let mut raw = RawClient::connect(disabled.tcp_addr()).await;
     raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await;
