@@ -9,10 +9,12 @@ pub mod error;
 pub mod listener;
 pub mod pool;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod session;
 pub mod shared;
 pub mod stream;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

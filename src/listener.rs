@@ -54,6 +54,7 @@ impl RunningPooler {
 
 /// Binds the listeners and starts serving clients in the current tokio runtime.
 pub async fn start(config: Config) -> Result<RunningPooler, Error> {
+    crate::security::check(&config)?;
     let host = match config.pooler.listen_addr.as_str() {
         "*" => "0.0.0.0",
         other => other,

@@ -25,6 +25,8 @@ pub struct Shared {
     pub verifiers: VerifierCache,
     /// Random per-process key for mock SCRAM verifiers of unknown users.
     pub instance_secret: [u8; 32],
+    /// TLS contexts, hba rules and auth_query answers, kept per config snapshot.
+    pub security: crate::security::Security,
     clients: AtomicUsize,
     /// Every logged-in client, by id (for the console and leak reports).
     client_registry: Mutex<HashMap<u64, Arc<crate::client_info::ClientInfo>>>,
@@ -43,6 +45,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
+            security: crate::security::Security::default(),
             clients: AtomicUsize::new(0),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             client_registry: Mutex::new(HashMap::new()),

@@ -1,11 +1,14 @@
-//! TCP and unix-socket streams behind one type, split into owned halves so a session can read
-//! and write both of its peers at once without locks.
+//! TCP, unix-socket and TLS streams behind one type, split into owned halves so a session can read
+//! and write both of its peers at once (TLS halves share the session through a short lock).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
+
+/// A TLS session over TCP, either side (clients of sluice, or sluice towards PostgreSQL).
+pub type TlsStream = tokio_rustls::TlsStream<TcpStream>;
 
 /// A connected socket, before it is split.
 #[derive(Debug)]
@@ -14,6 +17,10 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Unix-domain socket.
     Unix(UnixStream),
+    /// TLS over TCP (boxed: the session state is large).
+    Tls(Box<TlsStream>),
+    /// The socket was moved out (during a TLS upgrade that then failed); all I/O fails.
+    Closed,
 }
 
 /// The reading half of a [`Stream`].
@@ -23,6 +30,21 @@ pub enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     /// Unix-domain socket.
     Unix(unix::OwnedReadHalf),
+    /// TLS.
+    Tls(Box<TlsRead>),
+    /// Nothing to read (from [`Stream::Closed`]).
+    Closed,
+}
+
+/// The reading half of a TLS stream, with decrypted bytes read ahead by `readable()`.
+pub struct TlsRead {
+    inner: parking_lot::Mutex<(tokio::io::ReadHalf<TlsStream>, bytes::BytesMut)>,
+}
+
+impl std::fmt::Debug for TlsRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsRead")
+    }
 }
 
 /// The writing half of a [`Stream`].
@@ -32,6 +54,10 @@ pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     /// Unix-domain socket.
     Unix(unix::OwnedWriteHalf),
+    /// TLS.
+    Tls(tokio::io::WriteHalf<TlsStream>),
+    /// Writes fail (from [`Stream::Closed`]).
+    Closed,
 }
 
 impl Stream {
@@ -46,7 +72,58 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (ReadHalf::Unix(r), WriteHalf::Unix(w))
             }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                let read = TlsRead {
+                    inner: parking_lot::Mutex::new((r, bytes::BytesMut::new())),
+                };
+                (ReadHalf::Tls(Box::new(read)), WriteHalf::Tls(w))
+            }
+            Stream::Closed => (ReadHalf::Closed, WriteHalf::Closed),
         }
+    }
+
+    /// True when the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection closed during a TLS upgrade",
+    )
+}
+
+impl TlsRead {
+    /// Polls for decrypted bytes into the read-ahead buffer (Ready once it holds some, or at end
+    /// of stream).
+    fn poll_fill(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut guard = self.inner.lock();
+        let (half, ahead) = &mut *guard;
+        if !ahead.is_empty() {
+            return Poll::Ready(Ok(ahead.len()));
+        }
+        let mut chunk = [0u8; 8192];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(half).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                ahead.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Moves read-ahead bytes into `out`.
+    fn take(&self, out: &mut [u8]) -> usize {
+        let mut guard = self.inner.lock();
+        let ahead = &mut guard.1;
+        let n = out.len().min(ahead.len());
+        out[..n].copy_from_slice(&ahead.split_to(n));
+        n
     }
 }
 
@@ -54,7 +131,7 @@ impl Stream {
     /// The process id of a unix-socket peer (SO_PEERCRED); None for TCP.
     pub fn peer_pid(&self) -> Option<i32> {
         match self {
-            Stream::Tcp(_) => None,
+            Stream::Tcp(_) | Stream::Tls(_) | Stream::Closed => None,
             Stream::Unix(s) => s.peer_cred().ok().and_then(|c| c.pid()),
         }
     }
@@ -66,6 +143,15 @@ impl ReadHalf {
         match self {
             ReadHalf::Tcp(s) => s.try_read(buf),
             ReadHalf::Unix(s) => s.try_read(buf),
+            ReadHalf::Tls(t) => {
+                let waker = std::task::Waker::noop();
+                match t.poll_fill(&mut Context::from_waker(waker)) {
+                    Poll::Ready(Ok(_)) => Ok(t.take(buf)),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            ReadHalf::Closed => Ok(0),
         }
     }
 
@@ -74,6 +160,8 @@ impl ReadHalf {
         match self {
             ReadHalf::Tcp(s) => s.readable().await,
             ReadHalf::Unix(s) => s.readable().await,
+            ReadHalf::Tls(t) => std::future::poll_fn(|cx| t.poll_fill(cx)).await.map(|_| ()),
+            ReadHalf::Closed => Ok(()),
         }
     }
 
@@ -90,6 +178,8 @@ macro_rules! delegate {
         match $self.get_mut() {
             Self::Tcp(s) => Pin::new(s).$method($($arg),*),
             Self::Unix(s) => Pin::new(s).$method($($arg),*),
+            Self::Tls(s) => Pin::new(s).$method($($arg),*),
+            Self::Closed => Poll::Ready(Err(closed())),
         }
     };
 }
@@ -114,7 +204,20 @@ impl AsyncWrite for Stream {
 
 impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, poll_read(cx, buf))
+        match self.get_mut() {
+            ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(t) => match t.poll_fill(cx) {
+                Poll::Ready(Ok(_)) => {
+                    let n = t.take(buf.initialize_unfilled());
+                    buf.advance(n);
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            ReadHalf::Closed => Poll::Ready(Ok(())),
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! Client authentication: trust, md5 and SCRAM-SHA-256 against plaintext passwords or stored md5
 //! and SCRAM secrets, with no way to tell an unknown user from a wrong password.
 
+pub mod auth_query;
+pub mod hba;
+mod passthrough;
 mod scram;
 mod secret;
 
+pub use passthrough::KeyScramClient;
 pub use scram::{ScramError, ScramExchange, constant_time_eq, mock_verifier};
 pub use secret::{ScramVerifier, Secret};
 
@@ -103,6 +107,14 @@ where
             Some(v) => scram_exchange(stream, auth.user, &v).await,
             None => Err(AuthError::Rejected(PgError::password_failed(auth.user))),
         },
+        (AuthType::Plain, secret) => cleartext_exchange(stream, auth.user, secret.as_ref()).await,
+        (AuthType::Cert | AuthType::Hba, _) => Err(AuthError::Rejected(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "password authentication is not configured for user \"{}\"",
+                auth.user
+            ),
+        ))),
         (AuthType::ScramSha256, _) => {
             // Unknown user, or an md5 secret that cannot answer SCRAM: run the exchange against a
             // verifier nothing matches, so the client cannot tell which.
@@ -143,6 +155,37 @@ where
     match expected {
         Some(e) if constant_time_eq(e.as_bytes(), answer.as_bytes()) => Ok(AuthSuccess::default()),
         _ => Err(AuthError::Rejected(PgError::password_failed(user))),
+    }
+}
+
+async fn cleartext_exchange<S>(
+    stream: &mut S,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<AuthSuccess, AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // AuthenticationCleartextPassword.
+    stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    let body = read_password_message(stream).await?;
+    let password = cstr(&body)?;
+    let ok = match secret {
+        Some(Secret::Plain(pw)) => constant_time_eq(pw.as_bytes(), password.as_bytes()),
+        Some(Secret::Md5(hex)) => {
+            let mut h = Md5::new();
+            h.update(password.as_bytes());
+            h.update(user.as_bytes());
+            let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            constant_time_eq(digest.as_bytes(), hex.as_bytes())
+        }
+        Some(Secret::Scram(v)) => v.matches_password(password),
+        _ => false,
+    };
+    if ok {
+        Ok(AuthSuccess::default())
+    } else {
+        Err(AuthError::Rejected(PgError::password_failed(user)))
     }
 }
 

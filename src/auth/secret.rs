@@ -12,6 +12,14 @@ pub enum Secret {
     Md5(String),
     /// A SCRAM-SHA-256 verifier (`SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`).
     Scram(ScramVerifier),
+    /// The ClientKey a client proved with SCRAM, with the verifier it matched: enough to log in
+    /// to PostgreSQL with SCRAM when it holds the same verifier (pass-through).
+    ScramKeys {
+        /// ClientKey recovered from the client's proof.
+        client_key: [u8; 32],
+        /// The verifier (salt, iterations, ServerKey) the client matched.
+        verifier: ScramVerifier,
+    },
 }
 
 impl std::fmt::Debug for Secret {
@@ -21,6 +29,7 @@ impl std::fmt::Debug for Secret {
             Secret::Plain(_) => "Secret::Plain(..)",
             Secret::Md5(_) => "Secret::Md5(..)",
             Secret::Scram(_) => "Secret::Scram(..)",
+            Secret::ScramKeys { .. } => "Secret::ScramKeys(..)",
         })
     }
 }
@@ -75,10 +84,39 @@ impl ScramVerifier {
         ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(password.as_bytes()))
     }
 
+    /// Whether a cleartext password derives this verifier (PBKDF2 with its salt and iterations).
+    pub fn matches_password(&self, password: &str) -> bool {
+        let mut salted = [0u8; 32];
+        let prepared =
+            stringprep::saslprep(password).map_or_else(|_| password.to_string(), |p| p.into_owned());
+        if pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha256>>(
+            prepared.as_bytes(),
+            &self.salt,
+            self.iterations,
+            &mut salted,
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let stored: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(client_key).into();
+        super::constant_time_eq(&stored, &self.stored_key)
+    }
+
     /// The salt as base64, as sent in the server-first message.
     pub fn salt_base64(&self) -> String {
         B64.encode(&self.salt)
     }
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]

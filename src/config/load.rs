@@ -103,6 +103,9 @@ pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Res
     if let Some(error) = first {
         return Err(error);
     }
+    if let Some(base) = base_dir {
+        super::validate_security::resolve_paths(&mut config.pooler, base);
+    }
     if let Some(auth_file) = &config.pooler.auth_file {
         let path = match base_dir {
             Some(base) if auth_file.is_relative() => base.join(auth_file),

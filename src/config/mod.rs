@@ -6,6 +6,7 @@ mod keys;
 mod load;
 mod userlist;
 mod validate;
+mod validate_security;
 
 pub use duration::parse_duration;
 pub use load::ConfigError;
@@ -57,6 +58,38 @@ pub enum AuthType {
     #[serde(rename = "scram-sha-256")]
     #[default]
     ScramSha256,
+    /// Cleartext password (only sensible over TLS).
+    #[serde(rename = "plain")]
+    Plain,
+    /// The TLS client certificate's CN is the user name; no password.
+    #[serde(rename = "cert")]
+    Cert,
+    /// Per-connection method from `auth_hba_file`.
+    #[serde(rename = "hba")]
+    Hba,
+}
+
+/// PgBouncer's default `auth_query`: the user's secret unless it has expired, for login roles only.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
+
+/// TLS policy of one leg (`client_tls_sslmode`, `server_tls_sslmode`), as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// No TLS.
+    #[default]
+    Disable,
+    /// TLS only when the other side insists (clients: accepted when asked; servers: plaintext).
+    Allow,
+    /// TLS when the other side supports it.
+    Prefer,
+    /// TLS always; no certificate check.
+    Require,
+    /// TLS, and the peer's certificate must chain to the CA file.
+    VerifyCa,
+    /// As verify-ca, and the server's name must match its certificate (servers only; for clients
+    /// it is verify-ca).
+    VerifyFull,
 }
 
 /// The `[pooler]` table: PgBouncer's `[pgbouncer]` section under the same key names.
@@ -79,6 +112,41 @@ pub struct PoolerConfig {
     pub auth_type: AuthType,
     /// PgBouncer userlist.txt with `"user" "secret"` lines, relative to the config file.
     pub auth_file: Option<PathBuf>,
+    /// pg_hba.conf-style rules used when `auth_type = "hba"`, relative to the config file.
+    pub auth_hba_file: Option<PathBuf>,
+    /// User whose connection looks up unknown users' secrets with `auth_query`.
+    pub auth_user: Option<String>,
+    /// Query returning (name, secret) for the user `$1`; PgBouncer's default honours rolvaliduntil.
+    pub auth_query: String,
+    /// Database the `auth_query` runs in; the client's database when unset.
+    pub auth_dbname: Option<String>,
+    /// How long a secret found with `auth_query` is reused before it is looked up again.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_cache_ttl: Duration,
+    /// TLS towards clients: disable, allow, prefer, require, verify-ca or verify-full.
+    pub client_tls_sslmode: SslMode,
+    /// Private key (PEM) of the certificate sluice shows clients.
+    pub client_tls_key_file: Option<PathBuf>,
+    /// Certificate chain (PEM) sluice shows clients.
+    pub client_tls_cert_file: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to under verify-ca/verify-full.
+    pub client_tls_ca_file: Option<PathBuf>,
+    /// TLS versions offered to clients: `secure`, `all`, `tlsv1.2`, `tlsv1.3` (comma list).
+    pub client_tls_protocols: String,
+    /// Cipher suites offered to clients: `default` or a colon list of rustls suite names.
+    pub client_tls_ciphers: String,
+    /// TLS towards PostgreSQL: disable, allow, prefer, require, verify-ca or verify-full.
+    pub server_tls_sslmode: SslMode,
+    /// CA (PEM) the server's certificate must chain to under verify-ca/verify-full.
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate sluice shows PostgreSQL.
+    pub server_tls_key_file: Option<PathBuf>,
+    /// Client certificate (PEM) sluice shows PostgreSQL.
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// TLS versions offered to PostgreSQL (same values as `client_tls_protocols`).
+    pub server_tls_protocols: String,
+    /// Cipher suites offered to PostgreSQL (same values as `client_tls_ciphers`).
+    pub server_tls_ciphers: String,
     /// Users allowed to run admin commands on the console.
     pub admin_users: Vec<String>,
     /// Users allowed read-only SHOW commands on the console.
@@ -166,6 +234,23 @@ impl Default for PoolerConfig {
             max_client_conn: 100,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
+            auth_hba_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.to_string(),
+            auth_dbname: None,
+            auth_cache_ttl: Duration::from_secs(30),
+            client_tls_sslmode: SslMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: "secure".to_string(),
+            client_tls_ciphers: "default".to_string(),
+            server_tls_sslmode: SslMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_key_file: None,
+            server_tls_cert_file: None,
+            server_tls_protocols: "secure".to_string(),
+            server_tls_ciphers: "default".to_string(),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             ignore_startup_parameters: Vec::new(),

@@ -37,7 +37,7 @@ impl PoolRegistry {
     }
 
     /// Applies a new configuration to existing pools: settings, and shared limits.
-    pub fn apply(&self, config: &crate::Config) {
+    pub fn apply(&self, config: &crate::Config, tls: &crate::tls::ServerTls) {
         for pool in self.all() {
             let key = &pool.key;
             let Some(db) = config.database(&key.database) else {
@@ -45,7 +45,13 @@ impl PoolRegistry {
                 continue;
             };
             let secret = config.user_secret(&key.user).map(crate::auth::Secret::parse);
-            pool.update_settings(super::settings_for(config, &key.database, &key.user, secret));
+            pool.update_settings(super::settings_for(
+                config,
+                &key.database,
+                &key.user,
+                secret,
+                tls.clone(),
+            ));
             let db_max = db.max_db_connections.unwrap_or(config.pooler.max_db_connections);
             pool.groups[0].set_max(db_max as usize);
             let user = config.users.get(&key.user);

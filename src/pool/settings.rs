@@ -12,6 +12,7 @@ pub fn settings_for(
     database: &str,
     user: &str,
     client_secret: Option<Secret>,
+    tls: crate::tls::ServerTls,
 ) -> PoolSettings {
     let db = config.database(database).cloned().unwrap_or_default();
     let (server_user, secret) = match &db.user {
@@ -43,6 +44,7 @@ pub fn settings_for(
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_string()),
             user: server_user,
             secret,
+            tls,
         },
         connect_timeout: config.pooler.server_connect_timeout,
         reset_query: config.pooler.server_reset_query.clone(),

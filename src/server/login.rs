@@ -24,6 +24,8 @@ pub struct ServerTarget {
     pub user: String,
     /// What sluice knows of that user's password.
     pub secret: Option<Secret>,
+    /// `server_tls_sslmode` and the rustls config for it.
+    pub tls: crate::tls::ServerTls,
 }
 
 impl ServerTarget {
@@ -58,6 +60,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
             addr: target.describe(),
             source,
         })?;
+    let stream = crate::tls::upgrade_server(stream, target).await?;
     let (reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
     frontend::startup_message(
@@ -70,6 +73,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
     writer.write_all(&out).await?;
     let mut conn = ServerConn::new(reader, writer, (target.host.clone(), target.port));
     let mut scram: Option<ScramSha256> = None;
+    let mut key_scram: Option<crate::auth::KeyScramClient> = None;
     loop {
         match conn.read_message().await? {
             Message::AuthenticationOk => {}
@@ -108,6 +112,16 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
                         target.describe()
                     )));
                 }
+                if let Some(Secret::ScramKeys { client_key, verifier }) = &target.secret {
+                    let client = crate::auth::KeyScramClient::new(*client_key, verifier.clone());
+                    let first = client.client_first();
+                    send(&mut conn, |out| {
+                        frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), out)
+                    })
+                    .await?;
+                    key_scram = Some(client);
+                    continue;
+                }
                 let password = plaintext(target)?;
                 let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                 send(&mut conn, |out| {
@@ -115,6 +129,23 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
                 })
                 .await?;
                 scram = Some(client);
+            }
+            Message::AuthenticationSaslContinue(body) if key_scram.is_some() => {
+                let client = key_scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                let server_first =
+                    std::str::from_utf8(body.data()).map_err(|_| unexpected("non-UTF-8 SASLContinue"))?;
+                let reply = client
+                    .client_final(server_first)
+                    .map_err(|e| pass_through_failed(target, &e))?;
+                send(&mut conn, |out| frontend::sasl_response(reply.as_bytes(), out)).await?;
+            }
+            Message::AuthenticationSaslFinal(body) if key_scram.is_some() => {
+                let client = key_scram.as_ref().ok_or_else(|| unexpected("SASLFinal"))?;
+                let server_final =
+                    std::str::from_utf8(body.data()).map_err(|_| unexpected("non-UTF-8 SASLFinal"))?;
+                client
+                    .verify_server_final(server_final)
+                    .map_err(|e| pass_through_failed(target, &e))?;
             }
             Message::AuthenticationSaslContinue(body) => {
                 let client = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
@@ -168,6 +199,14 @@ fn missing_password(target: &ServerTarget, need: &str) -> ServerError {
         "server {} asks user \"{}\" for a password, and sluice has no usable secret for it (needs {need})",
         target.describe(),
         target.user
+    ))
+}
+
+fn pass_through_failed(target: &ServerTarget, why: &str) -> ServerError {
+    ServerError::Auth(format!(
+        "SCRAM pass-through login of user \"{}\" to server {} failed: {why}",
+        target.user,
+        target.describe()
     ))
 }
 

@@ -3,6 +3,7 @@
 //! the whole session in session mode) and always gives it back through the pool's release path.
 
 mod client;
+mod client_auth;
 mod params;
 mod relay;
 mod startup;

@@ -1,12 +1,12 @@
-//! Logging a client in: the startup packet (refusing TLS and GSS encryption until TLS lands,
-//! answering cancel requests, checking the protocol version), the database and user lookup,
+//! Logging a client in: the startup packet (TLS negotiation, refusing GSS encryption, answering
+//! cancel requests, checking the protocol version), the database and user lookup,
 //! authentication, and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use super::params::ClientParams;
-use crate::auth::{self, AuthError, ClientAuth, Secret};
 use crate::cancel::{CancelKey, CancelRegistry};
 use crate::client_info::{ClientInfo, PeerAddr};
 use crate::config::Config;
+use crate::config::SslMode;
 use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
 use crate::shared::{ClientSlot, Shared};
@@ -46,7 +46,7 @@ pub(super) async fn log_in(
     peer: &PeerAddr,
     shared: &Arc<Shared>,
 ) -> Result<LoggedIn, Refusal> {
-    let params = negotiate(stream, shared).await?;
+    let params = negotiate(stream, peer, shared).await?;
     let config = shared.config.load_full();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
@@ -101,21 +101,7 @@ pub(super) async fn log_in(
             )
         })?;
 
-    let secret = config.user_secret(&user).map(Secret::parse);
-    let auth = ClientAuth {
-        method: config.pooler.auth_type,
-        user: &user,
-        secret: secret.clone(),
-        cache: &shared.verifiers,
-        instance_secret: &shared.instance_secret,
-        known_user: config.users.contains_key(&user) || config.auth_file_users.contains_key(&user),
-        trust_unknown_users: config.users.is_empty() && config.auth_file_users.is_empty(),
-    };
-    match auth::authenticate(stream, auth).await {
-        Ok(_) => {}
-        Err(AuthError::Rejected(e)) => return Err(Refusal::Fatal(e)),
-        Err(AuthError::Io(_)) => return Err(Refusal::Quiet),
-    }
+    let secret = super::client_auth::authenticate(stream, peer, shared, &config, &user, &database).await?;
 
     let mut params = params;
     if p.application_name_add_host {
@@ -144,7 +130,7 @@ pub(super) async fn log_in(
     let pool = shared
         .pools
         .get_or_create(key, db_server_limit, user_server_limit, || {
-            crate::pool::settings_for(&config, &database, &user, secret)
+            crate::pool::settings_for(&config, &database, &user, secret, server_tls(shared, &config))
         });
     let welcome = welcome_params(&pool, &info, &config).await?;
     let cancel = CancelRegistry::issue(shared);
@@ -167,8 +153,25 @@ pub(super) async fn log_in(
     })
 }
 
-/// Reads startup packets until a StartupMessage, answering SSL/GSS requests and cancels.
-async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupParams, Refusal> {
+/// Reads startup packets until a StartupMessage, answering SSL/GSS requests (TLS when configured,
+/// also PostgreSQL 17's direct TLS) and cancels; enforces client_tls_sslmode require.
+async fn negotiate(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+) -> Result<StartupParams, Refusal> {
+    let config = shared.config.load_full();
+    let acceptor = match shared.security.tls(&config).as_ref() {
+        Ok(t) => t.acceptor.clone(),
+        Err(_) => None,
+    };
+    if let (Some(acceptor), Stream::Tcp(tcp)) = (&acceptor, &*stream) {
+        let mut first = [0u8; 1];
+        // A TLS ClientHello as the very first byte: direct TLS (sslnegotiation=direct).
+        if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
+            tls_handshake(stream, acceptor, true).await?;
+        }
+    }
     loop {
         let packet = read_startup_packet(stream).await.map_err(|e| {
             tracing::debug!(error = %e, "bad startup packet");
@@ -181,7 +184,20 @@ async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupP
             }
         })?;
         match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            StartupPacket::SslRequest if stream.is_tls() => {
+                return Err(Refusal::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "SSLRequest received on an encrypted connection",
+                )));
+            }
+            StartupPacket::SslRequest => match &acceptor {
+                Some(acceptor) if matches!(stream, Stream::Tcp(_)) => {
+                    stream.write_all(b"S").await?;
+                    tls_handshake(stream, acceptor, false).await?;
+                }
+                _ => stream.write_all(b"N").await?,
+            },
+            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
             StartupPacket::CancelRequest {
                 process_id,
                 secret_key,
@@ -199,6 +215,14 @@ async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupP
                     .filter(|(n, _)| n.starts_with("_pq_."))
                     .map(|(n, _)| n.clone())
                     .collect();
+                let tcp = matches!(peer, PeerAddr::Tcp(_));
+                if tcp && !stream.is_tls() && config.pooler.client_tls_sslmode >= SslMode::Require {
+                    return Err(Refusal::Fatal(
+                        PgError::fatal(sqlstate::INVALID_AUTHORIZATION, "SSL required")
+                            .with_detail("client_tls_sslmode requires TLS on TCP connections")
+                            .with_hint("connect with sslmode=require (or verify-ca/verify-full)"),
+                    ));
+                }
                 if minor > 0 || !unknown.is_empty() {
                     let mut out = BytesMut::new();
                     messages::negotiate_protocol_version(&mut out, 0, &unknown);
@@ -213,6 +237,28 @@ async fn negotiate(stream: &mut Stream, shared: &Arc<Shared>) -> Result<StartupP
                 )));
             }
         }
+    }
+}
+
+/// Runs a client TLS handshake; a failed one closes the connection quietly.
+async fn tls_handshake(
+    stream: &mut Stream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    direct: bool,
+) -> Result<(), Refusal> {
+    crate::tls::accept_client(stream, acceptor, direct)
+        .await
+        .map_err(|e| {
+            tracing::info!(error = %e, direct, "client TLS handshake failed");
+            Refusal::Quiet
+        })
+}
+
+/// The server-leg TLS settings of this config snapshot.
+fn server_tls(shared: &Shared, config: &Arc<Config>) -> crate::tls::ServerTls {
+    match shared.security.tls(config).as_ref() {
+        Ok(t) => t.server.clone(),
+        Err(_) => crate::tls::ServerTls::default(),
     }
 }
 

@@ -281,6 +281,30 @@ impl TempPostgres {
         }
     }
 
+    /// Turns on TLS: writes `cert_pem`/`key_pem` into the data directory (owned by the server's
+    /// OS user, key mode 0600), sets `ssl = on`, and restarts the server.
+    pub fn enable_ssl(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text, mode) in [("server.crt", cert_pem, 0o644), ("server.key", key_pem, 0o600)] {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write TLS file into the data dir");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod TLS file");
+            if self.as_postgres_user {
+                let (uid, gid) = postgres_os_user();
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown TLS file");
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        file.write_all(b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            .expect("write postgresql.conf");
+        self.stop();
+        self.start();
+    }
+
     fn initdb(&self) {
         let data = self.data_dir();
         let out = self.run_server_binary(

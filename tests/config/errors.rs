@@ -166,7 +166,7 @@ fn bad_enum_values_name_the_allowed_ones() {
     assert_error(text, 2, 1, "pooler.pool_mode", "statement");
     let msg = load(text).unwrap_err().message;
     assert!(msg.contains("session") && msg.contains("transaction"), "{msg}");
-    let auth = "[pooler]\nauth_type = \"plain\"\n";
+    let auth = "[pooler]\nauth_type = \"pam\"\n";
     assert_error(auth, 2, 1, "pooler.auth_type", "scram-sha-256");
     assert_error(
         "[databases.x]\npool_mode = \"stmt\"\n",

@@ -1,0 +1,177 @@
+//! Deciding how a client authenticates and running it: the hba rule for its address and TLS
+//! state, certificate login by CN, auth_query for users sluice does not know, and the secret the
+//! pool will use to log in to PostgreSQL (SCRAM keys when the client proved a SCRAM verifier).
+
+use super::startup::Refusal;
+use crate::auth::hba::{HbaMethod, HbaRequest};
+use crate::auth::{self, AuthError, ClientAuth, Secret, auth_query};
+use crate::client_info::PeerAddr;
+use crate::config::{AuthType, Config};
+use crate::protocol::{PgError, messages, sqlstate};
+use crate::server::ServerTarget;
+use crate::shared::Shared;
+use crate::stream::Stream;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// Authenticates `user` for `database`; on success AuthenticationOk was sent, and the result is
+/// the secret the server login should use (None: none known).
+pub(super) async fn authenticate(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    user: &str,
+    database: &str,
+) -> Result<Option<Secret>, Refusal> {
+    let tls = stream.is_tls();
+    let (method, hba_trust) = match config.pooler.auth_type {
+        AuthType::Hba => {
+            let method = hba_method(shared, config, peer, tls, user, database)?;
+            (method, method == AuthType::Trust)
+        }
+        other => (other, false),
+    };
+    let mut secret = config.user_secret(user).map(Secret::parse);
+    if method == AuthType::Cert {
+        let cn = crate::tls::peer_common_name(stream);
+        if cn.as_deref() != Some(user) {
+            return Err(Refusal::Fatal(
+                PgError::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("certificate authentication failed for user \"{user}\""),
+                )
+                .with_detail(match cn {
+                    Some(cn) => format!("the client certificate's CN is \"{cn}\""),
+                    None => "no client certificate was presented over TLS".to_string(),
+                }),
+            ));
+        }
+        let mut out = bytes::BytesMut::new();
+        messages::auth_ok(&mut out);
+        stream.write_all(&out).await?;
+        return Ok(secret);
+    }
+    if secret.is_none() && method != AuthType::Trust {
+        secret = looked_up_secret(shared, config, user, database).await?;
+    }
+    let auth = ClientAuth {
+        method,
+        user,
+        secret: secret.clone(),
+        cache: &shared.verifiers,
+        instance_secret: &shared.instance_secret,
+        known_user: config.users.contains_key(user) || config.auth_file_users.contains_key(user),
+        trust_unknown_users: hba_trust || (config.users.is_empty() && config.auth_file_users.is_empty()),
+    };
+    let success = match auth::authenticate(stream, auth).await {
+        Ok(s) => s,
+        Err(AuthError::Rejected(e)) => return Err(Refusal::Fatal(e)),
+        Err(AuthError::Io(_)) => return Err(Refusal::Quiet),
+    };
+    Ok(match (secret, success.scram_client_key) {
+        (Some(Secret::Scram(verifier)), Some(client_key)) => Some(Secret::ScramKeys { client_key, verifier }),
+        (secret, _) => secret,
+    })
+}
+
+/// The method the first matching hba line gives; no line, or `reject`, refuses as PostgreSQL does.
+fn hba_method(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    peer: &PeerAddr,
+    tls: bool,
+    user: &str,
+    database: &str,
+) -> Result<AuthType, Refusal> {
+    let rules = shared.security.hba(config);
+    let rules = rules.as_ref().as_ref().map_err(|e| {
+        Refusal::Fatal(
+            PgError::fatal(sqlstate::INVALID_AUTHORIZATION, "auth_hba_file cannot be used")
+                .with_detail(e.clone()),
+        )
+    })?;
+    let addr = match peer {
+        PeerAddr::Tcp(a) => Some(a.ip()),
+        PeerAddr::Unix => None,
+    };
+    let host = addr.map_or("[local]".to_string(), |a| a.to_string());
+    let encryption = if tls { "SSL encryption" } else { "no encryption" };
+    let req = HbaRequest {
+        addr,
+        tls,
+        database,
+        user,
+    };
+    let refuse = |text: String| Refusal::Fatal(PgError::fatal(sqlstate::INVALID_AUTHORIZATION, text));
+    Ok(match rules.method_for(&req) {
+        None => {
+            return Err(refuse(format!(
+                "no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+            )));
+        }
+        Some(HbaMethod::Reject) => {
+            return Err(refuse(format!(
+                "pg_hba.conf rejects connection for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+            )));
+        }
+        Some(HbaMethod::Trust) => AuthType::Trust,
+        Some(HbaMethod::Md5) => AuthType::Md5,
+        Some(HbaMethod::ScramSha256) => AuthType::ScramSha256,
+        Some(HbaMethod::Password) => AuthType::Plain,
+        Some(HbaMethod::Cert) => AuthType::Cert,
+    })
+}
+
+/// The secret auth_query finds for `user` (cached for auth_cache_ttl); None when auth_user is
+/// not set, or the user does not exist or cannot log in.
+async fn looked_up_secret(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    user: &str,
+    database: &str,
+) -> Result<Option<Secret>, Refusal> {
+    let p = &config.pooler;
+    let Some(auth_user) = p.auth_user.as_deref().filter(|a| *a != user) else {
+        return Ok(None);
+    };
+    if let Some(cached) = shared.security.auth_query.get(user, p.auth_cache_ttl) {
+        return Ok(cached.as_deref().map(Secret::parse));
+    }
+    let db_name = p.auth_dbname.as_deref().unwrap_or(database);
+    let db = config.database(db_name).cloned().unwrap_or_default();
+    let server_tls = match shared.security.tls(config).as_ref() {
+        Ok(t) => t.server.clone(),
+        Err(_) => crate::tls::ServerTls::default(),
+    };
+    let target = ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
+        user: auth_user.to_string(),
+        secret: config.user_secret(auth_user).map(Secret::parse),
+        tls: server_tls,
+    };
+    let limit = p.server_connect_timeout;
+    let found = match tokio::time::timeout(limit, auth_query::lookup(&target, &p.auth_query, user)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, auth_user, "auth_query failed");
+            return Err(Refusal::Fatal(
+                PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "authentication lookup failed (auth_query)",
+                )
+                .with_detail(e.to_string()),
+            ));
+        }
+        Err(_) => {
+            return Err(Refusal::Fatal(PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("authentication lookup (auth_query) did not finish within {limit:?}"),
+            )));
+        }
+    };
+    shared.security.auth_query.put(user, found.clone());
+    Ok(found.as_deref().map(Secret::parse))
+}
