@@ -1,6 +1,7 @@
 //! sluice: a PostgreSQL connection pooler. The library holds everything; `main.rs` is a thin CLI,
 //! and the integration tests start poolers in-process through [`start`].
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod client_info;
@@ -13,6 +14,7 @@ pub mod security;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 

@@ -1,8 +1,9 @@
 //! Accept loops for the TCP and unix-socket listeners: one task per client, a back-off when the
 //! process runs out of file descriptors, and a clean stop on shutdown.
 
+use crate::client_info::ClientPhase;
 use crate::session::{self, PeerAddr};
-use crate::shared::Shared;
+use crate::shared::{Lifecycle, Shared, ShutdownMode};
 use crate::stream::Stream;
 use crate::{Config, Error};
 use std::net::SocketAddr;
@@ -36,15 +37,23 @@ impl RunningPooler {
         &self.shared
     }
 
-    /// Stops accepting, tells idle clients the pooler is going away, and closes idle servers.
-    /// Clients in a transaction finish it first.
+    /// Resolves when the pooler has exited (a shutdown finished draining, or was immediate).
+    pub async fn exited(&self) {
+        let mut rx = self.shared.lifecycle_signal();
+        let _ = rx.wait_for(|l| *l == Lifecycle::Exit).await.map(|_| ());
+    }
+
+    /// Shuts down at once: stops accepting, disconnects every client, closes idle servers.
     pub async fn shutdown(self) {
-        self.shared.begin_shutdown();
+        self.shared.shutdown(None);
+        self.exited().await;
+        self.finish().await;
+    }
+
+    /// Cleans up after the exit: listeners stopped, unix socket file removed.
+    pub async fn finish(self) {
         for t in &self.accept_tasks {
             t.abort();
-        }
-        for pool in self.shared.pools.all() {
-            pool.close_idle();
         }
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
@@ -84,7 +93,11 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     };
     let shared = Shared::new(config);
     tracing::info!(%tcp_addr, unix = ?unix.as_ref().map(|u| &u.1), "sluice listening");
-    let mut accept_tasks = vec![tokio::spawn(accept_tcp(tcp, shared.clone()))];
+    crate::stats::spawn_sampler(&shared);
+    let mut accept_tasks = vec![
+        tokio::spawn(accept_tcp(tcp, shared.clone())),
+        tokio::spawn(drain_monitor(shared.clone())),
+    ];
     let unix_socket = unix.map(|(listener, path)| {
         accept_tasks.push(tokio::spawn(accept_unix(listener, shared.clone())));
         path
@@ -98,8 +111,13 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
 }
 
 async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let mut life = shared.lifecycle_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped_accepting(&mut life) => return,
+        };
+        match accepted {
             Ok((socket, addr)) => {
                 let _ = socket.set_nodelay(true);
                 tokio::spawn(session::handle_client(
@@ -114,8 +132,13 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
+    let mut life = shared.lifecycle_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped_accepting(&mut life) => return,
+        };
+        match accepted {
             Ok((socket, _)) => {
                 tokio::spawn(session::handle_client(
                     Stream::Unix(socket),
@@ -124,6 +147,54 @@ async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
                 ));
             }
             Err(e) => back_off(e).await,
+        }
+    }
+}
+
+/// Resolves when the pooler stops accepting new clients (any shutdown).
+async fn stopped_accepting(rx: &mut tokio::sync::watch::Receiver<Lifecycle>) {
+    let _ = rx.wait_for(|l| *l != Lifecycle::Running).await.map(|_| ());
+}
+
+/// Watches the lifecycle: while draining, closes clients as the mode allows and decides when
+/// the pooler exits; at exit, disconnects everyone and closes idle servers.
+async fn drain_monitor(shared: Arc<Shared>) {
+    let mut rx = shared.lifecycle_signal();
+    loop {
+        let life = *rx.borrow_and_update();
+        match life {
+            Lifecycle::Running => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            Lifecycle::Draining(mode) => {
+                if mode == ShutdownMode::WaitForServers {
+                    // Close every client that holds no server mid-transaction.
+                    for c in shared.clients() {
+                        if matches!(c.live().phase, ClientPhase::Idle | ClientPhase::Holding) {
+                            c.kill("pooler is shutting down");
+                        }
+                    }
+                }
+                if shared.clients().is_empty() {
+                    shared.shutdown(None);
+                    continue;
+                }
+                tokio::select! {
+                    _ = rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Lifecycle::Exit => {
+                for c in shared.clients() {
+                    c.kill("pooler is shutting down");
+                }
+                for pool in shared.pools.all() {
+                    pool.close_idle();
+                }
+                return;
+            }
         }
     }
 }

@@ -77,9 +77,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutting down");
-        pooler.shutdown().await;
+        run_until_exit(&pooler).await;
+        pooler.finish().await;
+        tracing::info!("sluice stopped");
         ExitCode::SUCCESS
     })
 }
@@ -93,16 +93,37 @@ fn init_tracing() {
         .init();
 }
 
-async fn wait_for_shutdown_signal() {
+/// Serves until the pooler exits: SIGHUP reloads the configuration, SIGTERM drains until the
+/// clients leave (WAIT_FOR_CLIENTS), SIGINT until transactions finish (WAIT_FOR_SERVERS); a
+/// second SIGTERM/SIGINT exits at once.
+async fn run_until_exit(pooler: &sluice::RunningPooler) {
+    use sluice::shared::ShutdownMode;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers we can only run until killed.
-        std::future::pending::<()>().await;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; running until the console says SHUTDOWN");
+        pooler.exited().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let shared = pooler.shared().clone();
+    loop {
+        tokio::select! {
+            _ = pooler.exited() => return,
+            _ = hup.recv() => match shared.reload() {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
+            },
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down once clients leave (a second signal exits now)");
+                shared.shutdown(Some(ShutdownMode::WaitForClients));
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: shutting down once transactions finish (a second signal exits now)");
+                shared.shutdown(Some(ShutdownMode::WaitForServers));
+            }
+        }
     }
 }

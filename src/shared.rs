@@ -32,13 +32,41 @@ pub struct Shared {
     client_registry: Mutex<HashMap<u64, Arc<crate::client_info::ClientInfo>>>,
     /// Connected clients per database [0] and per user [1].
     client_counts: Mutex<[HashMap<String, usize>; 2]>,
-    shutdown: watch::Sender<bool>,
+    lifecycle: watch::Sender<Lifecycle>,
+    /// Averages over the last stats_period, for SHOW STATS.
+    pub stats_history: crate::stats::StatsHistory,
+    /// Databases closed to new clients by DISABLE.
+    disabled: Mutex<std::collections::HashSet<String>>,
+    /// SUSPEND is in force.
+    suspended: std::sync::atomic::AtomicBool,
+}
+
+/// How a shutdown waits before the process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Stop accepting; close each client once it holds no server (transactions finish); exit
+    /// when none is left (SIGINT, SHUTDOWN WAIT_FOR_SERVERS).
+    WaitForServers,
+    /// Stop accepting; exit when the clients have all left by themselves (SIGTERM,
+    /// SHUTDOWN WAIT_FOR_CLIENTS).
+    WaitForClients,
+}
+
+/// Where the pooler is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Serving.
+    Running,
+    /// Not accepting; waiting as the mode says.
+    Draining(ShutdownMode),
+    /// Closing everything now.
+    Exit,
 }
 
 impl Shared {
     /// Builds the shared state for a config.
     pub fn new(config: Config) -> Arc<Shared> {
-        let (shutdown, _) = watch::channel(false);
+        let (lifecycle, _) = watch::channel(Lifecycle::Running);
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools: PoolRegistry::default(),
@@ -49,7 +77,10 @@ impl Shared {
             clients: AtomicUsize::new(0),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             client_registry: Mutex::new(HashMap::new()),
-            shutdown,
+            lifecycle,
+            disabled: Mutex::new(std::collections::HashSet::new()),
+            stats_history: crate::stats::StatsHistory::default(),
+            suspended: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -124,14 +155,79 @@ impl Shared {
         self.clients.load(Ordering::Relaxed)
     }
 
-    /// Asks every task to stop.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+    /// Begins a shutdown: draining in `mode`, or exiting at once (None, or a second request).
+    pub fn shutdown(&self, mode: Option<ShutdownMode>) {
+        self.lifecycle.send_modify(|l| {
+            *l = match (*l, mode) {
+                (Lifecycle::Running, Some(m)) => Lifecycle::Draining(m),
+                _ => Lifecycle::Exit,
+            }
+        });
     }
 
-    /// A receiver that turns true when shutdown begins.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+    /// DISABLE (true) or ENABLE (false) new client connections to a database.
+    pub fn set_disabled(&self, database: &str, disabled: bool) {
+        let mut set = self.disabled.lock();
+        if disabled {
+            set.insert(database.to_string());
+        } else {
+            set.remove(database);
+        }
+    }
+
+    /// True when DISABLE is in force for the database.
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.disabled.lock().contains(database)
+    }
+
+    /// Records SUSPEND/RESUME (for SHOW STATE).
+    pub fn set_suspended(&self, on: bool) {
+        self.suspended.store(on, Ordering::Relaxed);
+    }
+
+    /// True while SUSPEND is in force.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Relaxed)
+    }
+
+    /// Where the pooler is now.
+    pub fn lifecycle(&self) -> Lifecycle {
+        *self.lifecycle.borrow()
+    }
+
+    /// A receiver of lifecycle changes.
+    pub fn lifecycle_signal(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    /// Re-reads the configuration file and applies it: pools get their new settings, added
+    /// databases appear, removed ones drain. An invalid file changes nothing.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let current = self.config.load_full();
+        let path = std::path::Path::new(&current.origin);
+        if !path.is_file() {
+            return Err(crate::config::ConfigError::new(
+                &current.origin,
+                0,
+                0,
+                "",
+                "this configuration was not loaded from a file; nothing to reload",
+            ));
+        }
+        let fresh = crate::config::Config::load(path)?;
+        self.apply_config(fresh);
+        Ok(())
+    }
+
+    /// Installs a new configuration (RELOAD, SET) and applies it to existing pools.
+    pub fn apply_config(&self, config: Config) {
+        let config = Arc::new(config);
+        self.config.store(config.clone());
+        let tls = match self.security.tls(&config).as_ref() {
+            Ok(t) => t.server.clone(),
+            Err(_) => crate::tls::ServerTls::default(),
+        };
+        self.pools.apply(&config, &tls);
     }
 }
 

@@ -84,3 +84,21 @@ impl Visitor<'_> for DurationVisitor {
         parse_duration(v).map_err(E::custom)
     }
 }
+
+/// serde adapter: writes a duration the way the config accepts it back (`"250ms"`, `"10s"`).
+pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// `"250ms"` for sub-second durations, `"10s"` (or `"1.5s"`) otherwise, `"0"` for zero.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0".to_string()
+    } else if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) && d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}

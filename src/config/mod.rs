@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// How long a client keeps the server it was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// The server is held from login until the client disconnects.
@@ -46,7 +46,7 @@ pub enum PoolMode {
 }
 
 /// How clients prove who they are to sluice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 pub enum AuthType {
     /// No password asked.
     #[serde(rename = "trust")]
@@ -73,7 +73,7 @@ pub enum AuthType {
 pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 /// TLS policy of one leg (`client_tls_sslmode`, `server_tls_sslmode`), as libpq's sslmode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// No TLS.
@@ -93,7 +93,7 @@ pub enum SslMode {
 }
 
 /// The `[pooler]` table: PgBouncer's `[pgbouncer]` section under the same key names.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerConfig {
     /// Address the TCP listener binds (`*` means all IPv4 addresses).
@@ -121,7 +121,7 @@ pub struct PoolerConfig {
     /// Database the `auth_query` runs in; the client's database when unset.
     pub auth_dbname: Option<String>,
     /// How long a secret found with `auth_query` is reused before it is looked up again.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub auth_cache_ttl: Duration,
     /// TLS towards clients: disable, allow, prefer, require, verify-ca or verify-full.
     pub client_tls_sslmode: SslMode,
@@ -154,13 +154,13 @@ pub struct PoolerConfig {
     /// Startup parameters accepted from clients and ignored (beyond the ones always tolerated).
     pub ignore_startup_parameters: Vec<String>,
     /// Time allowed to open a TCP connection and log in to PostgreSQL.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub server_connect_timeout: Duration,
     /// Time a client has to finish logging in to sluice.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub client_login_timeout: Duration,
     /// Longest a client waits for a server before it gets an error.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub query_wait_timeout: Duration,
     /// SQL run on a server released in session mode before another client gets it.
     pub server_reset_query: String,
@@ -173,7 +173,7 @@ pub struct PoolerConfig {
     /// Extra servers a pool may open for clients that waited `reserve_pool_timeout` (0: none).
     pub reserve_pool_size: u32,
     /// How long a client waits before the reserve pool may be used for it.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub reserve_pool_timeout: Duration,
     /// Most server connections per database over all its pools (0: no limit).
     pub max_db_connections: u32,
@@ -187,40 +187,43 @@ pub struct PoolerConfig {
     /// that keeps the connection usable.
     pub query_wait_timeout_disconnect: bool,
     /// Send a NOTICE to a client queued this long for a server (0: never).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub query_wait_notify: Duration,
     /// Cancel a query running longer than this, then fail it (0: off).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub query_timeout: Duration,
     /// Disconnect a client idle inside a transaction longer than this (0: off).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub idle_transaction_timeout: Duration,
     /// Disconnect a client idle (outside a transaction) longer than this (0: off).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub client_idle_timeout: Duration,
     /// Disconnect a client whose transaction stays open longer than this (0: off).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub transaction_timeout: Duration,
     /// Longest pause between attempts to log in to a server that keeps failing; attempts back off
     /// exponentially (with jitter) up to this.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub server_login_retry: Duration,
     /// Close a server this old when it is released (jittered per server; 0: never).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub server_lifetime: Duration,
     /// Close a server idle in the pool longer than this (0: never).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub server_idle_timeout: Duration,
     /// Query run on a server idle longer than `server_check_delay` before it is handed out
     /// (empty: sluice only checks that the socket is still open and quiet).
     pub server_check_query: String,
     /// Idle time after which a server is checked with `server_check_query` before use.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub server_check_delay: Duration,
     /// Run `server_reset_query` after every transaction in transaction mode too.
     pub server_reset_query_always: bool,
     /// Append the client's address to the application_name the server sees.
     pub application_name_add_host: bool,
+    /// Period over which SHOW STATS averages are computed.
+    #[serde(with = "duration")]
+    pub stats_period: Duration,
 }
 
 impl Default for PoolerConfig {
@@ -280,6 +283,7 @@ impl Default for PoolerConfig {
             server_check_delay: Duration::from_secs(30),
             server_reset_query_always: false,
             application_name_add_host: false,
+            stats_period: Duration::from_secs(60),
         }
     }
 }

@@ -31,6 +31,11 @@ impl Pool {
         self.close_idle();
     }
 
+    /// Holds new checkouts without waiting for servers in use (SUSPEND, KILL).
+    pub fn pause_quietly(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
     /// Lets held checkouts proceed.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::Release);
@@ -58,6 +63,11 @@ impl Pool {
 
     /// The current server generation (servers older than it are closed on release).
     pub(super) fn generation(&self) -> u64 {
+        self.current_generation()
+    }
+
+    /// The current server generation (SHOW SERVERS marks older servers close_needed).
+    pub fn current_generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -87,5 +97,47 @@ impl Pool {
     pub fn close_idle(&self) {
         let idle: Vec<PooledServer> = self.state.lock().idle.drain(..).collect();
         drop(idle);
+    }
+}
+
+/// What a pool's servers are doing, in SHOW POOLS' terms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCounts {
+    /// Lent to a client.
+    pub active: usize,
+    /// Idle and used recently (no check needed).
+    pub idle: usize,
+    /// Idle longer than server_check_delay (checked before use).
+    pub used: usize,
+    /// Being checked, rolled back or reset.
+    pub tested: usize,
+    /// Being opened and logged in.
+    pub login: usize,
+}
+
+impl Pool {
+    /// Counts the pool's servers by state.
+    pub fn server_counts(&self) -> ServerCounts {
+        let check_delay = self.settings().server_check_delay;
+        let st = self.state.lock();
+        let mut c = ServerCounts {
+            login: st.slots_used.saturating_sub(st.servers.len()),
+            ..Default::default()
+        };
+        for s in &st.idle {
+            if s.conn.last_used.elapsed() >= check_delay {
+                c.used += 1;
+            } else {
+                c.idle += 1;
+            }
+        }
+        for info in st.servers.values() {
+            match info.current() {
+                crate::server::ServerUse::Lent { .. } => c.active += 1,
+                crate::server::ServerUse::Cleaning | crate::server::ServerUse::Login => c.tested += 1,
+                crate::server::ServerUse::Idle => {}
+            }
+        }
+        c
     }
 }

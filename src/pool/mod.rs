@@ -15,6 +15,7 @@ mod settings;
 mod stats;
 
 pub use checkout::CheckoutError;
+pub use control::ServerCounts;
 pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;

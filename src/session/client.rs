@@ -15,6 +15,9 @@ pub(crate) struct ClientIo {
     /// Waiting to be written to the client.
     pub(crate) outbuf: BytesMut,
     pub(crate) scan: FrameScanner,
+    /// Bytes read from / written to the client since the last transaction was counted.
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
 }
 
 /// What waiting for an idle client produced.
@@ -33,6 +36,8 @@ impl ClientIo {
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
             scan: FrameScanner::new(0, max_message),
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -59,6 +64,7 @@ impl ClientIo {
             match self.reader.try_read(&mut chunk) {
                 Ok(0) => return Ok(Input::Closed),
                 Ok(n) => {
+                    self.bytes_in += n as u64;
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     return Ok(Input::Data);
                 }

@@ -21,7 +21,7 @@ use crate::shared::Shared;
 use crate::stream::Stream;
 use client::{ClientIo, Input};
 use relay::{Link, RelayEnd, RelayError, Timeouts};
-use startup::{LoggedIn, Refusal};
+use startup::{LoggedIn, Login, Refusal};
 use std::sync::Arc;
 use std::time::Instant;
 use waiting::{WaitOutcome, send_fatal};
@@ -62,7 +62,13 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
     let login_limit = shared.config.load().pooler.client_login_timeout;
     let login = tokio::time::timeout(login_limit, startup::log_in(&mut stream, &peer, &shared)).await;
     let refusal = match login {
-        Ok(Ok(logged_in)) => {
+        Ok(Ok(Login::Console { user, role })) => {
+            tracing::debug!(%peer, %user, ?role, "console login");
+            crate::admin::serve(stream, shared, role, user).await;
+            return;
+        }
+        Ok(Ok(Login::Pooled(logged_in))) => {
+            let logged_in = *logged_in;
             tracing::debug!(%peer, user = %logged_in.info.user, database = %logged_in.info.database, "client logged in");
             let max_message = shared.config.load().pooler.max_packet_size as usize;
             let (reader, writer) = stream.into_split();
@@ -99,7 +105,7 @@ struct Session {
 
 impl Session {
     async fn run(&mut self) -> Ending {
-        let mut shutdown = self.shared.shutdown_signal();
+        let mut shutdown = self.shared.lifecycle_signal();
         let mode = self.login.pool.settings().mode;
         loop {
             let state = std::mem::replace(&mut self.state, SessionState::Idle);
@@ -331,10 +337,19 @@ impl Session {
     }
 }
 
-/// Resolves once shutdown has begun (the watch guard is dropped before returning, so the
-/// future stays `Send`).
-async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|&s| s).await.map(|_| ());
+/// Resolves once an idle client should be closed for shutdown (WAIT_FOR_SERVERS or an
+/// immediate exit). The watch guard is dropped before returning, so the future stays `Send`.
+async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<crate::shared::Lifecycle>) {
+    use crate::shared::{Lifecycle, ShutdownMode};
+    let _ = rx
+        .wait_for(|l| {
+            matches!(
+                l,
+                Lifecycle::Exit | Lifecycle::Draining(ShutdownMode::WaitForServers)
+            )
+        })
+        .await
+        .map(|_| ());
 }
 
 /// Sleeps for `d`, or forever when it is zero (a disabled limit).

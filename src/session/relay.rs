@@ -57,9 +57,6 @@ pub(super) struct Link {
     saw_transaction: bool,
     /// When the current transaction's first request began (for xact_time).
     xact_since: Option<Instant>,
-    /// Bytes from and to the client since the last transaction was counted.
-    bytes_in: u64,
-    bytes_out: u64,
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -157,8 +154,6 @@ impl Link {
             cancel_sent: false,
             saw_transaction: false,
             xact_since: None,
-            bytes_in: 0,
-            bytes_out: 0,
         }
     }
 
@@ -234,7 +229,13 @@ impl Link {
         }
     }
 
-    fn on_ready_for_query(&mut self, server: &ServerConn, stats: &PoolStats, info: &ClientInfo) {
+    fn on_ready_for_query(
+        &mut self,
+        server: &ServerConn,
+        stats: &PoolStats,
+        info: &ClientInfo,
+        client: &mut ClientIo,
+    ) {
         self.pending.pop_front();
         let now = Instant::now();
         let started = self.request_since.unwrap_or(now);
@@ -249,8 +250,8 @@ impl Link {
         if server.tx_status == b'I' {
             self.tx_since = None;
             let xact_start = self.xact_since.take().unwrap_or(started);
-            stats.record_xact(now.duration_since(xact_start), self.bytes_in, self.bytes_out);
-            (self.bytes_in, self.bytes_out) = (0, 0);
+            stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
+            (client.bytes_in, client.bytes_out) = (0, 0);
             server.info.set_tx(TxState::Idle);
             info.set_phase(ClientPhase::Holding, server_ref);
         } else {
@@ -345,7 +346,7 @@ pub(super) async fn relay(
             }
             r = client.writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
                 let n = r.map_err(RelayError::Client)?;
-                link.bytes_out += n as u64;
+                client.bytes_out += n as u64;
                 client.outbuf.advance(n);
             }
             r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
@@ -362,7 +363,7 @@ pub(super) async fn relay(
                 if n == 0 {
                     return Ok(RelayEnd::ClientGone);
                 }
-                link.bytes_in += n as u64;
+                client.bytes_in += n as u64;
             }
         }
     }
@@ -427,7 +428,7 @@ fn pump_server(
                     return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                 }
                 server.tx_status = msg[5];
-                link.on_ready_for_query(server, ctx.stats, ctx.info);
+                link.on_ready_for_query(server, ctx.stats, ctx.info, client);
                 client.outbuf.unsplit(msg);
                 if link.pending.is_empty() && server.tx_status == b'I' {
                     return Ok(true);
@@ -469,6 +470,7 @@ fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
 pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
     if !client.outbuf.is_empty() {
         client.writer.write_all(&client.outbuf).await?;
+        client.bytes_out += client.outbuf.len() as u64;
         client.outbuf.clear();
     }
     Ok(())

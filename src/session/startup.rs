@@ -26,6 +26,19 @@ pub(super) struct LoggedIn {
     pub(super) _slot: ClientSlot,
 }
 
+/// Who logged in: a client of a pool, or a user of the admin console.
+pub(super) enum Login {
+    /// A client of a database pool.
+    Pooled(Box<LoggedIn>),
+    /// A console user with this role (the welcome was sent).
+    Console {
+        /// User name.
+        user: String,
+        /// What the user may do.
+        role: crate::admin::Role,
+    },
+}
+
 /// How the startup phase ended without a logged-in client.
 pub(super) enum Refusal {
     /// Tell the client this, then close.
@@ -45,7 +58,7 @@ pub(super) async fn log_in(
     stream: &mut Stream,
     peer: &PeerAddr,
     shared: &Arc<Shared>,
-) -> Result<LoggedIn, Refusal> {
+) -> Result<Login, Refusal> {
     let params = negotiate(stream, peer, shared).await?;
     let config = shared.config.load_full();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -62,6 +75,26 @@ pub(super) async fn log_in(
         return Err(Refusal::Fatal(PgError::fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "replication connections are not supported by sluice",
+        )));
+    }
+    if crate::admin::CONSOLE_DATABASES.contains(&database.as_str()) {
+        // The console: exempt from max_client_conn, for admin_users and stats_users only.
+        let Some(role) = crate::admin::role_of(&config, &user) else {
+            return Err(Refusal::Fatal(PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "not allowed",
+            )));
+        };
+        super::client_auth::authenticate(stream, peer, shared, &config, &user, &database).await?;
+        let mut out = BytesMut::new();
+        crate::admin::welcome(&mut out);
+        stream.write_all(&out).await?;
+        return Ok(Login::Console { user, role });
+    }
+    if shared.is_disabled(&database) {
+        return Err(Refusal::Fatal(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("database does not allow connections: {database}"),
         )));
     }
     if config.database(&database).is_none() {
@@ -143,14 +176,14 @@ pub(super) async fn log_in(
     messages::backend_key_data(&mut out, cancel.process_id, cancel.secret_key);
     messages::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
-    Ok(LoggedIn {
+    Ok(Login::Pooled(Box::new(LoggedIn {
         info,
         pool,
         params: client_params,
         cancel,
         _registered: registered,
         _slot: slot,
-    })
+    })))
 }
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests (TLS when configured,

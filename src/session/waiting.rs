@@ -160,7 +160,9 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
 
 pub(super) async fn read_more(client: &mut ClientIo) -> std::io::Result<usize> {
     client.inbuf.reserve(READ_CHUNK);
-    client.reader.read_buf(&mut client.inbuf).await
+    let n = client.reader.read_buf(&mut client.inbuf).await?;
+    client.bytes_in += n as u64;
+    Ok(n)
 }
 
 /// Sends a FATAL to the client (best effort).

@@ -1,0 +1,509 @@
+//! The SHOW commands: PgBouncer's column names, order and types, filled from the pooler's live
+//! state (pool queues, server and client registries, counters). Pure functions of a snapshot.
+
+use super::result::{ResultSet, n, oid, t};
+use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::pool::Pool;
+use crate::server::ServerUse;
+use crate::shared::Shared;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const S: u32 = oid::TEXT;
+const I: u32 = oid::INT4;
+const Q: u32 = oid::INT8;
+
+/// What a SHOW produces.
+pub enum Shown {
+    /// Rows.
+    Rows(ResultSet),
+    /// NOTICE lines (SHOW HELP).
+    Notice(String),
+}
+
+/// Renders `SHOW <what>`, or None for an unknown subject.
+pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
+    Some(Shown::Rows(match what {
+        "HELP" => return Some(Shown::Notice(help())),
+        "VERSION" => version(),
+        "POOLS" => pools(shared),
+        "CLIENTS" => clients(shared),
+        "SERVERS" => servers(shared),
+        "DATABASES" => databases(shared),
+        "USERS" => users(shared),
+        "STATS" => super::stats::stats(shared),
+        "STATS_TOTALS" => super::stats::stats_totals(shared),
+        "STATS_AVERAGES" => super::stats::stats_averages(shared),
+        "TOTALS" => super::stats::totals(shared),
+        "CONFIG" => super::config_view::config(shared),
+        "LISTS" => lists(shared),
+        "STATE" => state(shared),
+        "MEM" => ResultSet::new(&[
+            ("name", S),
+            ("size", I),
+            ("used", I),
+            ("free", I),
+            ("memtotal", I),
+        ]),
+        "FDS" => ResultSet::new(&[
+            ("fd", I),
+            ("task", S),
+            ("user", S),
+            ("database", S),
+            ("addr", S),
+            ("port", I),
+            ("cancel", Q),
+            ("link", I),
+            ("client_encoding", S),
+            ("std_strings", S),
+            ("datestyle", S),
+            ("timezone", S),
+            ("password", S),
+            ("scram_client_key", S),
+            ("scram_server_key", S),
+        ]),
+        "DNS_HOSTS" => ResultSet::new(&[("hostname", S), ("ttl", Q), ("addrs", S)]),
+        "DNS_ZONES" => ResultSet::new(&[("zonename", S), ("serial", Q), ("count", I)]),
+        "SOCKETS" | "ACTIVE_SOCKETS" => sockets(shared, what == "ACTIVE_SOCKETS"),
+        _ => return None,
+    }))
+}
+
+fn help() -> String {
+    [
+        "Console usage",
+        "\tSHOW HELP|CONFIG|USERS|DATABASES|POOLS|CLIENTS|SERVERS|VERSION",
+        "\tSHOW PEERS|PEER_POOLS",
+        "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE",
+        "\tSHOW DNS_HOSTS|DNS_ZONES",
+        "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS",
+        "\tSET key = arg",
+        "\tRELOAD",
+        "\tPAUSE [<db>]",
+        "\tRESUME [<db>]",
+        "\tDISABLE <db>",
+        "\tENABLE <db>",
+        "\tRECONNECT [<db>]",
+        "\tKILL <db>",
+        "\tKILL_CLIENT <client_id>",
+        "\tSUSPEND",
+        "\tSHUTDOWN",
+        "\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS",
+        "\tWAIT_CLOSE [<db>]",
+    ]
+    .join("\n")
+}
+
+fn version() -> ResultSet {
+    let mut rs = ResultSet::new(&[("version", S)]);
+    rs.push(vec![t(format!(
+        "sluice {} (PgBouncer 1.25 compatible)",
+        env!("CARGO_PKG_VERSION")
+    ))]);
+    rs
+}
+
+/// Formats a wall-clock time as PgBouncer does: `2026-11-22 23:58:00 UTC`.
+pub(super) fn timestamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn wall(since: std::time::Instant) -> SystemTime {
+    SystemTime::now() - since.elapsed()
+}
+
+fn split_us(d: Duration) -> (u64, u32) {
+    (d.as_secs(), d.subsec_micros())
+}
+
+fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<Item = &'a Arc<ClientInfo>> {
+    let (db, user) = (pool.key.database.clone(), pool.key.user.clone());
+    clients.iter().filter(move |c| c.database == db && c.user == user)
+}
+
+fn pools(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("database", S),
+        ("user", S),
+        ("cl_active", I),
+        ("cl_waiting", I),
+        ("cl_active_cancel_req", I),
+        ("cl_waiting_cancel_req", I),
+        ("sv_active", I),
+        ("sv_active_cancel", I),
+        ("sv_being_canceled", I),
+        ("sv_idle", I),
+        ("sv_used", I),
+        ("sv_tested", I),
+        ("sv_login", I),
+        ("maxwait", I),
+        ("maxwait_us", I),
+        ("pool_mode", S),
+        ("load_balance_hosts", S),
+    ]);
+    let clients = shared.clients();
+    for pool in shared.pools.all() {
+        let counts = pool.counts();
+        let sv = pool.server_counts();
+        let waiting = clients_of(&clients, &pool)
+            .filter(|c| c.live().phase == ClientPhase::Waiting)
+            .count();
+        let active = clients_of(&clients, &pool).count() - waiting;
+        let (secs, us) = split_us(counts.max_wait);
+        rs.push(vec![
+            t(&pool.key.database),
+            t(&pool.key.user),
+            n(active),
+            n(waiting),
+            n(0),
+            n(0),
+            n(sv.active),
+            n(0),
+            n(0),
+            n(sv.idle),
+            n(sv.used),
+            n(sv.tested),
+            n(sv.login),
+            n(secs),
+            n(us),
+            t(mode_name(pool.settings().mode)),
+            None,
+        ]);
+    }
+    rs
+}
+
+fn mode_name(mode: crate::config::PoolMode) -> &'static str {
+    match mode {
+        crate::config::PoolMode::Session => "session",
+        crate::config::PoolMode::Transaction => "transaction",
+    }
+}
+
+/// Columns of SHOW CLIENTS and SHOW SERVERS.
+const SOCKET_COLUMNS: &[(&str, u32)] = &[
+    ("type", S),
+    ("user", S),
+    ("database", S),
+    ("replication", S),
+    ("state", S),
+    ("addr", S),
+    ("port", I),
+    ("local_addr", S),
+    ("local_port", I),
+    ("connect_time", S),
+    ("request_time", S),
+    ("wait", I),
+    ("wait_us", I),
+    ("close_needed", I),
+    ("ptr", S),
+    ("link", S),
+    ("remote_pid", I),
+    ("tls", S),
+    ("application_name", S),
+    ("prepared_statements", I),
+    ("id", Q),
+];
+
+fn peer_addr(peer: &PeerAddr) -> (String, u16) {
+    match peer {
+        PeerAddr::Tcp(a) => (a.ip().to_string(), a.port()),
+        PeerAddr::Unix => ("unix".to_string(), 0),
+    }
+}
+
+fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
+    for c in shared.clients() {
+        let live = c.live();
+        let state = match live.phase {
+            ClientPhase::Waiting => "waiting",
+            ClientPhase::Idle => "idle",
+            _ => "active",
+        };
+        if only_active && live.phase == ClientPhase::Idle {
+            continue;
+        }
+        let (addr, port) = peer_addr(&c.peer);
+        let (wait, wait_us) = if live.phase == ClientPhase::Waiting {
+            split_us(live.phase_since.elapsed())
+        } else {
+            (0, 0)
+        };
+        rs.push(vec![
+            t("C"),
+            t(&c.user),
+            t(&c.database),
+            t("none"),
+            t(state),
+            t(addr),
+            n(port),
+            None,
+            None,
+            t(timestamp(c.connected_wall)),
+            t(timestamp(wall(live.request_at))),
+            n(wait),
+            n(wait_us),
+            n(0),
+            t(format!("{:x}", c.id)),
+            live.server.map(|(id, _)| format!("s{id:x}")),
+            n(c.peer_pid.unwrap_or(0)),
+            None,
+            t(c.application_name()),
+            n(0),
+            n(c.id),
+        ]);
+    }
+}
+
+fn clients(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(SOCKET_COLUMNS);
+    client_rows(shared, &mut rs, false);
+    rs
+}
+
+fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
+    for pool in shared.pools.all() {
+        let target = pool.settings().target.clone();
+        let mut infos = pool.server_infos();
+        infos.sort_by_key(|i| i.id);
+        for info in infos {
+            let (state, link, request) = match info.current() {
+                ServerUse::Lent { holder, since, .. } => {
+                    ("active", Some(format!("{:x}", holder.id)), wall(since))
+                }
+                ServerUse::Idle => ("idle", None, info.opened_wall),
+                ServerUse::Login => ("login", None, info.opened_wall),
+                ServerUse::Cleaning => ("tested", None, info.opened_wall),
+            };
+            if only_active && state == "idle" {
+                continue;
+            }
+            rs.push(vec![
+                t("S"),
+                t(&target.user),
+                t(&pool.key.database),
+                t("none"),
+                t(state),
+                t(&target.host),
+                n(target.port),
+                None,
+                None,
+                t(timestamp(info.opened_wall)),
+                t(timestamp(request)),
+                n(0),
+                n(0),
+                n(i32::from(info.generation() < pool_generation(&pool))),
+                t(format!("s{:x}", info.id)),
+                link,
+                n(info.backend_pid()),
+                None,
+                None,
+                n(0),
+                n(info.id),
+            ]);
+        }
+    }
+}
+
+fn pool_generation(pool: &Pool) -> u64 {
+    pool.current_generation()
+}
+
+fn servers(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(SOCKET_COLUMNS);
+    server_rows(shared, &mut rs, false);
+    rs
+}
+
+fn sockets(shared: &Shared, only_active: bool) -> ResultSet {
+    let mut cols = SOCKET_COLUMNS.to_vec();
+    cols.extend_from_slice(&[
+        ("recv_pos", I),
+        ("pkt_pos", I),
+        ("pkt_remain", I),
+        ("send_pos", I),
+        ("send_remain", I),
+        ("pkt_avail", I),
+        ("send_avail", I),
+    ]);
+    let mut rs = ResultSet::new(&cols);
+    let mut base = ResultSet::new(SOCKET_COLUMNS);
+    client_rows(shared, &mut base, only_active);
+    server_rows(shared, &mut base, only_active);
+    for mut row in base.rows {
+        row.extend(std::iter::repeat_n(n(0), 7));
+        rs.push(row);
+    }
+    rs
+}
+
+fn databases(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("name", S),
+        ("host", S),
+        ("port", I),
+        ("database", S),
+        ("force_user", S),
+        ("pool_size", I),
+        ("min_pool_size", I),
+        ("reserve_pool_size", I),
+        ("server_lifetime", I),
+        ("pool_mode", S),
+        ("load_balance_hosts", S),
+        ("max_connections", I),
+        ("current_connections", I),
+        ("max_client_connections", I),
+        ("current_client_connections", I),
+        ("paused", I),
+        ("disabled", I),
+    ]);
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let clients = shared.clients();
+    let p = &config.pooler;
+    for (name, db) in &config.databases {
+        let mine: Vec<&Arc<Pool>> = pools.iter().filter(|x| &x.key.database == name).collect();
+        let current: usize = mine.iter().map(|x| x.open_servers()).sum();
+        let paused = !mine.is_empty() && mine.iter().all(|x| x.is_paused());
+        rs.push(vec![
+            t(name),
+            t(&db.host),
+            n(db.port),
+            t(db.dbname.clone().unwrap_or_else(|| name.clone())),
+            db.user.clone(),
+            n(config.pool_size_for(db)),
+            n(db.min_pool_size.unwrap_or(p.min_pool_size)),
+            n(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
+            n(p.server_lifetime.as_secs()),
+            t(mode_name(db.pool_mode.unwrap_or(p.pool_mode))),
+            None,
+            n(db.max_db_connections.unwrap_or(p.max_db_connections)),
+            n(current),
+            n(db.max_db_client_connections
+                .unwrap_or(p.max_db_client_connections)),
+            n(clients.iter().filter(|c| &c.database == name).count()),
+            n(i32::from(paused)),
+            n(i32::from(shared.is_disabled(name))),
+        ]);
+    }
+    rs
+}
+
+fn users(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("name", S),
+        ("pool_size", I),
+        ("reserve_pool_size", I),
+        ("pool_mode", S),
+        ("max_user_connections", I),
+        ("current_connections", I),
+        ("max_user_client_connections", I),
+        ("current_client_connections", I),
+    ]);
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let clients = shared.clients();
+    let mut names: BTreeMap<String, ()> = config.users.keys().map(|k| (k.clone(), ())).collect();
+    names.extend(config.auth_file_users.keys().map(|k| (k.clone(), ())));
+    names.extend(clients.iter().map(|c| (c.user.clone(), ())));
+    let p = &config.pooler;
+    for name in names.keys() {
+        let u = config.users.get(name);
+        rs.push(vec![
+            t(name),
+            None,
+            None,
+            u.and_then(|u| u.pool_mode).map(|m| mode_name(m).to_string()),
+            n(u.and_then(|u| u.max_user_connections)
+                .unwrap_or(p.max_user_connections)),
+            n(pools
+                .iter()
+                .filter(|x| &x.key.user == name)
+                .map(|x| x.open_servers())
+                .sum::<usize>()),
+            n(u.and_then(|u| u.max_user_client_connections)
+                .unwrap_or(p.max_user_client_connections)),
+            n(clients.iter().filter(|c| &c.user == name).count()),
+        ]);
+    }
+    rs
+}
+
+fn lists(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[("list", S), ("items", I)]);
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let clients = shared.clients();
+    let used_clients = clients.len();
+    let servers: usize = pools.iter().map(|p| p.open_servers()).sum();
+    let mut users: BTreeMap<&str, ()> = config.users.keys().map(|k| (k.as_str(), ())).collect();
+    users.extend(config.auth_file_users.keys().map(|k| (k.as_str(), ())));
+    for (name, items) in [
+        ("databases", config.databases.len()),
+        ("users", users.len()),
+        ("peers", 0),
+        ("pools", pools.len()),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", used_clients),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        rs.push(vec![t(name), n(items)]);
+    }
+    rs
+}
+
+fn state(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[("key", S), ("value", S)]);
+    let paused = {
+        let pools = shared.pools.all();
+        !pools.is_empty() && pools.iter().all(|p| p.is_paused())
+    };
+    let active = shared.lifecycle() == crate::shared::Lifecycle::Running && !paused && !shared.is_suspended();
+    for (k, v) in [
+        ("active", active),
+        ("paused", paused),
+        ("suspended", shared.is_suspended()),
+    ] {
+        rs.push(vec![t(k), t(if v { "yes" } else { "no" })]);
+    }
+    rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_formatted_in_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_391_880); // 2026-11-22 23:58:00
+        assert_eq!(timestamp(at), "2026-11-22 23:58:00 UTC");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+    }
+}

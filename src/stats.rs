@@ -1,0 +1,108 @@
+//! Statistics over time: every `stats_period` the per-database totals are folded from the pools'
+//! counters and turned into per-second rates and per-transaction averages, as PgBouncer's SHOW
+//! STATS reports them.
+
+use crate::pool::StatsSnapshot;
+use crate::shared::Shared;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Averages of one database over the last period.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Averages {
+    /// Server assignments per second.
+    pub server_assignment_count: u64,
+    /// Transactions per second.
+    pub xact_count: u64,
+    /// Queries per second.
+    pub query_count: u64,
+    /// Bytes received per second.
+    pub recv: u64,
+    /// Bytes sent per second.
+    pub sent: u64,
+    /// Microseconds per transaction.
+    pub xact_time: u64,
+    /// Microseconds per query.
+    pub query_time: u64,
+    /// Microseconds of waiting per server assignment.
+    pub wait_time: u64,
+}
+
+/// The last period's averages per database.
+#[derive(Debug, Default)]
+pub struct StatsHistory {
+    last: Mutex<(Option<Instant>, BTreeMap<String, StatsSnapshot>)>,
+    averages: Mutex<BTreeMap<String, Averages>>,
+}
+
+impl StatsHistory {
+    /// Totals per database now, summed over its pools.
+    pub fn totals(shared: &Shared) -> BTreeMap<String, StatsSnapshot> {
+        let mut out: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
+        for pool in shared.pools.all() {
+            out.entry(pool.key.database.clone())
+                .or_default()
+                .add(&pool.stats.snapshot());
+        }
+        out
+    }
+
+    /// The averages of the last complete period for a database.
+    pub fn averages(&self, database: &str) -> Averages {
+        self.averages.lock().get(database).copied().unwrap_or_default()
+    }
+
+    /// Takes a new sample and recomputes the averages against the previous one.
+    pub fn sample(&self, shared: &Shared) {
+        let now = Instant::now();
+        let totals = Self::totals(shared);
+        let mut last = self.last.lock();
+        if let Some(prev_at) = last.0 {
+            let secs = now.duration_since(prev_at).as_secs_f64().max(0.001);
+            let mut avgs = BTreeMap::new();
+            for (db, cur) in &totals {
+                let prev = last.1.get(db).copied().unwrap_or_default();
+                let d = |c: u64, p: u64| c.saturating_sub(p);
+                let per_sec = |x: u64| (x as f64 / secs).round() as u64;
+                let per = |x: u64, count: u64| x.checked_div(count).unwrap_or(0);
+                let xacts = d(cur.xact_count, prev.xact_count);
+                let queries = d(cur.query_count, prev.query_count);
+                let assignments = d(cur.server_assignment_count, prev.server_assignment_count);
+                avgs.insert(
+                    db.clone(),
+                    Averages {
+                        server_assignment_count: per_sec(assignments),
+                        xact_count: per_sec(xacts),
+                        query_count: per_sec(queries),
+                        recv: per_sec(d(cur.bytes_received, prev.bytes_received)),
+                        sent: per_sec(d(cur.bytes_sent, prev.bytes_sent)),
+                        xact_time: per(d(cur.xact_time_us, prev.xact_time_us), xacts),
+                        query_time: per(d(cur.query_time_us, prev.query_time_us), queries),
+                        wait_time: per(d(cur.wait_time_us, prev.wait_time_us), assignments),
+                    },
+                );
+            }
+            *self.averages.lock() = avgs;
+        }
+        *last = (Some(now), totals);
+    }
+}
+
+/// Samples every `stats_period` (read from the live config) until the pooler is gone.
+pub fn spawn_sampler(shared: &Arc<Shared>) {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            let period = match weak.upgrade() {
+                Some(s) => {
+                    s.stats_history.sample(&s);
+                    s.config.load().pooler.stats_period
+                }
+                None => return,
+            };
+            tokio::time::sleep(period.max(Duration::from_millis(100))).await;
+        }
+    });
+}
