@@ -49,6 +49,11 @@ fn as_table(p: &PoolerConfig) -> toml::Table {
 fn render(v: Option<&toml::Value>) -> String {
     match v {
         None => String::new(),
+        // Durations in seconds, as PgBouncer prints them (`3600`, `0.5`).
+        Some(toml::Value::String(s)) if is_duration_text(s) => match crate::config::parse_duration(s) {
+            Ok(d) => format!("{}", d.as_secs_f64()),
+            Err(_) => s.clone(),
+        },
         Some(toml::Value::String(s)) => s.clone(),
         Some(toml::Value::Array(items)) => items
             .iter()
@@ -139,4 +144,8 @@ fn value_for(current: Option<&toml::Value>, value: &str) -> Result<toml::Value, 
         ),
         _ => toml::Value::String(value.to_string()),
     })
+}
+
+fn is_duration_text(s: &str) -> bool {
+    s == "0" || (s.ends_with('s') && s[..s.len() - 1].trim_end_matches('m').parse::<f64>().is_ok())
 }

@@ -47,15 +47,15 @@ pub fn role_of(config: &crate::Config, user: &str) -> Option<Role> {
 
 /// Sends the console's welcome: the parameters psql and drivers expect, a key, ReadyForQuery.
 pub fn welcome(out: &mut BytesMut) {
+    // PgBouncer's set and order; the version names sluice after PgBouncer's `/bouncer` suffix.
     for (name, value) in [
-        ("server_version", "1.25.0/sluice"),
-        ("server_encoding", "UTF8"),
+        ("server_version", "1.25.2/sluice"),
         ("client_encoding", "UTF8"),
+        ("server_encoding", "UTF8"),
         ("DateStyle", "ISO"),
-        ("TimeZone", "UTC"),
+        ("TimeZone", "GMT"),
         ("standard_conforming_strings", "on"),
-        ("integer_datetimes", "on"),
-        ("application_name", "sluice"),
+        ("is_superuser", "on"),
     ] {
         messages::parameter_status(out, name, value);
     }

@@ -20,8 +20,6 @@ pub enum Command {
         /// Value with quotes removed.
         value: String,
     },
-    /// An empty query.
-    Empty,
 }
 
 /// Why a command could not be parsed: the text to quote in `invalid command '...'`.
@@ -31,14 +29,14 @@ pub struct Invalid(pub String);
 /// Parses one console query.
 pub fn parse(query: &str) -> Result<Command, Invalid> {
     let text = query.trim().trim_end_matches(';').trim();
+    let invalid = || Invalid(query.to_string());
     if text.is_empty() {
-        return Ok(Command::Empty);
+        return Err(invalid());
     }
-    let invalid = || Invalid(query.trim().to_string());
     let (verb, rest) = split_word(text);
     let verb = verb.to_ascii_uppercase();
     match verb.as_str() {
-        "SHOW" => {
+        "SHOW" | "SELECT" => {
             let (what, extra) = split_word(rest);
             if what.is_empty() || !extra.is_empty() {
                 return Err(invalid());
@@ -46,7 +44,17 @@ pub fn parse(query: &str) -> Result<Command, Invalid> {
             Ok(Command::Show(what.to_ascii_uppercase()))
         }
         "SET" => {
-            let (key, value) = rest.split_once('=').ok_or_else(invalid)?;
+            let (key, value) = match rest.split_once('=') {
+                Some(kv) => kv,
+                None => {
+                    let (k, v) = split_word(rest);
+                    let v = v
+                        .strip_prefix("to ")
+                        .or_else(|| v.strip_prefix("TO "))
+                        .ok_or_else(invalid)?;
+                    (k, v)
+                }
+            };
             let key = key.trim().to_ascii_lowercase();
             if key.is_empty() || key.contains(char::is_whitespace) {
                 return Err(invalid());
@@ -125,12 +133,13 @@ mod tests {
                 value: "5s".into()
             })
         );
-        assert_eq!(parse(""), Ok(Command::Empty));
+        assert!(parse("").is_err());
+        assert_eq!(parse("select version"), Ok(Command::Show("VERSION".into())));
         assert_eq!(
-            parse("select 1"),
-            Ok(Command::Action {
-                verb: "SELECT".into(),
-                arg: Some("1".into())
+            parse("set default_pool_size to 30"),
+            Ok(Command::Set {
+                key: "default_pool_size".into(),
+                value: "30".into()
             })
         );
         assert!(parse("show").is_err());

@@ -22,8 +22,23 @@ pub enum Shown {
     Notice(String),
 }
 
+/// Session parameters the console pretends to have: `SHOW name` answers them, `SET name` is
+/// ignored with a NOTICE (what drivers probe on connect).
+pub const FAKE_PARAMETERS: [(&str, &str); 5] = [
+    ("client_encoding", "UTF-8"),
+    ("default_transaction_isolation", "read committed"),
+    ("standard_conforming_strings", "on"),
+    ("datestyle", "ISO"),
+    ("timezone", "GMT"),
+];
+
 /// Renders `SHOW <what>`, or None for an unknown subject.
 pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
+    if let Some((name, value)) = FAKE_PARAMETERS.iter().find(|(k, _)| k.eq_ignore_ascii_case(what)) {
+        let mut rs = ResultSet::new(&[(name, S)]);
+        rs.push(vec![t(*value)]);
+        return Some(Shown::Rows(rs));
+    }
     Some(Shown::Rows(match what {
         "HELP" => return Some(Shown::Notice(help())),
         "VERSION" => version(),
@@ -72,8 +87,8 @@ pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
 
 fn help() -> String {
     [
-        "Console usage",
-        "\tSHOW HELP|CONFIG|USERS|DATABASES|POOLS|CLIENTS|SERVERS|VERSION",
+        "",
+        "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
         "\tSHOW PEERS|PEER_POOLS",
         "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE",
         "\tSHOW DNS_HOSTS|DNS_ZONES",
@@ -85,7 +100,7 @@ fn help() -> String {
         "\tDISABLE <db>",
         "\tENABLE <db>",
         "\tRECONNECT [<db>]",
-        "\tKILL <db>",
+        "\tKILL [<db>]",
         "\tKILL_CLIENT <client_id>",
         "\tSUSPEND",
         "\tSHUTDOWN",
@@ -222,7 +237,7 @@ const SOCKET_COLUMNS: &[(&str, u32)] = &[
     ("tls", S),
     ("application_name", S),
     ("prepared_statements", I),
-    ("id", Q),
+    ("id", I),
 ];
 
 fn peer_addr(peer: &PeerAddr) -> (String, u16) {
@@ -264,10 +279,10 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
             n(wait),
             n(wait_us),
             n(0),
-            t(format!("{:x}", c.id)),
-            live.server.map(|(id, _)| format!("s{id:x}")),
+            t(client_ptr(c.id)),
+            t(live.server.map(|(id, _)| server_ptr(id)).unwrap_or_default()),
             n(c.peer_pid.unwrap_or(0)),
-            None,
+            t(""),
             t(c.application_name()),
             n(0),
             n(c.id),
@@ -288,12 +303,10 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
         infos.sort_by_key(|i| i.id);
         for info in infos {
             let (state, link, request) = match info.current() {
-                ServerUse::Lent { holder, since, .. } => {
-                    ("active", Some(format!("{:x}", holder.id)), wall(since))
-                }
-                ServerUse::Idle => ("idle", None, info.opened_wall),
-                ServerUse::Login => ("login", None, info.opened_wall),
-                ServerUse::Cleaning => ("tested", None, info.opened_wall),
+                ServerUse::Lent { holder, since, .. } => ("active", client_ptr(holder.id), wall(since)),
+                ServerUse::Idle => ("idle", String::new(), info.opened_wall),
+                ServerUse::Login => ("new", String::new(), info.opened_wall),
+                ServerUse::Cleaning => ("tested", String::new(), info.opened_wall),
             };
             if only_active && state == "idle" {
                 continue;
@@ -313,16 +326,26 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
                 n(0),
                 n(0),
                 n(i32::from(info.generation() < pool_generation(&pool))),
-                t(format!("s{:x}", info.id)),
-                link,
+                t(server_ptr(info.id)),
+                t(link),
                 n(info.backend_pid()),
-                None,
-                None,
+                t(""),
+                t(""),
                 n(0),
                 n(info.id),
             ]);
         }
     }
+}
+
+/// A stable pointer-like handle for a client (PgBouncer shows object addresses); the `link`
+/// column of a server names its client with the same handle, and vice versa.
+fn client_ptr(id: u64) -> String {
+    format!("0xc{id:011x}")
+}
+
+fn server_ptr(id: u64) -> String {
+    format!("0x5{id:011x}")
 }
 
 fn pool_generation(pool: &Pool) -> u64 {
@@ -376,6 +399,8 @@ fn databases(shared: &Shared) -> ResultSet {
         ("current_client_connections", I),
         ("paused", I),
         ("disabled", I),
+        // sluice's addition after PgBouncer's columns: the pre-1.8 name older exporters read.
+        ("reserve_pool", I),
     ]);
     let config = shared.config.load();
     let pools = shared.pools.all();
@@ -395,7 +420,7 @@ fn databases(shared: &Shared) -> ResultSet {
             n(db.min_pool_size.unwrap_or(p.min_pool_size)),
             n(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
             n(p.server_lifetime.as_secs()),
-            t(mode_name(db.pool_mode.unwrap_or(p.pool_mode))),
+            db.pool_mode.map(|m| mode_name(m).to_string()),
             None,
             n(db.max_db_connections.unwrap_or(p.max_db_connections)),
             n(current),
@@ -404,6 +429,7 @@ fn databases(shared: &Shared) -> ResultSet {
             n(clients.iter().filter(|c| &c.database == name).count()),
             n(i32::from(paused)),
             n(i32::from(shared.is_disabled(name))),
+            n(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
         ]);
     }
     rs
@@ -412,8 +438,8 @@ fn databases(shared: &Shared) -> ResultSet {
 fn users(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("name", S),
-        ("pool_size", I),
-        ("reserve_pool_size", I),
+        ("pool_size", S),
+        ("reserve_pool_size", S),
         ("pool_mode", S),
         ("max_user_connections", I),
         ("current_connections", I),
@@ -431,8 +457,8 @@ fn users(shared: &Shared) -> ResultSet {
         let u = config.users.get(name);
         rs.push(vec![
             t(name),
-            None,
-            None,
+            t(""),
+            t(""),
             u.and_then(|u| u.pool_mode).map(|m| mode_name(m).to_string()),
             n(u.and_then(|u| u.max_user_connections)
                 .unwrap_or(p.max_user_connections)),

@@ -82,6 +82,9 @@ pub fn stats(shared: &Shared) -> ResultSet {
         ("avg_client_parse_count", N),
         ("avg_server_parse_count", N),
         ("avg_bind_count", N),
+        // sluice's additions, after PgBouncer's columns: the pre-1.8 name that older exporters
+        // (Debian's prometheus-pgbouncer-exporter 1.7) still read.
+        ("total_requests", N),
     ]);
     let mut rs = ResultSet::new(&columns);
     for (db, totals) in StatsHistory::totals(shared) {
@@ -89,6 +92,7 @@ pub fn stats(shared: &Shared) -> ResultSet {
         let mut row = vec![t(db)];
         row.extend(total_values(&totals).iter().map(n));
         row.extend(average_values(&avg).iter().map(n));
+        row.push(n(totals.query_count));
         rs.push(row);
     }
     rs
@@ -105,9 +109,16 @@ pub fn stats_totals(shared: &Shared) -> ResultSet {
     rs
 }
 
-/// SHOW STATS_AVERAGES.
+/// SHOW STATS_AVERAGES (PgBouncer prefixes only the last three with `avg_`).
 pub fn stats_averages(shared: &Shared) -> ResultSet {
-    let mut rs = per_database_columns();
+    let mut columns: Vec<(&'static str, u32)> = vec![("database", S)];
+    columns.extend(COUNTERS[..8].iter().map(|c| (*c, N)));
+    columns.extend([
+        ("avg_client_parse_count", N),
+        ("avg_server_parse_count", N),
+        ("avg_bind_count", N),
+    ]);
+    let mut rs = ResultSet::new(&columns);
     for db in StatsHistory::totals(shared).keys() {
         let mut row = vec![t(db)];
         row.extend(average_values(&shared.stats_history.averages(db)).iter().map(n));
@@ -140,14 +151,14 @@ pub fn totals(shared: &Shared) -> ResultSet {
         "total_server_assignment_count",
         "total_xact_count",
         "total_query_count",
-        "total_received",
-        "total_sent",
+        "total_client_bytes",
+        "total_server_bytes",
         "total_xact_time",
         "total_query_time",
         "total_wait_time",
-        "total_client_parse_count",
-        "total_server_parse_count",
-        "total_bind_count",
+        "total_ps_client_parse_count",
+        "total_ps_server_parse_count",
+        "total_ps_bind_count",
     ];
     for (name, v) in total_names.iter().zip(total_values(&sum)) {
         rs.push(vec![t(*name), n(v)]);
@@ -156,14 +167,14 @@ pub fn totals(shared: &Shared) -> ResultSet {
         "avg_server_assignment_count",
         "avg_xact_count",
         "avg_query_count",
-        "avg_recv",
-        "avg_sent",
+        "avg_client_bytes",
+        "avg_server_bytes",
         "avg_xact_time",
         "avg_query_time",
         "avg_wait_time",
-        "avg_client_parse_count",
-        "avg_server_parse_count",
-        "avg_bind_count",
+        "avg_ps_client_parse_count",
+        "avg_ps_server_parse_count",
+        "avg_ps_bind_count",
     ];
     for (name, v) in avg_names.iter().zip(avg) {
         rs.push(vec![t(*name), n(v)]);

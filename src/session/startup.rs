@@ -81,7 +81,7 @@ pub(super) async fn log_in(
         // The console: exempt from max_client_conn, for admin_users and stats_users only.
         let Some(role) = crate::admin::role_of(&config, &user) else {
             return Err(Refusal::Fatal(PgError::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
+                sqlstate::PROTOCOL_VIOLATION,
                 "not allowed",
             )));
         };
@@ -94,7 +94,7 @@ pub(super) async fn log_in(
     if shared.is_disabled(&database) {
         return Err(Refusal::Fatal(PgError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            format!("database does not allow connections: {database}"),
+            format!("database \"{database}\" is disabled"),
         )));
     }
     if config.database(&database).is_none() {
