@@ -50,6 +50,25 @@ ensure_postgres() {
     have_postgres_tools || { echo "error: PostgreSQL still not usable after apt-get install" >&2; exit 1; }
 }
 
+ensure_exporter() {
+    # Debian's prometheus-pgbouncer-exporter is a third-party client of the admin console; the
+    # console test uses it when present (and says SKIPPED otherwise).
+    if [ -x /usr/bin/prometheus-pgbouncer-exporter ] || [ "$(id -u)" -ne 0 ]; then
+        return 0
+    fi
+    log "installing prometheus-pgbouncer-exporter with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q prometheus-pgbouncer-exporter; then
+        if ! { apt-get update -q && apt-get install -y -q prometheus-pgbouncer-exporter; }; then
+            log "could not install prometheus-pgbouncer-exporter; its test will be skipped"
+            return 0
+        fi
+    fi
+    # The package starts PgBouncer and the exporter as services; the tests start their own.
+    service prometheus-pgbouncer-exporter stop >/dev/null 2>&1 || true
+    service pgbouncer stop >/dev/null 2>&1 || true
+}
+
 ensure_postgres_user() {
     # As root the harness runs initdb/postgres as the `postgres` OS user (they refuse root).
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
@@ -72,6 +91,7 @@ if [ -z "${SLUICE_PG_BINDIR:-}" ]; then
     ensure_postgres
 fi
 ensure_postgres_user
+ensure_exporter
 ensure_rust_components
 log "PostgreSQL binaries: ${SLUICE_PG_BINDIR:-$(pg_bindir)}"
 

@@ -141,6 +141,7 @@ impl Session {
                     if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
                         return Ending::ClientLeft;
                     }
+                    self.login.info.set_phase(ClientPhase::Waiting, None);
                     SessionState::Waiting {
                         since: Instant::now(),
                     }
