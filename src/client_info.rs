@@ -75,6 +75,8 @@ pub struct ClientInfo {
     pub connected_wall: std::time::SystemTime,
     /// Process id of a unix-socket peer (SO_PEERCRED).
     pub peer_pid: Option<i32>,
+    /// sluice's own end of the connection (TCP).
+    pub local: Option<SocketAddr>,
     application_name: Mutex<String>,
     live: Mutex<ClientLive>,
     last_query: Mutex<String>,
@@ -88,6 +90,7 @@ impl ClientInfo {
     pub fn new(
         peer: PeerAddr,
         peer_pid: Option<i32>,
+        local: Option<SocketAddr>,
         user: &str,
         database: &str,
         application_name: &str,
@@ -101,6 +104,7 @@ impl ClientInfo {
             connected_at: now,
             connected_wall: std::time::SystemTime::now(),
             peer_pid,
+            local,
             application_name: Mutex::new(application_name.to_string()),
             live: Mutex::new(ClientLive {
                 phase: ClientPhase::Idle,
@@ -193,7 +197,7 @@ impl ClientInfo {
         self.process
             .get_or_init(|| {
                 let pid = self.peer_pid.or_else(|| match &self.peer {
-                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(*a),
+                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(*a, self.local?),
                     _ => None,
                 })?;
                 Some((pid, crate::procfs::cmdline(pid).unwrap_or_default()))

@@ -14,9 +14,11 @@ pub fn cmdline(pid: i32) -> Option<String> {
     Some(text.chars().take(200).collect())
 }
 
-/// The pid owning the local end `client` of a loopback TCP connection (IPv4 only).
-pub fn tcp_owner(client: SocketAddr) -> Option<i32> {
-    let inode = socket_inode(client)?;
+/// The pid owning the client end of the loopback TCP connection `client` -> `server` (IPv4
+/// only). Both ends are matched: an ephemeral port can be shared by connections to different
+/// destinations.
+pub fn tcp_owner(client: SocketAddr, server: SocketAddr) -> Option<i32> {
+    let inode = socket_inode(client, server)?;
     let needle = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
@@ -34,14 +36,23 @@ pub fn tcp_owner(client: SocketAddr) -> Option<i32> {
     None
 }
 
-/// The inode of the socket whose local address is `addr`, from /proc/net/tcp.
-fn socket_inode(addr: SocketAddr) -> Option<u64> {
+fn hex(addr: SocketAddr) -> Option<String> {
     let IpAddr::V4(ip) = addr.ip() else { return None };
-    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), addr.port());
+    Some(format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    ))
+}
+
+/// The inode of the socket `local` -> `remote`, from /proc/net/tcp.
+fn socket_inode(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let (local, remote) = (hex(local)?, hex(remote)?);
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str())).then(|| fields.get(9)?.parse().ok())?
+        let matches = fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str());
+        matches.then(|| fields.get(9)?.parse().ok().filter(|&i: &u64| i != 0))?
     })
 }
 
@@ -53,7 +64,7 @@ mod tests {
     fn finds_the_owner_of_a_loopback_connection_and_its_command_line() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let pid = tcp_owner(client.local_addr().unwrap()).expect("owner found");
+        let pid = tcp_owner(client.local_addr().unwrap(), client.peer_addr().unwrap()).expect("owner found");
         assert_eq!(pid, std::process::id() as i32);
         assert!(!cmdline(pid).unwrap().is_empty());
     }
