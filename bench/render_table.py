@@ -18,7 +18,7 @@ def num(v):
 
 
 def ratio(a, b):
-    a, b = num(a), num(b)
+    a, b = num(a), num(b)  # from unrounded values where the caller has them
     return "%.2f" % (a / b) if a is not None and b else "-"
 
 
@@ -27,11 +27,13 @@ def main() -> None:
     for r in rows:
         ok = r["status"] == "ok"
         tx, cpu = num(r["tx_window"]), num(r["cpu_s"])
-        r["cpu_1k"] = "%.3f" % (cpu / tx * 1000) if ok and tx and cpu is not None else "-"
+        r["cpu_1k_raw"] = cpu / tx * 1000 if ok and tx and cpu is not None else None
+        r["cpu_1k"] = "%.4f" % r["cpu_1k_raw"] if r["cpu_1k_raw"] is not None else "-"
         r["cpu_login"] = (
             "%.3f" % (cpu / tx * 1000) if ok and r["kind"] == "login" and tx and cpu is not None else "-"
         )
         kb = num(r["peak_rss_kb"])
+        r["rss_raw"] = kb
         r["rss"] = "%.1f" % (kb / 1024) if kb else "-"
         if not ok:
             for k in ("tps", "avg_ms", "p99_ms"):
@@ -50,9 +52,9 @@ def main() -> None:
             d = by.get((r["row"], "direct"), {})
             extra = [
                 ratio(r["tps"], b.get("tps")),
-                ratio(r["cpu_1k"], b.get("cpu_1k")),
+                ratio(r["cpu_1k_raw"], b.get("cpu_1k_raw")),
                 ratio(r["p99_ms"], b.get("p99_ms")),
-                ratio(r["rss"], b.get("rss")),
+                ratio(r["rss_raw"], b.get("rss_raw")),
                 ratio(r["tps"], d.get("tps")),
             ]
         status = r["status"] if not r["note"] else "%s: %s" % (r["status"], r["note"])
