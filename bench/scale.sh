@@ -13,9 +13,12 @@
 # poolers with max_client_conn = 12000 and their own raised limit. Clients log in with trust
 # auth: 10,000 SCRAM logins would cost pgbench (libpq runs PBKDF2 per login) tens of CPU seconds
 # on a small machine before the run starts; login cost is run.sh's -C row.
-# RSS growth is judged on the steady state: from the first sample after every client connected
-# (pgbench's "initial connection time") to the end; "no growth" means the last sample is within
-# 5% of that first one. Exit status 1 when pgbench reports errors, RSS grows, or a pooler fails.
+# RSS is sampled every 2 s (0.5 s for runs under 30 s); the series goes to bench/results/scale-<time>-<pooler>.rss
+# ("seconds since launch" and "RSS KiB"). Growth is judged after warm-up: from the sample at a
+# quarter of the run (every client has run transactions by then) to the last one; "no growth"
+# means the last sample is within 5% of that one. The first sample after every client connected
+# (pgbench's "initial connection time") is printed too, so warm-up growth stays visible.
+# Exit status 1 when pgbench reports errors, RSS grows, or a pooler fails.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -32,7 +35,7 @@ for arg in "$@"; do
         ;;
     --pgbouncer) TARGETS=(pgbouncer sluice) ;;
     -h | --help)
-        sed -n '2,18p' "$0"
+        sed -n '2,21p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;
@@ -49,12 +52,17 @@ make_tmp
 start_postgres 10
 write_pooler_configs trust
 
+RESULTS_DIR=${BENCH_RESULTS:-$REPO_DIR/bench/results}
+mkdir -p "$RESULTS_DIR"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
 fail=0
 summary=()
 for target in "${TARGETS[@]}"; do
     start_pooler "$target"
     samples="$TMP/scale-$target.samples"
-    start_sampler "$POOLER_PID" "$samples" 2
+    every=2
+    [ "$DURATION" -lt 30 ] && every=0.5
+    start_sampler "$POOLER_PID" "$samples" "$every"
     log "$target: pgbench -S -c $CLIENTS -j 2 -T $DURATION"
     launch=$(date +%s%N)
     rc=0
@@ -72,32 +80,35 @@ for target in "${TARGETS[@]}"; do
     processed=$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' "$out")
     failed=$(awk -F': ' '/number of failed transactions/ {split($2, a, " "); print a[1]}' "$out")
     errors=$(grep -ciE 'error|fatal|abort' "$out" || true)
-    # Steady-state RSS: first sample after the connection phase, then the last sample.
-    rss=$(awk -v start=$((launch + ${conn_ms%.*} * 1000000)) '
-        $1 >= start && $3 != "" { if (first == "") first = $3; last = $3; if ($3 > max) max = $3; n++ }
-        END { printf "%s %s %s %d", first, last, max, n }' "$samples")
-    read -r rss_first rss_last rss_max nsamples <<<"$rss"
+    # RSS: first sample after the connection phase, sample at a quarter of the run, last, max.
+    rss=$(awk -v start=$((launch + ${conn_ms%.*} * 1000000)) -v q=$((launch + (${conn_ms%.*} + DURATION * 250) * 1000000)) '
+        $1 >= start && $3 != "" { if (first == "") first = $3; if ($1 >= q && quarter == "") quarter = $3;
+                                  last = $3; if ($3 > max) max = $3; n++ }
+        END { printf "%s %s %s %s %d", first, quarter, last, max, n }' "$samples")
+    read -r rss_first rss_quarter rss_last rss_max nsamples <<<"$rss"
     verdict=ok
     if [ "$rc" -ne 0 ] || [ "${failed:-0}" != 0 ] || [ "$errors" -ne 0 ] || [ $alive = no ]; then
         verdict="FAILED (pgbench exit $rc, $errors error lines, failed tx ${failed:-?}, pooler alive: $alive)"
         grep -m3 -iE 'error|fatal|abort' "$out" >&2 || true
         fail=1
-    elif [ -z "$rss_first" ] || [ "$nsamples" -lt 2 ]; then
+    elif [ -z "$rss_quarter" ] || [ "$nsamples" -lt 3 ]; then
         verdict="FAILED (too few RSS samples in the steady state; run longer)"
         fail=1
-    elif [ "$rss_last" -gt $((rss_first + rss_first / 20)) ]; then
-        verdict="FAILED (RSS grew from $rss_first to $rss_last KiB)"
+    elif [ "$rss_last" -gt $((rss_quarter + rss_quarter / 20)) ]; then
+        verdict="FAILED (RSS grew from $rss_quarter KiB at a quarter of the run to $rss_last KiB)"
         fail=1
     fi
-    summary+=("| $target | $CLIENTS | $DURATION | ${processed:-?} | ${failed:-0} | ${tps:-?} | ${lat:-?} | ${conn_ms:-?} | $((rss_first / 1024)) | $((rss_last / 1024)) | $((rss_max / 1024)) | $verdict |")
-    awk '{printf "%s %s\n", $1, $3}' "$samples" >"$TMP/scale-$target.rss"
+    mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f", k / 1024 }'; }
+    summary+=("| $target | $CLIENTS | $DURATION | ${processed:-?} | ${failed:-0} | ${tps:-?} | ${lat:-?} | ${conn_ms:-?} | $(mib "$rss_first") | $(mib "$rss_quarter") | $(mib "$rss_last") | $(mib "$rss_max") | $verdict |")
+    awk -v l="$launch" '$3 != "" {printf "%.1f %s\n", ($1 - l) / 1e9, $3}' "$samples" \
+        >"$RESULTS_DIR/scale-$stamp-$target.rss"
 done
 
 echo
 echo "Scale: pgbench -S -c $CLIENTS -j 2 -T $DURATION, pool size 20, transaction mode, trust auth."
-echo "RSS in MiB: first steady-state sample (all clients connected), last sample, maximum."
+echo "RSS in MiB: first sample after all clients connected, at a quarter of the run, last, maximum."
 echo
-echo "| pooler | clients | seconds | transactions | failed | TPS | avg latency ms | connect phase ms | RSS first | RSS last | RSS max | verdict |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| pooler | clients | seconds | transactions | failed | TPS | avg latency ms | connect phase ms | RSS first | RSS at 1/4 | RSS last | RSS max | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 printf '%s\n' "${summary[@]}"
 exit "$fail"
