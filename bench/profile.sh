@@ -46,12 +46,12 @@ forget_pid "$pgbench_pid"
 stop_pooler
 
 perf report -i "$OUT/perf.data" --stdio --no-children --sort dso 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | head -15 >"$OUT/by-dso.txt"
+    | grep -v '^#' | grep -v '^$' | head -15 >"$OUT/by-dso.txt" || true
 perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/top-self.txt"
+    | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/top-self.txt" || true
 if [ ${#cg[@]} -gt 0 ]; then
     perf report -i "$OUT/perf.data" --stdio --children --sort symbol -g none 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/top-children.txt"
+        | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/top-children.txt" || true
 fi
 grep -E '^tps' "$OUT/pgbench.out" || true
 echo "== by DSO (self)"
