@@ -213,7 +213,7 @@ pool_mode = "transaction"
 default_pool_size = 20
 max_client_conn = 12000
 auth_type = "$auth"
-workers = 0
+workers = ${SLUICE_WORKERS:-0}
 
 [users.$BENCH_USER]
 password = "$BENCH_PASSWORD"

@@ -13,7 +13,8 @@
 #
 # Environment: BENCH_SECONDS (row duration), BENCH_JOBS (pgbench -j, default 2),
 # BENCH_RESULTS (results directory), KEEP_TMP=1 (keep the temp dir with every log),
-# CARGO_TARGET_DIR (where sluice is built).
+# CARGO_TARGET_DIR (where sluice is built), SLUICE_WORKERS (sluice's workers setting, default 0 =
+# one per core).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -24,7 +25,7 @@ for arg in "$@"; do
     case $arg in
     --quick) QUICK=1 ;;
     -h | --help)
-        sed -n '2,17p' "$0"
+        sed -n '2,18p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;
