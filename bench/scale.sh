@@ -70,8 +70,17 @@ for target in "${TARGETS[@]}"; do
         -T "$DURATION" bench >"$TMP/scale-$target.out" 2>&1 || rc=$?
     stop_sampler
     alive=yes
-    kill -0 "$POOLER_PID" 2>/dev/null || alive=no
-    hwm=$( [ $alive = yes ] && status_kb "$POOLER_PID" VmHWM || echo '-')
+    if ! kill -0 "$POOLER_PID" 2>/dev/null; then
+        st=0
+        wait "$POOLER_PID" 2>/dev/null || st=$?
+        alive="no (exit status $st)"
+        log "$target died during the run, exit status $st (>128: signal $((st - 128)))"
+        case $target in
+        sluice) tail -5 "$TMP/sluice.log" >&2 || true ;;
+        pgbouncer) tail -5 "$TMP/pgb/pgbouncer.log" >&2 || true ;;
+        esac
+    fi
+    hwm=$( [ "$alive" = yes ] && status_kb "$POOLER_PID" VmHWM || echo '-')
     stop_pooler
     out="$TMP/scale-$target.out"
     tps=$(awk '/^tps = / {print int($3)}' "$out")
@@ -87,7 +96,7 @@ for target in "${TARGETS[@]}"; do
         END { printf "%s %s %s %s %d", first, quarter, last, max, n }' "$samples")
     read -r rss_first rss_quarter rss_last rss_max nsamples <<<"$rss"
     verdict=ok
-    if [ "$rc" -ne 0 ] || [ "${failed:-0}" != 0 ] || [ "$errors" -ne 0 ] || [ $alive = no ]; then
+    if [ "$rc" -ne 0 ] || [ "${failed:-0}" != 0 ] || [ "$errors" -ne 0 ] || [ "$alive" != yes ]; then
         verdict="FAILED (pgbench exit $rc, $errors error lines, failed tx ${failed:-?}, pooler alive: $alive)"
         grep -m3 -iE 'error|fatal|abort' "$out" >&2 || true
         fail=1
