@@ -105,6 +105,22 @@ async fn auth_query_finds_md5_verifiers_and_unknown_or_expired_users_look_like_w
         Some("28P01"),
         "rolvaliduntil in the past: {old:?}"
     );
+    // The lookups ran on one pooled connection of auth_user's pool, kept open between them.
+    let pools = sluice.shared().pools.all();
+    let auth_pool = pools
+        .iter()
+        .find(|p| p.key.user == "postgres")
+        .expect("auth_user has a pool");
+    assert_eq!(
+        auth_pool.open_servers(),
+        1,
+        "one pooled connection served every lookup"
+    );
+    assert_eq!(
+        auth_pool.stats.snapshot().server_assignment_count,
+        0,
+        "lookups bypass client stats"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

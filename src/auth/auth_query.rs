@@ -3,7 +3,7 @@
 //! burst of logins costs one lookup. A user the query does not find (or whose secret is NULL,
 //! e.g. expired) gets no secret, which authentication answers exactly like a wrong password.
 
-use crate::server::{ServerError, ServerTarget, connect};
+use crate::server::{ServerConn, ServerError};
 use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
 use postgres_protocol::message::backend::Message;
@@ -40,10 +40,10 @@ impl AuthQueryCache {
     }
 }
 
-/// Logs in to `target` (as auth_user) and runs `query` with `$1 = user`; returns the second
-/// column of the first row (None when there is no row or it is NULL).
-pub async fn lookup(target: &ServerTarget, query: &str, user: &str) -> Result<Option<String>, ServerError> {
-    let mut conn = connect(target).await?;
+/// Runs `query` with `$1 = user` on a pooled connection of auth_user's pool; returns the second
+/// column of the first row (None when there is no row or it is NULL). The connection is left at
+/// ReadyForQuery, ready for the pool.
+pub async fn lookup(conn: &mut ServerConn, query: &str, user: &str) -> Result<Option<String>, ServerError> {
     let mut out = BytesMut::new();
     frontend::parse("", query, std::iter::empty(), &mut out)?;
     out.put_u8(b'B');
@@ -77,11 +77,13 @@ pub async fn lookup(target: &ServerTarget, query: &str, user: &str) -> Result<Op
             Message::ErrorResponse(body) => {
                 failure.get_or_insert(crate::server::error_from_body(&body));
             }
-            Message::ReadyForQuery(_) => break,
+            Message::ReadyForQuery(body) => {
+                conn.tx_status = body.status();
+                break;
+            }
             _ => {}
         }
     }
-    conn.terminate().await;
     match failure {
         Some(e) => Err(ServerError::Postgres(e)),
         None => Ok(secret.flatten()),

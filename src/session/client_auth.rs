@@ -7,8 +7,8 @@ use crate::auth::hba::{HbaMethod, HbaRequest};
 use crate::auth::{self, AuthError, ClientAuth, Secret, auth_query};
 use crate::client_info::PeerAddr;
 use crate::config::{AuthType, Config};
+use crate::pool::Disposition;
 use crate::protocol::{PgError, messages, sqlstate};
-use crate::server::ServerTarget;
 use crate::shared::Shared;
 use crate::stream::Stream;
 use std::sync::Arc;
@@ -138,32 +138,64 @@ async fn looked_up_secret(
     if let Some(cached) = shared.security.auth_query.get(user, p.auth_cache_ttl) {
         return Ok(cached.as_deref().map(Secret::parse));
     }
-    let db_name = p.auth_dbname.as_deref().unwrap_or(database);
-    let db = config.database(db_name).cloned().unwrap_or_default();
+    let db_name = p.auth_dbname.as_deref().unwrap_or(database).to_string();
     let server_tls = match shared.security.tls(config).as_ref() {
         Ok(t) => t.server.clone(),
         Err(_) => crate::tls::ServerTls::default(),
     };
-    let target = ServerTarget {
-        host: db.host.clone(),
-        port: db.port,
-        dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
+    // The lookup runs on a pooled connection of auth_user's own pool (as PgBouncer does).
+    let key = crate::pool::PoolKey {
+        database: db_name.clone(),
         user: auth_user.to_string(),
-        secret: config.user_secret(auth_user).map(Secret::parse),
-        tls: server_tls,
     };
+    let auth_secret = config.user_secret(auth_user).map(Secret::parse);
+    let pool = shared.pools.get_or_create(key, 0, 0, || {
+        crate::pool::settings_for(config, &db_name, auth_user, auth_secret, server_tls)
+    });
+    let holder = Arc::new(crate::client_info::ClientInfo::new(
+        crate::client_info::PeerAddr::Unix,
+        None,
+        None,
+        auth_user,
+        &db_name,
+        "sluice auth_query",
+    ));
     let limit = p.server_connect_timeout;
-    let found = match tokio::time::timeout(limit, auth_query::lookup(&target, &p.auth_query, user)).await {
+    let failed = |detail: String| {
+        Refusal::Fatal(
+            PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "authentication lookup failed (auth_query)",
+            )
+            .with_detail(detail),
+        )
+    };
+    let mut server = match pool.checkout(&holder, limit).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = ?e, auth_user, "auth_query: no server for auth_user");
+            return Err(failed(format!("{e:?}")));
+        }
+    };
+    let result = tokio::time::timeout(limit, auth_query::lookup(&mut server.conn, &p.auth_query, user)).await;
+    let clean = matches!(
+        result,
+        Ok(Ok(_)) | Ok(Err(crate::server::ServerError::Postgres(_)))
+    ) && server.conn.tx_status == b'I'
+        && server.conn.read_buf.is_empty();
+    pool.release(
+        server,
+        if clean {
+            Disposition::Clean
+        } else {
+            Disposition::Close("auth_query failed")
+        },
+    );
+    let found = match result {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, auth_user, "auth_query failed");
-            return Err(Refusal::Fatal(
-                PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "authentication lookup failed (auth_query)",
-                )
-                .with_detail(e.to_string()),
-            ));
+            return Err(failed(e.to_string()));
         }
         Err(_) => {
             return Err(Refusal::Fatal(PgError::fatal(
