@@ -77,8 +77,37 @@ impl Pool {
                 secs(held)
             ));
         }
+        let top = top_holders(&infos);
+        if !top.is_empty() {
+            text.push_str(" Top holders: ");
+            text.push_str(&top.join("; "));
+            text.push('.');
+        }
         text
     }
+}
+
+/// The clients holding most of the pool's servers, grouped by application and origin (process
+/// command line, or address): `3 by 'celery' (pid 4242: celery worker -Q emails)`.
+fn top_holders(infos: &[std::sync::Arc<crate::server::ServerInfo>]) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<(String, String), (usize, Option<i32>)> = Default::default();
+    for info in infos {
+        if let ServerUse::Lent { holder, .. } = info.current() {
+            let origin = crate::leaks::origin(&holder);
+            let entry = groups.entry((holder.application_name(), origin)).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.or(holder.process().map(|p| p.0));
+        }
+    }
+    let mut v: Vec<_> = groups.into_iter().collect();
+    v.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    v.into_iter()
+        .take(3)
+        .map(|((app, origin), (n, pid))| match pid {
+            Some(pid) => format!("{n} by '{app}' (pid {pid}: {origin})"),
+            None => format!("{n} by '{app}' from {origin}"),
+        })
+        .collect()
 }
 
 fn secs(d: Duration) -> String {
