@@ -8,6 +8,7 @@ pub mod client_info;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod security;

@@ -39,6 +39,8 @@ pub struct Shared {
     disabled: Mutex<std::collections::HashSet<String>>,
     /// SUSPEND is in force.
     suspended: std::sync::atomic::AtomicBool,
+    /// This pooler's Prometheus registry, when `[metrics]` is configured.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// How a shutdown waits before the process exits.
@@ -67,9 +69,14 @@ impl Shared {
     /// Builds the shared state for a config.
     pub fn new(config: Config) -> Arc<Shared> {
         let (lifecycle, _) = watch::channel(Lifecycle::Running);
+        let metrics = config
+            .metrics
+            .as_ref()
+            .and_then(|m| m.listen.as_ref())
+            .map(|_| crate::metrics::Metrics::new());
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
-            pools: PoolRegistry::default(),
+            pools: PoolRegistry::new(metrics.clone()),
             cancels: CancelRegistry::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
@@ -81,6 +88,7 @@ impl Shared {
             disabled: Mutex::new(std::collections::HashSet::new()),
             stats_history: crate::stats::StatsHistory::default(),
             suspended: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         })
     }
 
