@@ -52,6 +52,10 @@ pub struct ClientLive {
     pub request_at: Instant,
     /// The server it holds: (server id, backend pid).
     pub server: Option<(u64, i32)>,
+    /// Since when it holds that server.
+    pub server_since: Option<Instant>,
+    /// When its open transaction began (None outside a transaction).
+    pub xact_since: Option<Instant>,
 }
 
 /// One logged-in client.
@@ -71,8 +75,12 @@ pub struct ClientInfo {
     pub connected_wall: std::time::SystemTime,
     /// Process id of a unix-socket peer (SO_PEERCRED).
     pub peer_pid: Option<i32>,
+    /// sluice's own end of the connection (TCP).
+    pub local: Option<SocketAddr>,
     application_name: Mutex<String>,
     live: Mutex<ClientLive>,
+    last_query: Mutex<String>,
+    process: std::sync::OnceLock<Option<(i32, String)>>,
     kill_reason: Mutex<Option<String>>,
     kill: tokio::sync::Notify,
 }
@@ -82,6 +90,7 @@ impl ClientInfo {
     pub fn new(
         peer: PeerAddr,
         peer_pid: Option<i32>,
+        local: Option<SocketAddr>,
         user: &str,
         database: &str,
         application_name: &str,
@@ -95,13 +104,18 @@ impl ClientInfo {
             connected_at: now,
             connected_wall: std::time::SystemTime::now(),
             peer_pid,
+            local,
             application_name: Mutex::new(application_name.to_string()),
             live: Mutex::new(ClientLive {
                 phase: ClientPhase::Idle,
                 phase_since: now,
                 request_at: now,
                 server: None,
+                server_since: None,
+                xact_since: None,
             }),
+            last_query: Mutex::new(String::new()),
+            process: std::sync::OnceLock::new(),
             kill_reason: Mutex::new(None),
             kill: tokio::sync::Notify::new(),
         }
@@ -139,7 +153,56 @@ impl ClientInfo {
             live.phase = phase;
             live.phase_since = now;
         }
+        if live.server.map(|s| s.0) != server.map(|s| s.0) {
+            live.server_since = server.map(|_| now);
+        }
         live.server = server;
+        match phase {
+            ClientPhase::IdleInTransaction => {
+                live.xact_since.get_or_insert(now);
+            }
+            ClientPhase::Active => {}
+            _ => live.xact_since = None,
+        }
+    }
+
+    /// Records the start of the transaction the server just reported (status `T`/`E`).
+    pub fn transaction_began(&self, at: Instant) {
+        let mut live = self.live.lock();
+        if live.xact_since.is_none() {
+            live.xact_since = Some(at);
+        }
+    }
+
+    /// Keeps the first 200 characters of the latest simple query or Parse text (never
+    /// parameter values).
+    pub fn set_last_query(&self, text: &str) {
+        let mut end = text.len().min(200);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut q = self.last_query.lock();
+        q.clear();
+        q.push_str(&text[..end]);
+    }
+
+    /// The latest query text (first 200 characters).
+    pub fn last_query(&self) -> String {
+        self.last_query.lock().clone()
+    }
+
+    /// The client's process (pid and command line): SO_PEERCRED for unix-socket clients, the
+    /// owner of the socket in /proc for loopback TCP clients; looked up once, on demand.
+    pub fn process(&self) -> Option<(i32, String)> {
+        self.process
+            .get_or_init(|| {
+                let pid = self.peer_pid.or_else(|| match &self.peer {
+                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(*a, self.local?),
+                    _ => None,
+                })?;
+                Some((pid, crate::procfs::cmdline(pid).unwrap_or_default()))
+            })
+            .clone()
     }
 
     /// The application_name the client currently has.

@@ -108,6 +108,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     let shared = Shared::new(config);
     tracing::info!(%tcp_addr, unix = ?unix.as_ref().map(|u| &u.1), "sluice listening");
     crate::stats::spawn_sampler(&shared);
+    crate::leaks::spawn_detector(&shared);
     let mut accept_tasks = vec![
         tokio::spawn(accept_tcp(tcp, shared.clone())),
         tokio::spawn(drain_monitor(shared.clone())),

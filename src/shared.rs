@@ -33,6 +33,8 @@ pub struct Shared {
     /// Connected clients per database [0] and per user [1].
     client_counts: Mutex<[HashMap<String, usize>; 2]>,
     lifecycle: watch::Sender<Lifecycle>,
+    /// Leak suspects and history (SHOW LEAKS, metrics).
+    pub leaks: crate::leaks::LeakTracker,
     /// Averages over the last stats_period, for SHOW STATS.
     pub stats_history: crate::stats::StatsHistory,
     /// Databases closed to new clients by DISABLE.
@@ -87,6 +89,7 @@ impl Shared {
             lifecycle,
             disabled: Mutex::new(std::collections::HashSet::new()),
             stats_history: crate::stats::StatsHistory::default(),
+            leaks: crate::leaks::LeakTracker::default(),
             suspended: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })

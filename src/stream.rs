@@ -128,6 +128,15 @@ impl TlsRead {
 }
 
 impl Stream {
+    /// sluice's own address on a TCP connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.local_addr().ok(),
+            _ => None,
+        }
+    }
+
     /// The process id of a unix-socket peer (SO_PEERCRED); None for TCP.
     pub fn peer_pid(&self) -> Option<i32> {
         match self {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::raw::RawClient;
 use common::{connect, connect_with, pg, start_sluice, wait_until};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -468,4 +469,66 @@ fn metrics_config_errors_are_located() {
         c.metrics.unwrap().listen_addr(),
         Some("127.0.0.1:9127".parse().unwrap())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leaks_appear_in_the_leak_series() {
+    let toml = config(METRICS).replace(
+        "stats_period = \"1s\"\n",
+        "stats_period = \"1s\"\nleak_idle_in_transaction_threshold = \"1s\"\n",
+    );
+    let sluice = start_sluice(&toml).await;
+    let addr = sluice.metrics_addr().expect("metrics endpoint bound");
+    let mut leaky = RawClient::login_trust(
+        sluice.tcp_addr(),
+        &[
+            ("user", "sluice_trust"),
+            ("database", "app"),
+            ("application_name", "leaky_worker"),
+        ],
+    )
+    .await;
+    leaky.query("BEGIN; SELECT 1").await;
+    leaky.read_until(b'Z').await;
+    let current = [
+        ("kind", "idle_in_transaction"),
+        ("application_name", "leaky_worker"),
+    ];
+    wait_until(
+        Duration::from_secs(5),
+        "the leak in sluice_leaks_current",
+        || async {
+            let (samples, _) = scrape(addr).await;
+            samples.iter().any(|s| {
+                s.name == "sluice_leaks_current"
+                    && current.iter().all(|(k, v)| s.labels[*k] == *v)
+                    && s.value == 1.0
+            })
+        },
+    )
+    .await;
+    let (samples, types) = scrape(addr).await;
+    assert_eq!(value(&samples, "sluice_leaks_total", &current), 1.0);
+    assert_eq!(
+        types.get("sluice_leaks_total").map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(
+        types.get("sluice_leaks_current").map(String::as_str),
+        Some("gauge")
+    );
+
+    // The client vanishes mid-transaction (no Terminate): abandoned, and no longer a suspect.
+    drop(leaky);
+    wait_until(
+        Duration::from_secs(5),
+        "abandoned counted, suspect gone",
+        || async {
+            let (samples, _) = scrape(addr).await;
+            value(&samples, "sluice_abandoned_transactions_total", &[]) >= 1.0
+                && value(&samples, "sluice_leaks_current", &current) == 0.0
+        },
+    )
+    .await;
+    sluice.shutdown().await;
 }

@@ -80,6 +80,8 @@ pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
         "DNS_HOSTS" => ResultSet::new(&[("hostname", S), ("ttl", Q), ("addrs", S)]),
         "DNS_ZONES" => ResultSet::new(&[("zonename", S), ("serial", Q), ("count", I)]),
         "SOCKETS" | "ACTIVE_SOCKETS" => sockets(shared, what == "ACTIVE_SOCKETS"),
+        "LEAKS" => super::leaks::leaks(shared),
+        "LEAKS_SUMMARY" => super::leaks::summary(shared),
         _ => return None,
     }))
 }
@@ -92,6 +94,7 @@ fn help() -> String {
         "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE",
         "\tSHOW DNS_HOSTS|DNS_ZONES",
         "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS",
+        "\tSHOW LEAKS|LEAKS_SUMMARY (sluice)",
         "\tSET key = arg",
         "\tRELOAD",
         "\tPAUSE [<db>]",
@@ -254,8 +257,8 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
             t(state),
             t(addr),
             n(port),
-            None,
-            None,
+            c.local.map(|l| l.ip().to_string()),
+            c.local.map(|l| l.port().to_string()),
             t(timestamp(c.connected_wall)),
             t(timestamp(wall(live.request_at))),
             n(wait),

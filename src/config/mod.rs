@@ -239,6 +239,15 @@ pub struct PoolerConfig {
     pub server_reset_query_always: bool,
     /// Append the client's address to the application_name the server sees.
     pub application_name_add_host: bool,
+    /// A client idle inside a transaction longer than this is reported as a leak (0: off).
+    #[serde(with = "duration")]
+    pub leak_idle_in_transaction_threshold: Duration,
+    /// A client holding one server longer than this is reported as a leak (0: off).
+    #[serde(with = "duration")]
+    pub leak_hold_threshold: Duration,
+    /// A client connected and idle outside a transaction longer than this is reported (0: off).
+    #[serde(with = "duration")]
+    pub leak_idle_client_threshold: Duration,
     /// Period over which SHOW STATS averages are computed.
     #[serde(with = "duration")]
     pub stats_period: Duration,
@@ -302,6 +311,9 @@ impl Default for PoolerConfig {
             server_reset_query_always: false,
             application_name_add_host: false,
             stats_period: Duration::from_secs(60),
+            leak_idle_in_transaction_threshold: Duration::from_secs(10),
+            leak_hold_threshold: Duration::from_secs(60),
+            leak_idle_client_threshold: Duration::from_secs(600),
         }
     }
 }

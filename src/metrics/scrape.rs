@@ -259,10 +259,13 @@ fn escape(v: &str) -> String {
 }
 
 /// Leak counts: (current by kind and application, total by kind and application, abandoned).
-// Local shim until the leak tracker (`shared.leaks`) is merged: then this reads
-// `shared.leaks.current_counts()`, `.total_counts()` and `.abandoned_total()`.
-fn leak_counts(_shared: &Shared) -> LeakCounts {
-    (Vec::new(), Vec::new(), 0)
+fn leak_counts(shared: &Shared) -> LeakCounts {
+    let leaks = &shared.leaks;
+    (
+        leaks.current_counts(),
+        leaks.total_counts(),
+        leaks.abandoned_total(),
+    )
 }
 
 type LeakCounts = (

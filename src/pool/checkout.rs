@@ -245,7 +245,12 @@ impl Pool {
             Err(e) => {
                 let error = self.login_error(&e);
                 tracing::warn!(pool = ?self.key, error = %e, "server login failed");
-                self.login.failed(&error);
+                let transient = match &e {
+                    ServerError::Connect { .. } | ServerError::Timeout(_) => true,
+                    ServerError::Postgres(pg) => pg.sqlstate == crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+                    _ => false,
+                };
+                self.login.failed(&error, transient);
                 self.stats.metrics.connect_failures.increment(1);
                 drop(permit);
                 return Err(CheckoutError::Login(error));

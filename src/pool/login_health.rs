@@ -14,6 +14,9 @@ struct Failure {
     error: PgError,
     consecutive: u32,
     retry_at: Instant,
+    /// The server was unreachable or starting up (not a refused login): probing its port may
+    /// end the back-off early.
+    transient: bool,
 }
 
 /// The login history of one pool.
@@ -63,7 +66,22 @@ impl LoginHealth {
             .is_none_or(|f| Instant::now() >= f.retry_at)
     }
 
-    pub(super) fn failed(&self, error: &PgError) {
+    /// True while a transient failure keeps logins backed off (worth probing the port).
+    pub(super) fn transient_backoff(&self) -> bool {
+        self.failure
+            .lock()
+            .as_ref()
+            .is_some_and(|f| f.transient && Instant::now() < f.retry_at)
+    }
+
+    /// The server's port answers again: let the next checkout try a login now.
+    pub(super) fn retry_now(&self) {
+        if let Some(f) = self.failure.lock().as_mut() {
+            f.retry_at = Instant::now();
+        }
+    }
+
+    pub(super) fn failed(&self, error: &PgError, transient: bool) {
         let mut f = self.failure.lock();
         let consecutive = f.as_ref().map_or(1, |f| f.consecutive.saturating_add(1));
         let exp = FIRST_RETRY.saturating_mul(1u32 << consecutive.min(16).saturating_sub(1));
@@ -74,6 +92,7 @@ impl LoginHealth {
             error: error.clone(),
             consecutive,
             retry_at: Instant::now() + delay,
+            transient,
         });
     }
 
@@ -94,7 +113,11 @@ mod tests {
         let h = LoginHealth::new(Duration::from_secs(15));
         assert!(h.blocked().is_none() && h.may_try());
         let e = PgError::fatal("57P03", "the database system is starting up");
-        h.failed(&e);
+        h.failed(&e, true);
+        assert!(h.transient_backoff());
+        h.retry_now();
+        assert!(h.may_try());
+        h.failed(&e, false);
         let cached = h.blocked().expect("blocked right after a failure");
         assert!(
             cached

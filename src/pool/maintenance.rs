@@ -19,6 +19,7 @@ pub(super) fn spawn(pool: &Arc<Pool>) {
             tick.tick().await;
             let Some(pool) = Weak::upgrade(&weak) else { return };
             pool.close_stale_idle();
+            pool.probe_while_unreachable().await;
             pool.fill_to_minimum().await;
         }
     });
@@ -63,6 +64,21 @@ impl Pool {
             tracing::debug!(pool = ?self.key, closed = stale.len(), "closing idle servers (lifetime or idle timeout)");
         }
         drop(stale);
+    }
+
+    /// While logins back off because the server was unreachable or starting up, knock on its
+    /// port each tick; once it answers, the next checkout may try a login at once. (A refused
+    /// login — a wrong password — keeps its back-off.)
+    async fn probe_while_unreachable(&self) {
+        if !self.login.transient_backoff() {
+            return;
+        }
+        let target = self.settings().target.clone();
+        let probe = tokio::time::timeout(TICK, crate::server::open_socket(&target.host, target.port)).await;
+        if matches!(probe, Ok(Ok(_))) {
+            tracing::debug!(pool = ?self.key, "server port answers again; retrying logins");
+            self.login.retry_now();
+        }
     }
 
     /// Opens servers until min_pool_size are open, one at a time, while logins work.

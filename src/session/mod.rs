@@ -184,7 +184,7 @@ impl Session {
                             SessionState::Idle
                         }
                         Ok(RelayEnd::Terminated | RelayEnd::ClientGone) => {
-                            self.release(server, &link);
+                            self.release_leaving(server, &link);
                             return Ending::ClientLeft;
                         }
                         Ok(RelayEnd::Killed(reason)) => {
@@ -269,6 +269,16 @@ impl Session {
         Ok(server)
     }
 
+    /// The client is leaving: a server it leaves in a transaction (or mid-request) is an
+    /// abandoned transaction — counted as a leak, then rolled back or closed by the release path.
+    fn release_leaving(&mut self, server: PooledServer, link: &Link) {
+        let in_transaction = server.conn.tx_status != b'I';
+        if in_transaction || link.disposition(&self.client, &server.conn) != Disposition::Clean {
+            self.shared.leaks.record_abandoned(&self.login.info);
+        }
+        self.release(server, link);
+    }
+
     fn release(&mut self, server: PooledServer, link: &Link) {
         self.login.cancel.slot.set(None);
         self.login.info.set_phase(ClientPhase::Idle, None);
@@ -287,7 +297,7 @@ impl Session {
     ) -> Option<Ending> {
         let server_error = match e {
             RelayError::Client(_) => {
-                self.release(server, link);
+                self.release_leaving(server, link);
                 return Some(Ending::ClientLeft);
             }
             RelayError::ClientProtocol(fe) => {

@@ -257,6 +257,7 @@ impl Link {
         } else {
             self.saw_transaction = true;
             self.tx_since.get_or_insert(started);
+            info.transaction_began(started);
             server.info.set_tx(TxState::IdleInTransaction);
             info.set_phase(ClientPhase::IdleInTransaction, server_ref);
         }
@@ -307,7 +308,7 @@ pub(super) async fn relay(
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
     loop {
-        let terminated = pump_client(client, link)?;
+        let terminated = pump_client(client, link, ctx.info)?;
         if link.request_since.is_none() && !link.pending.is_empty() {
             let now = Instant::now();
             link.request_since = Some(now);
@@ -379,7 +380,7 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(
 
 /// Moves complete client messages (or pieces of large ones) to the server-bound buffer.
 /// Returns true when the client sent Terminate (which never reaches the server).
-fn pump_client(client: &mut ClientIo, link: &mut Link) -> Result<bool, RelayError> {
+fn pump_client(client: &mut ClientIo, link: &mut Link, info: &ClientInfo) -> Result<bool, RelayError> {
     while link.to_server.len() < OUT_CAP && link.pending.len() < MAX_PENDING {
         match client
             .scan
@@ -389,6 +390,9 @@ fn pump_client(client: &mut ClientIo, link: &mut Link) -> Result<bool, RelayErro
             ScanItem::Pass { len, tag } => {
                 if let Some(t) = tag {
                     link.on_client_message(t);
+                    if t == b'Q' || t == b'P' {
+                        remember_query(info, t, &client.inbuf[..len]);
+                    }
                 }
                 link.to_server.unsplit(client.inbuf.split_to(len));
             }
@@ -457,6 +461,23 @@ fn pump_server(
         }
     }
     Ok(false)
+}
+
+/// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query
+/// (only the bytes already here; at most 200 characters are kept).
+fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
+    let body = message.get(5..).unwrap_or_default();
+    let text = if tag == b'P' {
+        // Statement name, then the query text.
+        match body.iter().position(|&b| b == 0) {
+            Some(i) => &body[i + 1..],
+            None => return,
+        }
+    } else {
+        body
+    };
+    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
+    info.set_last_query(&String::from_utf8_lossy(text));
 }
 
 fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {

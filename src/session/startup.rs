@@ -149,6 +149,7 @@ pub(super) async fn log_in(
     let info = Arc::new(ClientInfo::new(
         peer.clone(),
         stream.peer_pid(),
+        stream.local_addr(),
         &user,
         &database,
         &app_name,

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The pgbench matrix of issue 8, run three ways -- direct to PostgreSQL, through PgBouncer and
+# through sluice -- interleaved per row, on a throwaway PostgreSQL (pgbench -i -s 10).
+#
+#   bench/run.sh                    # every row, BENCH_SECONDS (default 30) seconds each
+#   BENCH_SECONDS=10 bench/run.sh   # shorter rows
+#   bench/run.sh --quick            # CI smoke run: 2 s per row, fewer rows
+#
+# Prints a markdown table and writes it (plus the raw TSV) to bench/results/. As root it installs
+# postgresql, postgresql-contrib (pgbench) and pgbouncer when missing. Exit status: 0 when the
+# matrix ran (rows that fail, like -M prepared through a pooler without prepared statement
+# support, are recorded as FAILED); non-zero when setup fails or a pooler does not start.
+#
+# Environment: BENCH_SECONDS (row duration), BENCH_JOBS (pgbench -j, default 2),
+# BENCH_RESULTS (results directory), KEEP_TMP=1 (keep the temp dir with every log),
+# CARGO_TARGET_DIR (where sluice is built), SLUICE_WORKERS (sluice's workers setting, default 0 =
+# one per core).
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help)
+        sed -n '2,18p' "$0"
+        exit 0
+        ;;
+    *) die "unknown argument $arg (try --help)" ;;
+    esac
+done
+
+if [ "$QUICK" = 1 ]; then
+    SECONDS_PER_ROW=${BENCH_SECONDS:-2}
+else
+    SECONDS_PER_ROW=${BENCH_SECONDS:-30}
+fi
+JOBS=${BENCH_JOBS:-2}
+RESULTS_DIR=${BENCH_RESULTS:-$REPO_DIR/bench/results}
+
+# Matrix rows: name | clients | pgbench arguments | kind (tx = one login per client; login = -C).
+ROWS=(
+    "-S c=16|16|-S|tx"
+    "-S c=200|200|-S|tx"
+    "-S c=1000|1000|-S|tx"
+    "-S -M extended c=16|16|-S -M extended|tx"
+    "-S -M prepared c=16|16|-S -M prepared|tx"
+    "TPC-B c=50|50||tx"
+    "-S -C c=16|16|-S -C|login"
+)
+if [ "$QUICK" = 1 ]; then
+    ROWS=(
+        "-S c=16|16|-S|tx"
+        "-S -M extended c=16|16|-S -M extended|tx"
+        "-S -M prepared c=16|16|-S -M prepared|tx"
+        "TPC-B c=50|50||tx"
+        "-S -C c=16|16|-S -C|login"
+    )
+fi
+
+raise_nofile
+install_traps
+ensure_packages
+build_sluice
+make_tmp
+start_postgres 10
+write_pooler_configs scram-sha-256
+mkdir -p "$TMP/logs" "$RESULTS_DIR"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+RAW="$RESULTS_DIR/run-$stamp.tsv"
+TABLE="$RESULTS_DIR/run-$stamp.md"
+printf 'row\ttarget\tstatus\ttps\tavg_ms\tp99_ms\ttx_window\tcpu_s\twindow_s\tpeak_rss_kb\tkind\tnote\n' >"$RAW"
+
+psql_local() {
+    "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PG_PORT" -U "$BENCH_USER" -d bench "$@"
+}
+
+# run_one ROWNAME CLIENTS "ARGS" KIND TARGET (direct | pgbouncer | sluice); appends to $RAW.
+run_one() {
+    local row=$1 clients=$2 args=$3 kind=$4 target=$5
+    local tag port out prefix samples="-" status=ok note="" rc=0 hwm="-" launch stats jobs
+    tag=$(echo "$row-$target" | tr -c 'A-Za-z0-9=\n' '_')
+    out="$TMP/logs/$tag.out"
+    prefix="$TMP/logs/$tag.txlog"
+    if [ "$target" = direct ] && [ "$clients" -gt 280 ]; then
+        printf '%s\t%s\tskipped\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\n' "$row" "$target" "$kind" \
+            "more clients than max_connections = 300" >>"$RAW"
+        return 0
+    fi
+    # TPC-B rows start from the same state: what pgbench's own vacuum step would do.
+    if [ -z "$args" ]; then
+        psql_local -c 'VACUUM pgbench_branches' -c 'VACUUM pgbench_tellers' \
+            -c 'TRUNCATE pgbench_history' >/dev/null
+    fi
+    if [ "$target" = direct ]; then
+        port=$PG_PORT
+    else
+        # A fresh pooler per row, so VmHWM is this row's peak.
+        start_pooler "$target"
+        port=$POOLER_PORT
+        samples="$TMP/logs/$tag.samples"
+        start_sampler "$POOLER_PID" "$samples" 0.25
+    fi
+    jobs=$JOBS
+    [ "$jobs" -gt "$clients" ] && jobs=$clients
+    launch=$(date +%s%N)
+    # shellcheck disable=SC2086
+    PGPASSWORD=$BENCH_PASSWORD "$PG_BINDIR/pgbench" -n -h 127.0.0.1 -p "$port" -U "$BENCH_USER" \
+        -c "$clients" -j "$jobs" -T "$SECONDS_PER_ROW" --log --log-prefix="$prefix" $args bench \
+        >"$out" 2>&1 || rc=$?
+    if [ "$target" != direct ]; then
+        stop_sampler
+        if kill -0 "$POOLER_PID" 2>/dev/null; then
+            printf '%s %s %s\n' "$(date +%s%N)" "$(cpu_ticks "$POOLER_PID")" \
+                "$(status_kb "$POOLER_PID" VmRSS)" >>"$samples"
+            hwm=$(status_kb "$POOLER_PID" VmHWM)
+        else
+            status=FAILED
+            note="$target exited during the run"
+        fi
+        stop_pooler
+    fi
+    if [ "$rc" -ne 0 ]; then
+        status=FAILED
+        note=$(grep -m1 -iE 'error|fatal|abort' "$out" | cut -c1-110 | tr '\t|' '  ' || true)
+        [ -n "$note" ] || note="pgbench exit status $rc"
+    fi
+    stats=$(python3 "$BENCH_DIR/pgbench_stats.py" "$out" "$prefix" "$launch" "$samples" "$CLK_TCK")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$target" "$status" "$stats" "$hwm" "$kind" \
+        "$note" >>"$RAW"
+    rm -f "$prefix".* # per-transaction logs get big; the .out and .samples stay
+    log "$row / $target: $status $(echo "$stats" | cut -f1) tps"
+}
+
+log "matrix: ${#ROWS[@]} rows x 3 targets, ${SECONDS_PER_ROW}s each, pgbench -j $JOBS"
+for spec in "${ROWS[@]}"; do
+    IFS='|' read -r row clients args kind <<<"$spec"
+    for target in direct pgbouncer sluice; do
+        run_one "$row" "$clients" "$args" "$kind" "$target"
+    done
+done
+
+{
+    echo "pgbench ${SECONDS_PER_ROW}s per row, -j $JOBS, pool size 20, transaction mode, SCRAM;" \
+        "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, PostgreSQL $("$PG_BINDIR/postgres" --version | awk '{print $3}')," \
+        "$("$(pgbouncer_bin)" --version | head -1), sluice $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo
+    python3 "$BENCH_DIR/render_table.py" "$RAW"
+} >"$TABLE"
+cat "$TABLE"
+log "results: $TABLE (raw: $RAW)"

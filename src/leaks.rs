@@ -1,0 +1,254 @@
+//! Leak reporting: which clients look like connection leaks right now, and which applications
+//! have leaked over time. A detector task looks at every client twice a second; each newly
+//! detected episode is logged once as a WARNING with who, where and what; episodes end when the
+//! client behaves again or leaves. Abandoned transactions (a client that vanished mid-transaction)
+//! are counted when they happen.
+
+use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::shared::Shared;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How often the detector looks.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What kind of leak a client is suspected of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeakKind {
+    /// Idle inside a transaction longer than leak_idle_in_transaction_threshold.
+    IdleInTransaction,
+    /// Holding one server longer than leak_hold_threshold.
+    LongHold,
+    /// Connected and idle (outside a transaction) longer than leak_idle_client_threshold.
+    IdleClient,
+    /// Disconnected in the middle of a transaction (counted, never current).
+    AbandonedTransaction,
+}
+
+impl LeakKind {
+    /// The name used in SHOW LEAKS, the log and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::IdleInTransaction => "idle_in_transaction",
+            LeakKind::LongHold => "long_hold",
+            LeakKind::IdleClient => "idle_client",
+            LeakKind::AbandonedTransaction => "abandoned_transaction",
+        }
+    }
+}
+
+/// One current suspect.
+#[derive(Debug, Clone)]
+pub struct Suspect {
+    /// The client.
+    pub client: Arc<ClientInfo>,
+    /// What it is suspected of.
+    pub kind: LeakKind,
+    /// When the episode was first detected.
+    pub detected_at: Instant,
+}
+
+/// Per (application_name, origin) history for SHOW LEAKS_SUMMARY.
+#[derive(Debug, Default, Clone)]
+pub struct SummaryEntry {
+    /// Leak episodes seen in all.
+    pub total: u64,
+    /// Abandoned transactions.
+    pub abandoned: u64,
+    /// Longest server hold seen by a suspect, in seconds.
+    pub longest_hold: Duration,
+}
+
+/// The leak detector's state.
+#[derive(Debug, Default)]
+pub struct LeakTracker {
+    episodes: Mutex<HashMap<(u64, LeakKind), Suspect>>,
+    totals: Mutex<HashMap<(LeakKind, String), u64>>,
+    summary: Mutex<HashMap<(String, String), SummaryEntry>>,
+    abandoned: std::sync::atomic::AtomicU64,
+}
+
+/// Where a client comes from, for grouping: its process command line when known, else its IP.
+pub fn origin(client: &ClientInfo) -> String {
+    match (client.process(), &client.peer) {
+        (Some((_, cmd)), _) if !cmd.is_empty() => cmd,
+        (_, PeerAddr::Tcp(a)) => a.ip().to_string(),
+        (_, PeerAddr::Unix) => "unix socket".to_string(),
+    }
+}
+
+impl LeakTracker {
+    /// Current suspects, oldest detection first.
+    pub fn suspects(&self) -> Vec<Suspect> {
+        let mut v: Vec<Suspect> = self.episodes.lock().values().cloned().collect();
+        v.sort_by_key(|s| (s.detected_at, s.client.id));
+        v
+    }
+
+    /// (kind, application_name, count) of current suspects.
+    pub fn current_counts(&self) -> Vec<(&'static str, String, u64)> {
+        let mut map: HashMap<(LeakKind, String), u64> = HashMap::new();
+        for s in self.episodes.lock().values() {
+            *map.entry((s.kind, s.client.application_name())).or_default() += 1;
+        }
+        let mut v: Vec<_> = map.into_iter().map(|((k, a), n)| (k.as_str(), a, n)).collect();
+        v.sort();
+        v
+    }
+
+    /// (kind, application_name, count) of all episodes seen since start.
+    pub fn total_counts(&self) -> Vec<(&'static str, String, u64)> {
+        let mut v: Vec<_> = self
+            .totals
+            .lock()
+            .iter()
+            .map(|((k, a), n)| (k.as_str(), a.clone(), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Abandoned transactions since start.
+    pub fn abandoned_total(&self) -> u64 {
+        self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The per-(application_name, origin) history.
+    pub fn summary(&self) -> Vec<((String, String), SummaryEntry)> {
+        let mut v: Vec<_> = self
+            .summary
+            .lock()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A client left in the middle of a transaction; its server was rolled back or closed.
+    pub fn record_abandoned(&self, client: &ClientInfo) {
+        self.abandoned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let app = client.application_name();
+        *self
+            .totals
+            .lock()
+            .entry((LeakKind::AbandonedTransaction, app.clone()))
+            .or_default() += 1;
+        self.summary
+            .lock()
+            .entry((app, origin(client)))
+            .or_default()
+            .abandoned += 1;
+        tracing::warn!(
+            kind = "abandoned_transaction",
+            client = client.id,
+            user = %client.user,
+            database = %client.database,
+            application_name = %client.application_name(),
+            addr = %client.peer,
+            pid = ?client.process().map(|p| p.0),
+            process = %client.process().map(|p| p.1).unwrap_or_default(),
+            last_query = %client.last_query(),
+            "connection leak: client disconnected in the middle of a transaction; its server was rolled back"
+        );
+    }
+
+    /// One detector pass over all clients.
+    pub fn scan(&self, shared: &Shared) {
+        let p = &shared.config.load().pooler;
+        let (idle_tx, hold, idle_client) = (
+            p.leak_idle_in_transaction_threshold,
+            p.leak_hold_threshold,
+            p.leak_idle_client_threshold,
+        );
+        let now = Instant::now();
+        let clients = shared.clients();
+        let mut seen: Vec<(u64, LeakKind)> = Vec::new();
+        for c in &clients {
+            let live = c.live();
+            let over = |limit: Duration, since: Option<Instant>| {
+                !limit.is_zero() && since.is_some_and(|s| now.duration_since(s) > limit)
+            };
+            let idle_phase = matches!(live.phase, ClientPhase::Idle | ClientPhase::Holding);
+            let kinds = [
+                (
+                    LeakKind::IdleInTransaction,
+                    live.phase == ClientPhase::IdleInTransaction && over(idle_tx, Some(live.phase_since)),
+                ),
+                (LeakKind::LongHold, over(hold, live.server_since)),
+                (
+                    LeakKind::IdleClient,
+                    idle_phase && over(idle_client, Some(live.phase_since)),
+                ),
+            ];
+            for (kind, violated) in kinds {
+                if violated {
+                    seen.push((c.id, kind));
+                    self.detected(c, kind, now, live.server_since);
+                }
+            }
+        }
+        self.episodes.lock().retain(|key, _| seen.contains(key));
+    }
+
+    fn detected(&self, c: &Arc<ClientInfo>, kind: LeakKind, now: Instant, server_since: Option<Instant>) {
+        let held = server_since.map_or(Duration::ZERO, |s| now.duration_since(s));
+        let app = c.application_name();
+        {
+            let mut summary = self.summary.lock();
+            let entry = summary.entry((app.clone(), origin(c))).or_default();
+            entry.longest_hold = entry.longest_hold.max(held);
+        }
+        let mut episodes = self.episodes.lock();
+        if episodes.contains_key(&(c.id, kind)) {
+            return;
+        }
+        episodes.insert(
+            (c.id, kind),
+            Suspect {
+                client: c.clone(),
+                kind,
+                detected_at: now,
+            },
+        );
+        drop(episodes);
+        *self.totals.lock().entry((kind, app.clone())).or_default() += 1;
+        if let Some(e) = self.summary.lock().get_mut(&(app.clone(), origin(c))) {
+            e.total += 1;
+        }
+        let live = c.live();
+        let process = c.process();
+        tracing::warn!(
+            kind = kind.as_str(),
+            client = c.id,
+            user = %c.user,
+            database = %c.database,
+            application_name = %app,
+            addr = %c.peer,
+            pid = ?process.as_ref().map(|p| p.0),
+            process = %process.map(|p| p.1).unwrap_or_default(),
+            state = ?live.phase,
+            held_seconds = held.as_secs(),
+            transaction_age_seconds = live.xact_since.map_or(0, |s| now.duration_since(s).as_secs()),
+            server_pid = live.server.map_or(0, |s| s.1),
+            last_query = %c.last_query(),
+            "connection leak suspected"
+        );
+    }
+}
+
+/// Runs the detector until the pooler is gone.
+pub fn spawn_detector(shared: &Arc<Shared>) {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            shared.leaks.scan(&shared);
+        }
+    });
+}
