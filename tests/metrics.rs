@@ -324,7 +324,8 @@ async fn series_agree_with_the_console() {
         .iter()
         .find(|s| s.name == "pgbouncer_version_info")
         .expect("version_info");
-    assert!(version.labels["version"].contains("sluice"), "{version:?}");
+    let shown = show(&admin, "SHOW VERSION").await;
+    assert_eq!(version.labels["version"], shown[0]["version"], "{version:?}");
     assert_eq!(
         value(
             &samples,

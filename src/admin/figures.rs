@@ -98,6 +98,11 @@ pub struct DatabaseFigures {
     pub disabled: bool,
 }
 
+/// SHOW VERSION's text (also `pgbouncer_version_info{version}`).
+pub fn version_text() -> String {
+    format!("sluice {} (PgBouncer 1.25 compatible)", env!("CARGO_PKG_VERSION"))
+}
+
 /// The name PgBouncer shows for a pool mode.
 pub fn mode_name(mode: crate::config::PoolMode) -> &'static str {
     match mode {

@@ -114,10 +114,7 @@ fn help() -> String {
 
 fn version() -> ResultSet {
     let mut rs = ResultSet::new(&[("version", S)]);
-    rs.push(vec![t(format!(
-        "sluice {} (PgBouncer 1.25 compatible)",
-        env!("CARGO_PKG_VERSION")
-    ))]);
+    rs.push(vec![t(super::figures::version_text())]);
     rs
 }
 

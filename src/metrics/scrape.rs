@@ -286,10 +286,7 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
     s.gauge("pgbouncer_up", &[], 1.0);
     s.gauge(
         "pgbouncer_version_info",
-        &[(
-            "version",
-            &format!("sluice {version} (PgBouncer 1.25 compatible)"),
-        )],
+        &[("version", &figures::version_text())],
         1.0,
     );
     s.gauge("sluice_build_info", &[("version", version)], 1.0);
