@@ -533,3 +533,39 @@ async fn leaks_appear_in_the_leak_series() {
     .await;
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_timeouts_and_connect_failures_are_counted() {
+    let toml = config(METRICS).replace("pool_size = 3", "pool_size = 1").replace(
+        "stats_period = \"1s\"\n",
+        "stats_period = \"1s\"\nquery_wait_timeout = \"300ms\"\n",
+    ) + "[databases.nowhere]\nhost = \"127.0.0.1\"\nport = 1\ndbname = \"app\"\n";
+    let sluice = start_sluice(&toml).await;
+    let addr = sluice.metrics_addr().expect("metrics endpoint bound");
+    let holder = connect(sluice.tcp_addr(), "sluice_trust", "", "app")
+        .await
+        .unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = connect(sluice.tcp_addr(), "sluice_trust", "", "app")
+        .await
+        .unwrap();
+    let err = waiter
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("no server within 300ms");
+    let db = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(db.contains("query_wait_timeout"), "{err:?}");
+    let failing = connect(sluice.tcp_addr(), "sluice_trust", "", "nowhere").await;
+    if let Ok(c) = failing {
+        assert!(c.simple_query("SELECT 1").await.is_err());
+    }
+    let (samples, _) = scrape(addr).await;
+    assert_eq!(value(&samples, "sluice_query_wait_timeouts_total", &[]), 1.0);
+    assert!(value(&samples, "sluice_server_connect_failures_total", &[]) >= 1.0);
+    assert_eq!(value(&samples, "sluice_server_connects_total", &[]), 1.0);
+    holder.batch_execute("COMMIT").await.unwrap();
+    sluice.shutdown().await;
+}
