@@ -49,6 +49,8 @@ impl Pool {
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {
+        // A rollback or reset can change settings behind any client's back.
+        server.conn.params_fingerprint = None;
         let reset = self
             .needs_reset()
             .then(|| self.settings().reset_query.trim().to_string());

@@ -67,6 +67,9 @@ pub struct ServerConn {
     pub params: BTreeMap<String, String>,
     /// Parameters set by sluice for the client that used this server last (names -> values).
     pub applied: BTreeMap<String, String>,
+    /// The settings fingerprint of the client that left this server clean (None: unknown, e.g.
+    /// after a reset or rollback); a client with the same fingerprint needs no sync.
+    pub params_fingerprint: Option<u64>,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
     /// When the connection was opened.
@@ -93,6 +96,7 @@ impl ServerConn {
             backend_secret: 0,
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
+            params_fingerprint: None,
             tx_status: b'I',
             created: now,
             last_used: now,

@@ -60,11 +60,15 @@ enum Ending {
 /// Serves one client connection from its first byte to its close.
 pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
     let login_limit = shared.config.load().pooler.client_login_timeout;
-    let login = tokio::time::timeout(login_limit, startup::log_in(&mut stream, &peer, &shared)).await;
+    let login = tokio::time::timeout(
+        login_limit,
+        Box::pin(startup::log_in(&mut stream, &peer, &shared)),
+    )
+    .await;
     let refusal = match login {
         Ok(Ok(Login::Console { user, role })) => {
             tracing::debug!(%peer, %user, ?role, "console login");
-            crate::admin::serve(stream, shared, role, user).await;
+            Box::pin(crate::admin::serve(stream, shared, role, user)).await;
             return;
         }
         Ok(Ok(Login::Pooled(logged_in))) => {
@@ -146,8 +150,8 @@ impl Session {
                         since: Instant::now(),
                     }
                 }
-                SessionState::Waiting { since } => match self.wait_for_server(since).await {
-                    WaitOutcome::Server(server) => match self.prepare(server, since).await {
+                SessionState::Waiting { since } => match Box::pin(self.wait_for_server(since)).await {
+                    WaitOutcome::Server(server) => match Box::pin(self.prepare(server, since)).await {
                         Ok(server) => SessionState::Active(Box::new(Active {
                             server,
                             link: Link::new(),
@@ -174,7 +178,13 @@ impl Session {
                         timeouts,
                         release_when_idle: mode == PoolMode::Transaction,
                     };
-                    let end = relay::relay(&mut self.client, &mut link, &mut server.conn, &mut ctx).await;
+                    let end = Box::pin(relay::relay(
+                        &mut self.client,
+                        &mut link,
+                        &mut server.conn,
+                        &mut ctx,
+                    ))
+                    .await;
                     match end {
                         Ok(RelayEnd::TransactionDone) => {
                             self.release(server, &link);
@@ -202,7 +212,7 @@ impl Session {
                             send_fatal(&mut self.client, &e).await;
                             return Ending::Error(e);
                         }
-                        Err(e) => match self.relay_failed(server, &link, e, mode).await {
+                        Err(e) => match Box::pin(self.relay_failed(server, &link, e, mode)).await {
                             Some(ending) => return ending,
                             None => SessionState::Idle,
                         },
@@ -236,11 +246,25 @@ impl Session {
             ClientPhase::Active,
             Some((server.conn.id, server.conn.backend_pid)),
         );
-        let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
-        if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
+        let fingerprint = self.login.params.fingerprint();
+        let in_step = server.conn.params_fingerprint == Some(fingerprint);
+        let defaults = if in_step {
+            Default::default()
+        } else {
+            pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default()
+        };
+        let sql = if in_step {
+            None
+        } else {
+            self.login.params.sync_sql(&server.conn, &defaults)
+        };
+        if let Some(sql) = sql {
             let limit = self.shared.config.load().pooler.server_connect_timeout;
             match server.conn.run_internal(&sql, limit).await {
-                Ok(()) => self.login.params.after_sync(&mut server.conn),
+                Ok(()) => {
+                    self.login.params.after_sync(&mut server.conn);
+                    server.conn.params_fingerprint = Some(self.login.params.fingerprint());
+                }
                 Err(ServerError::Postgres(e)) => {
                     // The client asked for a setting the server refuses (as PostgreSQL would at login).
                     let d = if server.conn.tx_status == b'I' {
@@ -279,9 +303,11 @@ impl Session {
         self.release(server, link);
     }
 
-    fn release(&mut self, server: PooledServer, link: &Link) {
+    fn release(&mut self, mut server: PooledServer, link: &Link) {
         self.login.cancel.slot.set(None);
         self.login.info.set_phase(ClientPhase::Idle, None);
+        // The server carries this client's settings (SETs it made were tracked as it went).
+        server.conn.params_fingerprint = Some(self.login.params.fingerprint());
         let disposition = link.disposition(&self.client, &server.conn);
         self.login.pool.release(server, disposition);
     }

@@ -23,6 +23,9 @@ struct Wanted {
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
     wanted: BTreeMap<String, Wanted>,
+    /// Hash of the (name, value) wishes: a server left in this client's state carries it, so
+    /// the next checkout by a client with the same wishes needs no sync at all.
+    fingerprint: u64,
 }
 
 /// Why a startup parameter was refused.
@@ -52,7 +55,31 @@ impl ClientParams {
         Ok(out)
     }
 
+    /// The fingerprint of the current wishes.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn refresh_fingerprint(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (k, w) in &self.wanted {
+            (k, &w.requested).hash(&mut h);
+        }
+        // Never 0, so a fresh server (fingerprint None) never matches by accident.
+        self.fingerprint = h.finish() | 1;
+    }
+
     fn want(&mut self, name: &str, value: &str) {
+        self.refresh_fingerprint_after(|this| this.insert_wish(name, value));
+    }
+
+    fn refresh_fingerprint_after(&mut self, change: impl FnOnce(&mut Self)) {
+        change(self);
+        self.refresh_fingerprint();
+    }
+
+    fn insert_wish(&mut self, name: &str, value: &str) {
         self.wanted.insert(
             name.to_ascii_lowercase(),
             Wanted {
@@ -87,6 +114,7 @@ impl ClientParams {
                         canonical: Some(value.to_string()),
                     },
                 );
+                self.refresh_fingerprint();
             }
         }
     }
