@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 pub struct RunningPooler {
     tcp_addr: SocketAddr,
     unix_socket: Option<PathBuf>,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     accept_tasks: Vec<JoinHandle<()>>,
 }
@@ -25,6 +26,11 @@ impl RunningPooler {
     /// The TCP address actually bound (useful with `listen_port = 0`).
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The metrics endpoint's bound address, when `[metrics]` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Path of the unix socket file, when one is configured.
@@ -91,6 +97,14 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         }
         _ => None,
     };
+    let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+            what: format!("metrics endpoint {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
     tracing::info!(%tcp_addr, unix = ?unix.as_ref().map(|u| &u.1), "sluice listening");
     crate::stats::spawn_sampler(&shared);
@@ -99,6 +113,14 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         tokio::spawn(accept_tcp(tcp, shared.clone())),
         tokio::spawn(drain_monitor(shared.clone())),
     ];
+    if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
+        tracing::info!(addr = ?metrics_addr, "metrics endpoint listening");
+        accept_tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            shared.clone(),
+            metrics,
+        )));
+    }
     let unix_socket = unix.map(|(listener, path)| {
         accept_tasks.push(tokio::spawn(accept_unix(listener, shared.clone())));
         path
@@ -106,6 +128,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     Ok(RunningPooler {
         tcp_addr,
         unix_socket,
+        metrics_addr,
         shared,
         accept_tasks,
     })

@@ -41,6 +41,8 @@ pub struct Shared {
     disabled: Mutex<std::collections::HashSet<String>>,
     /// SUSPEND is in force.
     suspended: std::sync::atomic::AtomicBool,
+    /// This pooler's Prometheus registry, when `[metrics]` is configured.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// How a shutdown waits before the process exits.
@@ -69,9 +71,14 @@ impl Shared {
     /// Builds the shared state for a config.
     pub fn new(config: Config) -> Arc<Shared> {
         let (lifecycle, _) = watch::channel(Lifecycle::Running);
+        let metrics = config
+            .metrics
+            .as_ref()
+            .and_then(|m| m.listen.as_ref())
+            .map(|_| crate::metrics::Metrics::new());
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
-            pools: PoolRegistry::default(),
+            pools: PoolRegistry::new(metrics.clone()),
             cancels: CancelRegistry::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
@@ -84,6 +91,7 @@ impl Shared {
             stats_history: crate::stats::StatsHistory::default(),
             leaks: crate::leaks::LeakTracker::default(),
             suspended: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         })
     }
 

@@ -4,6 +4,7 @@
 
 mod commands;
 mod config_view;
+pub mod figures;
 mod leaks;
 mod parse;
 mod result;

@@ -2,12 +2,11 @@
 //! state (pool queues, server and client registries, counters). Pure functions of a snapshot.
 
 use super::result::{ResultSet, n, oid, t};
-use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::client_info::{ClientPhase, PeerAddr};
 use crate::pool::Pool;
 use crate::server::ServerUse;
 use crate::shared::Shared;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const S: u32 = oid::TEXT;
@@ -115,10 +114,7 @@ fn help() -> String {
 
 fn version() -> ResultSet {
     let mut rs = ResultSet::new(&[("version", S)]);
-    rs.push(vec![t(format!(
-        "sluice {} (PgBouncer 1.25 compatible)",
-        env!("CARGO_PKG_VERSION")
-    ))]);
+    rs.push(vec![t(super::figures::version_text())]);
     rs
 }
 
@@ -154,11 +150,6 @@ fn split_us(d: Duration) -> (u64, u32) {
     (d.as_secs(), d.subsec_micros())
 }
 
-fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<Item = &'a Arc<ClientInfo>> {
-    let (db, user) = (pool.key.database.clone(), pool.key.user.clone());
-    clients.iter().filter(move |c| c.database == db && c.user == user)
-}
-
 fn pools(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("database", S),
@@ -179,29 +170,22 @@ fn pools(shared: &Shared) -> ResultSet {
         ("pool_mode", S),
         ("load_balance_hosts", S),
     ]);
-    let clients = shared.clients();
-    for pool in shared.pools.all() {
-        let counts = pool.counts();
-        let sv = pool.server_counts();
-        let waiting = clients_of(&clients, &pool)
-            .filter(|c| c.live().phase == ClientPhase::Waiting)
-            .count();
-        let active = clients_of(&clients, &pool).count() - waiting;
-        let (secs, us) = split_us(counts.max_wait);
+    for (pool, f) in super::figures::pool_figures(shared) {
+        let (secs, us) = split_us(f.max_wait);
         rs.push(vec![
             t(&pool.key.database),
             t(&pool.key.user),
-            n(active),
-            n(waiting),
+            n(f.cl_active),
+            n(f.cl_waiting),
             n(0),
             n(0),
-            n(sv.active),
+            n(f.sv_active),
             n(0),
             n(0),
-            n(sv.idle),
-            n(sv.used),
-            n(sv.tested),
-            n(sv.login),
+            n(f.sv_idle),
+            n(f.sv_used),
+            n(f.sv_tested),
+            n(f.sv_login),
             n(secs),
             n(us),
             t(mode_name(pool.settings().mode)),
@@ -211,12 +195,7 @@ fn pools(shared: &Shared) -> ResultSet {
     rs
 }
 
-fn mode_name(mode: crate::config::PoolMode) -> &'static str {
-    match mode {
-        crate::config::PoolMode::Session => "session",
-        crate::config::PoolMode::Transaction => "transaction",
-    }
-}
+use super::figures::mode_name;
 
 /// Columns of SHOW CLIENTS and SHOW SERVERS.
 const SOCKET_COLUMNS: &[(&str, u32)] = &[
@@ -405,34 +384,26 @@ fn databases(shared: &Shared) -> ResultSet {
         // sluice's addition after PgBouncer's columns: the pre-1.8 name older exporters read.
         ("reserve_pool", I),
     ]);
-    let config = shared.config.load();
-    let pools = shared.pools.all();
-    let clients = shared.clients();
-    let p = &config.pooler;
-    for (name, db) in &config.databases {
-        let mine: Vec<&Arc<Pool>> = pools.iter().filter(|x| &x.key.database == name).collect();
-        let current: usize = mine.iter().map(|x| x.open_servers()).sum();
-        let paused = !mine.is_empty() && mine.iter().all(|x| x.is_paused());
+    for d in super::figures::database_figures(shared) {
         rs.push(vec![
-            t(name),
-            t(&db.host),
-            n(db.port),
-            t(db.dbname.clone().unwrap_or_else(|| name.clone())),
-            db.user.clone(),
-            n(config.pool_size_for(db)),
-            n(db.min_pool_size.unwrap_or(p.min_pool_size)),
-            n(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
-            n(p.server_lifetime.as_secs()),
-            db.pool_mode.map(|m| mode_name(m).to_string()),
+            t(&d.name),
+            t(&d.host),
+            n(d.port),
+            t(&d.dbname),
+            d.force_user.clone(),
+            n(d.pool_size),
+            n(d.min_pool_size),
+            n(d.reserve_pool_size),
+            n(shared.config.load().pooler.server_lifetime.as_secs()),
+            d.pool_mode.map(str::to_string),
             None,
-            n(db.max_db_connections.unwrap_or(p.max_db_connections)),
-            n(current),
-            n(db.max_db_client_connections
-                .unwrap_or(p.max_db_client_connections)),
-            n(clients.iter().filter(|c| &c.database == name).count()),
-            n(i32::from(paused)),
-            n(i32::from(shared.is_disabled(name))),
-            n(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
+            n(d.max_connections),
+            n(d.current_connections),
+            n(d.max_client_connections),
+            n(d.current_client_connections),
+            n(i32::from(d.paused)),
+            n(i32::from(d.disabled)),
+            n(d.reserve_pool_size),
         ]);
     }
     rs
@@ -480,29 +451,7 @@ fn users(shared: &Shared) -> ResultSet {
 
 fn lists(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[("list", S), ("items", I)]);
-    let config = shared.config.load();
-    let pools = shared.pools.all();
-    let clients = shared.clients();
-    let used_clients = clients.len();
-    let servers: usize = pools.iter().map(|p| p.open_servers()).sum();
-    let mut users: BTreeMap<&str, ()> = config.users.keys().map(|k| (k.as_str(), ())).collect();
-    users.extend(config.auth_file_users.keys().map(|k| (k.as_str(), ())));
-    for (name, items) in [
-        ("databases", config.databases.len()),
-        ("users", users.len()),
-        ("peers", 0),
-        ("pools", pools.len()),
-        ("peer_pools", 0),
-        ("free_clients", 0),
-        ("used_clients", used_clients),
-        ("login_clients", 0),
-        ("free_servers", 0),
-        ("used_servers", servers),
-        ("dns_names", 0),
-        ("dns_zones", 0),
-        ("dns_queries", 0),
-        ("dns_pending", 0),
-    ] {
+    for (name, items) in super::figures::list_figures(shared) {
         rs.push(vec![t(name), n(items)]);
     }
     rs

@@ -1,7 +1,7 @@
 //! Where things are in config text: known key names per table, unknown-key detection, mapping
 //! byte offsets and dotted key paths to line and column.
 
-use super::{DatabaseConfig, PoolerConfig, UserConfig};
+use super::{DatabaseConfig, MetricsConfig, PoolerConfig, UserConfig};
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 use std::fmt;
@@ -87,6 +87,9 @@ pub(super) fn find_unknown_key(root: &dyn TableLike, top: &[&str]) -> Option<(Pr
     check_table(root, &[], top, &mut found);
     if let Some(pooler) = root.get("pooler").and_then(Item::as_table_like) {
         check_table(pooler, &["pooler"], field_names::<PoolerConfig>(), &mut found);
+    }
+    if let Some(metrics) = root.get("metrics").and_then(Item::as_table_like) {
+        check_table(metrics, &["metrics"], field_names::<MetricsConfig>(), &mut found);
     }
     let nested: [(&str, &[&str]); 2] = [
         ("users", field_names::<UserConfig>()),

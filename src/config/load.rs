@@ -65,6 +65,7 @@ struct RawConfig {
     pooler: PoolerConfig,
     users: BTreeMap<String, UserConfig>,
     databases: BTreeMap<String, DatabaseConfig>,
+    metrics: Option<super::MetricsConfig>,
 }
 
 /// Reads and loads a config file; relative auth_file paths resolve against its directory.
@@ -95,6 +96,7 @@ pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Res
         users: raw.users,
         databases: raw.databases,
         auth_file_users: BTreeMap::new(),
+        metrics: raw.metrics,
     };
     let first = super::validate::problems(&config)
         .into_iter()
@@ -162,7 +164,7 @@ fn plain_words(message: &str) -> String {
     if message == "wanted string or table" {
         return "invalid type: expected a string".to_string();
     }
-    const WORDS: [(&str, &str); 9] = [
+    const WORDS: [(&str, &str); 10] = [
         ("unknown variant", "unknown value"),
         ("expected u16", "expected an integer from 0 to 65535"),
         ("expected u32", "expected an integer from 0 to 4294967295"),
@@ -170,6 +172,7 @@ fn plain_words(message: &str) -> String {
         ("expected struct PoolerConfig", "expected a table"),
         ("expected struct UserConfig", "expected a table"),
         ("expected struct DatabaseConfig", "expected a table"),
+        ("expected struct MetricsConfig", "expected a table"),
         ("expected a map", "expected a table"),
         ("expected a sequence", "expected an array"),
     ];

@@ -32,6 +32,24 @@ pub struct Config {
     /// Entries of `pooler.auth_file` (PgBouncer userlist.txt format): user name -> secret
     /// (plaintext, `md5...` or `SCRAM-SHA-256$...`). Empty when no auth_file is set.
     pub auth_file_users: BTreeMap<String, String>,
+    /// The `[metrics]` table: the Prometheus endpoint (off when absent).
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address (`host:port`) of the HTTP endpoint serving `/metrics` and `/health`; the
+    /// endpoint is off when unset. Read at start only (RELOAD does not move it).
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The endpoint's address, when one is set and parses.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref()?.parse().ok()
+    }
 }
 
 /// How long a client keeps the server it was given.

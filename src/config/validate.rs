@@ -13,6 +13,14 @@ pub(super) const MIN_PACKET_SIZE: u32 = 1024;
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     check_pooler(&config.pooler, &mut out);
+    if let Some(listen) = config.metrics.as_ref().and_then(|m| m.listen.as_deref())
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        out.push(Problem::new(
+            &["metrics", "listen"],
+            format!("{listen:?} is not a socket address; expected host:port, e.g. \"127.0.0.1:9127\""),
+        ));
+    }
     for (name, db) in &config.databases {
         check_database(name, db, &mut out);
     }

@@ -5,6 +5,7 @@
 
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
 use crate::client_info::ClientInfo;
+use crate::metrics::Recycle;
 use crate::protocol::PgError;
 use crate::server::{self, ServerError, ServerUse, TxState};
 use std::sync::Arc;
@@ -65,6 +66,7 @@ impl Pool {
                 .await
                 .is_err()
         {
+            self.stats.metrics.wait_timeouts.increment(1);
             return Err(CheckoutError::Timeout(wait_limit));
         }
         let reserve = self.settings().reserve_pool_size > 0;
@@ -86,7 +88,10 @@ impl Pool {
                         }
                         Waited::Slot(permit) => break self.open(permit).await?,
                         Waited::Retry => {}
-                        Waited::TimedOut => return Err(CheckoutError::Timeout(wait_limit)),
+                        Waited::TimedOut => {
+                            self.stats.metrics.wait_timeouts.increment(1);
+                            return Err(CheckoutError::Timeout(wait_limit));
+                        }
                     }
                 }
             }
@@ -203,9 +208,11 @@ impl Pool {
                 server = server.conn.id,
                 "idle server closed or out of step; discarding"
             );
+            self.stats.metrics.recycled(Recycle::Dead, 1);
             return None;
         }
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
+            self.stats.metrics.recycled(Recycle::Lifetime, 1);
             return None;
         }
         let settings = self.settings.load_full();
@@ -213,6 +220,7 @@ impl Pool {
         if !check.is_empty() && server.conn.last_used.elapsed() >= settings.server_check_delay {
             if let Err(e) = server.conn.run_internal(check, settings.connect_timeout).await {
                 tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
+                self.stats.metrics.recycled(Recycle::CheckFailed, 1);
                 return None;
             }
             server.conn.last_used = Instant::now();
@@ -243,11 +251,13 @@ impl Pool {
                     _ => false,
                 };
                 self.login.failed(&error, transient);
+                self.stats.metrics.connect_failures.increment(1);
                 drop(permit);
                 return Err(CheckoutError::Login(error));
             }
         };
         self.login.succeeded();
+        self.stats.metrics.connects.increment(1);
         tracing::debug!(pool = ?self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
         self.remember_welcome(&conn);
         conn.info.set_generation(self.generation());

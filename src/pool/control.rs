@@ -58,7 +58,11 @@ impl Pool {
     /// Marks every current server for replacement: idle ones close now, lent ones when released.
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.close_idle();
+        let closed: Vec<PooledServer> = self.state.lock().idle.drain(..).collect();
+        self.stats
+            .metrics
+            .recycled(crate::metrics::Recycle::Reconnect, closed.len() as u64);
+        drop(closed);
     }
 
     /// The current server generation (servers older than it are closed on release).

@@ -3,6 +3,7 @@
 //! weak reference, so it ends when the pool is gone.
 
 use super::{Pool, PooledServer};
+use crate::metrics::Recycle;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ impl Pool {
             let mut open = st.slots_used;
             let mut keep = std::collections::VecDeque::with_capacity(st.idle.len());
             let mut stale = Vec::new();
+            let (mut lifetime, mut idle) = (0, 0);
             // Oldest-used first: those are the ones to let go.
             while let Some(server) = st.idle.pop_front() {
                 let expired = server.expires_at.is_some_and(|t| now >= t);
@@ -42,6 +44,11 @@ impl Pool {
                     && now.duration_since(server.conn.last_used) >= idle_timeout
                     && open > self.settings().min_pool_size;
                 if expired || idle_too_long {
+                    if expired {
+                        lifetime += 1;
+                    } else {
+                        idle += 1;
+                    }
                     open -= 1;
                     stale.push(server);
                 } else {
@@ -49,6 +56,8 @@ impl Pool {
                 }
             }
             st.idle = keep;
+            self.stats.metrics.recycled(Recycle::Lifetime, lifetime);
+            self.stats.metrics.recycled(Recycle::IdleTimeout, idle);
             stale
         };
         if !stale.is_empty() {

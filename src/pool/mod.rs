@@ -177,6 +177,7 @@ impl Pool {
         settings: PoolSettings,
         db_group: Arc<LimitGroup>,
         user_group: Arc<LimitGroup>,
+        metrics: crate::metrics::PoolMetrics,
     ) -> Arc<Pool> {
         let login = LoginHealth::new(settings.server_login_retry);
         let pool = Arc::new(Pool {
@@ -189,7 +190,7 @@ impl Pool {
             welcome: Mutex::new(None),
             login,
             groups: [db_group, user_group],
-            stats: PoolStats::default(),
+            stats: PoolStats::with_metrics(metrics),
         });
         for g in &pool.groups {
             g.join(&pool);

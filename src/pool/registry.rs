@@ -12,9 +12,18 @@ pub struct PoolRegistry {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     db_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
     user_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl PoolRegistry {
+    /// An empty registry whose pools record into `metrics` (none: no metrics endpoint).
+    pub fn new(metrics: Option<Arc<crate::metrics::Metrics>>) -> PoolRegistry {
+        PoolRegistry {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     /// The pool for `key`, created (with its maintenance task) from `settings()` if new.
     /// `db_limit`/`user_limit` are max_db_connections/max_user_connections (0: none).
     pub fn get_or_create(
@@ -30,7 +39,12 @@ impl PoolRegistry {
         }
         let db_group = group(&self.db_groups, &key.database, "database", db_limit);
         let user_group = group(&self.user_groups, &key.user, "user", user_limit);
-        let pool = Pool::new(key.clone(), settings(), db_group, user_group);
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|m| m.pool_metrics(&key))
+            .unwrap_or_default();
+        let pool = Pool::new(key.clone(), settings(), db_group, user_group, metrics);
         pool.start_maintenance();
         pools.insert(key, pool.clone());
         pool

@@ -4,6 +4,7 @@
 
 use super::{Grant, Pool, PooledServer};
 use crate::config::PoolMode;
+use crate::metrics::Recycle;
 use crate::server::ServerUse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,11 +84,15 @@ impl Pool {
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
             tracing::debug!(pool = ?self.key, server = server.conn.id, "server_lifetime reached; closing");
+            self.stats.metrics.recycled(Recycle::Lifetime, 1);
             drop(server);
             return;
         }
         if server.conn.info.generation() < self.generation() || self.is_paused() {
             // RECONNECT asked for fresh servers, or PAUSE is closing them as they come back.
+            if server.conn.info.generation() < self.generation() {
+                self.stats.metrics.recycled(Recycle::Reconnect, 1);
+            }
             drop(server);
             return;
         }

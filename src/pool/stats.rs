@@ -16,6 +16,8 @@ pub struct PoolStats {
     query_time_us: AtomicU64,
     wait_time_us: AtomicU64,
     server_assignment_count: AtomicU64,
+    /// The pool's Prometheus handles (histograms and event counters; no-ops without `[metrics]`).
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 /// A point-in-time copy of the counters.
@@ -44,10 +46,19 @@ fn us(d: Duration) -> u64 {
 }
 
 impl PoolStats {
+    /// Counters starting at zero that also record into `metrics`.
+    pub fn with_metrics(metrics: crate::metrics::PoolMetrics) -> PoolStats {
+        PoolStats {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     /// A request was answered after `took`.
     pub fn record_query(&self, took: Duration) {
         self.query_count.fetch_add(1, Ordering::Relaxed);
         self.query_time_us.fetch_add(us(took), Ordering::Relaxed);
+        self.metrics.query.record(took.as_secs_f64());
     }
 
     /// A transaction ended after `took`, having moved these bytes.
@@ -56,12 +67,14 @@ impl PoolStats {
         self.xact_time_us.fetch_add(us(took), Ordering::Relaxed);
         self.bytes_received.fetch_add(received, Ordering::Relaxed);
         self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+        self.metrics.transaction.record(took.as_secs_f64());
     }
 
     /// A client got a server after waiting `waited`.
     pub fn record_assignment(&self, waited: Duration) {
         self.server_assignment_count.fetch_add(1, Ordering::Relaxed);
         self.wait_time_us.fetch_add(us(waited), Ordering::Relaxed);
+        self.metrics.checkout_wait.record(waited.as_secs_f64());
     }
 
     /// The counters now.

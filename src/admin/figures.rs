@@ -1,0 +1,170 @@
+//! The figures behind SHOW POOLS, SHOW DATABASES and SHOW LISTS, computed once from the live
+//! state and shared by the console and the Prometheus endpoint, so both always agree.
+
+use crate::client_info::{ClientInfo, ClientPhase};
+use crate::pool::Pool;
+use crate::shared::Shared;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One row of SHOW POOLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// Clients of the pool not waiting (cl_active).
+    pub cl_active: usize,
+    /// Clients waiting for a server (cl_waiting).
+    pub cl_waiting: usize,
+    /// Servers lent to clients (sv_active).
+    pub sv_active: usize,
+    /// Idle servers used recently (sv_idle).
+    pub sv_idle: usize,
+    /// Idle servers due for a check (sv_used).
+    pub sv_used: usize,
+    /// Servers being checked or cleaned (sv_tested).
+    pub sv_tested: usize,
+    /// Servers logging in (sv_login).
+    pub sv_login: usize,
+    /// How long the oldest waiter has waited (maxwait, maxwait_us).
+    pub max_wait: Duration,
+}
+
+fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<Item = &'a Arc<ClientInfo>> {
+    let (db, user) = (pool.key.database.clone(), pool.key.user.clone());
+    clients.iter().filter(move |c| c.database == db && c.user == user)
+}
+
+/// SHOW POOLS' figures for every pool, in the console's order.
+pub fn pool_figures(shared: &Shared) -> Vec<(Arc<Pool>, PoolFigures)> {
+    let clients = shared.clients();
+    shared
+        .pools
+        .all()
+        .into_iter()
+        .map(|pool| {
+            let counts = pool.counts();
+            let sv = pool.server_counts();
+            let waiting = clients_of(&clients, &pool)
+                .filter(|c| c.live().phase == ClientPhase::Waiting)
+                .count();
+            let active = clients_of(&clients, &pool).count() - waiting;
+            let f = PoolFigures {
+                cl_active: active,
+                cl_waiting: waiting,
+                sv_active: sv.active,
+                sv_idle: sv.idle,
+                sv_used: sv.used,
+                sv_tested: sv.tested,
+                sv_login: sv.login,
+                max_wait: counts.max_wait,
+            };
+            (pool, f)
+        })
+        .collect()
+}
+
+/// One row of SHOW DATABASES.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseFigures {
+    /// Database name clients use.
+    pub name: String,
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// The forced server user, if any.
+    pub force_user: Option<String>,
+    /// pool_size.
+    pub pool_size: usize,
+    /// min_pool_size.
+    pub min_pool_size: usize,
+    /// reserve_pool_size.
+    pub reserve_pool_size: usize,
+    /// The database's own pool mode, if set.
+    pub pool_mode: Option<&'static str>,
+    /// max_db_connections (0: none).
+    pub max_connections: usize,
+    /// Servers open for the database.
+    pub current_connections: usize,
+    /// max_db_client_connections (0: none).
+    pub max_client_connections: usize,
+    /// Clients connected to the database.
+    pub current_client_connections: usize,
+    /// Every pool of the database is paused.
+    pub paused: bool,
+    /// DISABLE is in force.
+    pub disabled: bool,
+}
+
+/// SHOW VERSION's text (also `pgbouncer_version_info{version}`).
+pub fn version_text() -> String {
+    format!("sluice {} (PgBouncer 1.25 compatible)", env!("CARGO_PKG_VERSION"))
+}
+
+/// The name PgBouncer shows for a pool mode.
+pub fn mode_name(mode: crate::config::PoolMode) -> &'static str {
+    match mode {
+        crate::config::PoolMode::Session => "session",
+        crate::config::PoolMode::Transaction => "transaction",
+    }
+}
+
+/// SHOW DATABASES' figures for every configured database.
+pub fn database_figures(shared: &Shared) -> Vec<DatabaseFigures> {
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let clients = shared.clients();
+    let p = &config.pooler;
+    let mut out = Vec::new();
+    for (name, db) in &config.databases {
+        let mine: Vec<&Arc<Pool>> = pools.iter().filter(|x| &x.key.database == name).collect();
+        out.push(DatabaseFigures {
+            name: name.clone(),
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.dbname.clone().unwrap_or_else(|| name.clone()),
+            force_user: db.user.clone(),
+            pool_size: config.pool_size_for(db) as usize,
+            min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size) as usize,
+            reserve_pool_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size) as usize,
+            pool_mode: db.pool_mode.map(mode_name),
+            max_connections: db.max_db_connections.unwrap_or(p.max_db_connections) as usize,
+            current_connections: mine.iter().map(|x| x.open_servers()).sum(),
+            max_client_connections: db
+                .max_db_client_connections
+                .unwrap_or(p.max_db_client_connections) as usize,
+            current_client_connections: clients.iter().filter(|c| &c.database == name).count(),
+            paused: !mine.is_empty() && mine.iter().all(|x| x.is_paused()),
+            disabled: shared.is_disabled(name),
+        });
+    }
+    out
+}
+
+/// SHOW LISTS' rows: (list, items).
+pub fn list_figures(shared: &Shared) -> Vec<(&'static str, usize)> {
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let used_clients = shared.clients().len();
+    let servers: usize = pools.iter().map(|p| p.open_servers()).sum();
+    let mut users: BTreeSet<&str> = config.users.keys().map(|k| k.as_str()).collect();
+    users.extend(config.auth_file_users.keys().map(|k| k.as_str()));
+    vec![
+        ("databases", config.databases.len()),
+        ("users", users.len()),
+        ("peers", 0),
+        ("pools", pools.len()),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", used_clients),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ]
+}
