@@ -299,3 +299,21 @@ async fn each_episode_is_logged_once() {
         lines[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_that_closes_politely_mid_transaction_is_counted_too() {
+    let db = pg().create_database("t_leak_terminate").await;
+    let sluice = start_sluice(&config(&db, "transaction", "", None)).await;
+    let addr = sluice.tcp_addr();
+    {
+        let c = app_client(Ok(addr), &db, "polite").await;
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        // Dropping a tokio-postgres client sends Terminate, mid-transaction.
+    }
+    wait_until(
+        Duration::from_secs(3),
+        "the Terminate mid-transaction is an abandoned transaction",
+        || async { sluice.shared().leaks.abandoned_total() == 1 },
+    )
+    .await;
+}

@@ -100,7 +100,7 @@ fn top_holders(infos: &[std::sync::Arc<crate::server::ServerInfo>]) -> Vec<Strin
         }
     }
     let mut v: Vec<_> = groups.into_iter().collect();
-    v.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    v.sort_by_key(|g| std::cmp::Reverse(g.1.0));
     v.into_iter()
         .take(3)
         .map(|((app, origin), (n, pid))| match pid {

@@ -35,7 +35,8 @@ impl ClientIo {
             writer,
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
-            scan: FrameScanner::new(0, max_message),
+            // Only Terminate (5 bytes) is ever decoded whole on the client side.
+            scan: FrameScanner::new(64, max_message),
             bytes_in: 0,
             bytes_out: 0,
         }
