@@ -110,7 +110,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     crate::stats::spawn_sampler(&shared);
     crate::leaks::spawn_detector(&shared);
     let mut accept_tasks = vec![
-        tokio::spawn(accept_tcp(tcp, shared.clone())),
+        tokio::spawn(accept_loop(tcp, shared.clone())),
         tokio::spawn(drain_monitor(shared.clone())),
     ];
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
@@ -122,7 +122,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         )));
     }
     let unix_socket = unix.map(|(listener, path)| {
-        accept_tasks.push(tokio::spawn(accept_unix(listener, shared.clone())));
+        accept_tasks.push(tokio::spawn(accept_loop(listener, shared.clone())));
         path
     });
     Ok(RunningPooler {
@@ -134,41 +134,38 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     })
 }
 
-async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let mut life = shared.lifecycle_signal();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopped_accepting(&mut life) => return,
-        };
-        match accepted {
-            Ok((socket, addr)) => {
-                let _ = socket.set_nodelay(true);
-                tokio::spawn(session::handle_client(
-                    Stream::Tcp(socket),
-                    PeerAddr::Tcp(addr),
-                    shared.clone(),
-                ));
-            }
-            Err(e) => back_off(e).await,
-        }
+/// Something that accepts client connections (the TCP or the unix listener).
+trait Accept {
+    /// Waits for the next connection.
+    async fn next(&self) -> std::io::Result<(Stream, PeerAddr)>;
+}
+
+impl Accept for TcpListener {
+    async fn next(&self) -> std::io::Result<(Stream, PeerAddr)> {
+        let (socket, addr) = self.accept().await?;
+        let _ = socket.set_nodelay(true);
+        Ok((Stream::Tcp(socket), PeerAddr::Tcp(addr)))
     }
 }
 
-async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
+impl Accept for UnixListener {
+    async fn next(&self) -> std::io::Result<(Stream, PeerAddr)> {
+        let (socket, _) = self.accept().await?;
+        Ok((Stream::Unix(socket), PeerAddr::Unix))
+    }
+}
+
+/// One task per client until the pooler stops accepting; accept errors back off.
+async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
     let mut life = shared.lifecycle_signal();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listener.next() => a,
             _ = stopped_accepting(&mut life) => return,
         };
         match accepted {
-            Ok((socket, _)) => {
-                tokio::spawn(session::handle_client(
-                    Stream::Unix(socket),
-                    PeerAddr::Unix,
-                    shared.clone(),
-                ));
+            Ok((stream, peer)) => {
+                tokio::spawn(session::handle_client(stream, peer, shared.clone()));
             }
             Err(e) => back_off(e).await,
         }

@@ -29,21 +29,8 @@ async fn console(addr: SocketAddr, user: &str) -> tokio_postgres::Client {
     connect_with(cfg).await.expect("console login")
 }
 
-/// Runs a console command; rows as maps from column name to value.
-async fn show(c: &tokio_postgres::Client, cmd: &str) -> Vec<HashMap<String, Option<String>>> {
-    let msgs = c.simple_query(cmd).await.unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+async fn show(c: &tokio_postgres::Client, cmd: &str) -> Vec<common::ConsoleRow> {
+    common::console_query(c, cmd).await
 }
 
 fn num(row: &HashMap<String, Option<String>>, col: &str) -> i64 {

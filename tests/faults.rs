@@ -15,18 +15,6 @@ fn config(host_port: u16, db: &str, pool: u32) -> String {
     )
 }
 
-async fn backends(pg: &TempPostgres, db: &str) -> i64 {
-    pg.admin_client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
-            &[&db],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_backends_are_replaced_without_client_errors() {
     let db = pg().create_database("t_killed").await;
@@ -38,7 +26,7 @@ async fn killed_backends_are_replaced_without_client_errors() {
     // Three concurrent transactions: three servers open.
     let busy = clients.iter().map(|c| c.batch_execute("SELECT pg_sleep(0.2)"));
     futures_util::future::try_join_all(busy).await.unwrap();
-    assert_eq!(backends(pg(), &db).await, 3);
+    assert_eq!(pg().backends_in(&db).await, 3);
 
     let admin = pg().admin_client().await;
     admin
@@ -49,7 +37,7 @@ async fn killed_backends_are_replaced_without_client_errors() {
         .await
         .unwrap();
     wait_until(Duration::from_secs(5), "the killed backends are gone", || async {
-        backends(pg(), &db).await == 0
+        pg().backends_in(&db).await == 0
     })
     .await;
     // Every client's next transaction succeeds on the first try, on fresh servers.

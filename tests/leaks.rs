@@ -6,10 +6,8 @@ mod common;
 
 use common::raw::RawClient;
 use common::{connect, connect_with, pg, start_sluice, wait_until};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio_postgres::SimpleQueryMessage;
 
 fn config(db: &str, mode: &str, extra: &str, unix_dir: Option<&std::path::Path>) -> String {
     let unix = unix_dir
@@ -22,30 +20,10 @@ fn config(db: &str, mode: &str, extra: &str, unix_dir: Option<&std::path::Path>)
     )
 }
 
-type Row = HashMap<String, Option<String>>;
+type Row = common::ConsoleRow;
 
 async fn console_rows(addr: SocketAddr, cmd: &str) -> Vec<Row> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(addr.port())
-        .user("admin")
-        .dbname("pgbouncer");
-    let c = connect_with(cfg).await.unwrap();
-    c.simple_query(cmd)
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    common::console_rows(addr, "admin", cmd).await
 }
 
 fn get<'a>(row: &'a Row, col: &str) -> &'a str {

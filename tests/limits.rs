@@ -10,18 +10,6 @@ fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
 }
 
-async fn backends(db: &str) -> i64 {
-    let admin = pg().admin_client().await;
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
-            &[&db],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn max_client_conn_refuses_at_once_with_pgbouncers_message() {
     let text = format!(
@@ -107,7 +95,7 @@ async fn the_reserve_pool_serves_a_client_that_waited_reserve_pool_timeout() {
         waited < Duration::from_secs(5),
         "the reserve was not used: {waited:?}"
     );
-    assert_eq!(backends(&db).await, 2, "pool_size 1 + reserve 1");
+    assert_eq!(pg().backends_in(&db).await, 2, "pool_size 1 + reserve 1");
     // A third client finds the reserve taken and the pool full: it waits for the holder.
     let third = connect(addr, "sluice_trust", "", &db).await.unwrap();
     waiter.batch_execute("BEGIN").await.unwrap();
@@ -137,7 +125,7 @@ async fn min_pool_size_keeps_servers_warm() {
     let c = connect(sluice.tcp_addr(), "sluice_trust", "", &db).await.unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
     wait_until(Duration::from_secs(10), "3 servers open with no load", || async {
-        backends(&db).await == 3
+        pg().backends_in(&db).await == 3
     })
     .await;
 }
@@ -166,7 +154,7 @@ async fn max_db_connections_is_shared_by_the_pools_of_a_database() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!bq.is_finished(), "user b got a server past max_db_connections");
-    assert_eq!(backends(&db).await, 1);
+    assert_eq!(pg().backends_in(&db).await, 1);
     a.batch_execute("COMMIT").await.unwrap();
     // a's server is idle in its pool; b's pool makes room by closing it.
     let b = tokio::time::timeout(Duration::from_secs(5), bq)
@@ -174,7 +162,7 @@ async fn max_db_connections_is_shared_by_the_pools_of_a_database() {
         .unwrap()
         .unwrap();
     b.batch_execute("SELECT 1").await.unwrap();
-    assert!(backends(&db).await <= 1);
+    assert!(pg().backends_in(&db).await <= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,12 +186,12 @@ async fn max_user_connections_is_shared_by_the_pools_of_a_user() {
         !bq.is_finished(),
         "the user got a second server past max_user_connections"
     );
-    assert_eq!(backends(&db1).await + backends(&db2).await, 1);
+    assert_eq!(pg().backends_in(&db1).await + pg().backends_in(&db2).await, 1);
     a.batch_execute("COMMIT").await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), bq)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(backends(&db1).await + backends(&db2).await <= 1);
+    assert!(pg().backends_in(&db1).await + pg().backends_in(&db2).await <= 1);
 }

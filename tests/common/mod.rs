@@ -95,3 +95,35 @@ where
         tokio::time::sleep(left.min(Duration::from_millis(50))).await;
     }
 }
+
+/// One console row: column name -> value.
+pub type ConsoleRow = std::collections::HashMap<String, Option<String>>;
+
+/// Runs a command on an open console (or any) connection with the simple protocol; rows as
+/// column-name maps.
+pub async fn console_query(c: &tokio_postgres::Client, cmd: &str) -> Vec<ConsoleRow> {
+    let msgs = c.simple_query(cmd).await.unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Logs in to the console of the sluice at `addr` as `user` (trust auth) and runs `cmd`.
+pub async fn console_rows(addr: SocketAddr, user: &str, cmd: &str) -> Vec<ConsoleRow> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user(user)
+        .dbname("pgbouncer");
+    let c = connect_with(cfg).await.expect("console login");
+    console_query(&c, cmd).await
+}

@@ -248,6 +248,19 @@ impl TempPostgres {
             .expect("admin connection to PostgreSQL over its unix socket")
     }
 
+    /// Client backends connected to database `db` (how a test counts the servers of its pools).
+    pub async fn backends_in(&self, db: &str) -> i64 {
+        self.admin_client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+                &[&db],
+            )
+            .await
+            .expect("count backends")
+            .get(0)
+    }
+
     /// Client backends PostgreSQL has for `usename`, not counting the session that asks.
     pub async fn backend_count(&self, usename: &str) -> i64 {
         let client = self.admin_client().await;
