@@ -138,7 +138,7 @@ awk '/^test result:/ {
             if ($(i+1) ~ /^ignored/) g += $i
         }
     }
-    END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, g }' "$test_log"
+    END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, g }' "$test_log"
 # Names of failed tests, from libtest's "failures:" lists (indented names after the header).
 awk '/^failures:$/ { in_list = 1; next }
      in_list && /^    [^ ]/ { print "  failed: " $1; next }
