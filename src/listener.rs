@@ -158,9 +158,13 @@ impl Accept for UnixListener {
 /// One task per client until the pooler stops accepting; accept errors back off.
 async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
     let mut life = shared.lifecycle_signal();
+    let mut suspend = shared.suspend_signal();
     loop {
+        let suspended = *suspend.borrow_and_update();
+        // While SUSPEND is in force, new connections wait in the kernel's backlog.
         let accepted = tokio::select! {
-            a = listener.next() => a,
+            a = listener.next(), if !suspended => a,
+            _ = suspend.changed() => continue,
             _ = stopped_accepting(&mut life) => return,
         };
         match accepted {

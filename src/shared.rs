@@ -40,7 +40,9 @@ pub struct Shared {
     /// Databases closed to new clients by DISABLE.
     disabled: Mutex<std::collections::HashSet<String>>,
     /// SUSPEND is in force.
-    suspended: std::sync::atomic::AtomicBool,
+    suspended: watch::Sender<bool>,
+    /// Open admin console sessions (a SUSPEND ends when the last one leaves).
+    consoles: AtomicUsize,
     /// This pooler's Prometheus registry, when `[metrics]` is configured.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -90,7 +92,8 @@ impl Shared {
             disabled: Mutex::new(std::collections::HashSet::new()),
             stats_history: crate::stats::StatsHistory::default(),
             leaks: crate::leaks::LeakTracker::default(),
-            suspended: std::sync::atomic::AtomicBool::new(false),
+            suspended: watch::channel(false).0,
+            consoles: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -193,12 +196,24 @@ impl Shared {
 
     /// Records SUSPEND/RESUME (for SHOW STATE).
     pub fn set_suspended(&self, on: bool) {
-        self.suspended.store(on, Ordering::Relaxed);
+        self.suspended.send_replace(on);
     }
 
     /// True while SUSPEND is in force.
     pub fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::Relaxed)
+        *self.suspended.borrow()
+    }
+
+    /// Counts an open console session until the guard drops; when the last one leaves during
+    /// SUSPEND, the pooler resumes by itself (nobody could connect to say RESUME otherwise).
+    pub fn console_opened(self: &Arc<Self>) -> ConsoleGuard {
+        self.consoles.fetch_add(1, Ordering::AcqRel);
+        ConsoleGuard { shared: self.clone() }
+    }
+
+    /// A receiver of SUSPEND/RESUME changes (the listeners stop accepting while suspended).
+    pub fn suspend_signal(&self) -> watch::Receiver<bool> {
+        self.suspended.subscribe()
     }
 
     /// Where the pooler is now.
@@ -276,5 +291,22 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.shared.client_registry.lock().remove(&self.id);
+    }
+}
+
+/// One open console session.
+pub struct ConsoleGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConsoleGuard {
+    fn drop(&mut self) {
+        if self.shared.consoles.fetch_sub(1, Ordering::AcqRel) == 1 && self.shared.is_suspended() {
+            tracing::warn!("the last console session left during SUSPEND; resuming");
+            for pool in self.shared.pools.all() {
+                pool.resume();
+            }
+            self.shared.set_suspended(false);
+        }
     }
 }

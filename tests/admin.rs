@@ -510,3 +510,32 @@ async fn debians_prometheus_pgbouncer_exporter_reads_the_console() {
     );
     assert!(body.contains("pgbouncer_pools 1.0"), "lists: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_stops_accepting_until_resume_or_the_last_console_leaves() {
+    let sluice = start_sluice(&config("app", 2, "")).await;
+    let addr = sluice.tcp_addr();
+    let admin = console(addr, "admin").await;
+    admin.simple_query("SUSPEND").await.unwrap();
+    let pending = tokio::spawn(async move { connect(addr, "sluice_trust", "", "app").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a new client was accepted during SUSPEND");
+    admin.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("accepted after RESUME");
+
+    admin.simple_query("SUSPEND").await.unwrap();
+    drop(admin); // the only console session leaves: sluice resumes by itself
+    wait_until(Duration::from_secs(5), "accepting again", || async {
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            connect(addr, "sluice_trust", "", "app"),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    })
+    .await;
+}

@@ -67,6 +67,7 @@ pub fn welcome(out: &mut BytesMut) {
 
 /// Serves a logged-in console session until the client leaves.
 pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: String) {
+    let _console = shared.console_opened();
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut scan = FrameScanner::new(MAX_CONSOLE_QUERY, MAX_CONSOLE_QUERY);
