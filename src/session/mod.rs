@@ -59,19 +59,16 @@ enum Ending {
 
 /// Serves one client connection from its first byte to its close.
 pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
-    let login_limit = shared.config.load().pooler.client_login_timeout;
-    let login = tokio::time::timeout(
-        login_limit,
-        Box::pin(startup::log_in(&mut stream, &peer, &shared)),
-    )
-    .await;
-    let refusal = match login {
-        Ok(Ok(Login::Console { user, role })) => {
+    // Boxed: the login's timer and error paths are not carried for the client's whole life.
+    let Some(login) = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared)).await else {
+        return;
+    };
+    match login {
+        Login::Console { user, role } => {
             tracing::debug!(%peer, %user, ?role, "console login");
             Box::pin(crate::admin::serve(stream, shared, role, user)).await;
-            return;
         }
-        Ok(Ok(Login::Pooled(logged_in))) => {
+        Login::Pooled(logged_in) => {
             let logged_in = *logged_in;
             tracing::debug!(%peer, user = %logged_in.info.user, database = %logged_in.info.database, "client logged in");
             let max_message = shared.config.load().pooler.max_packet_size as usize;
@@ -87,9 +84,16 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
                 Ending::Shutdown => tracing::debug!(%peer, "session closed for shutdown"),
                 Ending::Error(e) => tracing::info!(%peer, error = %e, "session ended with an error"),
             }
-            return;
         }
-        Ok(Err(Refusal::Quiet)) => return,
+    }
+}
+
+/// Logs the client in within client_login_timeout; a refused login is told its FATAL here.
+async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Shared>) -> Option<Login> {
+    let login_limit = shared.config.load().pooler.client_login_timeout;
+    let refusal = match tokio::time::timeout(login_limit, startup::log_in(stream, peer, shared)).await {
+        Ok(Ok(login)) => return Some(login),
+        Ok(Err(Refusal::Quiet)) => return None,
         Ok(Err(Refusal::Fatal(e))) => e,
         Err(_) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_login_timeout (server down)")
             .with_detail(format!("login did not complete within {login_limit:?}")),
@@ -97,7 +101,8 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
     tracing::info!(%peer, error = %refusal, "login refused");
     let mut out = bytes::BytesMut::new();
     refusal.encode(&mut out);
-    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &out).await;
+    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
+    None
 }
 
 struct Session {
@@ -113,112 +118,131 @@ impl Session {
         let mode = self.login.pool.settings().mode;
         loop {
             let state = std::mem::replace(&mut self.state, SessionState::Idle);
-            self.state = match state {
-                SessionState::Idle => {
-                    if self.client.inbuf.is_empty() {
-                        self.client.shrink_when_empty();
-                        let idle_limit = self.shared.config.load().pooler.client_idle_timeout;
-                        let input = tokio::select! {
-                            r = self.client.wait_for_input() => r,
-                            _ = sleep_opt(idle_limit) => {
-                                let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
-                                    .with_detail(format!("the client sent nothing for {:.1}s", idle_limit.as_secs_f64()));
-                                send_fatal(&mut self.client, &e).await;
-                                return Ending::Error(e);
-                            }
-                            reason = self.login.info.killed() => {
-                                let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
-                                send_fatal(&mut self.client, &e).await;
-                                return Ending::Error(e);
-                            }
-                            _ = wait_shutdown(&mut shutdown) => {
-                                let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down");
-                                send_fatal(&mut self.client, &e).await;
-                                return Ending::Shutdown;
-                            }
-                        };
-                        match input {
-                            Ok(Input::Data) => {}
-                            Ok(Input::Closed) | Err(_) => return Ending::ClientLeft,
-                        }
-                    }
-                    if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
-                        return Ending::ClientLeft;
-                    }
-                    self.login.info.set_phase(ClientPhase::Waiting, None);
-                    SessionState::Waiting {
-                        since: Instant::now(),
-                    }
-                }
-                SessionState::Waiting { since } => match Box::pin(self.wait_for_server(since)).await {
-                    WaitOutcome::Server(server) => match Box::pin(self.prepare(server, since)).await {
-                        Ok(server) => SessionState::Active(Box::new(Active {
-                            server,
-                            link: Link::new(),
-                        })),
-                        Err(e) => {
-                            send_fatal(&mut self.client, &e).await;
-                            return Ending::Error(e);
-                        }
-                    },
-                    WaitOutcome::Failed => {
-                        self.login.info.set_phase(ClientPhase::Idle, None);
-                        SessionState::Idle
-                    }
-                    WaitOutcome::ClientGone => return Ending::ClientLeft,
-                    WaitOutcome::Fatal(e) => return Ending::Error(e),
-                },
-                SessionState::Active(active) => {
-                    let Active { mut server, mut link } = *active;
-                    let timeouts = self.timeouts(mode);
-                    let mut ctx = relay::RelayContext {
-                        params: &mut self.login.params,
-                        info: &self.login.info,
-                        stats: &self.login.pool.stats,
-                        timeouts,
-                        release_when_idle: mode == PoolMode::Transaction,
-                    };
-                    let end = Box::pin(relay::relay(
-                        &mut self.client,
-                        &mut link,
-                        &mut server.conn,
-                        &mut ctx,
+            // Only the Idle step runs in this frame: the others are boxed, so an idle client's
+            // task carries just what waiting for input needs.
+            let next = match state {
+                SessionState::Idle => self.step_idle(&mut shutdown).await,
+                SessionState::Waiting { since } => Box::pin(self.step_waiting(since)).await,
+                SessionState::Active(active) => Box::pin(self.step_active(*active, mode)).await,
+            };
+            match next {
+                Ok(state) => self.state = state,
+                Err(ending) => return ending,
+            }
+        }
+    }
+
+    /// Idle: wait for the client's next request (or a limit, a kill, a shutdown).
+    async fn step_idle(
+        &mut self,
+        shutdown: &mut tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
+    ) -> Result<SessionState, Ending> {
+        if self.client.inbuf.is_empty() {
+            self.client.shrink_when_empty();
+            let idle_limit = self.shared.config.load().pooler.client_idle_timeout;
+            let input = tokio::select! {
+                r = self.client.wait_for_input() => r,
+                _ = sleep_opt(idle_limit) => {
+                    return Err(Box::pin(self.end_with(
+                        PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout").with_detail(format!(
+                            "the client sent nothing for {:.1}s",
+                            idle_limit.as_secs_f64()
+                        )),
+                        false,
                     ))
-                    .await;
-                    match end {
-                        Ok(RelayEnd::TransactionDone) => {
-                            self.release(server, &link);
-                            if relay::flush_client(&mut self.client).await.is_err() {
-                                return Ending::ClientLeft;
-                            }
-                            SessionState::Idle
-                        }
-                        Ok(RelayEnd::Terminated | RelayEnd::ClientGone) => {
-                            self.release_leaving(server, &link);
-                            return Ending::ClientLeft;
-                        }
-                        Ok(RelayEnd::Killed(reason)) => {
-                            let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
-                            drop(server); // whatever it was doing is abandoned with the client
-                            self.login.cancel.slot.set(None);
-                            let _ = relay::flush_client(&mut self.client).await;
-                            send_fatal(&mut self.client, &e).await;
-                            return Ending::Error(e);
-                        }
-                        Ok(RelayEnd::TimedOut(expiry)) => {
-                            let e = expiry.error(&timeouts);
-                            self.release(server, &link);
-                            let _ = relay::flush_client(&mut self.client).await;
-                            send_fatal(&mut self.client, &e).await;
-                            return Ending::Error(e);
-                        }
-                        Err(e) => match Box::pin(self.relay_failed(server, &link, e, mode)).await {
-                            Some(ending) => return ending,
-                            None => SessionState::Idle,
-                        },
-                    }
+                    .await);
+                }
+                reason = self.login.info.killed() => {
+                    return Err(Box::pin(self.end_with(PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason), false)).await);
+                }
+                _ = wait_shutdown(shutdown) => {
+                    let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down");
+                    Box::pin(self.end_with(e, false)).await;
+                    return Err(Ending::Shutdown);
                 }
             };
+            match input {
+                Ok(Input::Data) => {}
+                Ok(Input::Closed) | Err(_) => return Err(Ending::ClientLeft),
+            }
+        }
+        if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
+            return Err(Ending::ClientLeft);
+        }
+        self.login.info.set_phase(ClientPhase::Waiting, None);
+        Ok(SessionState::Waiting {
+            since: Instant::now(),
+        })
+    }
+
+    /// Sends a FATAL (after what is buffered, when `flush_first`) and ends the session with it.
+    async fn end_with(&mut self, e: PgError, flush_first: bool) -> Ending {
+        if flush_first {
+            let _ = relay::flush_client(&mut self.client).await;
+        }
+        send_fatal(&mut self.client, &e).await;
+        Ending::Error(e)
+    }
+
+    /// Waiting: get a server and bring it to the client's settings.
+    async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
+        match Box::pin(self.wait_for_server(since)).await {
+            WaitOutcome::Server(server) => match Box::pin(self.prepare(server, since)).await {
+                Ok(server) => Ok(SessionState::Active(Box::new(Active {
+                    server,
+                    link: Link::new(),
+                }))),
+                Err(e) => Err(self.end_with(e, false).await),
+            },
+            WaitOutcome::Failed => {
+                self.login.info.set_phase(ClientPhase::Idle, None);
+                Ok(SessionState::Idle)
+            }
+            WaitOutcome::ClientGone => Err(Ending::ClientLeft),
+            WaitOutcome::Fatal(e) => Err(Ending::Error(e)),
+        }
+    }
+
+    /// Active: relay until the transaction ends (transaction mode), the client leaves, or
+    /// something fails; then give the server back through the release path.
+    async fn step_active(&mut self, active: Active, mode: PoolMode) -> Result<SessionState, Ending> {
+        let Active { mut server, mut link } = active;
+        let timeouts = self.timeouts(mode);
+        let mut ctx = relay::RelayContext {
+            params: &mut self.login.params,
+            info: &self.login.info,
+            stats: &self.login.pool.stats,
+            timeouts,
+            release_when_idle: mode == PoolMode::Transaction,
+        };
+        let end = relay::relay(&mut self.client, &mut link, &mut server.conn, &mut ctx).await;
+        match end {
+            Ok(RelayEnd::TransactionDone) => {
+                self.release(server, &link);
+                if relay::flush_client(&mut self.client).await.is_err() {
+                    return Err(Ending::ClientLeft);
+                }
+                Ok(SessionState::Idle)
+            }
+            Ok(RelayEnd::Terminated | RelayEnd::ClientGone) => {
+                self.release_leaving(server, &link);
+                Err(Ending::ClientLeft)
+            }
+            Ok(RelayEnd::Killed(reason)) => {
+                drop(server); // whatever it was doing is abandoned with the client
+                self.login.cancel.slot.set(None);
+                Err(self
+                    .end_with(PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason), true)
+                    .await)
+            }
+            Ok(RelayEnd::TimedOut(expiry)) => {
+                self.release(server, &link);
+                Err(self.end_with(expiry.error(&timeouts), true).await)
+            }
+            Err(e) => match self.relay_failed(server, &link, e, mode).await {
+                Some(ending) => Err(ending),
+                None => Ok(SessionState::Idle),
+            },
         }
     }
 
