@@ -26,20 +26,9 @@ raise_nofile() {
     ulimit -n "$hard" 2>/dev/null || true
 }
 
-pg_bindir() {
-    local dir
-    if dir=$(pg_config --bindir 2>/dev/null) && [ -x "$dir/initdb" ] && [ -x "$dir/pgbench" ]; then
-        echo "$dir"
-        return 0
-    fi
-    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
-        if [ -x "$dir/initdb" ] && [ -x "$dir/pgbench" ]; then
-            echo "$dir"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/pg-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/pg-common.sh"
+
 
 pgbouncer_bin() {
     command -v pgbouncer 2>/dev/null || { [ -x /usr/sbin/pgbouncer ] && echo /usr/sbin/pgbouncer; }
@@ -48,7 +37,7 @@ pgbouncer_bin() {
 # Install PostgreSQL (server, pgbench from contrib), PgBouncer and python3 when missing and root.
 ensure_packages() {
     local missing=()
-    pg_bindir >/dev/null || missing+=(postgresql postgresql-contrib postgresql-client)
+    pg_bindir pgbench >/dev/null || missing+=(postgresql postgresql-contrib postgresql-client)
     pgbouncer_bin >/dev/null || missing+=(pgbouncer)
     command -v python3 >/dev/null || missing+=(python3)
     [ "${#missing[@]}" -eq 0 ] && return 0
@@ -60,7 +49,7 @@ ensure_packages() {
     # The packages start their own services; these scripts run their own instances.
     service pgbouncer stop >/dev/null 2>&1 || true
     service postgresql stop >/dev/null 2>&1 || true
-    pg_bindir >/dev/null || die "PostgreSQL binaries still not found after install"
+    pg_bindir pgbench >/dev/null || die "PostgreSQL binaries still not found after install"
     pgbouncer_bin >/dev/null || die "pgbouncer still not found after install"
 }
 
@@ -136,7 +125,7 @@ forget_pid() {
 # $1: pgbench scale (0 = no pgbench tables).
 start_postgres() {
     local scale=$1
-    PG_BINDIR=$(pg_bindir)
+    PG_BINDIR=$(pg_bindir pgbench)
     PG_PORT=$(pick_port 15432)
     log "starting PostgreSQL $("$PG_BINDIR/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
     as_pg "$PG_BINDIR/initdb" -D "$TMP/data" -U postgres -E UTF8 --locale=C --auth-local=trust \

@@ -11,20 +11,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
-pg_bindir() {
-    local dir
-    if dir=$(pg_config --bindir 2>/dev/null) && [ -x "$dir/initdb" ]; then
-        echo "$dir"
-        return 0
-    fi
-    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
-        if [ -x "$dir/initdb" ]; then
-            echo "$dir"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/pg-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg-common.sh"
+
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -9,21 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Directory with initdb: pg_config --bindir, else the newest /usr/lib/postgresql/<version>/bin.
-pg_bindir() {
-    local dir
-    if dir=$(pg_config --bindir 2>/dev/null) && [ -x "$dir/initdb" ]; then
-        echo "$dir"
-        return 0
-    fi
-    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
-        if [ -x "$dir/initdb" ]; then
-            echo "$dir"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/pg-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg-common.sh"
+
 
 have_postgres_tools() {
     local bindir

@@ -42,7 +42,6 @@ pub fn pool_figures(shared: &Shared) -> Vec<(Arc<Pool>, PoolFigures)> {
         .all()
         .into_iter()
         .map(|pool| {
-            let counts = pool.counts();
             let sv = pool.server_counts();
             let waiting = clients_of(&clients, &pool)
                 .filter(|c| c.live().phase == ClientPhase::Waiting)
@@ -56,7 +55,7 @@ pub fn pool_figures(shared: &Shared) -> Vec<(Arc<Pool>, PoolFigures)> {
                 sv_used: sv.used,
                 sv_tested: sv.tested,
                 sv_login: sv.login,
-                max_wait: counts.max_wait,
+                max_wait: pool.max_wait(),
             };
             (pool, f)
         })

@@ -3,7 +3,6 @@
 
 use super::result::{ResultSet, n, oid, t};
 use crate::client_info::{ClientPhase, PeerAddr};
-use crate::pool::Pool;
 use crate::server::ServerUse;
 use crate::shared::Shared;
 use std::collections::BTreeMap;
@@ -307,7 +306,7 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
                 t(timestamp(request)),
                 n(0),
                 n(0),
-                n(i32::from(info.generation() < pool_generation(&pool))),
+                n(i32::from(info.generation() < pool.generation())),
                 t(server_ptr(info.id)),
                 t(link),
                 n(info.backend_pid()),
@@ -328,10 +327,6 @@ fn client_ptr(id: u64) -> String {
 
 fn server_ptr(id: u64) -> String {
     format!("0x5{id:011x}")
-}
-
-fn pool_generation(pool: &Pool) -> u64 {
-    pool.current_generation()
 }
 
 fn servers(shared: &Shared) -> ResultSet {

@@ -166,8 +166,9 @@ async fn cleartext_exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // AuthenticationCleartextPassword.
-    stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    let mut out = BytesMut::new();
+    messages::auth_cleartext(&mut out);
+    stream.write_all(&out).await?;
     let body = read_password_message(stream).await?;
     let password = cstr(&body)?;
     let ok = match secret {

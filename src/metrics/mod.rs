@@ -101,7 +101,7 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
-            .expect("the bucket list is not empty")
+            .expect("the bucket list is not empty") // ok: BUCKETS is a non-empty constant
             .build_recorder();
         let handle = recorder.handle();
         let m = Metrics {

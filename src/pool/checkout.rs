@@ -215,10 +215,14 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             return None;
         }
-        let settings = self.settings.load_full();
-        let check = settings.server_check_query.trim();
-        if !check.is_empty() && server.conn.last_used.elapsed() >= settings.server_check_delay {
-            if let Err(e) = server.conn.run_internal(check, settings.connect_timeout).await {
+        let check = {
+            let s = self.settings();
+            let due = server.conn.last_used.elapsed() >= s.server_check_delay;
+            let query = s.server_check_query.trim();
+            (due && !query.is_empty()).then(|| (query.to_string(), s.connect_timeout))
+        };
+        if let Some((query, limit)) = check {
+            if let Err(e) = server.conn.run_internal(&query, limit).await {
                 tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
                 self.stats.metrics.recycled(Recycle::CheckFailed, 1);
                 return None;

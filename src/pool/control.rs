@@ -65,13 +65,9 @@ impl Pool {
         drop(closed);
     }
 
-    /// The current server generation (servers older than it are closed on release).
-    pub(super) fn generation(&self) -> u64 {
-        self.current_generation()
-    }
-
-    /// The current server generation (SHOW SERVERS marks older servers close_needed).
-    pub fn current_generation(&self) -> u64 {
+    /// The current server generation: older servers are closed on release (RECONNECT), and SHOW
+    /// SERVERS marks them close_needed.
+    pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 

@@ -157,19 +157,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A snapshot of a pool's counts, derived from its queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolCounts {
-    /// Servers idle in the pool.
-    pub idle: usize,
-    /// Slots in use (idle + lent out + being opened or cleaned).
-    pub slots_used: usize,
-    /// Clients waiting for a server.
-    pub waiting: usize,
-    /// How long the oldest waiter has waited.
-    pub max_wait: Duration,
-}
-
 impl Pool {
     /// Creates an empty pool counting against `db_group` and `user_group`.
     pub fn new(
@@ -208,15 +195,13 @@ impl Pool {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Counts for monitoring.
-    pub fn counts(&self) -> PoolCounts {
-        let st = self.state.lock();
-        PoolCounts {
-            idle: st.idle.len(),
-            slots_used: st.slots_used,
-            waiting: st.waiters.len(),
-            max_wait: st.waiters.front().map_or(Duration::ZERO, |w| w.since.elapsed()),
-        }
+    /// How long the oldest waiting client has waited (SHOW POOLS maxwait).
+    pub fn max_wait(&self) -> Duration {
+        self.state
+            .lock()
+            .waiters
+            .front()
+            .map_or(Duration::ZERO, |w| w.since.elapsed())
     }
 
     /// The observable state of every open server.

@@ -26,6 +26,11 @@ pub fn auth_ok(out: &mut BytesMut) {
     auth_code(out, 0, &[]);
 }
 
+/// AuthenticationCleartextPassword.
+pub fn auth_cleartext(out: &mut BytesMut) {
+    auth_code(out, 3, &[]);
+}
+
 /// AuthenticationMD5Password with its salt.
 pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
     auth_code(out, 5, &salt);

@@ -165,13 +165,6 @@ impl ServerConn {
             }
         }
     }
-
-    /// Sends Terminate and closes: the polite way to drop a server we no longer want.
-    pub async fn terminate(mut self) {
-        let mut out = BytesMut::new();
-        frontend::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&out)).await;
-    }
 }
 
 /// Turns a decoded ErrorResponse into a PgError, keeping severity, SQLSTATE, message, detail, hint.

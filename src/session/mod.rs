@@ -186,8 +186,8 @@ impl Session {
 
     /// Waiting: get a server and bring it to the client's settings.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
-        match Box::pin(self.wait_for_server(since)).await {
-            WaitOutcome::Server(server) => match Box::pin(self.prepare(server, since)).await {
+        match self.wait_for_server(since).await {
+            WaitOutcome::Server(server) => match self.prepare(server, since).await {
                 Ok(server) => Ok(SessionState::Active(Box::new(Active {
                     server,
                     link: Link::new(),

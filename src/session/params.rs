@@ -119,15 +119,6 @@ impl ClientParams {
     }
 
     fn want(&mut self, name: &str, value: &str) {
-        self.refresh_fingerprint_after(|this| this.insert_wish(name, value));
-    }
-
-    fn refresh_fingerprint_after(&mut self, change: impl FnOnce(&mut Self)) {
-        change(self);
-        self.refresh_fingerprint();
-    }
-
-    fn insert_wish(&mut self, name: &str, value: &str) {
         self.wanted.insert(
             name.to_ascii_lowercase(),
             Wanted {
@@ -136,6 +127,7 @@ impl ClientParams {
                 canonical: None,
             },
         );
+        self.refresh_fingerprint();
     }
 
     /// The value to report to the client for a parameter at login, if it asked for one.

@@ -307,6 +307,10 @@ pub(super) async fn relay(
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
+    // Built once per relay, not per loop turn: each turn only polls it.
+    let info = ctx.info;
+    let killed = info.killed();
+    tokio::pin!(killed);
     loop {
         let terminated = pump_client(client, link, ctx.info)?;
         if link.request_since.is_none() && !link.pending.is_empty() {
@@ -329,7 +333,7 @@ pub(super) async fn relay(
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
-            reason = ctx.info.killed() => return Ok(RelayEnd::Killed(reason)),
+            reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
                 if expiry == Expiry::Query && !link.cancel_sent {
@@ -349,10 +353,12 @@ pub(super) async fn relay(
                 let n = r.map_err(RelayError::Client)?;
                 client.bytes_out += n as u64;
                 client.outbuf.advance(n);
+                release_if_empty(&mut client.outbuf);
             }
             r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
                 let n = r.map_err(RelayError::Server)?;
                 link.to_server.advance(n);
+                release_if_empty(&mut link.to_server);
             }
             r = read_some(&mut server.reader, &mut server.read_buf), if read_server => {
                 if r.map_err(RelayError::Server)? == 0 {
@@ -367,6 +373,14 @@ pub(super) async fn relay(
                 client.bytes_in += n as u64;
             }
         }
+    }
+}
+
+/// Drops a fully written buffer. Its bytes were split off a read buffer; while this empty
+/// handle lives, that read buffer cannot reclaim its space and each `reserve` allocates anew.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
     }
 }
 
@@ -492,7 +506,7 @@ pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
     if !client.outbuf.is_empty() {
         client.writer.write_all(&client.outbuf).await?;
         client.bytes_out += client.outbuf.len() as u64;
-        client.outbuf.clear();
+        client.outbuf = BytesMut::new();
     }
     Ok(())
 }

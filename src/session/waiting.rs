@@ -28,9 +28,17 @@ impl Session {
     /// Queues for a server; see the module doc.
     pub(super) async fn wait_for_server(&mut self, since: Instant) -> WaitOutcome {
         let pool = self.login.pool.clone();
-        let config = self.shared.config.load_full();
-        let limit = config.pooler.query_wait_timeout;
-        let notify_after = config.pooler.query_wait_notify;
+        // Copy the settings out: cloning the shared config Arc would touch a counter every
+        // client of the process shares, once per transaction.
+        let (limit, notify_after, disconnect_on_timeout) = {
+            let config = self.shared.config.load();
+            let p = &config.pooler;
+            (
+                p.query_wait_timeout,
+                p.query_wait_notify,
+                p.query_wait_timeout_disconnect,
+            )
+        };
         let checkout = pool.checkout(&self.login.info, limit.saturating_sub(since.elapsed()));
         tokio::pin!(checkout);
         let notify_at = tokio::time::Instant::from_std(since + notify_after);
@@ -67,7 +75,7 @@ impl Session {
             Err(e) => {
                 let error = checkout_error(&e, &pool);
                 let disconnect = match e {
-                    CheckoutError::Timeout(_) => config.pooler.query_wait_timeout_disconnect,
+                    CheckoutError::Timeout(_) => disconnect_on_timeout,
                     CheckoutError::Login(_) => false,
                 };
                 if disconnect {
