@@ -83,6 +83,7 @@ pub struct ClientInfo {
     process: std::sync::OnceLock<Option<(i32, String)>>,
     kill_reason: Mutex<Option<String>>,
     kill: tokio::sync::Notify,
+    prepared: std::sync::atomic::AtomicU32,
 }
 
 impl ClientInfo {
@@ -118,7 +119,18 @@ impl ClientInfo {
             process: std::sync::OnceLock::new(),
             kill_reason: Mutex::new(None),
             kill: tokio::sync::Notify::new(),
+            prepared: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// How many named prepared statements the client holds (SHOW CLIENTS).
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_prepared(&self, count: usize) {
+        self.prepared
+            .store(u32::try_from(count).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Asks the client's session to end with a FATAL carrying `reason` (KILL, KILL_CLIENT).

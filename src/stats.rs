@@ -28,6 +28,12 @@ pub struct Averages {
     pub query_time: u64,
     /// Microseconds of waiting per server assignment.
     pub wait_time: u64,
+    /// Client Parses of named statements per second.
+    pub client_parse_count: u64,
+    /// Server Parses per second.
+    pub server_parse_count: u64,
+    /// Binds of named statements per second.
+    pub bind_count: u64,
 }
 
 /// The last period's averages per database.
@@ -81,6 +87,9 @@ impl StatsHistory {
                         xact_time: per(d(cur.xact_time_us, prev.xact_time_us), xacts),
                         query_time: per(d(cur.query_time_us, prev.query_time_us), queries),
                         wait_time: per(d(cur.wait_time_us, prev.wait_time_us), assignments),
+                        client_parse_count: per_sec(d(cur.client_parse_count, prev.client_parse_count)),
+                        server_parse_count: per_sec(d(cur.server_parse_count, prev.server_parse_count)),
+                        bind_count: per_sec(d(cur.bind_count, prev.bind_count)),
                     },
                 );
             }

@@ -40,6 +40,7 @@ const CHANGEABLE: &[&str] = &[
     "auth_type",
     "auth_query",
     "auth_cache_ttl",
+    "max_prepared_statements",
 ];
 
 fn as_table(p: &PoolerConfig) -> toml::Table {

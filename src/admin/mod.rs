@@ -85,7 +85,9 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
         };
         let (tag, len) = match item {
             ScanItem::Whole { tag, len } => (tag, len),
-            ScanItem::Pass { .. } => unreachable!("console messages are always decoded whole"),
+            ScanItem::Pass { .. } | ScanItem::Head { .. } => {
+                unreachable!("console messages are always decoded whole")
+            }
             ScanItem::NeedMore => {
                 inbuf.reserve(4096);
                 match stream.read_buf(&mut inbuf).await {

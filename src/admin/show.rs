@@ -265,7 +265,7 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
             n(c.peer_pid.unwrap_or(0)),
             t(""),
             t(c.application_name()),
-            n(0),
+            n(c.prepared()),
             n(c.id),
         ]);
     }
@@ -312,7 +312,7 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
                 n(info.backend_pid()),
                 t(""),
                 t(""),
-                n(0),
+                n(info.prepared()),
                 n(info.id),
             ]);
         }

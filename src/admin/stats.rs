@@ -34,9 +34,9 @@ fn total_values(s: &StatsSnapshot) -> [u64; 11] {
         s.xact_time_us,
         s.query_time_us,
         s.wait_time_us,
-        0,
-        0,
-        0,
+        s.client_parse_count,
+        s.server_parse_count,
+        s.bind_count,
     ]
 }
 
@@ -50,9 +50,9 @@ fn average_values(a: &Averages) -> [u64; 11] {
         a.xact_time,
         a.query_time,
         a.wait_time,
-        0,
-        0,
-        0,
+        a.client_parse_count,
+        a.server_parse_count,
+        a.bind_count,
     ]
 }
 

@@ -186,6 +186,9 @@ pub struct PoolerConfig {
     pub max_packet_size: u32,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
+    /// Named prepared statements each server keeps for clients in transaction mode (LRU);
+    /// 0 turns the tracking off and statements pass through untouched.
+    pub max_prepared_statements: u32,
     /// Servers each pool keeps open even when idle (0: none).
     pub min_pool_size: u32,
     /// Extra servers a pool may open for clients that waited `reserve_pool_timeout` (0: none).
@@ -290,6 +293,7 @@ impl Default for PoolerConfig {
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,
             workers: 0,
+            max_prepared_statements: 200,
             min_pool_size: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),

@@ -323,10 +323,14 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
             t.bytes_sent,
             t.wait_time_us,
         ];
-        let values =
-            values
-                .into_iter()
-                .chain([t.xact_count, t.xact_time_us, 0, 0, 0, t.server_assignment_count]);
+        let values = values.into_iter().chain([
+            t.xact_count,
+            t.xact_time_us,
+            t.client_parse_count,
+            t.server_parse_count,
+            t.bind_count,
+            t.server_assignment_count,
+        ]);
         for ((name, _), v) in STATS_COUNTERS.iter().zip(values) {
             // Times are kept in microseconds and published in seconds, as the exporter does;
             // the recorder's counters hold integers only, so these are rendered here.

@@ -71,6 +71,9 @@ pub struct PoolSettings {
     pub server_check_delay: Duration,
     /// Cap on the back-off between failing login attempts.
     pub server_login_retry: Duration,
+    /// Statements each server keeps prepared for clients (transaction mode; 0: named prepared
+    /// statements pass through untouched).
+    pub max_prepared_statements: usize,
 }
 
 /// A server connection together with the pool slot it occupies. Dropping it closes the
@@ -147,6 +150,9 @@ pub struct Pool {
     groups: [Arc<LimitGroup>; 2],
     /// Transaction, query, byte and time counters.
     pub stats: PoolStats,
+    /// Moves when a schema change may have made the plans of prepared statements unusable:
+    /// servers then prepare their statements again before using them.
+    pub plan_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -178,6 +184,7 @@ impl Pool {
             login,
             groups: [db_group, user_group],
             stats: PoolStats::with_metrics(metrics),
+            plan_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         for g in &pool.groups {
             g.join(&pool);

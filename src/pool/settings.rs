@@ -47,6 +47,11 @@ pub fn settings_for(
             tls,
         },
         connect_timeout: config.pooler.server_connect_timeout,
+        max_prepared_statements: if mode == crate::config::PoolMode::Transaction {
+            p.max_prepared_statements as usize
+        } else {
+            0
+        },
         reset_query: config.pooler.server_reset_query.clone(),
     }
 }

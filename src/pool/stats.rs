@@ -16,6 +16,9 @@ pub struct PoolStats {
     query_time_us: AtomicU64,
     wait_time_us: AtomicU64,
     server_assignment_count: AtomicU64,
+    client_parse_count: AtomicU64,
+    server_parse_count: AtomicU64,
+    bind_count: AtomicU64,
     /// The pool's Prometheus handles (histograms and event counters; no-ops without `[metrics]`).
     pub metrics: crate::metrics::PoolMetrics,
 }
@@ -39,6 +42,12 @@ pub struct StatsSnapshot {
     pub wait_time_us: u64,
     /// Times a server was lent to a client.
     pub server_assignment_count: u64,
+    /// Named statements prepared by clients.
+    pub client_parse_count: u64,
+    /// Statements prepared on servers by sluice.
+    pub server_parse_count: u64,
+    /// Binds of named statements.
+    pub bind_count: u64,
 }
 
 fn us(d: Duration) -> u64 {
@@ -77,6 +86,21 @@ impl PoolStats {
         self.metrics.checkout_wait.record(waited.as_secs_f64());
     }
 
+    /// A client prepared a named statement.
+    pub fn record_client_parse(&self) {
+        self.client_parse_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// sluice prepared a statement on a server.
+    pub fn record_server_parse(&self) {
+        self.server_parse_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client bound a named statement.
+    pub fn record_bind(&self) {
+        self.bind_count.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -89,6 +113,9 @@ impl PoolStats {
             query_time_us: l(&self.query_time_us),
             wait_time_us: l(&self.wait_time_us),
             server_assignment_count: l(&self.server_assignment_count),
+            client_parse_count: l(&self.client_parse_count),
+            server_parse_count: l(&self.server_parse_count),
+            bind_count: l(&self.bind_count),
         }
     }
 }
@@ -104,5 +131,8 @@ impl StatsSnapshot {
         self.query_time_us += o.query_time_us;
         self.wait_time_us += o.wait_time_us;
         self.server_assignment_count += o.server_assignment_count;
+        self.client_parse_count += o.client_parse_count;
+        self.server_parse_count += o.server_parse_count;
+        self.bind_count += o.bind_count;
     }
 }

@@ -27,6 +27,12 @@ pub mod sqlstate {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     /// Internal error.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// A prepared statement of that name already exists.
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    /// A limit of the implementation was reached.
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// The transaction failed earlier; commands are ignored until its end.
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }
 
 /// Severity of an ErrorResponse/NoticeResponse.

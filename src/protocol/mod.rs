@@ -8,7 +8,7 @@ mod scan;
 mod startup;
 
 pub use error_response::{PgError, Severity, sqlstate};
-pub use scan::{FrameError, FrameScanner, ScanItem};
+pub use scan::{FrameError, FrameScanner, ScanItem, Want};
 pub use startup::{StartupError, StartupPacket, StartupParams, read_startup_packet};
 
 /// Largest startup packet accepted (PostgreSQL's own limit is 10000 bytes).

@@ -42,8 +42,29 @@ pub enum ScanItem {
         /// Total length including tag and length field.
         len: usize,
     },
+    /// The first `head` bytes of a message of `len` bytes that was asked for by its head: the
+    /// caller consumes some of them and hands the rest back with [`FrameScanner::pass_rest`].
+    Head {
+        /// Message type byte.
+        tag: u8,
+        /// Total length including tag and length field.
+        len: usize,
+        /// Bytes of it available at the front of the buffer.
+        head: usize,
+    },
     /// Nothing can be decided until more bytes arrive.
     NeedMore,
+}
+
+/// How the caller wants a message of a given type and total length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Forward it in pieces as it arrives.
+    Pass,
+    /// Hand it out whole (it must fit `max_whole`).
+    Whole,
+    /// Hand out its first `n` bytes (all of it, as `Whole`, when it is no longer).
+    Head(usize),
 }
 
 /// Walks a stream of tagged messages; remembers how much of a passed-through message is still due.
@@ -71,6 +92,22 @@ impl FrameScanner {
 
     /// Looks at the front of `buf`; `whole` says which message types must be seen complete.
     pub fn next(&mut self, buf: &[u8], whole: impl Fn(u8) -> bool) -> Result<ScanItem, FrameError> {
+        self.next_with(buf, |tag, _| if whole(tag) { Want::Whole } else { Want::Pass })
+    }
+
+    /// The rest of a message handed out as a [`ScanItem::Head`] passes in pieces from here:
+    /// `remaining` is its length minus what the caller consumed.
+    pub fn pass_rest(&mut self, remaining: usize) {
+        self.remaining = remaining;
+    }
+
+    /// Looks at the front of `buf`; `want` decides from a message's type and total length how it
+    /// is handed out.
+    pub fn next_with(
+        &mut self,
+        buf: &[u8],
+        want: impl Fn(u8, usize) -> Want,
+    ) -> Result<ScanItem, FrameError> {
         if self.remaining > 0 {
             if buf.is_empty() {
                 return Ok(ScanItem::NeedMore);
@@ -95,7 +132,21 @@ impl FrameScanner {
                 max: self.max_message,
             });
         }
-        if whole(tag) {
+        let wanted = match want(tag, total) {
+            Want::Head(n) if total > n => {
+                if buf.len() < n {
+                    return Ok(ScanItem::NeedMore);
+                }
+                return Ok(ScanItem::Head {
+                    tag,
+                    len: total,
+                    head: n,
+                });
+            }
+            Want::Head(_) => Want::Whole,
+            other => other,
+        };
+        if wanted == Want::Whole {
             if total > self.max_whole {
                 return Err(FrameError::TooLarge {
                     tag,
@@ -150,6 +201,34 @@ mod tests {
         let rest = &rest[45..];
         assert_eq!(s.next(&rest[..5], wanted), Ok(ScanItem::NeedMore));
         assert_eq!(s.next(rest, wanted), Ok(ScanItem::Whole { tag: b'Z', len: 6 }));
+    }
+
+    #[test]
+    fn a_message_asked_for_by_its_head_hands_out_the_head_then_passes_the_rest() {
+        let stream = msg(b'B', &[1u8; 100]);
+        let mut s = FrameScanner::new(16, usize::MAX);
+        let want = |t, _| if t == b'B' { Want::Head(20) } else { Want::Pass };
+        assert_eq!(s.next_with(&stream[..10], want), Ok(ScanItem::NeedMore));
+        assert_eq!(
+            s.next_with(&stream, want),
+            Ok(ScanItem::Head {
+                tag: b'B',
+                len: 105,
+                head: 20
+            })
+        );
+        s.pass_rest(105 - 12);
+        assert_eq!(
+            s.next_with(&stream[12..], want),
+            Ok(ScanItem::Pass { len: 93, tag: None })
+        );
+        assert!(s.at_boundary());
+        // A short one comes whole.
+        let short = msg(b'B', &[1u8; 3]);
+        assert_eq!(
+            s.next_with(&short, want),
+            Ok(ScanItem::Whole { tag: b'B', len: 8 })
+        );
     }
 
     #[test]

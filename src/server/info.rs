@@ -50,6 +50,7 @@ pub struct ServerInfo {
     /// Wall-clock open time (console timestamps).
     pub opened_wall: std::time::SystemTime,
     generation: std::sync::atomic::AtomicU64,
+    prepared: std::sync::atomic::AtomicU32,
     state: Mutex<(ServerUse, i32)>,
 }
 
@@ -61,6 +62,7 @@ impl ServerInfo {
             opened_at: Instant::now(),
             opened_wall: std::time::SystemTime::now(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
         }
     }
@@ -72,6 +74,16 @@ impl ServerInfo {
 
     pub(crate) fn set_generation(&self, g: u64) {
         self.generation.store(g, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many prepared statements sluice keeps on the server (SHOW SERVERS).
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_prepared(&self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        self.prepared.store(count, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Current use.

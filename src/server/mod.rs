@@ -3,6 +3,7 @@
 
 mod info;
 mod login;
+pub mod statements;
 
 pub use info::{ServerInfo, ServerUse, TxState};
 
@@ -80,6 +81,8 @@ pub struct ServerConn {
     pub target_addr: (String, u16),
     /// Observable state, shared with the pool.
     pub info: std::sync::Arc<ServerInfo>,
+    /// The prepared statements sluice created on it for clients (transaction mode).
+    pub statements: statements::ServerStatements,
 }
 
 impl ServerConn {
@@ -101,6 +104,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             target_addr,
+            statements: Default::default(),
         }
     }
 
@@ -160,6 +164,13 @@ impl ServerConn {
                 }
                 Message::ErrorResponse(body) => {
                     failure.get_or_insert(error_from_body(&body));
+                }
+                Message::CommandComplete(body) => {
+                    // A reset query that drops every prepared statement leaves none to track.
+                    if matches!(body.tag()?, "DISCARD ALL" | "DEALLOCATE ALL") {
+                        self.statements.clear();
+                        self.info.set_prepared(0);
+                    }
                 }
                 _ => {}
             }

@@ -35,8 +35,9 @@ impl ClientIo {
             writer,
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
-            // Only Terminate (5 bytes) is ever decoded whole on the client side.
-            scan: FrameScanner::new(64, max_message),
+            // Messages decoded whole (Terminate; Parse, Describe, Close, short Queries when
+            // prepared statements are tracked) are bounded like any other.
+            scan: FrameScanner::new(max_message, max_message),
             bytes_in: 0,
             bytes_out: 0,
         }

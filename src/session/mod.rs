@@ -4,8 +4,11 @@
 
 mod client;
 mod client_auth;
+mod link;
 mod params;
+mod prepared;
 mod relay;
+mod responses;
 mod startup;
 mod waiting;
 
@@ -20,7 +23,9 @@ use crate::server::ServerError;
 use crate::shared::Shared;
 use crate::stream::Stream;
 use client::{ClientIo, Input};
-use relay::{Link, RelayEnd, RelayError, Timeouts};
+use link::{Link, Timeouts};
+use prepared::ClientStatements;
+use relay::{RelayEnd, RelayError};
 use startup::{LoggedIn, Login, Refusal};
 use std::sync::Arc;
 use std::time::Instant;
@@ -78,6 +83,7 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
                 login: logged_in,
                 shared,
                 state: SessionState::Idle,
+                statements: None,
             };
             match session.run().await {
                 Ending::ClientLeft => tracing::debug!(%peer, "client left"),
@@ -110,6 +116,8 @@ struct Session {
     login: LoggedIn,
     shared: Arc<Shared>,
     state: SessionState,
+    /// The client's named prepared statements (transaction mode; created on first use).
+    statements: Option<Box<ClientStatements>>,
 }
 
 impl Session {
@@ -187,7 +195,7 @@ impl Session {
     /// Waiting: get a server and bring it to the client's settings.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
         match self.wait_for_server(since).await {
-            WaitOutcome::Server(server) => match self.prepare(server, since).await {
+            WaitOutcome::Server(server) => match self.prepare(*server, since).await {
                 Ok(server) => Ok(SessionState::Active(Box::new(Active {
                     server,
                     link: Link::new(),
@@ -208,8 +216,20 @@ impl Session {
     async fn step_active(&mut self, active: Active, mode: PoolMode) -> Result<SessionState, Ending> {
         let Active { mut server, mut link } = active;
         let timeouts = self.timeouts(mode);
+        let pool = &self.login.pool;
+        let capacity = pool.settings().max_prepared_statements;
+        // A client whose statements sluice already tracks keeps being tracked (if the setting
+        // dropped to 0, its statements stay usable with an LRU of one).
+        let statement_capacity = if self.statements.is_some() {
+            capacity.max(1)
+        } else {
+            capacity
+        };
         let mut ctx = relay::RelayContext {
             params: &mut self.login.params,
+            statements: &mut self.statements,
+            statement_capacity,
+            plan_epoch: &pool.plan_epoch,
             info: &self.login.info,
             stats: &self.login.pool.stats,
             timeouts,

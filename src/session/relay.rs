@@ -1,107 +1,36 @@
 //! Relaying between a client and the server it holds: both directions at once with bounded
-//! buffers, server responses forwarded as bytes in batches, and just enough tracking of what is
-//! still due (Query/Sync answered by ReadyForQuery, COPY, the transaction status) to know when the
-//! server may go back to the pool and in what state a departing client leaves it.
+//! buffers, server responses forwarded as bytes in batches. Only the messages sluice must
+//! understand are looked at: the client's Parse/Bind/Describe/Close (prepared statements, see
+//! `prepared`), and the server's ReadyForQuery, ErrorResponse, ParameterStatus, CommandComplete
+//! and the completions that answer extended-protocol messages (see `responses`).
 
 use super::client::ClientIo;
+use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
-use crate::client_info::{ClientInfo, ClientPhase};
-use crate::pool::Disposition;
+use super::prepared::{ClientStatements, Outcome, TagEffect, Translator};
+use super::responses::{Books, ErrorNote, Verdict};
+use crate::client_info::ClientInfo;
 use crate::pool::PoolStats;
-use crate::protocol::{FrameError, FrameScanner, ScanItem};
+use crate::protocol::{FrameError, ScanItem, Want};
 use crate::server::ServerConn;
-use crate::server::TxState;
 use bytes::{Buf, BytesMut};
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Stop reading a peer once this much is waiting to be written to the other side.
 pub(super) const OUT_CAP: usize = 64 * 1024;
 /// Bytes requested per socket read.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
-/// Largest server message decoded whole (ReadyForQuery, ParameterStatus, ErrorResponse).
-const MAX_WHOLE_SERVER_MESSAGE: usize = 8 << 20;
 /// Most requests (Query or Sync) in flight before sluice stops reading the client.
 const MAX_PENDING: usize = 4096;
-
-/// A request whose answer ends with ReadyForQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Request {
-    /// A simple Query (or FunctionCall).
-    Query,
-    /// A Sync closing an extended-protocol batch.
-    Sync,
-}
-
-/// What is still due from the server, and its transaction status.
-#[derive(Debug)]
-pub(super) struct Link {
-    pending: VecDeque<Request>,
-    /// Extended-protocol messages sent since the last Sync.
-    unsynced: bool,
-    /// The server is in COPY FROM STDIN: Syncs are ignored by it until CopyDone/CopyFail.
-    copy_in: bool,
-    server_scan: FrameScanner,
-    /// Client bytes on their way to the server.
-    pub(super) to_server: BytesMut,
-    /// When the request now in flight began (None when nothing is due).
-    request_since: Option<Instant>,
-    /// When the open transaction began (None outside a transaction).
-    tx_since: Option<Instant>,
-    /// When the server last became idle for the client (ReadyForQuery with nothing due).
-    idle_since: Instant,
-    /// A cancel was sent for the request in flight (query_timeout).
-    cancel_sent: bool,
-    /// The server reported a transaction block (status `T` or `E`) during this checkout.
-    saw_transaction: bool,
-    /// When the current transaction's first request began (for xact_time).
-    xact_since: Option<Instant>,
-}
-
-/// The per-client time limits enforced while a server is held (zero: off).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Timeouts {
-    /// query_timeout.
-    pub(super) query: Duration,
-    /// idle_transaction_timeout.
-    pub(super) idle_transaction: Duration,
-    /// transaction_timeout.
-    pub(super) transaction: Duration,
-    /// client_idle_timeout (a session-mode client holding an idle server).
-    pub(super) client_idle: Duration,
-}
-
-/// Which limit ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expiry {
-    /// query_timeout: the cancel did not end the query in time either.
-    Query,
-    /// idle_transaction_timeout.
-    IdleTransaction,
-    /// transaction_timeout.
-    Transaction,
-    /// client_idle_timeout.
-    ClientIdle,
-}
-
-impl Expiry {
-    /// The error the client gets (PgBouncer's text first).
-    pub(super) fn error(self, limit: &Timeouts) -> crate::protocol::PgError {
-        let (text, d) = match self {
-            Expiry::Query => ("query_timeout", limit.query),
-            Expiry::IdleTransaction => ("idle transaction timeout", limit.idle_transaction),
-            Expiry::Transaction => ("transaction timeout", limit.transaction),
-            Expiry::ClientIdle => ("client_idle_timeout", limit.client_idle),
-        };
-        crate::protocol::PgError::fatal(crate::protocol::sqlstate::PROTOCOL_VIOLATION, text).with_detail(
-            format!(
-                "the limit is {:.1}s; the transaction, if any, was rolled back",
-                d.as_secs_f64()
-            ),
-        )
-    }
-}
+/// Most replies of any kind owed before sluice stops reading the client.
+const MAX_DUE: usize = 65_536;
+/// How much of a Bind is looked at to find its statement name (the parameters pass as they are).
+const BIND_HEAD: usize = 1024;
+/// Simple queries up to this size are read whole when statements are tracked (to see a
+/// `DEALLOCATE name`); longer ones pass in pieces.
+const SMALL_QUERY: usize = 512;
 
 /// How a relay stretch ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,157 +68,17 @@ pub(super) enum RelayError {
     ServerFatal(crate::protocol::PgError),
 }
 
-impl Link {
-    /// Fresh tracking for a server that is at ReadyForQuery.
-    pub(super) fn new() -> Link {
-        Link {
-            pending: VecDeque::new(),
-            unsynced: false,
-            copy_in: false,
-            server_scan: FrameScanner::new(MAX_WHOLE_SERVER_MESSAGE, usize::MAX),
-            to_server: BytesMut::new(),
-            request_since: None,
-            tx_since: None,
-            idle_since: Instant::now(),
-            cancel_sent: false,
-            saw_transaction: false,
-            xact_since: None,
-        }
-    }
-
-    /// When the server fails under the client, can the client be told with ERRORs and keep its
-    /// connection? Only if no transaction block was open (nothing of the client's state is lost
-    /// beyond the failed request) and both streams are at message boundaries.
-    pub(super) fn can_fail_softly(&self, client: &ClientIo) -> bool {
-        !self.saw_transaction
-            && !self.unsynced
-            && !self.copy_in
-            && self.server_scan.at_boundary()
-            && client.at_boundary()
-    }
-
-    /// Requests still waiting for their ReadyForQuery.
-    pub(super) fn pending_requests(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The earliest time limit that applies now, and which it is.
-    fn next_deadline(&self, status: u8, t: &Timeouts) -> Option<(Instant, Expiry)> {
-        let mut best: Option<(Instant, Expiry)> = None;
-        let mut consider = |at: Instant, what: Expiry| {
-            if best.is_none_or(|(b, _)| at < b) {
-                best = Some((at, what));
-            }
-        };
-        if let Some(since) = self.request_since
-            && !t.query.is_zero()
-        {
-            // After the cancel, the query gets as long again to end before sluice gives up on it.
-            let factor = if self.cancel_sent { 2 } else { 1 };
-            consider(since + t.query * factor, Expiry::Query);
-        }
-        if self.pending.is_empty() {
-            if status != b'I' && !t.idle_transaction.is_zero() {
-                consider(self.idle_since + t.idle_transaction, Expiry::IdleTransaction);
-            }
-            if status == b'I' && !t.client_idle.is_zero() {
-                consider(self.idle_since + t.client_idle, Expiry::ClientIdle);
-            }
-        }
-        if let Some(since) = self.tx_since
-            && !t.transaction.is_zero()
-        {
-            consider(since + t.transaction, Expiry::Transaction);
-        }
-        best
-    }
-
-    fn on_client_message(&mut self, tag: u8) {
-        match tag {
-            b'Q' | b'F' => self.pending.push_back(Request::Query),
-            b'S' if self.copy_in => {} // ignored by the server during COPY FROM STDIN
-            b'S' => {
-                self.pending.push_back(Request::Sync);
-                self.unsynced = false;
-            }
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
-            b'c' | b'f' => self.copy_in = false,
-            _ => {}
-        }
-    }
-
-    fn on_server_message(&mut self, tag: u8) {
-        if tag == b'G' {
-            self.copy_in = true;
-            // COPY started by an Execute: the Syncs the client already sent after it are ignored
-            // by the server until the copy ends, so no ReadyForQuery will answer them.
-            if self.pending.front() == Some(&Request::Sync) {
-                self.pending.retain(|r| *r != Request::Sync);
-            }
-        }
-    }
-
-    fn on_ready_for_query(
-        &mut self,
-        server: &ServerConn,
-        stats: &PoolStats,
-        info: &ClientInfo,
-        client: &mut ClientIo,
-    ) {
-        self.pending.pop_front();
-        let now = Instant::now();
-        let started = self.request_since.unwrap_or(now);
-        stats.record_query(now.duration_since(started));
-        if !self.pending.is_empty() {
-            return;
-        }
-        self.request_since = None;
-        self.idle_since = now;
-        self.cancel_sent = false;
-        let server_ref = Some((server.id, server.backend_pid));
-        if server.tx_status == b'I' {
-            self.tx_since = None;
-            let xact_start = self.xact_since.take().unwrap_or(started);
-            stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
-            (client.bytes_in, client.bytes_out) = (0, 0);
-            server.info.set_tx(TxState::Idle);
-            info.set_phase(ClientPhase::Holding, server_ref);
-        } else {
-            self.saw_transaction = true;
-            self.tx_since.get_or_insert(started);
-            info.transaction_began(started);
-            server.info.set_tx(TxState::IdleInTransaction);
-            info.set_phase(ClientPhase::IdleInTransaction, server_ref);
-        }
-    }
-
-    /// True when nothing is due from the server and no message is half-sent.
-    fn quiet(&self, client: &ClientIo) -> bool {
-        self.pending.is_empty()
-            && !self.unsynced
-            && !self.copy_in
-            && self.to_server.is_empty()
-            && self.server_scan.at_boundary()
-            && client.at_boundary()
-    }
-
-    /// In what state the server is left if the client goes now.
-    pub(super) fn disposition(&self, client: &ClientIo, server: &ServerConn) -> Disposition {
-        if !self.quiet(client) || !server.read_buf.is_empty() {
-            return Disposition::Close("client left with responses due or a message half-sent");
-        }
-        match server.tx_status {
-            b'I' => Disposition::Clean,
-            _ => Disposition::Rollback,
-        }
-    }
-}
-
-/// What the relay needs besides the two connections: the client's settings and identity, the
-/// pool's counters, and the policy in force.
+/// What the relay needs besides the two connections: the client's settings, statements and
+/// identity, the pool's counters, and the policy in force.
 pub(super) struct RelayContext<'a> {
     /// The client's session settings (updated from ParameterStatus).
     pub(super) params: &'a mut ClientParams,
+    /// The client's named prepared statements (created on first use).
+    pub(super) statements: &'a mut Option<Box<ClientStatements>>,
+    /// max_prepared_statements for this client: 0 when its statements pass through untouched.
+    pub(super) statement_capacity: usize,
+    /// The pool's plan epoch: moves when a schema change may have made cached plans unusable.
+    pub(super) plan_epoch: &'a AtomicU64,
     /// The client's shared state.
     pub(super) info: &'a ClientInfo,
     /// The pool's counters.
@@ -307,29 +96,37 @@ pub(super) async fn relay(
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
+    if ctx.statement_capacity > 0 {
+        server
+            .statements
+            .sync_epoch(ctx.plan_epoch.load(Ordering::Acquire));
+    }
+    let end = relay_loop(client, link, server, ctx).await;
+    server.info.set_prepared(server.statements.len());
+    ctx.info
+        .set_prepared(ctx.statements.as_ref().map_or(0, |s| s.len()));
+    end
+}
+
+async fn relay_loop(
+    client: &mut ClientIo,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Result<RelayEnd, RelayError> {
     // Built once per relay, not per loop turn: each turn only polls it.
-    let info = ctx.info;
-    let killed = info.killed();
+    let killed = ctx.info.killed();
     tokio::pin!(killed);
     loop {
-        let terminated = pump_client(client, link, ctx.info)?;
-        if link.request_since.is_none() && !link.pending.is_empty() {
-            let now = Instant::now();
-            link.request_since = Some(now);
-            link.xact_since.get_or_insert(now);
-            server.info.set_tx(TxState::Active);
-            ctx.info
-                .set_phase(ClientPhase::Active, Some((server.id, server.backend_pid)));
-        }
+        let terminated = pump_client(client, link, server, ctx)?;
+        link.note_request_start(server, ctx.info);
         if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
         if terminated {
             return Ok(RelayEnd::Terminated);
         }
-        let read_client = client.inbuf.len() < OUT_CAP
-            && link.to_server.len() < OUT_CAP
-            && link.pending.len() < MAX_PENDING;
+        let read_client = (client.inbuf.len() < OUT_CAP || link.client_starved) && room_for_more(link);
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
@@ -376,6 +173,11 @@ pub(super) async fn relay(
     }
 }
 
+/// True while the server-bound buffer and the replies owed leave room for more client messages.
+fn room_for_more(link: &Link) -> bool {
+    link.to_server.len() < OUT_CAP && link.pending_requests() < MAX_PENDING && link.responses.len() < MAX_DUE
+}
+
 /// Drops a fully written buffer. Its bytes were split off a read buffer; while this empty
 /// handle lives, that read buffer cannot reclaim its space and each `reserve` allocates anew.
 fn release_if_empty(buf: &mut BytesMut) {
@@ -392,89 +194,282 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(
     reader.read_buf(buf).await
 }
 
-/// Moves complete client messages (or pieces of large ones) to the server-bound buffer.
-/// Returns true when the client sent Terminate (which never reaches the server).
-fn pump_client(client: &mut ClientIo, link: &mut Link, info: &ClientInfo) -> Result<bool, RelayError> {
-    while link.to_server.len() < OUT_CAP && link.pending.len() < MAX_PENDING {
-        match client
+/// How a client message is read: whole when sluice must look at it, in pieces otherwise.
+fn client_want(tag: u8, total: usize, tracking: bool) -> Want {
+    match tag {
+        b'X' => Want::Whole,
+        b'P' | b'D' | b'C' if tracking => Want::Whole,
+        b'B' if tracking => Want::Head(BIND_HEAD),
+        b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
+        _ => Want::Pass,
+    }
+}
+
+/// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
+/// translating prepared-statement names on the way. Returns true when the client sent
+/// Terminate (which never reaches the server).
+fn pump_client(
+    client: &mut ClientIo,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Result<bool, RelayError> {
+    let tracking = ctx.statement_capacity > 0;
+    link.client_starved = false;
+    while room_for_more(link) {
+        let item = client
             .scan
-            .next(&client.inbuf, |t| t == b'X')
-            .map_err(RelayError::ClientProtocol)?
-        {
-            ScanItem::Pass { len, tag } => {
-                if let Some(t) = tag {
-                    link.on_client_message(t);
-                    if t == b'Q' || t == b'P' {
-                        remember_query(info, t, &client.inbuf[..len]);
-                    }
-                }
-                link.to_server.unsplit(client.inbuf.split_to(len));
+            .next_with(&client.inbuf, |tag, total| client_want(tag, total, tracking))
+            .map_err(RelayError::ClientProtocol)?;
+        match item {
+            ScanItem::NeedMore => {
+                link.client_starved = true;
+                break;
             }
-            ScanItem::Whole { len, .. } => {
+            ScanItem::Pass { len, tag } => {
+                let piece = client.inbuf.split_to(len);
+                match tag {
+                    Some(t) if link.client_skipping && t != b'S' => {
+                        link.dropping_message = true;
+                        continue;
+                    }
+                    Some(t) => {
+                        link.dropping_message = false;
+                        if t == b'S' {
+                            link.client_skipping = false;
+                        }
+                        link.on_client_message(t);
+                        if t == b'Q' || t == b'P' {
+                            remember_query(ctx.info, t, &piece);
+                        }
+                    }
+                    None if link.dropping_message => continue,
+                    None => {}
+                }
+                link.to_server.unsplit(piece);
+            }
+            ScanItem::Whole { tag: b'X', len } => {
                 client.inbuf.advance(len);
                 return Ok(true);
             }
-            ScanItem::NeedMore => break,
+            ScanItem::Whole { tag, len } => {
+                let msg = client.inbuf.split_to(len);
+                link.dropping_message = false;
+                if link.client_skipping {
+                    continue;
+                }
+                if tag == b'Q' || tag == b'P' {
+                    remember_query(ctx.info, tag, &msg);
+                }
+                match translate(tag, &msg, link, server, ctx) {
+                    Outcome::Forward => {
+                        link.on_client_message(tag);
+                        link.to_server.unsplit(msg);
+                    }
+                    Outcome::Done => {}
+                    Outcome::Refused => link.client_skipping = true,
+                }
+            }
+            ScanItem::Head { tag, len, head } => {
+                link.dropping_message = link.client_skipping;
+                if link.client_skipping {
+                    client.inbuf.advance(head);
+                    client.scan.pass_rest(len - head);
+                    continue;
+                }
+                let consumed = (tag == b'B').then(|| bind(&client.inbuf[..head], len, link, server, ctx));
+                match consumed.flatten() {
+                    Some(k) => {
+                        client.inbuf.advance(k);
+                        client.scan.pass_rest(len - k);
+                    }
+                    None => {
+                        let piece = client.inbuf.split_to(head);
+                        client.scan.pass_rest(len - head);
+                        link.on_client_message(tag);
+                        link.to_server.unsplit(piece);
+                    }
+                }
+            }
         }
     }
     Ok(false)
 }
 
-/// Moves server messages to the client-bound buffer, decoding only ReadyForQuery and
-/// ParameterStatus. Returns true when it stopped at a ReadyForQuery that leaves nothing due.
+fn translator<'a>(
+    link: &'a mut Link,
+    server: &'a mut ServerConn,
+    ctx: &'a mut RelayContext<'_>,
+) -> Translator<'a> {
+    Translator {
+        client: ctx.statements.get_or_insert_with(Default::default),
+        server: &mut server.statements,
+        capacity: ctx.statement_capacity,
+        responses: &mut link.responses,
+        out: &mut link.to_server,
+        stats: ctx.stats,
+    }
+}
+
+/// Translates a whole Parse, Describe, Close or short Query when statements are tracked.
+fn translate(
+    tag: u8,
+    msg: &[u8],
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Outcome {
+    if link.responses.server_skipping() {
+        return Outcome::Forward; // the server discards it anyway
+    }
+    let tx_status = server.tx_status;
+    let quiet = link.responses.is_empty();
+    let outcome = match tag {
+        b'P' => translator(link, server, ctx).parse(msg),
+        b'D' => translator(link, server, ctx).describe(msg),
+        b'C' => translator(link, server, ctx).close(msg),
+        // Only with nothing in flight is the status sluice would report certain.
+        b'Q' if quiet => translator(link, server, ctx).query(msg, tx_status),
+        b'B' => match bind(msg, msg.len(), link, server, ctx) {
+            Some(k) => {
+                link.to_server.extend_from_slice(&msg[k..]);
+                Outcome::Done
+            }
+            None => Outcome::Forward,
+        },
+        _ => Outcome::Forward,
+    };
+    if outcome != Outcome::Forward && tag != b'Q' {
+        link.unsynced = true;
+    }
+    outcome
+}
+
+/// Translates the head of a Bind; returns how many of its bytes were consumed.
+fn bind(
+    head: &[u8],
+    total: usize,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Option<usize> {
+    if link.responses.server_skipping() {
+        return None;
+    }
+    let consumed = translator(link, server, ctx).bind(head, total)?;
+    link.unsynced = true;
+    Some(consumed)
+}
+
+/// Moves server messages to the client-bound buffer (and sluice's own replies into their
+/// places). Returns true when it stopped at a ReadyForQuery that leaves nothing due.
 fn pump_server(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
 ) -> Result<bool, RelayError> {
-    while client.outbuf.len() < OUT_CAP {
+    loop {
+        if link.server_scan.at_boundary() {
+            while let Some((bytes, ready)) = link.responses.pop_reply() {
+                client.outbuf.extend_from_slice(&bytes);
+                if ready {
+                    link.on_ready_for_query(server, ctx.stats, ctx.info, client);
+                    if link.pending_requests() == 0 && server.tx_status == b'I' {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if client.outbuf.len() >= OUT_CAP {
+            return Ok(false);
+        }
         let item = link
             .server_scan
-            .next(&server.read_buf, |t| t == b'Z' || t == b'S' || t == b'E')
+            .next(&server.read_buf, |t| {
+                matches!(t, b'Z' | b'S' | b'E' | b'C' | b'1' | b'3')
+            })
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
-        match item {
-            ScanItem::Pass { len, tag } => {
-                if let Some(t) = tag {
-                    link.on_server_message(t);
-                }
+        let (tag, len, whole) = match item {
+            ScanItem::NeedMore => return Ok(false),
+            ScanItem::Pass { len, tag: None } => {
                 client.outbuf.unsplit(server.read_buf.split_to(len));
+                continue;
             }
-            ScanItem::Whole { tag: b'Z', len } => {
-                let msg = server.read_buf.split_to(len);
-                if len != 6 {
-                    return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
-                }
-                server.tx_status = msg[5];
-                link.on_ready_for_query(server, ctx.stats, ctx.info, client);
-                client.outbuf.unsplit(msg);
-                if link.pending.is_empty() && server.tx_status == b'I' {
-                    return Ok(true);
-                }
+            ScanItem::Pass { len, tag: Some(t) } => (t, len, false),
+            ScanItem::Whole { tag, len } => (tag, len, true),
+            ScanItem::Head { .. } => {
+                return Err(RelayError::ServerProtocol("unexpected partial message".into()));
             }
-            ScanItem::Whole { tag: b'E', len } => {
-                let msg = server.read_buf.split_to(len);
-                let error = crate::protocol::PgError::from_fields(&msg[5..]);
-                if error.severity == crate::protocol::Severity::Fatal {
-                    return Err(RelayError::ServerFatal(error));
-                }
-                client.outbuf.unsplit(msg);
-            }
-            ScanItem::Whole { len, .. } => {
-                let msg = server.read_buf.split_to(len);
-                if let Some((name, value)) = parameter_status(&msg[5..]) {
-                    ctx.params.observe_server_report(name, value);
-                    if name == "application_name" {
-                        ctx.info.set_application_name(value);
+        };
+        let msg = server.read_buf.split_to(len);
+        let mut note = None;
+        if whole {
+            match tag {
+                b'Z' => {
+                    if len != 6 {
+                        return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                     }
-                    server.params.insert(name.to_string(), value.to_string());
+                    server.tx_status = msg[5];
                 }
-                client.outbuf.unsplit(msg);
+                b'E' => {
+                    let error = crate::protocol::PgError::from_fields(&msg[5..]);
+                    if error.severity == crate::protocol::Severity::Fatal {
+                        return Err(RelayError::ServerFatal(error));
+                    }
+                    let n = ErrorNote::of(&error);
+                    if n.cached_plan {
+                        ctx.plan_epoch.fetch_add(1, Ordering::AcqRel);
+                    }
+                    note = Some(n);
+                }
+                b'C' => command_complete(&msg[5..], server, ctx),
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(&msg[5..]) {
+                        ctx.params.observe_server_report(name, value);
+                        if name == "application_name" {
+                            ctx.info.set_application_name(value);
+                        }
+                        server.params.insert(name.to_string(), value.to_string());
+                    }
+                }
+                _ => {}
             }
-            ScanItem::NeedMore => break,
+        } else {
+            link.on_server_message(tag);
+        }
+        let mut books = Books {
+            client: ctx.statements.as_deref_mut(),
+            server: &mut server.statements,
+        };
+        if link.responses.on_server_message(tag, note, &mut books) == Verdict::Hide {
+            continue;
+        }
+        client.outbuf.unsplit(msg);
+        if tag == b'Z' {
+            link.on_ready_for_query(server, ctx.stats, ctx.info, client);
+            if link.pending_requests() == 0 && server.tx_status == b'I' {
+                return Ok(true);
+            }
         }
     }
-    Ok(false)
+}
+
+/// A CommandComplete: DISCARD ALL / DEALLOCATE ALL dropped the server's statements (and the
+/// client's); ALTER and DROP may have changed what cached plans return.
+fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
+    match super::prepared::tag_effect(body) {
+        TagEffect::DroppedAll => {
+            server.statements.clear();
+            if let Some(s) = ctx.statements.as_deref_mut() {
+                s.clear();
+            }
+        }
+        TagEffect::SchemaChanged if ctx.statement_capacity > 0 => {
+            ctx.plan_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        _ => {}
+    }
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How a wait ended.
 pub(super) enum WaitOutcome {
     /// A server, ready for the client's request.
-    Server(PooledServer),
+    Server(Box<PooledServer>),
     /// No server: the client was told (ERROR + ReadyForQuery) and may go on.
     Failed,
     /// The client hung up while waiting.
@@ -71,7 +71,7 @@ impl Session {
             }
         };
         match result {
-            Ok(server) => WaitOutcome::Server(server),
+            Ok(server) => WaitOutcome::Server(Box::new(server)),
             Err(e) => {
                 let error = checkout_error(&e, &pool);
                 let disconnect = match e {
@@ -156,7 +156,9 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
                     }
                 }
             }
-            ScanItem::Whole { .. } => unreachable!("no message type is asked for whole"),
+            ScanItem::Whole { .. } | ScanItem::Head { .. } => {
+                unreachable!("no message type is asked for whole")
+            }
             ScanItem::NeedMore => {
                 if read_more(client).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());

@@ -1,0 +1,193 @@
+//! The prepared statements one server connection holds on behalf of all clients (transaction
+//! mode): named by a hash of their text, so clients that prepare the same query share one, and
+//! kept in an LRU bounded by `max_prepared_statements`.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// Prefix of every server-side statement name sluice creates.
+pub const SERVER_NAME_PREFIX: &str = "sluice_";
+
+/// A statement as a client prepared it: what the server needs to prepare it again anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementDef {
+    /// Hash of the query text and parameter types; the server-side name derives from it.
+    pub hash: u128,
+    /// The Parse body after the statement name: query text, NUL, parameter count and type OIDs.
+    pub body: bytes::Bytes,
+}
+
+impl StatementDef {
+    /// Defines a statement from the part of a Parse message after its name (copied, so it never
+    /// pins the buffer the message arrived in).
+    pub fn from_parse_body(body: &[u8]) -> StatementDef {
+        let digest = Sha256::digest(body);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        StatementDef {
+            hash: u128::from_be_bytes(first),
+            body: bytes::Bytes::copy_from_slice(body),
+        }
+    }
+
+    /// The start of the query text (for logs and the console).
+    pub fn query_text(&self) -> &[u8] {
+        let end = self.body.iter().position(|&b| b == 0).unwrap_or(self.body.len());
+        &self.body[..end]
+    }
+}
+
+/// The name under which a statement with this hash lives on servers (39 bytes, under
+/// PostgreSQL's 63-byte identifier limit).
+pub fn server_name(hash: u128) -> String {
+    format!("{SERVER_NAME_PREFIX}{hash:032x}")
+}
+
+/// What a server has of a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Prepared and usable.
+    Ready,
+    /// Prepared, but its plan is known to be unusable (the result type changed): close it and
+    /// prepare it again before use.
+    Stale,
+    /// Not prepared.
+    Missing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    last_used: u64,
+    stale: bool,
+}
+
+/// The statements one server holds, with their last use for LRU eviction.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    entries: HashMap<u128, Entry>,
+    clock: u64,
+    /// Uses at or after this tick belong to the batch in flight (since the last Sync), whose
+    /// statements must not be closed under it.
+    batch_start: u64,
+    /// The pool's plan epoch this cache was last checked against.
+    epoch: u64,
+}
+
+impl ServerStatements {
+    /// How many statements the server holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the server holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the server has of `hash`; a hit counts as a use.
+    pub fn touch(&mut self, hash: u128) -> Held {
+        self.clock += 1;
+        match self.entries.get_mut(&hash) {
+            Some(e) => {
+                e.last_used = self.clock;
+                if e.stale { Held::Stale } else { Held::Ready }
+            }
+            None => Held::Missing,
+        }
+    }
+
+    /// Records that the server now holds `hash` (a Parse for it was sent).
+    pub fn insert(&mut self, hash: u128) {
+        self.clock += 1;
+        self.entries.insert(
+            hash,
+            Entry {
+                last_used: self.clock,
+                stale: false,
+            },
+        );
+    }
+
+    /// Records that the server no longer holds `hash`.
+    pub fn remove(&mut self, hash: u128) {
+        self.entries.remove(&hash);
+    }
+
+    /// Marks `hash` as needing to be prepared again before its next use.
+    pub fn mark_stale(&mut self, hash: u128) {
+        if let Some(e) = self.entries.get_mut(&hash) {
+            e.stale = true;
+        }
+    }
+
+    /// A new batch begins (a Sync was sent): statements of earlier batches may be evicted.
+    pub fn new_batch(&mut self) {
+        self.batch_start = self.clock + 1;
+    }
+
+    /// The least recently used statement to close so that one more fits in `capacity`, if the
+    /// server is full. Statements used by the batch in flight are never chosen (the cache may
+    /// then exceed its capacity until the batch ends).
+    pub fn victim(&self, capacity: usize) -> Option<u128> {
+        if self.entries.len() < capacity.max(1) {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.last_used < self.batch_start)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(h, _)| *h)
+    }
+
+    /// The server dropped every statement (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Brings the cache up to the pool's plan epoch: when it moved (a schema change was seen),
+    /// every statement is marked stale and will be prepared again before its next use.
+    pub fn sync_epoch(&mut self, epoch: u64) {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            for e in self.entries.values_mut() {
+                e.stale = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_text_and_types_give_the_same_name_and_others_differ() {
+        let a = StatementDef::from_parse_body(b"select $1\0\0\x01\0\0\0\x17");
+        let b = StatementDef::from_parse_body(b"select $1\0\0\x01\0\0\0\x17");
+        let c = StatementDef::from_parse_body(b"select $1\0\0\x01\0\0\0\x14");
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+        assert_eq!(server_name(a.hash).len(), 39);
+        assert_eq!(a.query_text(), b"select $1");
+    }
+
+    #[test]
+    fn the_least_recently_used_outside_the_batch_is_evicted() {
+        let mut s = ServerStatements::default();
+        s.insert(1);
+        s.insert(2);
+        s.new_batch();
+        assert_eq!(s.victim(3), None);
+        assert_eq!(s.touch(1), Held::Ready);
+        // 1 is in use by this batch: 2 goes even though 1 is older by insertion.
+        assert_eq!(s.victim(2), Some(2));
+        s.touch(2);
+        // Both pinned by the batch: nothing may go.
+        assert_eq!(s.victim(2), None);
+        s.new_batch();
+        assert_eq!(s.victim(2), Some(1));
+        s.sync_epoch(1);
+        assert_eq!(s.touch(2), Held::Stale);
+        assert_eq!(s.touch(3), Held::Missing);
+    }
+}

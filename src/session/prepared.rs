@@ -1,0 +1,384 @@
+//! Named prepared statements under transaction pooling. A client's Parse is remembered under the
+//! client's name and sent to servers under a name derived from the statement's text; whenever
+//! the client Binds, Describes or Closes it, sluice makes sure the server it holds right now has
+//! it (preparing it there first, its ParseComplete hidden) and rewrites the name. Servers keep
+//! what they prepared in an LRU shared by every client that lands on them.
+
+use super::responses::{Ends, Responses, Undo};
+use crate::pool::PoolStats;
+use crate::protocol::{PgError, messages, sqlstate};
+use crate::server::statements::{Held, ServerStatements, StatementDef, server_name};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+
+/// Most named statements one client may hold (a bound on sluice's memory per client).
+const MAX_CLIENT_STATEMENTS: usize = 100_000;
+
+/// The statements a client prepared, by the client's names.
+#[derive(Debug, Default)]
+pub(crate) struct ClientStatements {
+    by_name: HashMap<Bytes, StatementDef>,
+}
+
+impl ClientStatements {
+    /// How many the client holds.
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub(super) fn forget(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    pub(super) fn restore(&mut self, name: Bytes, def: StatementDef) {
+        self.by_name.insert(name, def);
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&StatementDef> {
+        self.by_name.get(name)
+    }
+
+    /// Drops them all (the client ran DISCARD ALL or DEALLOCATE ALL).
+    pub(crate) fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// Everything a client message's translation touches.
+pub(super) struct Translator<'a> {
+    pub(super) client: &'a mut ClientStatements,
+    pub(super) server: &'a mut ServerStatements,
+    /// max_prepared_statements.
+    pub(super) capacity: usize,
+    pub(super) responses: &'a mut Responses,
+    /// Bytes on their way to the server.
+    pub(super) out: &'a mut BytesMut,
+    pub(super) stats: &'a PoolStats,
+}
+
+/// What became of a client message.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Translated (or answered) by sluice; nothing more to forward.
+    Done,
+    /// Not sluice's business: forward it unchanged.
+    Forward,
+    /// The client made an error sluice answers itself (as PostgreSQL would): the rest of its
+    /// batch up to Sync must be dropped.
+    Refused,
+}
+
+/// Splits a NUL-terminated string off the front of `b`.
+fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = b.iter().position(|&c| c == 0)?;
+    Some((&b[..i], &b[i + 1..]))
+}
+
+fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+    out.put_u8(tag);
+    out.put_i32(len as i32);
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
+fn reply(tag: u8) -> Bytes {
+    Bytes::from_static(match tag {
+        b'1' => b"1\0\0\0\x04",
+        _ => b"3\0\0\0\x04",
+    })
+}
+
+impl Translator<'_> {
+    /// Parse. `msg` is the whole message.
+    pub(super) fn parse(&mut self, msg: &[u8]) -> Outcome {
+        let Some((name, rest)) = cstr(&msg[5..]) else {
+            return Outcome::Forward; // malformed: let PostgreSQL say so
+        };
+        if name.is_empty() {
+            return Outcome::Forward;
+        }
+        let name = Bytes::copy_from_slice(name);
+        if self.client.get(&name).is_some() {
+            return self.refuse(PgError::error(
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(&name)
+                ),
+            ));
+        }
+        if self.client.len() >= MAX_CLIENT_STATEMENTS {
+            return self.refuse(PgError::error(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("too many prepared statements (at most {MAX_CLIENT_STATEMENTS} per client)"),
+            ));
+        }
+        let def = StatementDef::from_parse_body(rest);
+        self.stats.record_client_parse();
+        let hash = def.hash;
+        self.client.restore(name.clone(), def);
+        match self.server.touch(hash) {
+            Held::Ready => {
+                self.responses
+                    .push_reply(reply(b'1'), Undo::ClientParse { name, server: None }, false);
+            }
+            held => {
+                if held == Held::Stale {
+                    self.close_on_server(hash);
+                } else {
+                    self.make_room();
+                }
+                let server_name = server_name(hash);
+                put_message(self.out, b'P', &[server_name.as_bytes(), b"\0", rest]);
+                self.server.insert(hash);
+                self.stats.record_server_parse();
+                self.responses.push_server(
+                    Ends::Parse,
+                    false,
+                    Undo::ClientParse {
+                        name,
+                        server: Some(hash),
+                    },
+                );
+            }
+        }
+        Outcome::Done
+    }
+
+    /// Bind. `head` is the start of the message (all of it when `total` fits); returns how much
+    /// of it was consumed (the rest is forwarded as it is) or None to forward the whole message.
+    pub(super) fn bind(&mut self, head: &[u8], total: usize) -> Option<usize> {
+        let (portal, rest) = cstr(&head[5..])?;
+        let (name, _) = cstr(rest)?;
+        if name.is_empty() {
+            return None;
+        }
+        let def = self.client.get(name)?.clone();
+        self.stats.record_bind();
+        self.ensure(&def);
+        let consumed = 5 + portal.len() + 1 + name.len() + 1;
+        let server_name = server_name(def.hash);
+        let new_len = total - consumed + 4 + portal.len() + 1 + server_name.len() + 1;
+        self.out.put_u8(b'B');
+        self.out.put_i32(new_len as i32);
+        self.out.put_slice(portal);
+        self.out.put_u8(0);
+        self.out.put_slice(server_name.as_bytes());
+        self.out.put_u8(0);
+        self.responses
+            .push_server(Ends::Bind, false, Undo::Bind(def.hash));
+        Some(consumed)
+    }
+
+    /// Describe of a statement (portals pass unchanged).
+    pub(super) fn describe(&mut self, msg: &[u8]) -> Outcome {
+        let Some((kind, name)) = statement_target(msg) else {
+            return Outcome::Forward;
+        };
+        let Some(def) = self.client.get(name).cloned() else {
+            return Outcome::Forward;
+        };
+        self.ensure(&def);
+        put_message(
+            self.out,
+            b'D',
+            &[&[kind], server_name(def.hash).as_bytes(), b"\0"],
+        );
+        self.responses.push_server(Ends::Describe, false, Undo::Nothing);
+        Outcome::Done
+    }
+
+    /// Close of a statement: the client's name goes; the server keeps the statement for others
+    /// (its LRU closes it in time). sluice answers the CloseComplete in its place in the stream.
+    pub(super) fn close(&mut self, msg: &[u8]) -> Outcome {
+        let Some((_, name)) = statement_target(msg) else {
+            return Outcome::Forward;
+        };
+        let name = Bytes::copy_from_slice(name);
+        let Some(def) = self.client.get(&name).cloned() else {
+            // PostgreSQL does not mind closing what does not exist: let it answer.
+            return Outcome::Forward;
+        };
+        self.client.forget(&name);
+        self.responses
+            .push_reply(reply(b'3'), Undo::ClientClose { name, def }, false);
+        Outcome::Done
+    }
+
+    /// A simple query that is exactly `DEALLOCATE [PREPARE] name` of a statement the client
+    /// prepared through the protocol (what PDO and Rails send): answered by sluice.
+    pub(super) fn query(&mut self, msg: &[u8], tx_status: u8) -> Outcome {
+        let Some(name) = deallocate_target(&msg[5..]) else {
+            return Outcome::Forward;
+        };
+        let Some(def) = self.client.get(name.as_bytes()).cloned() else {
+            return Outcome::Forward;
+        };
+        let mut out = BytesMut::new();
+        if tx_status == b'E' {
+            PgError::error(
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+            .encode(&mut out);
+        } else {
+            self.client.forget(name.as_bytes());
+            messages::command_complete(&mut out, "DEALLOCATE");
+        }
+        messages::ready_for_query(&mut out, tx_status);
+        let undo = if tx_status == b'E' {
+            Undo::Nothing
+        } else {
+            Undo::ClientClose {
+                name: Bytes::from(name.into_bytes()),
+                def,
+            }
+        };
+        self.responses.push_reply(out.freeze(), undo, true);
+        Outcome::Done
+    }
+
+    fn refuse(&mut self, e: PgError) -> Outcome {
+        let mut out = BytesMut::new();
+        e.encode(&mut out);
+        self.responses.push_reply(out.freeze(), Undo::Nothing, false);
+        Outcome::Refused
+    }
+
+    /// Makes sure the server holds `def` before a message that uses it.
+    fn ensure(&mut self, def: &StatementDef) {
+        match self.server.touch(def.hash) {
+            Held::Ready => return,
+            Held::Stale => self.close_on_server(def.hash),
+            Held::Missing => self.make_room(),
+        }
+        put_message(
+            self.out,
+            b'P',
+            &[server_name(def.hash).as_bytes(), b"\0", &def.body],
+        );
+        self.server.insert(def.hash);
+        self.stats.record_server_parse();
+        self.responses
+            .push_server(Ends::Parse, true, Undo::ServerParse(def.hash));
+    }
+
+    /// Closes the least recently used statement if the server is full.
+    fn make_room(&mut self) {
+        if let Some(victim) = self.server.victim(self.capacity) {
+            self.close_on_server(victim);
+        }
+    }
+
+    fn close_on_server(&mut self, hash: u128) {
+        put_message(self.out, b'C', &[b"S", server_name(hash).as_bytes(), b"\0"]);
+        self.server.remove(hash);
+        self.responses
+            .push_server(Ends::Close, true, Undo::ServerClose(hash));
+    }
+}
+
+/// The statement name of a Describe or Close of a statement (`S`), with the kind byte.
+fn statement_target(msg: &[u8]) -> Option<(u8, &[u8])> {
+    let kind = *msg.get(5)?;
+    if kind != b'S' {
+        return None;
+    }
+    let (name, _) = cstr(&msg[6..])?;
+    (!name.is_empty()).then_some((kind, name))
+}
+
+/// The statement named by a query that is exactly `DEALLOCATE [PREPARE] name` (an optional
+/// semicolon and white space around), as PostgreSQL would resolve the identifier.
+pub(super) fn deallocate_target(query: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
+    let text = text.trim().trim_end_matches(';').trim_end();
+    let mut rest = strip_keyword(text, "deallocate")?;
+    if let Some(r) = strip_keyword(rest, "prepare") {
+        rest = r;
+    }
+    let name = if let Some(quoted) = rest.strip_prefix('"') {
+        let (inner, after) = quoted.rsplit_once('"')?;
+        if !after.trim().is_empty() || inner.is_empty() {
+            return None;
+        }
+        inner.replace("\"\"", "\"")
+    } else {
+        if rest.is_empty() || !rest.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            return None;
+        }
+        if rest.eq_ignore_ascii_case("all") {
+            return None;
+        }
+        rest.to_lowercase()
+    };
+    Some(name)
+}
+
+/// `text` after a leading keyword (case-insensitive) and the white space that must follow it.
+fn strip_keyword<'t>(text: &'t str, keyword: &str) -> Option<&'t str> {
+    let head = text.get(..keyword.len())?;
+    let rest = &text[keyword.len()..];
+    (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace)).then(|| rest.trim_start())
+}
+
+/// What a CommandComplete tag means for the statements: the server dropped them all, or the
+/// schema changed so that cached plans may no longer fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TagEffect {
+    /// DISCARD ALL or DEALLOCATE ALL.
+    DroppedAll,
+    /// ALTER or DROP of something.
+    SchemaChanged,
+    /// Nothing.
+    None,
+}
+
+/// Reads a CommandComplete body (the tag, NUL-terminated).
+pub(super) fn tag_effect(body: &[u8]) -> TagEffect {
+    let tag = cstr(body).map(|(t, _)| t).unwrap_or(body);
+    if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+        TagEffect::DroppedAll
+    } else if tag.starts_with(b"ALTER ") || tag.starts_with(b"DROP ") {
+        TagEffect::SchemaChanged
+    } else {
+        TagEffect::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deallocate_names_are_read_as_postgresql_reads_identifiers() {
+        assert_eq!(deallocate_target(b"DEALLOCATE a1\0").as_deref(), Some("a1"));
+        assert_eq!(
+            deallocate_target(b"deallocate prepare Foo ;\0").as_deref(),
+            Some("foo")
+        );
+        assert_eq!(
+            deallocate_target(b"DEALLOCATE \"My \"\"S\"\"\"\0").as_deref(),
+            Some("My \"S\"")
+        );
+        assert_eq!(
+            deallocate_target(b"  DEALLOCATE pdo_stmt_00000001\0").as_deref(),
+            Some("pdo_stmt_00000001")
+        );
+        assert_eq!(deallocate_target(b"DEALLOCATE ALL\0"), None);
+        assert_eq!(deallocate_target(b"DEALLOCATE a; SELECT 1\0"), None);
+        assert_eq!(deallocate_target(b"DEALLOCATEa\0"), None);
+        assert_eq!(deallocate_target(b"SELECT 1\0"), None);
+    }
+
+    #[test]
+    fn command_tags_that_matter_are_recognised() {
+        assert_eq!(tag_effect(b"DISCARD ALL\0"), TagEffect::DroppedAll);
+        assert_eq!(tag_effect(b"DEALLOCATE ALL\0"), TagEffect::DroppedAll);
+        assert_eq!(tag_effect(b"ALTER TABLE\0"), TagEffect::SchemaChanged);
+        assert_eq!(tag_effect(b"SELECT 1\0"), TagEffect::None);
+        assert_eq!(tag_effect(b"DEALLOCATE\0"), TagEffect::None);
+    }
+}

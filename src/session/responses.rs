@@ -1,0 +1,342 @@
+//! The answers a server owes its client, in order: one entry per forwarded message that gets a
+//! reply (ParseComplete, BindComplete, a description, an Execute's completion, ReadyForQuery),
+//! plus the replies sluice gives itself — a ParseComplete for a statement the server already
+//! had, a CloseComplete for a statement only sluice knew — placed where the server's own reply
+//! would have been. Knowing what each server message completes lets sluice hide the replies to
+//! messages it sent on its own, undo its bookkeeping for messages that failed or that the server
+//! skipped after an error, and never hand a server back with anything still owed.
+
+use crate::server::statements::ServerStatements;
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// Which server message completes an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ends {
+    /// ReadyForQuery answering a Sync.
+    Sync,
+    /// ReadyForQuery answering a simple Query or FunctionCall.
+    Query,
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// CloseComplete.
+    Close,
+    /// RowDescription or NoData (after ParameterDescription for a statement).
+    Describe,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+}
+
+impl Ends {
+    /// The entry a forwarded client message creates, if the server answers it.
+    pub(super) fn for_client_message(tag: u8) -> Option<Ends> {
+        Some(match tag {
+            b'S' => Ends::Sync,
+            b'Q' | b'F' => Ends::Query,
+            b'P' => Ends::Parse,
+            b'B' => Ends::Bind,
+            b'C' => Ends::Close,
+            b'D' => Ends::Describe,
+            b'E' => Ends::Execute,
+            _ => return None,
+        })
+    }
+
+    fn is_ready(self) -> bool {
+        matches!(self, Ends::Sync | Ends::Query)
+    }
+
+    fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Ends::Sync | Ends::Query => tag == b'Z',
+            Ends::Parse => tag == b'1',
+            Ends::Bind => tag == b'2',
+            Ends::Close => tag == b'3',
+            Ends::Describe => tag == b'T' || tag == b'n',
+            Ends::Execute => matches!(tag, b'C' | b'I' | b's'),
+        }
+    }
+}
+
+/// Bookkeeping done ahead of a reply, to take back if the message fails or is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Undo {
+    /// Nothing to take back.
+    Nothing,
+    /// A client's Parse of `name`: the client does not have it after all; neither does the
+    /// server have `server` when the Parse went to it.
+    ClientParse { name: Bytes, server: Option<u128> },
+    /// A client's Close of `name`, answered by sluice: the client still has it.
+    ClientClose {
+        name: Bytes,
+        def: crate::server::statements::StatementDef,
+    },
+    /// A Parse sluice sent so a statement exists on this server.
+    ServerParse(u128),
+    /// A Close sluice sent to make room: the statement is still there.
+    ServerClose(u128),
+    /// A Bind of this statement (watched for "cached plan must not change result type").
+    Bind(u128),
+}
+
+/// One reply owed to the client.
+#[derive(Debug)]
+enum Due {
+    /// The server's reply to a forwarded message; `hidden` when sluice sent the message itself.
+    Server { ends: Ends, hidden: bool, undo: Undo },
+    /// Bytes sluice replies itself once everything before them is answered; `ready` when they
+    /// end with a ReadyForQuery answering a request.
+    Reply { bytes: Bytes, undo: Undo, ready: bool },
+}
+
+/// What to do with a server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Forward it to the client.
+    Forward,
+    /// Drop it: it answers a message sluice sent on its own.
+    Hide,
+}
+
+/// The state a failed or skipped message leaves to repair.
+pub(super) struct Books<'a> {
+    /// The client's statement names (None when sluice does not track them).
+    pub(super) client: Option<&'a mut super::prepared::ClientStatements>,
+    /// The statements the server holds.
+    pub(super) server: &'a mut ServerStatements,
+}
+
+impl Books<'_> {
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Nothing | Undo::Bind(_) => {}
+            Undo::ClientParse { name, server } => {
+                if let Some(c) = self.client.as_deref_mut() {
+                    c.forget(&name);
+                }
+                if let Some(h) = server {
+                    self.server.remove(h);
+                }
+            }
+            Undo::ClientClose { name, def } => {
+                if let Some(c) = self.client.as_deref_mut() {
+                    c.restore(name, def);
+                }
+            }
+            Undo::ServerParse(h) => self.server.remove(h),
+            Undo::ServerClose(h) => self.server.insert(h),
+        }
+    }
+}
+
+/// The SQLSTATE and message PostgreSQL gives when a prepared statement's result type changed.
+const CACHED_PLAN: (&str, &str) = ("0A000", "cached plan must not change result type");
+
+/// What a server failure means for the statement cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ErrorNote {
+    /// The error says a cached plan's result type changed.
+    pub(super) cached_plan: bool,
+}
+
+impl ErrorNote {
+    /// Reads what matters from an ErrorResponse.
+    pub(super) fn of(e: &crate::protocol::PgError) -> ErrorNote {
+        ErrorNote {
+            cached_plan: e.sqlstate == CACHED_PLAN.0 && e.message == CACHED_PLAN.1,
+        }
+    }
+}
+
+/// The queue of replies owed, and how many of them are ReadyForQuery.
+#[derive(Debug, Default)]
+pub(super) struct Responses {
+    due: VecDeque<Due>,
+    /// Entries answered by ReadyForQuery (requests in flight).
+    requests: usize,
+    /// The server failed an extended-protocol message and is discarding messages until the next
+    /// Sync, which the client has not sent yet.
+    server_skipping: bool,
+}
+
+impl Responses {
+    /// Requests (Query or Sync) waiting for their ReadyForQuery.
+    pub(super) fn requests(&self) -> usize {
+        self.requests
+    }
+
+    /// Entries of any kind still owed.
+    pub(super) fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    /// Nothing is owed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    /// The server is discarding messages until a Sync the client has yet to send.
+    pub(super) fn server_skipping(&self) -> bool {
+        self.server_skipping
+    }
+
+    /// A forwarded message the server will answer (nothing for those it does not).
+    pub(super) fn expect(&mut self, tag: u8) {
+        if self.server_skipping {
+            if tag != b'S' {
+                return;
+            }
+            self.server_skipping = false;
+        }
+        if let Some(ends) = Ends::for_client_message(tag) {
+            self.push_server(ends, false, Undo::Nothing);
+        }
+    }
+
+    /// A forwarded message with bookkeeping to undo if it fails; `hidden` when sluice sent it.
+    pub(super) fn push_server(&mut self, ends: Ends, hidden: bool, undo: Undo) {
+        if ends.is_ready() {
+            self.requests += 1;
+        }
+        self.due.push_back(Due::Server { ends, hidden, undo });
+    }
+
+    /// A reply sluice gives itself once everything before it is answered; `ready` when it
+    /// answers a whole request (it ends with ReadyForQuery).
+    pub(super) fn push_reply(&mut self, bytes: Bytes, undo: Undo, ready: bool) {
+        if ready {
+            self.requests += 1;
+        }
+        self.due.push_back(Due::Reply { bytes, undo, ready });
+    }
+
+    /// The next reply of sluice's own, if it is at the front of the queue, and whether it
+    /// answered a request.
+    pub(super) fn pop_reply(&mut self) -> Option<(Bytes, bool)> {
+        if !matches!(self.due.front(), Some(Due::Reply { .. })) {
+            return None;
+        }
+        match self.due.pop_front() {
+            Some(Due::Reply { bytes, ready, .. }) => {
+                if ready {
+                    self.requests -= 1;
+                }
+                Some((bytes, ready))
+            }
+            _ => None,
+        }
+    }
+
+    /// A server message with `tag` begins (`error` is set for an ErrorResponse). Returns what to
+    /// do with it and whether it was a ReadyForQuery that answered a request.
+    pub(super) fn on_server_message(
+        &mut self,
+        tag: u8,
+        error: Option<ErrorNote>,
+        books: &mut Books<'_>,
+    ) -> Verdict {
+        if tag == b'Z' {
+            self.on_ready(books);
+            return Verdict::Forward;
+        }
+        let Some(Due::Server { ends, hidden, .. }) = self.due.front() else {
+            // Asynchronous messages (notices, notifications, parameter reports) and anything
+            // inside a simple query's answer.
+            return Verdict::Forward;
+        };
+        let (ends, hidden) = (*ends, *hidden);
+        if let Some(note) = error {
+            if ends.is_ready() {
+                return Verdict::Forward; // part of a simple query's answer; ReadyForQuery follows
+            }
+            // An extended-protocol message failed: it is done, and the server skips everything
+            // up to the next Sync.
+            if let Some(Due::Server { undo, .. }) = self.due.pop_front() {
+                if let (Undo::Bind(h), true) = (&undo, note.cached_plan) {
+                    books.server.mark_stale(*h);
+                }
+                books.undo(undo);
+            }
+            self.skip_to_sync(books);
+            return Verdict::Forward;
+        }
+        if !ends.completed_by(tag) {
+            return Verdict::Forward;
+        }
+        self.due.pop_front();
+        if hidden { Verdict::Hide } else { Verdict::Forward }
+    }
+
+    /// Drops the entries the server will skip after an error, taking back their bookkeeping.
+    fn skip_to_sync(&mut self, books: &mut Books<'_>) {
+        loop {
+            match self.due.front() {
+                Some(Due::Server { ends: Ends::Sync, .. }) => return,
+                None => {
+                    self.server_skipping = true;
+                    return;
+                }
+                Some(_) => {}
+            }
+            match self.due.pop_front() {
+                Some(Due::Server { ends, undo, .. }) => {
+                    if ends.is_ready() {
+                        self.requests -= 1;
+                    }
+                    books.undo(undo);
+                }
+                Some(Due::Reply { undo, ready, .. }) => {
+                    if ready {
+                        self.requests -= 1;
+                    }
+                    books.undo(undo);
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// ReadyForQuery: answers the first request in the queue; anything owed before it was
+    /// skipped by the server.
+    fn on_ready(&mut self, books: &mut Books<'_>) {
+        while let Some(entry) = self.due.pop_front() {
+            match entry {
+                Due::Server { ends, undo, .. } => {
+                    if ends.is_ready() {
+                        self.requests -= 1;
+                        if ends == Ends::Sync {
+                            books.server.new_batch();
+                        }
+                        return;
+                    }
+                    books.undo(undo);
+                }
+                Due::Reply { undo, ready, .. } => {
+                    if ready {
+                        self.requests -= 1;
+                    }
+                    books.undo(undo);
+                }
+            }
+        }
+    }
+
+    /// COPY FROM STDIN began inside an extended-protocol batch: the server ignores the Syncs the
+    /// client already sent after it, so no ReadyForQuery will answer them.
+    pub(super) fn copy_in_started(&mut self) {
+        if matches!(
+            self.due.front(),
+            Some(Due::Server {
+                ends: Ends::Execute,
+                ..
+            })
+        ) {
+            let before = self.due.len();
+            self.due
+                .retain(|d| !matches!(d, Due::Server { ends: Ends::Sync, .. }));
+            self.requests -= before - self.due.len();
+        }
+    }
+}
