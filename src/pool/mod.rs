@@ -150,9 +150,8 @@ pub struct Pool {
     groups: [Arc<LimitGroup>; 2],
     /// Transaction, query, byte and time counters.
     pub stats: PoolStats,
-    /// Moves when a schema change may have made the plans of prepared statements unusable:
-    /// servers then prepare their statements again before using them.
-    pub plan_epoch: std::sync::atomic::AtomicU64,
+    /// Prepared statements whose plans PostgreSQL refused after a schema change.
+    pub plans: crate::server::statements::PlanInvalidations,
 }
 
 impl std::fmt::Debug for Pool {
@@ -184,7 +183,7 @@ impl Pool {
             login,
             groups: [db_group, user_group],
             stats: PoolStats::with_metrics(metrics),
-            plan_epoch: std::sync::atomic::AtomicU64::new(0),
+            plans: Default::default(),
         });
         for g in &pool.groups {
             g.join(&pool);

@@ -48,7 +48,7 @@ pub fn server_name(hash: u128) -> String {
 pub enum Held {
     /// Prepared and usable.
     Ready,
-    /// Prepared, but its plan is known to be unusable (the result type changed): close it and
+    /// Prepared before its plan was found unusable (the result type changed): close it and
     /// prepare it again before use.
     Stale,
     /// Not prepared.
@@ -58,7 +58,8 @@ pub enum Held {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_used: u64,
-    stale: bool,
+    /// The pool's plan epoch when it was prepared.
+    epoch: u64,
 }
 
 /// The statements one server holds, with their last use for LRU eviction.
@@ -69,8 +70,6 @@ pub struct ServerStatements {
     /// Uses at or after this tick belong to the batch in flight (since the last Sync), whose
     /// statements must not be closed under it.
     batch_start: u64,
-    /// The pool's plan epoch this cache was last checked against.
-    epoch: u64,
 }
 
 impl ServerStatements {
@@ -84,40 +83,38 @@ impl ServerStatements {
         self.entries.is_empty()
     }
 
-    /// What the server has of `hash`; a hit counts as a use.
-    pub fn touch(&mut self, hash: u128) -> Held {
+    /// What the server has of `hash`, given the epoch since which its plans are good (None:
+    /// never invalidated); a hit counts as a use.
+    pub fn touch(&mut self, hash: u128, good_since: Option<u64>) -> Held {
         self.clock += 1;
         match self.entries.get_mut(&hash) {
             Some(e) => {
                 e.last_used = self.clock;
-                if e.stale { Held::Stale } else { Held::Ready }
+                if good_since.is_some_and(|g| e.epoch < g) {
+                    Held::Stale
+                } else {
+                    Held::Ready
+                }
             }
             None => Held::Missing,
         }
     }
 
-    /// Records that the server now holds `hash` (a Parse for it was sent).
-    pub fn insert(&mut self, hash: u128) {
+    /// Records that the server now holds `hash`, prepared at plan epoch `epoch`.
+    pub fn insert(&mut self, hash: u128, epoch: u64) {
         self.clock += 1;
         self.entries.insert(
             hash,
             Entry {
                 last_used: self.clock,
-                stale: false,
+                epoch,
             },
         );
     }
 
-    /// Records that the server no longer holds `hash`.
-    pub fn remove(&mut self, hash: u128) {
-        self.entries.remove(&hash);
-    }
-
-    /// Marks `hash` as needing to be prepared again before its next use.
-    pub fn mark_stale(&mut self, hash: u128) {
-        if let Some(e) = self.entries.get_mut(&hash) {
-            e.stale = true;
-        }
+    /// Records that the server no longer holds `hash`; returns the epoch it was prepared at.
+    pub fn remove(&mut self, hash: u128) -> Option<u64> {
+        self.entries.remove(&hash).map(|e| e.epoch)
     }
 
     /// A new batch begins (a Sync was sent): statements of earlier batches may be evicted.
@@ -143,16 +140,48 @@ impl ServerStatements {
     pub fn clear(&mut self) {
         self.entries.clear();
     }
+}
 
-    /// Brings the cache up to the pool's plan epoch: when it moved (a schema change was seen),
-    /// every statement is marked stale and will be prepared again before its next use.
-    pub fn sync_epoch(&mut self, epoch: u64) {
-        if self.epoch != epoch {
-            self.epoch = epoch;
-            for e in self.entries.values_mut() {
-                e.stale = true;
-            }
+/// Most statements remembered as invalidated per pool (the oldest are forgotten beyond it).
+const MAX_INVALIDATED: usize = 10_000;
+
+/// Statements whose plans PostgreSQL refused after a schema change ("cached plan must not
+/// change result type"), shared by a pool's sessions. Each invalidation moves the pool's plan
+/// epoch: servers prepared a statement before its invalidation epoch must prepare it again, and
+/// clients that prepared it before then are told once, as PostgreSQL would tell them.
+#[derive(Debug, Default)]
+pub struct PlanInvalidations {
+    epoch: std::sync::atomic::AtomicU64,
+    any: std::sync::atomic::AtomicBool,
+    invalidated: parking_lot::Mutex<HashMap<u128, u64>>,
+}
+
+impl PlanInvalidations {
+    /// The current plan epoch (recorded with every Parse).
+    pub fn current(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The epoch at which `hash` was last invalidated (plans from before it are unusable).
+    pub fn invalidated_at(&self, hash: u128) -> Option<u64> {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
         }
+        self.invalidated.lock().get(&hash).copied()
+    }
+
+    /// PostgreSQL refused `hash`'s plan: returns the new epoch.
+    pub fn invalidate(&self, hash: u128) -> u64 {
+        let mut map = self.invalidated.lock();
+        let epoch = self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        if map.len() >= MAX_INVALIDATED
+            && let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(h, _)| *h)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(hash, epoch);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+        epoch
     }
 }
 
@@ -174,20 +203,33 @@ mod tests {
     #[test]
     fn the_least_recently_used_outside_the_batch_is_evicted() {
         let mut s = ServerStatements::default();
-        s.insert(1);
-        s.insert(2);
+        s.insert(1, 0);
+        s.insert(2, 0);
         s.new_batch();
         assert_eq!(s.victim(3), None);
-        assert_eq!(s.touch(1), Held::Ready);
+        assert_eq!(s.touch(1, None), Held::Ready);
         // 1 is in use by this batch: 2 goes even though 1 is older by insertion.
         assert_eq!(s.victim(2), Some(2));
-        s.touch(2);
+        s.touch(2, None);
         // Both pinned by the batch: nothing may go.
         assert_eq!(s.victim(2), None);
         s.new_batch();
         assert_eq!(s.victim(2), Some(1));
-        s.sync_epoch(1);
-        assert_eq!(s.touch(2), Held::Stale);
-        assert_eq!(s.touch(3), Held::Missing);
+        assert_eq!(s.touch(3, None), Held::Missing);
+    }
+
+    #[test]
+    fn statements_prepared_before_an_invalidation_are_stale() {
+        let plans = PlanInvalidations::default();
+        let mut s = ServerStatements::default();
+        s.insert(7, plans.current());
+        s.insert(8, plans.current());
+        assert_eq!(plans.invalidated_at(7), None);
+        let e = plans.invalidate(7);
+        assert_eq!(plans.invalidated_at(7), Some(e));
+        assert_eq!(s.touch(7, plans.invalidated_at(7)), Held::Stale);
+        assert_eq!(s.touch(8, plans.invalidated_at(8)), Held::Ready);
+        s.insert(7, plans.current());
+        assert_eq!(s.touch(7, plans.invalidated_at(7)), Held::Ready);
     }
 }

@@ -229,7 +229,7 @@ impl Session {
             params: &mut self.login.params,
             statements: &mut self.statements,
             statement_capacity,
-            plan_epoch: &pool.plan_epoch,
+            plans: &pool.plans,
             info: &self.login.info,
             stats: &self.login.pool.stats,
             timeouts,

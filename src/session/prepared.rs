@@ -7,17 +7,27 @@
 use super::responses::{Ends, Responses, Undo};
 use crate::pool::PoolStats;
 use crate::protocol::{PgError, messages, sqlstate};
-use crate::server::statements::{Held, ServerStatements, StatementDef, server_name};
+use crate::server::statements::{Held, PlanInvalidations, ServerStatements, StatementDef, server_name};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 
 /// Most named statements one client may hold (a bound on sluice's memory per client).
 const MAX_CLIENT_STATEMENTS: usize = 100_000;
 
+/// PostgreSQL's message when a prepared statement's result type changed under it.
+pub(super) const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result type";
+
+/// A statement a client prepared, and the plan epoch from which it knows its result shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientStatement {
+    pub(crate) def: StatementDef,
+    pub(crate) epoch: u64,
+}
+
 /// The statements a client prepared, by the client's names.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
-    by_name: HashMap<Bytes, StatementDef>,
+    by_name: HashMap<Bytes, ClientStatement>,
 }
 
 impl ClientStatements {
@@ -30,12 +40,19 @@ impl ClientStatements {
         self.by_name.remove(name);
     }
 
-    pub(super) fn restore(&mut self, name: Bytes, def: StatementDef) {
-        self.by_name.insert(name, def);
+    pub(super) fn restore(&mut self, name: Bytes, statement: ClientStatement) {
+        self.by_name.insert(name, statement);
     }
 
-    fn get(&self, name: &[u8]) -> Option<&StatementDef> {
+    fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.by_name.get(name)
+    }
+
+    /// The client has been told that the plan of `name` changed (at `epoch`).
+    pub(super) fn told(&mut self, name: &[u8], epoch: u64) {
+        if let Some(s) = self.by_name.get_mut(name) {
+            s.epoch = s.epoch.max(epoch);
+        }
     }
 
     /// Drops them all (the client ran DISCARD ALL or DEALLOCATE ALL).
@@ -54,6 +71,8 @@ pub(super) struct Translator<'a> {
     /// Bytes on their way to the server.
     pub(super) out: &'a mut BytesMut,
     pub(super) stats: &'a PoolStats,
+    /// The pool's record of plans PostgreSQL refused after schema changes.
+    pub(super) plans: &'a PlanInvalidations,
 }
 
 /// What became of a client message.
@@ -65,6 +84,18 @@ pub(super) enum Outcome {
     Forward,
     /// The client made an error sluice answers itself (as PostgreSQL would): the rest of its
     /// batch up to Sync must be dropped.
+    Refused,
+}
+
+/// What became of a Bind.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BindOutcome {
+    /// Its start, up to and including the statement name (this many bytes), was rewritten;
+    /// the rest goes as it is.
+    Rewritten(usize),
+    /// Not a tracked statement: forward it unchanged.
+    Forward,
+    /// Answered with an error by sluice: drop it and the rest of the batch.
     Refused,
 }
 
@@ -83,12 +114,8 @@ fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     }
 }
 
-fn reply(tag: u8) -> Bytes {
-    Bytes::from_static(match tag {
-        b'1' => b"1\0\0\0\x04",
-        _ => b"3\0\0\0\x04",
-    })
-}
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 impl Translator<'_> {
     /// Parse. `msg` is the whole message.
@@ -101,65 +128,62 @@ impl Translator<'_> {
         }
         let name = Bytes::copy_from_slice(name);
         if self.client.get(&name).is_some() {
-            return self.refuse(PgError::error(
-                sqlstate::DUPLICATE_PREPARED_STATEMENT,
-                format!(
-                    "prepared statement \"{}\" already exists",
-                    String::from_utf8_lossy(&name)
-                ),
-            ));
+            let text = format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(&name)
+            );
+            return self.refuse(PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, text));
         }
         if self.client.len() >= MAX_CLIENT_STATEMENTS {
-            return self.refuse(PgError::error(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!("too many prepared statements (at most {MAX_CLIENT_STATEMENTS} per client)"),
-            ));
+            let text = format!("too many prepared statements (at most {MAX_CLIENT_STATEMENTS} per client)");
+            return self.refuse(PgError::error(sqlstate::PROGRAM_LIMIT_EXCEEDED, text));
         }
         let def = StatementDef::from_parse_body(rest);
         self.stats.record_client_parse();
         let hash = def.hash;
-        self.client.restore(name.clone(), def);
-        match self.server.touch(hash) {
-            Held::Ready => {
-                self.responses
-                    .push_reply(reply(b'1'), Undo::ClientParse { name, server: None }, false);
-            }
-            held => {
-                if held == Held::Stale {
-                    self.close_on_server(hash);
-                } else {
-                    self.make_room();
-                }
-                let server_name = server_name(hash);
-                put_message(self.out, b'P', &[server_name.as_bytes(), b"\0", rest]);
-                self.server.insert(hash);
-                self.stats.record_server_parse();
-                self.responses.push_server(
-                    Ends::Parse,
-                    false,
-                    Undo::ClientParse {
-                        name,
-                        server: Some(hash),
-                    },
-                );
-            }
+        let statement = ClientStatement {
+            def,
+            epoch: self.plans.current(),
+        };
+        self.client.restore(name.clone(), statement);
+        if self.server.touch(hash, self.plans.invalidated_at(hash)) == Held::Ready {
+            let undo = Undo::ClientParse { name, server: None };
+            self.responses
+                .push_reply(Bytes::from_static(PARSE_COMPLETE), undo, false);
+            return Outcome::Done;
         }
+        self.prepare_on_server(hash, rest);
+        let undo = Undo::ClientParse {
+            name,
+            server: Some(hash),
+        };
+        self.responses.push_server(Ends::Parse, false, undo);
         Outcome::Done
     }
 
-    /// Bind. `head` is the start of the message (all of it when `total` fits); returns how much
-    /// of it was consumed (the rest is forwarded as it is) or None to forward the whole message.
-    pub(super) fn bind(&mut self, head: &[u8], total: usize) -> Option<usize> {
-        let (portal, rest) = cstr(&head[5..])?;
-        let (name, _) = cstr(rest)?;
+    /// Bind. `head` is the start of the message (all of it when `total` fits).
+    pub(super) fn bind(&mut self, head: &[u8], total: usize) -> BindOutcome {
+        let Some((portal, rest)) = cstr(&head[5..]) else {
+            return BindOutcome::Forward;
+        };
+        let Some((name, _)) = cstr(rest) else {
+            return BindOutcome::Forward;
+        };
         if name.is_empty() {
-            return None;
+            return BindOutcome::Forward;
         }
-        let def = self.client.get(name)?.clone();
+        let Some(statement) = self.client.get(name).cloned() else {
+            return BindOutcome::Forward;
+        };
         self.stats.record_bind();
-        self.ensure(&def);
+        if let Err(e) = self.check_plan(name, &statement) {
+            self.refuse(e);
+            return BindOutcome::Refused;
+        }
+        let hash = statement.def.hash;
+        self.ensure(&statement.def);
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
-        let server_name = server_name(def.hash);
+        let server_name = server_name(hash);
         let new_len = total - consumed + 4 + portal.len() + 1 + server_name.len() + 1;
         self.out.put_u8(b'B');
         self.out.put_i32(new_len as i32);
@@ -167,9 +191,12 @@ impl Translator<'_> {
         self.out.put_u8(0);
         self.out.put_slice(server_name.as_bytes());
         self.out.put_u8(0);
-        self.responses
-            .push_server(Ends::Bind, false, Undo::Bind(def.hash));
-        Some(consumed)
+        let undo = Undo::Bind {
+            hash,
+            name: Bytes::copy_from_slice(name),
+        };
+        self.responses.push_server(Ends::Bind, false, undo);
+        BindOutcome::Rewritten(consumed)
     }
 
     /// Describe of a statement (portals pass unchanged).
@@ -177,15 +204,15 @@ impl Translator<'_> {
         let Some((kind, name)) = statement_target(msg) else {
             return Outcome::Forward;
         };
-        let Some(def) = self.client.get(name).cloned() else {
+        let Some(statement) = self.client.get(name).cloned() else {
             return Outcome::Forward;
         };
-        self.ensure(&def);
-        put_message(
-            self.out,
-            b'D',
-            &[&[kind], server_name(def.hash).as_bytes(), b"\0"],
-        );
+        if let Err(e) = self.check_plan(name, &statement) {
+            return self.refuse(e);
+        }
+        self.ensure(&statement.def);
+        let server_name = server_name(statement.def.hash);
+        put_message(self.out, b'D', &[&[kind], server_name.as_bytes(), b"\0"]);
         self.responses.push_server(Ends::Describe, false, Undo::Nothing);
         Outcome::Done
     }
@@ -197,47 +224,62 @@ impl Translator<'_> {
             return Outcome::Forward;
         };
         let name = Bytes::copy_from_slice(name);
-        let Some(def) = self.client.get(&name).cloned() else {
+        let Some(statement) = self.client.get(&name).cloned() else {
             // PostgreSQL does not mind closing what does not exist: let it answer.
             return Outcome::Forward;
         };
         self.client.forget(&name);
+        let undo = Undo::ClientClose { name, statement };
         self.responses
-            .push_reply(reply(b'3'), Undo::ClientClose { name, def }, false);
+            .push_reply(Bytes::from_static(CLOSE_COMPLETE), undo, false);
         Outcome::Done
     }
 
     /// A simple query that is exactly `DEALLOCATE [PREPARE] name` of a statement the client
-    /// prepared through the protocol (what PDO and Rails send): answered by sluice.
+    /// prepared through the protocol (what PDO and Rails send): answered by sluice. Only called
+    /// with nothing in flight, so `tx_status` is the status PostgreSQL would report.
     pub(super) fn query(&mut self, msg: &[u8], tx_status: u8) -> Outcome {
         let Some(name) = deallocate_target(&msg[5..]) else {
             return Outcome::Forward;
         };
-        let Some(def) = self.client.get(name.as_bytes()).cloned() else {
+        let Some(statement) = self.client.get(name.as_bytes()).cloned() else {
             return Outcome::Forward;
         };
         let mut out = BytesMut::new();
-        if tx_status == b'E' {
+        let undo = if tx_status == b'E' {
             PgError::error(
                 sqlstate::IN_FAILED_SQL_TRANSACTION,
                 "current transaction is aborted, commands ignored until end of transaction block",
             )
             .encode(&mut out);
+            Undo::Nothing
         } else {
             self.client.forget(name.as_bytes());
             messages::command_complete(&mut out, "DEALLOCATE");
-        }
-        messages::ready_for_query(&mut out, tx_status);
-        let undo = if tx_status == b'E' {
-            Undo::Nothing
-        } else {
             Undo::ClientClose {
                 name: Bytes::from(name.into_bytes()),
-                def,
+                statement,
             }
         };
+        messages::ready_for_query(&mut out, tx_status);
         self.responses.push_reply(out.freeze(), undo, true);
         Outcome::Done
+    }
+
+    /// A client that prepared a statement before PostgreSQL refused its plan (the result type
+    /// changed) is told so once, as PostgreSQL would tell it; then it may use the statement
+    /// again (sluice prepares it afresh) with the result shape it will now describe.
+    fn check_plan(&mut self, name: &[u8], statement: &ClientStatement) -> Result<(), PgError> {
+        match self.plans.invalidated_at(statement.def.hash) {
+            Some(at) if statement.epoch < at => {
+                self.client.told(name, at);
+                Err(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    CACHED_PLAN_MESSAGE,
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn refuse(&mut self, e: PgError) -> Outcome {
@@ -247,36 +289,32 @@ impl Translator<'_> {
         Outcome::Refused
     }
 
-    /// Makes sure the server holds `def` before a message that uses it.
+    /// Makes sure the server holds `def` before a message that uses it (hidden Parse).
     fn ensure(&mut self, def: &StatementDef) {
-        match self.server.touch(def.hash) {
-            Held::Ready => return,
-            Held::Stale => self.close_on_server(def.hash),
-            Held::Missing => self.make_room(),
+        if self.server.touch(def.hash, self.plans.invalidated_at(def.hash)) == Held::Ready {
+            return;
         }
-        put_message(
-            self.out,
-            b'P',
-            &[server_name(def.hash).as_bytes(), b"\0", &def.body],
-        );
-        self.server.insert(def.hash);
-        self.stats.record_server_parse();
+        self.prepare_on_server(def.hash, &def.body);
         self.responses
             .push_server(Ends::Parse, true, Undo::ServerParse(def.hash));
     }
 
-    /// Closes the least recently used statement if the server is full.
-    fn make_room(&mut self) {
-        if let Some(victim) = self.server.victim(self.capacity) {
-            self.close_on_server(victim);
+    /// Writes a Parse of the statement under its server name, first closing a stale copy of
+    /// it or, when the server is full, its least recently used statement.
+    fn prepare_on_server(&mut self, hash: u128, body: &[u8]) {
+        let stale = self.server.remove(hash).map(|epoch| (hash, epoch));
+        let victim = stale.or_else(|| {
+            let v = self.server.victim(self.capacity)?;
+            Some((v, self.server.remove(v).unwrap_or_default()))
+        });
+        if let Some((victim, epoch)) = victim {
+            put_message(self.out, b'C', &[b"S", server_name(victim).as_bytes(), b"\0"]);
+            let undo = Undo::ServerClose { hash: victim, epoch };
+            self.responses.push_server(Ends::Close, true, undo);
         }
-    }
-
-    fn close_on_server(&mut self, hash: u128) {
-        put_message(self.out, b'C', &[b"S", server_name(hash).as_bytes(), b"\0"]);
-        self.server.remove(hash);
-        self.responses
-            .push_server(Ends::Close, true, Undo::ServerClose(hash));
+        put_message(self.out, b'P', &[server_name(hash).as_bytes(), b"\0", body]);
+        self.server.insert(hash, self.plans.current());
+        self.stats.record_server_parse();
     }
 }
 
@@ -324,28 +362,11 @@ fn strip_keyword<'t>(text: &'t str, keyword: &str) -> Option<&'t str> {
     (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace)).then(|| rest.trim_start())
 }
 
-/// What a CommandComplete tag means for the statements: the server dropped them all, or the
-/// schema changed so that cached plans may no longer fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum TagEffect {
-    /// DISCARD ALL or DEALLOCATE ALL.
-    DroppedAll,
-    /// ALTER or DROP of something.
-    SchemaChanged,
-    /// Nothing.
-    None,
-}
-
-/// Reads a CommandComplete body (the tag, NUL-terminated).
-pub(super) fn tag_effect(body: &[u8]) -> TagEffect {
+/// True when a CommandComplete body (the tag, NUL-terminated) says the server dropped every
+/// prepared statement (DISCARD ALL, DEALLOCATE ALL).
+pub(super) fn drops_all_statements(body: &[u8]) -> bool {
     let tag = cstr(body).map(|(t, _)| t).unwrap_or(body);
-    if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
-        TagEffect::DroppedAll
-    } else if tag.starts_with(b"ALTER ") || tag.starts_with(b"DROP ") {
-        TagEffect::SchemaChanged
-    } else {
-        TagEffect::None
-    }
+    tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
 }
 
 #[cfg(test)]
@@ -374,11 +395,10 @@ mod tests {
     }
 
     #[test]
-    fn command_tags_that_matter_are_recognised() {
-        assert_eq!(tag_effect(b"DISCARD ALL\0"), TagEffect::DroppedAll);
-        assert_eq!(tag_effect(b"DEALLOCATE ALL\0"), TagEffect::DroppedAll);
-        assert_eq!(tag_effect(b"ALTER TABLE\0"), TagEffect::SchemaChanged);
-        assert_eq!(tag_effect(b"SELECT 1\0"), TagEffect::None);
-        assert_eq!(tag_effect(b"DEALLOCATE\0"), TagEffect::None);
+    fn command_tags_that_drop_every_statement_are_recognised() {
+        assert!(drops_all_statements(b"DISCARD ALL\0"));
+        assert!(drops_all_statements(b"DEALLOCATE ALL\0"));
+        assert!(!drops_all_statements(b"SELECT 1\0"));
+        assert!(!drops_all_statements(b"DEALLOCATE\0"));
     }
 }

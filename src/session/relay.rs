@@ -7,14 +7,13 @@
 use super::client::ClientIo;
 use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
-use super::prepared::{ClientStatements, Outcome, TagEffect, Translator};
+use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
 use super::responses::{Books, ErrorNote, Verdict};
 use crate::client_info::ClientInfo;
 use crate::pool::PoolStats;
 use crate::protocol::{FrameError, ScanItem, Want};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,8 +76,8 @@ pub(super) struct RelayContext<'a> {
     pub(super) statements: &'a mut Option<Box<ClientStatements>>,
     /// max_prepared_statements for this client: 0 when its statements pass through untouched.
     pub(super) statement_capacity: usize,
-    /// The pool's plan epoch: moves when a schema change may have made cached plans unusable.
-    pub(super) plan_epoch: &'a AtomicU64,
+    /// The pool's record of plans PostgreSQL refused after schema changes.
+    pub(super) plans: &'a crate::server::statements::PlanInvalidations,
     /// The client's shared state.
     pub(super) info: &'a ClientInfo,
     /// The pool's counters.
@@ -96,11 +95,6 @@ pub(super) async fn relay(
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
-    if ctx.statement_capacity > 0 {
-        server
-            .statements
-            .sync_epoch(ctx.plan_epoch.load(Ordering::Acquire));
-    }
     let end = relay_loop(client, link, server, ctx).await;
     server.info.set_prepared(server.statements.len());
     ctx.info
@@ -277,17 +271,27 @@ fn pump_client(
                     client.scan.pass_rest(len - head);
                     continue;
                 }
-                let consumed = (tag == b'B').then(|| bind(&client.inbuf[..head], len, link, server, ctx));
-                match consumed.flatten() {
-                    Some(k) => {
+                let outcome = if tag == b'B' {
+                    bind(&client.inbuf[..head], len, link, server, ctx)
+                } else {
+                    BindOutcome::Forward
+                };
+                match outcome {
+                    BindOutcome::Rewritten(k) => {
                         client.inbuf.advance(k);
                         client.scan.pass_rest(len - k);
                     }
-                    None => {
+                    BindOutcome::Forward => {
                         let piece = client.inbuf.split_to(head);
                         client.scan.pass_rest(len - head);
                         link.on_client_message(tag);
                         link.to_server.unsplit(piece);
+                    }
+                    BindOutcome::Refused => {
+                        client.inbuf.advance(head);
+                        client.scan.pass_rest(len - head);
+                        link.client_skipping = true;
+                        link.dropping_message = true;
                     }
                 }
             }
@@ -308,6 +312,7 @@ fn translator<'a>(
         responses: &mut link.responses,
         out: &mut link.to_server,
         stats: ctx.stats,
+        plans: ctx.plans,
     }
 }
 
@@ -331,11 +336,12 @@ fn translate(
         // Only with nothing in flight is the status sluice would report certain.
         b'Q' if quiet => translator(link, server, ctx).query(msg, tx_status),
         b'B' => match bind(msg, msg.len(), link, server, ctx) {
-            Some(k) => {
+            BindOutcome::Rewritten(k) => {
                 link.to_server.extend_from_slice(&msg[k..]);
                 Outcome::Done
             }
-            None => Outcome::Forward,
+            BindOutcome::Forward => Outcome::Forward,
+            BindOutcome::Refused => Outcome::Refused,
         },
         _ => Outcome::Forward,
     };
@@ -345,20 +351,22 @@ fn translate(
     outcome
 }
 
-/// Translates the head of a Bind; returns how many of its bytes were consumed.
+/// Translates the head of a Bind.
 fn bind(
     head: &[u8],
     total: usize,
     link: &mut Link,
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
-) -> Option<usize> {
+) -> BindOutcome {
     if link.responses.server_skipping() {
-        return None;
+        return BindOutcome::Forward; // the server discards it anyway
     }
-    let consumed = translator(link, server, ctx).bind(head, total)?;
-    link.unsynced = true;
-    Some(consumed)
+    let outcome = translator(link, server, ctx).bind(head, total);
+    if outcome != BindOutcome::Forward {
+        link.unsynced = true;
+    }
+    outcome
 }
 
 /// Moves server messages to the client-bound buffer (and sluice's own replies into their
@@ -417,11 +425,7 @@ fn pump_server(
                     if error.severity == crate::protocol::Severity::Fatal {
                         return Err(RelayError::ServerFatal(error));
                     }
-                    let n = ErrorNote::of(&error);
-                    if n.cached_plan {
-                        ctx.plan_epoch.fetch_add(1, Ordering::AcqRel);
-                    }
-                    note = Some(n);
+                    note = Some(ErrorNote::of(&error));
                 }
                 b'C' => command_complete(&msg[5..], server, ctx),
                 b'S' => {
@@ -441,6 +445,7 @@ fn pump_server(
         let mut books = Books {
             client: ctx.statements.as_deref_mut(),
             server: &mut server.statements,
+            plans: ctx.plans,
         };
         if link.responses.on_server_message(tag, note, &mut books) == Verdict::Hide {
             continue;
@@ -456,19 +461,13 @@ fn pump_server(
 }
 
 /// A CommandComplete: DISCARD ALL / DEALLOCATE ALL dropped the server's statements (and the
-/// client's); ALTER and DROP may have changed what cached plans return.
+/// client's, who asked for it).
 fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
-    match super::prepared::tag_effect(body) {
-        TagEffect::DroppedAll => {
-            server.statements.clear();
-            if let Some(s) = ctx.statements.as_deref_mut() {
-                s.clear();
-            }
+    if super::prepared::drops_all_statements(body) {
+        server.statements.clear();
+        if let Some(s) = ctx.statements.as_deref_mut() {
+            s.clear();
         }
-        TagEffect::SchemaChanged if ctx.statement_capacity > 0 => {
-            ctx.plan_epoch.fetch_add(1, Ordering::AcqRel);
-        }
-        _ => {}
     }
 }
 

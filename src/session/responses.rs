@@ -6,7 +6,7 @@
 //! messages it sent on its own, undo its bookkeeping for messages that failed or that the server
 //! skipped after an error, and never hand a server back with anything still owed.
 
-use crate::server::statements::ServerStatements;
+use crate::server::statements::{PlanInvalidations, ServerStatements};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -71,14 +71,16 @@ pub(super) enum Undo {
     /// A client's Close of `name`, answered by sluice: the client still has it.
     ClientClose {
         name: Bytes,
-        def: crate::server::statements::StatementDef,
+        statement: super::prepared::ClientStatement,
     },
     /// A Parse sluice sent so a statement exists on this server.
     ServerParse(u128),
-    /// A Close sluice sent to make room: the statement is still there.
-    ServerClose(u128),
-    /// A Bind of this statement (watched for "cached plan must not change result type").
-    Bind(u128),
+    /// A Close sluice sent (to make room, or of a stale copy): the statement is still there,
+    /// as prepared at `epoch`.
+    ServerClose { hash: u128, epoch: u64 },
+    /// A Bind of the client's statement `name` (watched for "cached plan must not change
+    /// result type").
+    Bind { hash: u128, name: Bytes },
 }
 
 /// One reply owed to the client.
@@ -106,12 +108,22 @@ pub(super) struct Books<'a> {
     pub(super) client: Option<&'a mut super::prepared::ClientStatements>,
     /// The statements the server holds.
     pub(super) server: &'a mut ServerStatements,
+    /// The pool's record of refused plans.
+    pub(super) plans: &'a PlanInvalidations,
 }
 
 impl Books<'_> {
+    /// Takes back the bookkeeping of messages that failed or were skipped, latest first, so
+    /// that each step restores the state the one before it left.
+    fn undo_all(&mut self, undos: Vec<Undo>) {
+        for undo in undos.into_iter().rev() {
+            self.undo(undo);
+        }
+    }
+
     fn undo(&mut self, undo: Undo) {
         match undo {
-            Undo::Nothing | Undo::Bind(_) => {}
+            Undo::Nothing | Undo::Bind { .. } => {}
             Undo::ClientParse { name, server } => {
                 if let Some(c) = self.client.as_deref_mut() {
                     c.forget(&name);
@@ -120,13 +132,24 @@ impl Books<'_> {
                     self.server.remove(h);
                 }
             }
-            Undo::ClientClose { name, def } => {
+            Undo::ClientClose { name, statement } => {
                 if let Some(c) = self.client.as_deref_mut() {
-                    c.restore(name, def);
+                    c.restore(name, statement);
                 }
             }
-            Undo::ServerParse(h) => self.server.remove(h),
-            Undo::ServerClose(h) => self.server.insert(h),
+            Undo::ServerParse(h) => {
+                self.server.remove(h);
+            }
+            Undo::ServerClose { hash, epoch } => self.server.insert(hash, epoch),
+        }
+    }
+
+    /// PostgreSQL refused the plan of a bound statement: every copy prepared before now is
+    /// stale, and this client has been told.
+    fn plan_refused(&mut self, hash: u128, name: &[u8]) {
+        let epoch = self.plans.invalidate(hash);
+        if let Some(c) = self.client.as_deref_mut() {
+            c.told(name, epoch);
         }
     }
 }
@@ -253,13 +276,15 @@ impl Responses {
             }
             // An extended-protocol message failed: it is done, and the server skips everything
             // up to the next Sync.
+            let mut undos = Vec::new();
             if let Some(Due::Server { undo, .. }) = self.due.pop_front() {
-                if let (Undo::Bind(h), true) = (&undo, note.cached_plan) {
-                    books.server.mark_stale(*h);
+                if let (Undo::Bind { hash, name }, true) = (&undo, note.cached_plan) {
+                    books.plan_refused(*hash, name);
                 }
-                books.undo(undo);
+                undos.push(undo);
             }
-            self.skip_to_sync(books);
+            self.skip_to_sync(&mut undos);
+            books.undo_all(undos);
             return Verdict::Forward;
         }
         if !ends.completed_by(tag) {
@@ -269,8 +294,9 @@ impl Responses {
         if hidden { Verdict::Hide } else { Verdict::Forward }
     }
 
-    /// Drops the entries the server will skip after an error, taking back their bookkeeping.
-    fn skip_to_sync(&mut self, books: &mut Books<'_>) {
+    /// Drops the entries the server will skip after an error, collecting their bookkeeping to
+    /// take back.
+    fn skip_to_sync(&mut self, undos: &mut Vec<Undo>) {
         loop {
             match self.due.front() {
                 Some(Due::Server { ends: Ends::Sync, .. }) => return,
@@ -285,13 +311,13 @@ impl Responses {
                     if ends.is_ready() {
                         self.requests -= 1;
                     }
-                    books.undo(undo);
+                    undos.push(undo);
                 }
                 Some(Due::Reply { undo, ready, .. }) => {
                     if ready {
                         self.requests -= 1;
                     }
-                    books.undo(undo);
+                    undos.push(undo);
                 }
                 None => return,
             }
@@ -301,6 +327,7 @@ impl Responses {
     /// ReadyForQuery: answers the first request in the queue; anything owed before it was
     /// skipped by the server.
     fn on_ready(&mut self, books: &mut Books<'_>) {
+        let mut undos = Vec::new();
         while let Some(entry) = self.due.pop_front() {
             match entry {
                 Due::Server { ends, undo, .. } => {
@@ -309,18 +336,19 @@ impl Responses {
                         if ends == Ends::Sync {
                             books.server.new_batch();
                         }
-                        return;
+                        break;
                     }
-                    books.undo(undo);
+                    undos.push(undo);
                 }
                 Due::Reply { undo, ready, .. } => {
                     if ready {
                         self.requests -= 1;
                     }
-                    books.undo(undo);
+                    undos.push(undo);
                 }
             }
         }
+        books.undo_all(undos);
     }
 
     /// COPY FROM STDIN began inside an extended-protocol batch: the server ignores the Syncs the
