@@ -81,6 +81,8 @@ pub struct PgError {
     pub detail: Option<String>,
     /// Optional advice.
     pub hint: Option<String>,
+    /// The PostgreSQL source routine that raised it (field `R`), which some drivers match on.
+    pub routine: Option<&'static str>,
 }
 
 impl PgError {
@@ -106,6 +108,7 @@ impl PgError {
             message: message.into(),
             detail: None,
             hint: None,
+            routine: None,
         }
     }
 
@@ -118,6 +121,13 @@ impl PgError {
     /// Adds a HINT line.
     pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Names the PostgreSQL routine that raises this error (drivers such as asyncpg recognise
+    /// some errors by it).
+    pub fn with_routine(mut self, routine: &'static str) -> PgError {
+        self.routine = Some(routine);
         self
     }
 
@@ -182,6 +192,9 @@ impl PgError {
         }
         if let Some(h) = &self.hint {
             field(b'H', h);
+        }
+        if let Some(r) = self.routine {
+            field(b'R', r);
         }
         out.put_u8(0);
         super::messages::patch_length(out, start);

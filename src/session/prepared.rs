@@ -191,7 +191,7 @@ impl Translator<'_> {
         self.out.put_u8(0);
         self.out.put_slice(server_name.as_bytes());
         self.out.put_u8(0);
-        let undo = Undo::Bind {
+        let undo = Undo::Uses {
             hash,
             name: Bytes::copy_from_slice(name),
         };
@@ -213,7 +213,11 @@ impl Translator<'_> {
         self.ensure(&statement.def);
         let server_name = server_name(statement.def.hash);
         put_message(self.out, b'D', &[&[kind], server_name.as_bytes(), b"\0"]);
-        self.responses.push_server(Ends::Describe, false, Undo::Nothing);
+        let undo = Undo::Uses {
+            hash: statement.def.hash,
+            name: Bytes::copy_from_slice(name),
+        };
+        self.responses.push_server(Ends::Describe, false, undo);
         Outcome::Done
     }
 
@@ -273,10 +277,12 @@ impl Translator<'_> {
         match self.plans.invalidated_at(statement.def.hash) {
             Some(at) if statement.epoch < at => {
                 self.client.told(name, at);
-                Err(PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    CACHED_PLAN_MESSAGE,
-                ))
+                // PostgreSQL's own error, routine included: drivers (asyncpg) recognise it by
+                // that and prepare the statement again.
+                Err(
+                    PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, CACHED_PLAN_MESSAGE)
+                        .with_routine("RevalidateCachedQuery"),
+                )
             }
             _ => Ok(()),
         }

@@ -78,9 +78,9 @@ pub(super) enum Undo {
     /// A Close sluice sent (to make room, or of a stale copy): the statement is still there,
     /// as prepared at `epoch`.
     ServerClose { hash: u128, epoch: u64 },
-    /// A Bind of the client's statement `name` (watched for "cached plan must not change
-    /// result type").
-    Bind { hash: u128, name: Bytes },
+    /// A Bind or Describe of the client's statement `name` (watched for "cached plan must not
+    /// change result type").
+    Uses { hash: u128, name: Bytes },
 }
 
 /// One reply owed to the client.
@@ -123,7 +123,7 @@ impl Books<'_> {
 
     fn undo(&mut self, undo: Undo) {
         match undo {
-            Undo::Nothing | Undo::Bind { .. } => {}
+            Undo::Nothing | Undo::Uses { .. } => {}
             Undo::ClientParse { name, server } => {
                 if let Some(c) = self.client.as_deref_mut() {
                     c.forget(&name);
@@ -278,7 +278,7 @@ impl Responses {
             // up to the next Sync.
             let mut undos = Vec::new();
             if let Some(Due::Server { undo, .. }) = self.due.pop_front() {
-                if let (Undo::Bind { hash, name }, true) = (&undo, note.cached_plan) {
+                if let (Undo::Uses { hash, name }, true) = (&undo, note.cached_plan) {
                     books.plan_refused(*hash, name);
                 }
                 undos.push(undo);
