@@ -502,3 +502,31 @@ async fn pgbench_in_prepared_mode_runs_clean_through_a_small_pool() {
         assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_parse_and_bind_messages_pass_through_tracking() {
+    let db = pg().create_database("t_ps_large").await;
+    let sluice = start_sluice(&config(&db, 2, "")).await;
+    let addr = sluice.tcp_addr();
+    let mut c = raw(addr, &db).await;
+    // A 300 kB query text (read whole, it is remembered for re-preparing) and a 2 MB parameter
+    // (only the head of its Bind is read; the rest streams through).
+    let literal = "x".repeat(300_000);
+    let mut out = BytesMut::new();
+    parse(
+        &mut out,
+        "big",
+        &format!("SELECT length('{literal}') + length($1::text)"),
+    );
+    sync(&mut out);
+    assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+    let param = "y".repeat(2_000_000);
+    for _ in 0..3 {
+        assert_eq!(run_one(&mut c, "big", &[&param]).await.unwrap(), "2300000");
+    }
+    // Another client makes the other server prepare it too (the remembered text is complete).
+    let holder = client(addr, &db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(run_one(&mut c, "big", &["z"]).await.unwrap(), "300001");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
