@@ -90,13 +90,27 @@ async fn exchange(c: &mut RawClient, out: &BytesMut) -> (String, Vec<RawMessage>
     (msgs.iter().map(|m| m.tag as char).collect(), msgs)
 }
 
-/// Runs a prepared statement without parameters and returns its single value.
-async fn run_one(c: &mut RawClient, statement: &str, params: &[&str]) -> Result<String, String> {
+/// Prepares `name` as `sql` in a batch of its own and checks the ParseComplete.
+async fn prepare_ok(c: &mut RawClient, name: &str, sql: &str) {
+    let mut out = BytesMut::new();
+    parse(&mut out, name, sql);
+    sync(&mut out);
+    assert_eq!(exchange(c, &out).await.0, "1Z", "preparing {name}");
+}
+
+/// Binds `statement` with text parameters, executes it and syncs; returns the reply's tags and
+/// messages.
+async fn run(c: &mut RawClient, statement: &str, params: &[&str]) -> (String, Vec<RawMessage>) {
     let mut out = BytesMut::new();
     bind(&mut out, statement, params);
     execute(&mut out);
     sync(&mut out);
-    let (_, msgs) = exchange(c, &out).await;
+    exchange(c, &out).await
+}
+
+/// Runs a prepared statement returning one value: the value, or the error's message.
+async fn run_one(c: &mut RawClient, statement: &str, params: &[&str]) -> Result<String, String> {
+    let (_, msgs) = run(c, statement, params).await;
     if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
         return Err(e.field(b'M').unwrap_or_default());
     }
@@ -184,14 +198,8 @@ async fn one_name_in_two_clients_means_two_statements() {
     let addr = sluice.tcp_addr();
     let mut a = raw(addr, &db).await;
     let mut b = raw(addr, &db).await;
-    let mut out = BytesMut::new();
-    parse(&mut out, "q", "SELECT 'from a'");
-    sync(&mut out);
-    assert_eq!(exchange(&mut a, &out).await.0, "1Z");
-    out.clear();
-    parse(&mut out, "q", "SELECT 'from b'");
-    sync(&mut out);
-    assert_eq!(exchange(&mut b, &out).await.0, "1Z");
+    prepare_ok(&mut a, "q", "SELECT 'from a'").await;
+    prepare_ok(&mut b, "q", "SELECT 'from b'").await;
     for _ in 0..3 {
         assert_eq!(run_one(&mut a, "q", &[]).await.unwrap(), "from a");
         assert_eq!(run_one(&mut b, "q", &[]).await.unwrap(), "from b");
@@ -212,14 +220,11 @@ async fn an_error_inside_a_pipeline_leaves_sluice_and_the_server_in_step() {
     let sluice = start_sluice(&config(&db, 1, "")).await;
     let addr = sluice.tcp_addr();
     let mut c = raw(addr, &db).await;
-    let mut out = BytesMut::new();
-    parse(&mut out, "s1", "SELECT $1::int4 * 10");
-    sync(&mut out);
-    assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+    prepare_ok(&mut c, "s1", "SELECT $1::int4 * 10").await;
 
     // One batch: s1 runs, s2 fails to parse, and everything after it up to Sync is skipped by
     // PostgreSQL — including the Close of s1 and the Parse of s3.
-    out.clear();
+    let mut out = BytesMut::new();
     bind(&mut out, "s1", &["4"]);
     execute(&mut out);
     parse(&mut out, "s2", "SELEKT nonsense");
@@ -361,10 +366,7 @@ async fn sql_deallocate_and_discard_act_on_protocol_level_statements() {
 
     // DEALLOCATE ALL and DISCARD ALL drop the client's statements and the server's.
     for sql in ["DEALLOCATE ALL", "DISCARD ALL"] {
-        out.clear();
-        parse(&mut out, "b1", "SELECT 'b1'");
-        sync(&mut out);
-        assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+        prepare_ok(&mut c, "b1", "SELECT 'b1'").await;
         assert_eq!(run_one(&mut c, "b1", &[]).await.unwrap(), "b1");
         c.query(sql).await;
         let msgs = c.read_until(b'Z').await;
@@ -378,10 +380,7 @@ async fn sql_deallocate_and_discard_act_on_protocol_level_statements() {
         assert!(e.contains("\"b1\" does not exist"), "{sql}: {e}");
     }
     // Statements prepared after a DISCARD ALL work as usual.
-    out.clear();
-    parse(&mut out, "b1", "SELECT 'b1 again'");
-    sync(&mut out);
-    assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+    prepare_ok(&mut c, "b1", "SELECT 'b1 again'").await;
     assert_eq!(run_one(&mut c, "b1", &[]).await.unwrap(), "b1 again");
 }
 
@@ -399,10 +398,7 @@ async fn a_schema_change_is_reported_once_then_statements_are_prepared_afresh() 
     let mut raws = Vec::new();
     for _ in 0..2 {
         let mut c = raw(addr, &db).await;
-        let mut out = BytesMut::new();
-        parse(&mut out, "all_of_t", "SELECT * FROM t");
-        sync(&mut out);
-        assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+        prepare_ok(&mut c, "all_of_t", "SELECT * FROM t").await;
         raws.push(c);
     }
     // Hold one server in a transaction so the other client's statements go to the second.
@@ -420,11 +416,7 @@ async fn a_schema_change_is_reported_once_then_statements_are_prepared_afresh() 
     // Each client is told once, as PostgreSQL tells a session whose statement changed shape...
     // (with PostgreSQL's routine name, by which drivers such as asyncpg recognise it).
     for c in raws.iter_mut() {
-        let mut out = BytesMut::new();
-        bind(&mut out, "all_of_t", &[]);
-        execute(&mut out);
-        sync(&mut out);
-        let (tags, msgs) = exchange(c, &out).await;
+        let (tags, msgs) = run(c, "all_of_t", &[]).await;
         assert_eq!(tags, "EZ", "{msgs:?}");
         assert_eq!(
             msgs[0].field(b'M').as_deref(),
@@ -435,11 +427,7 @@ async fn a_schema_change_is_reported_once_then_statements_are_prepared_afresh() 
     // ...and afterwards the statement works, on whichever server, with the new shape.
     for _ in 0..6 {
         for c in raws.iter_mut() {
-            let mut out = BytesMut::new();
-            bind(&mut out, "all_of_t", &[]);
-            execute(&mut out);
-            sync(&mut out);
-            let (tags, msgs) = exchange(c, &out).await;
+            let (tags, msgs) = run(c, "all_of_t", &[]).await;
             assert_eq!(tags, "2DCZ", "{msgs:?}");
             let row = msgs[1].data_row();
             assert_eq!(row, vec![Some("1".to_string()), Some("7".to_string())]);
@@ -512,14 +500,8 @@ async fn large_parse_and_bind_messages_pass_through_tracking() {
     // A 300 kB query text (read whole, it is remembered for re-preparing) and a 2 MB parameter
     // (only the head of its Bind is read; the rest streams through).
     let literal = "x".repeat(300_000);
-    let mut out = BytesMut::new();
-    parse(
-        &mut out,
-        "big",
-        &format!("SELECT length('{literal}') + length($1::text)"),
-    );
-    sync(&mut out);
-    assert_eq!(exchange(&mut c, &out).await.0, "1Z");
+    let sql = format!("SELECT length('{literal}') + length($1::text)");
+    prepare_ok(&mut c, "big", &sql).await;
     let param = "y".repeat(2_000_000);
     for _ in 0..3 {
         assert_eq!(run_one(&mut c, "big", &[&param]).await.unwrap(), "2300000");
