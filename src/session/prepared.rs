@@ -400,6 +400,78 @@ mod tests {
         assert_eq!(deallocate_target(b"SELECT 1\0"), None);
     }
 
+    /// Bind of `name` to the unnamed portal, no parameters.
+    fn bind_message(name: &str) -> Vec<u8> {
+        let mut body = vec![0u8];
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        let mut m = vec![b'B'];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn a_skipped_re_prepare_leaves_the_stale_copy_known_to_be_on_the_server() {
+        use super::super::responses::{Books, ErrorNote};
+        let stats = PoolStats::default();
+        let plans = PlanInvalidations::default();
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut responses = Responses::default();
+        let mut out = BytesMut::new();
+        let def = StatementDef::from_parse_body(b"SELECT * FROM t\0\0\0");
+        let hash = def.hash;
+        server.insert(hash, plans.current());
+        plans.invalidate(hash); // its plan was refused: the server's copy is stale
+        let fresh = ClientStatement {
+            def,
+            epoch: plans.current(),
+        };
+        client.restore(Bytes::from_static(b"s"), fresh);
+
+        // An Execute goes first, then a Bind of "s" (which closes and re-prepares the stale
+        // copy), then Sync.
+        responses.expect(b'E');
+        let msg = bind_message("s");
+        let mut t = Translator {
+            client: &mut client,
+            server: &mut server,
+            capacity: 10,
+            responses: &mut responses,
+            out: &mut out,
+            stats: &stats,
+            plans: &plans,
+        };
+        let BindOutcome::Rewritten(consumed) = t.bind(&msg, msg.len()) else {
+            panic!("the Bind was not rewritten");
+        };
+        out.extend_from_slice(&msg[consumed..]);
+        responses.expect(b'S');
+        let mut tags = Vec::new();
+        let mut rest = &out[..];
+        while rest.len() >= 5 {
+            tags.push(rest[0]);
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            rest = &rest[1 + len..];
+        }
+        assert_eq!(tags, b"CPB");
+
+        // The Execute fails: PostgreSQL skips the Close, the Parse and the Bind.
+        let mut books = Books {
+            client: Some(&mut client),
+            server: &mut server,
+            plans: &plans,
+        };
+        let note = Some(ErrorNote::default());
+        responses.on_server_message(b'E', note, &mut books);
+        responses.on_server_message(b'Z', None, &mut books);
+        assert!(responses.is_empty());
+        // The stale copy is still there, and still known as stale: the next use closes it
+        // again instead of failing with "already exists".
+        assert_eq!(server.touch(hash, plans.invalidated_at(hash)), Held::Stale);
+    }
+
     #[test]
     fn command_tags_that_drop_every_statement_are_recognised() {
         assert!(drops_all_statements(b"DISCARD ALL\0"));
