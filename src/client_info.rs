@@ -4,7 +4,7 @@
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -22,6 +22,28 @@ impl std::fmt::Display for PeerAddr {
         match self {
             PeerAddr::Tcp(a) => write!(f, "{a}"),
             PeerAddr::Unix => f.write_str("unix socket"),
+        }
+    }
+}
+
+/// Why sluice ends a client from outside its session (the session tells the client and leaves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kill {
+    /// An operator or the pooler itself (KILL_CLIENT, a removed database, shutdown), with the
+    /// message the client is told.
+    Operator(String),
+    /// client_idle_timeout: the client sent nothing for this long.
+    IdleTimeout(Duration),
+}
+
+impl Kill {
+    /// The FATAL the client gets.
+    pub fn error(&self) -> crate::protocol::PgError {
+        use crate::protocol::{PgError, sqlstate};
+        match self {
+            Kill::Operator(reason) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason.clone()),
+            Kill::IdleTimeout(limit) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+                .with_detail(format!("the client sent nothing for {:.1}s", limit.as_secs_f64())),
         }
     }
 }
@@ -81,7 +103,7 @@ pub struct ClientInfo {
     live: Mutex<ClientLive>,
     last_query: Mutex<String>,
     process: std::sync::OnceLock<Option<(i32, String)>>,
-    kill_reason: Mutex<Option<String>>,
+    kill_reason: Mutex<Option<Kill>>,
     kill: tokio::sync::Notify,
     prepared: std::sync::atomic::AtomicU32,
 }
@@ -135,17 +157,37 @@ impl ClientInfo {
 
     /// Asks the client's session to end with a FATAL carrying `reason` (KILL, KILL_CLIENT).
     pub fn kill(&self, reason: &str) {
-        self.kill_reason.lock().get_or_insert_with(|| reason.to_string());
+        self.kill_with(Kill::Operator(reason.to_string()));
+    }
+
+    /// Ends the client for `why` (the first reason given wins).
+    pub fn kill_with(&self, why: Kill) {
+        self.kill_reason.lock().get_or_insert(why);
         self.kill.notify_one();
     }
 
-    /// Resolves with the reason once the client is killed.
-    pub async fn killed(&self) -> String {
+    /// Resolves with the reason once the client is killed. A client in the middle of a request
+    /// (`busy`) is not ended for being idle: such a kill, given as it woke up, is withdrawn.
+    pub async fn killed(&self, busy: bool) -> Kill {
         loop {
-            if let Some(r) = self.kill_reason.lock().clone() {
-                return r;
+            {
+                let mut reason = self.kill_reason.lock();
+                match &*reason {
+                    Some(Kill::IdleTimeout(_)) if busy => *reason = None,
+                    Some(k) => return k.clone(),
+                    None => {}
+                }
             }
             self.kill.notified().await;
+        }
+    }
+
+    /// Ends an idle client that has been idle longer than `limit` (client_idle_timeout).
+    pub fn kill_if_idle_for(&self, limit: Duration, now: Instant) {
+        let live = self.live.lock();
+        if live.phase == ClientPhase::Idle && now.duration_since(live.phase_since) > limit {
+            drop(live);
+            self.kill_with(Kill::IdleTimeout(limit));
         }
     }
 
@@ -238,5 +280,42 @@ impl ClientInfo {
             self.peer,
             self.id
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientInfo {
+        ClientInfo::new(PeerAddr::Unix, None, None, "u", "d", "app")
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_ends_an_idle_client_but_not_one_that_just_became_busy() {
+        let c = client();
+        let limit = Duration::from_millis(10);
+        let later = Instant::now() + Duration::from_millis(50);
+        // Idle long enough: killed, and an idle session sees it.
+        c.kill_if_idle_for(limit, later);
+        assert_eq!(c.killed(false).await, Kill::IdleTimeout(limit));
+        // The client sent a request as the sweep ran: a busy session withdraws the kill...
+        let busy = tokio::time::timeout(Duration::from_millis(50), c.killed(true)).await;
+        assert!(busy.is_err(), "a busy client must not be ended for idleness");
+        // ...so the next idle wait does not see it either, while an operator's kill stands.
+        let idle = tokio::time::timeout(Duration::from_millis(50), c.killed(false)).await;
+        assert!(idle.is_err());
+        c.kill("admin forced disconnect");
+        let k = c.killed(true).await;
+        assert_eq!(k, Kill::Operator("admin forced disconnect".into()));
+        assert_eq!(k.error().sqlstate, "57P01");
+    }
+
+    #[test]
+    fn a_client_that_is_not_idle_is_never_killed_for_idleness() {
+        let c = client();
+        c.set_phase(ClientPhase::Active, None);
+        c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
+        assert!(c.kill_reason.lock().is_none());
     }
 }

@@ -19,6 +19,7 @@ pub mod session;
 pub mod shared;
 pub mod stats;
 pub mod stream;
+pub mod sweeper;
 pub mod tls;
 
 pub use config::Config;

@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     tracing::info!(%tcp_addr, unix = ?unix.as_ref().map(|u| &u.1), "sluice listening");
     crate::stats::spawn_sampler(&shared);
     crate::leaks::spawn_detector(&shared);
+    crate::sweeper::spawn_idle_sweeper(&shared);
     let mut accept_tasks = vec![
         tokio::spawn(accept_loop(tcp, shared.clone())),
         tokio::spawn(drain_monitor(shared.clone())),

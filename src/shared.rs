@@ -164,6 +164,13 @@ impl Shared {
         v
     }
 
+    /// Calls `f` on every logged-in client (in no order), holding the registry briefly.
+    pub fn for_each_client(&self, mut f: impl FnMut(&crate::client_info::ClientInfo)) {
+        for c in self.client_registry.lock().values() {
+            f(c);
+        }
+    }
+
     /// Clients currently connected (admin console sessions excluded).
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)

@@ -4,7 +4,9 @@
 use crate::protocol::{FrameScanner, PgError, messages};
 use crate::stream::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 /// The client connection after login.
 pub(crate) struct ClientIo {
@@ -59,21 +61,24 @@ impl ClientIo {
     }
 
     /// Waits for the idle client to send something, allocating a buffer only once it has.
+    /// A plain poll of the socket, with the bytes landing on the stack first: the future holds
+    /// nothing but `self`, which keeps an idle session's task small.
     pub(crate) async fn wait_for_input(&mut self) -> std::io::Result<Input> {
-        loop {
-            self.reader.readable().await?;
+        std::future::poll_fn(|cx| {
             let mut chunk = [0u8; 8192];
-            match self.reader.try_read(&mut chunk) {
-                Ok(0) => return Ok(Input::Closed),
-                Ok(n) => {
-                    self.bytes_in += n as u64;
-                    self.inbuf.extend_from_slice(&chunk[..n]);
-                    return Ok(Input::Data);
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(Input::Closed)),
+                Poll::Ready(Ok(())) => {
+                    self.bytes_in += buf.filled().len() as u64;
+                    self.inbuf.extend_from_slice(buf.filled());
+                    Poll::Ready(Ok(Input::Data))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
             }
-        }
+        })
+        .await
     }
 
     /// Sends an error (and ReadyForQuery when it is not FATAL), flushing what was buffered first.

@@ -58,8 +58,6 @@ enum Ending {
     ClientLeft,
     /// sluice ends the session with this error (already sent where possible).
     Error(PgError),
-    /// The pooler is shutting down.
-    Shutdown,
 }
 
 /// Serves one client connection from its first byte to its close.
@@ -85,11 +83,17 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
                 state: SessionState::Idle,
                 statements: None,
             };
-            match session.run().await {
-                Ending::ClientLeft => tracing::debug!(%peer, "client left"),
-                Ending::Shutdown => tracing::debug!(%peer, "session closed for shutdown"),
-                Ending::Error(e) => tracing::info!(%peer, error = %e, "session ended with an error"),
-            }
+            // A task of its own, holding only the session (moved in once, then borrowed): the
+            // login's task and everything its frames kept are freed, so an idle client costs
+            // as little as it can.
+            tokio::spawn(async move {
+                match session.run().await {
+                    Ending::ClientLeft => tracing::debug!(peer = %session.login.info.peer, "client left"),
+                    Ending::Error(e) => {
+                        tracing::info!(peer = %session.login.info.peer, error = %e, "session ended with an error");
+                    }
+                }
+            });
         }
     }
 }
@@ -122,14 +126,13 @@ struct Session {
 
 impl Session {
     async fn run(&mut self) -> Ending {
-        let mut shutdown = self.shared.lifecycle_signal();
         let mode = self.login.pool.settings().mode;
         loop {
             let state = std::mem::replace(&mut self.state, SessionState::Idle);
             // Only the Idle step runs in this frame: the others are boxed, so an idle client's
             // task carries just what waiting for input needs.
             let next = match state {
-                SessionState::Idle => self.step_idle(&mut shutdown).await,
+                SessionState::Idle => self.step_idle().await,
                 SessionState::Waiting { since } => Box::pin(self.step_waiting(since)).await,
                 SessionState::Active(active) => Box::pin(self.step_active(*active, mode)).await,
             };
@@ -140,33 +143,16 @@ impl Session {
         }
     }
 
-    /// Idle: wait for the client's next request (or a limit, a kill, a shutdown).
-    async fn step_idle(
-        &mut self,
-        shutdown: &mut tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
-    ) -> Result<SessionState, Ending> {
+    /// Idle: wait for the client's next request, or to be ended from outside: KILL_CLIENT,
+    /// shutdown (the drain monitor) or client_idle_timeout (the idle sweeper). Those timers live
+    /// elsewhere so that an idle session's task holds no more than these two waits.
+    async fn step_idle(&mut self) -> Result<SessionState, Ending> {
         if self.client.inbuf.is_empty() {
             self.client.shrink_when_empty();
-            let idle_limit = self.shared.config.load().pooler.client_idle_timeout;
             let input = tokio::select! {
                 r = self.client.wait_for_input() => r,
-                _ = sleep_opt(idle_limit) => {
-                    return Err(Box::pin(self.end_with(
-                        PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout").with_detail(format!(
-                            "the client sent nothing for {:.1}s",
-                            idle_limit.as_secs_f64()
-                        )),
-                        false,
-                    ))
-                    .await);
-                }
-                reason = self.login.info.killed() => {
-                    return Err(Box::pin(self.end_with(PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason), false)).await);
-                }
-                _ = wait_shutdown(shutdown) => {
-                    let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down");
-                    Box::pin(self.end_with(e, false)).await;
-                    return Err(Ending::Shutdown);
+                kill = self.login.info.killed(false) => {
+                    return Err(Box::pin(self.end_with(kill.error(), false)).await);
                 }
             };
             match input {
@@ -248,12 +234,10 @@ impl Session {
                 self.release_leaving(server, &link);
                 Err(Ending::ClientLeft)
             }
-            Ok(RelayEnd::Killed(reason)) => {
+            Ok(RelayEnd::Killed(kill)) => {
                 drop(server); // whatever it was doing is abandoned with the client
                 self.login.cancel.slot.set(None);
-                Err(self
-                    .end_with(PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason), true)
-                    .await)
+                Err(self.end_with(kill.error(), true).await)
             }
             Ok(RelayEnd::TimedOut(expiry)) => {
                 self.release(server, &link);
@@ -416,27 +400,4 @@ impl Session {
         send_fatal(&mut self.client, &err).await;
         Some(Ending::Error(err))
     }
-}
-
-/// Resolves once an idle client should be closed for shutdown (WAIT_FOR_SERVERS or an
-/// immediate exit). The watch guard is dropped before returning, so the future stays `Send`.
-async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<crate::shared::Lifecycle>) {
-    use crate::shared::{Lifecycle, ShutdownMode};
-    let _ = rx
-        .wait_for(|l| {
-            matches!(
-                l,
-                Lifecycle::Exit | Lifecycle::Draining(ShutdownMode::WaitForServers)
-            )
-        })
-        .await
-        .map(|_| ());
-}
-
-/// Sleeps for `d`, or forever when it is zero (a disabled limit).
-async fn sleep_opt(d: std::time::Duration) {
-    if d.is_zero() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(d).await;
 }

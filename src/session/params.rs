@@ -32,7 +32,11 @@ impl Wishes {
     fn insert(&mut self, key: String, value: Wanted) {
         match self.position(&key) {
             Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                // Exactly sized: a client keeps these for its whole life.
+                self.0.shrink_to_fit();
+            }
         }
     }
 

@@ -42,8 +42,8 @@ pub(super) enum RelayEnd {
     ClientGone,
     /// A time limit ran out.
     TimedOut(Expiry),
-    /// The operator killed the client (reason given).
-    Killed(String),
+    /// The client was ended from outside (KILL_CLIENT, shutdown).
+    Killed(crate::client_info::Kill),
 }
 
 /// Why relaying stopped abnormally.
@@ -109,7 +109,7 @@ async fn relay_loop(
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
     // Built once per relay, not per loop turn: each turn only polls it.
-    let killed = ctx.info.killed();
+    let killed = ctx.info.killed(true);
     tokio::pin!(killed);
     loop {
         let terminated = pump_client(client, link, server, ctx)?;

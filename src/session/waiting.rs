@@ -47,8 +47,8 @@ impl Session {
             let room = self.client.inbuf.len() < OUT_CAP;
             tokio::select! {
                 r = &mut checkout => break r,
-                reason = self.login.info.killed() => {
-                    let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason);
+                kill = self.login.info.killed(true) => {
+                    let e = kill.error();
                     send_fatal(&mut self.client, &e).await;
                     return WaitOutcome::Fatal(e);
                 }
