@@ -117,6 +117,16 @@ impl TlsRead {
         }
     }
 
+    /// Moves all read-ahead bytes to the end of `out`.
+    fn take_all(&self, out: &mut bytes::BytesMut) -> usize {
+        let mut guard = self.inner.lock();
+        let ahead = &mut guard.1;
+        let n = ahead.len();
+        out.extend_from_slice(ahead);
+        ahead.clear();
+        n
+    }
+
     /// Moves read-ahead bytes into `out`.
     fn take(&self, out: &mut [u8]) -> usize {
         let mut guard = self.inner.lock();
@@ -146,7 +156,78 @@ impl Stream {
     }
 }
 
+/// Reads what a socket has into `buf` without waiting: `Some(n)` bytes (0: end of stream), or
+/// None when there was nothing after all (its readiness is then cleared). A read that comes back
+/// short means the socket is drained: its readiness is cleared too (safely: only if no new event
+/// came meanwhile), so the next read waits for the kernel to report more data instead of trying
+/// a read that fails with EAGAIN. With tokio's edge-triggered readiness alone, every
+/// request-response exchange would cost such a failed read on each side.
+macro_rules! try_read_drained {
+    ($socket:expr, $buf:expr, $chunk:expr) => {{
+        let socket = $socket;
+        $buf.reserve($chunk);
+        let room = $buf.capacity() - $buf.len();
+        let mut got = None;
+        let read = socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = socket.try_read_buf(&mut *$buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match (read, got) {
+            (Ok(n), _) => Ok(Some(n)),
+            (Err(e), got) if e.kind() == io::ErrorKind::WouldBlock => Ok(got),
+            (Err(e), _) => Err(e),
+        }
+    }};
+}
+
 impl ReadHalf {
+    /// Reads what is available into `buf` (reserving `chunk` bytes first), waiting until
+    /// something is; `Ok(0)` is end of stream.
+    pub async fn read_available(&mut self, buf: &mut bytes::BytesMut, chunk: usize) -> io::Result<usize> {
+        if let ReadHalf::Tls(_) = self {
+            buf.reserve(chunk);
+            return tokio::io::AsyncReadExt::read_buf(self, buf).await;
+        }
+        loop {
+            self.wait_readable().await?;
+            if let Some(n) = self.read_ready(buf, chunk)? {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Waits until the socket reports data or an end of stream (it may turn out to have nothing:
+    /// see [`ReadHalf::read_ready`]). Holds no buffer while waiting.
+    pub async fn wait_readable(&self) -> io::Result<()> {
+        match self {
+            ReadHalf::Tcp(h) => {
+                std::future::poll_fn(|cx| AsRef::<TcpStream>::as_ref(h).poll_read_ready(cx)).await
+            }
+            ReadHalf::Unix(h) => {
+                std::future::poll_fn(|cx| AsRef::<UnixStream>::as_ref(h).poll_read_ready(cx)).await
+            }
+            ReadHalf::Tls(t) => std::future::poll_fn(|cx| t.poll_fill(cx)).await.map(|_| ()),
+            ReadHalf::Closed => Ok(()),
+        }
+    }
+
+    /// After [`ReadHalf::wait_readable`]: reads what is there into `buf` (reserving `chunk`),
+    /// `Some(0)` at end of stream, None when there was nothing after all.
+    pub fn read_ready(&mut self, buf: &mut bytes::BytesMut, chunk: usize) -> io::Result<Option<usize>> {
+        match self {
+            ReadHalf::Tcp(h) => try_read_drained!(AsRef::<TcpStream>::as_ref(h), buf, chunk),
+            ReadHalf::Unix(h) => try_read_drained!(AsRef::<UnixStream>::as_ref(h), buf, chunk),
+            // wait_readable filled the read-ahead: nothing there means the TLS stream ended.
+            ReadHalf::Tls(t) => Ok(Some(t.take_all(buf))),
+            ReadHalf::Closed => Ok(Some(0)),
+        }
+    }
+
     /// Reads whatever is ready without waiting: `Ok(0)` is end of stream, `WouldBlock` is nothing.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -4,9 +4,7 @@
 use crate::protocol::{FrameScanner, PgError, messages};
 use crate::stream::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
-use std::pin::Pin;
-use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
 /// The client connection after login.
 pub(crate) struct ClientIo {
@@ -60,25 +58,20 @@ impl ClientIo {
         }
     }
 
-    /// Waits for the idle client to send something, allocating a buffer only once it has.
-    /// A plain poll of the socket, with the bytes landing on the stack first: the future holds
-    /// nothing but `self`, which keeps an idle session's task small.
+    /// Waits for the idle client to send something, allocating a buffer only once it has (a
+    /// readiness that turns out empty gives the buffer back before waiting again).
     pub(crate) async fn wait_for_input(&mut self) -> std::io::Result<Input> {
-        std::future::poll_fn(|cx| {
-            let mut chunk = [0u8; 8192];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(Input::Closed)),
-                Poll::Ready(Ok(())) => {
-                    self.bytes_in += buf.filled().len() as u64;
-                    self.inbuf.extend_from_slice(buf.filled());
-                    Poll::Ready(Ok(Input::Data))
+        loop {
+            self.reader.wait_readable().await?;
+            match self.reader.read_ready(&mut self.inbuf, 8192)? {
+                Some(0) => return Ok(Input::Closed),
+                Some(n) => {
+                    self.bytes_in += n as u64;
+                    return Ok(Input::Data);
                 }
+                None => self.inbuf = BytesMut::new(),
             }
-        })
-        .await
+        }
     }
 
     /// Sends an error (and ReadyForQuery when it is not FATAL), flushing what was buffered first.

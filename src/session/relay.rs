@@ -15,7 +15,7 @@ use crate::protocol::{FrameError, ScanItem, Want};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Stop reading a peer once this much is waiting to be written to the other side.
 pub(super) const OUT_CAP: usize = 64 * 1024;
@@ -180,12 +180,8 @@ fn release_if_empty(buf: &mut BytesMut) {
     }
 }
 
-async fn read_some<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    buf.reserve(READ_CHUNK);
-    reader.read_buf(buf).await
+async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    reader.read_available(buf, READ_CHUNK).await
 }
 
 /// How a client message is read: whole when sluice must look at it, in pieces otherwise.
