@@ -46,6 +46,8 @@ impl Session {
         let result = loop {
             let room = self.client.inbuf.len() < OUT_CAP;
             tokio::select! {
+                // The checkout first: when a server is free at once, no timer is ever armed.
+                biased;
                 r = &mut checkout => break r,
                 kill = self.login.info.killed(true) => {
                     let e = kill.error();
