@@ -8,8 +8,9 @@
 #
 # Prints a markdown table and writes it (plus the raw TSV) to bench/results/. As root it installs
 # postgresql, postgresql-contrib (pgbench) and pgbouncer when missing. Exit status: 0 when the
-# matrix ran (rows that fail, like -M prepared through a pooler without prepared statement
-# support, are recorded as FAILED); non-zero when setup fails or a pooler does not start.
+# matrix ran with every direct and sluice row ok (PgBouncer rows that fail, like -M prepared on
+# Debian's 1.18, are recorded as FAILED and do not count); non-zero when setup fails, a pooler
+# does not start, or a direct or sluice row fails.
 #
 # Environment: BENCH_SECONDS (row duration), BENCH_JOBS (pgbench -j, default 2),
 # BENCH_RESULTS (results directory), KEEP_TMP=1 (keep the temp dir with every log),
@@ -151,3 +152,12 @@ done
 } >"$TABLE"
 cat "$TABLE"
 log "results: $TABLE (raw: $RAW)"
+
+# A row of sluice's (or of PostgreSQL's own) that fails means the script or sluice is broken;
+# PgBouncer's failures are its own (Debian's 1.18 cannot do -M prepared) and stay in the table.
+failed=$(awk -F'\t' '$3 == "FAILED" && $2 != "pgbouncer" { print $1 " / " $2 }' "$RAW")
+if [ -n "$failed" ]; then
+    echo "failed rows:" >&2
+    echo "$failed" >&2
+    exit 1
+fi
