@@ -163,13 +163,12 @@ impl Stream {
 /// a read that fails with EAGAIN. With tokio's edge-triggered readiness alone, every
 /// request-response exchange would cost such a failed read on each side.
 macro_rules! try_read_drained {
-    ($socket:expr, $buf:expr, $chunk:expr) => {{
+    ($socket:expr, $room:expr, $read:expr) => {{
         let socket = $socket;
-        $buf.reserve($chunk);
-        let room = $buf.capacity() - $buf.len();
+        let room = $room;
         let mut got = None;
         let read = socket.try_io(tokio::io::Interest::READABLE, || {
-            let n = socket.try_read_buf(&mut *$buf)?;
+            let n = $read(socket)?;
             got = Some(n);
             if n > 0 && n < room {
                 Err(io::ErrorKind::WouldBlock.into())
@@ -220,10 +219,38 @@ impl ReadHalf {
     /// `Some(0)` at end of stream, None when there was nothing after all.
     pub fn read_ready(&mut self, buf: &mut bytes::BytesMut, chunk: usize) -> io::Result<Option<usize>> {
         match self {
-            ReadHalf::Tcp(h) => try_read_drained!(AsRef::<TcpStream>::as_ref(h), buf, chunk),
-            ReadHalf::Unix(h) => try_read_drained!(AsRef::<UnixStream>::as_ref(h), buf, chunk),
+            ReadHalf::Tcp(h) => {
+                buf.reserve(chunk);
+                let room = buf.capacity() - buf.len();
+                try_read_drained!(AsRef::<TcpStream>::as_ref(h), room, |s: &TcpStream| s
+                    .try_read_buf(&mut *buf))
+            }
+            ReadHalf::Unix(h) => {
+                buf.reserve(chunk);
+                let room = buf.capacity() - buf.len();
+                try_read_drained!(AsRef::<UnixStream>::as_ref(h), room, |s: &UnixStream| s
+                    .try_read_buf(&mut *buf))
+            }
             // wait_readable filled the read-ahead: nothing there means the TLS stream ended.
             ReadHalf::Tls(t) => Ok(Some(t.take_all(buf))),
+            ReadHalf::Closed => Ok(Some(0)),
+        }
+    }
+
+    /// Like [`ReadHalf::read_ready`], into a caller's slice (a stack buffer: a client waiting
+    /// for a server then holds no read buffer of its own, only the bytes it sent).
+    pub fn read_ready_into(&mut self, out: &mut [u8]) -> io::Result<Option<usize>> {
+        let room = out.len();
+        match self {
+            ReadHalf::Tcp(h) => {
+                try_read_drained!(AsRef::<TcpStream>::as_ref(h), room, |s: &TcpStream| s
+                    .try_read(&mut *out))
+            }
+            ReadHalf::Unix(h) => {
+                try_read_drained!(AsRef::<UnixStream>::as_ref(h), room, |s: &UnixStream| s
+                    .try_read(&mut *out))
+            }
+            ReadHalf::Tls(t) => Ok(Some(t.take(out))),
             ReadHalf::Closed => Ok(Some(0)),
         }
     }

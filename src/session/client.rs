@@ -58,18 +58,25 @@ impl ClientIo {
         }
     }
 
-    /// Waits for the idle client to send something, allocating a buffer only once it has (a
-    /// readiness that turns out empty gives the buffer back before waiting again).
+    /// Waits for the idle client to send something, allocating a buffer only once it has.
     pub(crate) async fn wait_for_input(&mut self) -> std::io::Result<Input> {
+        Ok(match self.read_input().await? {
+            0 => Input::Closed,
+            _ => Input::Data,
+        })
+    }
+
+    /// Waits for bytes from the client and appends exactly them to `inbuf` (0: the client
+    /// closed). They land on the stack first, so a client that is idle or queued for a server
+    /// holds no read buffer beyond what it sent.
+    pub(crate) async fn read_input(&mut self) -> std::io::Result<usize> {
         loop {
             self.reader.wait_readable().await?;
-            match self.reader.read_ready(&mut self.inbuf, 8192)? {
-                Some(0) => return Ok(Input::Closed),
-                Some(n) => {
-                    self.bytes_in += n as u64;
-                    return Ok(Input::Data);
-                }
-                None => self.inbuf = BytesMut::new(),
+            let mut chunk = [0u8; 8192];
+            if let Some(n) = self.reader.read_ready_into(&mut chunk)? {
+                self.bytes_in += n as u64;
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
             }
         }
     }

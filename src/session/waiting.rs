@@ -5,12 +5,12 @@
 
 use super::Session;
 use super::client::ClientIo;
-use super::relay::{OUT_CAP, READ_CHUNK};
+use super::relay::OUT_CAP;
 use crate::pool::{CheckoutError, Pool, PooledServer};
 use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, messages, sqlstate};
 use bytes::Buf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// How a wait ended.
 pub(super) enum WaitOutcome {
@@ -54,7 +54,7 @@ impl Session {
                     send_fatal(&mut self.client, &e).await;
                     return WaitOutcome::Fatal(e);
                 }
-                r = read_more(&mut self.client), if room => {
+                r = self.client.read_input(), if room => {
                     if matches!(r, Ok(0) | Err(_)) {
                         return WaitOutcome::ClientGone;
                     }
@@ -144,7 +144,7 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
                     if ends {
                         // Finish dropping the body (a Query may be longer than what arrived).
                         while !scan.at_boundary() {
-                            if client.inbuf.is_empty() && read_more(client).await? == 0 {
+                            if client.inbuf.is_empty() && client.read_input().await? == 0 {
                                 return Err(std::io::ErrorKind::UnexpectedEof.into());
                             }
                             if let ScanItem::Pass { len, .. } = scan
@@ -162,19 +162,12 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
                 unreachable!("no message type is asked for whole")
             }
             ScanItem::NeedMore => {
-                if read_more(client).await? == 0 {
+                if client.read_input().await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
         }
     }
-}
-
-pub(super) async fn read_more(client: &mut ClientIo) -> std::io::Result<usize> {
-    client.inbuf.reserve(READ_CHUNK);
-    let n = client.reader.read_buf(&mut client.inbuf).await?;
-    client.bytes_in += n as u64;
-    Ok(n)
 }
 
 /// Sends a FATAL to the client (best effort).
