@@ -1,5 +1,5 @@
-//! Real-client compatibility suite: psycopg2, psycopg 3 and asyncpg, each running its pytest
-//! file in `tests/compat/` through an in-process sluice in transaction mode with
+//! Real-client compatibility suite: psycopg2, psycopg 3, asyncpg and SQLAlchemy 2, each running
+//! its pytest file in `tests/compat/` through an in-process sluice in transaction mode with
 //! a pool of 4 servers, smaller than every scenario's client concurrency.
 //!
 //! The Python side runs in a virtualenv that `tests/compat/setup-venv.sh` creates (or refreshes
@@ -136,4 +136,9 @@ async fn psycopg3_prepare_threshold_zero_and_pipeline_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_default_statement_cache_with_100_concurrent_tasks() {
     run_pytest("compat_asyncpg", "test_asyncpg.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_orm_with_nullpool_and_queuepool_pre_ping() {
+    run_pytest("compat_sqlalchemy", "test_sqlalchemy.py").await;
 }

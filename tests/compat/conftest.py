@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -148,6 +149,15 @@ class PeakWatcher:
         assert self.max_clients >= clients_at_least, (
             f"only {self.max_clients} clients seen at once, expected >= {clients_at_least}"
         )
+
+
+def wait_for(condition, what, timeout=10.0):
+    """Polls condition() every 20 ms until it is true; fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
 
 
 def run_threads(n, target):
