@@ -1,6 +1,6 @@
-//! Real-client compatibility suite: psycopg2, psycopg 3, asyncpg and SQLAlchemy 2, each running
-//! its pytest file in `tests/compat/` through an in-process sluice in transaction mode with
-//! a pool of 4 servers, smaller than every scenario's client concurrency.
+//! Real-client compatibility suite: psycopg2, psycopg 3, asyncpg, SQLAlchemy 2 and Django, each
+//! running its pytest file in `tests/compat/` through an in-process sluice in transaction mode
+//! with a pool of 4 servers, smaller than every scenario's client concurrency.
 //!
 //! The Python side runs in a virtualenv that `tests/compat/setup-venv.sh` creates (or refreshes
 //! when `tests/compat/requirements.txt` changed) under `$CARGO_TARGET_DIR/compat-venv`; each test
@@ -141,4 +141,9 @@ async fn asyncpg_default_statement_cache_with_100_concurrent_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_orm_with_nullpool_and_queuepool_pre_ping() {
     run_pytest("compat_sqlalchemy", "test_sqlalchemy.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_migrate_crud_atomic_select_for_update_bulk_create() {
+    run_pytest("compat_django", "test_django.py").await;
 }
