@@ -4,6 +4,7 @@ bulk_create of 10k rows, and CONN_MAX_AGE 0 and 60 (see compat_project/settings.
 aliases)."""
 
 import os
+import threading
 
 import django
 import pytest
@@ -210,3 +211,28 @@ def test_server_side_binding_runs_repeated_queries_as_prepared_statements():
     # statements), then bound by name in every transaction, on whichever server it runs.
     assert after["total_bind_count"] - before["total_bind_count"] >= 30
     assert after["total_client_parse_count"] - before["total_client_parse_count"] <= 1
+
+
+def test_server_side_cursor_iterator_inside_atomic_while_other_clients_hold_servers():
+    batch = unique("cursor")
+    Item.objects.using("default").bulk_create([Item(batch=batch, seq=i, label=f"c{i}") for i in range(5000)])
+    stop = threading.Event()
+
+    def busy(_):
+        try:
+            while not stop.is_set():
+                with transaction.atomic(using="default"):
+                    Counter.objects.using("default").exists()
+        finally:
+            connections.close_all()
+
+    background = threading.Thread(target=run_threads, args=(6, busy))
+    background.start()
+    try:
+        with transaction.atomic(using="server_cursors"):
+            rows = Item.objects.using("server_cursors").filter(batch=batch).order_by("seq")
+            seqs = [item.seq for item in rows.iterator(chunk_size=100)]  # DECLARE, then 50 FETCHes
+    finally:
+        stop.set()
+        background.join()
+    assert seqs == list(range(5000))

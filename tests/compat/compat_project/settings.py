@@ -9,7 +9,10 @@ for the SLUICE_* variables), under three aliases that share one PostgreSQL datab
   preparation off unless OPTIONS asks for it).
 
 DISABLE_SERVER_SIDE_CURSORS is set as transaction pooling requires: outside a transaction,
-Django's QuerySet.iterator() declares a WITH HOLD cursor, which lives on one server only.
+Django's QuerySet.iterator() declares a WITH HOLD cursor, which lives on one server only, so its
+next FETCH fails with 'portal "_django_curs_..." does not exist' once the client lands on another
+server. The fourth alias, server_cursors, keeps server-side cursors for use inside
+transaction.atomic only, where they work.
 """
 
 import os
@@ -39,4 +42,5 @@ DATABASES = {
     "default": _database("default", 0),
     "persistent": _database("persistent", 60),
     "server_binding": _database("server_binding", 60, server_side_binding=True, prepare_threshold=0),
+    "server_cursors": {**_database("server_cursors", 60), "DISABLE_SERVER_SIDE_CURSORS": False},
 }
