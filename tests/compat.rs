@@ -119,7 +119,7 @@ async fn run_pytest(db: &str, file: &str) {
         "pytest {file} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    // Shown with --nocapture (PYTEST_ADDOPTS=-v lists every scenario).
+    // Shown with --nocapture (PYTEST_ADDOPTS=-vv lists every scenario).
     println!("{file}:\n{stdout}");
 }
 
