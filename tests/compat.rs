@@ -91,7 +91,7 @@ async fn run_pytest(db: &str, file: &str) {
     let addr = sluice.tcp_addr();
     let compat_dir = repo_root().join("tests/compat");
     let child = tokio::process::Command::new(venv.join("bin/python"))
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", file])
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfExX", file])
         .current_dir(&compat_dir)
         .env("SLUICE_HOST", addr.ip().to_string())
         .env("SLUICE_PORT", addr.port().to_string())

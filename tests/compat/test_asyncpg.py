@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from conftest import POOL_SIZE, URL, PeakWatcher, stats, unique
+from conftest import DB, POOL_SIZE, URL, PeakWatcher, admin, stats, unique
 
 TASKS = 100
 assert TASKS > POOL_SIZE
@@ -146,28 +146,81 @@ def test_rollback_really_rolls_back():
     assert [tuple(r) for r in run(main())] == [(1, "kept"), (4, "outer")]
 
 
-def test_schema_change_under_a_cached_select_star_is_retried_by_asyncpg():
-    t = unique("apg_schema")
+async def prepare_on_every_server(query):
+    """Runs `query` in POOL_SIZE transactions open at once, so that each runs on its own server and
+    every server of the pool ends up with the statement prepared."""
+    conns = await asyncio.gather(*(asyncpg.connect(URL) for _ in range(POOL_SIZE)))
+    try:
+        inside = asyncio.Barrier(POOL_SIZE)
+        pids = set()
+
+        async def hold(conn):
+            async with conn.transaction():
+                await conn.fetch(query)
+                pids.add(await conn.fetchval("SELECT pg_backend_pid()"))
+                await asyncio.wait_for(inside.wait(), 30)
+
+        await asyncio.gather(*(hold(c) for c in conns))
+        assert len(pids) == POOL_SIZE, pids
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=asyncpg.exceptions.InvalidCachedStatementError,
+    reason="sluice binds a Parse made after the schema change to the server's copy prepared "
+    "before it, which PostgreSQL refuses: 'cached plan must not change result type'",
+)
+def test_new_connection_after_a_schema_change_reads_the_new_columns():
+    t = unique("apg_schema_new_conn")
+
+    async def main():
+        setup = await asyncpg.connect(URL)
+        try:
+            await setup.execute(f"CREATE TABLE {t} (id int)")
+            await setup.execute(f"INSERT INTO {t} VALUES (1)")
+            await prepare_on_every_server(f"SELECT * FROM {t}")
+            await setup.execute(f"ALTER TABLE {t} ADD COLUMN extra text DEFAULT 'new'")
+        finally:
+            await setup.close()
+        # A connection opened after the migration prepares the query for the first time.
+        conn = await asyncpg.connect(URL)
+        try:
+            rows = await conn.fetch(f"SELECT * FROM {t}")
+            return [tuple(r) for r in rows], list(rows[0].keys())
+        finally:
+            await conn.close()
+
+    assert run(main()) == ([(1, "new")], ["id", "extra"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=asyncpg.exceptions.ProtocolError,
+    reason="sluice prepares the statement afresh on a server that never had it and tells the "
+    "client nothing, so asyncpg reads 2-column rows with its cached 1-column description",
+)
+def test_schema_change_under_a_cached_select_star_on_a_new_server_is_retried_by_asyncpg():
+    t = unique("apg_schema_new_server")
 
     async def main():
         conn = await asyncpg.connect(URL)
-        other = await asyncpg.connect(URL)
         try:
             await conn.execute(f"CREATE TABLE {t} (id int)")
             await conn.execute(f"INSERT INTO {t} VALUES (1)")
-            for _ in range(5):
-                assert [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t}")] == [(1,)]
-            await other.execute(f"ALTER TABLE {t} ADD COLUMN extra text DEFAULT 'new'")
-            # asyncpg re-prepares on "cached plan must not change result type" by itself.
-            for _ in range(5):
-                rows = await conn.fetch(f"SELECT * FROM {t}")
-                assert [tuple(r) for r in rows] == [(1, "new")]
-                assert list(rows[0].keys()) == ["id", "extra"]
+            assert [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t}")] == [(1,)]
+            await conn.execute(f"ALTER TABLE {t} ADD COLUMN extra text DEFAULT 'new'")
+            # Every server is replaced (as by server_lifetime): the next one has no statements.
+            admin(f"RECONNECT {DB}")
+            # Straight to PostgreSQL, asyncpg gets "cached plan must not change result type",
+            # re-prepares and retries by itself.
+            rows = await conn.fetch(f"SELECT * FROM {t}")
+            return [tuple(r) for r in rows]
         finally:
             await conn.close()
-            await other.close()
 
-    run(main())
+    assert run(main()) == [(1, "new")]
 
 
 def test_types_and_codecs_round_trip():
