@@ -9,7 +9,9 @@ test file with these variables set:
     SLUICE_ADMIN_USER, SLUICE_ADMIN_PASSWORD   a user of sluice's admin console
     SLUICE_POOL_SIZE                  servers in the pool (every scenario runs more clients)
 
-Scenarios name their tables with unique() so that they never share state.
+Scenarios name their tables with unique() so that they never share state. Throughout the
+session, BACKGROUND_CLIENTS more clients run short transactions, so that every scenario runs with
+more clients than servers and moves between servers.
 """
 
 import itertools
@@ -183,6 +185,41 @@ def run_threads(n, target):
         raise AssertionError(f"thread {i} of {n} failed ({len(errors)} failed in all): {e!r}") from e
 
 
-@pytest.fixture
-def table():
-    return unique
+# Background clients: with them, every scenario (even one using a single connection) runs with
+# more clients than the pool has servers, and its transactions move between servers. They use
+# psycopg2's simple query protocol, so they leave SHOW STATS' parse and bind counts alone.
+BACKGROUND_CLIENTS = POOL_SIZE + 2
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_clients():
+    import psycopg2
+
+    stop = threading.Event()
+    errors = []
+    iterations = [0] * BACKGROUND_CLIENTS
+
+    def client(i):
+        try:
+            conn = psycopg2.connect(DSN, application_name=f"compat-background-{i}")
+            try:
+                while not stop.is_set():
+                    with conn, conn.cursor() as cur:
+                        cur.execute("SELECT pg_sleep(0.002), %s", (i,))
+                        assert cur.fetchone()[1] == i
+                    iterations[i] += 1
+                    stop.wait(0.01)
+            finally:
+                conn.close()
+        except BaseException as e:  # noqa: BLE001 - reported at the end of the session
+            errors.append((i, e))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(BACKGROUND_CLIENTS)]
+    for t in threads:
+        t.start()
+    yield
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, f"background clients failed: {errors!r}"
+    assert all(n > 0 for n in iterations), f"background clients stalled: {iterations}"
