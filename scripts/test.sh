@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (CI runs it through .ci/run): makes sure PostgreSQL's server binaries, psql and
 # pgbench are installed (apt, when root), then runs cargo fmt --check, clippy with warnings denied,
-# and every test, and prints a summary. Runs every step even when one fails; exits non-zero if any
+# the compatibility suite's virtualenv set-up (tests/compat/setup-venv.sh), and every test, and
+# prints a summary. Runs every step even when one fails; exits non-zero if any
 # did. Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness`).
 set -euo pipefail
 
@@ -114,6 +115,8 @@ run_tests() {
 
 run_step "cargo fmt --check" cargo fmt --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+# The compatibility suite's Python clients (tests/compat.rs would also install them on first use).
+run_step "compat virtualenv" tests/compat/setup-venv.sh
 run_step "cargo test" run_tests "$@"
 
 echo

@@ -1,0 +1,1 @@
+"""A minimal Django project for the compatibility suite: settings only, one app (compat_app)."""
