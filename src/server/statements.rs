@@ -117,6 +117,14 @@ impl ServerStatements {
         self.entries.remove(&hash).map(|e| e.epoch)
     }
 
+    /// True when the batch in flight (since the last Sync) used `hash`: closing it now could
+    /// destroy a portal that batch still needs.
+    pub fn used_by_batch(&self, hash: u128) -> bool {
+        self.entries
+            .get(&hash)
+            .is_some_and(|e| e.last_used >= self.batch_start)
+    }
+
     /// A new batch begins (a Sync was sent): statements of earlier batches may be evicted.
     pub fn new_batch(&mut self) {
         self.batch_start = self.clock + 1;

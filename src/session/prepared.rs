@@ -146,7 +146,12 @@ impl Translator<'_> {
             epoch: self.plans.current(),
         };
         self.client.restore(name.clone(), statement);
-        if self.server.touch(hash, self.plans.invalidated_at(hash)) == Held::Ready {
+        // A client's Parse is prepared afresh even when the server holds the text already, as
+        // PostgreSQL would: a copy from before a schema change nobody has reported yet would
+        // otherwise answer a statement prepared after it. Only a copy the batch in flight is
+        // using is kept (closing it could destroy the batch's portals).
+        let pinned = self.server.used_by_batch(hash);
+        if self.server.touch(hash, self.plans.invalidated_at(hash)) == Held::Ready && pinned {
             let undo = Undo::ClientParse { name, server: None };
             self.responses
                 .push_reply(Bytes::from_static(PARSE_COMPLETE), undo, false);

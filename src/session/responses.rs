@@ -1,8 +1,8 @@
 //! The answers a server owes its client, in order: one entry per forwarded message that gets a
 //! reply (ParseComplete, BindComplete, a description, an Execute's completion, ReadyForQuery),
-//! plus the replies sluice gives itself — a ParseComplete for a statement the server already
-//! had, a CloseComplete for a statement only sluice knew — placed where the server's own reply
-//! would have been. Knowing what each server message completes lets sluice hide the replies to
+//! plus the replies sluice gives itself — a CloseComplete for a statement only sluice knew, a
+//! ParseComplete for a statement the batch in flight already prepared, an error PostgreSQL would
+//! have given — placed where the server's own reply would have been. Knowing what each server message completes lets sluice hide the replies to
 //! messages it sent on its own, undo its bookkeeping for messages that failed or that the server
 //! skipped after an error, and never hand a server back with anything still owed.
 
