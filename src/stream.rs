@@ -272,16 +272,6 @@ impl ReadHalf {
         }
     }
 
-    /// Waits until the socket has data or an end-of-stream to read.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            ReadHalf::Tcp(s) => s.readable().await,
-            ReadHalf::Unix(s) => s.readable().await,
-            ReadHalf::Tls(t) => std::future::poll_fn(|cx| t.poll_fill(cx)).await.map(|_| ()),
-            ReadHalf::Closed => Ok(()),
-        }
-    }
-
     /// True when the peer has neither closed nor sent anything: the check made before an idle
     /// server is handed out (an idle server with something to read is dead or out of step).
     pub fn is_quiet(&self) -> bool {

@@ -29,12 +29,6 @@ impl StatementDef {
             body: bytes::Bytes::copy_from_slice(body),
         }
     }
-
-    /// The start of the query text (for logs and the console).
-    pub fn query_text(&self) -> &[u8] {
-        let end = self.body.iter().position(|&b| b == 0).unwrap_or(self.body.len());
-        &self.body[..end]
-    }
 }
 
 /// The name under which a statement with this hash lives on servers (39 bytes, under
@@ -205,7 +199,6 @@ mod tests {
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);
         assert_eq!(server_name(a.hash).len(), 39);
-        assert_eq!(a.query_text(), b"select $1");
     }
 
     #[test]
