@@ -30,12 +30,17 @@ def test_100_tasks_on_their_own_connections_reuse_cached_statements_across_trans
         conns = await asyncio.gather(*(asyncpg.connect(URL) for _ in range(TASKS)))
         before = stats()
 
+        servers = [set() for _ in range(TASKS)]  # the backends each connection's statements ran on
+
         async def task(i, conn):
             for n in range(per_task):
                 async with conn.transaction():
                     await conn.execute(f"INSERT INTO {t} VALUES ($1, $2, $3)", i, n, f"t{i}n{n}")
-                    count, last = await conn.fetchrow(f"SELECT count(*), max(n) FROM {t} WHERE task = $1", i)
+                    count, last, pid = await conn.fetchrow(
+                        f"SELECT count(*), max(n), pg_backend_pid() FROM {t} WHERE task = $1", i
+                    )
                     assert (count, last) == (n + 1, n)
+                    servers[i].add(pid)
             # Default cache: each text was prepared once on this connection, then reused.
             assert conn._stmt_cache.get_max_size() == 100
 
@@ -54,6 +59,10 @@ def test_100_tasks_on_their_own_connections_reuse_cached_statements_across_trans
         # Two texts per connection, each parsed once (BEGIN and COMMIT are simple queries): the
         # parses stay a small multiple of the connections, far below the binds.
         assert parses <= TASKS * 3, (parses, TASKS)
+        # ... and the cached statements ran on whichever server each transaction landed on.
+        assert 2 <= len(set().union(*servers)) <= POOL_SIZE, servers
+        moved = sum(len(s) >= 2 for s in servers)
+        assert moved >= TASKS // 2, [len(s) for s in servers]
 
         check = await asyncpg.connect(URL)
         rows = await check.fetch(f"SELECT task, count(*) AS c, sum(n) AS s FROM {t} GROUP BY task ORDER BY task")
@@ -96,20 +105,62 @@ def test_explicitly_prepared_statement_is_reused_in_many_transactions():
     async def main():
         conn = await asyncpg.connect(URL)
         try:
-            stmt = await conn.prepare("SELECT $1::int * 2 AS doubled, $2::text || '!' AS shout")
+            stmt = await conn.prepare(
+                "SELECT $1::int * 2 AS doubled, $2::text || '!' AS shout, pg_backend_pid() AS server"
+            )
             before = stats()
+            servers = set()
             for i in range(300):
                 async with conn.transaction():
                     row = await stmt.fetchrow(i, f"s{i}")
                     assert (row["doubled"], row["shout"]) == (i * 2, f"s{i}!")
+                    servers.add(row["server"])
             after = stats()
             assert after["total_bind_count"] - before["total_bind_count"] >= 300
             assert after["total_client_parse_count"] - before["total_client_parse_count"] == 0
-            assert [a.name for a in stmt.get_attributes()] == ["doubled", "shout"]
+            assert [a.name for a in stmt.get_attributes()] == ["doubled", "shout", "server"]
+            # The background clients keep servers busy, so the one statement ran on several.
+            assert len(servers) >= 2, servers
         finally:
             await conn.close()
 
     run(main())
+
+
+def test_more_statements_than_asyncpg_caches_and_sluice_keeps_per_server():
+    # asyncpg caches 100 statements per connection and closes the ones it evicts; sluice keeps
+    # max_prepared_statements (200) per server and closes its least recently used. Cycling through
+    # 250 texts on more connections than servers evicts on both sides all the time.
+    texts = 250
+    n_conns = 2 * POOL_SIZE
+    rounds = 2
+
+    async def main():
+        conns = await asyncio.gather(*(asyncpg.connect(URL) for _ in range(n_conns)))
+        before = stats()
+
+        async def task(i, conn):
+            for r in range(rounds):
+                for step in range(texts):
+                    k = (step + 31 * i) % texts  # each connection in its own order
+                    v = await conn.fetchval(f"SELECT $1::int + {k} /* apg_many */", 1000 * i + r)
+                    assert v == 1000 * i + r + k, (i, r, k, v)
+            assert len(conn._stmt_cache) == 100
+
+        try:
+            await asyncio.gather(*(task(i, c) for i, c in enumerate(conns)))
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+        return before, stats()
+
+    before, after = run(main())
+    executions = n_conns * texts * rounds
+    # Cycling 250 texts through a cache of 100 misses every time: each execution parses anew.
+    assert after["total_client_parse_count"] - before["total_client_parse_count"] >= executions
+    assert after["total_bind_count"] - before["total_bind_count"] >= executions
+    held = [int(r["prepared_statements"]) for r in admin("SHOW SERVERS") if r["database"] == DB]
+    assert held and all(h <= 200 for h in held), held
+    assert max(held) > 100, held  # the statements of several connections share a server
 
 
 def test_rollback_really_rolls_back():
