@@ -4,8 +4,9 @@ automatic preparation (prepare_threshold 0 and the default 5), pipeline mode, CO
 import asyncio
 
 import psycopg
+import psycopg._connection_base
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 from conftest import DSN, THREADS, PeakWatcher, run_threads, stats, unique
 
@@ -89,6 +90,108 @@ def test_explicit_prepare_true_on_many_connections():
                 assert row == (i + n, "z" * (n % 7))
 
     run_threads(THREADS, work)
+
+
+@pytest.mark.parametrize(
+    "deallocate,pipeline",
+    [
+        ("close", False),
+        ("sql", False),
+        ("close", True),
+        pytest.param(
+            "sql",
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=psycopg.errors.InvalidSqlStatementName,
+                reason="sluice answers `DEALLOCATE name` only in a simple Query; in pipeline mode "
+                "psycopg sends it with the extended protocol (Parse/Bind/Execute), so it reaches "
+                "the server, which never knew the client's name: 'prepared statement \"_pg3_0\" "
+                "does not exist'",
+            ),
+        ),
+    ],
+    ids=["close-plain", "sql-plain", "close-pipeline", "sql-pipeline"],
+)
+def test_statements_psycopg_evicts_are_deallocated_and_prepared_again(monkeypatch, deallocate, pipeline):
+    # psycopg keeps at most prepared_max statements and deallocates the least recently used: with
+    # a protocol Close when libpq has PQsendClosePrepared (17+, as in psycopg-binary), with SQL
+    # `DEALLOCATE _pg3_N` on older libpq (e.g. the system libpq of Debian 12 or Ubuntu 24.04).
+    # Both reach sluice, which owns the client's names.
+    if deallocate == "sql":
+        monkeypatch.setattr(psycopg._connection_base, "_HAS_SEND_CLOSE", False)
+    else:
+        assert psycopg._connection_base._HAS_SEND_CLOSE
+    texts = 30
+    prepared_max = 8
+    rounds = 3
+    before = stats()
+    with connect(prepare_threshold=0, autocommit=True) as conn:
+        conn.prepared_max = prepared_max
+        for r in range(rounds):
+            if pipeline:
+                with conn.pipeline():
+                    cursors = [
+                        conn.execute(f"SELECT %s::int + {k} /* p3_evict */", (100 * r,)) for k in range(texts)
+                    ]
+                got = [c.fetchone()[0] for c in cursors]
+            else:
+                got = [
+                    conn.execute(f"SELECT %s::int + {k} /* p3_evict */", (100 * r,)).fetchone()[0]
+                    for k in range(texts)
+                ]
+            assert got == [100 * r + k for k in range(texts)]
+            assert len(conn._prepared._names) == prepared_max
+    after = stats()
+    # After the first round, the texts evicted were prepared afresh under new names (a pipeline
+    # evicts when it ends, so its last prepared_max statements are still bound by name).
+    parses = after["total_client_parse_count"] - before["total_client_parse_count"]
+    assert parses >= texts + (rounds - 1) * (texts - prepared_max), parses
+
+
+def test_sql_deallocate_of_protocol_level_statements_as_pdo_and_rails_send_it():
+    # PHP PDO and Rails prepare through the protocol (Parse) and drop with SQL DEALLOCATE; libpq's
+    # PQprepare / PQexecPrepared, as psycopg exposes them, do the same.
+    name = b"pdo_stmt_00000001"
+    with connect(autocommit=True) as conn:
+        pgconn = conn.pgconn
+
+        def prepare(text):
+            res = pgconn.prepare(name, text)
+            assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+
+        def run(*params):
+            return pgconn.exec_prepared(name, [str(p).encode() for p in params])
+
+        def value(res):
+            assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+            return res.get_value(0, 0).decode()
+
+        def missing(res):
+            assert res.status == pq.ExecStatus.FATAL_ERROR
+            assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000", res.error_message
+            return True
+
+        prepare(b"SELECT $1::int * 7")
+        for i in range(30):
+            assert value(run(i)) == str(i * 7)
+        assert conn.execute("DEALLOCATE pdo_stmt_00000001").statusmessage == "DEALLOCATE"
+        assert missing(run(1))
+        # The name is free again, for another text.
+        prepare(b"SELECT $1::text || '!'")
+        for i in range(30):
+            assert value(run(f"x{i}")) == f"x{i}!"
+        assert conn.execute("DEALLOCATE PREPARE pdo_stmt_00000001").statusmessage == "DEALLOCATE"
+        assert missing(run("x"))
+        # DEALLOCATE ALL and DISCARD ALL forget every statement of the client.
+        for command in ["DEALLOCATE ALL", "DISCARD ALL"]:
+            prepare(b"SELECT $1::int - 1")
+            assert value(run(5)) == "4"
+            conn.execute(command)
+            assert missing(run(5))
+        # An unknown name gets PostgreSQL's error.
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("DEALLOCATE pdo_never_prepared")
 
 
 def test_pipeline_mode_batches_statements_and_returns_each_result():
