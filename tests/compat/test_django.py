@@ -5,6 +5,7 @@ aliases)."""
 
 import os
 import threading
+import time
 
 import django
 import pytest
@@ -14,7 +15,7 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 from django.core.signals import request_finished, request_started  # noqa: E402
-from django.db import IntegrityError, connections, transaction  # noqa: E402
+from django.db import IntegrityError, OperationalError, connections, transaction  # noqa: E402
 from django.db.migrations.recorder import MigrationRecorder  # noqa: E402
 from django.db.models import F, Max, Min, Sum  # noqa: E402
 
@@ -136,6 +137,61 @@ def test_select_for_update_from_threads_gives_the_exact_total(alias):
         run_threads(THREADS, work)
     watch.assert_outnumbered(THREADS)
     assert Counter.objects.using(alias).get(name=name).value == THREADS * per_thread
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_select_for_update_blocks_until_the_lock_holder_commits(alias):
+    name = unique("locked")
+    Counter.objects.using(alias).create(name=name)
+    locked = threading.Event()
+    release = threading.Event()
+    waited = {}
+
+    def holder():
+        try:
+            with transaction.atomic(using=alias):
+                counter = Counter.objects.using(alias).select_for_update().get(name=name)
+                counter.value = 41
+                counter.save(update_fields=["value"])
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def waiter():
+        try:
+            with transaction.atomic(using=alias):
+                start = time.monotonic()
+                counter = Counter.objects.using(alias).select_for_update().get(name=name)
+                waited["seconds"] = time.monotonic() - start
+                waited["value"] = counter.value
+                counter.value += 1
+                counter.save(update_fields=["value"])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    try:
+        assert locked.wait(30)
+        # While the row is locked: NOWAIT fails at once, SKIP LOCKED sees nothing.
+        with pytest.raises(OperationalError, match="could not obtain lock"):
+            with transaction.atomic(using=alias):
+                Counter.objects.using(alias).select_for_update(nowait=True).get(name=name)
+        with transaction.atomic(using=alias):
+            assert not Counter.objects.using(alias).select_for_update(skip_locked=True).filter(name=name).exists()
+        # A plain SELECT ... FOR UPDATE waits for the holder.
+        threads.append(threading.Thread(target=waiter))
+        threads[1].start()
+        time.sleep(0.5)
+        assert threads[1].is_alive() and not waited, "select_for_update did not wait for the lock"
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    # The waiter read the holder's committed value once the lock was released.
+    assert waited["value"] == 41 and waited["seconds"] >= 0.4, waited
+    assert Counter.objects.using(alias).get(name=name).value == 42
 
 
 @pytest.mark.parametrize("alias", ALIASES)
