@@ -514,3 +514,40 @@ async fn large_parse_and_bind_messages_pass_through_tracking() {
     assert_eq!(run_one(&mut c, "big", &["z"]).await.unwrap(), "300001");
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_described_before_a_schema_change_is_refused_on_a_new_server_not_reshaped() {
+    let db = pg().create_database("t_ps_shape").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let c = client(addr, &db).await;
+    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // tokio-postgres describes the statement when preparing it, and keeps that description.
+    let old = c.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(old.columns().len(), 1);
+    assert_eq!(c.query_one(&old, &[]).await.unwrap().get::<_, i32>(0), 1);
+    c.batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // Every server is replaced: the next one has never seen the statement, so nothing there
+    // would refuse it; sluice checks its description first.
+    console_rows(addr, "admin", &format!("RECONNECT {db}")).await;
+    for _ in 0..2 {
+        let e = c.query_one(&old, &[]).await.unwrap_err();
+        let db_error = e
+            .as_db_error()
+            .expect("PostgreSQL's error, not rows of another shape");
+        assert_eq!(db_error.code().code(), "0A000");
+        assert_eq!(db_error.message(), "cached plan must not change result type");
+    }
+    // The connection is fine, and a statement prepared now gets the new rows.
+    let new = c.prepare("SELECT * FROM t").await.unwrap();
+    let row = c.query_one(&new, &[]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    // A statement whose rows did not change passes the check on a new server.
+    let same = c.prepare("SELECT a FROM t").await.unwrap();
+    console_rows(addr, "admin", &format!("RECONNECT {db}")).await;
+    assert_eq!(c.query_one(&same, &[]).await.unwrap().get::<_, i32>(0), 1);
+}

@@ -54,6 +54,8 @@ struct Entry {
     last_used: u64,
     /// The pool's plan epoch when it was prepared.
     epoch: u64,
+    /// A hash of its row description, once a Describe of it on this server was seen.
+    shape: Option<u64>,
 }
 
 /// The statements one server holds, with their last use for LRU eviction.
@@ -102,8 +104,21 @@ impl ServerStatements {
             Entry {
                 last_used: self.clock,
                 epoch,
+                shape: None,
             },
         );
+    }
+
+    /// The row description hash of the server's copy of `hash`, when known.
+    pub fn shape(&self, hash: u128) -> Option<u64> {
+        self.entries.get(&hash).and_then(|e| e.shape)
+    }
+
+    /// Records the row description hash of the server's copy of `hash`.
+    pub fn set_shape(&mut self, hash: u128, shape: u64) {
+        if let Some(e) = self.entries.get_mut(&hash) {
+            e.shape = Some(shape);
+        }
     }
 
     /// Records that the server no longer holds `hash`; returns the epoch it was prepared at.

@@ -22,6 +22,12 @@ pub(super) const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result
 pub(crate) struct ClientStatement {
     pub(crate) def: StatementDef,
     pub(crate) epoch: u64,
+    /// A hash of the row description the client was given when it described the statement;
+    /// None while it has not (libpq describes each result instead, and needs no check).
+    pub(crate) shape: Option<u64>,
+    /// A server's copy turned out to describe other rows than the client was told: PostgreSQL
+    /// refuses such a statement until the client prepares it again, and so does sluice.
+    pub(crate) changed: bool,
 }
 
 /// The statements a client prepared, by the client's names.
@@ -46,6 +52,25 @@ impl ClientStatements {
 
     fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.by_name.get(name)
+    }
+
+    /// The client was given this row description for `name`.
+    pub(super) fn set_shape(&mut self, name: &[u8], shape: u64) {
+        if let Some(s) = self.by_name.get_mut(name) {
+            s.shape = Some(shape);
+        }
+    }
+
+    /// The row description the client has for `name`.
+    pub(super) fn shape(&self, name: &[u8]) -> Option<u64> {
+        self.by_name.get(name).and_then(|s| s.shape)
+    }
+
+    /// A server's copy of `name` describes other rows than the client was given.
+    pub(super) fn mark_changed(&mut self, name: &[u8]) {
+        if let Some(s) = self.by_name.get_mut(name) {
+            s.changed = true;
+        }
     }
 
     /// The client has been told that the plan of `name` changed (at `epoch`).
@@ -85,6 +110,8 @@ pub(super) enum Outcome {
     /// The client made an error sluice answers itself (as PostgreSQL would): the rest of its
     /// batch up to Sync must be dropped.
     Refused,
+    /// Not yet: it stays unread until a shape check is answered.
+    Wait,
 }
 
 /// What became of a Bind.
@@ -97,6 +124,9 @@ pub(super) enum BindOutcome {
     Forward,
     /// Answered with an error by sluice: drop it and the rest of the batch.
     Refused,
+    /// Not yet: sluice is checking the row description of the server's copy first; the message
+    /// stays unread until the answer comes.
+    Wait,
 }
 
 /// Splits a NUL-terminated string off the front of `b`.
@@ -144,6 +174,8 @@ impl Translator<'_> {
         let statement = ClientStatement {
             def,
             epoch: self.plans.current(),
+            shape: None,
+            changed: false,
         };
         self.client.restore(name.clone(), statement);
         // A client's Parse is prepared afresh even when the server holds the text already, as
@@ -180,11 +212,15 @@ impl Translator<'_> {
         let Some(statement) = self.client.get(name).cloned() else {
             return BindOutcome::Forward;
         };
-        self.stats.record_bind();
-        if let Err(e) = self.check_plan(name, &statement) {
-            self.refuse(e);
-            return BindOutcome::Refused;
+        match self.gate(name, &statement) {
+            Gate::Go => {}
+            Gate::Refuse(e) => {
+                self.refuse(e);
+                return BindOutcome::Refused;
+            }
+            Gate::Wait => return BindOutcome::Wait,
         }
+        self.stats.record_bind();
         let hash = statement.def.hash;
         self.ensure(&statement.def);
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
@@ -212,8 +248,10 @@ impl Translator<'_> {
         let Some(statement) = self.client.get(name).cloned() else {
             return Outcome::Forward;
         };
-        if let Err(e) = self.check_plan(name, &statement) {
-            return self.refuse(e);
+        match self.gate(name, &statement) {
+            Gate::Go => {}
+            Gate::Refuse(e) => return self.refuse(e),
+            Gate::Wait => return Outcome::Wait,
         }
         self.ensure(&statement.def);
         let server_name = server_name(statement.def.hash);
@@ -275,6 +313,45 @@ impl Translator<'_> {
         Outcome::Done
     }
 
+    /// Whether a Bind or Describe of the client's statement may go to the server it holds now.
+    /// Besides the plan check below: a client that was given a row description must not get
+    /// rows of another shape from a server's copy prepared after a schema change (PostgreSQL
+    /// would refuse the statement). A copy whose description sluice has not seen is described
+    /// first, with the client's message held until the answer.
+    fn gate(&mut self, name: &[u8], statement: &ClientStatement) -> Gate {
+        if let Err(e) = self.check_plan(name, statement) {
+            return Gate::Refuse(e);
+        }
+        if statement.changed {
+            return Gate::Refuse(cached_plan_error());
+        }
+        let Some(expected) = statement.shape else {
+            return Gate::Go;
+        };
+        let hash = statement.def.hash;
+        let fresh = self.server.touch(hash, self.plans.invalidated_at(hash)) == Held::Ready;
+        match self.server.shape(hash) {
+            Some(shape) if fresh && shape == expected => Gate::Go,
+            Some(_) if fresh => {
+                self.client.mark_changed(name);
+                Gate::Refuse(cached_plan_error())
+            }
+            _ => {
+                self.ensure(&statement.def);
+                let server_name = server_name(hash);
+                put_message(self.out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
+                // The server answers only when flushed; the client's own Sync is held back.
+                put_message(self.out, b'H', &[]);
+                let undo = Undo::ShapeCheck {
+                    hash,
+                    name: Bytes::copy_from_slice(name),
+                };
+                self.responses.push_server(Ends::Describe, true, undo);
+                Gate::Wait
+            }
+        }
+    }
+
     /// A client that prepared a statement before PostgreSQL refused its plan (the result type
     /// changed) is told so once, as PostgreSQL would tell it; then it may use the statement
     /// again (sluice prepares it afresh) with the result shape it will now describe.
@@ -282,12 +359,7 @@ impl Translator<'_> {
         match self.plans.invalidated_at(statement.def.hash) {
             Some(at) if statement.epoch < at => {
                 self.client.told(name, at);
-                // PostgreSQL's own error, routine included: drivers (asyncpg) recognise it by
-                // that and prepare the statement again.
-                Err(
-                    PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, CACHED_PLAN_MESSAGE)
-                        .with_routine("RevalidateCachedQuery"),
-                )
+                Err(cached_plan_error())
             }
             _ => Ok(()),
         }
@@ -327,6 +399,19 @@ impl Translator<'_> {
         self.server.insert(hash, self.plans.current());
         self.stats.record_server_parse();
     }
+}
+
+/// What a Bind or Describe of a tracked statement may do now.
+enum Gate {
+    Go,
+    Refuse(PgError),
+    Wait,
+}
+
+/// PostgreSQL's own error for a statement whose result changed, routine included: drivers
+/// (asyncpg) recognise it by that and prepare the statement again.
+fn cached_plan_error() -> PgError {
+    PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, CACHED_PLAN_MESSAGE).with_routine("RevalidateCachedQuery")
 }
 
 /// The statement name of a Describe or Close of a statement (`S`), with the kind byte.
@@ -432,6 +517,8 @@ mod tests {
         let fresh = ClientStatement {
             def,
             epoch: plans.current(),
+            shape: None,
+            changed: false,
         };
         client.restore(Bytes::from_static(b"s"), fresh);
 

@@ -114,11 +114,15 @@ async fn relay_loop(
     loop {
         let terminated = pump_client(client, link, server, ctx)?;
         link.note_request_start(server, ctx.info);
+        let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
         if terminated {
             return Ok(RelayEnd::Terminated);
+        }
+        if was_checking && !link.responses.checking() {
+            continue; // a shape check was answered: the client's held messages go on now
         }
         let read_client = (client.inbuf.len() < OUT_CAP || link.client_starved) && room_for_more(link);
         let read_server = client.outbuf.len() < OUT_CAP;
@@ -169,7 +173,10 @@ async fn relay_loop(
 
 /// True while the server-bound buffer and the replies owed leave room for more client messages.
 fn room_for_more(link: &Link) -> bool {
-    link.to_server.len() < OUT_CAP && link.pending_requests() < MAX_PENDING && link.responses.len() < MAX_DUE
+    link.to_server.len() < OUT_CAP
+        && link.pending_requests() < MAX_PENDING
+        && link.responses.len() < MAX_DUE
+        && !link.responses.checking()
 }
 
 /// Drops a fully written buffer. Its bytes were split off a read buffer; while this empty
@@ -243,20 +250,25 @@ fn pump_client(
                 return Ok(true);
             }
             ScanItem::Whole { tag, len } => {
-                let msg = client.inbuf.split_to(len);
                 link.dropping_message = false;
                 if link.client_skipping {
+                    client.inbuf.advance(len);
                     continue;
                 }
+                let outcome = translate(tag, &client.inbuf[..len], link, server, ctx);
+                if outcome == Outcome::Wait {
+                    break; // read again once the shape check is answered
+                }
+                let msg = client.inbuf.split_to(len);
                 if tag == b'Q' || tag == b'P' {
                     remember_query(ctx.info, tag, &msg);
                 }
-                match translate(tag, &msg, link, server, ctx) {
+                match outcome {
                     Outcome::Forward => {
                         link.on_client_message(tag);
                         link.to_server.unsplit(msg);
                     }
-                    Outcome::Done => {}
+                    Outcome::Done | Outcome::Wait => {}
                     Outcome::Refused => link.client_skipping = true,
                 }
             }
@@ -289,6 +301,7 @@ fn pump_client(
                         link.client_skipping = true;
                         link.dropping_message = true;
                     }
+                    BindOutcome::Wait => break,
                 }
             }
         }
@@ -338,6 +351,7 @@ fn translate(
             }
             BindOutcome::Forward => Outcome::Forward,
             BindOutcome::Refused => Outcome::Refused,
+            BindOutcome::Wait => Outcome::Wait,
         },
         _ => Outcome::Forward,
     };
@@ -391,7 +405,7 @@ fn pump_server(
         let item = link
             .server_scan
             .next(&server.read_buf, |t| {
-                matches!(t, b'Z' | b'S' | b'E' | b'C' | b'1' | b'3')
+                matches!(t, b'Z' | b'S' | b'E' | b'C' | b'1' | b'3' | b't' | b'T' | b'n')
             })
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         let (tag, len, whole) = match item {
@@ -424,6 +438,7 @@ fn pump_server(
                     note = Some(ErrorNote::of(&error));
                 }
                 b'C' => command_complete(&msg[5..], server, ctx),
+                b'T' | b'n' => row_description(&msg, link, server, ctx),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
                         ctx.params.observe_server_report(name, value);
@@ -453,6 +468,37 @@ fn pump_server(
                 return Ok(true);
             }
         }
+    }
+}
+
+/// A RowDescription or NoData answering a Describe of a tracked statement: remembers which rows
+/// the client was told about, and which rows the server's copy gives; a shape check that finds
+/// them different marks the client's statement as changed (PostgreSQL would refuse it).
+fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
+    use super::responses::Undo;
+    use std::hash::{Hash, Hasher};
+    let Some(undo) = link.responses.describing() else {
+        return;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.hash(&mut h);
+    let shape = h.finish();
+    match undo {
+        Undo::Uses { hash, name } => {
+            server.statements.set_shape(*hash, shape);
+            if let Some(c) = ctx.statements.as_deref_mut() {
+                c.set_shape(name, shape);
+            }
+        }
+        Undo::ShapeCheck { hash, name } => {
+            server.statements.set_shape(*hash, shape);
+            if let Some(c) = ctx.statements.as_deref_mut()
+                && c.shape(name) != Some(shape)
+            {
+                c.mark_changed(name);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -79,8 +79,11 @@ pub(super) enum Undo {
     /// as prepared at `epoch`.
     ServerClose { hash: u128, epoch: u64 },
     /// A Bind or Describe of the client's statement `name` (watched for "cached plan must not
-    /// change result type").
+    /// change result type"; a Describe also tells the statement's row description).
     Uses { hash: u128, name: Bytes },
+    /// A Describe sluice sent to learn the row description of this server's copy before the
+    /// client's statement `name` may use it; the client's messages wait until it is answered.
+    ShapeCheck { hash: u128, name: Bytes },
 }
 
 /// One reply owed to the client.
@@ -123,7 +126,7 @@ impl Books<'_> {
 
     fn undo(&mut self, undo: Undo) {
         match undo {
-            Undo::Nothing | Undo::Uses { .. } => {}
+            Undo::Nothing | Undo::Uses { .. } | Undo::ShapeCheck { .. } => {}
             Undo::ClientParse { name, server } => {
                 if let Some(c) = self.client.as_deref_mut() {
                     c.forget(&name);
@@ -182,6 +185,8 @@ pub(super) struct Responses {
     /// The server failed an extended-protocol message and is discarding messages until the next
     /// Sync, which the client has not sent yet.
     server_skipping: bool,
+    /// Shape checks in the queue (the client's messages wait while there are any).
+    checks: usize,
 }
 
 impl Responses {
@@ -198,6 +203,37 @@ impl Responses {
     /// Nothing is owed.
     pub(super) fn is_empty(&self) -> bool {
         self.due.is_empty()
+    }
+
+    /// A shape check is owed: the client's next message waits for it.
+    pub(super) fn checking(&self) -> bool {
+        self.checks > 0
+    }
+
+    /// The entry a row description or NoData now arriving completes, when it is a Describe of a
+    /// statement: its bookkeeping says whose description it is.
+    pub(super) fn describing(&self) -> Option<&Undo> {
+        match self.due.front() {
+            Some(Due::Server {
+                ends: Ends::Describe,
+                undo,
+                ..
+            }) => Some(undo),
+            _ => None,
+        }
+    }
+
+    /// Takes the first entry off the queue, keeping the shape-check count.
+    fn pop(&mut self) -> Option<Due> {
+        let due = self.due.pop_front();
+        if let Some(Due::Server {
+            undo: Undo::ShapeCheck { .. },
+            ..
+        }) = &due
+        {
+            self.checks -= 1;
+        }
+        due
     }
 
     /// The server is discarding messages until a Sync the client has yet to send.
@@ -222,6 +258,9 @@ impl Responses {
     pub(super) fn push_server(&mut self, ends: Ends, hidden: bool, undo: Undo) {
         if ends.is_ready() {
             self.requests += 1;
+        }
+        if matches!(undo, Undo::ShapeCheck { .. }) {
+            self.checks += 1;
         }
         self.due.push_back(Due::Server { ends, hidden, undo });
     }
@@ -277,7 +316,7 @@ impl Responses {
             // An extended-protocol message failed: it is done, and the server skips everything
             // up to the next Sync.
             let mut undos = Vec::new();
-            if let Some(Due::Server { undo, .. }) = self.due.pop_front() {
+            if let Some(Due::Server { undo, .. }) = self.pop() {
                 if let (Undo::Uses { hash, name }, true) = (&undo, note.cached_plan) {
                     books.plan_refused(*hash, name);
                 }
@@ -287,11 +326,17 @@ impl Responses {
             books.undo_all(undos);
             return Verdict::Forward;
         }
-        if !ends.completed_by(tag) {
-            return Verdict::Forward;
+        // Everything answering a message sluice sent itself is hidden, but for what the server
+        // may send at any time (notices, notifications, parameter reports).
+        let verdict = if hidden && !matches!(tag, b'N' | b'A' | b'S') {
+            Verdict::Hide
+        } else {
+            Verdict::Forward
+        };
+        if ends.completed_by(tag) {
+            self.pop();
         }
-        self.due.pop_front();
-        if hidden { Verdict::Hide } else { Verdict::Forward }
+        verdict
     }
 
     /// Drops the entries the server will skip after an error, collecting their bookkeeping to
@@ -306,7 +351,7 @@ impl Responses {
                 }
                 Some(_) => {}
             }
-            match self.due.pop_front() {
+            match self.pop() {
                 Some(Due::Server { ends, undo, .. }) => {
                     if ends.is_ready() {
                         self.requests -= 1;
@@ -328,7 +373,7 @@ impl Responses {
     /// skipped by the server.
     fn on_ready(&mut self, books: &mut Books<'_>) {
         let mut undos = Vec::new();
-        while let Some(entry) = self.due.pop_front() {
+        while let Some(entry) = self.pop() {
             match entry {
                 Due::Server { ends, undo, .. } => {
                     if ends.is_ready() {
