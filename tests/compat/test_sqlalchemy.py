@@ -1,11 +1,15 @@
 """SQLAlchemy 2 ORM through sluice in transaction mode, with NullPool (sluice does the pooling) and
 with QueuePool + pool_pre_ping, on the psycopg2 and psycopg (3) drivers. Every session is a
-`with Session() as s:` block."""
+`with Session() as s:` block. The asyncio extension on asyncpg (`async with Session() as s:`)
+runs the same ORM with asyncpg's prepared statements."""
+
+import asyncio
 
 import pytest
 from sqlalchemy import ForeignKey, String, create_engine, event, func, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload, sessionmaker
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
 from conftest import DB, HOST, PASSWORD, PORT, THREADS, USER, PeakWatcher, admin, run_threads, unique, wait_for
 
@@ -218,3 +222,80 @@ def test_core_bulk_insert_and_server_side_defaults():
     finally:
         engine.dispose()
 
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_asyncio_orm_on_asyncpg(pool):
+    # SQLAlchemy's asyncpg dialect prepares every statement (asyncpg's own names, its own cache
+    # of 100 per connection): the combination that fails on PgBouncer before 1.21.
+    url = f"postgresql+asyncpg://{USER}:{PASSWORD}@{HOST}:{PORT}/{DB}"
+    if pool == "nullpool":
+        engine = create_async_engine(url, poolclass=NullPool)
+    else:
+        engine = create_async_engine(
+            url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=THREADS // 2,
+            max_overflow=THREADS,
+            pool_pre_ping=True,
+        )
+    Base, Author, Book = models()
+    tasks = 2 * THREADS
+    per_task = 5
+
+    async def main():
+        try:
+            return await scenario()
+        finally:
+            await engine.dispose()
+
+    async def scenario():
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        Session = async_sessionmaker(engine, expire_on_commit=False)
+
+        async with Session() as s:
+            s.add_all(
+                [
+                    Author(name="Le Guin", books=[Book(title="The Dispossessed", copies=3), Book(title="Lathe", copies=1)]),
+                    Author(name="Lem", books=[Book(title="Solaris", copies=5), Book(title="tally", copies=0)]),
+                ]
+            )
+            await s.commit()
+
+        async with Session() as s:
+            authors = (await s.scalars(select(Author).options(selectinload(Author.books)).order_by(Author.name))).all()
+            assert [a.name for a in authors] == ["Le Guin", "Lem"]
+            assert sorted(b.title for b in authors[0].books) == ["Lathe", "The Dispossessed"]
+            assert await s.scalar(select(func.sum(Book.copies))) == 9
+            (await s.scalars(select(Book).where(Book.title == "Lathe"))).one().copies = 7
+            await s.delete((await s.scalars(select(Book).where(Book.title == "The Dispossessed"))).one())
+            await s.commit()
+
+        # Rolled back: neither the insert nor the update stays.
+        async with Session() as s:
+            s.add(Author(name="never"))
+            (await s.scalars(select(Book).where(Book.title == "Solaris"))).one().copies = 0
+            await s.flush()
+            await s.rollback()
+
+        async def work(i):
+            for _ in range(per_task):
+                async with Session() as s, s.begin():
+                    book = (await s.scalars(select(Book).where(Book.title == "tally").with_for_update())).one()
+                    book.copies += 1
+
+        with PeakWatcher() as watch:
+            await asyncio.gather(*(work(i) for i in range(tasks)))
+        watch.assert_outnumbered(THREADS)
+
+        async with Session() as s:
+            rows = (await s.execute(select(Book.title, Book.copies).order_by(Book.title))).all()
+            names = (await s.scalars(select(Author.name).order_by(Author.name))).all()
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+        return [tuple(r) for r in rows], names
+
+    rows, names = asyncio.run(main())
+    assert rows == [("Lathe", 7), ("Solaris", 5), ("tally", tasks * per_task)]
+    assert names == ["Le Guin", "Lem"]
