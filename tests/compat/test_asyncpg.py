@@ -4,6 +4,7 @@ transaction mode: 100 concurrent tasks on a pool of 4 servers."""
 import asyncio
 import datetime
 import decimal
+import time
 import uuid
 
 import asyncpg
@@ -161,6 +162,69 @@ def test_more_statements_than_asyncpg_caches_and_sluice_keeps_per_server():
     held = [int(r["prepared_statements"]) for r in admin("SHOW SERVERS") if r["database"] == DB]
     assert held and all(h <= 200 for h in held), held
     assert max(held) > 100, held  # the statements of several connections share a server
+
+
+def test_statement_cache_size_0_as_pgbouncer_users_configure_it():
+    # PgBouncer's old advice for asyncpg. Each query is then an unnamed statement prepared in one
+    # round trip (Parse, Describe, Sync) and bound in the next (Bind, Execute, Sync): outside a
+    # transaction, the second may land on another server.
+    n_conns = 40
+    per_conn = 30
+
+    async def main():
+        conns = await asyncio.gather(*(asyncpg.connect(URL, statement_cache_size=0) for _ in range(n_conns)))
+        servers = set()
+
+        async def task(i, conn):
+            for n in range(per_conn):
+                v, s, pid = await conn.fetchrow(
+                    "SELECT $1::int * 2, $2::text || '?', pg_backend_pid() FROM pg_sleep(0.001)", i * 100 + n, f"q{n}"
+                )
+                assert (v, s) == (2 * (i * 100 + n), f"q{n}?")
+                servers.add(pid)
+            assert len(conn._stmt_cache) == 0
+
+        try:
+            with PeakWatcher() as watch:
+                await asyncio.gather(*(task(i, c) for i, c in enumerate(conns)))
+            watch.assert_outnumbered(n_conns)
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+        return servers
+
+    assert len(run(main())) >= 2
+
+
+def test_command_timeouts_cancel_the_query_on_its_server():
+    # asyncpg's timeout sends a CancelRequest; sluice must deliver it to the server running that
+    # client's query. Twice as many sleepers as servers: half of them are still queued at sluice
+    # when their timeout fires.
+    n_conns = 2 * POOL_SIZE
+
+    async def main():
+        conns = await asyncio.gather(*(asyncpg.connect(URL) for _ in range(n_conns)))
+        try:
+
+            async def sleeper(i, conn):
+                with pytest.raises(asyncio.TimeoutError):
+                    await conn.fetchval("SELECT pg_sleep(30) /* apg_cancel */", timeout=0.5)
+                # The connection is usable at once: its server was not left sleeping.
+                assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+
+            start = time.monotonic()
+            await asyncio.gather(*(sleeper(i, c) for i, c in enumerate(conns)))
+            elapsed = time.monotonic() - start
+            still = await conns[0].fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%apg_cancel%' AND pid <> pg_backend_pid()"
+                " AND state = 'active'"
+            )
+            return elapsed, still
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+
+    elapsed, still = run(main())
+    assert still == 0
+    assert elapsed < 10, elapsed
 
 
 def test_rollback_really_rolls_back():
