@@ -80,6 +80,20 @@ def test_default_threshold_prepares_after_five_executions():
     assert after["total_client_parse_count"] - before["total_client_parse_count"] <= 4
 
 
+def test_one_text_with_different_parameter_types_is_prepared_once_per_type():
+    # psycopg sends each parameter's type in Parse: "SELECT $1" as int8, text and float8 are three
+    # statements, which must not be confused on a server that holds all three.
+    def work(i):
+        with connect(prepare_threshold=0) as conn:
+            for n in range(20):
+                with conn.transaction():
+                    assert conn.execute("SELECT %s /* p3_types */", (i * 100 + n,)).fetchone() == (i * 100 + n,)
+                    assert conn.execute("SELECT %s /* p3_types */", (f"s{n}",)).fetchone() == (f"s{n}",)
+                    assert conn.execute("SELECT %s /* p3_types */", (n + 0.5,)).fetchone() == (n + 0.5,)
+
+    run_threads(THREADS, work)
+
+
 def test_explicit_prepare_true_on_many_connections():
     def work(i):
         with connect(autocommit=True) as conn:
