@@ -291,6 +291,45 @@ def test_schema_change_under_a_prepared_select_star():
         assert refused <= 1
 
 
+def test_set_of_reported_parameters_follows_the_client_and_never_leaks_to_others():
+    # TimeZone, DateStyle, IntervalStyle and application_name are reported by PostgreSQL
+    # (ParameterStatus), so sluice applies a client's SET of them on every server it lands on, and
+    # its own values on the next client of that server.
+    wanted = ("Asia/Tokyo", "changed-by-set", "SQL, DMY", "iso_8601")
+    query = (
+        "SELECT current_setting('TimeZone'), current_setting('application_name'), "
+        "current_setting('DateStyle'), current_setting('IntervalStyle'), pg_backend_pid()"
+    )
+    # (No startup parameters here: RESET of one is a known sluice gap, see test_asyncpg.py.)
+    with connect(autocommit=True) as conn, connect(autocommit=True) as other:
+        default = other.execute(query).fetchone()[:4]
+        assert default[0] != wanted[0]
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        conn.execute("SET application_name = 'changed-by-set'")
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        conn.execute("SET IntervalStyle = 'iso_8601'")
+        servers = set()
+        for _ in range(200):
+            row = conn.execute(query).fetchone()
+            assert row[:4] == wanted
+            servers.add(row[4])
+            assert other.execute(query).fetchone()[:4] == default
+        assert len(servers) >= 2, servers
+        assert conn.execute("SELECT '2024-03-01 12:00:00+00'::timestamptz::text").fetchone() == (
+            "01/03/2024 21:00:00 JST",
+        )
+
+        # A SET rolled back, a SET LOCAL, and RESET ALL leave nothing behind.
+        conn.execute("RESET ALL")
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET TimeZone = 'America/New_York'")
+        with conn.transaction():
+            conn.execute("SET LOCAL TimeZone = 'America/New_York'")
+            assert conn.execute("SHOW TimeZone").fetchone() == ("America/New_York",)
+        for _ in range(50):
+            assert conn.execute(query).fetchone()[:4] == default
+
+
 def test_copy_rows_in_and_out():
     t = unique("p3_copy")
     with connect() as conn:
