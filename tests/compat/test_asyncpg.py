@@ -102,6 +102,36 @@ def test_100_tasks_share_an_asyncpg_pool_of_100_connections():
     assert run(main()) == per_task * sum(range(TASKS))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="sluice bug: RESET ALL (also RESET x, SET x TO DEFAULT, DISCARD ALL) sets the server back "
+    "to the values sluice logged it in with, not to the client's startup values, and sluice then "
+    "records the server's defaults as the client's wishes, on every server",
+)
+def test_pool_release_reset_keeps_the_connections_server_settings():
+    # asyncpg's pool resets each connection it takes back (..., RESET ALL). On PostgreSQL, RESET
+    # returns a setting to the connection's startup value, here the server_settings.
+    settings = {"application_name": "apg-billing", "TimeZone": "Asia/Tokyo", "statement_timeout": "5s"}
+    query = (
+        "SELECT current_setting('application_name'), current_setting('TimeZone'), "
+        "current_setting('statement_timeout')"
+    )
+
+    async def main():
+        pool = await asyncpg.create_pool(URL, min_size=1, max_size=1, server_settings=settings)
+        seen = []
+        try:
+            for _ in range(5):
+                async with pool.acquire() as conn:
+                    seen.append(tuple(await conn.fetchrow(query)))
+        finally:
+            await pool.close()
+        return seen
+
+    assert run(main()) == [("apg-billing", "Asia/Tokyo", "5s")] * 5
+
+
 def test_explicitly_prepared_statement_is_reused_in_many_transactions():
     async def main():
         conn = await asyncpg.connect(URL)
