@@ -1,6 +1,7 @@
 //! Cancel requests: each client gets a BackendKeyData issued by sluice; a CancelRequest carrying
 //! it is forwarded, over a new connection, to the server that client holds at that moment.
 
+use crate::client_info::ClientInfo;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use postgres_protocol::message::frontend;
@@ -11,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 /// The server a client is currently using, as far as cancelling goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    /// Server host (or unix socket directory).
-    pub host: String,
+    /// Server host (or unix socket directory), shared with the server connection.
+    pub host: Arc<str>,
     /// Server port.
     pub port: u16,
     /// The server's real backend pid.
@@ -21,62 +22,46 @@ pub struct CancelTarget {
     pub backend_secret: i32,
 }
 
-/// A client's cancel key and the server it holds, if any.
-#[derive(Debug, Default)]
-pub struct CancelSlot {
-    target: Mutex<Option<CancelTarget>>,
-}
+/// The cancel key sluice gave a client (BackendKeyData): a pid and a secret of its own, never
+/// a server's.
+pub type CancelKey = (i32, i32);
 
-impl CancelSlot {
-    /// Records the server the client now holds (None when it holds none).
-    pub fn set(&self, target: Option<CancelTarget>) {
-        *self.target.lock() = target;
-    }
-}
-
-/// All cancel keys issued and not yet retired.
+/// Every logged-in client, by the cancel key sluice gave it (the registry the console lists
+/// clients from, too): one map entry per client. Each client knows the server it holds, if any.
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
-}
-
-/// Removes a client's key from the registry when its session ends.
-pub struct CancelKey {
-    registry: Arc<crate::shared::Shared>,
-    /// The pid sluice told the client.
-    pub process_id: i32,
-    /// The secret sluice told the client.
-    pub secret_key: i32,
-    /// Where cancels for this key go.
-    pub slot: Arc<CancelSlot>,
-}
-
-impl Drop for CancelKey {
-    fn drop(&mut self) {
-        self.registry
-            .cancels
-            .keys
-            .lock()
-            .remove(&(self.process_id, self.secret_key));
-    }
+    keys: Mutex<HashMap<CancelKey, Arc<ClientInfo>>>,
 }
 
 impl CancelRegistry {
-    /// Issues a fresh random key for a new client.
-    pub fn issue(shared: &Arc<crate::shared::Shared>) -> CancelKey {
-        let slot = Arc::new(CancelSlot::default());
-        let mut keys = shared.cancels.keys.lock();
+    /// Issues a fresh random key for `client` and records it there. Retired by
+    /// [`CancelRegistry::retire`] when the client's registration ends.
+    pub fn issue(&self, client: &Arc<ClientInfo>) -> CancelKey {
+        let mut keys = self.keys.lock();
         loop {
-            let key: (i32, i32) = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
+            let key: CancelKey = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key) {
-                e.insert(slot.clone());
-                return CancelKey {
-                    registry: shared.clone(),
-                    process_id: key.0,
-                    secret_key: key.1,
-                    slot,
-                };
+                e.insert(client.clone());
+                client.set_cancel_key(key);
+                return key;
             }
+        }
+    }
+
+    /// Forgets a key (its client left).
+    pub fn retire(&self, key: CancelKey) {
+        self.keys.lock().remove(&key);
+    }
+
+    /// Every registered client, in no order.
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        self.keys.lock().values().cloned().collect()
+    }
+
+    /// Calls `f` on every registered client (in no order), holding the registry briefly.
+    pub fn for_each_client(&self, mut f: impl FnMut(&ClientInfo)) {
+        for c in self.keys.lock().values() {
+            f(c);
         }
     }
 
@@ -86,7 +71,7 @@ impl CancelRegistry {
         let target = {
             let keys = self.keys.lock();
             keys.get(&(process_id, secret_key))
-                .and_then(|s| s.target.lock().clone())
+                .and_then(|c| c.cancel_target())
         };
         let Some(t) = target else {
             tracing::debug!(process_id, "cancel request for no running query; ignored");
@@ -97,12 +82,12 @@ impl CancelRegistry {
 }
 
 /// Sends a CancelRequest for a server's backend in the background (used by query_timeout).
-pub fn send_cancel(host: String, port: u16, backend_pid: i32, backend_secret: i32) {
+pub fn send_cancel(host: Arc<str>, port: u16, backend_pid: i32, backend_secret: i32) {
     tokio::spawn(forward(host, port, backend_pid, backend_secret));
 }
 
 /// Opens a connection to the server and sends the CancelRequest, within 5 seconds.
-async fn forward(host: String, port: u16, backend_pid: i32, backend_secret: i32) {
+async fn forward(host: Arc<str>, port: u16, backend_pid: i32, backend_secret: i32) {
     let limit = std::time::Duration::from_secs(5);
     let sent = tokio::time::timeout(limit, async {
         let mut stream = crate::server::open_socket(&host, port).await?;

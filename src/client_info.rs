@@ -1,9 +1,14 @@
 //! What sluice knows about each connected client, shared with the pools (who holds a server),
 //! and later the console and leak reports. Updated on state changes, never per message.
 
+use crate::cancel::{CancelKey, CancelTarget};
 use parking_lot::Mutex;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -48,6 +53,30 @@ impl Kill {
     }
 }
 
+/// A client's kill switch. Only its own session ever waits on it, so one waker slot does what a
+/// `Notify` would, in less room: an idle client carries this for its whole life.
+#[derive(Debug, Default)]
+struct KillSwitch {
+    /// Why the client must end (the first reason given wins; boxed, as it rarely comes).
+    reason: Option<Box<Kill>>,
+    /// The session's task, to wake when a reason arrives.
+    waker: Option<Waker>,
+}
+
+/// The future of [`ClientInfo::killed`]: a borrow and a flag, nothing to pin or unlink.
+#[derive(Debug)]
+pub struct Killed<'a> {
+    info: &'a ClientInfo,
+    busy: bool,
+}
+
+impl Future for Killed<'_> {
+    type Output = Kill;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
+        self.info.poll_killed(cx, self.busy)
+    }
+}
+
 /// What a client is doing, as the console and leak reports show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientPhase {
@@ -88,13 +117,11 @@ pub struct ClientInfo {
     /// Where it connected from.
     pub peer: PeerAddr,
     /// Client-facing user name.
-    pub user: String,
+    pub user: Arc<str>,
     /// Client-facing database name.
-    pub database: String,
+    pub database: Arc<str>,
     /// When it connected.
     pub connected_at: Instant,
-    /// Wall-clock connect time (for the console's timestamps).
-    pub connected_wall: std::time::SystemTime,
     /// Process id of a unix-socket peer (SO_PEERCRED).
     pub peer_pid: Option<i32>,
     /// sluice's own end of the connection (TCP).
@@ -102,30 +129,40 @@ pub struct ClientInfo {
     application_name: Mutex<String>,
     live: Mutex<ClientLive>,
     last_query: Mutex<String>,
-    process: std::sync::OnceLock<Option<(i32, String)>>,
-    kill_reason: Mutex<Option<Kill>>,
-    kill: tokio::sync::Notify,
+    /// Boxed: most clients are never asked, and an idle one should stay small.
+    process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
+    kill: Mutex<KillSwitch>,
     prepared: std::sync::atomic::AtomicU32,
+    /// Wall-clock connect time in whole seconds since 1970 (the console shows no more).
+    connected_unix: u32,
+    /// The key sluice gave it for cancel requests (set once, at login).
+    cancel_key: std::sync::OnceLock<CancelKey>,
+    /// Where its cancel requests go: the server it holds right now.
+    cancel_target: Mutex<Option<CancelTarget>>,
 }
 
 impl ClientInfo {
+    /// Wall-clock connect time (for the console's timestamps, which show whole seconds).
+    pub fn connected_wall(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(self.connected_unix.into())
+    }
+
     /// Registers a new client.
     pub fn new(
         peer: PeerAddr,
         peer_pid: Option<i32>,
         local: Option<SocketAddr>,
-        user: &str,
-        database: &str,
+        user: Arc<str>,
+        database: Arc<str>,
         application_name: &str,
     ) -> ClientInfo {
         let now = Instant::now();
         ClientInfo {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             peer,
-            user: user.to_string(),
-            database: database.to_string(),
+            user,
+            database,
             connected_at: now,
-            connected_wall: std::time::SystemTime::now(),
             peer_pid,
             local,
             application_name: Mutex::new(application_name.to_string()),
@@ -139,10 +176,33 @@ impl ClientInfo {
             }),
             last_query: Mutex::new(String::new()),
             process: std::sync::OnceLock::new(),
-            kill_reason: Mutex::new(None),
-            kill: tokio::sync::Notify::new(),
+            kill: Mutex::new(KillSwitch::default()),
             prepared: std::sync::atomic::AtomicU32::new(0),
+            connected_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+            cancel_key: std::sync::OnceLock::new(),
+            cancel_target: Mutex::new(None),
         }
+    }
+
+    /// The cancel key issued at login, if one was.
+    pub fn cancel_key(&self) -> Option<CancelKey> {
+        self.cancel_key.get().copied()
+    }
+
+    pub(crate) fn set_cancel_key(&self, key: CancelKey) {
+        let _ = self.cancel_key.set(key);
+    }
+
+    /// Points the client's cancel requests at the server it now holds (None: it holds none).
+    pub fn set_cancel_target(&self, target: Option<CancelTarget>) {
+        *self.cancel_target.lock() = target;
+    }
+
+    /// Where a cancel request from this client would go now.
+    pub fn cancel_target(&self) -> Option<CancelTarget> {
+        self.cancel_target.lock().clone()
     }
 
     /// How many named prepared statements the client holds (SHOW CLIENTS).
@@ -162,24 +222,36 @@ impl ClientInfo {
 
     /// Ends the client for `why` (the first reason given wins).
     pub fn kill_with(&self, why: Kill) {
-        self.kill_reason.lock().get_or_insert(why);
-        self.kill.notify_one();
+        let waker = {
+            let mut switch = self.kill.lock();
+            switch.reason.get_or_insert_with(|| Box::new(why));
+            switch.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Resolves with the reason once the client is killed. A client in the middle of a request
     /// (`busy`) is not ended for being idle: such a kill, given as it woke up, is withdrawn.
-    pub async fn killed(&self, busy: bool) -> Kill {
-        loop {
-            {
-                let mut reason = self.kill_reason.lock();
-                match &*reason {
-                    Some(Kill::IdleTimeout(_)) if busy => *reason = None,
-                    Some(k) => return k.clone(),
-                    None => {}
-                }
-            }
-            self.kill.notified().await;
+    pub fn killed(&self, busy: bool) -> Killed<'_> {
+        Killed { info: self, busy }
+    }
+
+    /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
+    /// task is woken when it is (see [`ClientInfo::killed`]).
+    pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
+        let mut switch = self.kill.lock();
+        match &switch.reason {
+            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
+            Some(k) => return Poll::Ready((**k).clone()),
+            None => {}
         }
+        match &switch.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => switch.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Ends an idle client that has been idle longer than `limit` (client_idle_timeout).
@@ -254,9 +326,10 @@ impl ClientInfo {
                     PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(*a, self.local?),
                     _ => None,
                 })?;
-                Some((pid, crate::procfs::cmdline(pid).unwrap_or_default()))
+                Some(Box::new((pid, crate::procfs::cmdline(pid).unwrap_or_default())))
             })
-            .clone()
+            .as_deref()
+            .cloned()
     }
 
     /// The application_name the client currently has.
@@ -288,7 +361,7 @@ mod tests {
     use super::*;
 
     fn client() -> ClientInfo {
-        ClientInfo::new(PeerAddr::Unix, None, None, "u", "d", "app")
+        ClientInfo::new(PeerAddr::Unix, None, None, "u".into(), "d".into(), "app")
     }
 
     #[tokio::test]
@@ -311,11 +384,29 @@ mod tests {
         assert_eq!(k.error().sqlstate, "57P01");
     }
 
+    #[tokio::test]
+    async fn a_kill_wakes_the_waiting_session() {
+        let c = std::sync::Arc::new(client());
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.killed(false).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing killed the client yet");
+        c.kill("admin forced disconnect");
+        c.kill("a second reason does not replace the first");
+        let k = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(
+            k.ok().and_then(Result::ok),
+            Some(Kill::Operator("admin forced disconnect".into()))
+        );
+    }
+
     #[test]
     fn a_client_that_is_not_idle_is_never_killed_for_idleness() {
         let c = client();
         c.set_phase(ClientPhase::Active, None);
         c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
-        assert!(c.kill_reason.lock().is_none());
+        assert!(c.kill.lock().reason.is_none());
     }
 }

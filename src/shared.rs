@@ -29,9 +29,10 @@ pub struct Shared {
     pub security: crate::security::Security,
     clients: AtomicUsize,
     /// Every logged-in client, by id (for the console and leak reports).
-    client_registry: Mutex<HashMap<u64, Arc<crate::client_info::ClientInfo>>>,
     /// Connected clients per database [0] and per user [1].
-    client_counts: Mutex<[HashMap<String, usize>; 2]>,
+    /// Clients per database and per user name. The keys double as the names' one shared copy:
+    /// every client of a database points at the same `Arc<str>`.
+    client_counts: Mutex<[HashMap<Arc<str>, usize>; 2]>,
     lifecycle: watch::Sender<Lifecycle>,
     /// Leak suspects and history (SHOW LEAKS, metrics).
     pub leaks: crate::leaks::LeakTracker,
@@ -87,7 +88,6 @@ impl Shared {
             security: crate::security::Security::default(),
             clients: AtomicUsize::new(0),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
-            client_registry: Mutex::new(HashMap::new()),
             lifecycle,
             disabled: Mutex::new(std::collections::HashSet::new()),
             stats_history: crate::stats::StatsHistory::default(),
@@ -119,6 +119,7 @@ impl Shared {
             shared: self.clone(),
             database: None,
             user: None,
+            handed_over: false,
         };
         let mut counts = self.client_counts.lock();
         let refused = 'check: {
@@ -126,12 +127,16 @@ impl Shared {
                 (0usize, database, "max_db_client_connections"),
                 (1, user, "max_user_client_connections"),
             ] {
-                let n = counts[kind].entry(name.to_string()).or_insert(0);
+                let shared_name = match counts[kind].get_key_value(name) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                let n = counts[kind].entry(shared_name.clone()).or_insert(0);
                 if max > 0 && *n >= max {
                     break 'check Some(refusal);
                 }
                 *n += 1;
-                let taken = Some(name.to_string());
+                let taken = Some(shared_name);
                 if kind == 0 {
                     slot.database = taken;
                 } else {
@@ -147,28 +152,49 @@ impl Shared {
         }
     }
 
-    /// Lists a logged-in client until the returned guard drops.
-    pub fn register_client(self: &Arc<Self>, info: Arc<crate::client_info::ClientInfo>) -> Registered {
-        let id = info.id;
-        self.client_registry.lock().insert(id, info);
+    /// Lists a logged-in client until the returned guard drops. The guard takes over `slot`:
+    /// the limits it counts the client in are given back with the registration (by the names in
+    /// `info`, which the slot was taken for).
+    pub fn register_client(
+        self: &Arc<Self>,
+        info: Arc<crate::client_info::ClientInfo>,
+        mut slot: ClientSlot,
+    ) -> Registered {
+        self.cancels.issue(&info);
+        slot.handed_over = true;
         Registered {
             shared: self.clone(),
-            id,
+            counted: (slot.database.is_some(), slot.user.is_some()),
+            info,
+        }
+    }
+
+    /// Gives back a client's max_client_conn slot and its per-database and per-user counts.
+    fn release_client_slot(&self, database: Option<&str>, user: Option<&str>) {
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.client_counts.lock();
+        for (kind, name) in [(0usize, database), (1, user)] {
+            if let Some(name) = name
+                && let Some(n) = counts[kind].get_mut(name)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts[kind].remove(name);
+                }
+            }
         }
     }
 
     /// Every logged-in client, oldest first.
     pub fn clients(&self) -> Vec<Arc<crate::client_info::ClientInfo>> {
-        let mut v: Vec<_> = self.client_registry.lock().values().cloned().collect();
+        let mut v = self.cancels.clients();
         v.sort_by_key(|c| c.id);
         v
     }
 
     /// Calls `f` on every logged-in client (in no order), holding the registry briefly.
-    pub fn for_each_client(&self, mut f: impl FnMut(&crate::client_info::ClientInfo)) {
-        for c in self.client_registry.lock().values() {
-            f(c);
-        }
+    pub fn for_each_client(&self, f: impl FnMut(&crate::client_info::ClientInfo)) {
+        self.cancels.for_each_client(f);
     }
 
     /// Clients currently connected (admin console sessions excluded).
@@ -268,36 +294,64 @@ impl Shared {
 /// when the client's session ends.
 pub struct ClientSlot {
     shared: Arc<Shared>,
-    database: Option<String>,
-    user: Option<String>,
+    database: Option<Arc<str>>,
+    user: Option<Arc<str>>,
+    /// A [`Registered`] gives the slot back instead (set by [`Shared::register_client`]).
+    handed_over: bool,
+}
+
+impl ClientSlot {
+    /// The database and user names the slot counts the client under, as shared copies.
+    pub fn names(&self) -> Option<(Arc<str>, Arc<str>)> {
+        Some((self.database.clone()?, self.user.clone()?))
+    }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
-        let mut counts = self.shared.client_counts.lock();
-        for (kind, name) in [(0usize, &self.database), (1, &self.user)] {
-            if let Some(name) = name
-                && let Some(n) = counts[kind].get_mut(name)
-            {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts[kind].remove(name);
-                }
-            }
+        if !self.handed_over {
+            self.shared
+                .release_client_slot(self.database.as_deref(), self.user.as_deref());
         }
     }
 }
 
-/// Keeps a client in the registry; removes it when dropped.
+/// Keeps a client in the registry (and its cancel key, once issued); removes both when dropped.
 pub struct Registered {
     shared: Arc<Shared>,
-    id: u64,
+    info: Arc<crate::client_info::ClientInfo>,
+    /// Whether the client's slot counted it under its database and its user name.
+    counted: (bool, bool),
+}
+
+impl Registered {
+    /// The registered client.
+    pub fn info(&self) -> &Arc<crate::client_info::ClientInfo> {
+        &self.info
+    }
+
+    /// The registry the client is in.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The client's cancel key (BackendKeyData), issued with the registration and retired
+    /// with it.
+    pub fn cancel_key(&self) -> crate::cancel::CancelKey {
+        self.info.cancel_key().unwrap_or_default()
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.shared.client_registry.lock().remove(&self.id);
+        if let Some(key) = self.info.cancel_key() {
+            self.shared.cancels.retire(key);
+        }
+        let (database, user) = self.counted;
+        self.shared.release_client_slot(
+            database.then_some(&*self.info.database),
+            user.then_some(&*self.info.user),
+        );
     }
 }
 

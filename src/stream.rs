@@ -203,15 +203,17 @@ impl ReadHalf {
     /// Waits until the socket reports data or an end of stream (it may turn out to have nothing:
     /// see [`ReadHalf::read_ready`]). Holds no buffer while waiting.
     pub async fn wait_readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    /// The poll behind [`ReadHalf::wait_readable`], for a wait that also watches something else
+    /// without a `select!` (an idle session keeps its future small).
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            ReadHalf::Tcp(h) => {
-                std::future::poll_fn(|cx| AsRef::<TcpStream>::as_ref(h).poll_read_ready(cx)).await
-            }
-            ReadHalf::Unix(h) => {
-                std::future::poll_fn(|cx| AsRef::<UnixStream>::as_ref(h).poll_read_ready(cx)).await
-            }
-            ReadHalf::Tls(t) => std::future::poll_fn(|cx| t.poll_fill(cx)).await.map(|_| ()),
-            ReadHalf::Closed => Ok(()),
+            ReadHalf::Tcp(h) => AsRef::<TcpStream>::as_ref(h).poll_read_ready(cx),
+            ReadHalf::Unix(h) => AsRef::<UnixStream>::as_ref(h).poll_read_ready(cx),
+            ReadHalf::Tls(t) => t.poll_fill(cx).map_ok(|_| ()),
+            ReadHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 

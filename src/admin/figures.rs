@@ -31,7 +31,9 @@ pub struct PoolFigures {
 
 fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<Item = &'a Arc<ClientInfo>> {
     let (db, user) = (pool.key.database.clone(), pool.key.user.clone());
-    clients.iter().filter(move |c| c.database == db && c.user == user)
+    clients
+        .iter()
+        .filter(move |c| *c.database == *db && *c.user == *user)
 }
 
 /// SHOW POOLS' figures for every pool, in the console's order.
@@ -134,7 +136,7 @@ pub fn database_figures(shared: &Shared) -> Vec<DatabaseFigures> {
             max_client_connections: db
                 .max_db_client_connections
                 .unwrap_or(p.max_db_client_connections) as usize,
-            current_client_connections: clients.iter().filter(|c| &c.database == name).count(),
+            current_client_connections: clients.iter().filter(|c| *c.database == **name).count(),
             paused: !mine.is_empty() && mine.iter().all(|x| x.is_paused()),
             disabled: shared.is_disabled(name),
         });

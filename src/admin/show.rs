@@ -247,15 +247,15 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
         };
         rs.push(vec![
             t("C"),
-            t(&c.user),
-            t(&c.database),
+            t(&*c.user),
+            t(&*c.database),
             t("none"),
             t(state),
             t(addr),
             n(port),
             c.local.map(|l| l.ip().to_string()),
             c.local.map(|l| l.port().to_string()),
-            t(timestamp(c.connected_wall)),
+            t(timestamp(c.connected_wall())),
             t(timestamp(wall(live.request_at))),
             n(wait),
             n(wait_us),
@@ -420,7 +420,7 @@ fn users(shared: &Shared) -> ResultSet {
     let clients = shared.clients();
     let mut names: BTreeMap<String, ()> = config.users.keys().map(|k| (k.clone(), ())).collect();
     names.extend(config.auth_file_users.keys().map(|k| (k.clone(), ())));
-    names.extend(clients.iter().map(|c| (c.user.clone(), ())));
+    names.extend(clients.iter().map(|c| (c.user.to_string(), ())));
     let p = &config.pooler;
     for name in names.keys() {
         let u = config.users.get(name);
@@ -438,7 +438,7 @@ fn users(shared: &Shared) -> ResultSet {
                 .sum::<usize>()),
             n(u.and_then(|u| u.max_user_client_connections)
                 .unwrap_or(p.max_user_client_connections)),
-            n(clients.iter().filter(|c| &c.user == name).count()),
+            n(clients.iter().filter(|c| *c.user == **name).count()),
         ]);
     }
     rs

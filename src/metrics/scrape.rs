@@ -378,8 +378,8 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
             _ => "active",
         };
         let key = (
-            c.database.clone(),
-            c.user.clone(),
+            c.database.to_string(),
+            c.user.to_string(),
             c.application_name().to_string(),
             state,
         );

@@ -71,7 +71,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
         &mut out,
     )?;
     writer.write_all(&out).await?;
-    let mut conn = ServerConn::new(reader, writer, (target.host.clone(), target.port));
+    let mut conn = ServerConn::new(reader, writer, (target.host.as_str().into(), target.port));
     let mut scram: Option<ScramSha256> = None;
     let mut key_scram: Option<crate::auth::KeyScramClient> = None;
     loop {

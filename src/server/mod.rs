@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::{self, Message};
 use postgres_protocol::message::frontend;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,7 +79,7 @@ pub struct ServerConn {
     /// When a client last released it.
     pub last_used: Instant,
     /// Where it is connected (for cancel requests).
-    pub target_addr: (String, u16),
+    pub target_addr: (Arc<str>, u16),
     /// Observable state, shared with the pool.
     pub info: std::sync::Arc<ServerInfo>,
     /// The prepared statements sluice created on it for clients (transaction mode).
@@ -86,7 +87,7 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    fn new(reader: ReadHalf, writer: WriteHalf, target_addr: (String, u16)) -> ServerConn {
+    fn new(reader: ReadHalf, writer: WriteHalf, target_addr: (Arc<str>, u16)) -> ServerConn {
         let now = Instant::now();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         ServerConn {

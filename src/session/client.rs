@@ -26,6 +26,8 @@ pub(crate) enum Input {
     Data,
     /// The client closed its socket.
     Closed,
+    /// The readiness was stale: nothing to read after all.
+    Nothing,
 }
 
 impl ClientIo {
@@ -58,11 +60,18 @@ impl ClientIo {
         }
     }
 
-    /// Waits for the idle client to send something, allocating a buffer only once it has.
-    pub(crate) async fn wait_for_input(&mut self) -> std::io::Result<Input> {
-        Ok(match self.read_input().await? {
-            0 => Input::Closed,
-            _ => Input::Data,
+    /// After the socket reported readiness: takes what the client sent (through a stack
+    /// buffer, so `inbuf` is exactly what arrived).
+    pub(crate) fn take_input(&mut self) -> std::io::Result<Input> {
+        let mut chunk = [0u8; 8192];
+        Ok(match self.reader.read_ready_into(&mut chunk)? {
+            None => Input::Nothing,
+            Some(0) => Input::Closed,
+            Some(n) => {
+                self.bytes_in += n as u64;
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                Input::Data
+            }
         })
     }
 

@@ -53,7 +53,8 @@ pub(super) async fn authenticate(
         return Ok(secret);
     }
     if secret.is_none() && method != AuthType::Trust {
-        secret = looked_up_secret(shared, config, user, database).await?;
+        // Boxed: the auth_query lookup is large and rare; every login would carry it.
+        secret = Box::pin(looked_up_secret(shared, config, user, database)).await?;
     }
     let auth = ClientAuth {
         method,
@@ -156,8 +157,8 @@ async fn looked_up_secret(
         crate::client_info::PeerAddr::Unix,
         None,
         None,
-        auth_user,
-        &db_name,
+        auth_user.into(),
+        db_name.as_str().into(),
         "sluice auth_query",
     ));
     let limit = p.server_connect_timeout;

@@ -3,13 +3,12 @@
 //! authentication, and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use super::params::ClientParams;
-use crate::cancel::{CancelKey, CancelRegistry};
 use crate::client_info::{ClientInfo, PeerAddr};
 use crate::config::Config;
 use crate::config::SslMode;
 use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
-use crate::shared::{ClientSlot, Shared};
+use crate::shared::Shared;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use std::collections::BTreeMap;
@@ -18,12 +17,22 @@ use tokio::io::AsyncWriteExt;
 
 /// A client that passed login.
 pub(super) struct LoggedIn {
-    pub(super) info: Arc<ClientInfo>,
+    /// Its entry in the registry (the client's info, and the registry itself).
+    pub(super) registered: crate::shared::Registered,
     pub(super) pool: Arc<Pool>,
     pub(super) params: ClientParams,
-    pub(super) cancel: CancelKey,
-    pub(super) _registered: crate::shared::Registered,
-    pub(super) _slot: ClientSlot,
+}
+
+impl LoggedIn {
+    /// What the console, the pools and the leak reports see of this client.
+    pub(super) fn info(&self) -> &Arc<ClientInfo> {
+        self.registered.info()
+    }
+
+    /// The pooler's shared state.
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        self.registered.shared()
+    }
 }
 
 /// Who logged in: a client of a pool, or a user of the admin console.
@@ -146,15 +155,19 @@ pub(super) async fn log_in(
         .reported_value("application_name")
         .unwrap_or("")
         .to_string();
+    // The names as the registry's shared copies: no allocation per client.
+    let (database_name, user_name) = slot
+        .names()
+        .unwrap_or_else(|| (database.as_str().into(), user.as_str().into()));
     let info = Arc::new(ClientInfo::new(
         peer.clone(),
         stream.peer_pid(),
         stream.local_addr(),
-        &user,
-        &database,
+        user_name,
+        database_name,
         &app_name,
     ));
-    let registered = shared.register_client(info.clone());
+    let registered = shared.register_client(info.clone(), slot);
     let key = PoolKey {
         database: database.clone(),
         user: user.clone(),
@@ -166,24 +179,26 @@ pub(super) async fn log_in(
         .get_or_create(key, db_server_limit, user_server_limit, || {
             crate::pool::settings_for(&config, &database, &user, secret, server_tls(shared, &config))
         });
-    let welcome = welcome_params(&pool, &info, &config).await?;
-    let cancel = CancelRegistry::issue(shared);
+    // Known once any server of the pool logged in; only the first clients wait (boxed: that
+    // wait is large, and every other login would carry it).
+    let welcome = match pool.welcome_params() {
+        Some(w) => w,
+        None => Box::pin(welcome_params(&pool, &info, &config)).await?,
+    };
+    let (process_id, secret_key) = registered.cancel_key();
 
     let mut out = BytesMut::new();
     for (name, value) in welcome.iter() {
         let value = client_params.reported_value(name).unwrap_or(value);
         messages::parameter_status(&mut out, name, value);
     }
-    messages::backend_key_data(&mut out, cancel.process_id, cancel.secret_key);
+    messages::backend_key_data(&mut out, process_id, secret_key);
     messages::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
     Ok(Login::Pooled(Box::new(LoggedIn {
-        info,
+        registered,
         pool,
         params: client_params,
-        cancel,
-        _registered: registered,
-        _slot: slot,
     })))
 }
 
@@ -203,7 +218,7 @@ async fn negotiate(
         let mut first = [0u8; 1];
         // A TLS ClientHello as the very first byte: direct TLS (sslnegotiation=direct).
         if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
-            tls_handshake(stream, acceptor, true).await?;
+            Box::pin(tls_handshake(stream, acceptor, true)).await?;
         }
     }
     loop {
@@ -227,7 +242,7 @@ async fn negotiate(
             StartupPacket::SslRequest => match &acceptor {
                 Some(acceptor) if matches!(stream, Stream::Tcp(_)) => {
                     stream.write_all(b"S").await?;
-                    tls_handshake(stream, acceptor, false).await?;
+                    Box::pin(tls_handshake(stream, acceptor, false)).await?;
                 }
                 _ => stream.write_all(b"N").await?,
             },

@@ -31,7 +31,7 @@ impl Session {
         // Copy the settings out: cloning the shared config Arc would touch a counter every
         // client of the process shares, once per transaction.
         let (limit, notify_after, disconnect_on_timeout) = {
-            let config = self.shared.config.load();
+            let config = self.login.shared().config.load();
             let p = &config.pooler;
             (
                 p.query_wait_timeout,
@@ -39,7 +39,7 @@ impl Session {
                 p.query_wait_timeout_disconnect,
             )
         };
-        let checkout = pool.checkout(&self.login.info, limit.saturating_sub(since.elapsed()));
+        let checkout = pool.checkout(self.login.info(), limit.saturating_sub(since.elapsed()));
         tokio::pin!(checkout);
         let notify_at = tokio::time::Instant::from_std(since + notify_after);
         let mut notified = notify_after.is_zero();
@@ -49,7 +49,7 @@ impl Session {
                 // The checkout first: when a server is free at once, no timer is ever armed.
                 biased;
                 r = &mut checkout => break r,
-                kill = self.login.info.killed(true) => {
+                kill = self.login.info().killed(true) => {
                     let e = kill.error();
                     send_fatal(&mut self.client, &e).await;
                     return WaitOutcome::Fatal(e);
@@ -85,7 +85,7 @@ impl Session {
                     let _ = self.client.send_error(&fatal, None).await;
                     return WaitOutcome::Fatal(fatal);
                 }
-                tracing::info!(client = self.login.info.id, error = %error, "no server for the client's request");
+                tracing::info!(client = self.login.info().id, error = %error, "no server for the client's request");
                 match fail_request(&mut self.client, &error, limit).await {
                     Ok(()) => WaitOutcome::Failed,
                     Err(_) => WaitOutcome::ClientGone,
