@@ -52,6 +52,16 @@ impl Drop for WaitGuard {
     }
 }
 
+/// What vetting an idle server without I/O decided.
+enum Vetted {
+    /// Lend it.
+    Ready(PooledServer),
+    /// Close it (dead, or past its lifetime).
+    Discard,
+    /// Run server_check_query (with this time limit) first.
+    Check(PooledServer, String, Duration),
+}
+
 impl Pool {
     /// Gets a server for `client`, waiting at most `wait_limit` for one to become free.
     pub async fn checkout(
@@ -78,7 +88,7 @@ impl Pool {
                         break server;
                     }
                 }
-                Step::Open(permit) => break self.open(permit).await?,
+                Step::Open(permit) => break Box::pin(self.open(permit)).await?,
                 Step::Wait(guard, group_blocked) => {
                     match self.wait(guard, group_blocked, started, deadline).await {
                         Waited::Server(server) => {
@@ -86,7 +96,7 @@ impl Pool {
                                 break server;
                             }
                         }
-                        Waited::Slot(permit) => break self.open(permit).await?,
+                        Waited::Slot(permit) => break Box::pin(self.open(permit)).await?,
                         Waited::Retry => {}
                         Waited::TimedOut => {
                             self.stats.metrics.wait_timeouts.increment(1);
@@ -96,6 +106,32 @@ impl Pool {
                 }
             }
         };
+        Ok(Self::lend(server, client))
+    }
+
+    /// The common case of a checkout, with no await at all: an idle server that needs no check
+    /// query, lent at once. None means the full [`Pool::checkout`] has to run (nothing idle,
+    /// the pool is paused, or the server's check is due).
+    pub fn try_checkout_now(&self, client: &Arc<ClientInfo>) -> Option<PooledServer> {
+        if self.is_paused() {
+            return None;
+        }
+        loop {
+            let server = self.state.lock().idle.pop_back()?;
+            match self.vet_idle_now(server) {
+                Vetted::Ready(server) => return Some(Self::lend(server, client)),
+                Vetted::Discard => continue,
+                Vetted::Check(server, _, _) => {
+                    // The full checkout pops it again (last in, first out) and runs the check.
+                    self.state.lock().idle.push_back(server);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Records `client` as the holder of `server`.
+    fn lend(server: PooledServer, client: &Arc<ClientInfo>) -> PooledServer {
         let now = Instant::now();
         server.conn.info.set(ServerUse::Lent {
             holder: client.clone(),
@@ -103,7 +139,7 @@ impl Pool {
             tx: TxState::Active,
             tx_since: now,
         });
-        Ok(server)
+        server
     }
 
     fn next_step(self: &Arc<Self>, use_reserve: bool) -> Step {
@@ -202,18 +238,32 @@ impl Pool {
 
     /// Checks an idle server before lending it: socket quiet, not past its lifetime, and the
     /// check query when it has been idle longer than server_check_delay.
-    async fn vet_idle(&self, mut server: PooledServer) -> Option<PooledServer> {
+    /// Vets an idle server before lending it. The common case (healthy, not due for a check)
+    /// takes no await; the check query's wait is boxed, so every checkout does not carry it.
+    fn vet_idle(&self, server: PooledServer) -> impl Future<Output = Option<PooledServer>> + '_ {
+        let vetted = self.vet_idle_now(server);
+        async move {
+            match vetted {
+                Vetted::Ready(server) => Some(server),
+                Vetted::Discard => None,
+                Vetted::Check(server, query, limit) => Box::pin(self.run_check(server, query, limit)).await,
+            }
+        }
+    }
+
+    /// The part of vetting that needs no I/O.
+    fn vet_idle_now(&self, server: PooledServer) -> Vetted {
         if !server.conn.is_healthy_idle() {
             tracing::debug!(
                 server = server.conn.id,
                 "idle server closed or out of step; discarding"
             );
             self.stats.metrics.recycled(Recycle::Dead, 1);
-            return None;
+            return Vetted::Discard;
         }
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
-            return None;
+            return Vetted::Discard;
         }
         let check = {
             let s = self.settings();
@@ -221,14 +271,25 @@ impl Pool {
             let query = s.server_check_query.trim();
             (due && !query.is_empty()).then(|| (query.to_string(), s.connect_timeout))
         };
-        if let Some((query, limit)) = check {
-            if let Err(e) = server.conn.run_internal(&query, limit).await {
-                tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
-                self.stats.metrics.recycled(Recycle::CheckFailed, 1);
-                return None;
-            }
-            server.conn.last_used = Instant::now();
+        match check {
+            Some((query, limit)) => Vetted::Check(server, query, limit),
+            None => Vetted::Ready(server),
         }
+    }
+
+    /// Runs server_check_query on an idle server; None if it fails.
+    async fn run_check(
+        &self,
+        mut server: PooledServer,
+        query: String,
+        limit: Duration,
+    ) -> Option<PooledServer> {
+        if let Err(e) = server.conn.run_internal(&query, limit).await {
+            tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
+            self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            return None;
+        }
+        server.conn.last_used = Instant::now();
         Some(server)
     }
 
@@ -271,7 +332,7 @@ impl Pool {
         let expires_at = (!lifetime.is_zero())
             .then(|| conn.created + lifetime.mul_f64(0.75 + rand::random::<f64>() * 0.25));
         Ok(PooledServer {
-            conn,
+            conn: Box::new(conn),
             expires_at,
             permit,
         })

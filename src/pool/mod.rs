@@ -80,8 +80,9 @@ pub struct PoolSettings {
 /// connection and frees the slot: the safe default for anything not released explicitly.
 #[derive(Debug)]
 pub struct PooledServer {
-    /// The connection.
-    pub conn: ServerConn,
+    /// The connection (boxed once for its whole life: a checkout moves the server through
+    /// several futures, and a pointer moves cheaper than the connection's state).
+    pub conn: Box<ServerConn>,
     /// When this server is due for replacement (server_lifetime, jittered per server).
     expires_at: Option<Instant>,
     permit: SlotPermit,

@@ -158,16 +158,21 @@ impl Session {
         }
     }
 
-    /// One step of a session that is waiting for a server or holding one.
+    /// A session that is waiting for a server or holding one, until it is idle again: one
+    /// boxed future per transaction, whatever steps it takes.
     async fn step_busy(&mut self) -> Result<SessionState, Ending> {
-        match std::mem::replace(&mut self.state, SessionState::Idle) {
-            SessionState::Idle => Ok(SessionState::Idle),
-            SessionState::Killed(kill) => Err(self.end_with(kill.error(), false).await),
-            SessionState::Waiting { since } => self.step_waiting(since).await,
-            SessionState::Active(active) => {
-                let mode = self.login.pool.settings().mode;
-                self.step_active(*active, mode).await
+        let mode = self.login.pool.settings().mode;
+        loop {
+            let next = match std::mem::replace(&mut self.state, SessionState::Idle) {
+                SessionState::Idle => return Ok(SessionState::Idle),
+                SessionState::Killed(kill) => return Err(self.end_with(kill.error(), false).await),
+                SessionState::Waiting { since } => self.step_waiting(since).await?,
+                SessionState::Active(active) => self.step_active(active, mode).await?,
+            };
+            if matches!(next, SessionState::Idle) {
+                return Ok(next);
             }
+            self.state = next;
         }
     }
 
@@ -219,7 +224,7 @@ impl Session {
     /// Waiting: get a server and bring it to the client's settings.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
         match self.wait_for_server(since).await {
-            WaitOutcome::Server(server) => match self.prepare(*server, since).await {
+            WaitOutcome::Server(server) => match self.prepare(server, since).await {
                 Ok(server) => Ok(SessionState::Active(Box::new(Active {
                     server,
                     link: Link::new(),
@@ -237,8 +242,7 @@ impl Session {
 
     /// Active: relay until the transaction ends (transaction mode), the client leaves, or
     /// something fails; then give the server back through the release path.
-    async fn step_active(&mut self, active: Active, mode: PoolMode) -> Result<SessionState, Ending> {
-        let Active { mut server, mut link } = active;
+    async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
         let timeouts = self.timeouts(mode);
         let pool = &self.login.pool;
         let capacity = pool.settings().max_prepared_statements;
@@ -249,6 +253,7 @@ impl Session {
         } else {
             capacity
         };
+        // The relay works on the boxed server in place; what follows it takes the server out.
         let mut ctx = relay::RelayContext {
             params: &mut self.login.params,
             statements: &mut self.statements,
@@ -259,7 +264,14 @@ impl Session {
             timeouts,
             release_when_idle: mode == PoolMode::Transaction,
         };
-        let end = relay::relay(&mut self.client, &mut link, &mut server.conn, &mut ctx).await;
+        let end = relay::relay(
+            &mut self.client,
+            &mut active.link,
+            &mut active.server.conn,
+            &mut ctx,
+        )
+        .await;
+        let Active { server, link } = *active;
         match end {
             Ok(RelayEnd::TransactionDone) => {
                 self.release(server, &link);
@@ -281,7 +293,7 @@ impl Session {
                 self.release(server, &link);
                 Err(self.end_with(expiry.error(&timeouts), true).await)
             }
-            Err(e) => match self.relay_failed(server, &link, e, mode).await {
+            Err(e) => match Box::pin(self.relay_failed(server, &link, e, mode)).await {
                 Some(ending) => Err(ending),
                 None => Ok(SessionState::Idle),
             },
@@ -305,26 +317,33 @@ impl Session {
     }
 
     /// Brings a server to the client's session settings and points cancels at it.
-    async fn prepare(&mut self, mut server: PooledServer, since: Instant) -> Result<PooledServer, PgError> {
-        let pool = self.login.pool.clone();
-        pool.stats.record_assignment(since.elapsed());
+    async fn prepare(&mut self, server: PooledServer, since: Instant) -> Result<PooledServer, PgError> {
+        self.login.pool.stats.record_assignment(since.elapsed());
         self.login.info().set_phase(
             ClientPhase::Active,
             Some((server.conn.id, server.conn.backend_pid)),
         );
-        let fingerprint = self.login.params.fingerprint();
-        let in_step = server.conn.params_fingerprint == Some(fingerprint);
-        let defaults = if in_step {
-            Default::default()
+        let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
+        // Usually the server already carries the client's settings: no await, nothing boxed.
+        let server = if in_step {
+            server
         } else {
-            pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default()
+            Box::pin(self.sync_params(server)).await?
         };
-        let sql = if in_step {
-            None
-        } else {
-            self.login.params.sync_sql(&server.conn, &defaults)
-        };
-        if let Some(sql) = sql {
+        self.login.info().set_cancel_target(Some(CancelTarget {
+            host: server.conn.target_addr.0.clone(),
+            port: server.conn.target_addr.1,
+            backend_pid: server.conn.backend_pid,
+            backend_secret: server.conn.backend_secret,
+        }));
+        Ok(server)
+    }
+
+    /// SETs what differs between the server's session settings and the client's.
+    async fn sync_params(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
+        let pool = self.login.pool.clone();
+        let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
+        if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
             let limit = self.login.shared().config.load().pooler.server_connect_timeout;
             match server.conn.run_internal(&sql, limit).await {
                 Ok(()) => {
@@ -350,12 +369,6 @@ impl Session {
                 }
             }
         }
-        self.login.info().set_cancel_target(Some(CancelTarget {
-            host: server.conn.target_addr.0.clone(),
-            port: server.conn.target_addr.1,
-            backend_pid: server.conn.backend_pid,
-            backend_secret: server.conn.backend_secret,
-        }));
         Ok(server)
     }
 

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 /// How a wait ended.
 pub(super) enum WaitOutcome {
     /// A server, ready for the client's request.
-    Server(Box<PooledServer>),
+    Server(PooledServer),
     /// No server: the client was told (ERROR + ReadyForQuery) and may go on.
     Failed,
     /// The client hung up while waiting.
@@ -25,8 +25,17 @@ pub(super) enum WaitOutcome {
 }
 
 impl Session {
-    /// Queues for a server; see the module doc.
+    /// Gets a server: at once when one is idle, else queued (boxed: the queue's wait is large,
+    /// and a transaction that finds a server idle should not carry it).
     pub(super) async fn wait_for_server(&mut self, since: Instant) -> WaitOutcome {
+        if let Some(server) = self.login.pool.try_checkout_now(self.login.info()) {
+            return WaitOutcome::Server(server);
+        }
+        Box::pin(self.queue_for_server(since)).await
+    }
+
+    /// Queues for a server; see the module doc.
+    async fn queue_for_server(&mut self, since: Instant) -> WaitOutcome {
         let pool = self.login.pool.clone();
         // Copy the settings out: cloning the shared config Arc would touch a counter every
         // client of the process shares, once per transaction.
@@ -73,7 +82,7 @@ impl Session {
             }
         };
         match result {
-            Ok(server) => WaitOutcome::Server(Box::new(server)),
+            Ok(server) => WaitOutcome::Server(server),
             Err(e) => {
                 let error = checkout_error(&e, &pool);
                 let disconnect = match e {
