@@ -456,3 +456,95 @@ async fn session_settings_follow_the_client_across_servers() {
         .get(0);
     assert!(!style.starts_with("German"), "B saw A's DateStyle: {style}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_returns_the_client_to_its_own_startup_settings() {
+    // On PostgreSQL, RESET and DISCARD ALL return settings to the connection's startup values.
+    // sluice's servers started with sluice's values, so sluice must bring the client's back
+    // (asyncpg's pool sends RESET ALL on every release and keeps its server_settings).
+    let db = pg().create_database("t_reset").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user("sluice_scram")
+        .password("scram_pw")
+        .dbname(&db)
+        .application_name("client_a")
+        .options("-c TimeZone=Asia/Tokyo -c statement_timeout=5s");
+    let a = common::connect_with(cfg).await.unwrap();
+    let b = connect(addr, "sluice_scram", "scram_pw", &db).await.unwrap();
+    let settings = "SELECT current_setting('TimeZone'), current_setting('application_name'), \
+                    current_setting('statement_timeout'), current_setting('DateStyle')";
+    let read = |row: tokio_postgres::Row| {
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+        )
+    };
+    let startup_style: String = b
+        .query_one("SELECT current_setting('DateStyle')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for reset in [
+        "RESET ALL",
+        "DISCARD ALL",
+        "BEGIN; RESET ALL; COMMIT",
+        "RESET TimeZone; RESET application_name",
+    ] {
+        // The client changes its settings, then resets them.
+        a.batch_execute(
+            "SET TimeZone = 'America/Lima'; SET application_name = 'changed'; SET DateStyle = 'German'",
+        )
+        .await
+        .unwrap();
+        let (tz, app, _, style) = read(a.query_one(settings, &[]).await.unwrap());
+        assert_eq!((tz.as_str(), app.as_str()), ("America/Lima", "changed"));
+        assert!(style.starts_with("German"), "{style}");
+        a.batch_execute(reset).await.unwrap();
+        // Another client uses the only server in between.
+        b.batch_execute("SET TimeZone = 'Europe/Paris'; SELECT 1")
+            .await
+            .unwrap();
+        let (tz, app, timeout, style) = read(a.query_one(settings, &[]).await.unwrap());
+        assert_eq!(
+            (tz.as_str(), app.as_str(), timeout.as_str()),
+            ("Asia/Tokyo", "client_a", "5s"),
+            "after {reset}"
+        );
+        if reset == "RESET TimeZone; RESET application_name" {
+            assert!(
+                style.starts_with("German"),
+                "a setting that was not reset stays: {style}"
+            );
+        } else {
+            assert_eq!(
+                style, startup_style,
+                "after {reset}, DateStyle is the server default again"
+            );
+        }
+        // B was never touched by A's settings.
+        let (tz, app, timeout, _) = read(b.query_one(settings, &[]).await.unwrap());
+        assert_eq!(tz, "Europe/Paris");
+        assert_ne!(app, "client_a");
+        assert_ne!(timeout, "5s");
+        // A SET after the reset sticks as before.
+        a.batch_execute("SET TimeZone = 'Africa/Cairo'").await.unwrap();
+        let (tz, _, _, _) = read(a.query_one(settings, &[]).await.unwrap());
+        assert_eq!(tz, "Africa/Cairo");
+        a.batch_execute("RESET ALL").await.unwrap();
+    }
+    // A reset that is rolled back resets nothing, as on PostgreSQL.
+    a.batch_execute("SET TimeZone = 'America/Lima'").await.unwrap();
+    a.batch_execute("BEGIN; RESET ALL; ROLLBACK").await.unwrap();
+    b.batch_execute("SELECT 1").await.unwrap();
+    let (tz, app, timeout, _) = read(a.query_one(settings, &[]).await.unwrap());
+    assert_eq!(
+        (tz.as_str(), app.as_str(), timeout.as_str()),
+        ("America/Lima", "client_a", "5s")
+    );
+}

@@ -46,6 +46,8 @@ pub(super) struct Link {
     saw_transaction: bool,
     /// When the current transaction's first request began (for xact_time).
     pub(super) xact_since: Option<Instant>,
+    /// What the server reported and reset, for RESET's semantics.
+    pub(super) resets: super::params::ResetWatch,
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -110,6 +112,7 @@ impl Link {
             cancel_sent: false,
             saw_transaction: false,
             xact_since: None,
+            resets: Default::default(),
         }
     }
 

@@ -261,6 +261,7 @@ impl Session {
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
+            pool,
             timeouts,
             release_when_idle: mode == PoolMode::Transaction,
         };
@@ -343,7 +344,11 @@ impl Session {
     async fn sync_params(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
         let pool = self.login.pool.clone();
         let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
-        if let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) {
+        let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) else {
+            server.conn.params_fingerprint = Some(self.login.params.fingerprint());
+            return Ok(server);
+        };
+        {
             let limit = self.login.shared().config.load().pooler.server_connect_timeout;
             match server.conn.run_internal(&sql, limit).await {
                 Ok(()) => {
@@ -385,8 +390,11 @@ impl Session {
     fn release(&mut self, mut server: PooledServer, link: &Link) {
         self.login.info().set_cancel_target(None);
         self.login.info().set_phase(ClientPhase::Idle, None);
-        // The server carries this client's settings (SETs it made were tracked as it went).
-        server.conn.params_fingerprint = Some(self.login.params.fingerprint());
+        // The server carries this client's settings (SETs it made were tracked as it went),
+        // unless a RESET or DISCARD ALL left it out of step (then the next checkout syncs it).
+        if server.conn.params_fingerprint.is_some() {
+            server.conn.params_fingerprint = Some(self.login.params.fingerprint());
+        }
         let disposition = link.disposition(&self.client, &server.conn);
         self.login.pool.release(server, disposition);
     }

@@ -17,6 +17,21 @@ struct Wanted {
     requested: String,
     /// The server's spelling of that value (`utf8` -> `UTF8`), once a server reported it.
     canonical: Option<String>,
+    /// How this wish relates to the client's startup packet, which RESET returns to.
+    startup: Startup,
+}
+
+/// What the client's startup packet said about a parameter. On PostgreSQL, `RESET` and
+/// `DISCARD ALL` return a setting to the connection's startup value; sluice's servers started
+/// with sluice's values, so sluice has to remember the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Startup {
+    /// Not in the startup packet: a reset drops the wish (the server's default applies).
+    Absent,
+    /// `requested` is still the startup value.
+    Same,
+    /// The client has SET another value since; this was the startup value.
+    Was(Box<str>),
 }
 
 /// The client's wishes by lower-cased name, kept sorted in a plain vector: a client has a handful,
@@ -50,6 +65,12 @@ impl Wishes {
 
     fn contains_key(&self, key: &str) -> bool {
         self.position(key).is_ok()
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.position(key) {
+            self.0.remove(i);
+        }
     }
 }
 
@@ -129,9 +150,36 @@ impl ClientParams {
                 name: name.to_string(),
                 requested: value.to_string(),
                 canonical: None,
+                startup: Startup::Same,
             },
         );
         self.refresh_fingerprint();
+    }
+
+    /// The server ran a `RESET` or `DISCARD ALL` for this client, reporting `names` as it went:
+    /// those parameters are back at the connection's startup values, which for the client are
+    /// its own startup wishes, not the values sluice logged the server in with. Startup wishes
+    /// come back; wishes the client only SET later go. Returns the startup values that came back
+    /// (name as reported, value), which the client has to be told.
+    pub fn reset_reported(&mut self, names: &[String]) -> Vec<(String, String)> {
+        let mut restored = Vec::new();
+        for name in names {
+            let key = name.to_ascii_lowercase();
+            let Some(w) = self.wanted.get_mut(&key) else {
+                continue;
+            };
+            match std::mem::replace(&mut w.startup, Startup::Same) {
+                Startup::Was(value) => {
+                    w.requested = value.into_string();
+                    w.canonical = None;
+                    restored.push((name.clone(), w.requested.clone()));
+                }
+                Startup::Same => {}
+                Startup::Absent => self.wanted.remove(&key),
+            }
+        }
+        self.refresh_fingerprint();
+        restored
     }
 
     /// The value to report to the client for a parameter at login, if it asked for one.
@@ -149,13 +197,22 @@ impl ClientParams {
             Some(w) if w.canonical.as_deref() == Some(value) || w.requested == value => {
                 w.canonical = Some(value.to_string());
             }
-            _ => {
+            Some(w) => {
+                let before = std::mem::replace(&mut w.requested, value.to_string());
+                w.canonical = Some(value.to_string());
+                if w.startup == Startup::Same {
+                    w.startup = Startup::Was(before.into_boxed_str());
+                }
+                self.refresh_fingerprint();
+            }
+            None => {
                 self.wanted.insert(
                     key,
                     Wanted {
                         name: name.to_string(),
                         requested: value.to_string(),
                         canonical: Some(value.to_string()),
+                        startup: Startup::Absent,
                     },
                 );
                 self.refresh_fingerprint();
@@ -216,6 +273,85 @@ impl ClientParams {
                 }
             }
         }
+    }
+}
+
+/// Watches a server's replies for resets, so that RESET keeps PostgreSQL's meaning (the
+/// client's startup values) on a pooled server; see [`ResetWatch::on_ready_for_query`].
+#[derive(Debug, Default)]
+pub(super) struct ResetWatch {
+    /// Parameters the server reported since its last ReadyForQuery (PostgreSQL reports them just
+    /// before it), at most [`MAX_REPORTS`].
+    reported: Vec<String>,
+    /// A RESET or DISCARD ALL completed and is not dealt with yet.
+    reset_seen: bool,
+}
+
+/// More parameter reports than PostgreSQL has reported parameters; the rest are not kept.
+const MAX_REPORTS: usize = 64;
+
+impl ResetWatch {
+    /// The server sent a ParameterStatus.
+    pub(super) fn on_report(&mut self, name: &str) {
+        if self.reported.len() < MAX_REPORTS {
+            self.reported.push(name.to_string());
+        }
+    }
+
+    /// The server sent a CommandComplete with this body (tag and NUL).
+    pub(super) fn on_command_complete(&mut self, body: &[u8]) {
+        let tag = body.strip_suffix(b"\0").unwrap_or(body);
+        if tag == b"RESET" || tag == b"DISCARD ALL" {
+            self.reset_seen = true;
+        }
+    }
+
+    /// At ReadyForQuery, after the server reported what changed: if a RESET or DISCARD ALL ran
+    /// (transaction mode, once its transaction is over), the reported parameters now at the
+    /// values the pool's servers log in with were reset. The client expects its own startup
+    /// values there (PostgreSQL's RESET semantics), so its wishes go back to them and it is told
+    /// so (ParameterStatus into `to_client`, before the ReadyForQuery). The server is out of step
+    /// until the next checkout brings it to them: settings it does not report may have been
+    /// reset too, so none of those is trusted either. Returns the application_name that came
+    /// back, if it did.
+    pub(super) fn on_ready_for_query(
+        &mut self,
+        params: &mut ClientParams,
+        server: &mut ServerConn,
+        pool: &crate::pool::Pool,
+        transaction_mode: bool,
+        to_client: &mut bytes::BytesMut,
+    ) -> Option<String> {
+        if self.reset_seen && !transaction_mode {
+            // Session mode: the client keeps this server, whose values are what it has (as
+            // with PgBouncer); nothing would bring it to the client's startup values.
+            self.reset_seen = false;
+        }
+        if self.reset_seen && server.tx_status != b'I' {
+            // Inside a transaction block the reset can still be rolled back (PostgreSQL then
+            // reports the values it restores): decide when the transaction is over.
+            return None;
+        }
+        let mut application_name = None;
+        if std::mem::take(&mut self.reset_seen) {
+            let login_values = pool.welcome_params().unwrap_or_default();
+            let reset: Vec<String> = self
+                .reported
+                .iter()
+                .filter(|name| server.params.get(name.as_str()) == login_values.get(name.as_str()))
+                .cloned()
+                .collect();
+            for (name, value) in params.reset_reported(&reset) {
+                crate::protocol::messages::parameter_status(to_client, &name, &value);
+                if name.eq_ignore_ascii_case("application_name") {
+                    application_name = Some(value);
+                }
+            }
+            server.applied.clear();
+            server.params_fingerprint = None;
+        }
+        self.reported.clear();
+        application_name
     }
 }
 
@@ -298,6 +434,42 @@ mod tests {
         assert_eq!(p.reported_value("extra_float_digits"), None);
         assert_eq!(p.reported_value("user"), None);
         assert!(parse_options("-x").is_err());
+    }
+
+    #[test]
+    fn a_reset_brings_back_startup_wishes_and_drops_later_ones() {
+        let mut p = ClientParams::from_startup(
+            &[
+                ("TimeZone".into(), "Asia/Tokyo".into()),
+                ("application_name".into(), "app".into()),
+            ],
+            &[],
+        )
+        .unwrap();
+        let startup = p.fingerprint();
+        // The client SETs two startup settings and a new one; the server reports them.
+        p.observe_server_report("TimeZone", "America/Lima");
+        p.observe_server_report("DateStyle", "German, DMY");
+        // RESET ALL: the server reports its login values for all three (application_name was
+        // never changed, so it is not reported).
+        p.observe_server_report("TimeZone", "Etc/UTC");
+        p.observe_server_report("DateStyle", "ISO, MDY");
+        let restored = p.reset_reported(&["TimeZone".into(), "DateStyle".into()]);
+        assert_eq!(restored, vec![("TimeZone".to_string(), "Asia/Tokyo".to_string())]);
+        assert_eq!(p.reported_value("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(p.reported_value("application_name"), Some("app"));
+        assert_eq!(
+            p.reported_value("DateStyle"),
+            None,
+            "a wish made after login goes"
+        );
+        assert_eq!(
+            p.fingerprint(),
+            startup,
+            "the client wants what it wanted at login"
+        );
+        // A second reset changes nothing.
+        assert!(p.reset_reported(&["TimeZone".into()]).is_empty());
     }
 
     #[test]

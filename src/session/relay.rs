@@ -82,6 +82,8 @@ pub(super) struct RelayContext<'a> {
     pub(super) info: &'a ClientInfo,
     /// The pool's counters.
     pub(super) stats: &'a PoolStats,
+    /// The pool (the values its servers log in with, which a RESET returns a server to).
+    pub(super) pool: &'a crate::pool::Pool,
     /// Time limits.
     pub(super) timeouts: Timeouts,
     /// Transaction mode: stop at the end of each transaction.
@@ -429,6 +431,16 @@ fn pump_server(
                         return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                     }
                     server.tx_status = msg[5];
+                    let restored = link.resets.on_ready_for_query(
+                        ctx.params,
+                        server,
+                        ctx.pool,
+                        ctx.release_when_idle,
+                        &mut client.outbuf,
+                    );
+                    if let Some(name) = restored {
+                        ctx.info.set_application_name(&name);
+                    }
                 }
                 b'E' => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
@@ -437,7 +449,7 @@ fn pump_server(
                     }
                     note = Some(ErrorNote::of(&error));
                 }
-                b'C' => command_complete(&msg[5..], server, ctx),
+                b'C' => command_complete(&msg[5..], server, ctx, link),
                 b'T' | b'n' => row_description(&msg, link, server, ctx),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
@@ -445,6 +457,7 @@ fn pump_server(
                         if name == "application_name" {
                             ctx.info.set_application_name(value);
                         }
+                        link.resets.on_report(name);
                         server.params.insert(name.to_string(), value.to_string());
                     }
                 }
@@ -504,13 +517,14 @@ fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut R
 
 /// A CommandComplete: DISCARD ALL / DEALLOCATE ALL dropped the server's statements (and the
 /// client's, who asked for it).
-fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
+fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>, link: &mut Link) {
     if super::prepared::drops_all_statements(body) {
         server.statements.clear();
         if let Some(s) = ctx.statements.as_deref_mut() {
             s.clear();
         }
     }
+    link.resets.on_command_complete(body);
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query

@@ -102,13 +102,6 @@ def test_100_tasks_share_an_asyncpg_pool_of_100_connections():
     assert run(main()) == per_task * sum(range(TASKS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sluice bug: RESET ALL (also RESET x, SET x TO DEFAULT, DISCARD ALL) sets the server back "
-    "to the values sluice logged it in with, not to the client's startup values, and sluice then "
-    "records the server's defaults as the client's wishes, on every server",
-)
 def test_pool_release_reset_keeps_the_connections_server_settings():
     # asyncpg's pool resets each connection it takes back (..., RESET ALL). On PostgreSQL, RESET
     # returns a setting to the connection's startup value, here the server_settings.
