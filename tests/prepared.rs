@@ -551,3 +551,72 @@ async fn a_statement_described_before_a_schema_change_is_refused_on_a_new_server
     console_rows(addr, "admin", &format!("RECONNECT {db}")).await;
     assert_eq!(c.query_one(&same, &[]).await.unwrap().get::<_, i32>(0), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_through_the_extended_protocol_is_answered_in_its_place() {
+    // psycopg 3 in pipeline mode with libpq < 17 evicts a statement with SQL DEALLOCATE sent as
+    // an unnamed statement: Parse, Bind, Describe portal, Execute, Sync, in one pipeline with
+    // other work. The server never knew the client's name, so sluice answers it.
+    let db = pg().create_database("t_ps_dealloc_ext").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let mut c = raw(addr, &db).await;
+    prepare_ok(&mut c, "_pg3_0", "SELECT 'zero'").await;
+    prepare_ok(&mut c, "_pg3_1", "SELECT 'one'").await;
+
+    let mut out = BytesMut::new();
+    bind(&mut out, "_pg3_1", &[]);
+    execute(&mut out);
+    parse(&mut out, "", "DEALLOCATE _pg3_0");
+    bind(&mut out, "", &[]);
+    let mut describe_portal = BytesMut::new();
+    describe_portal.put_u8(b'P');
+    describe_portal.put_u8(0);
+    message(&mut out, b'D', &describe_portal);
+    execute(&mut out);
+    statement_message(&mut out, b'D', ""); // the unnamed statement: no parameters, no rows
+    bind(&mut out, "_pg3_1", &[]);
+    execute(&mut out);
+    sync(&mut out);
+    let (tags, msgs) = exchange(&mut c, &out).await;
+    // _pg3_1's rows, then ParseComplete, BindComplete, NoData, CommandComplete DEALLOCATE,
+    // ParameterDescription + NoData, and _pg3_1 again: all in the order sent.
+    assert_eq!(tags, "2DC12nCtn2DCZ", "{msgs:?}");
+    assert_eq!(&msgs[6].body[..], b"DEALLOCATE\0");
+    assert_eq!(msgs[1].data_row()[0].as_deref(), Some("one"));
+    // _pg3_0 is gone for the client, and its name is free again; _pg3_1 still works.
+    let e = run_one(&mut c, "_pg3_0", &[]).await.unwrap_err();
+    assert!(e.contains("\"_pg3_0\" does not exist"), "{e}");
+    prepare_ok(&mut c, "_pg3_0", "SELECT 'zero again'").await;
+    assert_eq!(run_one(&mut c, "_pg3_0", &[]).await.unwrap(), "zero again");
+    assert_eq!(run_one(&mut c, "_pg3_1", &[]).await.unwrap(), "one");
+    // The server holds only sluice's names.
+    let names = server_statement_names(&mut c).await;
+    assert!(names.iter().all(|n| n.starts_with("sluice_")), "{names:?}");
+
+    // An unknown name goes to PostgreSQL, which says so (26000) when it is executed.
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "DEALLOCATE nope");
+    bind(&mut out, "", &[]);
+    execute(&mut out);
+    sync(&mut out);
+    let (tags, msgs) = exchange(&mut c, &out).await;
+    assert_eq!(tags, "12EZ", "{msgs:?}");
+    assert_eq!(msgs[2].field(b'C').as_deref(), Some("26000"));
+
+    // In a failed transaction it is refused as PostgreSQL would, and nothing is deallocated.
+    c.query("BEGIN; SELECT 1/0").await;
+    let msgs = c.read_until(b'Z').await;
+    assert_eq!(msgs.last().map(|m| m.body[0]), Some(b'E'));
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "DEALLOCATE _pg3_1");
+    bind(&mut out, "", &[]);
+    execute(&mut out);
+    sync(&mut out);
+    let (tags, msgs) = exchange(&mut c, &out).await;
+    assert_eq!(tags, "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].field(b'C').as_deref(), Some("25P02"));
+    c.query("ROLLBACK").await;
+    c.read_until(b'Z').await;
+    assert_eq!(run_one(&mut c, "_pg3_1", &[]).await.unwrap(), "one");
+}

@@ -4,6 +4,7 @@
 
 mod client;
 mod client_auth;
+mod deallocate;
 mod link;
 mod params;
 mod prepared;

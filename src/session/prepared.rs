@@ -6,7 +6,7 @@
 
 use super::responses::{Ends, Responses, Undo};
 use crate::pool::PoolStats;
-use crate::protocol::{PgError, messages, sqlstate};
+use crate::protocol::{PgError, sqlstate};
 use crate::server::statements::{Held, PlanInvalidations, ServerStatements, StatementDef, server_name};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -34,6 +34,8 @@ pub(crate) struct ClientStatement {
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
     by_name: HashMap<Bytes, ClientStatement>,
+    /// An unnamed statement or portal that is a `DEALLOCATE` sluice answers itself.
+    pub(super) deallocating: super::deallocate::Deallocating,
 }
 
 impl ClientStatements {
@@ -50,7 +52,7 @@ impl ClientStatements {
         self.by_name.insert(name, statement);
     }
 
-    fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
+    pub(super) fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.by_name.get(name)
     }
 
@@ -127,15 +129,17 @@ pub(super) enum BindOutcome {
     /// Not yet: sluice is checking the row description of the server's copy first; the message
     /// stays unread until the answer comes.
     Wait,
+    /// Answered by sluice: drop the whole message.
+    Answered,
 }
 
 /// Splits a NUL-terminated string off the front of `b`.
-fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(super) fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = b.iter().position(|&c| c == 0)?;
     Some((&b[..i], &b[i + 1..]))
 }
 
-fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+pub(super) fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
     out.put_u8(tag);
     out.put_i32(len as i32);
@@ -144,17 +148,18 @@ fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     }
 }
 
-const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+pub(super) const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 impl Translator<'_> {
     /// Parse. `msg` is the whole message.
-    pub(super) fn parse(&mut self, msg: &[u8]) -> Outcome {
+    /// `aborted`: the client's transaction is known to have failed (nothing in flight).
+    pub(super) fn parse(&mut self, msg: &[u8], aborted: bool) -> Outcome {
         let Some((name, rest)) = cstr(&msg[5..]) else {
             return Outcome::Forward; // malformed: let PostgreSQL say so
         };
         if name.is_empty() {
-            return Outcome::Forward;
+            return self.parse_unnamed(rest, aborted);
         }
         let name = Bytes::copy_from_slice(name);
         if self.client.get(&name).is_some() {
@@ -207,7 +212,7 @@ impl Translator<'_> {
             return BindOutcome::Forward;
         };
         if name.is_empty() {
-            return BindOutcome::Forward;
+            return self.bind_unnamed(portal);
         }
         let Some(statement) = self.client.get(name).cloned() else {
             return BindOutcome::Forward;
@@ -242,6 +247,9 @@ impl Translator<'_> {
 
     /// Describe of a statement (portals pass unchanged).
     pub(super) fn describe(&mut self, msg: &[u8]) -> Outcome {
+        if let Some(answered) = self.describe_deallocate(msg) {
+            return answered;
+        }
         let Some((kind, name)) = statement_target(msg) else {
             return Outcome::Forward;
         };
@@ -279,37 +287,6 @@ impl Translator<'_> {
         let undo = Undo::ClientClose { name, statement };
         self.responses
             .push_reply(Bytes::from_static(CLOSE_COMPLETE), undo, false);
-        Outcome::Done
-    }
-
-    /// A simple query that is exactly `DEALLOCATE [PREPARE] name` of a statement the client
-    /// prepared through the protocol (what PDO and Rails send): answered by sluice. Only called
-    /// with nothing in flight, so `tx_status` is the status PostgreSQL would report.
-    pub(super) fn query(&mut self, msg: &[u8], tx_status: u8) -> Outcome {
-        let Some(name) = deallocate_target(&msg[5..]) else {
-            return Outcome::Forward;
-        };
-        let Some(statement) = self.client.get(name.as_bytes()).cloned() else {
-            return Outcome::Forward;
-        };
-        let mut out = BytesMut::new();
-        let undo = if tx_status == b'E' {
-            PgError::error(
-                sqlstate::IN_FAILED_SQL_TRANSACTION,
-                "current transaction is aborted, commands ignored until end of transaction block",
-            )
-            .encode(&mut out);
-            Undo::Nothing
-        } else {
-            self.client.forget(name.as_bytes());
-            messages::command_complete(&mut out, "DEALLOCATE");
-            Undo::ClientClose {
-                name: Bytes::from(name.into_bytes()),
-                statement,
-            }
-        };
-        messages::ready_for_query(&mut out, tx_status);
-        self.responses.push_reply(out.freeze(), undo, true);
         Outcome::Done
     }
 
@@ -365,7 +342,7 @@ impl Translator<'_> {
         }
     }
 
-    fn refuse(&mut self, e: PgError) -> Outcome {
+    pub(super) fn refuse(&mut self, e: PgError) -> Outcome {
         let mut out = BytesMut::new();
         e.encode(&mut out);
         self.responses.push_reply(out.freeze(), Undo::Nothing, false);
@@ -424,40 +401,6 @@ fn statement_target(msg: &[u8]) -> Option<(u8, &[u8])> {
     (!name.is_empty()).then_some((kind, name))
 }
 
-/// The statement named by a query that is exactly `DEALLOCATE [PREPARE] name` (an optional
-/// semicolon and white space around), as PostgreSQL would resolve the identifier.
-pub(super) fn deallocate_target(query: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
-    let text = text.trim().trim_end_matches(';').trim_end();
-    let mut rest = strip_keyword(text, "deallocate")?;
-    if let Some(r) = strip_keyword(rest, "prepare") {
-        rest = r;
-    }
-    let name = if let Some(quoted) = rest.strip_prefix('"') {
-        let (inner, after) = quoted.rsplit_once('"')?;
-        if !after.trim().is_empty() || inner.is_empty() {
-            return None;
-        }
-        inner.replace("\"\"", "\"")
-    } else {
-        if rest.is_empty() || !rest.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$') {
-            return None;
-        }
-        if rest.eq_ignore_ascii_case("all") {
-            return None;
-        }
-        rest.to_lowercase()
-    };
-    Some(name)
-}
-
-/// `text` after a leading keyword (case-insensitive) and the white space that must follow it.
-fn strip_keyword<'t>(text: &'t str, keyword: &str) -> Option<&'t str> {
-    let head = text.get(..keyword.len())?;
-    let rest = &text[keyword.len()..];
-    (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace)).then(|| rest.trim_start())
-}
-
 /// True when a CommandComplete body (the tag, NUL-terminated) says the server dropped every
 /// prepared statement (DISCARD ALL, DEALLOCATE ALL).
 pub(super) fn drops_all_statements(body: &[u8]) -> bool {
@@ -468,27 +411,6 @@ pub(super) fn drops_all_statements(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deallocate_names_are_read_as_postgresql_reads_identifiers() {
-        assert_eq!(deallocate_target(b"DEALLOCATE a1\0").as_deref(), Some("a1"));
-        assert_eq!(
-            deallocate_target(b"deallocate prepare Foo ;\0").as_deref(),
-            Some("foo")
-        );
-        assert_eq!(
-            deallocate_target(b"DEALLOCATE \"My \"\"S\"\"\"\0").as_deref(),
-            Some("My \"S\"")
-        );
-        assert_eq!(
-            deallocate_target(b"  DEALLOCATE pdo_stmt_00000001\0").as_deref(),
-            Some("pdo_stmt_00000001")
-        );
-        assert_eq!(deallocate_target(b"DEALLOCATE ALL\0"), None);
-        assert_eq!(deallocate_target(b"DEALLOCATE a; SELECT 1\0"), None);
-        assert_eq!(deallocate_target(b"DEALLOCATEa\0"), None);
-        assert_eq!(deallocate_target(b"SELECT 1\0"), None);
-    }
 
     /// Bind of `name` to the unnamed portal, no parameters.
     fn bind_message(name: &str) -> Vec<u8> {

@@ -194,9 +194,11 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 }
 
 /// How a client message is read: whole when sluice must look at it, in pieces otherwise.
-fn client_want(tag: u8, total: usize, tracking: bool) -> Want {
+/// `executes_answered`: a portal is a DEALLOCATE sluice answers, so Executes are read whole.
+fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Want {
     match tag {
         b'X' => Want::Whole,
+        b'E' if executes_answered => Want::Whole,
         b'P' | b'D' | b'C' if tracking => Want::Whole,
         b'B' if tracking => Want::Head(BIND_HEAD),
         b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
@@ -216,9 +218,16 @@ fn pump_client(
     let tracking = ctx.statement_capacity > 0;
     link.client_starved = false;
     while room_for_more(link) {
+        // Per message: a Bind just read may have made the next Execute sluice's to answer.
+        let executes_answered = ctx
+            .statements
+            .as_ref()
+            .is_some_and(|s| s.deallocating.has_portal());
         let item = client
             .scan
-            .next_with(&client.inbuf, |tag, total| client_want(tag, total, tracking))
+            .next_with(&client.inbuf, |tag, total| {
+                client_want(tag, total, tracking, executes_answered)
+            })
             .map_err(RelayError::ClientProtocol)?;
         match item {
             ScanItem::NeedMore => {
@@ -304,6 +313,11 @@ fn pump_client(
                         link.dropping_message = true;
                     }
                     BindOutcome::Wait => break,
+                    BindOutcome::Answered => {
+                        client.inbuf.advance(head);
+                        client.scan.pass_rest(len - head);
+                        link.dropping_message = true;
+                    }
                 }
             }
         }
@@ -341,7 +355,8 @@ fn translate(
     let tx_status = server.tx_status;
     let quiet = link.responses.is_empty();
     let outcome = match tag {
-        b'P' => translator(link, server, ctx).parse(msg),
+        b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == b'E'),
+        b'E' => translator(link, server, ctx).execute(msg),
         b'D' => translator(link, server, ctx).describe(msg),
         b'C' => translator(link, server, ctx).close(msg),
         // Only with nothing in flight is the status sluice would report certain.
@@ -354,6 +369,7 @@ fn translate(
             BindOutcome::Forward => Outcome::Forward,
             BindOutcome::Refused => Outcome::Refused,
             BindOutcome::Wait => Outcome::Wait,
+            BindOutcome::Answered => Outcome::Done,
         },
         _ => Outcome::Forward,
     };

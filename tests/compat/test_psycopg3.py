@@ -112,18 +112,7 @@ def test_explicit_prepare_true_on_many_connections():
         ("close", False),
         ("sql", False),
         ("close", True),
-        pytest.param(
-            "sql",
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=psycopg.errors.InvalidSqlStatementName,
-                reason="sluice answers `DEALLOCATE name` only in a simple Query; in pipeline mode "
-                "psycopg sends it with the extended protocol (Parse/Bind/Execute), so it reaches "
-                "the server, which never knew the client's name: 'prepared statement \"_pg3_0\" "
-                "does not exist'",
-            ),
-        ),
+        ("sql", True),
     ],
     ids=["close-plain", "sql-plain", "close-pipeline", "sql-pipeline"],
 )
