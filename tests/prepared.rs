@@ -108,6 +108,16 @@ async fn run(c: &mut RawClient, statement: &str, params: &[&str]) -> (String, Ve
     exchange(c, &out).await
 }
 
+/// Parses `sql` as the unnamed statement, binds, executes and syncs it in one batch.
+async fn unnamed_statement(c: &mut RawClient, sql: &str) -> (String, Vec<RawMessage>) {
+    let mut out = BytesMut::new();
+    parse(&mut out, "", sql);
+    bind(&mut out, "", &[]);
+    execute(&mut out);
+    sync(&mut out);
+    exchange(c, &out).await
+}
+
 /// Runs a prepared statement returning one value: the value, or the error's message.
 async fn run_one(c: &mut RawClient, statement: &str, params: &[&str]) -> Result<String, String> {
     let (_, msgs) = run(c, statement, params).await;
@@ -595,12 +605,7 @@ async fn deallocate_through_the_extended_protocol_is_answered_in_its_place() {
     assert!(names.iter().all(|n| n.starts_with("sluice_")), "{names:?}");
 
     // An unknown name goes to PostgreSQL, which says so (26000) when it is executed.
-    let mut out = BytesMut::new();
-    parse(&mut out, "", "DEALLOCATE nope");
-    bind(&mut out, "", &[]);
-    execute(&mut out);
-    sync(&mut out);
-    let (tags, msgs) = exchange(&mut c, &out).await;
+    let (tags, msgs) = unnamed_statement(&mut c, "DEALLOCATE nope").await;
     assert_eq!(tags, "12EZ", "{msgs:?}");
     assert_eq!(msgs[2].field(b'C').as_deref(), Some("26000"));
 
@@ -608,12 +613,7 @@ async fn deallocate_through_the_extended_protocol_is_answered_in_its_place() {
     c.query("BEGIN; SELECT 1/0").await;
     let msgs = c.read_until(b'Z').await;
     assert_eq!(msgs.last().map(|m| m.body[0]), Some(b'E'));
-    let mut out = BytesMut::new();
-    parse(&mut out, "", "DEALLOCATE _pg3_1");
-    bind(&mut out, "", &[]);
-    execute(&mut out);
-    sync(&mut out);
-    let (tags, msgs) = exchange(&mut c, &out).await;
+    let (tags, msgs) = unnamed_statement(&mut c, "DEALLOCATE _pg3_1").await;
     assert_eq!(tags, "EZ", "{msgs:?}");
     assert_eq!(msgs[0].field(b'C').as_deref(), Some("25P02"));
     c.query("ROLLBACK").await;
