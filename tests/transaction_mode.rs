@@ -403,20 +403,25 @@ async fn terminate_from_a_client_never_reaches_the_pooled_server() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn session_settings_follow_the_client_across_servers() {
-    let db = pg().create_database("t_params").await;
-    let sluice = start_sluice(&config(&db, 1, "")).await;
-    let addr = sluice.tcp_addr();
+/// A client named `client_a` with startup settings in `options`.
+async fn client_a(addr: std::net::SocketAddr, db: &str, options: &str) -> tokio_postgres::Client {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1")
         .port(addr.port())
         .user("sluice_scram")
         .password("scram_pw")
-        .dbname(&db)
+        .dbname(db)
         .application_name("client_a")
-        .options("-c TimeZone=Asia/Tokyo -c extra_float_digits=2");
-    let a = common::connect_with(cfg).await.unwrap();
+        .options(options);
+    common::connect_with(cfg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_settings_follow_the_client_across_servers() {
+    let db = pg().create_database("t_params").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let a = client_a(addr, &db, "-c TimeZone=Asia/Tokyo -c extra_float_digits=2").await;
     let b = connect(addr, "sluice_scram", "scram_pw", &db).await.unwrap();
     for _ in 0..3 {
         let row = a
@@ -465,15 +470,7 @@ async fn reset_returns_the_client_to_its_own_startup_settings() {
     let db = pg().create_database("t_reset").await;
     let sluice = start_sluice(&config(&db, 1, "")).await;
     let addr = sluice.tcp_addr();
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(addr.port())
-        .user("sluice_scram")
-        .password("scram_pw")
-        .dbname(&db)
-        .application_name("client_a")
-        .options("-c TimeZone=Asia/Tokyo -c statement_timeout=5s");
-    let a = common::connect_with(cfg).await.unwrap();
+    let a = client_a(addr, &db, "-c TimeZone=Asia/Tokyo -c statement_timeout=5s").await;
     let b = connect(addr, "sluice_scram", "scram_pw", &db).await.unwrap();
     let settings = "SELECT current_setting('TimeZone'), current_setting('application_name'), \
                     current_setting('statement_timeout'), current_setting('DateStyle')";

@@ -104,15 +104,12 @@ impl Translator<'_> {
         let kind = *msg.get(5)?;
         let (name, _) = cstr(msg.get(6..)?)?;
         let state = &self.client.deallocating;
-        let reply: &'static [u8] = match kind {
-            // A statement: ParameterDescription (no parameters), then NoData.
-            b'S' if name.is_empty() && state.statement.is_some() => b"",
-            b'P' if state.portal.as_ref().is_some_and(|(p, _)| p.as_ref() == name) => NO_DATA,
-            _ => return None,
-        };
         let mut out = BytesMut::new();
-        if reply.is_empty() {
-            out.extend_from_slice(NO_PARAMETERS);
+        match kind {
+            // A statement: ParameterDescription (no parameters), then NoData.
+            b'S' if name.is_empty() && state.statement.is_some() => out.extend_from_slice(NO_PARAMETERS),
+            b'P' if state.portal.as_ref().is_some_and(|(p, _)| p.as_ref() == name) => {}
+            _ => return None,
         }
         out.extend_from_slice(NO_DATA);
         self.responses.push_reply(out.freeze(), Undo::Nothing, false);

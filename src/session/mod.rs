@@ -344,35 +344,33 @@ impl Session {
     /// SETs what differs between the server's session settings and the client's.
     async fn sync_params(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
         let pool = self.login.pool.clone();
-        let defaults = pool.welcome_params().map(|w| (*w).clone()).unwrap_or_default();
+        let defaults = pool.welcome_params().unwrap_or_default();
         let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) else {
             server.conn.params_fingerprint = Some(self.login.params.fingerprint());
             return Ok(server);
         };
-        {
-            let limit = self.login.shared().config.load().pooler.server_connect_timeout;
-            match server.conn.run_internal(&sql, limit).await {
-                Ok(()) => {
-                    self.login.params.after_sync(&mut server.conn);
-                    server.conn.params_fingerprint = Some(self.login.params.fingerprint());
-                }
-                Err(ServerError::Postgres(e)) => {
-                    // The client asked for a setting the server refuses (as PostgreSQL would at login).
-                    let d = if server.conn.tx_status == b'I' {
-                        Disposition::Clean
-                    } else {
-                        Disposition::Close("bad SET")
-                    };
-                    pool.release(server, d);
-                    return Err(e.with_severity(crate::protocol::Severity::Fatal));
-                }
-                Err(e) => {
-                    drop(server);
-                    return Err(PgError::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("server conn crashed? {e}"),
-                    ));
-                }
+        let limit = self.login.shared().config.load().pooler.server_connect_timeout;
+        match server.conn.run_internal(&sql, limit).await {
+            Ok(()) => {
+                self.login.params.after_sync(&mut server.conn);
+                server.conn.params_fingerprint = Some(self.login.params.fingerprint());
+            }
+            Err(ServerError::Postgres(e)) => {
+                // The client asked for a setting the server refuses (as PostgreSQL would at login).
+                let d = if server.conn.tx_status == b'I' {
+                    Disposition::Clean
+                } else {
+                    Disposition::Close("bad SET")
+                };
+                pool.release(server, d);
+                return Err(e.with_severity(crate::protocol::Severity::Fatal));
+            }
+            Err(e) => {
+                drop(server);
+                return Err(PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("server conn crashed? {e}"),
+                ));
             }
         }
         Ok(server)

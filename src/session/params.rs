@@ -445,7 +445,7 @@ mod tests {
             ],
             &[],
         )
-        .unwrap();
+        .unwrap(); // ok: literal test input
         let startup = p.fingerprint();
         // The client SETs two startup settings and a new one; the server reports them.
         p.observe_server_report("TimeZone", "America/Lima");
