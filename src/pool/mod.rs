@@ -198,8 +198,32 @@ impl Pool {
     }
 
     /// Replaces the settings (RELOAD, SET); a smaller pool shrinks as servers are released.
+    /// The secret servers log in with is derived state: the pool keeps what clients' logins
+    /// taught it unless the configured secret changed ([`settings::reloaded_secret`]).
     pub fn update_settings(&self, settings: PoolSettings) {
-        self.settings.store(Arc::new(settings));
+        self.settings.rcu(|current| {
+            let mut next = settings.clone();
+            next.target.secret = settings::reloaded_secret(&current.target, &settings.target);
+            next
+        });
+    }
+
+    /// A client of `user` has just logged in with `secret` (the configured one, what
+    /// auth_query found, or the keys of its SCRAM proof). When the pool logs in as that user
+    /// and holds another secret, it takes this one: a pool left with a bare verifier, or with
+    /// a password that has since changed, can open servers again from the next login on.
+    pub fn learn_login_secret(&self, user: &str, secret: Option<&crate::auth::Secret>) {
+        let Some(secret) = secret else { return };
+        if !settings::should_learn(&self.settings.load().target, user, secret) {
+            return;
+        }
+        self.settings.rcu(|current| {
+            let mut next = PoolSettings::clone(current);
+            if settings::should_learn(&current.target, user, secret) {
+                next.target.secret = Some(secret.clone());
+            }
+            next
+        });
     }
 
     /// How long the oldest waiting client has waited (SHOW POOLS maxwait).

@@ -55,3 +55,39 @@ pub fn settings_for(
         reset_query: config.pooler.server_reset_query.clone(),
     }
 }
+
+/// The secret a pool logs in to PostgreSQL with after a reload, from the one it has (`current`)
+/// and the one the new configuration gives (`fresh`). What clients' logins taught the pool (the
+/// ClientKey of a SCRAM proof, a secret auth_query found) is derived state: a reload keeps it
+/// unless the configuration now holds a secret that can log in by itself, so a reload never
+/// takes away a pool's ability to open servers.
+pub(crate) fn reloaded_secret(current: &ServerTarget, fresh: &ServerTarget) -> Option<Secret> {
+    if current.user != fresh.user {
+        // `user =` of the database changed: nothing learnt for the old user applies.
+        return fresh.secret.clone();
+    }
+    match (&current.secret, &fresh.secret) {
+        // A password or md5 hash in the config logs in by itself: it is the truth.
+        (_, Some(Secret::Plain(_) | Secret::Md5(_) | Secret::ScramKeys { .. })) => fresh.secret.clone(),
+        // A verifier alone cannot log in; the keys a client proved stay until a client proves
+        // the new verifier (Pool::learn_login_secret), and they still work if PostgreSQL's
+        // password did not change.
+        (Some(Secret::ScramKeys { .. }), Some(Secret::Scram(_))) => current.secret.clone(),
+        // Nothing configured (auth_query, or a user only the server knows): keep what a login
+        // found.
+        (Some(_), None) => current.secret.clone(),
+        (_, fresh) => fresh.clone(),
+    }
+}
+
+/// Whether a client that logged in with `learned` should teach it to a pool whose server logins
+/// use `target`: the pool logs in as that client's own user and `learned` is another secret
+/// (keys from a proof where the pool has a bare verifier or older keys, a new auth_query
+/// result, a changed password).
+pub(crate) fn should_learn(target: &ServerTarget, client_user: &str, learned: &Secret) -> bool {
+    if target.user != client_user || target.secret.as_ref() == Some(learned) {
+        return false;
+    }
+    // A bare verifier never replaces anything: it cannot log in.
+    !matches!(learned, Secret::Scram(_))
+}

@@ -177,8 +177,15 @@ pub(super) async fn log_in(
     let pool = shared
         .pools
         .get_or_create(key, db_server_limit, user_server_limit, || {
-            crate::pool::settings_for(&config, &database, &user, secret, server_tls(shared, &config))
+            crate::pool::settings_for(
+                &config,
+                &database,
+                &user,
+                secret.clone(),
+                server_tls(shared, &config),
+            )
         });
+    pool.learn_login_secret(&user, secret.as_ref());
     // Known once any server of the pool logged in; only the first clients wait (boxed: that
     // wait is large, and every other login would carry it).
     let welcome = match pool.welcome_params() {
