@@ -274,19 +274,26 @@ impl Shared {
             ));
         }
         let fresh = crate::config::Config::load(path)?;
-        self.apply_config(fresh);
-        Ok(())
+        self.apply_config(fresh)
+            .map_err(|e| crate::config::ConfigError::new(&current.origin, 0, 0, "", &e))
     }
 
-    /// Installs a new configuration (RELOAD, SET) and applies it to existing pools.
-    pub fn apply_config(&self, config: Config) {
+    /// Installs a new configuration (RELOAD, SET) and applies it to existing pools. The TLS
+    /// contexts and hba rules it names are built first: when a file cannot be used (a
+    /// certificate half rotated, an hba file with an error) nothing changes, so a reload never
+    /// ends client TLS or drops the server leg to plaintext. The error names the key at fault.
+    pub fn apply_config(&self, config: Config) -> Result<(), String> {
         let config = Arc::new(config);
-        self.config.store(config.clone());
         let tls = match self.security.tls(&config).as_ref() {
             Ok(t) => t.server.clone(),
-            Err(_) => crate::tls::ServerTls::default(),
+            Err(e) => return Err(e.clone()),
         };
+        if let Err(e) = self.security.hba(&config).as_ref() {
+            return Err(e.clone());
+        }
+        self.config.store(config.clone());
         self.pools.apply(&config, &tls);
+        Ok(())
     }
 }
 

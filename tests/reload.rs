@@ -2,7 +2,9 @@
 //! pools that log in to PostgreSQL with SCRAM pass-through (a verifier in auth_file or
 //! `[users]`) or with a secret auth_query found keep opening servers after a reload of an
 //! unchanged file, of a changed pool_size, and a RECONNECT; a changed password takes effect for
-//! new logins while the pool keeps serving.
+//! new logins while the pool keeps serving. The other derived state a reload touches: TLS
+//! contexts (a reload whose files cannot be used changes nothing), and servers opened under an
+//! old address, database or pool mode (replaced, never handed on).
 
 mod common;
 
@@ -349,4 +351,160 @@ async fn auth_query_secret_survives_console_reload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_query_secret_survives_sighup() {
     pool_keeps_logging_in_across_reloads(SecretSource::AuthQuery, Reload::Sighup).await;
+}
+
+/// An in-process sluice on a config file, with trust auth and the console for `admin`.
+async fn in_process(dir: &Path, text: &str) -> sluice::RunningPooler {
+    let path = dir.join("pooler.toml");
+    write_atomically(&path, text);
+    sluice::start(sluice::Config::load(&path).expect("config"))
+        .await
+        .expect("sluice starts")
+}
+
+async fn console_at(addr: std::net::SocketAddr) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user("admin")
+        .dbname("pgbouncer");
+    connect_with(cfg).await.expect("console login")
+}
+
+fn trust_config(extra_pooler: &str, database: &str) -> String {
+    format!(
+        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         admin_users = [\"admin\"]\n{extra_pooler}\n\
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 1\n{database}\n",
+        pg().port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_whose_tls_files_cannot_be_used_changes_nothing() {
+    let pki = common::certs::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = |key: &Path| {
+        format!(
+            "client_tls_sslmode = \"prefer\"\nclient_tls_cert_file = \"{}\"\n\
+             client_tls_key_file = \"{}\"",
+            pki.server_cert.display(),
+            key.display()
+        )
+    };
+    let sluice = in_process(dir.path(), &trust_config(&tls(&pki.server_key), "")).await;
+    let addr = sluice.tcp_addr();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user("sluice_trust")
+        .dbname("app");
+    let over_tls = || async {
+        let c = common::certs::connect_tls(cfg.clone(), &pki.ca).await?;
+        c.query_one("SELECT 1", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0) == 1)
+    };
+    assert!(over_tls().await.expect("TLS before the reload"));
+
+    // A certificate rotation caught half way: the key file is not there (yet).
+    let missing = dir.path().join("rotating.key");
+    write_atomically(&dir.path().join("pooler.toml"), &trust_config(&tls(&missing), ""));
+    let admin = console_at(addr).await;
+    let err = admin.simple_query("RELOAD").await.unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|d| d.message().starts_with("RELOAD failed")),
+        "{err}"
+    );
+    // Nothing changed: new clients still get TLS.
+    assert!(over_tls().await.expect("TLS after the refused reload"));
+    // Once the file is there, the same reload goes through.
+    std::fs::copy(&pki.server_key, &missing).unwrap();
+    admin
+        .simple_query("RELOAD")
+        .await
+        .expect("RELOAD with the file in place");
+    assert!(over_tls().await.expect("TLS with the rotated files"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_from_session_to_transaction_mode_never_hands_session_state_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = trust_config("pool_mode = \"session\"", "");
+    let sluice = in_process(dir.path(), &session).await;
+    let addr = sluice.tcp_addr();
+    let holder = connect(addr, "sluice_trust", "", "app").await.unwrap();
+    holder
+        .batch_execute("SET work_mem = '77MB'; SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    write_atomically(
+        &dir.path().join("pooler.toml"),
+        &trust_config("pool_mode = \"transaction\"", ""),
+    );
+    console_at(addr)
+        .await
+        .simple_query("RELOAD")
+        .await
+        .expect("RELOAD");
+    // The session-mode client leaves after the switch; its server must not be pooled as is.
+    drop(holder);
+    let victim = connect(addr, "sluice_trust", "", "app").await.unwrap();
+    let mut errors = 0;
+    for _ in 0..5 {
+        match victim
+            .query_one(
+                "SELECT current_setting('work_mem'), \
+                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => {
+                assert_ne!(
+                    row.get::<_, String>(0),
+                    "77MB",
+                    "another client's SET reached the victim"
+                );
+                assert_eq!(
+                    row.get::<_, i64>(1),
+                    0,
+                    "another client's advisory lock reached the victim"
+                );
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    assert_eq!(errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_moves_a_database_replaces_its_servers() {
+    let db = pg().create_database("t_reload_moved").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = in_process(dir.path(), &trust_config("", "dbname = \"postgres\"")).await;
+    let addr = sluice.tcp_addr();
+    let c = connect(addr, "sluice_trust", "", "app").await.unwrap();
+    let current = || async {
+        c.query_one("SELECT current_database()::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(current().await, "postgres");
+    write_atomically(
+        &dir.path().join("pooler.toml"),
+        &trust_config("", &format!("dbname = \"{db}\"")),
+    );
+    console_at(addr)
+        .await
+        .simple_query("RELOAD")
+        .await
+        .expect("RELOAD");
+    assert_eq!(
+        current().await,
+        db,
+        "the idle server of the old database was reused"
+    );
 }

@@ -115,7 +115,7 @@ pub fn set(shared: &Shared, key: &str, value: &str) -> Result<(), String> {
     next.pooler = pooler;
     next.validate()
         .map_err(|e| format!("invalid value for {key}: {}", e.message))?;
-    shared.apply_config(next);
+    shared.apply_config(next)?;
     Ok(())
 }
 

@@ -200,12 +200,19 @@ impl Pool {
     /// Replaces the settings (RELOAD, SET); a smaller pool shrinks as servers are released.
     /// The secret servers log in with is derived state: the pool keeps what clients' logins
     /// taught it unless the configured secret changed ([`settings::reloaded_secret`]).
+    /// Servers opened for another address, database, user or pool mode are replaced (as by
+    /// RECONNECT): a server lent in session mode keeps whatever its client left on it, and
+    /// after a switch to transaction mode it would otherwise be handed on unreset.
     pub fn update_settings(&self, settings: PoolSettings) {
-        self.settings.rcu(|current| {
+        let before = self.settings.rcu(|current| {
             let mut next = settings.clone();
             next.target.secret = settings::reloaded_secret(&current.target, &settings.target);
             next
         });
+        if let Some(what) = settings::servers_outdated(&before, &settings) {
+            tracing::info!(database = %self.key.database, user = %self.key.user, changed = what, "replacing the pool's servers after a reload");
+            self.reconnect();
+        }
     }
 
     /// A client of `user` has just logged in with `secret` (the configured one, what

@@ -91,3 +91,20 @@ pub(crate) fn should_learn(target: &ServerTarget, client_user: &str, learned: &S
     // A bare verifier never replaces anything: it cannot log in.
     !matches!(learned, Secret::Scram(_))
 }
+
+/// What changed between `before` and `after` that makes the pool's open servers unfit for
+/// reuse (they would connect elsewhere, or were used under another pool mode); None if nothing.
+pub(crate) fn servers_outdated(before: &PoolSettings, after: &PoolSettings) -> Option<&'static str> {
+    let (b, a) = (&before.target, &after.target);
+    if b.host != a.host || b.port != a.port {
+        Some("host or port")
+    } else if b.dbname != a.dbname {
+        Some("dbname")
+    } else if b.user != a.user {
+        Some("user")
+    } else if before.mode != after.mode {
+        Some("pool_mode")
+    } else {
+        None
+    }
+}
