@@ -7,9 +7,9 @@ mod passthrough;
 mod scram;
 mod secret;
 
-pub use passthrough::KeyScramClient;
+pub use passthrough::{KeyScramClient, check_server_first};
 pub use scram::{ScramError, ScramExchange, constant_time_eq, mock_verifier};
-pub use secret::{ScramVerifier, Secret};
+pub use secret::{MAX_SCRAM_ITERATIONS, ScramVerifier, Secret};
 
 use crate::config::AuthType;
 use crate::protocol::{PgError, messages, sqlstate};
@@ -269,7 +269,11 @@ async fn read_password_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<V
     if tag != b'p' {
         return Err(AuthError::Rejected(PgError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            format!("expected password response, got message type '{}'", tag as char),
+            match tag {
+                0 => "expected password response, got a startup packet (a second StartupMessage during authentication?)".to_string(),
+                t if t.is_ascii_graphic() => format!("expected password response, got message type '{}'", t as char),
+                t => format!("expected password response, got message type byte {t:#04x}"),
+            },
         )));
     }
     if len < 4 || len as usize - 4 > MAX_AUTH_MESSAGE {

@@ -52,7 +52,8 @@ impl KeyScramClient {
             }
         }
         let nonce = nonce
-            .filter(|n| n.starts_with(&self.client_nonce))
+            // The server's nonce must extend the client's with a part of its own.
+            .filter(|n| n.len() > self.client_nonce.len() && n.starts_with(&self.client_nonce))
             .ok_or("server-first message has a bad nonce")?;
         if salt.as_deref() != Some(&self.verifier.salt[..]) || iterations != Some(self.verifier.iterations) {
             return Err(
@@ -89,6 +90,26 @@ impl KeyScramClient {
         } else {
             Err("the server's SCRAM signature is wrong".to_string())
         }
+    }
+}
+
+/// Checks a server-first message before any SCRAM client (sluice's or postgres-protocol's)
+/// runs PBKDF2 for it: the iteration count must be a number from 1 to
+/// [`MAX_SCRAM_ITERATIONS`](super::secret::MAX_SCRAM_ITERATIONS), so a hostile or broken server
+/// cannot make sluice compute for minutes.
+pub fn check_server_first(server_first: &[u8]) -> Result<(), String> {
+    let text =
+        std::str::from_utf8(server_first).map_err(|_| "server-first message is not UTF-8".to_string())?;
+    let iterations = text
+        .split(',')
+        .find_map(|a| a.strip_prefix("i="))
+        .ok_or("server-first message has no iteration count")?;
+    let limit = super::secret::MAX_SCRAM_ITERATIONS;
+    match iterations.parse::<u32>() {
+        Ok(n) if (1..=limit).contains(&n) => Ok(()),
+        _ => Err(format!(
+            "the server asks for {iterations} SCRAM iterations; sluice computes at most {limit}"
+        )),
     }
 }
 

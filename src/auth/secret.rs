@@ -50,6 +50,12 @@ impl Secret {
     }
 }
 
+/// Most PBKDF2 iterations sluice runs for one SCRAM computation: a server demanding more in its
+/// server-first message is refused before any work, and a stored verifier asking for more is not
+/// used to check a cleartext password (a peer could otherwise make sluice spin for minutes per
+/// login). PostgreSQL's default is 4096; other clients settled on the same 100,000.
+pub const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+
 /// The SCRAM-SHA-256 keys PostgreSQL stores in pg_authid, enough to verify a client's proof.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramVerifier {
@@ -85,7 +91,16 @@ impl ScramVerifier {
     }
 
     /// Whether a cleartext password derives this verifier (PBKDF2 with its salt and iterations).
+    /// Never true for a verifier past [`MAX_SCRAM_ITERATIONS`].
     pub fn matches_password(&self, password: &str) -> bool {
+        if self.iterations > MAX_SCRAM_ITERATIONS {
+            tracing::warn!(
+                iterations = self.iterations,
+                limit = MAX_SCRAM_ITERATIONS,
+                "a SCRAM verifier's iteration count is too high to check a cleartext password with"
+            );
+            return false;
+        }
         let mut salted = [0u8; 32];
         let prepared =
             stringprep::saslprep(password).map_or_else(|_| password.to_string(), |p| p.into_owned());

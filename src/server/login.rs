@@ -132,6 +132,8 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
             }
             Message::AuthenticationSaslContinue(body) if key_scram.is_some() => {
                 let client = key_scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                crate::auth::check_server_first(body.data())
+                    .map_err(|e| ServerError::Auth(format!("server {}: {e}", target.describe())))?;
                 let server_first =
                     std::str::from_utf8(body.data()).map_err(|_| unexpected("non-UTF-8 SASLContinue"))?;
                 let reply = client
@@ -149,6 +151,8 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
             }
             Message::AuthenticationSaslContinue(body) => {
                 let client = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                crate::auth::check_server_first(body.data())
+                    .map_err(|e| ServerError::Auth(format!("server {}: {e}", target.describe())))?;
                 client.update(body.data())?;
                 let msg = client.message().to_vec();
                 send(&mut conn, |out| frontend::sasl_response(&msg, out)).await?;

@@ -90,7 +90,8 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
         Login::Pooled(logged_in) => {
             let logged_in = *logged_in;
             tracing::debug!(%peer, user = %logged_in.info().user, database = %logged_in.info().database, "client logged in");
-            let max_message = shared.config.load().pooler.max_packet_size as usize;
+            let max_message = (shared.config.load().pooler.max_packet_size as usize)
+                .min(crate::protocol::MAX_CLIENT_MESSAGE);
             let (reader, writer) = stream.into_split();
             let mut session = Session {
                 client: ClientIo::new(reader, writer, max_message),

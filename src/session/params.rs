@@ -406,6 +406,9 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, BadParam> {
         let (n, v) = setting
             .split_once('=')
             .ok_or_else(|| BadParam(format!("options: {setting:?} is not name=value")))?;
+        if n.is_empty() {
+            return Err(BadParam(format!("options: {setting:?} names no setting")));
+        }
         out.push((n.replace('-', "_"), v.to_string()));
     }
     Ok(out)
