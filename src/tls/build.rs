@@ -45,7 +45,7 @@ pub fn client_acceptor(p: &PoolerConfig) -> Result<Option<tokio_rustls::TlsAccep
     }
     let (Some(cert_file), Some(key_file)) = (&p.client_tls_cert_file, &p.client_tls_key_file) else {
         return Err(format!(
-            "client_tls_sslmode = {:?} needs client_tls_cert_file and client_tls_key_file",
+            "client_tls_sslmode = {} needs client_tls_cert_file and client_tls_key_file",
             p.client_tls_sslmode
         ));
     };

@@ -70,8 +70,7 @@ pub async fn upgrade_server(stream: Stream, target: &ServerTarget) -> Result<Str
         b'N' => return Ok(Stream::Tcp(tcp)),
         other => {
             return Err(ServerError::Protocol(format!(
-                "server answered SSLRequest with {:?}",
-                other as char
+                "server answered SSLRequest with byte 0x{other:02x} (expected S or N)"
             )));
         }
     }
