@@ -274,3 +274,77 @@ async fn logfile_is_appended_and_reopened_on_sighup_for_logrotate() {
         "the old file got no new lines"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_fd_limit_is_warned_about_and_running_out_backs_off_quietly_then_recovers() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 64;
+    let sluice = SluiceBinary::spawn(
+        |port, _| config(port, "max_client_conn = 500\nworkers = 1"),
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the forked child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: LIMIT / 2,
+                        rlim_max: LIMIT,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    sluice.wait_up("app").await;
+    let text = sluice.stderr_text();
+    assert!(
+        text.contains(&format!("open files limit raised from {} to {LIMIT}", LIMIT / 2)),
+        "the soft limit is raised to the hard one:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("open files limit {LIMIT} is below")) && text.contains("max_client_conn 500"),
+        "warns that {LIMIT} descriptors cannot serve max_client_conn = 500:\n{text}"
+    );
+
+    // Hold connections (each costs sluice a descriptor while it waits for a startup packet)
+    // until accepting fails, and keep it failing for a while.
+    let mut held = Vec::new();
+    for _ in 0..LIMIT + 20 {
+        held.push(tokio::net::TcpStream::connect(sluice.addr()).await.unwrap());
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "accept runs out of descriptors",
+        || async { sluice.stderr_text().contains("Too many open files") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = sluice.stderr_text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Too many open files"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line per interval, not one per failed accept:\n{text}"
+    );
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("LimitNOFILE"),
+        "{}",
+        lines[0]
+    );
+
+    // Once the descriptors are free again, sluice serves.
+    drop(held);
+    let c = tokio::time::timeout(
+        Duration::from_secs(5),
+        connect(sluice.addr(), "sluice_trust", "", "app"),
+    )
+    .await
+    .expect("a client gets in once descriptors are free")
+    .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+}
