@@ -233,7 +233,7 @@ async fn logfile_is_appended_and_reopened_on_sighup_for_logrotate() {
         || async {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
-                .contains("login: db=app")
+                .contains("login db=app")
         },
     )
     .await;
@@ -262,7 +262,7 @@ async fn logfile_is_appended_and_reopened_on_sighup_for_logrotate() {
         || async {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
-                .contains("login: db=app")
+                .contains("login db=app")
         },
     )
     .await;

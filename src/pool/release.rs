@@ -29,7 +29,7 @@ impl Pool {
         let reset = self.needs_reset();
         match disposition {
             Disposition::Close(reason) => {
-                tracing::debug!(pool = %self.key, server = server.conn.id, reason, "closing server");
+                tracing::debug!(pool = %self.key, server = server.conn.id, reason = %reason, "closing server");
                 drop(server);
             }
             Disposition::Clean if !reset => self.give_back(server),
@@ -63,7 +63,7 @@ impl Pool {
         }
         for sql in queries {
             if let Err(e) = server.conn.run_internal(sql, CLEANUP_LIMIT).await {
-                tracing::warn!(pool = %self.key, server = server.conn.id, error = %e, sql, "cleanup failed; closing server");
+                tracing::warn!(pool = %self.key, server = server.conn.id, error = %e, sql = %sql, "cleanup failed; closing server");
                 return;
             }
         }

@@ -174,7 +174,7 @@ async fn looked_up_secret(
     let mut server = match pool.checkout(&holder, limit).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, auth_user, "auth_query: no server for auth_user");
+            tracing::warn!(error = %e, auth_user = %auth_user, "auth_query: no server for auth_user");
             return Err(failed(e.to_string()));
         }
     };
@@ -195,7 +195,7 @@ async fn looked_up_secret(
     let found = match result {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, auth_user, "auth_query failed");
+            tracing::warn!(error = %e, auth_user = %auth_user, "auth_query failed");
             return Err(failed(e.to_string()));
         }
         Err(_) => {

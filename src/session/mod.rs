@@ -88,7 +88,7 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
             let started = Instant::now();
             if log_connections {
                 let tls = stream.tls_description();
-                tracing::info!(%peer, db = "pgbouncer", %user, %tls, "login: db=pgbouncer user={user} tls={tls} (console)");
+                tracing::info!(db = %"pgbouncer", %user, %tls, %peer, "login");
             }
             Box::pin(crate::admin::serve(stream, shared.clone(), role, user.clone())).await;
             if shared.config.load().pooler.log_disconnections {
@@ -98,12 +98,9 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
         Login::Pooled(logged_in) => {
             let logged_in = *logged_in;
             if log_connections {
-                let (db, user, tls) = (
-                    &logged_in.info().database,
-                    &logged_in.info().user,
-                    stream.tls_description(),
-                );
-                tracing::info!(%peer, %db, %user, %tls, "login: db={db} user={user} tls={tls}");
+                let info = logged_in.info();
+                let tls = stream.tls_description();
+                tracing::info!(db = %info.database, user = %info.user, %tls, peer = %info.peer, "login");
             }
             let max_message = shared.config.load().pooler.max_packet_size as usize;
             let (reader, writer) = stream.into_split();
@@ -139,8 +136,8 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
 
 /// The disconnection line (log_disconnections), as PgBouncer's "closing because".
 fn log_closing(peer: &PeerAddr, db: &str, user: &str, reason: &str, since: Instant) {
-    let age = since.elapsed().as_secs_f64();
-    tracing::info!(%peer, %db, %user, reason, age_s = age, "closing because: {reason} (age={age:.3}s)");
+    let age_s = (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    tracing::info!(reason = %reason, age_s, db = %db, user = %user, %peer, "closing");
 }
 
 /// Logs the client in within client_login_timeout; a refused login is told its FATAL here.
@@ -155,7 +152,7 @@ async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Sha
         Err(_) => login_timeout(login_limit, on_server.into_inner()),
     };
     if shared.config.load().pooler.log_pooler_errors {
-        tracing::info!("{peer}: login refused: {}", refusal);
+        tracing::warn!(%peer, "login refused: {refusal}");
     }
     let mut out = bytes::BytesMut::new();
     refusal.encode(&mut out);
