@@ -75,7 +75,7 @@ pub async fn upgrade_server(stream: Stream, target: &ServerTarget) -> Result<Str
         }
     }
     let name = ServerName::try_from(target.host.clone())
-        .map_err(|e| ServerError::Auth(format!("server host {:?} is not a TLS name: {e}", target.host)))?;
+        .map_err(|e| ServerError::Auth(format!("server host \"{}\" is not a TLS name: {e}", target.host)))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector
         .connect(name, tcp)
