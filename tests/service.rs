@@ -98,7 +98,7 @@ async fn sd_notify_reports_ready_reloading_status_and_stopping() {
     .await;
     let status = seen.last().unwrap().clone();
     assert!(
-        status.contains("1 clients"),
+        status.contains("clients: 1,"),
         "the connected client is counted: {status}"
     );
     drop(c);

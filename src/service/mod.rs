@@ -60,7 +60,7 @@ pub fn status_line(shared: &Shared) -> String {
     let servers: usize = shared.pools.all().iter().map(|p| p.server_count()).sum();
     let a = shared.stats_history.total_averages();
     format!(
-        "{} clients, {servers} servers, {} xacts/s, {} queries/s",
+        "clients: {}, servers: {servers}, {} xacts/s, {} queries/s",
         shared.client_count(),
         a.xact_count,
         a.query_count
