@@ -237,3 +237,19 @@ async fn a_login_timeout_says_whether_the_client_or_the_server_was_slow() {
     hold.abort();
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_connections_can_be_turned_off_live_with_set() {
+    let sluice = SluiceBinary::spawn(|port, _| config(port, ""), |_| {});
+    sluice.wait_up("app").await;
+    let logins = || sluice.stderr_text().matches("INFO login db=app").count();
+    let before = logins();
+    assert!(before >= 1, "logins are logged by default");
+    console_rows(sluice.addr(), "admin", "SET log_connections = false").await;
+    one_client_visit(&sluice).await;
+    assert_eq!(
+        logins(),
+        before,
+        "no login line after SET log_connections = false"
+    );
+}
