@@ -234,7 +234,8 @@ start_pooler() {
         ;;
     sluice)
         POOLER_PORT=$SLUICE_PORT
-        SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE_BIN" --config "$TMP/sluice.toml" \
+        # --allow-root: the benchmark machine runs as root (sluice refuses root otherwise).
+        SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE_BIN" --allow-root --config "$TMP/sluice.toml" \
             >"$TMP/sluice.log" 2>&1 &
         POOLER_PID=$!
         ;;

@@ -120,4 +120,7 @@ echo
 echo "Press Ctrl-C to stop sluice and PostgreSQL."
 echo
 # In the foreground: Ctrl-C reaches sluice, which shuts down; then the INT trap runs the cleanup.
-"$sluice_bin" --config "$tmp/pooler.toml"
+# sluice refuses to run as root unless told; this throwaway setup may run as root.
+root_flag=()
+if is_root; then root_flag=(--allow-root); fi
+"$sluice_bin" "${root_flag[@]}" --config "$tmp/pooler.toml"

@@ -92,6 +92,19 @@ pub enum ClientPhase {
     Holding,
 }
 
+/// As log lines show it (`idle in transaction`).
+impl std::fmt::Display for ClientPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientPhase::Idle => "idle",
+            ClientPhase::Waiting => "waiting",
+            ClientPhase::Active => "active",
+            ClientPhase::IdleInTransaction => "idle in transaction",
+            ClientPhase::Holding => "holding a server",
+        })
+    }
+}
+
 /// The changing part of a client's state.
 #[derive(Debug, Clone)]
 pub struct ClientLive {

@@ -142,13 +142,13 @@ impl LeakTracker {
             .or_default()
             .abandoned += 1;
         tracing::warn!(
-            kind = "abandoned_transaction",
+            kind = %"abandoned_transaction",
             client = client.id,
             user = %client.user,
             database = %client.database,
             application_name = %client.application_name(),
             addr = %client.peer,
-            pid = ?client.process().map(|p| p.0),
+            pid = %client.process().map_or(String::new(), |p| p.0.to_string()),
             process = %client.process().map(|p| p.1).unwrap_or_default(),
             last_query = %client.last_query(),
             "connection leak: client disconnected in the middle of a transaction; its server was rolled back"
@@ -221,15 +221,15 @@ impl LeakTracker {
         let live = c.live();
         let process = c.process();
         tracing::warn!(
-            kind = kind.as_str(),
+            kind = %kind.as_str(),
             client = c.id,
             user = %c.user,
             database = %c.database,
             application_name = %app,
             addr = %c.peer,
-            pid = ?process.as_ref().map(|p| p.0),
+            pid = %process.as_ref().map_or(String::new(), |p| p.0.to_string()),
             process = %process.map(|p| p.1).unwrap_or_default(),
-            state = ?live.phase,
+            state = %live.phase,
             held_seconds = held.as_secs(),
             transaction_age_seconds = live.xact_since.map_or(0, |s| now.duration_since(s).as_secs()),
             server_pid = live.server.map_or(0, |s| s.1),

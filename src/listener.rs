@@ -106,8 +106,12 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
-    tracing::info!(%tcp_addr, unix = ?unix.as_ref().map(|u| &u.1), "sluice listening");
-    crate::stats::spawn_sampler(&shared);
+    match &unix {
+        Some((_, path)) => tracing::info!("sluice listening on {tcp_addr} and {}", path.display()),
+        None => tracing::info!("sluice listening on {tcp_addr}"),
+    }
+    crate::stats::spawn_sampler(&shared, crate::service::report_stats);
+    crate::service::spawn_stop_notifier(&shared);
     crate::leaks::spawn_detector(&shared);
     crate::sweeper::spawn_idle_sweeper(&shared);
     let mut accept_tasks = vec![
@@ -115,7 +119,9 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         tokio::spawn(drain_monitor(shared.clone())),
     ];
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
-        tracing::info!(addr = ?metrics_addr, "metrics endpoint listening");
+        if let Some(addr) = metrics_addr {
+            tracing::info!("metrics endpoint listening on {addr}");
+        }
         accept_tasks.push(tokio::spawn(crate::metrics::serve(
             listener,
             shared.clone(),
@@ -160,6 +166,7 @@ impl Accept for UnixListener {
 async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
     let mut life = shared.lifecycle_signal();
     let mut suspend = shared.suspend_signal();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let suspended = *suspend.borrow_and_update();
         // While SUSPEND is in force, new connections wait in the kernel's backlog.
@@ -170,9 +177,16 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.succeeded();
                 tokio::spawn(session::handle_client(stream, peer, shared.clone()));
             }
-            Err(e) => back_off(e).await,
+            Err(e) => {
+                let pause = backoff.failed(&e);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopped_accepting(&mut life) => return,
+                }
+            }
         }
     }
 }
@@ -225,8 +239,63 @@ async fn drain_monitor(shared: Arc<Shared>) {
     }
 }
 
-/// Accept errors are usually EMFILE/ENFILE: wait for descriptors to free up instead of spinning.
-async fn back_off(e: std::io::Error) {
-    tracing::warn!(error = %e, "accept failed; backing off");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// First pause after a failed accept; it doubles with each failure in a row, up to the most.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts while they keep failing.
+const MOST_PAUSE: Duration = Duration::from_secs(1);
+/// At most one log line per this interval about failing accepts, however many there were.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts (usually EMFILE/ENFILE: out of file descriptors) in a row: each waits longer,
+/// up to [`MOST_PAUSE`], so that sluice neither spins nor floods its log; the connection waits
+/// in the listen queue until a descriptor frees up.
+#[derive(Default)]
+struct AcceptBackoff {
+    /// The pause after the next failure (zero: no failure in a row yet).
+    pause: Duration,
+    /// Failures not reported yet, and when the last report was.
+    unreported: u64,
+    reported_at: Option<std::time::Instant>,
+    /// Failures since accepting last worked.
+    in_a_row: u64,
+}
+
+impl AcceptBackoff {
+    /// Records a failure; returns how long to wait before accepting again. Logs at most once
+    /// per [`REPORT_EVERY`].
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.pause = (self.pause * 2).clamp(FIRST_PAUSE, MOST_PAUSE);
+        self.unreported += 1;
+        self.in_a_row += 1;
+        let due = self.reported_at.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+        if due {
+            let hint = match e.raw_os_error() {
+                Some(libc::EMFILE) => " (the open files limit: raise LimitNOFILE= or ulimit -n)",
+                Some(libc::ENFILE) => " (the system-wide open files limit: fs.file-max)",
+                _ => "",
+            };
+            tracing::warn!(
+                "cannot accept connections: {e}{hint}; {} failed attempt(s) since the last report, \
+                 retrying every {} at most; new clients wait in the listen queue",
+                self.unreported,
+                crate::config::format_duration(self.pause)
+            );
+            self.unreported = 0;
+            self.reported_at = Some(std::time::Instant::now());
+        }
+        self.pause
+    }
+
+    /// Accepting works (again): the next failure starts with a short pause. The report
+    /// interval keeps running, so a limit that is hit on and off still logs once per interval.
+    fn succeeded(&mut self) {
+        if self.in_a_row > 0 {
+            tracing::debug!(
+                "accepting connections again after {} failed attempt(s)",
+                self.in_a_row
+            );
+            self.pause = Duration::ZERO;
+            self.in_a_row = 0;
+        }
+    }
 }

@@ -11,6 +11,10 @@ struct Cli {
     /// Configuration file (TOML) to run with.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Run even as root (containers, tests); like PostgreSQL and PgBouncer, sluice otherwise
+    /// refuses to.
+    #[arg(long, global = true)]
+    allow_root: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,7 +64,37 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    init_tracing();
+    if sluice::service::running_as_root() && !cli.allow_root {
+        eprintln!(
+            "sluice: running as root is not permitted\n\
+             HINT: start sluice as an unprivileged user (packaging/sluice.service uses the user \
+             \"sluice\"), or pass --allow-root if you really mean to"
+        );
+        return ExitCode::from(1);
+    }
+    let log_file = match &config.pooler.logfile {
+        Some(p) => match sluice::logging::LogFile::open(p) {
+            Ok(f) => Some(std::sync::Arc::new(f)),
+            Err(e) => {
+                eprintln!("sluice: cannot open logfile {}: {e}", p.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    sluice::logging::init(config.pooler.log_format, log_file.clone());
+    // Held until main returns: removed at exit.
+    let _pidfile = match &config.pooler.pidfile {
+        Some(p) => match sluice::service::pidfile::PidFile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    sluice::service::fdlimit::raise_and_check(&config);
     let workers = match config.pooler.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -76,7 +110,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sluice: cannot start the runtime: {e}");
+            tracing::error!("cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -84,25 +118,19 @@ fn main() -> ExitCode {
         let pooler = match sluice::start(config).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("sluice: cannot start: {e}");
+                tracing::error!("cannot start: {e}");
                 return ExitCode::from(1);
             }
         };
+        if let Some(f) = log_file {
+            let _ = pooler.shared().log_file.set(f);
+        }
+        sluice::service::notify::ready(&sluice::service::status_line(pooler.shared()));
         run_until_exit(&pooler).await;
         pooler.finish().await;
         tracing::info!("sluice stopped");
         ExitCode::SUCCESS
     })
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Serves until the pooler exits: SIGHUP reloads the configuration, SIGTERM drains until the
@@ -124,7 +152,7 @@ async fn run_until_exit(pooler: &sluice::RunningPooler) {
     loop {
         tokio::select! {
             _ = pooler.exited() => return,
-            _ = hup.recv() => match shared.reload() {
+            _ = hup.recv() => match sluice::service::reload(&shared) {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
             },

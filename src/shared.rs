@@ -46,6 +46,8 @@ pub struct Shared {
     consoles: AtomicUsize,
     /// This pooler's Prometheus registry, when `[metrics]` is configured.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The `logfile`, when the binary opened one: reopened by every reload (for logrotate).
+    pub log_file: std::sync::OnceLock<Arc<crate::logging::LogFile>>,
 }
 
 /// How a shutdown waits before the process exits.
@@ -95,6 +97,7 @@ impl Shared {
             suspended: watch::channel(false).0,
             consoles: AtomicUsize::new(0),
             metrics,
+            log_file: std::sync::OnceLock::new(),
         })
     }
 

@@ -39,7 +39,9 @@ pub struct Averages {
 /// The last period's averages per database.
 #[derive(Debug, Default)]
 pub struct StatsHistory {
-    last: Mutex<(Option<Instant>, BTreeMap<String, StatsSnapshot>)>,
+    /// When the last sample was taken, its totals per database, and the averages over all
+    /// databases of the period it ended.
+    last: Mutex<(Option<Instant>, BTreeMap<String, StatsSnapshot>, Averages)>,
     averages: Mutex<BTreeMap<String, Averages>>,
 }
 
@@ -60,53 +62,73 @@ impl StatsHistory {
         self.averages.lock().get(database).copied().unwrap_or_default()
     }
 
-    /// Takes a new sample and recomputes the averages against the previous one.
-    pub fn sample(&self, shared: &Shared) {
+    /// The averages of the last complete period over all databases (the stats log line).
+    pub fn total_averages(&self) -> Averages {
+        self.last.lock().2
+    }
+
+    /// Takes a new sample and recomputes the averages against the previous one. Returns
+    /// whether a complete period was measured (not on the first sample).
+    pub fn sample(&self, shared: &Shared) -> bool {
         let now = Instant::now();
         let totals = Self::totals(shared);
         let mut last = self.last.lock();
+        let measured = last.0.is_some();
         if let Some(prev_at) = last.0 {
             let secs = now.duration_since(prev_at).as_secs_f64().max(0.001);
             let mut avgs = BTreeMap::new();
+            let (mut cur_all, mut prev_all) = (StatsSnapshot::default(), StatsSnapshot::default());
             for (db, cur) in &totals {
                 let prev = last.1.get(db).copied().unwrap_or_default();
-                let d = |c: u64, p: u64| c.saturating_sub(p);
-                let per_sec = |x: u64| (x as f64 / secs).round() as u64;
-                let per = |x: u64, count: u64| x.checked_div(count).unwrap_or(0);
-                let xacts = d(cur.xact_count, prev.xact_count);
-                let queries = d(cur.query_count, prev.query_count);
-                let assignments = d(cur.server_assignment_count, prev.server_assignment_count);
-                avgs.insert(
-                    db.clone(),
-                    Averages {
-                        server_assignment_count: per_sec(assignments),
-                        xact_count: per_sec(xacts),
-                        query_count: per_sec(queries),
-                        recv: per_sec(d(cur.bytes_received, prev.bytes_received)),
-                        sent: per_sec(d(cur.bytes_sent, prev.bytes_sent)),
-                        xact_time: per(d(cur.xact_time_us, prev.xact_time_us), xacts),
-                        query_time: per(d(cur.query_time_us, prev.query_time_us), queries),
-                        wait_time: per(d(cur.wait_time_us, prev.wait_time_us), assignments),
-                        client_parse_count: per_sec(d(cur.client_parse_count, prev.client_parse_count)),
-                        server_parse_count: per_sec(d(cur.server_parse_count, prev.server_parse_count)),
-                        bind_count: per_sec(d(cur.bind_count, prev.bind_count)),
-                    },
-                );
+                cur_all.add(cur);
+                prev_all.add(&prev);
+                avgs.insert(db.clone(), Averages::between(&prev, cur, secs));
             }
+            last.2 = Averages::between(&prev_all, &cur_all, secs);
             *self.averages.lock() = avgs;
         }
-        *last = (Some(now), totals);
+        last.0 = Some(now);
+        last.1 = totals;
+        measured
     }
 }
 
-/// Samples every `stats_period` (read from the live config) until the pooler is gone.
-pub fn spawn_sampler(shared: &Arc<Shared>) {
+impl Averages {
+    /// Rates and averages from two snapshots `secs` apart.
+    fn between(prev: &StatsSnapshot, cur: &StatsSnapshot, secs: f64) -> Averages {
+        let d = |c: u64, p: u64| c.saturating_sub(p);
+        let per_sec = |x: u64| (x as f64 / secs).round() as u64;
+        let per = |x: u64, count: u64| x.checked_div(count).unwrap_or(0);
+        let xacts = d(cur.xact_count, prev.xact_count);
+        let queries = d(cur.query_count, prev.query_count);
+        let assignments = d(cur.server_assignment_count, prev.server_assignment_count);
+        Averages {
+            server_assignment_count: per_sec(assignments),
+            xact_count: per_sec(xacts),
+            query_count: per_sec(queries),
+            recv: per_sec(d(cur.bytes_received, prev.bytes_received)),
+            sent: per_sec(d(cur.bytes_sent, prev.bytes_sent)),
+            xact_time: per(d(cur.xact_time_us, prev.xact_time_us), xacts),
+            query_time: per(d(cur.query_time_us, prev.query_time_us), queries),
+            wait_time: per(d(cur.wait_time_us, prev.wait_time_us), assignments),
+            client_parse_count: per_sec(d(cur.client_parse_count, prev.client_parse_count)),
+            server_parse_count: per_sec(d(cur.server_parse_count, prev.server_parse_count)),
+            bind_count: per_sec(d(cur.bind_count, prev.bind_count)),
+        }
+    }
+}
+
+/// Samples every `stats_period` (read from the live config) until the pooler is gone; after
+/// each complete period, `report` is called (the stats log line, systemd's STATUS).
+pub fn spawn_sampler(shared: &Arc<Shared>, report: fn(&Shared)) {
     let weak: Weak<Shared> = Arc::downgrade(shared);
     tokio::spawn(async move {
         loop {
             let period = match weak.upgrade() {
                 Some(s) => {
-                    s.stats_history.sample(&s);
+                    if s.stats_history.sample(&s) {
+                        report(&s);
+                    }
                     s.config.load().pooler.stats_period
                 }
                 None => return,

@@ -87,6 +87,19 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// The TLS in use as log lines show it (`TLSv1_3/TLS13_AES_256_GCM_SHA384`), or `no`.
+    pub fn tls_description(&self) -> String {
+        let Stream::Tls(s) = self else {
+            return "no".to_string();
+        };
+        let state = s.get_ref().1;
+        let version = state.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS");
+        match state.negotiated_cipher_suite().and_then(|c| c.suite().as_str()) {
+            Some(suite) => format!("{version}/{suite}"),
+            None => version.to_string(),
+        }
+    }
 }
 
 fn closed() -> io::Error {

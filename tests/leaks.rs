@@ -245,6 +245,7 @@ async fn each_episode_is_logged_once() {
     std::fs::write(&path, text).unwrap();
     let log = dir.path().join("sluice.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--allow-root") // tests run as root in CI
         .arg("--config")
         .arg(&path)
         .env("SLUICE_LOG", "warn")

@@ -111,6 +111,7 @@ impl Pooler {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--config")
             .arg(pooler.config_path())
+            .arg("--allow-root")
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

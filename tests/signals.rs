@@ -25,6 +25,7 @@ fn config(port: u16, pool: u32) -> String {
 
 fn spawn(path: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--allow-root") // tests run as root in CI
         .arg("--config")
         .arg(path)
         .env("SLUICE_LOG", "warn")

@@ -62,7 +62,7 @@ pub(super) async fn run(
         },
         Command::Action { verb, arg } => match act(shared, &verb, arg.as_deref(), query).await {
             Ok(Some(tag)) => {
-                tracing::info!(%user, %verb, arg = ?arg, "console command");
+                tracing::info!(%user, command = %format!("{verb} {}", arg.unwrap_or_default()).trim_end(), "console command");
                 messages::command_complete(out, tag);
             }
             Ok(None) => return true,
@@ -193,7 +193,7 @@ async fn act(
             }
             "WAIT_CLOSE"
         }
-        "RELOAD" => match shared.reload() {
+        "RELOAD" => match crate::service::reload(shared) {
             Ok(()) => "RELOAD",
             Err(e) => {
                 tracing::error!(error = %e, "RELOAD failed; keeping the old configuration");

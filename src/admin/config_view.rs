@@ -41,6 +41,10 @@ const CHANGEABLE: &[&str] = &[
     "auth_query",
     "auth_cache_ttl",
     "max_prepared_statements",
+    "log_connections",
+    "log_disconnections",
+    "log_pooler_errors",
+    "log_stats",
 ];
 
 fn as_table(p: &PoolerConfig) -> toml::Table {

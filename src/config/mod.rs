@@ -8,7 +8,7 @@ mod userlist;
 mod validate;
 mod validate_security;
 
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use load::ConfigError;
 pub use userlist::parse_userlist;
 
@@ -108,6 +108,20 @@ pub enum SslMode {
     /// As verify-ca, and the server's name must match its certificate (servers only; for clients
     /// it is verify-ca).
     VerifyFull,
+}
+
+/// The value as written in the config (`verify-full`), for messages.
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
 }
 
 /// The `[pooler]` table: PgBouncer's `[pgbouncer]` section under the same key names.
@@ -254,6 +268,33 @@ pub struct PoolerConfig {
     /// Period over which SHOW STATS averages are computed.
     #[serde(with = "duration")]
     pub stats_period: Duration,
+    /// Write the process id here at start (refusing to start while a live process holds it) and
+    /// remove it at exit; relative to the config file. Read at start only.
+    pub pidfile: Option<PathBuf>,
+    /// Append log lines to this file too (reopened on SIGHUP and RELOAD, for logrotate);
+    /// relative to the config file. Read at start only.
+    pub logfile: Option<PathBuf>,
+    /// Log line format: `text` or `json` (one JSON object per line). Read at start only.
+    pub log_format: LogFormat,
+    /// Log each client login (database, user, address, TLS), as PgBouncer's key.
+    pub log_connections: bool,
+    /// Log each client disconnection with its reason and duration, as PgBouncer's key.
+    pub log_disconnections: bool,
+    /// Log the errors sluice itself sends to clients, as PgBouncer's key.
+    pub log_pooler_errors: bool,
+    /// Log the totals line (rates and averages) every `stats_period`, as PgBouncer's key.
+    pub log_stats: bool,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, message and fields).
+    Json,
 }
 
 impl Default for PoolerConfig {
@@ -318,6 +359,13 @@ impl Default for PoolerConfig {
             leak_idle_in_transaction_threshold: Duration::from_secs(10),
             leak_hold_threshold: Duration::from_secs(60),
             leak_idle_client_threshold: Duration::from_secs(600),
+            pidfile: None,
+            logfile: None,
+            log_format: LogFormat::Text,
+            log_connections: true,
+            log_disconnections: true,
+            log_pooler_errors: true,
+            log_stats: true,
         }
     }
 }

@@ -85,6 +85,8 @@ pub(super) fn resolve_paths(p: &mut PoolerConfig, base: &std::path::Path) {
         &mut p.server_tls_ca_file,
         &mut p.server_tls_key_file,
         &mut p.server_tls_cert_file,
+        &mut p.pidfile,
+        &mut p.logfile,
     ] {
         if let Some(relative) = path.as_ref().filter(|p| p.is_relative()) {
             *path = Some(base.join(relative));

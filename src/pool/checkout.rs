@@ -21,6 +21,20 @@ pub enum CheckoutError {
     Login(PgError),
 }
 
+/// As an operator reads it: the wait that ran out, or the server's login error.
+impl std::fmt::Display for CheckoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckoutError::Timeout(d) => write!(
+                f,
+                "no server connection became free within {}",
+                crate::config::format_duration(*d)
+            ),
+            CheckoutError::Login(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 // Short-lived values on the checkout path: boxing the server would cost an allocation per checkout.
 #[allow(clippy::large_enum_variant)]
 enum Step {
@@ -225,7 +239,7 @@ impl Pool {
         }
         if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
             if use_reserve {
-                tracing::info!(pool = ?self.key, "using the reserve pool for a client that waited");
+                tracing::info!(pool = %self.key, "using the reserve pool for a client that waited");
             }
             drop(st);
             drop(guard);
@@ -309,7 +323,7 @@ impl Pool {
             Ok(conn) => conn,
             Err(e) => {
                 let error = self.login_error(&e);
-                tracing::warn!(pool = ?self.key, error = %e, "server login failed");
+                tracing::warn!(pool = %self.key, error = %e, "server login failed");
                 let transient = match &e {
                     ServerError::Connect { .. } | ServerError::Timeout(_) => true,
                     ServerError::Postgres(pg) => pg.sqlstate == crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
@@ -323,7 +337,7 @@ impl Pool {
         };
         self.login.succeeded();
         self.stats.metrics.connects.increment(1);
-        tracing::debug!(pool = ?self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
+        tracing::debug!(pool = %self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
         self.remember_welcome(&conn);
         conn.info.set_generation(self.generation());
         self.state.lock().servers.insert(conn.id, conn.info.clone());

@@ -113,7 +113,7 @@ impl LimitGroup {
             }
             let victim: Option<PooledServer> = pool.state.lock().idle.pop_front();
             if let Some(server) = victim {
-                tracing::debug!(group = %self.name, pool = ?pool.key, "closing an idle server to make room");
+                tracing::debug!(group = %self.name, pool = %pool.key, "closing an idle server to make room");
                 drop(server);
                 return true;
             }

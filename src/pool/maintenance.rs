@@ -61,7 +61,7 @@ impl Pool {
             stale
         };
         if !stale.is_empty() {
-            tracing::debug!(pool = ?self.key, closed = stale.len(), "closing idle servers (lifetime or idle timeout)");
+            tracing::debug!(pool = %self.key, closed = stale.len(), "closing idle servers (lifetime or idle timeout)");
         }
         drop(stale);
     }
@@ -76,7 +76,7 @@ impl Pool {
         let target = self.settings().target.clone();
         let probe = tokio::time::timeout(TICK, crate::server::open_socket(&target.host, target.port)).await;
         if matches!(probe, Ok(Ok(_))) {
-            tracing::debug!(pool = ?self.key, "server port answers again; retrying logins");
+            tracing::debug!(pool = %self.key, "server port answers again; retrying logins");
             self.login.retry_now();
         }
     }

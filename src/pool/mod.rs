@@ -40,6 +40,13 @@ pub struct PoolKey {
     pub user: String,
 }
 
+/// `database/user`, as PgBouncer names a pool in its log lines.
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
 /// How a pool behaves; fixed at creation.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -240,6 +247,11 @@ impl Pool {
             .waiters
             .front()
             .map_or(Duration::ZERO, |w| w.since.elapsed())
+    }
+
+    /// How many servers are open (for systemd's STATUS line).
+    pub fn server_count(&self) -> usize {
+        self.state.lock().servers.len()
     }
 
     /// The observable state of every open server.

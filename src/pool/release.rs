@@ -29,7 +29,7 @@ impl Pool {
         let reset = self.needs_reset();
         match disposition {
             Disposition::Close(reason) => {
-                tracing::debug!(pool = ?self.key, server = server.conn.id, reason, "closing server");
+                tracing::debug!(pool = %self.key, server = server.conn.id, reason = %reason, "closing server");
                 drop(server);
             }
             Disposition::Clean if !reset => self.give_back(server),
@@ -63,12 +63,12 @@ impl Pool {
         }
         for sql in queries {
             if let Err(e) = server.conn.run_internal(sql, CLEANUP_LIMIT).await {
-                tracing::warn!(pool = ?self.key, server = server.conn.id, error = %e, sql, "cleanup failed; closing server");
+                tracing::warn!(pool = %self.key, server = server.conn.id, error = %e, sql = %sql, "cleanup failed; closing server");
                 return;
             }
         }
         if server.conn.tx_status != b'I' {
-            tracing::warn!(pool = ?self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
+            tracing::warn!(pool = %self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }
         if reset.is_some() {
@@ -83,7 +83,7 @@ impl Pool {
     /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
-            tracing::debug!(pool = ?self.key, server = server.conn.id, "server_lifetime reached; closing");
+            tracing::debug!(pool = %self.key, server = server.conn.id, "server_lifetime reached; closing");
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             drop(server);
             return;
@@ -110,7 +110,7 @@ impl Pool {
             // A sibling pool is waiting for room under a shared limit: an idle server here
             // would keep it waiting, so close this one and free the unit.
             drop(st);
-            tracing::debug!(pool = ?self.key, "closing a released server to make room in a shared limit");
+            tracing::debug!(pool = %self.key, "closing a released server to make room in a shared limit");
             drop(server);
             return;
         }

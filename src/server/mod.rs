@@ -46,7 +46,7 @@ pub enum ServerError {
     #[error("{0}")]
     Auth(String),
     /// The server did not answer in time.
-    #[error("server did not answer within {0:?}")]
+    #[error("server did not answer within {}", crate::config::format_duration(*.0))]
     Timeout(Duration),
 }
 

@@ -174,8 +174,8 @@ async fn looked_up_secret(
     let mut server = match pool.checkout(&holder, limit).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = ?e, auth_user, "auth_query: no server for auth_user");
-            return Err(failed(format!("{e:?}")));
+            tracing::warn!(error = %e, auth_user = %auth_user, "auth_query: no server for auth_user");
+            return Err(failed(e.to_string()));
         }
     };
     let result = tokio::time::timeout(limit, auth_query::lookup(&mut server.conn, &p.auth_query, user)).await;
@@ -195,13 +195,16 @@ async fn looked_up_secret(
     let found = match result {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, auth_user, "auth_query failed");
+            tracing::warn!(error = %e, auth_user = %auth_user, "auth_query failed");
             return Err(failed(e.to_string()));
         }
         Err(_) => {
             return Err(Refusal::Fatal(PgError::fatal(
                 sqlstate::CONNECTION_FAILURE,
-                format!("authentication lookup (auth_query) did not finish within {limit:?}"),
+                format!(
+                    "authentication lookup (auth_query) did not finish within {}",
+                    crate::config::format_duration(limit)
+                ),
             )));
         }
     };

@@ -82,14 +82,26 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
     let Some(login) = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared)).await else {
         return;
     };
+    let log_connections = shared.config.load().pooler.log_connections;
     match login {
         Login::Console { user, role } => {
-            tracing::debug!(%peer, %user, ?role, "console login");
-            Box::pin(crate::admin::serve(stream, shared, role, user)).await;
+            let started = Instant::now();
+            if log_connections {
+                let tls = stream.tls_description();
+                tracing::info!(db = %"pgbouncer", %user, %tls, %peer, "login");
+            }
+            Box::pin(crate::admin::serve(stream, shared.clone(), role, user.clone())).await;
+            if shared.config.load().pooler.log_disconnections {
+                log_closing(&peer, "pgbouncer", &user, "console session ended", started);
+            }
         }
         Login::Pooled(logged_in) => {
             let logged_in = *logged_in;
-            tracing::debug!(%peer, user = %logged_in.info().user, database = %logged_in.info().database, "client logged in");
+            if log_connections {
+                let info = logged_in.info();
+                let tls = stream.tls_description();
+                tracing::info!(db = %info.database, user = %info.user, %tls, peer = %info.peer, "login");
+            }
             let max_message = (shared.config.load().pooler.max_packet_size as usize)
                 .min(crate::protocol::MAX_CLIENT_MESSAGE);
             let (reader, writer) = stream.into_split();
@@ -103,32 +115,70 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
             // login's task and everything its frames kept are freed, so an idle client costs
             // as little as it can.
             tokio::spawn(async move {
-                match session.run().await {
-                    Ending::ClientLeft => tracing::debug!(peer = %session.login.info().peer, "client left"),
+                let ending = session.run().await;
+                let info = session.login.info();
+                let p = &session.login.shared().config.load().pooler;
+                let reason = match &ending {
+                    Ending::ClientLeft => "client close request",
                     Ending::Error(e) => {
-                        tracing::info!(peer = %session.login.info().peer, error = %e, "session ended with an error");
+                        if p.log_pooler_errors {
+                            tracing::warn!(peer = %info.peer, db = %info.database, user = %info.user, "pooler error: {e}");
+                        }
+                        e.message.as_str()
                     }
+                };
+                if p.log_disconnections {
+                    log_closing(&info.peer, &info.database, &info.user, reason, info.connected_at);
                 }
             });
         }
     }
 }
 
+/// The disconnection line (log_disconnections), as PgBouncer's "closing because".
+fn log_closing(peer: &PeerAddr, db: &str, user: &str, reason: &str, since: Instant) {
+    let age_s = (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    tracing::info!(reason = %reason, age_s, db = %db, user = %user, %peer, "closing");
+}
+
 /// Logs the client in within client_login_timeout; a refused login is told its FATAL here.
 async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Shared>) -> Option<Login> {
     let login_limit = shared.config.load().pooler.client_login_timeout;
-    let refusal = match tokio::time::timeout(login_limit, startup::log_in(stream, peer, shared)).await {
+    let on_server = std::sync::atomic::AtomicBool::new(false);
+    let login = startup::log_in(stream, peer, shared, &on_server);
+    let refusal = match tokio::time::timeout(login_limit, login).await {
         Ok(Ok(login)) => return Some(login),
         Ok(Err(Refusal::Quiet)) => return None,
         Ok(Err(Refusal::Fatal(e))) => e,
-        Err(_) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_login_timeout (server down)")
-            .with_detail(format!("login did not complete within {login_limit:?}")),
+        Err(_) => login_timeout(login_limit, on_server.into_inner()),
     };
-    tracing::info!(%peer, error = %refusal, "login refused");
+    if shared.config.load().pooler.log_pooler_errors {
+        tracing::warn!(%peer, "login refused: {refusal}");
+    }
     let mut out = bytes::BytesMut::new();
     refusal.encode(&mut out);
     let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
     None
+}
+
+/// What a client that did not finish logging in within client_login_timeout is told: whether
+/// it was slow itself, or sluice was waiting for a server for it.
+fn login_timeout(limit: std::time::Duration, on_server: bool) -> PgError {
+    let limit = crate::config::format_duration(limit);
+    if on_server {
+        PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client_login_timeout (waiting for a server connection)",
+        )
+        .with_detail(format!(
+            "no server connection could be had within {limit} to complete the login; \
+                 server login errors, if any, are in sluice's log"
+        ))
+    } else {
+        PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_login_timeout").with_detail(format!(
+            "the client did not finish its startup, TLS handshake or authentication within {limit}"
+        ))
+    }
 }
 
 struct Session {

@@ -397,17 +397,17 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, BadParam> {
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()
-                .ok_or_else(|| BadParam(format!("options: -c without a setting in {options:?}")))?
+                .ok_or_else(|| BadParam(format!("options: -c without a setting in \"{options}\"")))?
         } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
             s.to_string()
         } else {
-            return Err(BadParam(format!("unsupported options word {w:?}")));
+            return Err(BadParam(format!("unsupported options word \"{w}\"")));
         };
         let (n, v) = setting
             .split_once('=')
-            .ok_or_else(|| BadParam(format!("options: {setting:?} is not name=value")))?;
+            .ok_or_else(|| BadParam(format!("options: \"{setting}\" is not name=value")))?;
         if n.is_empty() {
-            return Err(BadParam(format!("options: {setting:?} names no setting")));
+            return Err(BadParam(format!("options: \"{setting}\" names no setting")));
         }
         out.push((n.replace('-', "_"), v.to_string()));
     }

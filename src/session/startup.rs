@@ -63,10 +63,13 @@ impl From<std::io::Error> for Refusal {
 }
 
 /// Runs the whole login; on success the welcome has been written to the client.
+/// `on_server` is set while the login waits for a server rather than for the client (so a
+/// client_login_timeout can say which it was).
 pub(super) async fn log_in(
     stream: &mut Stream,
     peer: &PeerAddr,
     shared: &Arc<Shared>,
+    on_server: &std::sync::atomic::AtomicBool,
 ) -> Result<Login, Refusal> {
     let params = negotiate(stream, peer, shared).await?;
     let config = shared.config.load_full();
@@ -190,7 +193,12 @@ pub(super) async fn log_in(
     // wait is large, and every other login would carry it).
     let welcome = match pool.welcome_params() {
         Some(w) => w,
-        None => Box::pin(welcome_params(&pool, &info, &config)).await?,
+        None => {
+            on_server.store(true, std::sync::atomic::Ordering::Relaxed);
+            let welcome = Box::pin(welcome_params(&pool, &info, &config)).await?;
+            on_server.store(false, std::sync::atomic::Ordering::Relaxed);
+            welcome
+        }
     };
     let (process_id, secret_key) = registered.cancel_key();
 

@@ -94,7 +94,10 @@ impl Session {
                     let _ = self.client.send_error(&fatal, None).await;
                     return WaitOutcome::Fatal(fatal);
                 }
-                tracing::info!(client = self.login.info().id, error = %error, "no server for the client's request");
+                if self.login.shared().config.load().pooler.log_pooler_errors {
+                    let info = self.login.info();
+                    tracing::warn!(peer = %info.peer, db = %info.database, user = %info.user, "pooler error: {error}");
+                }
                 match fail_request(&mut self.client, &error, limit).await {
                     Ok(()) => WaitOutcome::Failed,
                     Err(_) => WaitOutcome::ClientGone,

@@ -45,7 +45,7 @@ pub fn client_acceptor(p: &PoolerConfig) -> Result<Option<tokio_rustls::TlsAccep
     }
     let (Some(cert_file), Some(key_file)) = (&p.client_tls_cert_file, &p.client_tls_key_file) else {
         return Err(format!(
-            "client_tls_sslmode = {:?} needs client_tls_cert_file and client_tls_key_file",
+            "client_tls_sslmode = {} needs client_tls_cert_file and client_tls_key_file",
             p.client_tls_sslmode
         ));
     };
@@ -146,7 +146,7 @@ pub fn protocol_versions(spec: &str, key: &str) -> Result<Vec<&'static Supported
             }
             other => {
                 return Err(format!(
-                    "{key}: unknown protocol {other:?}; expected secure, all, tlsv1.2 or tlsv1.3"
+                    "{key}: unknown protocol \"{other}\"; expected secure, all, tlsv1.2 or tlsv1.3"
                 ));
             }
         }
@@ -178,7 +178,7 @@ pub fn cipher_provider(spec: &str, key: &str) -> Result<CryptoProvider, String> 
             .cipher_suites
             .iter()
             .find(|s| s.suite().as_str().is_some_and(|n| n.eq_ignore_ascii_case(w)))
-            .ok_or_else(|| format!("{key}: unknown cipher suite {w:?} (rustls suite names expected)"))?;
+            .ok_or_else(|| format!("{key}: unknown cipher suite \"{w}\" (rustls suite names expected)"))?;
         chosen.push(*suite);
     }
     provider.cipher_suites = chosen;

@@ -70,13 +70,12 @@ pub async fn upgrade_server(stream: Stream, target: &ServerTarget) -> Result<Str
         b'N' => return Ok(Stream::Tcp(tcp)),
         other => {
             return Err(ServerError::Protocol(format!(
-                "server answered SSLRequest with {:?}",
-                other as char
+                "server answered SSLRequest with byte 0x{other:02x} (expected S or N)"
             )));
         }
     }
     let name = ServerName::try_from(target.host.clone())
-        .map_err(|e| ServerError::Auth(format!("server host {:?} is not a TLS name: {e}", target.host)))?;
+        .map_err(|e| ServerError::Auth(format!("server host \"{}\" is not a TLS name: {e}", target.host)))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector
         .connect(name, tcp)

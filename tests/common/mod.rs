@@ -21,6 +21,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod certs;
 mod postgres;
 pub mod raw;
