@@ -3,12 +3,14 @@
 
 mod duration;
 mod keys;
+mod listen;
 mod load;
 mod userlist;
 mod validate;
 mod validate_security;
 
 pub use duration::parse_duration;
+pub(crate) use listen::group_id;
 pub use load::ConfigError;
 pub use userlist::parse_userlist;
 
@@ -118,7 +120,7 @@ pub struct PoolerConfig {
     pub listen_addr: String,
     /// TCP port (and unix socket name `.s.PGSQL.<port>`).
     pub listen_port: u16,
-    /// Directory for the unix socket; no unix socket when absent or empty.
+    /// Directory for the unix socket (`/tmp`, as PgBouncer); an empty string turns it off.
     pub unix_socket_dir: Option<PathBuf>,
     /// Default pool mode for databases that do not set their own.
     pub pool_mode: PoolMode,
@@ -254,6 +256,17 @@ pub struct PoolerConfig {
     /// Period over which SHOW STATS averages are computed.
     #[serde(with = "duration")]
     pub stats_period: Duration,
+    /// Set SO_REUSEPORT on the TCP listener, so a second sluice can listen on the same port
+    /// (rolling restarts: start the new one, drain the old one).
+    pub so_reuseport: bool,
+    /// Permissions of the unix socket file (octal, PgBouncer's default 0777).
+    #[serde(with = "listen")]
+    pub unix_socket_mode: u32,
+    /// Group that owns the unix socket file (its mode then decides what the group may do).
+    pub unix_socket_group: Option<String>,
+    /// Pools of databases served through the `"*"` entry are freed after this long unused.
+    #[serde(with = "duration")]
+    pub autodb_idle_timeout: Duration,
 }
 
 impl Default for PoolerConfig {
@@ -261,7 +274,7 @@ impl Default for PoolerConfig {
         PoolerConfig {
             listen_addr: "127.0.0.1".to_string(),
             listen_port: 6432,
-            unix_socket_dir: None,
+            unix_socket_dir: Some(PathBuf::from("/tmp")),
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             max_client_conn: 100,
@@ -318,6 +331,10 @@ impl Default for PoolerConfig {
             leak_idle_in_transaction_threshold: Duration::from_secs(10),
             leak_hold_threshold: Duration::from_secs(60),
             leak_idle_client_threshold: Duration::from_secs(600),
+            so_reuseport: false,
+            unix_socket_mode: 0o777,
+            unix_socket_group: None,
+            autodb_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
