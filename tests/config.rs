@@ -1,5 +1,7 @@
 //! Integration tests of the configuration module: defaults, located errors, durations, lookups.
 
+#[path = "config/all_problems.rs"]
+mod all_problems;
 #[path = "config/cli.rs"]
 mod cli;
 #[path = "config/errors.rs"]

@@ -405,6 +405,12 @@ impl Config {
         load::load_file(path)
     }
 
+    /// As [`Config::load`], with every problem in the file (in file order), not only the first:
+    /// what `sluice check` reports.
+    pub fn load_all_problems(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+        load::load_file_all(path)
+    }
+
     /// Parses and validates config text; `origin` names it in errors; relative auth_file paths are
     /// resolved against `base_dir`.
     pub fn from_toml_str(
