@@ -92,6 +92,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     crate::stats::spawn_sampler(&shared);
     crate::leaks::spawn_detector(&shared);
     crate::sweeper::spawn_idle_sweeper(&shared);
+    crate::sweeper::spawn_autodb_sweeper(&shared);
     let logins = Arc::new(AtomicUsize::new(0));
     let mut accept_tasks = vec![
         tokio::spawn(accept_loop(tcp, shared.clone(), logins.clone())),

@@ -399,6 +399,11 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// Every `[pooler]` key, in declaration order (SHOW CONFIG lists them all, set or not).
+pub fn pooler_keys() -> &'static [&'static str] {
+    keys::field_names::<PoolerConfig>()
+}
+
 impl Config {
     /// Reads, parses and validates a config file, and the auth_file it names.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
