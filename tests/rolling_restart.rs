@@ -141,6 +141,16 @@ async fn pgbench_connection_per_transaction_survives_a_rolling_restart() {
         Some(0),
         "no failed transactions\n{report}"
     );
+    // The unix socket file is the new sluice's: the old one did not remove it when it exited.
+    let mut unix = tokio_postgres::Config::new();
+    unix.host_path(dir.path())
+        .port(port)
+        .user("sluice_trust")
+        .dbname("app");
+    let client = common::connect_with(unix)
+        .await
+        .expect("the new sluice's unix socket is still there");
+    client.simple_query("SELECT 1").await.unwrap();
     // The new sluice took over: it served transactions after the old one left.
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let totals = console_rows(addr, "admin", "SHOW STATS").await;
