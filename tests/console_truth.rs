@@ -281,3 +281,71 @@ async fn an_auto_database_pool_nobody_uses_is_freed_after_autodb_idle_timeout() 
     assert_eq!(pools_of(&admin, "app").await, 1);
     sluice.shutdown().await;
 }
+
+#[tokio::test]
+async fn auto_database_pools_are_bounded_and_unused_ones_make_room() {
+    use sluice::pool::{MAX_AUTO_POOLS, PoolKey, PoolRegistry};
+    let config =
+        sluice::Config::from_toml_str("[databases.app]\n[databases.\"*\"]\n", "test.toml", None).unwrap();
+    let registry = PoolRegistry::new(None);
+    let listed = |name: &str| name == "app";
+    let key = |i: usize| PoolKey {
+        database: format!("auto_{i}"),
+        user: "u".to_string(),
+    };
+    let settings =
+        |db: &str| sluice::pool::settings_for(&config, db, "u", None, sluice::tls::ServerTls::default());
+    // Each pool held, as a logged-in client holds its pool.
+    let mut held = Vec::new();
+    for i in 0..MAX_AUTO_POOLS {
+        let pool = registry
+            .get_or_create_auto(key(i), (0, 0), listed, || settings(&key(i).database))
+            .expect("under the bound");
+        held.push(pool);
+    }
+    let refused = registry.get_or_create_auto(key(MAX_AUTO_POOLS), (0, 0), listed, || settings("auto_over"));
+    assert_eq!(refused.err(), Some(MAX_AUTO_POOLS), "all in use: refused");
+    // A listed database is not counted.
+    let app = PoolKey {
+        database: "app".to_string(),
+        user: "u".to_string(),
+    };
+    assert!(
+        registry
+            .get_or_create_auto(app, (0, 0), listed, || settings("app"))
+            .is_ok()
+    );
+    // One pool unused: it makes room for the new one.
+    held.truncate(MAX_AUTO_POOLS - 1);
+    let fresh = registry.get_or_create_auto(key(MAX_AUTO_POOLS), (0, 0), listed, || settings("auto_over"));
+    assert!(fresh.is_ok(), "an unused pool was freed for it");
+    let names: Vec<String> = registry.all().iter().map(|p| p.key.database.clone()).collect();
+    assert!(
+        !names.contains(&key(MAX_AUTO_POOLS - 1).database),
+        "the unused pool is gone"
+    );
+    assert_eq!(names.len(), MAX_AUTO_POOLS + 1, "1000 auto pools and app");
+}
+
+#[tokio::test]
+async fn set_accepts_every_changeable_key_with_the_value_show_config_prints() {
+    let sluice = start_sluice(&config("stats_users = [\"ops\", \"viewer\"]")).await;
+    let admin = console(sluice.tcp_addr()).await;
+    let rows = console_query(&admin, "SHOW CONFIG").await;
+    let field = |r: &common::ConsoleRow, name: &str| r.get(name).cloned().flatten().unwrap_or_default();
+    let changeable: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| field(r, "changeable") == "yes")
+        .map(|r| (field(r, "key"), field(r, "value")))
+        .collect();
+    assert!(changeable.len() > 30, "{changeable:?}");
+    for (key, value) in &changeable {
+        let command = format!("SET {key} = '{value}'");
+        if let Some(error) = run(&admin, &command).await {
+            panic!("{command}: {error}");
+        }
+    }
+    let after = console_query(&admin, "SHOW CONFIG").await;
+    assert_eq!(rows, after, "setting each value to itself changes nothing");
+    sluice.shutdown().await;
+}

@@ -26,10 +26,10 @@ impl PoolRegistry {
             return Ok(p.clone());
         }
         let auto = |k: &PoolKey| !is_listed(&k.database);
-        if pools.keys().filter(|k| auto(k)).count() >= MAX_AUTO_POOLS {
+        if auto(&key) && pools.keys().filter(|k| auto(k)).count() >= MAX_AUTO_POOLS {
             let freed = self.free_where(&mut pools, |k, _| auto(k));
             tracing::info!(freed, "auto-database pools at their bound; freed the unused ones");
-            if pools.keys().filter(|k| auto(k)).count() >= MAX_AUTO_POOLS {
+            if auto(&key) && pools.keys().filter(|k| auto(k)).count() >= MAX_AUTO_POOLS {
                 return Err(MAX_AUTO_POOLS);
             }
         }
