@@ -22,7 +22,8 @@ async fn the_default_unix_socket_is_in_tmp_and_serves_clients() {
         parsed.pooler.unix_socket_dir.as_deref(),
         Some(std::path::Path::new("/tmp"))
     );
-    let sluice = start_sluice(&config("")).await;
+    // sluice::start, not start_sluice: the harness turns the default socket off.
+    let sluice = sluice::start(parsed).await.unwrap();
     let port = sluice.tcp_addr().port();
     let path = format!("/tmp/.s.PGSQL.{port}");
     assert_eq!(sluice.unix_socket_path().unwrap().to_str(), Some(path.as_str()));
