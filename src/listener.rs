@@ -88,7 +88,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
     let unix_path = unix.as_ref().map(|u| u.path.display().to_string());
-    tracing::info!(%tcp_addr, unix = unix_path.as_deref().unwrap_or("off"), "sluice listening");
+    tracing::info!(%tcp_addr, unix = %unix_path.as_deref().unwrap_or("off"), "sluice listening");
     crate::stats::spawn_sampler(&shared);
     crate::leaks::spawn_detector(&shared);
     crate::sweeper::spawn_idle_sweeper(&shared);
