@@ -11,6 +11,17 @@ use std::time::Instant;
 /// one is in use, the login is refused.
 pub const MAX_AUTO_POOLS: usize = 1000;
 
+/// What a client is told when every auto-database pool is in use (FATAL 53300).
+pub fn too_many_auto_pools(bound: usize) -> crate::protocol::PgError {
+    crate::protocol::PgError::fatal(
+        crate::protocol::sqlstate::TOO_MANY_CONNECTIONS,
+        "no more connections allowed (too many auto-database pools)",
+    )
+    .with_detail(format!(
+        "{bound} pools of databases served through \"*\" are in use"
+    ))
+}
+
 impl PoolRegistry {
     /// The pool for `key` of an auto database (`is_listed` says which databases the config
     /// names), created if new; `Err(MAX_AUTO_POOLS)` when that many auto pools are all in use.

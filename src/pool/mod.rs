@@ -15,7 +15,7 @@ mod release;
 mod settings;
 mod stats;
 
-pub use autodb::MAX_AUTO_POOLS;
+pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
 pub use checkout::CheckoutError;
 pub use control::ServerCounts;
 pub use limits::LimitGroup;

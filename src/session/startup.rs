@@ -185,17 +185,7 @@ pub(super) async fn log_in(
         shared
             .pools
             .get_or_create_auto(key, limits, listed, settings)
-            .map_err(|bound| {
-                Refusal::Fatal(
-                    PgError::fatal(
-                        sqlstate::TOO_MANY_CONNECTIONS,
-                        "no more connections allowed (too many auto-database pools)",
-                    )
-                    .with_detail(format!(
-                        "{bound} pools of databases served through \"*\" are in use"
-                    )),
-                )
-            })?
+            .map_err(|bound| Refusal::Fatal(crate::pool::too_many_auto_pools(bound)))?
     };
     // Known once any server of the pool logged in; only the first clients wait (boxed: that
     // wait is large, and every other login would carry it).
