@@ -15,6 +15,16 @@ const BACKLOG: i32 = 1024;
 /// Binds the TCP listener on `listen_addr:listen_port`.
 pub(crate) fn tcp(config: &Config) -> io::Result<TcpListener> {
     let addr = SocketAddr::new(config.listen_ip(), config.pooler.listen_port);
+    let listener = tcp_at(addr, config.pooler.so_reuseport)?;
+    if config.pooler.so_reuseport {
+        warn_without_request_migration();
+    }
+    Ok(listener)
+}
+
+/// Binds a TCP listener on `addr` (the pooler's, or the metrics endpoint's), sharing the port
+/// with a rolling restart's other sluice when `reuseport` is on.
+pub(crate) fn tcp_at(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -22,9 +32,8 @@ pub(crate) fn tcp(config: &Config) -> io::Result<TcpListener> {
     )?;
     // As tokio's own bind: a restarted sluice binds past connections in TIME_WAIT.
     socket.set_reuse_address(true)?;
-    if config.pooler.so_reuseport {
+    if reuseport {
         socket.set_reuse_port(true)?;
-        warn_without_request_migration();
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

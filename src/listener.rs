@@ -79,10 +79,12 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         .map_err(|source| Error::Bind { what: what(), source })?;
     let unix = crate::bind::unix(&config, tcp_addr.port())?;
     let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            what: format!("metrics endpoint {addr}"),
-            source,
-        })?),
+        Some(addr) => Some(
+            crate::bind::tcp_at(addr, config.pooler.so_reuseport).map_err(|source| Error::Bind {
+                what: format!("metrics endpoint {addr}"),
+                source,
+            })?,
+        ),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

@@ -1,6 +1,6 @@
 //! Rolling restart with `so_reuseport`: while `pgbench -C` opens a connection per transaction, a
 //! second sluice binds the same port and the first drains (SIGTERM) and exits; no connection and
-//! no transaction fails.
+//! no transaction fails. Both bind the same port, unix socket and metrics endpoint.
 
 mod common;
 
@@ -17,11 +17,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(port: u16, socket_dir: &Path) -> String {
+/// Both processes use this file: the same port, unix socket and metrics endpoint.
+fn config(port: u16, metrics_port: u16, socket_dir: &Path) -> String {
     format!(
         "[pooler]\nlisten_port = {port}\nso_reuseport = true\nunix_socket_dir = {:?}\n\
          auth_type = \"trust\"\nadmin_users = [\"admin\"]\nmax_client_conn = 200\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 4\n",
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 4\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         socket_dir.display().to_string(),
         pg().port()
     )
@@ -93,7 +95,7 @@ async fn pgbench_connection_per_transaction_survives_a_rolling_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = dir.path().join("pooler.toml");
-    std::fs::write(&path, config(port, dir.path())).unwrap();
+    std::fs::write(&path, config(port, free_port(), dir.path())).unwrap();
     let script = dir.path().join("select.sql");
     std::fs::write(&script, "SELECT 1;\n").unwrap();
     let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));
