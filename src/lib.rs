@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+mod bind;
 pub mod cancel;
 pub mod client_info;
 pub mod config;

@@ -9,6 +9,7 @@ use crate::{Config, Error};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
@@ -16,7 +17,8 @@ use tokio::task::JoinHandle;
 /// A pooler started in this process: its addresses, its shared state, and the handle to stop it.
 pub struct RunningPooler {
     tcp_addr: SocketAddr,
-    unix_socket: Option<PathBuf>,
+    /// The unix socket file and its (device, inode), removed at exit only if still ours.
+    unix_socket: Option<(PathBuf, (u64, u64))>,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -35,7 +37,7 @@ impl RunningPooler {
 
     /// Path of the unix socket file, when one is configured.
     pub fn unix_socket_path(&self) -> Option<&Path> {
-        self.unix_socket.as_deref()
+        self.unix_socket.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// The pooler's shared state (pools, config), for inspection.
@@ -61,8 +63,8 @@ impl RunningPooler {
         for t in &self.accept_tasks {
             t.abort();
         }
-        if let Some(path) = &self.unix_socket {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, file_id)) = &self.unix_socket {
+            crate::bind::UnixSocket::remove_file(path, *file_id);
         }
     }
 }
@@ -70,53 +72,36 @@ impl RunningPooler {
 /// Binds the listeners and starts serving clients in the current tokio runtime.
 pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     crate::security::check(&config)?;
-    let host = match config.pooler.listen_addr.as_str() {
-        "*" => "0.0.0.0",
-        other => other,
-    };
-    let tcp = TcpListener::bind((host, config.pooler.listen_port))
-        .await
-        .map_err(|source| Error::Bind {
-            what: format!("{host}:{}", config.pooler.listen_port),
-            source,
-        })?;
-    let tcp_addr = tcp.local_addr().map_err(|source| Error::Bind {
-        what: host.to_string(),
-        source,
-    })?;
-    let unix = match &config.pooler.unix_socket_dir {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            let path = dir.join(format!(".s.PGSQL.{}", tcp_addr.port()));
-            // A socket file left by a previous run would make bind fail.
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path).map_err(|source| Error::Bind {
-                what: path.display().to_string(),
-                source,
-            })?;
-            Some((listener, path))
-        }
-        _ => None,
-    };
+    let what = || format!("{}:{}", config.pooler.listen_addr, config.pooler.listen_port);
+    let tcp = crate::bind::tcp(&config).map_err(|source| Error::Bind { what: what(), source })?;
+    let tcp_addr = tcp
+        .local_addr()
+        .map_err(|source| Error::Bind { what: what(), source })?;
+    let unix = crate::bind::unix(&config, tcp_addr.port())?;
     let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            what: format!("metrics endpoint {addr}"),
-            source,
-        })?),
+        Some(addr) => Some(
+            crate::bind::tcp_at(addr, config.pooler.so_reuseport).map_err(|source| Error::Bind {
+                what: format!("metrics endpoint {addr}"),
+                source,
+            })?,
+        ),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
     match &unix {
-        Some((_, path)) => tracing::info!("sluice listening on {tcp_addr} and {}", path.display()),
+        Some(u) => tracing::info!("sluice listening on {tcp_addr} and {}", u.path.display()),
         None => tracing::info!("sluice listening on {tcp_addr}"),
     }
     crate::stats::spawn_sampler(&shared, crate::service::report_stats);
     crate::service::spawn_stop_notifier(&shared);
     crate::leaks::spawn_detector(&shared);
     crate::sweeper::spawn_idle_sweeper(&shared);
+    crate::sweeper::spawn_autodb_sweeper(&shared);
+    let logins = Arc::new(AtomicUsize::new(0));
     let mut accept_tasks = vec![
-        tokio::spawn(accept_loop(tcp, shared.clone())),
-        tokio::spawn(drain_monitor(shared.clone())),
+        tokio::spawn(accept_loop(tcp, shared.clone(), logins.clone())),
+        tokio::spawn(drain_monitor(shared.clone(), logins.clone())),
     ];
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
         if let Some(addr) = metrics_addr {
@@ -128,9 +113,10 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
             metrics,
         )));
     }
-    let unix_socket = unix.map(|(listener, path)| {
-        accept_tasks.push(tokio::spawn(accept_loop(listener, shared.clone())));
-        path
+    let unix_socket = unix.map(|socket| {
+        let file = (socket.path.clone(), socket.file_id());
+        accept_tasks.push(tokio::spawn(accept_loop(socket.listener, shared.clone(), logins)));
+        file
     });
     Ok(RunningPooler {
         tcp_addr,
@@ -145,13 +131,40 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
 trait Accept {
     /// Waits for the next connection.
     async fn next(&self) -> std::io::Result<(Stream, PeerAddr)>;
+
+    /// Closes the listener after taking the connections already in its queue (at most one
+    /// backlog's worth), without waiting for more.
+    fn close_after_queued(self) -> Vec<(Stream, PeerAddr)>;
 }
+
+/// Connections taken from a closing listener's queue, at most (the listen backlog).
+const QUEUED_AT_CLOSE: usize = 1024;
 
 impl Accept for TcpListener {
     async fn next(&self) -> std::io::Result<(Stream, PeerAddr)> {
         let (socket, addr) = self.accept().await?;
         let _ = socket.set_nodelay(true);
         Ok((Stream::Tcp(socket), PeerAddr::Tcp(addr)))
+    }
+
+    fn close_after_queued(self) -> Vec<(Stream, PeerAddr)> {
+        let Ok(listener) = self.into_std() else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        // Non-blocking: stops at the first EAGAIN, when the queue is empty.
+        while taken.len() < QUEUED_AT_CLOSE
+            && let Ok((socket, addr)) = listener.accept()
+        {
+            let socket = socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(socket));
+            if let Ok(socket) = socket {
+                let _ = socket.set_nodelay(true);
+                taken.push((Stream::Tcp(socket), PeerAddr::Tcp(addr)));
+            }
+        }
+        taken
     }
 }
 
@@ -160,10 +173,30 @@ impl Accept for UnixListener {
         let (socket, _) = self.accept().await?;
         Ok((Stream::Unix(socket), PeerAddr::Unix))
     }
+
+    fn close_after_queued(self) -> Vec<(Stream, PeerAddr)> {
+        let Ok(listener) = self.into_std() else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        while taken.len() < QUEUED_AT_CLOSE
+            && let Ok((socket, _)) = listener.accept()
+        {
+            let socket = socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(socket));
+            if let Ok(socket) = socket {
+                taken.push((Stream::Unix(socket), PeerAddr::Unix));
+            }
+        }
+        taken
+    }
 }
 
-/// One task per client until the pooler stops accepting; accept errors back off.
-async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
+/// One task per client until the pooler stops accepting; accept errors back off. At a
+/// shutdown the listener closes at once (a rolling restart's new sluice gets the new
+/// connections), and the connections already queued on it are served, not reset.
+async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<AtomicUsize>) {
     let mut life = shared.lifecycle_signal();
     let mut suspend = shared.suspend_signal();
     let mut backoff = AcceptBackoff::default();
@@ -173,21 +206,59 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>) {
         let accepted = tokio::select! {
             a = listener.next(), if !suspended => a,
             _ = suspend.changed() => continue,
-            _ = stopped_accepting(&mut life) => return,
+            _ = stopped_accepting(&mut life) => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                tokio::spawn(session::handle_client(stream, peer, shared.clone()));
+                serve(stream, peer, &shared, &logins);
             }
             Err(e) => {
                 let pause = backoff.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = stopped_accepting(&mut life) => return,
+                    _ = stopped_accepting(&mut life) => break,
                 }
             }
         }
+    }
+    let queued = listener.close_after_queued();
+    if !queued.is_empty() {
+        tracing::info!(
+            connections = queued.len(),
+            "serving the connections queued before the listener closed"
+        );
+    }
+    for (stream, peer) in queued {
+        serve(stream, peer, &shared, &logins);
+    }
+}
+
+/// Spawns a client's task, counted in `logins` until it has logged in (or is a console session).
+fn serve(stream: Stream, peer: PeerAddr, shared: &Arc<Shared>, logins: &Arc<AtomicUsize>) {
+    let guard = LoginInProgress::new(logins.clone());
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        session::handle_client(stream, peer, shared).await;
+        drop(guard);
+    });
+}
+
+/// Counts an accepted connection whose session has not ended yet. A pooled client's login task
+/// ends once it is registered (its session runs in a task of its own), so the count less the
+/// open console sessions is the logins in progress, which a drain waits for.
+struct LoginInProgress(Arc<AtomicUsize>);
+
+impl LoginInProgress {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        LoginInProgress(count)
+    }
+}
+
+impl Drop for LoginInProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -198,7 +269,7 @@ async fn stopped_accepting(rx: &mut tokio::sync::watch::Receiver<Lifecycle>) {
 
 /// Watches the lifecycle: while draining, closes clients as the mode allows and decides when
 /// the pooler exits; at exit, disconnects everyone and closes idle servers.
-async fn drain_monitor(shared: Arc<Shared>) {
+async fn drain_monitor(shared: Arc<Shared>, logins: Arc<AtomicUsize>) {
     let mut rx = shared.lifecycle_signal();
     loop {
         let life = *rx.borrow_and_update();
@@ -217,7 +288,10 @@ async fn drain_monitor(shared: Arc<Shared>) {
                         }
                     }
                 }
-                if shared.clients().is_empty() {
+                let logging_in = logins
+                    .load(Ordering::Acquire)
+                    .saturating_sub(shared.console_count());
+                if shared.clients().is_empty() && logging_in == 0 {
                     shared.shutdown(None);
                     continue;
                 }

@@ -27,7 +27,7 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit: 0 when valid, 1 with the error otherwise.
+    /// Validate a configuration file and exit: 0 when valid, 1 with every problem otherwise.
     Check {
         /// Configuration file (TOML).
         #[arg(value_name = "FILE")]
@@ -53,10 +53,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match sluice::Config::load(&path) {
+    let config = match sluice::Config::load_all_problems(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sluice: invalid configuration: {e}");
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("sluice: invalid configuration: {e}");
+            }
+            if errors.len() > 1 {
+                eprintln!("sluice: {} problems in {}", errors.len(), path.display());
+            }
             return ExitCode::from(1);
         }
     };

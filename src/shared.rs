@@ -247,6 +247,11 @@ impl Shared {
         ConsoleGuard { shared: self.clone() }
     }
 
+    /// Console sessions open now (a drain does not wait for them).
+    pub(crate) fn console_count(&self) -> usize {
+        self.consoles.load(Ordering::Acquire)
+    }
+
     /// A receiver of SUSPEND/RESUME changes (the listeners stop accepting while suspended).
     pub fn suspend_signal(&self) -> watch::Receiver<bool> {
         self.suspended.subscribe()

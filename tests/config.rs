@@ -1,5 +1,7 @@
 //! Integration tests of the configuration module: defaults, located errors, durations, lookups.
 
+#[path = "config/all_problems.rs"]
+mod all_problems;
 #[path = "config/cli.rs"]
 mod cli;
 #[path = "config/errors.rs"]
@@ -41,7 +43,10 @@ fn empty_config_has_defaults() {
     let p = &c.pooler;
     assert_eq!(p.listen_addr, "127.0.0.1");
     assert_eq!(p.listen_port, 6432);
-    assert_eq!(p.unix_socket_dir, None);
+    assert_eq!(p.unix_socket_dir.as_deref(), Some(std::path::Path::new("/tmp")));
+    assert!(!p.so_reuseport);
+    assert_eq!(p.unix_socket_mode, 0o777);
+    assert_eq!(p.autodb_idle_timeout, Duration::from_secs(3600));
     assert_eq!(p.pool_mode, PoolMode::Transaction);
     assert_eq!(p.default_pool_size, 20);
     assert_eq!(p.max_client_conn, 100);

@@ -55,9 +55,12 @@ pub(super) async fn run(
                 tracing::info!(%user, %key, %value, "SET from the console");
                 messages::command_complete(out, &format!("SET {key}={value}"));
             }
-            Err(e) => {
-                tracing::info!(%user, %key, %value, error = %e, "SET refused");
-                error(out, "SET failed".to_string());
+            Err(config_view::Refused(why)) => {
+                tracing::info!(%user, %key, %value, error = %why, "SET refused");
+                err("SET failed")
+                    .with_detail(why)
+                    .with_hint(config_view::changeable_hint())
+                    .encode(out);
             }
         },
         Command::Action { verb, arg } => match act(shared, &verb, arg.as_deref(), query).await {

@@ -1,5 +1,6 @@
 //! SHOW CONFIG and SET: every `[pooler]` setting with its value, default and whether it can be
-//! changed live; SET applies a new value through the same parser and validation as the file.
+//! changed live; SET applies a new value through the same parser and validation as the file, and
+//! refuses any other key saying why and which keys it can change.
 
 use super::result::{ResultSet, oid, t};
 use crate::config::{Config, PoolerConfig};
@@ -45,6 +46,25 @@ const CHANGEABLE: &[&str] = &[
     "log_disconnections",
     "log_pooler_errors",
     "log_stats",
+    "max_packet_size",
+    "leak_idle_in_transaction_threshold",
+    "leak_hold_threshold",
+    "leak_idle_client_threshold",
+    "autodb_idle_timeout",
+];
+
+/// Settings read once when sluice starts: what is bound or started then.
+const AT_START: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "unix_socket_group",
+    "so_reuseport",
+    "workers",
+    "pidfile",
+    "logfile",
+    "log_format",
 ];
 
 fn as_table(p: &PoolerConfig) -> toml::Table {
@@ -69,7 +89,7 @@ fn render(v: Option<&toml::Value>) -> String {
     }
 }
 
-/// SHOW CONFIG.
+/// SHOW CONFIG: every `[pooler]` key, set or not (an unset one shows an empty value).
 pub fn config(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("key", oid::TEXT),
@@ -79,16 +99,12 @@ pub fn config(shared: &Shared) -> ResultSet {
     ]);
     let current = as_table(&shared.config.load().pooler);
     let defaults = as_table(&PoolerConfig::default());
-    let mut keys: Vec<&String> = defaults.keys().collect();
-    keys.sort();
+    let mut keys = crate::config::pooler_keys().to_vec();
+    keys.sort_unstable();
     for key in keys {
-        let changeable = if CHANGEABLE.contains(&key.as_str()) {
-            "yes"
-        } else {
-            "no"
-        };
+        let changeable = if CHANGEABLE.contains(&key) { "yes" } else { "no" };
         rs.push(vec![
-            t(key.clone()),
+            t(key),
             t(render(current.get(key))),
             t(render(defaults.get(key))),
             t(changeable),
@@ -97,29 +113,42 @@ pub fn config(shared: &Shared) -> ResultSet {
     rs
 }
 
-/// SET key = value: validated like the config file, then applied live. Errors are the text the
-/// client gets.
-pub fn set(shared: &Shared, key: &str, value: &str) -> Result<(), String> {
+/// Why SET refused: the reason (the error's DETAIL).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+/// The HINT of a refused SET: which keys SET can change.
+pub fn changeable_hint() -> String {
+    format!("SET can change: {}", CHANGEABLE.join(", "))
+}
+
+/// SET key = value: validated like the config file, then applied live.
+pub fn set(shared: &Shared, key: &str, value: &str) -> Result<(), Refused> {
     if !CHANGEABLE.contains(&key) {
-        let known = as_table(&PoolerConfig::default()).contains_key(key);
-        return Err(if known {
-            format!("config variable '{key}' cannot be changed while running")
+        return Err(Refused(if AT_START.contains(&key) {
+            format!(
+                "{key} is read once when sluice starts (the listeners and worker threads are set up then); change it in the configuration file and restart sluice (so_reuseport allows a rolling restart)"
+            )
+        } else if crate::config::pooler_keys().contains(&key) {
+            format!(
+                "{key} names files or settings checked together with others (TLS, authentication files); change it in the configuration file and RELOAD"
+            )
         } else {
             format!("unknown config parameter: {key}")
-        });
+        }));
     }
     let current = shared.config.load_full();
     let mut table = as_table(&current.pooler);
-    let parsed = value_for(table.get(key), value)?;
+    let parsed = value_for(table.get(key), value).map_err(Refused)?;
     table.insert(key.to_string(), parsed);
     let pooler: PoolerConfig = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| format!("invalid value for {key}: {}", e.message()))?;
+        .map_err(|e: toml::de::Error| Refused(format!("invalid value for {key}: {}", e.message())))?;
     let mut next: Config = (*current).clone();
     next.pooler = pooler;
     next.validate()
-        .map_err(|e| format!("invalid value for {key}: {}", e.message))?;
-    shared.apply_config(next)?;
+        .map_err(|e| Refused(format!("invalid value for {key}: {}", e.message)))?;
+    shared.apply_config(next).map_err(Refused)?;
     Ok(())
 }
 

@@ -79,10 +79,10 @@ impl<'de> de::Deserializer<'de> for FieldGrabber<'_> {
     }
 }
 
-/// Finds the first key (in document order) that no struct accepts. `top` lists the top-level
+/// Finds every key (in document order) that no struct accepts. `top` lists the top-level
 /// tables; `users.NAME`, `databases.NAME` and `pooler` are checked against their structs. Values
 /// of the wrong type are left for serde to report.
-pub(super) fn find_unknown_key(root: &dyn TableLike, top: &[&str]) -> Option<(Problem, usize)> {
+pub(super) fn find_unknown_keys(root: &dyn TableLike, top: &[&str]) -> Vec<Problem> {
     let mut found: Vec<(Problem, usize)> = Vec::new();
     check_table(root, &[], top, &mut found);
     if let Some(pooler) = root.get("pooler").and_then(Item::as_table_like) {
@@ -105,7 +105,8 @@ pub(super) fn find_unknown_key(root: &dyn TableLike, top: &[&str]) -> Option<(Pr
             }
         }
     }
-    found.into_iter().min_by_key(|(_, offset)| *offset)
+    found.sort_by_key(|(_, offset)| *offset);
+    found.into_iter().map(|(problem, _)| problem).collect()
 }
 
 /// Records every key of `table` (at `path`) missing from `known`, with its byte offset.
@@ -120,12 +121,13 @@ fn check_table(table: &dyn TableLike, path: &[&str], known: &[&str], out: &mut V
         let hint = closest(name, known)
             .map(|k| format!(" (did you mean {k:?}?)"))
             .unwrap_or_default();
-        let message = format!("unknown key {name:?}{hint}; expected one of {}", known.join(", "));
+        let message = format!("unknown key {name:?}{hint}");
         out.push((Problem::new(&full, message), offset));
     }
 }
 
-/// The known key nearest to a misspelt one, when it is close enough to be a likely typo.
+/// The known key nearest to a misspelt one, when it is close enough to be a likely typo (the
+/// first in declaration order among equally near ones); None when nothing is close.
 fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()

@@ -1,8 +1,8 @@
 //! Reading config text into `Config`, with errors located by file, line, column and key.
 //!
 //! The pipeline: TOML syntax (via `toml_edit`, which keeps spans), unknown keys anywhere, value
-//! types (serde via `toml`), semantic validation, then the auth_file. The first failing stage
-//! gives the error; within a stage, the problem earliest in the file wins.
+//! types (serde via `toml`), semantic validation, then the auth_file. Every problem is collected
+//! (`sluice check` prints them all); a single error is the one earliest in the file.
 
 use super::keys::{self, Problem};
 use super::{Config, DatabaseConfig, PoolerConfig, UserConfig};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use toml_edit::{Document, TableLike};
+use toml_edit::{Document, DocumentMut, TableLike};
 
 /// A configuration problem, located precisely enough to fix it.
 ///
@@ -70,26 +70,88 @@ struct RawConfig {
 
 /// Reads and loads a config file; relative auth_file paths resolve against its directory.
 pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file_all(path).map_err(first)
+}
+
+/// As [`load_file`], with every problem found (in file order) instead of the first.
+pub(super) fn load_file_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&origin, 0, 0, "", &format!("cannot read the file: {e}")))?;
-    load_str(&text, &origin, path.parent())
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            &origin,
+            0,
+            0,
+            "",
+            &format!("cannot read the file: {e}"),
+        )]
+    })?;
+    load_str_all(&text, &origin, path.parent())
 }
 
 /// Parses, validates and completes (auth_file) config text.
 pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+    load_str_all(text, origin, base_dir).map_err(first)
+}
+
+/// The problem earliest in the file (unlocated ones first: the file could not be used at all).
+fn first(mut errors: Vec<ConfigError>) -> ConfigError {
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.swap_remove(0)
+}
+
+/// Most wrong-typed values reported in one run (each costs one more deserialization).
+const MAX_TYPE_ERRORS: usize = 100;
+
+/// Parses, validates and completes config text, collecting every problem: unknown keys, values
+/// of the wrong type (each key at fault is set aside and the rest deserialized again), semantic
+/// problems, and the auth_file. Only a TOML syntax error stops at once. Never returns an empty
+/// error list.
+pub(super) fn load_str_all(
+    text: &str,
+    origin: &str,
+    base_dir: Option<&Path>,
+) -> Result<Config, Vec<ConfigError>> {
     let doc = Document::parse(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, column) = keys::line_col(text, offset);
         let message = e.message().trim().to_string();
-        ConfigError::new(origin, line, column, &keys::guess_key(text, offset), &message)
+        vec![ConfigError::new(
+            origin,
+            line,
+            column,
+            &keys::guess_key(text, offset),
+            &message,
+        )]
     })?;
     let root: &dyn TableLike = doc.as_table();
     let located = Located { text, origin, root };
-    if let Some((problem, _)) = keys::find_unknown_key(root, keys::field_names::<RawConfig>()) {
-        return Err(located.error(&problem));
+    let unknown = keys::find_unknown_keys(root, keys::field_names::<RawConfig>());
+    let mut errors: Vec<ConfigError> = unknown.iter().map(|p| located.error(p)).collect();
+    let mut rest: DocumentMut = text.parse().map_err(|_| errors.clone())?;
+    for problem in &unknown {
+        remove_path(rest.as_table_mut(), &problem.path);
     }
-    let raw: RawConfig = toml::from_str(text).map_err(|e| located.serde_error(&e))?;
+    let raw = loop {
+        let current = rest.to_string();
+        let e = match toml::from_str::<RawConfig>(&current) {
+            Ok(raw) => break raw,
+            Err(e) => e,
+        };
+        let at_fault = Document::parse(current.as_str()).ok().and_then(|d| {
+            let offset = e.span()?.start;
+            keys::key_at(d.as_table(), offset).map(|(path, _)| path)
+        });
+        match at_fault {
+            Some(path) if errors.len() < MAX_TYPE_ERRORS && remove_path(rest.as_table_mut(), &path) => {
+                let message = plain_words(e.message().trim());
+                errors.push(located.error(&Problem { path, message }));
+            }
+            _ => {
+                errors.push(located.serde_error(&e));
+                return Err(errors);
+            }
+        }
+    };
     let mut config = Config {
         origin: origin.to_string(),
         pooler: raw.pooler,
@@ -98,13 +160,11 @@ pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Res
         auth_file_users: BTreeMap::new(),
         metrics: raw.metrics,
     };
-    let first = super::validate::problems(&config)
-        .into_iter()
-        .map(|p| located.error(&p))
-        .min_by_key(|e| (e.line, e.column));
-    if let Some(error) = first {
-        return Err(error);
-    }
+    errors.extend(
+        super::validate::problems(&config)
+            .iter()
+            .map(|p| located.error(p)),
+    );
     if let Some(base) = base_dir {
         super::validate_security::resolve_paths(&mut config.pooler, base);
     }
@@ -114,13 +174,35 @@ pub(super) fn load_str(text: &str, origin: &str, base_dir: Option<&Path>) -> Res
             _ => auth_file.clone(),
         };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            let message = format!("cannot read auth_file {shown:?}: {e}");
-            located.error(&Problem::new(&["pooler", "auth_file"], message))
-        })?;
-        config.auth_file_users = super::parse_userlist(&text, &shown)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match super::parse_userlist(&text, &shown) {
+                Ok(users) => config.auth_file_users = users,
+                Err(e) => errors.push(e),
+            },
+            Err(e) => {
+                let message = format!("cannot read auth_file {shown:?}: {e}");
+                errors.push(located.error(&Problem::new(&["pooler", "auth_file"], message)));
+            }
+        }
     }
-    Ok(config)
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    // File order; the auth_file's own problems (another file) after this file's.
+    errors.sort_by_key(|e| (e.file != origin, e.line, e.column));
+    Err(errors)
+}
+
+/// Removes the key at `path` (a table, or a key of a table or inline table); false when absent.
+fn remove_path(table: &mut dyn TableLike, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => table
+            .get_mut(first)
+            .and_then(|item| item.as_table_like_mut())
+            .is_some_and(|inner| remove_path(inner, rest)),
+    }
 }
 
 /// Config text with its parsed document, to give problems a line and column.

@@ -3,12 +3,14 @@
 
 mod duration;
 mod keys;
+mod listen;
 mod load;
 mod userlist;
 mod validate;
 mod validate_security;
 
 pub use duration::{format_duration, parse_duration};
+pub(crate) use listen::group_id;
 pub use load::ConfigError;
 pub use userlist::parse_userlist;
 
@@ -132,7 +134,7 @@ pub struct PoolerConfig {
     pub listen_addr: String,
     /// TCP port (and unix socket name `.s.PGSQL.<port>`).
     pub listen_port: u16,
-    /// Directory for the unix socket; no unix socket when absent or empty.
+    /// Directory for the unix socket (`/tmp`, as PgBouncer); an empty string turns it off.
     pub unix_socket_dir: Option<PathBuf>,
     /// Default pool mode for databases that do not set their own.
     pub pool_mode: PoolMode,
@@ -284,6 +286,17 @@ pub struct PoolerConfig {
     pub log_pooler_errors: bool,
     /// Log the totals line (rates and averages) every `stats_period`, as PgBouncer's key.
     pub log_stats: bool,
+    /// Set SO_REUSEPORT on the TCP listener, so a second sluice can listen on the same port
+    /// (rolling restarts: start the new one, drain the old one).
+    pub so_reuseport: bool,
+    /// Permissions of the unix socket file (octal, PgBouncer's default 0777).
+    #[serde(with = "listen")]
+    pub unix_socket_mode: u32,
+    /// Group that owns the unix socket file (its mode then decides what the group may do).
+    pub unix_socket_group: Option<String>,
+    /// Pools of databases served through the `"*"` entry are freed after this long unused.
+    #[serde(with = "duration")]
+    pub autodb_idle_timeout: Duration,
 }
 
 /// How log lines are written (`log_format`).
@@ -302,7 +315,7 @@ impl Default for PoolerConfig {
         PoolerConfig {
             listen_addr: "127.0.0.1".to_string(),
             listen_port: 6432,
-            unix_socket_dir: None,
+            unix_socket_dir: Some(PathBuf::from("/tmp")),
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             max_client_conn: 100,
@@ -366,6 +379,10 @@ impl Default for PoolerConfig {
             log_disconnections: true,
             log_pooler_errors: true,
             log_stats: true,
+            so_reuseport: false,
+            unix_socket_mode: 0o777,
+            unix_socket_group: None,
+            autodb_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -430,10 +447,21 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// Every `[pooler]` key, in declaration order (SHOW CONFIG lists them all, set or not).
+pub fn pooler_keys() -> &'static [&'static str] {
+    keys::field_names::<PoolerConfig>()
+}
+
 impl Config {
     /// Reads, parses and validates a config file, and the auth_file it names.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         load::load_file(path)
+    }
+
+    /// As [`Config::load`], with every problem in the file (in file order), not only the first:
+    /// what `sluice check` reports.
+    pub fn load_all_problems(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+        load::load_file_all(path)
     }
 
     /// Parses and validates config text; `origin` names it in errors; relative auth_file paths are

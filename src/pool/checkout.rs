@@ -329,7 +329,8 @@ impl Pool {
                     ServerError::Postgres(pg) => pg.sqlstate == crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
                     _ => false,
                 };
-                self.login.failed(&error, transient);
+                self.login
+                    .failed(&error, transient, self.settings().server_login_retry);
                 self.stats.metrics.connect_failures.increment(1);
                 drop(permit);
                 return Err(CheckoutError::Login(error));

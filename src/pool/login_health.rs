@@ -22,14 +22,12 @@ struct Failure {
 /// The login history of one pool.
 #[derive(Debug)]
 pub(super) struct LoginHealth {
-    cap: Duration,
     failure: Mutex<Option<Failure>>,
 }
 
 impl LoginHealth {
-    pub(super) fn new(cap: Duration) -> LoginHealth {
+    pub(super) fn new() -> LoginHealth {
         LoginHealth {
-            cap,
             failure: Mutex::new(None),
         }
     }
@@ -81,11 +79,13 @@ impl LoginHealth {
         }
     }
 
-    pub(super) fn failed(&self, error: &PgError, transient: bool) {
+    /// Records a failed login; the next attempt backs off, at most `cap` (server_login_retry,
+    /// read live so SET and RELOAD change it).
+    pub(super) fn failed(&self, error: &PgError, transient: bool, cap: Duration) {
         let mut f = self.failure.lock();
         let consecutive = f.as_ref().map_or(1, |f| f.consecutive.saturating_add(1));
         let exp = FIRST_RETRY.saturating_mul(1u32 << consecutive.min(16).saturating_sub(1));
-        let base = exp.min(self.cap.max(FIRST_RETRY));
+        let base = exp.min(cap.max(FIRST_RETRY));
         // Full jitter over the upper half: attempts from many pools do not line up.
         let delay = base.mul_f64(0.5 + rand::random::<f64>() * 0.5);
         *f = Some(Failure {
@@ -110,14 +110,15 @@ mod tests {
 
     #[test]
     fn failures_back_off_and_success_clears() {
-        let h = LoginHealth::new(Duration::from_secs(15));
+        let h = LoginHealth::new();
+        let cap = Duration::from_secs(15);
         assert!(h.blocked().is_none() && h.may_try());
         let e = PgError::fatal("57P03", "the database system is starting up");
-        h.failed(&e, true);
+        h.failed(&e, true, cap);
         assert!(h.transient_backoff());
         h.retry_now();
         assert!(h.may_try());
-        h.failed(&e, false);
+        h.failed(&e, false, cap);
         let cached = h.blocked().expect("blocked right after a failure");
         assert!(
             cached

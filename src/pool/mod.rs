@@ -3,6 +3,7 @@
 //! with other pools of the same database or user, a memory of failing logins, and one release path
 //! that never hands a dirty server on.
 
+mod autodb;
 mod checkout;
 mod control;
 mod diagnose;
@@ -14,6 +15,7 @@ mod release;
 mod settings;
 mod stats;
 
+pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
 pub use checkout::CheckoutError;
 pub use control::ServerCounts;
 pub use limits::LimitGroup;
@@ -179,7 +181,7 @@ impl Pool {
         user_group: Arc<LimitGroup>,
         metrics: crate::metrics::PoolMetrics,
     ) -> Arc<Pool> {
-        let login = LoginHealth::new(settings.server_login_retry);
+        let login = LoginHealth::new();
         let pool = Arc::new(Pool {
             key,
             settings: arc_swap::ArcSwap::from_pointee(settings),

@@ -9,9 +9,9 @@ use std::sync::Arc;
 /// All pools of the process. Looked up once per client login, never per message.
 #[derive(Default)]
 pub struct PoolRegistry {
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-    db_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
-    user_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
+    pub(super) pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pub(super) db_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
+    pub(super) user_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -37,6 +37,18 @@ impl PoolRegistry {
         if let Some(p) = pools.get(&key) {
             return p.clone();
         }
+        self.create(&mut pools, key, db_limit, user_limit, settings)
+    }
+
+    /// Creates a pool (with its maintenance task) and records it; the pools lock is held.
+    pub(super) fn create(
+        &self,
+        pools: &mut HashMap<PoolKey, Arc<Pool>>,
+        key: PoolKey,
+        db_limit: usize,
+        user_limit: usize,
+        settings: impl FnOnce() -> PoolSettings,
+    ) -> Arc<Pool> {
         let db_group = group(&self.db_groups, &key.database, "database", db_limit);
         let user_group = group(&self.user_groups, &key.user, "user", user_limit);
         let metrics = self

@@ -150,9 +150,17 @@ async fn looked_up_secret(
         user: auth_user.to_string(),
     };
     let auth_secret = config.user_secret(auth_user).map(Secret::parse);
-    let pool = shared.pools.get_or_create(key, 0, 0, || {
-        crate::pool::settings_for(config, &db_name, auth_user, auth_secret, server_tls)
-    });
+    let settings = || crate::pool::settings_for(config, &db_name, auth_user, auth_secret, server_tls);
+    let pool = if config.databases.contains_key(&db_name) {
+        shared.pools.get_or_create(key, 0, 0, settings)
+    } else {
+        // The client's database through "*", before it has logged in: bounded, freed when unused.
+        let listed = |name: &str| config.databases.contains_key(name);
+        shared
+            .pools
+            .get_or_create_auto(key, (0, 0), listed, settings)
+            .map_err(|bound| Refusal::Fatal(crate::pool::too_many_auto_pools(bound)))?
+    };
     let holder = Arc::new(crate::client_info::ClientInfo::new(
         crate::client_info::PeerAddr::Unix,
         None,

@@ -177,17 +177,26 @@ pub(super) async fn log_in(
     };
     let db_server_limit = db_config.max_db_connections.unwrap_or(p.max_db_connections) as usize;
     let user_server_limit = user_config.max_user_connections.unwrap_or(p.max_user_connections) as usize;
-    let pool = shared
-        .pools
-        .get_or_create(key, db_server_limit, user_server_limit, || {
-            crate::pool::settings_for(
-                &config,
-                &database,
-                &user,
-                secret.clone(),
-                server_tls(shared, &config),
-            )
-        });
+    let settings = || {
+        crate::pool::settings_for(
+            &config,
+            &database,
+            &user,
+            secret.clone(),
+            server_tls(shared, &config),
+        )
+    };
+    let limits = (db_server_limit, user_server_limit);
+    let pool = if config.databases.contains_key(&database) {
+        shared.pools.get_or_create(key, limits.0, limits.1, settings)
+    } else {
+        // A database served through "*": a bounded set, freed after autodb_idle_timeout.
+        let listed = |name: &str| config.databases.contains_key(name);
+        shared
+            .pools
+            .get_or_create_auto(key, limits, listed, settings)
+            .map_err(|bound| Refusal::Fatal(crate::pool::too_many_auto_pools(bound)))?
+    };
     pool.learn_login_secret(&user, secret.as_ref());
     // Known once any server of the pool logged in; only the first clients wait (boxed: that
     // wait is large, and every other login would carry it).

@@ -69,9 +69,14 @@ pub async fn connect_with(
 
 /// Parses `toml` (origin `test.toml`) and starts an in-process sluice on the current runtime.
 /// Panics with the configuration or start-up error. Use `listen_port = 0` for an ephemeral port.
+/// Without a `unix_socket_dir` in the text there is no unix socket (rather than one in /tmp
+/// that a test which never calls `shutdown` would leave behind).
 pub async fn start_sluice(toml: &str) -> sluice::RunningPooler {
-    let config = sluice::Config::from_toml_str(toml, "test.toml", None)
+    let mut config = sluice::Config::from_toml_str(toml, "test.toml", None)
         .unwrap_or_else(|e| panic!("invalid test config: {e}\n--- config ---\n{toml}"));
+    if !toml.contains("unix_socket_dir") {
+        config.pooler.unix_socket_dir = None;
+    }
     sluice::start(config)
         .await
         .unwrap_or_else(|e| panic!("sluice did not start: {e}"))

@@ -45,8 +45,8 @@ fn unknown_keys_are_errors_everywhere() {
     let err = load(pooler).unwrap_err();
     assert!(err.message.contains("did you mean \"pool_mode\""), "{err}");
     assert!(
-        err.message.contains("expected one of listen_addr, listen_port, "),
-        "{err}"
+        !err.message.contains("listen_addr"),
+        "only the nearest key is suggested: {err}"
     );
     assert_eq!(
         err.to_string().split(": ").take(2).collect::<Vec<_>>(),
@@ -65,14 +65,14 @@ fn unknown_keys_are_errors_everywhere() {
         2,
         1,
         "users.bob.pasword",
-        "expected one of password, pool_mode",
+        "did you mean \"password\"",
     );
     assert_error(
         "[pooler]\n[poolr]\nx = 1\n",
         2,
         2,
         "poolr",
-        "expected one of pooler, users, databases",
+        "did you mean \"pooler\"",
     );
     assert_error("listen_port = 1\n", 1, 1, "listen_port", "unknown key");
     assert_error(
