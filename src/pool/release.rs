@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Longest a rollback or reset query may take before the server is closed instead.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 
+/// Longest a released server waits for a cancel request on its way to it before it is closed.
+const CANCEL_WAIT: Duration = crate::cancel::FORWARD_LIMIT.saturating_add(Duration::from_secs(1));
+
 /// What state a client left its server in, decided by the session that used it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
@@ -24,8 +27,22 @@ pub enum Disposition {
 }
 
 impl Pool {
-    /// Returns a server to the pool according to how the client left it.
+    /// Returns a server to the pool according to how the client left it. A server with a cancel
+    /// request on its way is lent to nobody until PostgreSQL has taken the request (it would
+    /// cancel the next client's query), off the client's path.
     pub fn release(self: &Arc<Self>, server: PooledServer, disposition: Disposition) {
+        if server.conn.info.cancel_in_flight() && !matches!(disposition, Disposition::Close(_)) {
+            server.conn.info.set(ServerUse::Cleaning);
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if server.conn.info.cancels_arrived(CANCEL_WAIT).await {
+                    pool.release(server, disposition);
+                } else {
+                    tracing::warn!(pool = ?pool.key, server = server.conn.id, "a cancel request for the server did not arrive; closing it");
+                }
+            });
+            return;
+        }
         let reset = self.needs_reset();
         match disposition {
             Disposition::Close(reason) => {

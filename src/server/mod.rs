@@ -5,7 +5,7 @@ mod info;
 mod login;
 pub mod statements;
 
-pub use info::{ServerInfo, ServerUse, TxState};
+pub use info::{CancelInFlight, ServerInfo, ServerUse, TxState};
 
 pub use login::{ServerTarget, connect, open_socket};
 

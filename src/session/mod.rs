@@ -337,6 +337,7 @@ impl Session {
             port: server.conn.target_addr.1,
             backend_pid: server.conn.backend_pid,
             backend_secret: server.conn.backend_secret,
+            server: server.conn.info.clone(),
         }));
         Ok(server)
     }

@@ -141,6 +141,7 @@ async fn relay_loop(
                         server.target_addr.1,
                         server.backend_pid,
                         server.backend_secret,
+                        server.info.cancel_leaving(),
                     );
                     continue;
                 }
@@ -195,15 +196,18 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 
 /// How a client message is read: whole when sluice must look at it, in pieces otherwise.
 /// `executes_answered`: a portal is a DEALLOCATE sluice answers, so Executes are read whole.
-fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Want {
-    match tag {
+/// A message PostgreSQL would not accept here is refused at its header: nothing of it, nor of
+/// anything after it, reaches the server.
+fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Result<Want, FrameError> {
+    crate::protocol::check_client_message(tag, total)?;
+    Ok(match tag {
         b'X' => Want::Whole,
         b'E' if executes_answered => Want::Whole,
         b'P' | b'D' | b'C' if tracking => Want::Whole,
         b'B' if tracking => Want::Head(BIND_HEAD),
         b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
         _ => Want::Pass,
-    }
+    })
 }
 
 /// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
