@@ -1,11 +1,13 @@
 //! The one way a server goes back: clean servers go straight to the oldest waiter or the idle
-//! queue (unless past their lifetime); servers left in a transaction are rolled back, and reset
-//! where the pool mode asks for it, off the client's path; anything uncertain is closed.
+//! queue (unless past their lifetime); servers left in a transaction are rolled back, servers
+//! whose role may have changed get their login identity back, and servers are reset where the
+//! pool mode asks for it, all off the client's path; anything uncertain, or any cleanup that
+//! fails, closes the server. A server with a cancel request on its way waits for it first.
 
 use super::{Grant, Pool, PooledServer};
 use crate::config::PoolMode;
 use crate::metrics::Recycle;
-use crate::server::ServerUse;
+use crate::server::{Identity, ServerUse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,7 @@ impl Pool {
                 tracing::debug!(pool = ?self.key, server = server.conn.id, reason, "closing server");
                 drop(server);
             }
-            Disposition::Clean if !reset => self.give_back(server),
+            Disposition::Clean if !reset && server.conn.identity == Identity::Login => self.give_back(server),
             Disposition::Clean | Disposition::Rollback => {
                 server.conn.info.set(ServerUse::Cleaning);
                 let pool = self.clone();
@@ -75,6 +77,11 @@ impl Pool {
         if rollback {
             queries.push("ROLLBACK");
         }
+        let identity = server.conn.identity;
+        if identity == Identity::MaybeChanged {
+            // Back to the user the server logged in as, before anyone else gets it.
+            queries.push("RESET SESSION AUTHORIZATION; RESET ROLE");
+        }
         if let Some(r) = &reset {
             queries.push(r);
         }
@@ -88,12 +95,30 @@ impl Pool {
             tracing::warn!(pool = ?self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }
+        if identity == Identity::MaybeChanged {
+            if !self.identity_is_login(&server) {
+                tracing::warn!(pool = ?self.key, server = server.conn.id, "server still not its login user after the reset; closing");
+                return;
+            }
+            server.conn.identity = Identity::Login;
+        }
         if reset.is_some() {
             // The reset query wiped session state: nothing sluice applied is left on the server.
             // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
             server.conn.applied.clear();
         }
         self.give_back(server);
+    }
+
+    /// True when the server reports the session authorization and superuser status its pool's
+    /// servers log in with.
+    fn identity_is_login(&self, server: &PooledServer) -> bool {
+        let Some(login) = self.welcome_params() else {
+            return false;
+        };
+        ["session_authorization", "is_superuser"]
+            .iter()
+            .all(|k| server.conn.params.get(*k) == login.get(*k))
     }
 
     /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its

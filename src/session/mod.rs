@@ -5,6 +5,7 @@
 mod client;
 mod client_auth;
 mod deallocate;
+mod identity;
 mod link;
 mod params;
 mod prepared;
@@ -358,12 +359,8 @@ impl Session {
             }
             Err(ServerError::Postgres(e)) => {
                 // The client asked for a setting the server refuses (as PostgreSQL would at login).
-                let d = if server.conn.tx_status == b'I' {
-                    Disposition::Clean
-                } else {
-                    Disposition::Close("bad SET")
-                };
-                pool.release(server, d);
+                // What state the failed sync left is not known: the server is closed.
+                pool.release(server, Disposition::Close("parameter sync failed"));
                 return Err(e.with_severity(crate::protocol::Severity::Fatal));
             }
             Err(e) => {

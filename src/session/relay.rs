@@ -240,6 +240,7 @@ fn pump_client(
             }
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
+                watch_identity(link, server, tag, &piece);
                 match tag {
                     Some(t) if link.client_skipping && t != b'S' => {
                         link.dropping_message = true;
@@ -265,6 +266,7 @@ fn pump_client(
                 return Ok(true);
             }
             ScanItem::Whole { tag, len } => {
+                watch_identity(link, server, Some(tag), &client.inbuf[..len]);
                 link.dropping_message = false;
                 if link.client_skipping {
                     client.inbuf.advance(len);
@@ -288,6 +290,7 @@ fn pump_client(
                 }
             }
             ScanItem::Head { tag, len, head } => {
+                watch_identity(link, server, Some(tag), &client.inbuf[..head]);
                 link.dropping_message = link.client_skipping;
                 if link.client_skipping {
                     client.inbuf.advance(head);
@@ -327,6 +330,16 @@ fn pump_client(
         }
     }
     Ok(false)
+}
+
+/// Feeds client bytes (`tag` set at a message's start) to the identity watch; a message that
+/// may change the role or session authorization marks the server for a reset at release.
+fn watch_identity(link: &mut Link, server: &mut ServerConn, tag: Option<u8>, bytes: &[u8]) {
+    let mut hit = tag.is_some_and(|t| link.identity.start(t));
+    hit |= link.identity.feed(bytes);
+    if hit {
+        server.identity = crate::server::Identity::MaybeChanged;
+    }
 }
 
 fn translator<'a>(
@@ -473,6 +486,10 @@ fn pump_server(
                 b'T' | b'n' => row_description(&msg, link, server, ctx),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
+                        if super::params::is_identity(name) {
+                            // Reported only when it changed: who the session is changed.
+                            server.identity = crate::server::Identity::MaybeChanged;
+                        }
                         ctx.params.observe_server_report(name, value);
                         if name == "application_name" {
                             ctx.info.set_application_name(value);
