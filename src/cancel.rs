@@ -97,7 +97,7 @@ pub fn send_cancel(
 
 /// Longest a cancel request may take to reach PostgreSQL; the release path waits a little more
 /// for it before it closes the server instead.
-pub const FORWARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const FORWARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a connection to the server, sends the CancelRequest and waits until PostgreSQL closes
 /// that connection (it has signalled the backend by then), within [`FORWARD_LIMIT`]; then the

@@ -208,7 +208,7 @@ impl ClientInfo {
     /// Where a cancel request from this client goes now, with that server marked as having a
     /// cancel in flight (taken under the same lock that [`ClientInfo::set_cancel_target`] clears
     /// the target under, so a release that follows sees the mark).
-    pub fn cancel_target_leaving(&self) -> Option<(CancelTarget, crate::server::CancelInFlight)> {
+    pub(crate) fn cancel_target_leaving(&self) -> Option<(CancelTarget, crate::server::CancelInFlight)> {
         let target = self.cancel_target.lock();
         target.as_ref().map(|t| (t.clone(), t.server.cancel_leaving()))
     }

@@ -9,7 +9,7 @@ mod scan;
 mod startup;
 
 pub use error_response::{PgError, Severity, sqlstate};
-pub use frontend::check_client_message;
+pub(crate) use frontend::check_client_message;
 pub use scan::{FrameError, FrameScanner, ScanItem, Want};
 pub use startup::{StartupError, StartupPacket, StartupParams, read_startup_packet};
 

@@ -95,7 +95,7 @@ impl ServerInfo {
 
     /// Notes a cancel request for this server's backend leaving now; it is in flight until the
     /// returned guard is dropped.
-    pub fn cancel_leaving(self: &Arc<Self>) -> CancelInFlight {
+    pub(crate) fn cancel_leaving(self: &Arc<Self>) -> CancelInFlight {
         self.cancels
             .count
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -103,12 +103,12 @@ impl ServerInfo {
     }
 
     /// True while a cancel request for this server is on its way.
-    pub fn cancel_in_flight(&self) -> bool {
+    pub(crate) fn cancel_in_flight(&self) -> bool {
         self.cancels.count.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Waits until no cancel request for this server is on its way; false if `limit` passed first.
-    pub async fn cancels_arrived(&self, limit: std::time::Duration) -> bool {
+    pub(crate) async fn cancels_arrived(&self, limit: std::time::Duration) -> bool {
         let wait = async {
             loop {
                 let done = self.cancels.done.notified();

@@ -214,6 +214,19 @@ impl Session {
         })
     }
 
+    /// A request whose first message PostgreSQL would not accept gets no server at all (the
+    /// relay refuses later messages the same way).
+    fn refused_request(&self) -> Option<PgError> {
+        let head = self.client.inbuf.get(..5).filter(|_| self.client.at_boundary())?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let total = usize::try_from(len).ok()?.checked_add(1)?;
+        let e = crate::protocol::check_client_message(head[0], total).err()?;
+        Some(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid message from client: {e}"),
+        ))
+    }
+
     /// Sends a FATAL (after what is buffered, when `flush_first`) and ends the session with it.
     async fn end_with(&mut self, e: PgError, flush_first: bool) -> Ending {
         if flush_first {
@@ -225,6 +238,9 @@ impl Session {
 
     /// Waiting: get a server and bring it to the client's settings.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
+        if let Some(e) = self.refused_request() {
+            return Err(self.end_with(e, false).await);
+        }
         match self.wait_for_server(since).await {
             WaitOutcome::Server(server) => match self.prepare(server, since).await {
                 Ok(server) => Ok(SessionState::Active(Box::new(Active {
