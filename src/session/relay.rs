@@ -5,6 +5,7 @@
 //! and the completions that answer extended-protocol messages (see `responses`).
 
 use super::client::ClientIo;
+use super::identity::watch_identity;
 use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
 use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
@@ -330,16 +331,6 @@ fn pump_client(
         }
     }
     Ok(false)
-}
-
-/// Feeds client bytes (`tag` set at a message's start) to the identity watch; a message that
-/// may change the role or session authorization marks the server for a reset at release.
-fn watch_identity(link: &mut Link, server: &mut ServerConn, tag: Option<u8>, bytes: &[u8]) {
-    let mut hit = tag.is_some_and(|t| link.identity.start(t));
-    hit |= link.identity.feed(bytes);
-    if hit {
-        server.identity = crate::server::Identity::MaybeChanged;
-    }
 }
 
 fn translator<'a>(
