@@ -218,6 +218,14 @@ impl ClientInfo {
         self.cancel_target.lock().clone()
     }
 
+    /// Where a cancel request from this client goes now, with that server marked as having a
+    /// cancel in flight (taken under the same lock that [`ClientInfo::set_cancel_target`] clears
+    /// the target under, so a release that follows sees the mark).
+    pub(crate) fn cancel_target_leaving(&self) -> Option<(CancelTarget, crate::server::CancelInFlight)> {
+        let target = self.cancel_target.lock();
+        target.as_ref().map(|t| (t.clone(), t.server.cancel_leaving()))
+    }
+
     /// How many named prepared statements the client holds (SHOW CLIENTS).
     pub fn prepared(&self) -> u32 {
         self.prepared.load(Ordering::Relaxed)

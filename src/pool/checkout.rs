@@ -303,6 +303,14 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::CheckFailed, 1);
             return None;
         }
+        if server.conn.tx_status != b'I' {
+            tracing::info!(
+                server = server.conn.id,
+                "the check query left the server in a transaction; discarding"
+            );
+            self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            return None;
+        }
         server.conn.last_used = Instant::now();
         Some(server)
     }

@@ -1,16 +1,21 @@
 //! The one way a server goes back: clean servers go straight to the oldest waiter or the idle
-//! queue (unless past their lifetime); servers left in a transaction are rolled back, and reset
-//! where the pool mode asks for it, off the client's path; anything uncertain is closed.
+//! queue (unless past their lifetime); servers left in a transaction are rolled back, servers
+//! whose role may have changed get their login identity back, and servers are reset where the
+//! pool mode asks for it, all off the client's path; anything uncertain, or any cleanup that
+//! fails, closes the server. A server with a cancel request on its way waits for it first.
 
 use super::{Grant, Pool, PooledServer};
 use crate::config::PoolMode;
 use crate::metrics::Recycle;
-use crate::server::ServerUse;
+use crate::server::{Identity, ServerUse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest a rollback or reset query may take before the server is closed instead.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest a released server waits for a cancel request on its way to it before it is closed.
+const CANCEL_WAIT: Duration = crate::cancel::FORWARD_LIMIT.saturating_add(Duration::from_secs(1));
 
 /// What state a client left its server in, decided by the session that used it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +29,29 @@ pub enum Disposition {
 }
 
 impl Pool {
-    /// Returns a server to the pool according to how the client left it.
+    /// Returns a server to the pool according to how the client left it. A server with a cancel
+    /// request on its way is lent to nobody until PostgreSQL has taken the request (it would
+    /// cancel the next client's query), off the client's path.
     pub fn release(self: &Arc<Self>, server: PooledServer, disposition: Disposition) {
+        if server.conn.info.cancel_in_flight() && !matches!(disposition, Disposition::Close(_)) {
+            server.conn.info.set(ServerUse::Cleaning);
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if server.conn.info.cancels_arrived(CANCEL_WAIT).await {
+                    pool.release(server, disposition);
+                } else {
+                    tracing::warn!(pool = ?pool.key, server = server.conn.id, "a cancel request for the server did not arrive; closing it");
+                }
+            });
+            return;
+        }
         let reset = self.needs_reset();
         match disposition {
             Disposition::Close(reason) => {
                 tracing::debug!(pool = %self.key, server = server.conn.id, reason = %reason, "closing server");
                 drop(server);
             }
-            Disposition::Clean if !reset => self.give_back(server),
+            Disposition::Clean if !reset && server.conn.identity == Identity::Login => self.give_back(server),
             Disposition::Clean | Disposition::Rollback => {
                 server.conn.info.set(ServerUse::Cleaning);
                 let pool = self.clone();
@@ -58,6 +77,11 @@ impl Pool {
         if rollback {
             queries.push("ROLLBACK");
         }
+        let identity = server.conn.identity;
+        if identity == Identity::MaybeChanged {
+            // Back to the user the server logged in as, before anyone else gets it.
+            queries.push("RESET SESSION AUTHORIZATION; RESET ROLE");
+        }
         if let Some(r) = &reset {
             queries.push(r);
         }
@@ -71,12 +95,30 @@ impl Pool {
             tracing::warn!(pool = %self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }
+        if identity == Identity::MaybeChanged {
+            if !self.identity_is_login(&server) {
+                tracing::warn!(pool = ?self.key, server = server.conn.id, "server still not its login user after the reset; closing");
+                return;
+            }
+            server.conn.identity = Identity::Login;
+        }
         if reset.is_some() {
             // The reset query wiped session state: nothing sluice applied is left on the server.
             // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
             server.conn.applied.clear();
         }
         self.give_back(server);
+    }
+
+    /// True when the server reports the session authorization and superuser status its pool's
+    /// servers log in with.
+    fn identity_is_login(&self, server: &PooledServer) -> bool {
+        let Some(login) = self.welcome_params() else {
+            return false;
+        };
+        ["session_authorization", "is_superuser"]
+            .iter()
+            .all(|k| server.conn.params.get(*k) == login.get(*k))
     }
 
     /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its

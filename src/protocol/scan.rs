@@ -13,6 +13,20 @@ pub enum FrameError {
         /// The length field as received.
         len: i32,
     },
+    /// A message type the receiver does not accept here (PostgreSQL's own wording).
+    #[error("invalid frontend message type {tag}")]
+    UnknownType {
+        /// Message type byte.
+        tag: u8,
+    },
+    /// A length that this message type cannot have (PostgreSQL's own wording).
+    #[error("invalid message length {len} for message type '{}'", *tag as char)]
+    WrongLength {
+        /// Message type byte.
+        tag: u8,
+        /// Total length of the message.
+        len: usize,
+    },
     /// Length above what sluice accepts for this message.
     #[error("message of type '{}' is {len} bytes, more than the {max} allowed", *tag as char)]
     TooLarge {
@@ -92,7 +106,9 @@ impl FrameScanner {
 
     /// Looks at the front of `buf`; `whole` says which message types must be seen complete.
     pub fn next(&mut self, buf: &[u8], whole: impl Fn(u8) -> bool) -> Result<ScanItem, FrameError> {
-        self.next_with(buf, |tag, _| if whole(tag) { Want::Whole } else { Want::Pass })
+        self.next_with(buf, |tag, _| {
+            Ok(if whole(tag) { Want::Whole } else { Want::Pass })
+        })
     }
 
     /// The rest of a message handed out as a [`ScanItem::Head`] passes in pieces from here:
@@ -102,11 +118,11 @@ impl FrameScanner {
     }
 
     /// Looks at the front of `buf`; `want` decides from a message's type and total length how it
-    /// is handed out.
+    /// is handed out, or refuses it: then not a byte of it is handed out.
     pub fn next_with(
         &mut self,
         buf: &[u8],
-        want: impl Fn(u8, usize) -> Want,
+        want: impl Fn(u8, usize) -> Result<Want, FrameError>,
     ) -> Result<ScanItem, FrameError> {
         if self.remaining > 0 {
             if buf.is_empty() {
@@ -132,7 +148,7 @@ impl FrameScanner {
                 max: self.max_message,
             });
         }
-        let wanted = match want(tag, total) {
+        let wanted = match want(tag, total)? {
             Want::Head(n) if total > n => {
                 if buf.len() < n {
                     return Ok(ScanItem::NeedMore);
@@ -207,7 +223,7 @@ mod tests {
     fn a_message_asked_for_by_its_head_hands_out_the_head_then_passes_the_rest() {
         let stream = msg(b'B', &[1u8; 100]);
         let mut s = FrameScanner::new(16, usize::MAX);
-        let want = |t, _| if t == b'B' { Want::Head(20) } else { Want::Pass };
+        let want = |t, _| Ok(if t == b'B' { Want::Head(20) } else { Want::Pass });
         assert_eq!(s.next_with(&stream[..10], want), Ok(ScanItem::NeedMore));
         assert_eq!(
             s.next_with(&stream, want),

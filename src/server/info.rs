@@ -52,6 +52,31 @@ pub struct ServerInfo {
     generation: std::sync::atomic::AtomicU64,
     prepared: std::sync::atomic::AtomicU32,
     state: Mutex<(ServerUse, i32)>,
+    /// Cancel requests for this server's backend on their way to PostgreSQL.
+    cancels: CancelsInFlight,
+}
+
+/// How many cancel requests for a server are on their way, and a wake-up for whoever waits for
+/// them to arrive: while one is, the server goes to no other client (it would cancel that
+/// client's query).
+#[derive(Debug, Default)]
+struct CancelsInFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// One cancel request on its way to a server's backend; dropping it (the request reached
+/// PostgreSQL, or sending it failed) lets the server be released to other clients again.
+#[derive(Debug)]
+pub struct CancelInFlight(Arc<ServerInfo>);
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        let c = &self.0.cancels;
+        if c.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            c.done.notify_waiters();
+        }
+    }
 }
 
 impl ServerInfo {
@@ -64,7 +89,38 @@ impl ServerInfo {
             generation: std::sync::atomic::AtomicU64::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
+            cancels: CancelsInFlight::default(),
         }
+    }
+
+    /// Notes a cancel request for this server's backend leaving now; it is in flight until the
+    /// returned guard is dropped.
+    pub(crate) fn cancel_leaving(self: &Arc<Self>) -> CancelInFlight {
+        self.cancels
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        CancelInFlight(self.clone())
+    }
+
+    /// True while a cancel request for this server is on its way.
+    pub(crate) fn cancel_in_flight(&self) -> bool {
+        self.cancels.count.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Waits until no cancel request for this server is on its way; false if `limit` passed first.
+    pub(crate) async fn cancels_arrived(&self, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let done = self.cancels.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if !self.cancel_in_flight() {
+                    return;
+                }
+                done.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// The pool generation it belongs to (RECONNECT starts a new one).

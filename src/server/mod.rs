@@ -5,7 +5,7 @@ mod info;
 mod login;
 pub mod statements;
 
-pub use info::{ServerInfo, ServerUse, TxState};
+pub use info::{CancelInFlight, ServerInfo, ServerUse, TxState};
 
 pub use login::{ServerTarget, connect, open_socket};
 
@@ -84,6 +84,18 @@ pub struct ServerConn {
     pub info: std::sync::Arc<ServerInfo>,
     /// The prepared statements sluice created on it for clients (transaction mode).
     pub statements: statements::ServerStatements,
+    /// Whether a client may have changed who the session is.
+    pub identity: Identity,
+}
+
+/// Who a server's session is, as far as sluice can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The user it logged in as, with no role set.
+    Login,
+    /// A client ran something that may have changed the role or session authorization: the
+    /// release path resets both (or closes the server) before anyone else gets it.
+    MaybeChanged,
 }
 
 impl ServerConn {
@@ -106,6 +118,7 @@ impl ServerConn {
             last_used: now,
             target_addr,
             statements: Default::default(),
+            identity: Identity::Login,
         }
     }
 

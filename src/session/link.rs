@@ -48,6 +48,8 @@ pub(super) struct Link {
     pub(super) xact_since: Option<Instant>,
     /// What the server reported and reset, for RESET's semantics.
     pub(super) resets: super::params::ResetWatch,
+    /// Watches the client's messages for changes of role or session authorization.
+    pub(super) identity: super::identity::IdentityWatch,
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -113,6 +115,7 @@ impl Link {
             saw_transaction: false,
             xact_since: None,
             resets: Default::default(),
+            identity: Default::default(),
         }
     }
 

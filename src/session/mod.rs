@@ -5,6 +5,7 @@
 mod client;
 mod client_auth;
 mod deallocate;
+mod identity;
 mod link;
 mod params;
 mod prepared;
@@ -264,6 +265,19 @@ impl Session {
         })
     }
 
+    /// A request whose first message PostgreSQL would not accept gets no server at all (the
+    /// relay refuses later messages the same way).
+    fn refused_request(&self) -> Option<PgError> {
+        let head = self.client.inbuf.get(..5).filter(|_| self.client.at_boundary())?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let total = usize::try_from(len).ok()?.checked_add(1)?;
+        let e = crate::protocol::check_client_message(head[0], total).err()?;
+        Some(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid message from client: {e}"),
+        ))
+    }
+
     /// Sends a FATAL (after what is buffered, when `flush_first`) and ends the session with it.
     async fn end_with(&mut self, e: PgError, flush_first: bool) -> Ending {
         if flush_first {
@@ -275,6 +289,9 @@ impl Session {
 
     /// Waiting: get a server and bring it to the client's settings.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
+        if let Some(e) = self.refused_request() {
+            return Err(self.end_with(e, false).await);
+        }
         match self.wait_for_server(since).await {
             WaitOutcome::Server(server) => match self.prepare(server, since).await {
                 Ok(server) => Ok(SessionState::Active(Box::new(Active {
@@ -388,6 +405,7 @@ impl Session {
             port: server.conn.target_addr.1,
             backend_pid: server.conn.backend_pid,
             backend_secret: server.conn.backend_secret,
+            server: server.conn.info.clone(),
         }));
         Ok(server)
     }
@@ -408,12 +426,8 @@ impl Session {
             }
             Err(ServerError::Postgres(e)) => {
                 // The client asked for a setting the server refuses (as PostgreSQL would at login).
-                let d = if server.conn.tx_status == b'I' {
-                    Disposition::Clean
-                } else {
-                    Disposition::Close("bad SET")
-                };
-                pool.release(server, d);
+                // What state the failed sync left is not known: the server is closed.
+                pool.release(server, Disposition::Close("parameter sync failed"));
                 return Err(e.with_severity(crate::protocol::Severity::Fatal));
             }
             Err(e) => {

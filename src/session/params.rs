@@ -8,6 +8,43 @@ use std::collections::BTreeMap;
 /// Startup parameters that are about the connection, not session settings.
 const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"];
 
+/// Parameters that say who the session is. Never synced: a report of one means a client changed
+/// the role or session authorization, which the release path undoes before anyone else gets the
+/// server.
+const IDENTITY: &[&str] = &["is_superuser", "session_authorization", "role"];
+
+/// Parameters no session can set (PostgreSQL reports some of them); syncing one makes PostgreSQL
+/// refuse the whole sync.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+    "lc_collate",
+    "lc_ctype",
+    "block_size",
+    "data_checksums",
+    "max_identifier_length",
+    "max_function_args",
+    "max_index_keys",
+    "segment_size",
+    "wal_block_size",
+    "wal_segment_size",
+    "shared_memory_size",
+    "ssl_library",
+];
+
+/// True for a parameter that says who the session is (see [`IDENTITY`]).
+pub(super) fn is_identity(name: &str) -> bool {
+    IDENTITY.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// True for a parameter sluice never SETs or RESETs on a server, nor keeps as a client's wish.
+fn never_synced(name: &str) -> bool {
+    is_identity(name) || READ_ONLY.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// One parameter the client wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Wanted {
@@ -111,17 +148,32 @@ impl ClientParams {
     pub fn from_startup(params: &[(String, String)], ignored: &[String]) -> Result<ClientParams, BadParam> {
         let mut out = ClientParams::default();
         let is_ignored = |n: &str| ignored.iter().any(|i| i.eq_ignore_ascii_case(n));
+        // A role or session authorization would be applied to every server the client gets and
+        // outlive its transactions there; read-only ones cannot be set at all.
+        let refuse = |n: &str| {
+            BadParam(format!(
+                "unsupported startup parameter: {n} (sluice does not change who a pooled session is, \
+                 and read-only parameters cannot be set)"
+            ))
+        };
         for (name, value) in params {
             if name == "options" {
                 for (n, v) in parse_options(value)? {
-                    if !is_ignored(&n) {
-                        out.want(&n, &v);
+                    if is_ignored(&n) {
+                        continue;
                     }
+                    if never_synced(&n) {
+                        return Err(refuse(&n));
+                    }
+                    out.want(&n, &v);
                 }
             } else if !CONNECTION_KEYS.contains(&name.as_str())
                 && !name.starts_with("_pq_.")
                 && !is_ignored(name)
             {
+                if never_synced(name) {
+                    return Err(refuse(name));
+                }
                 out.want(name, value);
             }
         }
@@ -191,7 +243,11 @@ impl ClientParams {
 
     /// The server reported a new value while this client held it (the client ran SET): remember
     /// it as the client's wish, so its next server gets it too.
+    /// Identity and read-only parameters are not wishes: they are never synced.
     pub fn observe_server_report(&mut self, name: &str, value: &str) {
+        if never_synced(name) {
+            return;
+        }
         let key = name.to_ascii_lowercase();
         match self.wanted.get_mut(&key) {
             Some(w) if w.canonical.as_deref() == Some(value) || w.requested == value => {
@@ -227,6 +283,9 @@ impl ClientParams {
         let mut resets = String::new();
         let reported = lowercase_map(&server.params);
         for (key, w) in &self.wanted {
+            if never_synced(key) {
+                continue;
+            }
             let matches = match reported.get(key) {
                 Some(current) => *current == w.canonical.as_deref().unwrap_or(&w.requested),
                 None => server.applied.get(key) == Some(&w.requested),
@@ -243,6 +302,7 @@ impl ClientParams {
         let defaults = lowercase_map(defaults);
         for (key, current) in &reported {
             if !self.wanted.contains_key(key)
+                && !never_synced(key)
                 && let Some(default) = defaults.get(key)
                 && default != current
             {
@@ -250,7 +310,7 @@ impl ClientParams {
             }
         }
         for key in server.applied.keys() {
-            if !self.wanted.contains_key(key) && !reported.contains_key(key) {
+            if !self.wanted.contains_key(key) && !reported.contains_key(key) && !never_synced(key) {
                 resets.push_str(&format!("RESET {};", quote_ident(key)));
             }
         }
@@ -473,6 +533,27 @@ mod tests {
         );
         // A second reset changes nothing.
         assert!(p.reset_reported(&["TimeZone".into()]).is_empty());
+    }
+
+    #[test]
+    fn identity_and_read_only_parameters_are_never_wishes() {
+        let mut p = ClientParams::default();
+        p.observe_server_report("is_superuser", "off");
+        p.observe_server_report("session_authorization", "other");
+        p.observe_server_report("server_version", "1");
+        assert_eq!(p.reported_value("is_superuser"), None);
+        assert_eq!(p.reported_value("session_authorization"), None);
+        assert_eq!(p.reported_value("server_version"), None);
+        for name in ["role", "session_authorization", "is_superuser", "server_encoding"] {
+            let startup = [(name.to_string(), "x".to_string())];
+            assert!(ClientParams::from_startup(&startup, &[]).is_err(), "{name}");
+            let options = [("options".to_string(), format!("-c {name}=x"))];
+            assert!(ClientParams::from_startup(&options, &[]).is_err(), "{name}");
+            assert!(
+                ClientParams::from_startup(&startup, &[name.to_string()]).is_ok(),
+                "{name} ignored"
+            );
+        }
     }
 
     #[test]

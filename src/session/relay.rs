@@ -5,6 +5,7 @@
 //! and the completions that answer extended-protocol messages (see `responses`).
 
 use super::client::ClientIo;
+use super::identity::watch_identity;
 use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
 use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
@@ -141,6 +142,7 @@ async fn relay_loop(
                         server.target_addr.1,
                         server.backend_pid,
                         server.backend_secret,
+                        server.info.cancel_leaving(),
                     );
                     continue;
                 }
@@ -195,15 +197,18 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 
 /// How a client message is read: whole when sluice must look at it, in pieces otherwise.
 /// `executes_answered`: a portal is a DEALLOCATE sluice answers, so Executes are read whole.
-fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Want {
-    match tag {
+/// A message PostgreSQL would not accept here is refused at its header: nothing of it, nor of
+/// anything after it, reaches the server.
+fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Result<Want, FrameError> {
+    crate::protocol::check_client_message(tag, total)?;
+    Ok(match tag {
         b'X' => Want::Whole,
         b'E' if executes_answered => Want::Whole,
         b'P' | b'D' | b'C' if tracking => Want::Whole,
         b'B' if tracking => Want::Head(BIND_HEAD),
         b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
         _ => Want::Pass,
-    }
+    })
 }
 
 /// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
@@ -236,6 +241,7 @@ fn pump_client(
             }
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
+                watch_identity(link, server, tag, &piece);
                 match tag {
                     Some(t) if link.client_skipping && t != b'S' => {
                         link.dropping_message = true;
@@ -261,6 +267,7 @@ fn pump_client(
                 return Ok(true);
             }
             ScanItem::Whole { tag, len } => {
+                watch_identity(link, server, Some(tag), &client.inbuf[..len]);
                 link.dropping_message = false;
                 if link.client_skipping {
                     client.inbuf.advance(len);
@@ -284,6 +291,7 @@ fn pump_client(
                 }
             }
             ScanItem::Head { tag, len, head } => {
+                watch_identity(link, server, Some(tag), &client.inbuf[..head]);
                 link.dropping_message = link.client_skipping;
                 if link.client_skipping {
                     client.inbuf.advance(head);
@@ -469,6 +477,10 @@ fn pump_server(
                 b'T' | b'n' => row_description(&msg, link, server, ctx),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
+                        if super::params::is_identity(name) {
+                            // Reported only when it changed: who the session is changed.
+                            server.identity = crate::server::Identity::MaybeChanged;
+                        }
                         ctx.params.observe_server_report(name, value);
                         if name == "application_name" {
                             ctx.info.set_application_name(value);
