@@ -41,6 +41,8 @@ const CHANGEABLE: &[&str] = &[
     "auth_query",
     "auth_cache_ttl",
     "max_prepared_statements",
+    "max_client_prepared_statements",
+    "max_client_prepared_bytes",
 ];
 
 fn as_table(p: &PoolerConfig) -> toml::Table {
