@@ -10,6 +10,7 @@ pub mod error;
 pub mod leaks;
 pub mod listener;
 pub mod metrics;
+pub mod name_cap;
 pub mod pool;
 pub mod procfs;
 pub mod protocol;
