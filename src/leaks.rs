@@ -2,12 +2,14 @@
 //! have leaked over time. A detector task looks at every client twice a second; each newly
 //! detected episode is logged once as a WARNING with who, where and what; episodes end when the
 //! client behaves again or leaves. Abandoned transactions (a client that vanished mid-transaction)
-//! are counted when they happen.
+//! are counted when they happen. Histories are keyed by client-chosen names (application_name,
+//! process command line), each bounded by a `NameCap`: past its cap, names fold into `other`.
 
 use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::name_cap::NameCap;
 use crate::shared::Shared;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,23 @@ pub struct LeakTracker {
     totals: Mutex<HashMap<(LeakKind, String), u64>>,
     summary: Mutex<HashMap<(String, String), SummaryEntry>>,
     abandoned: std::sync::atomic::AtomicU64,
+    /// The application names reported by name (here and in the metrics' labels).
+    apps: NameCap,
+    /// The origins reported by name in the summary.
+    origins: NameCap,
+}
+
+/// One row of SHOW LEAKS_SUMMARY.
+#[derive(Debug, Clone)]
+pub struct SummaryRow {
+    /// application_name (or `other`).
+    pub application_name: String,
+    /// Process command line or address (or `other`).
+    pub origin: String,
+    /// Current suspects under this key.
+    pub current: u64,
+    /// The history.
+    pub entry: SummaryEntry,
 }
 
 /// Where a client comes from, for grouping: its process command line when known, else its IP.
@@ -87,11 +106,18 @@ impl LeakTracker {
         v
     }
 
+    /// The application names sluice reports by name, at most `MAX_DISTINCT_NAMES` (leak
+    /// history, the metrics' `application_name` label); others are reported as `other`.
+    pub fn application_names(&self) -> &NameCap {
+        &self.apps
+    }
+
     /// (kind, application_name, count) of current suspects.
     pub fn current_counts(&self) -> Vec<(&'static str, String, u64)> {
         let mut map: HashMap<(LeakKind, String), u64> = HashMap::new();
         for s in self.episodes.lock().values() {
-            *map.entry((s.kind, s.client.application_name())).or_default() += 1;
+            let app = self.apps.folded(&s.client.application_name());
+            *map.entry((s.kind, app)).or_default() += 1;
         }
         let mut v: Vec<_> = map.into_iter().map(|((k, a), n)| (k.as_str(), a, n)).collect();
         v.sort();
@@ -115,32 +141,49 @@ impl LeakTracker {
         self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The per-(application_name, origin) history.
-    pub fn summary(&self) -> Vec<((String, String), SummaryEntry)> {
-        let mut v: Vec<_> = self
+    /// The per-(application_name, origin) history, with the current suspects of each.
+    pub fn summary(&self) -> Vec<SummaryRow> {
+        let mut current: HashMap<(String, String), u64> = HashMap::new();
+        for s in self.episodes.lock().values() {
+            let key = (
+                self.apps.folded(&s.client.application_name()),
+                self.origins.folded(&origin(&s.client)),
+            );
+            *current.entry(key).or_default() += 1;
+        }
+        let mut v: Vec<SummaryRow> = self
             .summary
             .lock()
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| SummaryRow {
+                application_name: k.0.clone(),
+                origin: k.1.clone(),
+                current: current.get(k).copied().unwrap_or(0),
+                entry: e.clone(),
+            })
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by(|a, b| (&a.application_name, &a.origin).cmp(&(&b.application_name, &b.origin)));
         v
+    }
+
+    /// The summary key of `client`: its application name and origin, folded by their caps.
+    fn summary_key(&self, client: &ClientInfo) -> (String, String) {
+        (
+            self.apps.fold(&client.application_name()),
+            self.origins.fold(&origin(client)),
+        )
     }
 
     /// A client left in the middle of a transaction; its server was rolled back or closed.
     pub fn record_abandoned(&self, client: &ClientInfo) {
         self.abandoned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let app = client.application_name();
+        let key = self.summary_key(client);
         *self
             .totals
             .lock()
-            .entry((LeakKind::AbandonedTransaction, app.clone()))
+            .entry((LeakKind::AbandonedTransaction, key.0.clone()))
             .or_default() += 1;
-        self.summary
-            .lock()
-            .entry((app, origin(client)))
-            .or_default()
-            .abandoned += 1;
+        self.summary.lock().entry(key).or_default().abandoned += 1;
         tracing::warn!(
             kind = %"abandoned_transaction",
             client = client.id,
@@ -165,7 +208,8 @@ impl LeakTracker {
         );
         let now = Instant::now();
         let clients = shared.clients();
-        let mut seen: Vec<(u64, LeakKind)> = Vec::new();
+        // A set, not a list: with thousands of suspects, `retain` below looks each one up.
+        let mut seen: HashSet<(u64, LeakKind)> = HashSet::new();
         for c in &clients {
             let live = c.live();
             let over = |limit: Duration, since: Option<Instant>| {
@@ -185,7 +229,7 @@ impl LeakTracker {
             ];
             for (kind, violated) in kinds {
                 if violated {
-                    seen.push((c.id, kind));
+                    seen.insert((c.id, kind));
                     self.detected(c, kind, now, live.server_since);
                 }
             }
@@ -196,9 +240,10 @@ impl LeakTracker {
     fn detected(&self, c: &Arc<ClientInfo>, kind: LeakKind, now: Instant, server_since: Option<Instant>) {
         let held = server_since.map_or(Duration::ZERO, |s| now.duration_since(s));
         let app = c.application_name();
+        let key = self.summary_key(c);
         {
             let mut summary = self.summary.lock();
-            let entry = summary.entry((app.clone(), origin(c))).or_default();
+            let entry = summary.entry(key.clone()).or_default();
             entry.longest_hold = entry.longest_hold.max(held);
         }
         let mut episodes = self.episodes.lock();
@@ -214,8 +259,8 @@ impl LeakTracker {
             },
         );
         drop(episodes);
-        *self.totals.lock().entry((kind, app.clone())).or_default() += 1;
-        if let Some(e) = self.summary.lock().get_mut(&(app.clone(), origin(c))) {
+        *self.totals.lock().entry((kind, key.0.clone())).or_default() += 1;
+        if let Some(e) = self.summary.lock().get_mut(&key) {
             e.total += 1;
         }
         let live = c.live();

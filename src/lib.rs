@@ -12,6 +12,7 @@ pub mod leaks;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod name_cap;
 pub mod pool;
 pub mod procfs;
 pub mod protocol;

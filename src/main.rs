@@ -38,7 +38,11 @@ enum Command {
 /// jemalloc, not glibc's malloc: with thousands of clients logging in at once, glibc leaves the
 /// freed login memory scattered between long-lived objects (about 300 bytes per idle client at
 /// 10,000, measured by bench/idle_clients.sh); jemalloc's size classes keep it together and give
-/// it back (1.83 -> 1.36 KiB per idle client, same CPU per transaction).
+/// it back (1.83 -> 1.36 KiB per idle client, same CPU per transaction). Built with background
+/// threads on (Cargo feature `background_threads`): jemalloc returns freed pages to the OS only
+/// when its arenas are next used, or from those threads; without them, the 180 MB four clients'
+/// prepared statements took stayed resident while the pooler sat idle after they left. With
+/// them, RSS is back within 10 MB about 10 s (dirty_decay_ms) later (bench/prepared_memory.sh).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -73,7 +73,7 @@ fn scan_all(
     let mut chunk = chunks.iter().cycle();
     loop {
         let buf = &stream[consumed..available];
-        match scanner.next_with(buf, &want)? {
+        match scanner.next_with(buf, |tag, len| Ok(want(tag, len)))? {
             ScanItem::Pass { len, .. } | ScanItem::Whole { len, .. } => {
                 assert!(len > 0 && len <= buf.len(), "hands out only bytes it has");
                 consumed += len;

@@ -296,3 +296,89 @@ async fn a_driver_that_closes_politely_mid_transaction_is_counted_too() {
     )
     .await;
 }
+
+/// The samples of `name` in the Prometheus text at `addr`, as (application_name label, value).
+async fn series(addr: SocketAddr, name: &str) -> Vec<(String, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            let app = l
+                .split("application_name=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default();
+            let value = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(-1.0);
+            (app.to_string(), value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hundred_application_names_leave_at_most_the_cap_and_other_in_the_summary_and_metrics() {
+    let db = pg().create_database("t_leak_names").await;
+    let toml = config(&db, "transaction", "", None) + "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let sluice = start_sluice(&toml).await;
+    let addr = sluice.tcp_addr();
+    let metrics = sluice.metrics_addr().expect("metrics endpoint bound");
+    let cap = sluice::name_cap::MAX_DISTINCT_NAMES;
+    for k in 0..300 {
+        let app = format!("app_{k}");
+        let mut raw = RawClient::login_trust(
+            addr,
+            &[
+                ("user", "sluice_trust"),
+                ("database", &db),
+                ("application_name", &app),
+            ],
+        )
+        .await;
+        raw.query("BEGIN").await;
+        raw.read_until(b'Z').await;
+        // Every other one is seen connected by a scrape (150 names): a client-connections
+        // series for its name, or `other`.
+        if k % 2 == 0 {
+            assert!(!series(metrics, "pgbouncer_client_connections").await.is_empty());
+        }
+    } // each socket dropped mid-transaction: an abandoned transaction under each name
+    wait_until(
+        Duration::from_secs(10),
+        "300 abandoned transactions counted",
+        || async {
+            let rows = console_rows(addr, "SHOW LEAKS_SUMMARY").await;
+            rows.iter()
+                .map(|r| get(r, "abandoned_transactions").parse::<u64>().unwrap_or(0))
+                .sum::<u64>()
+                == 300
+        },
+    )
+    .await;
+    let rows = console_rows(addr, "SHOW LEAKS_SUMMARY").await;
+    assert!(rows.len() <= cap + 1, "{} summary rows", rows.len());
+    let other = rows
+        .iter()
+        .find(|r| get(r, "application_name") == "other")
+        .expect("an `other` row");
+    assert_eq!(get(other, "abandoned_transactions"), (300 - cap).to_string());
+
+    let names = |samples: Vec<(String, f64)>| {
+        samples
+            .into_iter()
+            .map(|(app, _)| app)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let connections = names(series(metrics, "pgbouncer_client_connections").await);
+    assert!(connections.len() <= cap + 1, "{} names", connections.len());
+    assert!(connections.contains("other"));
+    let leaks = series(metrics, "sluice_leaks_total").await;
+    assert!(leaks.len() <= cap + 1, "{} leak series", leaks.len());
+    assert_eq!(leaks.iter().map(|(_, v)| v).sum::<f64>(), 300.0);
+    sluice.shutdown().await;
+}

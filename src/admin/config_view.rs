@@ -51,6 +51,8 @@ const CHANGEABLE: &[&str] = &[
     "leak_hold_threshold",
     "leak_idle_client_threshold",
     "autodb_idle_timeout",
+    "max_client_prepared_statements",
+    "max_client_prepared_bytes",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

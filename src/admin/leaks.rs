@@ -91,19 +91,14 @@ pub fn summary(shared: &Shared) -> ResultSet {
         ("abandoned_transactions", Q),
         ("longest_hold_seconds", Q),
     ]);
-    let suspects = shared.leaks.suspects();
-    for ((app, origin), entry) in shared.leaks.summary() {
-        let current = suspects
-            .iter()
-            .filter(|s| s.client.application_name() == app && crate::leaks::origin(&s.client) == origin)
-            .count();
+    for row in shared.leaks.summary() {
         rs.push(vec![
-            t(app),
-            t(origin),
-            n(current),
-            n(entry.total),
-            n(entry.abandoned),
-            n(entry.longest_hold.as_secs()),
+            t(row.application_name),
+            t(row.origin),
+            n(row.current),
+            n(row.entry.total),
+            n(row.entry.abandoned),
+            n(row.entry.longest_hold.as_secs()),
         ]);
     }
     rs

@@ -205,6 +205,12 @@ pub struct PoolerConfig {
     /// Named prepared statements each server keeps for clients in transaction mode (LRU);
     /// 0 turns the tracking off and statements pass through untouched.
     pub max_prepared_statements: u32,
+    /// Most named prepared statements one client may hold in transaction mode; a Parse past it
+    /// gets ERROR 53400 (a bound on the memory one client can make sluice keep).
+    pub max_client_prepared_statements: u32,
+    /// Most bytes (names and Parse bodies) of the named prepared statements one client may hold
+    /// in transaction mode; a Parse past it gets ERROR 53400.
+    pub max_client_prepared_bytes: u64,
     /// Servers each pool keeps open even when idle (0: none).
     pub min_pool_size: u32,
     /// Extra servers a pool may open for clients that waited `reserve_pool_timeout` (0: none).
@@ -348,6 +354,8 @@ impl Default for PoolerConfig {
             max_packet_size: 2_147_483_647,
             workers: 0,
             max_prepared_statements: 200,
+            max_client_prepared_statements: 1000,
+            max_client_prepared_bytes: 16 << 20,
             min_pool_size: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),

@@ -56,6 +56,12 @@ fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
     if p.max_client_conn < 1 {
         fail("max_client_conn", "must be at least 1".to_string());
     }
+    if p.max_client_prepared_statements < 1 {
+        fail("max_client_prepared_statements", "must be at least 1".to_string());
+    }
+    if p.max_client_prepared_bytes < 1 {
+        fail("max_client_prepared_bytes", "must be at least 1".to_string());
+    }
     let timeouts = [
         ("server_connect_timeout", p.server_connect_timeout),
         ("client_login_timeout", p.client_login_timeout),

@@ -370,6 +370,8 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
         s.gauge(name, &[], lists.get(list).copied().unwrap_or(0) as f64);
     }
 
+    // application_name is the client's to choose: past the cap, names are labelled `other`.
+    let apps = shared.leaks.application_names();
     let mut by_state: BTreeMap<(String, String, String, &'static str), usize> = BTreeMap::new();
     for c in shared.clients() {
         let state = match c.live().phase {
@@ -380,7 +382,7 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
         let key = (
             c.database.to_string(),
             c.user.to_string(),
-            c.application_name().to_string(),
+            apps.fold(&c.application_name()),
             state,
         );
         *by_state.entry(key).or_default() += 1;

@@ -83,6 +83,18 @@ pub struct PoolSettings {
     /// Statements each server keeps prepared for clients (transaction mode; 0: named prepared
     /// statements pass through untouched).
     pub max_prepared_statements: usize,
+    /// What one client may keep prepared (max_client_prepared_statements/_bytes).
+    pub client_prepared_limit: ClientPreparedLimit,
+}
+
+/// The most one client may keep prepared through sluice: its statements are held in sluice's
+/// memory for as long as it stays connected, so the client, not the pooler, must run out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPreparedLimit {
+    /// max_client_prepared_statements.
+    pub statements: usize,
+    /// max_client_prepared_bytes (statement names and Parse bodies).
+    pub bytes: usize,
 }
 
 /// A server connection together with the pool slot it occupies. Dropping it closes the

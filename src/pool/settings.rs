@@ -53,6 +53,10 @@ pub fn settings_for(
             0
         },
         reset_query: config.pooler.server_reset_query.clone(),
+        client_prepared_limit: super::ClientPreparedLimit {
+            statements: p.max_client_prepared_statements as usize,
+            bytes: usize::try_from(p.max_client_prepared_bytes).unwrap_or(usize::MAX),
+        },
     }
 }
 

@@ -31,6 +31,8 @@ pub mod sqlstate {
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// A limit of the implementation was reached.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// A limit set in the configuration was reached (configuration_limit_exceeded).
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     /// The transaction failed earlier; commands are ignored until its end.
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }

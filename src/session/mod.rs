@@ -327,6 +327,7 @@ impl Session {
             params: &mut self.login.params,
             statements: &mut self.statements,
             statement_capacity,
+            prepared_limit: pool.settings().client_prepared_limit,
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,

@@ -5,14 +5,11 @@
 //! what they prepared in an LRU shared by every client that lands on them.
 
 use super::responses::{Ends, Responses, Undo};
-use crate::pool::PoolStats;
+use crate::pool::{ClientPreparedLimit, PoolStats};
 use crate::protocol::{PgError, sqlstate};
 use crate::server::statements::{Held, PlanInvalidations, ServerStatements, StatementDef, server_name};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
-
-/// Most named statements one client may hold (a bound on sluice's memory per client).
-const MAX_CLIENT_STATEMENTS: usize = 100_000;
 
 /// PostgreSQL's message when a prepared statement's result type changed under it.
 pub(super) const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result type";
@@ -34,6 +31,8 @@ pub(crate) struct ClientStatement {
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
     by_name: HashMap<Bytes, ClientStatement>,
+    /// What they cost, as counted against max_client_prepared_bytes: names and Parse bodies.
+    bytes: usize,
     /// An unnamed statement or portal that is a `DEALLOCATE` sluice answers itself.
     pub(super) deallocating: super::deallocate::Deallocating,
 }
@@ -45,11 +44,47 @@ impl ClientStatements {
     }
 
     pub(super) fn forget(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
+        if let Some((name, s)) = self.by_name.remove_entry(name) {
+            self.bytes -= cost(&name, &s.def.body);
+        }
     }
 
     pub(super) fn restore(&mut self, name: Bytes, statement: ClientStatement) {
-        self.by_name.insert(name, statement);
+        let added = cost(&name, &statement.def.body);
+        if let Some(old) = self.by_name.insert(name.clone(), statement) {
+            self.bytes -= cost(&name, &old.def.body);
+        }
+        self.bytes += added;
+    }
+
+    /// Why one more statement costing `bytes` would take the client past `limit`, if it would.
+    fn refusal(&self, name: &[u8], bytes: usize, limit: ClientPreparedLimit) -> Option<PgError> {
+        let name = String::from_utf8_lossy(name);
+        let hint = "Close (or DEALLOCATE) statements the client no longer uses, or raise the setting.";
+        if self.by_name.len() >= limit.statements {
+            let text = format!(
+                "too many prepared statements: this client already holds {} (max_client_prepared_statements)",
+                self.by_name.len()
+            );
+            let detail = format!("Prepared statement \"{name}\" was not created.");
+            let e = PgError::error(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, text);
+            return Some(e.with_detail(detail).with_hint(hint));
+        }
+        let total = self.bytes.saturating_add(bytes);
+        if total > limit.bytes {
+            let text = format!(
+                "prepared statements too large: this client's would take {total} bytes, over max_client_prepared_bytes ({})",
+                limit.bytes
+            );
+            let detail = format!(
+                "Prepared statement \"{name}\" ({bytes} bytes) was not created; the client's {} statements take {} bytes.",
+                self.by_name.len(),
+                self.bytes
+            );
+            let e = PgError::error(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, text);
+            return Some(e.with_detail(detail).with_hint(hint));
+        }
+        None
     }
 
     pub(super) fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
@@ -85,7 +120,15 @@ impl ClientStatements {
     /// Drops them all (the client ran DISCARD ALL or DEALLOCATE ALL).
     pub(crate) fn clear(&mut self) {
         self.by_name.clear();
+        self.by_name.shrink_to_fit();
+        self.bytes = 0;
     }
+}
+
+/// What a statement counts against max_client_prepared_bytes: its name and its Parse body (query
+/// text and parameter types), the bytes sluice keeps for it.
+fn cost(name: &[u8], body: &[u8]) -> usize {
+    name.len() + body.len()
 }
 
 /// Everything a client message's translation touches.
@@ -94,6 +137,8 @@ pub(super) struct Translator<'a> {
     pub(super) server: &'a mut ServerStatements,
     /// max_prepared_statements.
     pub(super) capacity: usize,
+    /// What the client may keep prepared.
+    pub(super) limit: ClientPreparedLimit,
     pub(super) responses: &'a mut Responses,
     /// Bytes on their way to the server.
     pub(super) out: &'a mut BytesMut,
@@ -148,6 +193,11 @@ pub(super) fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     }
 }
 
+/// The statement name and text of the Parse that fails in place of a refused one: not valid
+/// SQL, so PostgreSQL refuses it before anything is created (and its log says who sent it).
+const REFUSED_NAME: &[u8] = b"sluice_refused";
+const REFUSED_SQL: &[u8] = b"sluice: refused Parse of a client (see the client's error)";
+
 pub(super) const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
@@ -161,18 +211,17 @@ impl Translator<'_> {
         if name.is_empty() {
             return self.parse_unnamed(rest, aborted);
         }
-        let name = Bytes::copy_from_slice(name);
-        if self.client.get(&name).is_some() {
+        if self.client.get(name).is_some() {
             let text = format!(
                 "prepared statement \"{}\" already exists",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             );
-            return self.refuse(PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, text));
+            return self.fail_in_place(PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, text));
         }
-        if self.client.len() >= MAX_CLIENT_STATEMENTS {
-            let text = format!("too many prepared statements (at most {MAX_CLIENT_STATEMENTS} per client)");
-            return self.refuse(PgError::error(sqlstate::PROGRAM_LIMIT_EXCEEDED, text));
+        if let Some(e) = self.client.refusal(name, cost(name, rest), self.limit) {
+            return self.fail_in_place(e);
         }
+        let name = Bytes::copy_from_slice(name);
         let def = StatementDef::from_parse_body(rest);
         self.stats.record_client_parse();
         let hash = def.hash;
@@ -342,6 +391,19 @@ impl Translator<'_> {
         }
     }
 
+    /// Refuses a client's Parse as PostgreSQL would refuse it: the server is sent a Parse that
+    /// fails in its place, so the server's batch and transaction fail exactly where the client's
+    /// would have (an open transaction is aborted, an implicit one rolled back at Sync, the rest
+    /// of the batch skipped), and the server's error is replaced by `e` on its way to the client.
+    fn fail_in_place(&mut self, e: PgError) -> Outcome {
+        let mut reply = BytesMut::new();
+        e.encode(&mut reply);
+        put_message(self.out, b'P', &[REFUSED_NAME, b"\0", REFUSED_SQL, b"\0\0\0"]);
+        self.responses
+            .push_server(Ends::Parse, true, Undo::InPlaceOf(reply.freeze()));
+        Outcome::Refused
+    }
+
     pub(super) fn refuse(&mut self, e: PgError) -> Outcome {
         let mut out = BytesMut::new();
         e.encode(&mut out);
@@ -452,6 +514,10 @@ mod tests {
             client: &mut client,
             server: &mut server,
             capacity: 10,
+            limit: ClientPreparedLimit {
+                statements: 10,
+                bytes: 1 << 20,
+            },
             responses: &mut responses,
             out: &mut out,
             stats: &stats,

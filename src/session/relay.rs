@@ -77,6 +77,8 @@ pub(super) struct RelayContext<'a> {
     pub(super) statements: &'a mut Option<Box<ClientStatements>>,
     /// max_prepared_statements for this client: 0 when its statements pass through untouched.
     pub(super) statement_capacity: usize,
+    /// What the client may keep prepared.
+    pub(super) prepared_limit: crate::pool::ClientPreparedLimit,
     /// The pool's record of plans PostgreSQL refused after schema changes.
     pub(super) plans: &'a crate::server::statements::PlanInvalidations,
     /// The client's shared state.
@@ -342,6 +344,7 @@ fn translator<'a>(
         client: ctx.statements.get_or_insert_with(Default::default),
         server: &mut server.statements,
         capacity: ctx.statement_capacity,
+        limit: ctx.prepared_limit,
         responses: &mut link.responses,
         out: &mut link.to_server,
         stats: ctx.stats,
@@ -499,8 +502,13 @@ fn pump_server(
             server: &mut server.statements,
             plans: ctx.plans,
         };
-        if link.responses.on_server_message(tag, note, &mut books) == Verdict::Hide {
-            continue;
+        match link.responses.on_server_message(tag, note, &mut books) {
+            Verdict::Hide => continue,
+            Verdict::Replace(reply) => {
+                client.outbuf.extend_from_slice(&reply);
+                continue;
+            }
+            Verdict::Forward => {}
         }
         client.outbuf.unsplit(msg);
         if tag == b'Z' {

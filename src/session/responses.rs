@@ -84,6 +84,9 @@ pub(super) enum Undo {
     /// A Describe sluice sent to learn the row description of this server's copy before the
     /// client's statement `name` may use it; the client's messages wait until it is answered.
     ShapeCheck { hash: u128, name: Bytes },
+    /// A Parse sluice sent to fail in place of a client message it refused: the server's error
+    /// is replaced by this one (an ErrorResponse) for the client.
+    InPlaceOf(Bytes),
 }
 
 /// One reply owed to the client.
@@ -97,12 +100,15 @@ enum Due {
 }
 
 /// What to do with a server message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Verdict {
     /// Forward it to the client.
     Forward,
     /// Drop it: it answers a message sluice sent on its own.
     Hide,
+    /// Send these bytes instead: the server's error answers a Parse sent to fail in place of a
+    /// client message sluice refused, and the client gets sluice's error for its message.
+    Replace(Bytes),
 }
 
 /// The state a failed or skipped message leaves to repair.
@@ -126,7 +132,7 @@ impl Books<'_> {
 
     fn undo(&mut self, undo: Undo) {
         match undo {
-            Undo::Nothing | Undo::Uses { .. } | Undo::ShapeCheck { .. } => {}
+            Undo::Nothing | Undo::Uses { .. } | Undo::ShapeCheck { .. } | Undo::InPlaceOf(_) => {}
             Undo::ClientParse { name, server } => {
                 if let Some(c) = self.client.as_deref_mut() {
                     c.forget(&name);
@@ -316,15 +322,18 @@ impl Responses {
             // An extended-protocol message failed: it is done, and the server skips everything
             // up to the next Sync.
             let mut undos = Vec::new();
+            let mut verdict = Verdict::Forward;
             if let Some(Due::Server { undo, .. }) = self.pop() {
-                if let (Undo::Uses { hash, name }, true) = (&undo, note.cached_plan) {
-                    books.plan_refused(*hash, name);
+                match (&undo, note.cached_plan) {
+                    (Undo::Uses { hash, name }, true) => books.plan_refused(*hash, name),
+                    (Undo::InPlaceOf(reply), _) => verdict = Verdict::Replace(reply.clone()),
+                    _ => {}
                 }
                 undos.push(undo);
             }
             self.skip_to_sync(&mut undos);
             books.undo_all(undos);
-            return Verdict::Forward;
+            return verdict;
         }
         // Everything answering a message sluice sent itself is hidden, but for what the server
         // may send at any time (notices, notifications, parameter reports).
