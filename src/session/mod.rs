@@ -78,14 +78,26 @@ enum Ending {
 
 /// Serves one client connection from its first byte to its close.
 pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
+    // Counted from the first byte: a login in progress holds a max_client_conn slot.
+    let (ticket, place) = match shared.begin_login(&peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::info!(%peer, error = %refusal, "connection refused");
+            send_refusal(&mut stream, &refusal, &shared).await;
+            return;
+        }
+    };
     // Boxed: the login's timer and error paths are not carried for the client's whole life.
-    let Some(login) = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared)).await else {
+    let login = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared, place)).await;
+    drop(ticket);
+    let Some(login) = login else {
         return;
     };
     match login {
-        Login::Console { user, role } => {
+        Login::Console { user, role, seat } => {
             tracing::debug!(%peer, %user, ?role, "console login");
             Box::pin(crate::admin::serve(stream, shared, role, user)).await;
+            drop(seat);
         }
         Login::Pooled(logged_in) => {
             let logged_in = *logged_in;
@@ -114,9 +126,15 @@ pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Share
 }
 
 /// Logs the client in within client_login_timeout; a refused login is told its FATAL here.
-async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Shared>) -> Option<Login> {
+async fn log_in_or_refuse(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+    place: crate::shared::LoginPlace,
+) -> Option<Login> {
     let login_limit = shared.config.load().pooler.client_login_timeout;
-    let refusal = match tokio::time::timeout(login_limit, startup::log_in(stream, peer, shared)).await {
+    let login = startup::log_in(stream, peer, shared, place);
+    let refusal = match tokio::time::timeout(login_limit, login).await {
         Ok(Ok(login)) => return Some(login),
         Ok(Err(Refusal::Quiet)) => return None,
         Ok(Err(Refusal::Fatal(e))) => e,
@@ -124,10 +142,18 @@ async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Sha
             .with_detail(format!("login did not complete within {login_limit:?}")),
     };
     tracing::info!(%peer, error = %refusal, "login refused");
+    send_refusal(stream, &refusal, shared).await;
+    None
+}
+
+/// Tells a refused connection why, bounded in time (a client that reads nothing cannot hold
+/// the connection open).
+async fn send_refusal(stream: &mut Stream, refusal: &PgError, shared: &Shared) {
     let mut out = bytes::BytesMut::new();
     refusal.encode(&mut out);
-    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
-    None
+    let limit = shared.config.load().pooler.client_login_timeout;
+    let write = tokio::io::AsyncWriteExt::write_all(stream, &out);
+    let _ = tokio::time::timeout(limit.max(std::time::Duration::from_secs(1)), write).await;
 }
 
 struct Session {
