@@ -189,3 +189,186 @@ async fn half_open_admin_logins_and_wrong_passwords_do_not_lock_a_client_out() {
     drop(held);
     sluice.shutdown().await;
 }
+
+/// A raw login naming the console's admin that stops at the password request.
+async fn half_open_admin(addr: SocketAddr) -> (RawClient, First) {
+    let mut c = RawClient::connect(addr).await;
+    c.send_startup(3, 0, &[("user", "admin"), ("database", "pgbouncer")])
+        .await;
+    let first = first_answer(&mut c, Duration::from_secs(5)).await;
+    (c, first)
+}
+
+/// Retries `f` for up to 5 s until it succeeds (a closed login's slot is given back when
+/// sluice notices the close).
+async fn retry_ok<T, E: std::fmt::Debug, Fut: std::future::Future<Output = Result<T, E>>>(
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("still failing after 5 s: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_reserve_is_granted_only_after_authentication() {
+    let sluice = start_sluice(&config("max_client_conn = 2")).await;
+    let addr = sluice.tcp_addr();
+
+    // Half-open console logins count against max_client_conn like any login.
+    let (a, first) = half_open_admin(addr).await;
+    assert_eq!(first, First::AuthRequest);
+    let (b, first) = half_open_admin(addr).await;
+    assert_eq!(first, First::AuthRequest);
+    let e = connect(addr, "sluice_md5", "md5_pw", "app").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("08P01"), "{e}");
+    assert!(message(&e).contains("max_client_conn"), "{e:?}");
+    drop((a, b));
+    let c1 = retry_ok(|| connect(addr, "sluice_md5", "md5_pw", "app")).await;
+    let _c2 = connect(addr, "sluice_md5", "md5_pw", "app").await.unwrap();
+
+    // max_client_conn is full of clients: an authenticated console user still gets in, from
+    // the console's reserve...
+    let admin = connect(addr, "admin", "admin_pw", "pgbouncer").await.unwrap();
+    admin.simple_query("SHOW LISTS").await.unwrap();
+    // ...but a wrong password does not, and neither does a client.
+    let e = connect(addr, "admin", "nope", "pgbouncer").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
+    let e = connect(addr, "sluice_md5", "md5_pw", "app").await.unwrap_err();
+    assert!(message(&e).contains("max_client_conn"), "{e:?}");
+
+    // Logins that wait for a console seat are bounded too: 16 places (the reserve's size),
+    // then refused at once, before any password is asked for.
+    let mut waiting = Vec::new();
+    for _ in 0..16 {
+        let (c, first) = half_open_admin(addr).await;
+        assert_eq!(first, First::AuthRequest);
+        waiting.push(c);
+    }
+    let (_c, first) = half_open_admin(addr).await;
+    match first {
+        First::Error(code, message) => {
+            assert_eq!(code, "08P01");
+            assert!(message.contains("max_client_conn"), "{message}");
+        }
+        other => panic!("a 17th half-open console login while full: {other:?}"),
+    }
+    drop(waiting);
+
+    // The reserve itself is bounded: 16 console sessions in all while clients fill
+    // max_client_conn (the first is `admin` above).
+    let mut consoles = vec![admin];
+    let outcome = loop {
+        match connect(addr, "admin", "admin_pw", "pgbouncer").await {
+            Ok(c) if consoles.len() < 40 => consoles.push(c),
+            other => break other.map(|_| ()),
+        }
+    };
+    let e = outcome.expect_err("the console reserve has a bound");
+    assert!(message(&e).contains("max_client_conn"), "{e:?}");
+    assert_eq!(consoles.len(), 16);
+
+    // A console session that ends gives its seat back.
+    consoles.pop();
+    retry_ok(|| connect(addr, "admin", "admin_pw", "pgbouncer")).await;
+    drop(c1);
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_login_timeout_ends_a_half_open_login_and_login_clients_counts_it() {
+    let sluice = start_sluice(&config("client_login_timeout = \"2s\"")).await;
+    let addr = sluice.tcp_addr();
+    let started = Instant::now();
+    let (mut half_open, first) = half_open_admin(addr).await;
+    assert_eq!(first, First::AuthRequest);
+    let mut silent = RawClient::connect(addr).await; // never sends a byte
+
+    let admin = connect(addr, "admin", "admin_pw", "pgbouncer").await.unwrap();
+    let login_clients = || async {
+        let rows = common::console_query(&admin, "SHOW LISTS").await;
+        rows.iter()
+            .find(|r| r.get("list").cloned().flatten().as_deref() == Some("login_clients"))
+            .and_then(|r| r.get("items").cloned().flatten())
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    assert_eq!(login_clients().await, Some(2), "two logins in progress");
+
+    for c in [&mut half_open, &mut silent] {
+        match first_answer(c, Duration::from_secs(5)).await {
+            First::Error(code, message) => {
+                assert_eq!(code, "08P01");
+                assert!(message.contains("client_login_timeout"), "{message}");
+            }
+            other => panic!("a half-open login after client_login_timeout: {other:?}"),
+        }
+        assert!(c.read_message().await.is_none(), "closed after the FATAL");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "ended after {took:?}"
+    );
+    assert_eq!(login_clients().await, Some(0));
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_frame_lengths_before_login_get_fatal_08p01() {
+    let sluice = start_sluice(&config("")).await;
+    let addr = sluice.tcp_addr();
+    let expect_fatal = |m: Option<common::raw::RawMessage>, what: &str| {
+        let m = m.unwrap_or_else(|| panic!("{what}: closed without an error"));
+        assert_eq!(m.tag, b'E', "{what}: {m:?}");
+        assert_eq!(m.field(b'S').as_deref(), Some("FATAL"), "{what}");
+        assert_eq!(m.field(b'C').as_deref(), Some("08P01"), "{what}");
+    };
+    // Startup packets with a length below 4 (and below the 8 a startup packet needs), some
+    // with bytes after them.
+    for (what, bytes) in [
+        ("length 0", vec![0u8, 0, 0, 0]),
+        (
+            "length 3 and more bytes",
+            vec![0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8],
+        ),
+        ("length -1", vec![0xff, 0xff, 0xff, 0xff]),
+        ("length 7", vec![0, 0, 0, 7, 0, 3, 0]),
+    ] {
+        let mut c = RawClient::connect(addr).await;
+        c.send(&bytes).await;
+        expect_fatal(c.read_message().await, what);
+        assert!(c.read_message().await.is_none(), "{what}: closed after the FATAL");
+    }
+    // After an SSLRequest was refused.
+    let mut c = RawClient::connect(addr).await;
+    c.send(&[0, 0, 0, 8, 4, 210, 22, 47]).await;
+    assert_eq!(c.read_byte().await, b'N');
+    c.send(&[0, 0, 0, 2]).await;
+    expect_fatal(c.read_message().await, "after SSLRequest");
+    // A password message with a length below 4, for a client and for the console.
+    for (user, db) in [("sluice_md5", "app"), ("admin", "pgbouncer")] {
+        let mut c = RawClient::connect(addr).await;
+        c.send_startup(3, 0, &[("user", user), ("database", db)]).await;
+        assert_eq!(
+            first_answer(&mut c, Duration::from_secs(5)).await,
+            First::AuthRequest
+        );
+        c.send(&[b'p', 0, 0, 0, 2]).await;
+        expect_fatal(c.read_message().await, "password message of length 2");
+    }
+    sluice.shutdown().await;
+}
