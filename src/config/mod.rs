@@ -124,7 +124,8 @@ pub struct PoolerConfig {
     pub pool_mode: PoolMode,
     /// Server connections per (database, user) pool unless the database sets pool_size.
     pub default_pool_size: u32,
-    /// Most client connections accepted at once (admin console exempt).
+    /// Most client connections accepted at once, logins in progress included (a logged-in
+    /// console session may use the console's small reserve beyond it).
     pub max_client_conn: u32,
     /// Client authentication method.
     pub auth_type: AuthType,
