@@ -74,7 +74,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         "*" => "0.0.0.0",
         other => other,
     };
-    let tcp = TcpListener::bind((host, config.pooler.listen_port))
+    let tcp = bind_tcp(host, config.pooler.listen_port)
         .await
         .map_err(|source| Error::Bind {
             what: format!("{host}:{}", config.pooler.listen_port),
@@ -98,10 +98,14 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         _ => None,
     };
     let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            what: format!("metrics endpoint {addr}"),
-            source,
-        })?),
+        Some(addr) => Some(
+            bind_tcp(&addr.ip().to_string(), addr.port())
+                .await
+                .map_err(|source| Error::Bind {
+                    what: format!("metrics endpoint {addr}"),
+                    source,
+                })?,
+        ),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -133,6 +137,27 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         shared,
         accept_tasks,
     })
+}
+
+/// Pending connections the kernel may queue for accept (capped by net.core.somaxconn). The
+/// standard library's 128 overflows under a burst of connections, and a dropped SYN costs a
+/// client a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `host:port` (the first address the name resolves to) with
+/// [`LISTEN_BACKLOG`].
+async fn bind_tcp(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Something that accepts client connections (the TCP or the unix listener).
