@@ -9,7 +9,7 @@ pub mod config;
 pub mod error;
 pub mod leaks;
 pub mod listener;
-pub mod login_throttle;
+pub(crate) mod login_throttle;
 pub mod metrics;
 pub mod pool;
 pub mod procfs;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// Delay before the error of a first failure.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// Longest delay before a failed login's error.
-pub const MAX_DELAY: Duration = Duration::from_secs(2);
+const MAX_DELAY: Duration = Duration::from_secs(2);
 /// An address with no failure for this long starts over.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Most addresses remembered; past it the stalest is forgotten.
@@ -25,13 +25,13 @@ struct Failures {
 
 /// Recent failed logins per client IP address.
 #[derive(Default)]
-pub struct FailedLogins {
+pub(crate) struct FailedLogins {
     by_addr: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 impl FailedLogins {
     /// Records a failed login from `addr`; returns how long to wait before telling the client.
-    pub fn record_failure(&self, addr: IpAddr) -> Duration {
+    pub(crate) fn record_failure(&self, addr: IpAddr) -> Duration {
         let now = Instant::now();
         let mut map = self.by_addr.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
@@ -52,13 +52,9 @@ impl FailedLogins {
     }
 
     /// Addresses remembered now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.by_addr.lock().len()
-    }
-
-    /// True when no failure is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

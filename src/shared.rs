@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 mod admission;
 pub(crate) use admission::max_client_conn_error;
-pub use admission::{ConsoleSeat, Counted, LoginPlace, LoginTicket};
+pub(crate) use admission::{ConsoleSeat, LoginPlace};
 
 /// State shared by the listener and all sessions of one pooler.
 pub struct Shared {
@@ -42,7 +42,7 @@ pub struct Shared {
     /// Logged-in console sessions in the console's reserve.
     console_seats: AtomicUsize,
     /// Failed logins per client address, which slow down that address's next failures.
-    pub failed_logins: crate::login_throttle::FailedLogins,
+    pub(crate) failed_logins: crate::login_throttle::FailedLogins,
     /// Every logged-in client, by id (for the console and leak reports).
     /// Connected clients per database [0] and per user [1].
     /// Clients per database and per user name. The keys double as the names' one shared copy:
@@ -120,7 +120,7 @@ impl Shared {
 
     /// Turns a login's place into a client's slot, if the per-database and per-user client
     /// limits (0: none) allow; a console-only place is refused. On refusal, names the limit.
-    pub fn admit_client(
+    pub(crate) fn admit_client(
         &self,
         place: LoginPlace,
         database: (&str, usize),

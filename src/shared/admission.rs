@@ -14,16 +14,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) const CONSOLE_RESERVE: usize = 16;
 
 /// Where a connection stands while it logs in.
-pub enum LoginPlace {
+pub(crate) enum LoginPlace {
     /// One of max_client_conn's slots (no database or user counted yet).
     Client(ClientSlot),
     /// max_client_conn was full: one of a few places that only a console login may keep,
-    /// and only until it is authenticated.
+    /// and only until it is authenticated. (Held for its drop, which gives the place back.)
+    #[allow(dead_code)]
     Overflow(Counted),
 }
 
-/// Where a logged-in console session is counted.
-pub enum ConsoleSeat {
+/// Where a logged-in console session is counted (held for its drop, which gives the seat back).
+#[allow(dead_code)]
+pub(crate) enum ConsoleSeat {
     /// In the console's reserve beyond max_client_conn.
     Reserve(Counted),
     /// The reserve was full: in max_client_conn like any client.
@@ -40,7 +42,7 @@ enum Reserve {
 }
 
 /// One unit of a bounded counter, given back when dropped.
-pub struct Counted {
+pub(crate) struct Counted {
     shared: Arc<Shared>,
     which: Reserve,
 }
@@ -52,7 +54,7 @@ impl Drop for Counted {
 }
 
 /// A login in progress, counted under its IP address until dropped.
-pub struct LoginTicket {
+pub(crate) struct LoginTicket {
     shared: Arc<Shared>,
     addr: Option<IpAddr>,
 }
@@ -112,7 +114,10 @@ impl Shared {
     /// Admits a new connection to log in: a ticket under its IP address (refused past
     /// max_logins_per_address) and a place in max_client_conn (or, when that is full, a place
     /// only a console login may keep). On refusal, the FATAL to send.
-    pub fn begin_login(self: &Arc<Self>, peer: &PeerAddr) -> Result<(LoginTicket, LoginPlace), PgError> {
+    pub(crate) fn begin_login(
+        self: &Arc<Self>,
+        peer: &PeerAddr,
+    ) -> Result<(LoginTicket, LoginPlace), PgError> {
         let config = self.config.load();
         let per_addr = config.pooler.max_logins_per_address as usize;
         let addr = match peer {
@@ -157,7 +162,7 @@ impl Shared {
 
     /// After a console user authenticated: a seat in the console's reserve if one is free
     /// (giving back the login's place), else the login's max_client_conn slot. None: neither.
-    pub fn seat_console(self: &Arc<Self>, place: LoginPlace) -> Option<ConsoleSeat> {
+    pub(crate) fn seat_console(self: &Arc<Self>, place: LoginPlace) -> Option<ConsoleSeat> {
         match (self.counted(Reserve::Console), place) {
             (Some(seat), _) => Some(ConsoleSeat::Reserve(seat)),
             (None, LoginPlace::Client(slot)) => Some(ConsoleSeat::Client(slot)),
