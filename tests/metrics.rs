@@ -632,3 +632,57 @@ async fn health_is_answered_while_a_thousand_idle_sockets_are_held() {
     }
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_are_closed_at_once_and_the_endpoint_recovers() {
+    assert!(
+        common::raise_fd_limit() >= 10_000,
+        "the test needs 10,000 descriptors"
+    );
+    let sluice = start_sluice(&config(METRICS)).await;
+    let addr = sluice.metrics_addr().expect("metrics endpoint bound");
+    // 4,096 idle sockets fill the endpoint's connection limit.
+    let mut idle = Vec::new();
+    for _ in 0..4096 {
+        idle.push(TcpStream::connect(addr).await.expect("connect an idle socket"));
+    }
+    // One more is closed as soon as it is accepted, instead of waiting behind them.
+    let mut buf = [0u8; 64];
+    let mut closed_at_once = false;
+    for _ in 0..20 {
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) if started.elapsed() < Duration::from_secs(1) => {
+                closed_at_once = true;
+                break;
+            }
+            // Accepted before the limit filled (the accept queue was still draining).
+            _ => idle.push(extra),
+        }
+    }
+    assert!(
+        closed_at_once,
+        "a connection past the limit was not closed at once"
+    );
+    drop(idle);
+    wait_until(Duration::from_secs(5), "/health answers again", || async {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        else {
+            return false;
+        };
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = Vec::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out)).await,
+            Ok(Ok(_)) if out.starts_with(b"HTTP/1.1 200")
+        )
+    })
+    .await;
+    sluice.shutdown().await;
+}
