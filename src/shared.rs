@@ -207,7 +207,8 @@ impl Shared {
         self.cancels.for_each_client(f);
     }
 
-    /// Clients currently connected (admin console sessions excluded).
+    /// max_client_conn slots taken: logged-in clients and logins in progress (console sessions
+    /// in the console reserve excluded).
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
