@@ -9,8 +9,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener};
 
-/// Connections the kernel may queue on a listener before sluice accepts them.
-const BACKLOG: i32 = 1024;
+/// Connections the kernel may queue on a listener before sluice accepts them (capped by
+/// net.core.somaxconn). A backlog of 128 overflows under a burst of connections, and a dropped
+/// SYN costs a client a 1 s retransmission.
+pub(crate) const BACKLOG: i32 = 4096;
 
 /// Binds the TCP listener on `listen_addr:listen_port`.
 pub(crate) fn tcp(config: &Config) -> io::Result<TcpListener> {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod leaks;
 pub mod listener;
 pub mod logging;
+pub(crate) mod login_throttle;
 pub mod metrics;
 pub mod name_cap;
 pub mod pool;

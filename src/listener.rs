@@ -138,7 +138,7 @@ trait Accept {
 }
 
 /// Connections taken from a closing listener's queue, at most (the listen backlog).
-const QUEUED_AT_CLOSE: usize = 1024;
+const QUEUED_AT_CLOSE: usize = crate::bind::BACKLOG as usize;
 
 impl Accept for TcpListener {
     async fn next(&self) -> std::io::Result<(Stream, PeerAddr)> {

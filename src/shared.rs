@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
+mod admission;
+pub(crate) use admission::max_client_conn_error;
+pub(crate) use admission::{ConsoleSeat, LoginPlace};
+
 /// State shared by the listener and all sessions of one pooler.
 pub struct Shared {
     /// The configuration in force (swapped whole on reload).
@@ -27,7 +31,18 @@ pub struct Shared {
     pub instance_secret: [u8; 32],
     /// TLS contexts, hba rules and auth_query answers, kept per config snapshot.
     pub security: crate::security::Security,
+    /// max_client_conn's slots taken: logged-in clients and logins in progress.
     clients: AtomicUsize,
+    /// Logins in progress.
+    logins: AtomicUsize,
+    /// Logins in progress per client IP address (entries at zero are removed).
+    logins_by_addr: Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Logins holding a console-only place while max_client_conn is full.
+    login_overflow: AtomicUsize,
+    /// Logged-in console sessions in the console's reserve.
+    console_seats: AtomicUsize,
+    /// Failed logins per client address, which slow down that address's next failures.
+    pub(crate) failed_logins: crate::login_throttle::FailedLogins,
     /// Every logged-in client, by id (for the console and leak reports).
     /// Connected clients per database [0] and per user [1].
     /// Clients per database and per user name. The keys double as the names' one shared copy:
@@ -89,6 +104,11 @@ impl Shared {
             instance_secret: rand::random(),
             security: crate::security::Security::default(),
             clients: AtomicUsize::new(0),
+            logins: AtomicUsize::new(0),
+            logins_by_addr: Mutex::new(HashMap::new()),
+            login_overflow: AtomicUsize::new(0),
+            console_seats: AtomicUsize::new(0),
+            failed_logins: Default::default(),
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             lifecycle,
             disabled: Mutex::new(std::collections::HashSet::new()),
@@ -101,28 +121,18 @@ impl Shared {
         })
     }
 
-    /// Takes a client slot if max_client_conn (`limit`) and the per-database and per-user client
-    /// limits (0: none) allow; the slot is held by the returned guard. On refusal, names the limit.
-    pub fn try_admit_client(
-        self: &Arc<Self>,
-        limit: usize,
+    /// Turns a login's place into a client's slot, if the per-database and per-user client
+    /// limits (0: none) allow; a console-only place is refused. On refusal, names the limit.
+    pub(crate) fn admit_client(
+        &self,
+        place: LoginPlace,
         database: (&str, usize),
         user: (&str, usize),
     ) -> Result<ClientSlot, &'static str> {
-        let taken = self
-            .clients
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
-                (c < limit).then_some(c + 1)
-            });
-        if taken.is_err() {
-            return Err("max_client_conn");
-        }
         // From here on, dropping `slot` gives back whatever it has taken.
-        let mut slot = ClientSlot {
-            shared: self.clone(),
-            database: None,
-            user: None,
-            handed_over: false,
+        let mut slot = match place {
+            LoginPlace::Client(slot) => slot,
+            LoginPlace::Overflow(_) => return Err("max_client_conn"),
         };
         let mut counts = self.client_counts.lock();
         let refused = 'check: {
@@ -200,7 +210,8 @@ impl Shared {
         self.cancels.for_each_client(f);
     }
 
-    /// Clients currently connected (admin console sessions excluded).
+    /// max_client_conn slots taken: logged-in clients and logins in progress (console sessions
+    /// in the console reserve excluded).
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }

@@ -569,3 +569,120 @@ async fn wait_timeouts_and_connect_failures_are_counted() {
     holder.batch_execute("COMMIT").await.unwrap();
     sluice.shutdown().await;
 }
+
+/// Times one GET of `path` (a fresh connection each time).
+async fn timed_get(addr: SocketAddr, path: &str) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    let (status, _) = get(addr, path).await;
+    (status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_answered_while_a_thousand_idle_sockets_are_held() {
+    assert!(
+        common::raise_fd_limit() >= 4000,
+        "the test needs 4000 descriptors"
+    );
+    let sluice = start_sluice(&config(METRICS)).await;
+    let addr = sluice.metrics_addr().expect("metrics endpoint bound");
+    // 1,000 sockets that never finish a request: half silent, half a slowloris that sent
+    // part of a request head.
+    let mut idle = Vec::new();
+    for i in 0..1000 {
+        let mut s = TcpStream::connect(addr).await.expect("connect an idle socket");
+        if i % 2 == 1 {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
+        idle.push(s);
+    }
+    // Let the endpoint accept them all before measuring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let (status, took) = timed_get(addr, "/health").await;
+        assert_eq!(status, 200);
+        times.push(took);
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!("/health with 1,000 idle sockets held: median {median:?}, all {times:?}");
+    assert!(
+        median < Duration::from_millis(100),
+        "/health median {median:?} with 1,000 idle sockets held (all: {times:?})"
+    );
+    assert!(
+        times[times.len() - 1] < Duration::from_secs(1),
+        "slowest /health {times:?}"
+    );
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("pgbouncer_up"), "metrics body: {body}");
+
+    // The idle sockets are closed after the header timeout (5 s), not held for good.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    for s in idle.iter_mut().take(10) {
+        let left = Duration::from_secs(10).saturating_sub(started.elapsed());
+        let r = tokio::time::timeout(left, s.read(&mut buf)).await;
+        assert!(
+            r.is_ok(),
+            "an idle socket still open after {:?}",
+            started.elapsed()
+        );
+    }
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_are_closed_at_once_and_the_endpoint_recovers() {
+    assert!(
+        common::raise_fd_limit() >= 10_000,
+        "the test needs 10,000 descriptors"
+    );
+    let sluice = start_sluice(&config(METRICS)).await;
+    let addr = sluice.metrics_addr().expect("metrics endpoint bound");
+    // 4,096 idle sockets fill the endpoint's connection limit.
+    let mut idle = Vec::new();
+    for _ in 0..4096 {
+        idle.push(TcpStream::connect(addr).await.expect("connect an idle socket"));
+    }
+    // One more is closed as soon as it is accepted, instead of waiting behind them.
+    let mut buf = [0u8; 64];
+    let mut closed_at_once = false;
+    for _ in 0..20 {
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) if started.elapsed() < Duration::from_secs(1) => {
+                closed_at_once = true;
+                break;
+            }
+            // Accepted before the limit filled (the accept queue was still draining).
+            _ => idle.push(extra),
+        }
+    }
+    assert!(
+        closed_at_once,
+        "a connection past the limit was not closed at once"
+    );
+    drop(idle);
+    wait_until(Duration::from_secs(5), "/health answers again", || async {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        else {
+            return false;
+        };
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = Vec::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out)).await,
+            Ok(Ok(_)) if out.starts_with(b"HTTP/1.1 200")
+        )
+    })
+    .await;
+    sluice.shutdown().await;
+}

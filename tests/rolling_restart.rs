@@ -35,6 +35,7 @@ fn spawn(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("--config")
         .arg(config)
+        .arg("--allow-root") // tests run as root in CI
         .env("SLUICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

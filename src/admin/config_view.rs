@@ -17,6 +17,7 @@ const CHANGEABLE: &[&str] = &[
     "max_user_connections",
     "max_db_client_connections",
     "max_user_client_connections",
+    "max_logins_per_address",
     "query_wait_timeout",
     "query_wait_timeout_disconnect",
     "query_wait_notify",

@@ -160,7 +160,7 @@ pub fn list_figures(shared: &Shared) -> Vec<(&'static str, usize)> {
         ("peer_pools", 0),
         ("free_clients", 0),
         ("used_clients", used_clients),
-        ("login_clients", 0),
+        ("login_clients", shared.logins_in_progress()),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),

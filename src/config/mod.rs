@@ -140,7 +140,8 @@ pub struct PoolerConfig {
     pub pool_mode: PoolMode,
     /// Server connections per (database, user) pool unless the database sets pool_size.
     pub default_pool_size: u32,
-    /// Most client connections accepted at once (admin console exempt).
+    /// Most client connections accepted at once, logins in progress included (a logged-in
+    /// console session may use the console's small reserve beyond it).
     pub max_client_conn: u32,
     /// Client authentication method.
     pub auth_type: AuthType,
@@ -226,6 +227,9 @@ pub struct PoolerConfig {
     pub max_db_client_connections: u32,
     /// Most client connections per user (0: no limit).
     pub max_user_client_connections: u32,
+    /// Most logins in progress at once from one client IP address (0: no limit), so that
+    /// half-open logins from one host cannot take every max_client_conn slot.
+    pub max_logins_per_address: u32,
     /// On query_wait_timeout, send FATAL and close (PgBouncer's behaviour) instead of an ERROR
     /// that keeps the connection usable.
     pub query_wait_timeout_disconnect: bool,
@@ -363,6 +367,7 @@ impl Default for PoolerConfig {
             max_user_connections: 0,
             max_db_client_connections: 0,
             max_user_client_connections: 0,
+            max_logins_per_address: 100,
             query_wait_timeout_disconnect: false,
             query_wait_notify: Duration::from_secs(5),
             query_timeout: Duration::ZERO,

@@ -1,21 +1,32 @@
-//! The endpoint's HTTP side: a deliberately tiny HTTP/1.x responder on tokio. It reads one
-//! request head (bounded in size and time), answers `GET /metrics` and `GET /health`, and closes
-//! the connection. Anything else gets a 4xx; nothing a client sends can panic it.
+//! The endpoint's HTTP side, on hyper (HTTP/1.1, one request per connection): `GET /metrics`
+//! and `GET /health`. A request head must arrive within a short timeout and fit a small buffer,
+//! and the connections served at once are bounded (past the bound a new one is closed at once),
+//! so idle or slow sockets cannot keep a liveness probe from being answered.
 
 use super::Metrics;
 use crate::shared::{Lifecycle, Shared};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-/// Largest request head read; longer ones get 431.
+/// Largest request head buffered (hyper's minimum); longer ones get 431.
 const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request and read the answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 32;
+/// Time a client has, from connecting, to send its whole request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may live in all (head, answer, the client reading it).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once. High enough that many idle sockets leave room for probes and
+/// scrapes; bounded so they cannot take every file descriptor. Past it a connection is closed
+/// as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 4096;
 /// How often recorded histogram samples are folded in when nobody scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
 
@@ -35,88 +46,67 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metr
                 continue;
             }
         };
-        let Ok((socket, _)) = accepted else {
+        let Ok((socket, peer)) = accepted else {
+            // Out of descriptors, usually: wait for some to free up instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics endpoint: connection limit reached; closing");
+            continue;
         };
         let (weak, metrics) = (weak.clone(), metrics.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, answer(socket, weak, metrics)).await;
+            let service = hyper::service::service_fn(move |req| {
+                let answer = route(&req, &weak, &metrics);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(socket), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics endpoint: connection failed"),
+                Err(_) => tracing::debug!(%peer, "metrics endpoint: connection timed out"),
+            }
             drop(permit);
         });
     }
 }
 
-/// Reads a request head and writes the response.
-async fn answer(mut socket: TcpStream, shared: Weak<Shared>, metrics: Arc<Metrics>) {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let complete = loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break true;
-        }
-        if head.len() > MAX_HEAD {
-            break false;
-        }
-        match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                // EOF before a blank line: answer what we have if the request line is there.
-                break head.contains(&b'\n');
-            }
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
+/// Decides the answer to a request.
+fn route(req: &Request<Incoming>, shared: &Weak<Shared>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    }
+    let Some(shared) = shared.upgrade() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     };
-    let (status, content_type, body) = if !complete {
-        (431, "text/plain", "request header too large\n".to_string())
-    } else {
-        route(&head, &shared, &metrics)
-    };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = socket.write_all(response.as_bytes()).await;
-    let _ = socket.write_all(body.as_bytes()).await;
-    let _ = socket.shutdown().await;
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render(&shared))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/health" => match shared.lifecycle() {
+            Lifecycle::Running => text(StatusCode::OK, "ok"),
+            _ => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics or /health\n"),
+    }
 }
 
-/// Decides the answer to a request head: (status, content type, body).
-fn route(head: &[u8], shared: &Weak<Shared>, metrics: &Metrics) -> (u16, &'static str, String) {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (400, "text/plain", "bad request\n".into());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (400, "text/plain", "bad request\n".into());
-    }
-    if method != "GET" {
-        return (405, "text/plain", "only GET is served\n".into());
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    let Some(shared) = shared.upgrade() else {
-        return (503, "text/plain", "shutting down\n".into());
-    };
-    match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render(&shared)),
-        "/health" => match shared.lifecycle() {
-            Lifecycle::Running => (200, "text/plain", "ok".into()),
-            _ => (503, "text/plain", "shutting down\n".into()),
-        },
-        _ => (404, "text/plain", "not found; try /metrics or /health\n".into()),
-    }
+/// A plain-text response.
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
 }

@@ -15,8 +15,29 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Authenticates `user` for `database`; on success AuthenticationOk was sent, and the result is
-/// the secret the server login should use (None: none known).
+/// the secret the server login should use (None: none known). A refused login waits before its
+/// error, longer for each recent failure from the same IP address (`login_throttle`).
 pub(super) async fn authenticate(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    user: &str,
+    database: &str,
+) -> Result<Option<Secret>, Refusal> {
+    let result = authenticate_once(stream, peer, shared, config, user, database).await;
+    if let (Err(Refusal::Fatal(e)), PeerAddr::Tcp(addr)) = (&result, peer)
+        && e.sqlstate.starts_with("28")
+    {
+        let delay = shared.failed_logins.record_failure(addr.ip());
+        tracing::info!(%peer, user, ?delay, "login failed; delaying the error");
+        tokio::time::sleep(delay).await;
+    }
+    result
+}
+
+/// One authentication, without the delay after a failure.
+async fn authenticate_once(
     stream: &mut Stream,
     peer: &PeerAddr,
     shared: &Arc<Shared>,

@@ -79,19 +79,33 @@ enum Ending {
 
 /// Serves one client connection from its first byte to its close.
 pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
+    // Counted from the first byte: a login in progress holds a max_client_conn slot.
+    let (ticket, place) = match shared.begin_login(&peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            if shared.config.load().pooler.log_pooler_errors {
+                tracing::warn!(%peer, "connection refused: {refusal}");
+            }
+            send_refusal(&mut stream, &refusal, &shared).await;
+            return;
+        }
+    };
     // Boxed: the login's timer and error paths are not carried for the client's whole life.
-    let Some(login) = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared)).await else {
+    let login = Box::pin(log_in_or_refuse(&mut stream, &peer, &shared, place)).await;
+    drop(ticket);
+    let Some(login) = login else {
         return;
     };
     let log_connections = shared.config.load().pooler.log_connections;
     match login {
-        Login::Console { user, role } => {
+        Login::Console { user, role, seat } => {
             let started = Instant::now();
             if log_connections {
                 let tls = stream.tls_description();
                 tracing::info!(db = %"pgbouncer", %user, %tls, %peer, "login");
             }
             Box::pin(crate::admin::serve(stream, shared.clone(), role, user.clone())).await;
+            drop(seat);
             if shared.config.load().pooler.log_disconnections {
                 log_closing(&peer, "pgbouncer", &user, "console session ended", started);
             }
@@ -143,10 +157,15 @@ fn log_closing(peer: &PeerAddr, db: &str, user: &str, reason: &str, since: Insta
 }
 
 /// Logs the client in within client_login_timeout; a refused login is told its FATAL here.
-async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Shared>) -> Option<Login> {
+async fn log_in_or_refuse(
+    stream: &mut Stream,
+    peer: &PeerAddr,
+    shared: &Arc<Shared>,
+    place: crate::shared::LoginPlace,
+) -> Option<Login> {
     let login_limit = shared.config.load().pooler.client_login_timeout;
     let on_server = std::sync::atomic::AtomicBool::new(false);
-    let login = startup::log_in(stream, peer, shared, &on_server);
+    let login = startup::log_in(stream, peer, shared, place, &on_server);
     let refusal = match tokio::time::timeout(login_limit, login).await {
         Ok(Ok(login)) => return Some(login),
         Ok(Err(Refusal::Quiet)) => return None,
@@ -156,10 +175,18 @@ async fn log_in_or_refuse(stream: &mut Stream, peer: &PeerAddr, shared: &Arc<Sha
     if shared.config.load().pooler.log_pooler_errors {
         tracing::warn!(%peer, "login refused: {refusal}");
     }
+    send_refusal(stream, &refusal, shared).await;
+    None
+}
+
+/// Tells a refused connection why, bounded in time (a client that reads nothing cannot hold
+/// the connection open).
+async fn send_refusal(stream: &mut Stream, refusal: &PgError, shared: &Shared) {
     let mut out = bytes::BytesMut::new();
     refusal.encode(&mut out);
-    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
-    None
+    let limit = shared.config.load().pooler.client_login_timeout;
+    let write = tokio::io::AsyncWriteExt::write_all(stream, &out);
+    let _ = tokio::time::timeout(limit.max(std::time::Duration::from_secs(1)), write).await;
 }
 
 /// What a client that did not finish logging in within client_login_timeout is told: whether

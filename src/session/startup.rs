@@ -45,6 +45,8 @@ pub(super) enum Login {
         user: String,
         /// What the user may do.
         role: crate::admin::Role,
+        /// Where the session is counted, for as long as it lasts.
+        seat: crate::shared::ConsoleSeat,
     },
 }
 
@@ -69,6 +71,7 @@ pub(super) async fn log_in(
     stream: &mut Stream,
     peer: &PeerAddr,
     shared: &Arc<Shared>,
+    place: crate::shared::LoginPlace,
     on_server: &std::sync::atomic::AtomicBool,
 ) -> Result<Login, Refusal> {
     let params = negotiate(stream, peer, shared).await?;
@@ -90,7 +93,8 @@ pub(super) async fn log_in(
         )));
     }
     if crate::admin::CONSOLE_DATABASES.contains(&database.as_str()) {
-        // The console: exempt from max_client_conn, for admin_users and stats_users only.
+        // The console, for admin_users and stats_users only: counted like any login until it
+        // is authenticated; then it may move to the console's reserve beyond max_client_conn.
         let Some(role) = crate::admin::role_of(&config, &user) else {
             return Err(Refusal::Fatal(PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
@@ -98,10 +102,13 @@ pub(super) async fn log_in(
             )));
         };
         super::client_auth::authenticate(stream, peer, shared, &config, &user, &database).await?;
+        let seat = shared
+            .seat_console(place)
+            .ok_or_else(|| Refusal::Fatal(crate::shared::max_client_conn_error(shared)))?;
         let mut out = BytesMut::new();
         crate::admin::welcome(&mut out);
         stream.write_all(&out).await?;
-        return Ok(Login::Console { user, role });
+        return Ok(Login::Console { user, role, seat });
     }
     if shared.is_disabled(&database) {
         return Err(Refusal::Fatal(PgError::fatal(
@@ -125,13 +132,15 @@ pub(super) async fn log_in(
         .max_user_client_connections
         .unwrap_or(p.max_user_client_connections);
     let slot = shared
-        .try_admit_client(
-            p.max_client_conn as usize,
+        .admit_client(
+            place,
             (&database, db_limit as usize),
             (&user, user_limit as usize),
         )
         .map_err(|limit| {
-            Refusal::Fatal(
+            Refusal::Fatal(if limit == "max_client_conn" {
+                crate::shared::max_client_conn_error(shared)
+            } else {
                 PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("no more connections allowed ({limit})"),
@@ -142,8 +151,8 @@ pub(super) async fn log_in(
                 ))
                 .with_hint(format!(
                     "raise {limit}, or find the application that does not close its connections"
-                )),
-            )
+                ))
+            })
         })?;
 
     let secret = super::client_auth::authenticate(stream, peer, shared, &config, &user, &database).await?;

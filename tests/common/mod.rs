@@ -133,3 +133,21 @@ pub async fn console_rows(addr: SocketAddr, user: &str, cmd: &str) -> Vec<Consol
     let c = connect_with(cfg).await.expect("console login");
     console_query(&c, cmd).await
 }
+
+/// Raises this process's soft open-files limit to the hard limit (20000 on these machines), for
+/// tests that hold thousands of sockets; returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
