@@ -46,8 +46,10 @@ async fn query_wait_timeout_names_the_holders_and_keeps_the_connection_usable() 
     let started = Instant::now();
     let e = third.simple_query("SELECT 1").await.unwrap_err();
     let waited = started.elapsed();
+    // Fails at query_wait_timeout (1 s), not later; the upper bound leaves room for a loaded
+    // 2-core machine and still tells a fail-fast from a hang.
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(2),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
     let db_err = e.as_db_error().expect("an ErrorResponse");
