@@ -71,6 +71,9 @@ pub struct PoolSettings {
     pub server_check_delay: Duration,
     /// Cap on the back-off between failing login attempts.
     pub server_login_retry: Duration,
+    /// How long clients wait out an outage of a server that worked (a PostgreSQL restart)
+    /// instead of getting the cached login error.
+    pub server_outage_grace: Duration,
     /// Statements each server keeps prepared for clients (transaction mode; 0: named prepared
     /// statements pass through untouched).
     pub max_prepared_statements: usize,
@@ -172,7 +175,7 @@ impl Pool {
         user_group: Arc<LimitGroup>,
         metrics: crate::metrics::PoolMetrics,
     ) -> Arc<Pool> {
-        let login = LoginHealth::new(settings.server_login_retry);
+        let login = LoginHealth::new();
         let pool = Arc::new(Pool {
             key,
             settings: arc_swap::ArcSwap::from_pointee(settings),
