@@ -321,3 +321,60 @@ async fn a_refused_server_login_is_not_waited_for() {
         "a refused login was waited on for {took:?}"
     );
 }
+
+/// The first column of the first row of `sql`, over the simple protocol.
+async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// A client with its own settings, on a sluice at `addr`.
+async fn client_named(addr: SocketAddr, name: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user("sluice_trust")
+        .dbname("app")
+        .application_name(name);
+    common::connect_with(config).await.expect("login")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_lost_before_the_request_was_sent_costs_no_error() {
+    let pg = tokio::task::block_in_place(TempPostgres::start_standalone);
+    let sluice = start_sluice(&format!(
+        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nquery_wait_timeout = \"30s\"\n\
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 1\n",
+        pg.port()
+    ))
+    .await;
+    let addr = sluice.tcp_addr();
+    // The pool's one server last served b, so a's next request needs a parameter sync first.
+    let b = client_named(addr, "b").await;
+    // The simple protocol throughout: one request each, nothing sent behind it.
+    let pid: i32 = first_value(&b, "SELECT pg_backend_pid()").await.parse().unwrap();
+    let a = client_named(addr, "a").await;
+    // The backend stops answering (it looks idle and healthy to the pool) ...
+    // SAFETY: kill(2) on the pid PostgreSQL reported for that backend.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let query = tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_secs(20), a.simple_query("SELECT 42")).await;
+        (r, a)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and dies while a's sync waits on it: PostgreSQL restarts all backends after a crash.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let (r, a) = query.await.unwrap();
+    r.expect("no hang")
+        .expect("a request that never reached a server gets another server, not an error");
+    assert_eq!(first_value(&a, "SHOW application_name").await, "a");
+}

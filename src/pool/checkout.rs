@@ -1,7 +1,8 @@
 //! Getting a server: an idle one (checked first), a new one when a slot is free (or a reserve
 //! slot once the client waited reserve_pool_timeout), or a place in the FIFO queue until one is
 //! released. Waiting is cancel-safe: a waiter that goes away takes itself out of the queue and
-//! gives back anything it was handed. While logins fail, clients get the cached error at once.
+//! gives back anything it was handed. While logins fail, clients get the cached error at once,
+//! except during a short outage of a server that worked (server_outage_grace): then they wait.
 
 use super::login_health::{Gate, Limits};
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
