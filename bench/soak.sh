@@ -67,6 +67,14 @@ running() { [ -d "$TMP" ] && [ ! -e "$STOP" ]; }
 soak_cleanup() {
     local rc=$?
     touch "$STOP" 2>/dev/null || true
+    # A second SIGTERM makes sluice exit at once, even with clients still connected.
+    if [ -n "${POOLER_PID:-}" ]; then
+        kill -TERM "$POOLER_PID" 2>/dev/null || true
+        sleep 0.2
+        kill -TERM "$POOLER_PID" 2>/dev/null || true
+    fi
+    # cleanup takes the exit status from $?; set -e would end this trap at a failing (exit).
+    set +e
     (exit "$rc")
     cleanup
 }
