@@ -28,6 +28,7 @@ const CHANGEABLE: &[&str] = &[
     "client_login_timeout",
     "server_connect_timeout",
     "server_login_retry",
+    "server_outage_grace",
     "server_lifetime",
     "server_idle_timeout",
     "server_check_query",

@@ -252,6 +252,11 @@ pub struct PoolerConfig {
     /// exponentially (with jitter) up to this.
     #[serde(with = "duration")]
     pub server_login_retry: Duration,
+    /// While a server that worked is unreachable, starting up, shutting down or full (a
+    /// restart), clients needing a new server wait up to this long (within query_wait_timeout)
+    /// while logins are retried every 50-200 ms; a longer outage fails fast (0: never wait).
+    #[serde(with = "duration")]
+    pub server_outage_grace: Duration,
     /// Close a server this old when it is released (jittered per server; 0: never).
     #[serde(with = "duration")]
     pub server_lifetime: Duration,
@@ -375,6 +380,7 @@ impl Default for PoolerConfig {
             client_idle_timeout: Duration::ZERO,
             transaction_timeout: Duration::ZERO,
             server_login_retry: Duration::from_secs(15),
+            server_outage_grace: Duration::from_secs(5),
             server_lifetime: Duration::from_secs(3600),
             server_idle_timeout: Duration::from_secs(600),
             server_check_query: "select 1".to_string(),

@@ -1,8 +1,10 @@
 //! Getting a server: an idle one (checked first), a new one when a slot is free (or a reserve
 //! slot once the client waited reserve_pool_timeout), or a place in the FIFO queue until one is
 //! released. Waiting is cancel-safe: a waiter that goes away takes itself out of the queue and
-//! gives back anything it was handed. While logins fail, clients get the cached error at once.
+//! gives back anything it was handed. While logins fail, clients get the cached error at once,
+//! except during a short outage of a server that worked (server_outage_grace): then they wait.
 
+use super::login_health::{Gate, Limits};
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
 use crate::client_info::ClientInfo;
 use crate::metrics::Recycle;
@@ -102,7 +104,7 @@ impl Pool {
                         break server;
                     }
                 }
-                Step::Open(permit) => break Box::pin(self.open(permit)).await?,
+                Step::Open(permit) => break Box::pin(self.open(permit, Some(deadline))).await?,
                 Step::Wait(guard, group_blocked) => {
                     match self.wait(guard, group_blocked, started, deadline).await {
                         Waited::Server(server) => {
@@ -110,7 +112,7 @@ impl Pool {
                                 break server;
                             }
                         }
-                        Waited::Slot(permit) => break Box::pin(self.open(permit)).await?,
+                        Waited::Slot(permit) => break Box::pin(self.open(permit, Some(deadline))).await?,
                         Waited::Retry => {}
                         Waited::TimedOut => {
                             self.stats.metrics.wait_timeouts.increment(1);
@@ -315,36 +317,71 @@ impl Pool {
         Some(server)
     }
 
-    /// Opens a server with a slot, unless logins are failing and the next try is not due.
-    pub(super) async fn open(self: &Arc<Self>, permit: SlotPermit) -> Result<PooledServer, CheckoutError> {
-        if let Some(cached) = self.login.blocked() {
-            drop(permit); // passes the slot on, so the next waiter learns the same at once
-            return Err(CheckoutError::Login(cached));
-        }
-        let limit = self.settings().connect_timeout;
-        let target = self.settings().target.clone();
-        let result = match tokio::time::timeout(limit, server::connect(&target)).await {
-            Ok(r) => r,
-            Err(_) => Err(ServerError::Timeout(limit)),
-        };
-        let conn = match result {
-            Ok(conn) => conn,
-            Err(e) => {
-                let error = self.login_error(&e);
-                tracing::warn!(pool = %self.key, error = %e, "server login failed");
-                let transient = match &e {
-                    ServerError::Connect { .. } | ServerError::Timeout(_) => true,
-                    ServerError::Postgres(pg) => pg.sqlstate == crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
-                    _ => false,
+    /// Opens a server with a slot. While logins fail, the caller gets the cached error at once,
+    /// unless the failure is a short outage of a server that worked (within
+    /// server_outage_grace): then it waits, until `deadline` at most, while a login is retried
+    /// every 50-200 ms, and logs in as soon as one works. `None`: never wait.
+    pub(super) async fn open(
+        self: &Arc<Self>,
+        permit: SlotPermit,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<PooledServer, CheckoutError> {
+        let conn = loop {
+            let attempt = loop {
+                let news = self.login.news();
+                tokio::pin!(news);
+                news.as_mut().enable();
+                let (until, cached) = match self.login.gate(self.settings().server_outage_grace) {
+                    Gate::Try(attempt) => break attempt,
+                    Gate::Fail(cached) => (None, cached),
+                    Gate::Wait { until, cached } => (Some(tokio::time::Instant::from_std(until)), cached),
                 };
-                self.login
-                    .failed(&error, transient, self.settings().server_login_retry);
-                self.stats.metrics.connect_failures.increment(1);
-                drop(permit);
-                return Err(CheckoutError::Login(error));
+                let wake = match (until, deadline) {
+                    (Some(until), Some(deadline)) if tokio::time::Instant::now() < deadline => {
+                        until.min(deadline)
+                    }
+                    _ => {
+                        drop(permit); // passes the slot on, so the next waiter learns the same at once
+                        return Err(CheckoutError::Login(cached));
+                    }
+                };
+                tokio::select! {
+                    _ = &mut news => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+            };
+            let (limit, target, limits) = {
+                let s = self.settings();
+                let limits = Limits {
+                    grace: s.server_outage_grace,
+                    cap: s.server_login_retry,
+                };
+                (s.connect_timeout, s.target.clone(), limits)
+            };
+            let result = match tokio::time::timeout(limit, server::connect(&target)).await {
+                Ok(r) => r,
+                Err(_) => Err(ServerError::Timeout(limit)),
+            };
+            match result {
+                Ok(conn) => {
+                    attempt.succeeded();
+                    break conn;
+                }
+                Err(e) => {
+                    let error = self.login_error(&e);
+                    attempt.failed(&error, &e, limits);
+                    self.stats.metrics.connect_failures.increment(1);
+                    // A short outage of a server that worked: wait it out (the gate decides how long).
+                    let waiting = deadline.is_some() && self.login.in_outage_grace(limits.grace);
+                    if !waiting {
+                        tracing::warn!(pool = %self.key, error = %e, "server login failed");
+                        drop(permit);
+                        return Err(CheckoutError::Login(error));
+                    }
+                    tracing::info!(pool = %self.key, error = %e, "server login failed; waiting out the outage (server_outage_grace)");
+                }
             }
         };
-        self.login.succeeded();
         self.stats.metrics.connects.increment(1);
         tracing::debug!(pool = %self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
         self.remember_welcome(&conn);

@@ -94,7 +94,7 @@ impl Pool {
                     None => return,
                 }
             };
-            match self.open(permit).await {
+            match self.open(permit, None).await {
                 Ok(server) => self.give_back(server),
                 Err(_) => return,
             }

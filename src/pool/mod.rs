@@ -80,6 +80,9 @@ pub struct PoolSettings {
     pub server_check_delay: Duration,
     /// Cap on the back-off between failing login attempts.
     pub server_login_retry: Duration,
+    /// How long clients wait out an outage of a server that worked (a PostgreSQL restart)
+    /// instead of getting the cached login error.
+    pub server_outage_grace: Duration,
     /// Statements each server keeps prepared for clients (transaction mode; 0: named prepared
     /// statements pass through untouched).
     pub max_prepared_statements: usize,

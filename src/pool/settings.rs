@@ -37,6 +37,7 @@ pub fn settings_for(
         server_check_query: p.server_check_query.clone(),
         server_check_delay: p.server_check_delay,
         server_login_retry: p.server_login_retry,
+        server_outage_grace: p.server_outage_grace,
         mode,
         target: ServerTarget {
             host: db.host.clone(),

@@ -23,6 +23,8 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Pooler shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// The server is going down after a crash of another backend (or an immediate shutdown).
+    pub const CRASH_SHUTDOWN: &str = "57P02";
     /// Cannot connect now (server starting or pool unavailable).
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     /// Internal error.

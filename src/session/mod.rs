@@ -69,6 +69,15 @@ enum IdleWake {
     Killed(crate::client_info::Kill),
 }
 
+/// Why a server could not be brought to the client's settings.
+enum PrepareFailure {
+    /// The server refused a setting the client asked for: the session ends with this FATAL.
+    Refused(PgError),
+    /// The server connection failed (PostgreSQL restarting, backend killed) before anything of
+    /// the client's request was sent to it.
+    ServerLost(ServerError),
+}
+
 /// Why a logged-in session ended.
 enum Ending {
     /// The client said goodbye or closed.
@@ -325,7 +334,19 @@ impl Session {
                     server,
                     link: Link::new(),
                 }))),
-                Err(e) => Err(self.end_with(e, false).await),
+                Err(PrepareFailure::ServerLost(e)) => {
+                    // Nothing of the client's request reached that server: another one can take
+                    // it, within the same query_wait_timeout (a PostgreSQL restart is no error).
+                    let limit = self.login.shared().config.load().pooler.query_wait_timeout;
+                    if since.elapsed() < limit {
+                        tracing::info!(client = self.login.info().id, error = %e, "server lost before the request was sent; getting another");
+                        self.login.info().set_phase(ClientPhase::Waiting, None);
+                        return Ok(SessionState::Waiting { since });
+                    }
+                    let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("server conn crashed? {e}"));
+                    Err(self.end_with(e, false).await)
+                }
+                Err(PrepareFailure::Refused(e)) => Err(self.end_with(e, false).await),
             },
             WaitOutcome::Failed => {
                 self.login.info().set_phase(ClientPhase::Idle, None);
@@ -415,7 +436,11 @@ impl Session {
     }
 
     /// Brings a server to the client's session settings and points cancels at it.
-    async fn prepare(&mut self, server: PooledServer, since: Instant) -> Result<PooledServer, PgError> {
+    async fn prepare(
+        &mut self,
+        server: PooledServer,
+        since: Instant,
+    ) -> Result<PooledServer, PrepareFailure> {
         self.login.pool.stats.record_assignment(since.elapsed());
         self.login.info().set_phase(
             ClientPhase::Active,
@@ -439,7 +464,7 @@ impl Session {
     }
 
     /// SETs what differs between the server's session settings and the client's.
-    async fn sync_params(&mut self, mut server: PooledServer) -> Result<PooledServer, PgError> {
+    async fn sync_params(&mut self, mut server: PooledServer) -> Result<PooledServer, PrepareFailure> {
         let pool = self.login.pool.clone();
         let defaults = pool.welcome_params().unwrap_or_default();
         let Some(sql) = self.login.params.sync_sql(&server.conn, &defaults) else {
@@ -456,14 +481,13 @@ impl Session {
                 // The client asked for a setting the server refuses (as PostgreSQL would at login).
                 // What state the failed sync left is not known: the server is closed.
                 pool.release(server, Disposition::Close("parameter sync failed"));
-                return Err(e.with_severity(crate::protocol::Severity::Fatal));
+                return Err(PrepareFailure::Refused(
+                    e.with_severity(crate::protocol::Severity::Fatal),
+                ));
             }
             Err(e) => {
                 drop(server);
-                return Err(PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("server conn crashed? {e}"),
-                ));
+                return Err(PrepareFailure::ServerLost(e));
             }
         }
         Ok(server)

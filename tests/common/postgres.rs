@@ -294,6 +294,48 @@ impl TempPostgres {
         }
     }
 
+    /// Kills the postmaster with SIGKILL (a crash: no shutdown, no checkpoint) and waits until
+    /// that process is gone. Its backends notice and exit on their own; [`TempPostgres::start`]
+    /// then recovers. Panics when there is no running postmaster.
+    pub fn kill_postmaster(&mut self) {
+        let pidfile = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile).expect("read postmaster.pid");
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on the first line of postmaster.pid");
+        // SAFETY: kill(2) with a pid read from PostgreSQL's own lock file.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postmaster {pid} survived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the server after [`TempPostgres::kill_postmaster`]: retried while the dead
+    /// postmaster's backends still hold its shared memory (they exit within moments).
+    pub fn start_after_crash(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match self.pg_ctl_start() {
+                Ok(()) => return,
+                Err(log) if std::time::Instant::now() >= deadline => {
+                    panic!(
+                        "PostgreSQL did not start after a crash on port {}:\n{log}",
+                        self.port
+                    )
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// Turns on TLS: writes `cert_pem`/`key_pem` into the data directory (owned by the server's
     /// OS user, key mode 0600), sets `ssl = on`, and restarts the server.
     pub fn enable_ssl(&mut self, cert_pem: &str, key_pem: &str) {
@@ -476,6 +518,18 @@ impl TempPostgres {
 impl Drop for TempPostgres {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// True while process `pid` exists and is not a zombie.
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
     }
 }
 
