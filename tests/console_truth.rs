@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, connect_with, console_query, pg, start_sluice, wait_until};
+use common::{connect, console_query, pg, start_sluice, wait_until};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,12 +19,7 @@ fn config(extra: &str) -> String {
 }
 
 async fn console(addr: SocketAddr) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(addr.port())
-        .user("admin")
-        .dbname("pgbouncer");
-    connect_with(cfg).await.expect("console login")
+    common::admin_console(addr).await
 }
 
 /// The text of SHOW HELP's NOTICE (message and detail), read from the connection's messages.

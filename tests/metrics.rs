@@ -5,7 +5,7 @@
 mod common;
 
 use common::raw::RawClient;
-use common::{connect, connect_with, pg, start_sluice, wait_until};
+use common::{connect, pg, start_sluice, wait_until};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -140,12 +140,7 @@ async fn scrape(addr: SocketAddr) -> (Vec<Sample>, HashMap<String, String>) {
 }
 
 async fn console(addr: SocketAddr) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(addr.port())
-        .user("admin")
-        .dbname("pgbouncer");
-    connect_with(cfg).await.expect("console login")
+    common::admin_console(addr).await
 }
 
 async fn show(c: &tokio_postgres::Client, cmd: &str) -> Vec<HashMap<String, String>> {

@@ -51,14 +51,6 @@ impl Drop for Pooler {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A login role with a SCRAM password; returns its name and its pg_authid verifier.
 async fn create_role(password: &str) -> (String, String) {
     let name = format!(
@@ -103,7 +95,7 @@ impl Pooler {
         let dir = tempfile::tempdir().unwrap();
         let mut pooler = Pooler {
             child: Command::new("true").spawn().unwrap(),
-            port: free_port(),
+            port: common::free_port(),
             dir,
             log: Arc::default(),
         };
@@ -363,15 +355,6 @@ async fn in_process(dir: &Path, text: &str) -> sluice::RunningPooler {
         .expect("sluice starts")
 }
 
-async fn console_at(addr: std::net::SocketAddr) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(addr.port())
-        .user("admin")
-        .dbname("pgbouncer");
-    connect_with(cfg).await.expect("console login")
-}
-
 fn trust_config(extra_pooler: &str, database: &str) -> String {
     format!(
         "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
@@ -411,7 +394,7 @@ async fn a_reload_whose_tls_files_cannot_be_used_changes_nothing() {
     // A certificate rotation caught half way: the key file is not there (yet).
     let missing = dir.path().join("rotating.key");
     write_atomically(&dir.path().join("pooler.toml"), &trust_config(&tls(&missing), ""));
-    let admin = console_at(addr).await;
+    let admin = common::admin_console(addr).await;
     let err = admin.simple_query("RELOAD").await.unwrap_err();
     assert!(
         err.as_db_error()
@@ -444,7 +427,7 @@ async fn a_switch_from_session_to_transaction_mode_never_hands_session_state_on(
         &dir.path().join("pooler.toml"),
         &trust_config("pool_mode = \"transaction\"", ""),
     );
-    console_at(addr)
+    common::admin_console(addr)
         .await
         .simple_query("RELOAD")
         .await
@@ -498,7 +481,7 @@ async fn a_reload_that_moves_a_database_replaces_its_servers() {
         &dir.path().join("pooler.toml"),
         &trust_config("", &format!("dbname = \"{db}\"")),
     );
-    console_at(addr)
+    common::admin_console(addr)
         .await
         .simple_query("RELOAD")
         .await

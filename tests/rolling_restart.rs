@@ -9,14 +9,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Both processes use this file: the same port, unix socket and metrics endpoint.
 fn config(port: u16, metrics_port: u16, socket_dir: &Path) -> String {
     format!(
@@ -94,9 +86,9 @@ impl Drop for Reap {
 #[tokio::test(flavor = "multi_thread")]
 async fn pgbench_connection_per_transaction_survives_a_rolling_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let path = dir.path().join("pooler.toml");
-    std::fs::write(&path, config(port, free_port(), dir.path())).unwrap();
+    std::fs::write(&path, config(port, common::free_port(), dir.path())).unwrap();
     let script = dir.path().join("select.sql");
     std::fs::write(&script, "SELECT 1;\n").unwrap();
     let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));

@@ -7,14 +7,6 @@ use common::{connect, connect_with, pg, wait_until};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, pool: u32) -> String {
     format!(
         "[pooler]\nlisten_port = {port}\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n\
@@ -76,7 +68,7 @@ async fn pool_size_seen(port: u16) -> String {
 async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pooler.toml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(&path, config(port, 2)).unwrap();
     let mut child = spawn(&path);
     up(port).await;
@@ -109,7 +101,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
 async fn sigint_lets_the_open_transaction_commit_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pooler.toml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(&path, config(port, 2)).unwrap();
     let mut child = spawn(&path);
     up(port).await;
@@ -139,7 +131,7 @@ async fn sigint_lets_the_open_transaction_commit_then_exits() {
 async fn sigterm_waits_for_clients_to_leave() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pooler.toml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(&path, config(port, 2)).unwrap();
     let mut child = spawn(&path);
     up(port).await;

@@ -151,3 +151,21 @@ pub fn raise_fd_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// A TCP port free on 127.0.0.1 right now, for a sluice binary the test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Logs in to the console of the sluice at `addr` as `admin` (trust auth).
+pub async fn admin_console(addr: SocketAddr) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user("admin")
+        .dbname("pgbouncer");
+    connect_with(cfg).await.expect("console login")
+}
