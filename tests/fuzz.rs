@@ -1,6 +1,6 @@
 //! Property-based fuzzing on stable Rust (proptest) of everything that reads bytes a peer
 //! chooses: the startup packet parser, the frame scanner (client and server streams, any chunking),
-//! the server-side SCRAM exchange, the SCRAM client's handling of server messages, the console
+//! the rules a logged-in client's messages must meet, the server-side SCRAM exchange, the SCRAM client's handling of server messages, the console
 //! command parser and the config loader. Each property runs `PROPTEST_CASES` cases (256 by
 //! default, a few seconds in all); `scripts/fuzz.sh` runs them for longer.
 //!
@@ -93,6 +93,27 @@ fn scan_all(
     }
 }
 
+/// As the relay scans a client's stream: each message's header is checked first.
+fn scan_all_checked(stream: &[u8], chunks: &[usize]) -> Result<usize, sluice::protocol::FrameError> {
+    let mut scanner = FrameScanner::new(8192, 1 << 20);
+    let (mut available, mut consumed) = (0usize, 0usize);
+    let mut chunk = chunks.iter().cycle();
+    loop {
+        let buf = &stream[consumed..available];
+        let item = scanner.next_with(buf, |tag, len| {
+            sluice::protocol::check_client_message(tag, len).map(|()| Want::Pass)
+        })?;
+        match item {
+            ScanItem::Pass { len, .. } | ScanItem::Whole { len, .. } => consumed += len,
+            ScanItem::Head { .. } => unreachable!("nothing asks for heads here"),
+            ScanItem::NeedMore if available == stream.len() => return Ok(consumed),
+            ScanItem::NeedMore => {
+                available = (available + chunk.next().copied().unwrap_or(1).max(1)).min(stream.len());
+            }
+        }
+    }
+}
+
 proptest! {
     // PROPTEST_CASES sets the number of cases; failures are reported, not persisted to files.
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
@@ -142,6 +163,24 @@ proptest! {
         };
         let consumed = scan_all(&stream, &chunks, want).expect("a valid stream has no framing error");
         prop_assert_eq!(consumed, stream.len());
+    }
+
+    #[test]
+    fn client_streams_pass_only_messages_postgresql_reads_after_login(
+        msgs in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)), 0..12),
+        chunks in proptest::collection::vec(1usize..32, 1..6),
+    ) {
+        let stream: Vec<u8> = msgs.iter().flat_map(|(t, b)| frame(*t, b, None)).collect();
+        let all_valid = msgs.iter().all(|(t, b)| {
+            matches!(t, b'Q' | b'P' | b'B' | b'F' | b'd' | b'D' | b'C' | b'E' | b'f')
+                || (matches!(t, b'S' | b'H' | b'X' | b'c') && b.is_empty())
+        });
+        let result = scan_all_checked(&stream, &chunks);
+        // Exactly the streams made only of what PostgreSQL reads after login get through whole.
+        prop_assert_eq!(result.is_ok(), all_valid, "{:?}", result);
+        if let Ok(consumed) = result {
+            prop_assert_eq!(consumed, stream.len());
+        }
     }
 
     #[test]

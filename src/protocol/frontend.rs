@@ -11,7 +11,7 @@ const SMALL_BODY: usize = 10_000;
 /// Checks a client message's type and total length (tag and length word included) against what
 /// PostgreSQL accepts after login. Startup, password and SASL messages are not among them: sent
 /// now, they are garbage.
-pub(crate) fn check_client_message(tag: u8, total: usize) -> Result<(), FrameError> {
+pub fn check_client_message(tag: u8, total: usize) -> Result<(), FrameError> {
     let body = total.saturating_sub(5);
     match tag {
         // Large messages: bounded by max_packet_size in the scanner.

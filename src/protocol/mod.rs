@@ -3,13 +3,13 @@
 //! boundaries in relayed byte streams without decoding them.
 
 mod error_response;
-mod frontend;
+pub mod frontend;
 pub mod messages;
 mod scan;
 mod startup;
 
 pub use error_response::{PgError, Severity, sqlstate};
-pub(crate) use frontend::check_client_message;
+pub use frontend::check_client_message;
 pub use scan::{FrameError, FrameScanner, ScanItem, Want};
 pub use startup::{StartupError, StartupPacket, StartupParams, read_startup_packet};
 
