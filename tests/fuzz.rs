@@ -1,8 +1,9 @@
 //! Property-based fuzzing on stable Rust (proptest) of everything that reads bytes a peer
-//! chooses: the startup packet parser, the frame scanner (client and server streams, any chunking),
-//! the rules a logged-in client's messages must meet, the server-side SCRAM exchange, the SCRAM client's handling of server messages, the console
-//! command parser and the config loader. Each property runs `PROPTEST_CASES` cases (256 by
-//! default, a few seconds in all); `scripts/fuzz.sh` runs them for longer.
+//! chooses: the startup packet parser, the frame scanner (client and server streams, any
+//! chunking), the rules a logged-in client's messages must meet, the server-side SCRAM
+//! exchange, the SCRAM client's handling of server messages, the console command parser and
+//! the config loader. Each property runs `PROPTEST_CASES` cases (256 by default, a few seconds
+//! in all); `scripts/fuzz.sh` runs them for longer.
 //!
 //! The properties: nothing panics, every byte is accounted for, and nothing malformed is ever
 //! accepted as valid.
