@@ -1,9 +1,10 @@
 //! The classes of PgBouncer's 2026 security fixes, tried against sluice with real sockets: a
 //! SCRAM client-final whose nonce does not extend the client's and server's, a server demanding
 //! an absurd SCRAM iteration count, empty and malformed `-c` startup options, a second
-//! StartupMessage in the middle of a SASL exchange, and lengths near the i32/u32 limits before
-//! and after login. Each attack gets a clear error (or a close) and a victim client logging in
-//! and querying alongside sees nothing.
+//! StartupMessage in the middle of a SASL exchange, lengths near the i32/u32 limits before and
+//! after login, and a server whose ReadyForQuery carries an unknown transaction status. Each
+//! attack gets a clear error (or a close) and a victim client logging in and querying alongside
+//! sees nothing.
 
 mod common;
 
@@ -333,4 +334,68 @@ async fn lengths_near_the_integer_limits_are_refused_before_and_after_login() {
         );
     }
     victim_is_served(addr).await;
+}
+
+/// A TCP "server" that logs anyone in and ends the login with a ReadyForQuery whose status byte
+/// is `status`, then holds the connection without answering anything.
+async fn server_with_ready_status(status: u8) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let len = s.read_i32().await.ok()?;
+                let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
+                s.read_exact(&mut startup).await.ok()?;
+                if startup[..] == 80877103i32.to_be_bytes() {
+                    s.write_all(b"N").await.ok()?;
+                    let len = s.read_i32().await.ok()?;
+                    let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
+                    s.read_exact(&mut startup).await.ok()?;
+                }
+                let mut out = BytesMut::new();
+                out.put_u8(b'R');
+                out.put_i32(8);
+                out.put_i32(0);
+                out.put_u8(b'K');
+                out.put_i32(12);
+                out.put_i32(4242);
+                out.put_i32(99);
+                out.put_u8(b'Z');
+                out.put_i32(5);
+                out.put_u8(status);
+                s.write_all(&out).await.ok()?;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Some(())
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_transaction_status_from_a_server_is_refused_at_login() {
+    let port = server_with_ready_status(b'X').await;
+    let sluice = start_sluice(&format!(
+        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         server_connect_timeout = \"30s\"\nquery_wait_timeout = \"30s\"\nquery_timeout = \"30s\"\n\
+         [databases.evil]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"victim\"\npassword = \"pw\"\n\
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
+        pg().port()
+    ))
+    .await;
+    let addr = sluice.tcp_addr();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let c = connect(addr, "sluice_trust", "", "evil").await?;
+        c.simple_query("SELECT 1").await.map(|_| ())
+    })
+    .await
+    .expect("refused at once, not left waiting on the server");
+    let err = outcome.expect_err("a server with an unknown status is not used");
+    let text = err
+        .as_db_error()
+        .map_or(err.to_string(), |d| d.message().to_string());
+    assert!(text.contains("unknown transaction status"), "{text}");
+    let c = connect(addr, "sluice_trust", "", "app").await.expect("bystander");
+    c.simple_query("SELECT 1").await.expect("bystander query");
 }

@@ -14,7 +14,7 @@ mod stats;
 pub use parse::{Command, parse};
 pub use result::ResultSet;
 
-use crate::protocol::{FrameScanner, PgError, ScanItem, messages, sqlstate};
+use crate::protocol::{FrameScanner, PgError, ScanItem, TxStatus, messages, sqlstate};
 use crate::shared::Shared;
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -62,7 +62,7 @@ pub fn welcome(out: &mut BytesMut) {
         messages::parameter_status(out, name, value);
     }
     messages::backend_key_data(out, 0, 0);
-    messages::ready_for_query(out, b'I');
+    messages::ready_for_query(out, TxStatus::Idle);
 }
 
 /// Serves a logged-in console session until the client leaves.
@@ -103,7 +103,7 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
                 let body = &msg[5..];
                 let query = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
                 let stop = commands::run(&query, &shared, role, &user, &mut out).await;
-                messages::ready_for_query(&mut out, b'I');
+                messages::ready_for_query(&mut out, TxStatus::Idle);
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }
@@ -114,7 +114,7 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
             }
             b'S' => {
                 skipping_to_sync = false;
-                messages::ready_for_query(&mut out, b'I');
+                messages::ready_for_query(&mut out, TxStatus::Idle);
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }

@@ -78,7 +78,7 @@ pub async fn lookup(conn: &mut ServerConn, query: &str, user: &str) -> Result<Op
                 failure.get_or_insert(crate::server::error_from_body(&body));
             }
             Message::ReadyForQuery(body) => {
-                conn.tx_status = body.status();
+                conn.tx_status = body.status().try_into()?;
                 break;
             }
             _ => {}

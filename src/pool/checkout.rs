@@ -8,7 +8,7 @@ use super::login_health::{Gate, Limits};
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
 use crate::client_info::ClientInfo;
 use crate::metrics::Recycle;
-use crate::protocol::PgError;
+use crate::protocol::{PgError, TxStatus};
 use crate::server::{self, ServerError, ServerUse, TxState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -305,7 +305,7 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::CheckFailed, 1);
             return None;
         }
-        if server.conn.tx_status != b'I' {
+        if server.conn.tx_status != TxStatus::Idle {
             tracing::info!(
                 server = server.conn.id,
                 "the check query left the server in a transaction; discarding"

@@ -7,6 +7,7 @@
 use super::{Grant, Pool, PooledServer};
 use crate::config::PoolMode;
 use crate::metrics::Recycle;
+use crate::protocol::TxStatus;
 use crate::server::{Identity, ServerUse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +92,7 @@ impl Pool {
                 return;
             }
         }
-        if server.conn.tx_status != b'I' {
+        if server.conn.tx_status != TxStatus::Idle {
             tracing::warn!(pool = %self.key, server = server.conn.id, "server still in a transaction after cleanup; closing");
             return;
         }

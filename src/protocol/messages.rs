@@ -80,10 +80,10 @@ pub fn backend_key_data(out: &mut BytesMut, process_id: i32, secret_key: i32) {
     patch_length(out, start);
 }
 
-/// ReadyForQuery with a transaction status (`I`, `T` or `E`).
-pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+/// ReadyForQuery with a transaction status.
+pub fn ready_for_query(out: &mut BytesMut, status: super::TxStatus) {
     let start = begin(out, b'Z');
-    out.put_u8(status);
+    out.put_u8(status.byte());
     patch_length(out, start);
 }
 

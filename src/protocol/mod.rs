@@ -7,11 +7,13 @@ pub mod frontend;
 pub mod messages;
 mod scan;
 mod startup;
+mod tx_status;
 
 pub use error_response::{PgError, Severity, sqlstate};
 pub use frontend::check_client_message;
 pub use scan::{FrameError, FrameScanner, ScanItem, Want};
 pub use startup::{StartupError, StartupPacket, StartupParams, read_startup_packet};
+pub use tx_status::{TxStatus, UnknownTxStatus};
 
 /// Largest startup packet accepted (PostgreSQL's own limit is 10000 bytes).
 pub const MAX_STARTUP_PACKET: usize = 10_000;

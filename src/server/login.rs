@@ -171,7 +171,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
                 conn.info.set_backend_pid(conn.backend_pid);
             }
             Message::ReadyForQuery(body) => {
-                conn.tx_status = body.status();
+                conn.tx_status = body.status().try_into()?;
                 return Ok(conn);
             }
             Message::ErrorResponse(body) => return Err(ServerError::Postgres(error_from_body(&body))),

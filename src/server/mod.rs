@@ -9,7 +9,7 @@ pub use info::{CancelInFlight, ServerInfo, ServerUse, TxState};
 
 pub use login::{ServerTarget, connect, open_socket};
 
-use crate::protocol::{MAX_LOGIN_MESSAGE, PgError};
+use crate::protocol::{MAX_LOGIN_MESSAGE, PgError, TxStatus, UnknownTxStatus};
 use crate::stream::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use postgres_protocol::message::backend::{self, Message};
@@ -50,6 +50,12 @@ pub enum ServerError {
     Timeout(Duration),
 }
 
+impl From<UnknownTxStatus> for ServerError {
+    fn from(e: UnknownTxStatus) -> ServerError {
+        ServerError::Protocol(e.to_string())
+    }
+}
+
 /// A logged-in server connection, idle at a message boundary unless a session is relaying on it.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -73,7 +79,7 @@ pub struct ServerConn {
     /// after a reset or rollback); a client with the same fingerprint needs no sync.
     pub params_fingerprint: Option<u64>,
     /// Transaction status from the last ReadyForQuery.
-    pub tx_status: u8,
+    pub tx_status: TxStatus,
     /// When the connection was opened.
     pub created: Instant,
     /// When a client last released it.
@@ -113,7 +119,7 @@ impl ServerConn {
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
             params_fingerprint: None,
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             created: now,
             last_used: now,
             target_addr,
@@ -124,7 +130,7 @@ impl ServerConn {
 
     /// True when the idle connection is still usable: nothing unread, peer not closed.
     pub fn is_healthy_idle(&self) -> bool {
-        self.read_buf.is_empty() && self.tx_status == b'I' && self.reader.is_quiet()
+        self.read_buf.is_empty() && self.tx_status == TxStatus::Idle && self.reader.is_quiet()
     }
 
     /// Reads one whole backend message (bounded in size), for login and internal queries.
@@ -166,7 +172,7 @@ impl ServerConn {
         loop {
             match self.read_message().await? {
                 Message::ReadyForQuery(body) => {
-                    self.tx_status = body.status();
+                    self.tx_status = body.status().try_into()?;
                     return match failure {
                         Some(e) => Err(ServerError::Postgres(e)),
                         None => Ok(()),

@@ -1,7 +1,7 @@
 //! The client's side of a session: its socket halves, the bytes read from it and not yet
 //! forwarded, the bytes waiting to be written to it, and the scanner that keeps its framing.
 
-use crate::protocol::{FrameScanner, PgError, messages};
+use crate::protocol::{FrameScanner, PgError, TxStatus, messages};
 use crate::stream::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -94,7 +94,7 @@ impl ClientIo {
     pub(crate) async fn send_error(
         &mut self,
         error: &PgError,
-        ready_status: Option<u8>,
+        ready_status: Option<TxStatus>,
     ) -> std::io::Result<()> {
         error.encode(&mut self.outbuf);
         if let Some(status) = ready_status {

@@ -8,7 +8,7 @@ use crate::auth::{self, AuthError, ClientAuth, Secret, auth_query};
 use crate::client_info::PeerAddr;
 use crate::config::{AuthType, Config};
 use crate::pool::Disposition;
-use crate::protocol::{PgError, messages, sqlstate};
+use crate::protocol::{PgError, TxStatus, messages, sqlstate};
 use crate::shared::Shared;
 use crate::stream::Stream;
 use std::sync::Arc;
@@ -211,7 +211,7 @@ async fn looked_up_secret(
     let clean = matches!(
         result,
         Ok(Ok(_)) | Ok(Err(crate::server::ServerError::Postgres(_)))
-    ) && server.conn.tx_status == b'I'
+    ) && server.conn.tx_status == TxStatus::Idle
         && server.conn.read_buf.is_empty();
     pool.release(
         server,

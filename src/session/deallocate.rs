@@ -6,7 +6,7 @@
 
 use super::prepared::{BindOutcome, Outcome, PARSE_COMPLETE, Translator, cstr};
 use super::responses::Undo;
-use crate::protocol::{PgError, messages, sqlstate};
+use crate::protocol::{PgError, TxStatus, messages, sqlstate};
 use bytes::{Bytes, BytesMut};
 
 const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
@@ -42,7 +42,7 @@ impl Translator<'_> {
     /// A simple query that is exactly `DEALLOCATE [PREPARE] name` of a statement the client
     /// prepared through the protocol (what PDO and Rails send): answered by sluice. Only called
     /// with nothing in flight, so `tx_status` is the status PostgreSQL would report.
-    pub(super) fn query(&mut self, msg: &[u8], tx_status: u8) -> Outcome {
+    pub(super) fn query(&mut self, msg: &[u8], tx_status: TxStatus) -> Outcome {
         let Some(name) = deallocate_target(&msg[5..]) else {
             return Outcome::Forward;
         };
@@ -50,7 +50,7 @@ impl Translator<'_> {
             return Outcome::Forward;
         };
         let mut out = BytesMut::new();
-        let undo = if tx_status == b'E' {
+        let undo = if tx_status == TxStatus::Failed {
             aborted_error().encode(&mut out);
             Undo::Nothing
         } else {

@@ -6,7 +6,7 @@ use super::client::ClientIo;
 use super::responses::Responses;
 use crate::client_info::{ClientInfo, ClientPhase};
 use crate::pool::{Disposition, PoolStats};
-use crate::protocol::FrameScanner;
+use crate::protocol::{FrameScanner, TxStatus};
 use crate::server::{ServerConn, TxState};
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ impl Link {
     }
 
     /// The earliest time limit that applies now, and which it is.
-    pub(super) fn next_deadline(&self, status: u8, t: &Timeouts) -> Option<(Instant, Expiry)> {
+    pub(super) fn next_deadline(&self, status: TxStatus, t: &Timeouts) -> Option<(Instant, Expiry)> {
         let mut best: Option<(Instant, Expiry)> = None;
         let mut consider = |at: Instant, what: Expiry| {
             if best.is_none_or(|(b, _)| at < b) {
@@ -151,10 +151,10 @@ impl Link {
             consider(since + t.query * factor, Expiry::Query);
         }
         if self.responses.requests() == 0 {
-            if status != b'I' && !t.idle_transaction.is_zero() {
+            if status != TxStatus::Idle && !t.idle_transaction.is_zero() {
                 consider(self.idle_since + t.idle_transaction, Expiry::IdleTransaction);
             }
-            if status == b'I' && !t.client_idle.is_zero() {
+            if status == TxStatus::Idle && !t.client_idle.is_zero() {
                 consider(self.idle_since + t.client_idle, Expiry::ClientIdle);
             }
         }
@@ -215,7 +215,7 @@ impl Link {
         self.idle_since = now;
         self.cancel_sent = false;
         let server_ref = Some((server.id, server.backend_pid));
-        if server.tx_status == b'I' {
+        if server.tx_status == TxStatus::Idle {
             self.tx_since = None;
             let xact_start = self.xact_since.take().unwrap_or(started);
             stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
@@ -249,8 +249,8 @@ impl Link {
             return Disposition::Close("client left with responses due or a message half-sent");
         }
         match server.tx_status {
-            b'I' => Disposition::Clean,
-            _ => Disposition::Rollback,
+            TxStatus::Idle => Disposition::Clean,
+            TxStatus::InTransaction | TxStatus::Failed => Disposition::Rollback,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::cancel::CancelTarget;
 use crate::client_info::ClientPhase;
 use crate::config::PoolMode;
 use crate::pool::{Disposition, PooledServer};
-use crate::protocol::{PgError, sqlstate};
+use crate::protocol::{PgError, TxStatus, sqlstate};
 use crate::server::ServerError;
 use crate::shared::Shared;
 use crate::stream::Stream;
@@ -496,7 +496,7 @@ impl Session {
     /// The client is leaving: a server it leaves in a transaction (or mid-request) is an
     /// abandoned transaction — counted as a leak, then rolled back or closed by the release path.
     fn release_leaving(&mut self, server: PooledServer, link: &Link) {
-        let in_transaction = server.conn.tx_status != b'I';
+        let in_transaction = server.conn.tx_status != TxStatus::Idle;
         if in_transaction || link.disposition(&self.client, &server.conn) != Disposition::Clean {
             self.login.shared().leaks.record_abandoned(self.login.info());
         }
@@ -563,7 +563,7 @@ impl Session {
                 );
             for _ in 0..pending {
                 err.encode(&mut self.client.outbuf);
-                crate::protocol::messages::ready_for_query(&mut self.client.outbuf, b'I');
+                crate::protocol::messages::ready_for_query(&mut self.client.outbuf, TxStatus::Idle);
             }
             if relay::flush_client(&mut self.client).await.is_err() {
                 return Some(Ending::ClientLeft);

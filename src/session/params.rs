@@ -2,6 +2,7 @@
 //! their restoration on whichever server the client gets: only what differs is SET, in one round
 //! trip, before the client's own request.
 
+use crate::protocol::TxStatus;
 use crate::server::ServerConn;
 use std::collections::BTreeMap;
 
@@ -387,7 +388,7 @@ impl ResetWatch {
             // with PgBouncer); nothing would bring it to the client's startup values.
             self.reset_seen = false;
         }
-        if self.reset_seen && server.tx_status != b'I' {
+        if self.reset_seen && server.tx_status != TxStatus::Idle {
             // Inside a transaction block the reset can still be rolled back (PostgreSQL then
             // reports the values it restores): decide when the transaction is over.
             return None;

@@ -12,7 +12,7 @@ use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
 use super::responses::{Books, ErrorNote, Verdict};
 use crate::client_info::ClientInfo;
 use crate::pool::PoolStats;
-use crate::protocol::{FrameError, ScanItem, Want};
+use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
 use std::time::Instant;
@@ -366,7 +366,7 @@ fn translate(
     let tx_status = server.tx_status;
     let quiet = link.responses.is_empty();
     let outcome = match tag {
-        b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == b'E'),
+        b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
         b'E' => translator(link, server, ctx).execute(msg),
         b'D' => translator(link, server, ctx).describe(msg),
         b'C' => translator(link, server, ctx).close(msg),
@@ -422,7 +422,7 @@ fn pump_server(
                 client.outbuf.extend_from_slice(&bytes);
                 if ready {
                     link.on_ready_for_query(server, ctx.stats, ctx.info, client);
-                    if link.pending_requests() == 0 && server.tx_status == b'I' {
+                    if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                         return Ok(true);
                     }
                 }
@@ -457,7 +457,8 @@ fn pump_server(
                     if len != 6 {
                         return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                     }
-                    server.tx_status = msg[5];
+                    server.tx_status =
+                        TxStatus::try_from(msg[5]).map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
                     let restored = link.resets.on_ready_for_query(
                         ctx.params,
                         server,
@@ -513,7 +514,7 @@ fn pump_server(
         client.outbuf.unsplit(msg);
         if tag == b'Z' {
             link.on_ready_for_query(server, ctx.stats, ctx.info, client);
-            if link.pending_requests() == 0 && server.tx_status == b'I' {
+            if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                 return Ok(true);
             }
         }

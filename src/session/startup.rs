@@ -7,7 +7,9 @@ use crate::client_info::{ClientInfo, PeerAddr};
 use crate::config::Config;
 use crate::config::SslMode;
 use crate::pool::{Disposition, Pool, PoolKey};
-use crate::protocol::{PgError, StartupPacket, StartupParams, messages, read_startup_packet, sqlstate};
+use crate::protocol::{
+    PgError, StartupPacket, StartupParams, TxStatus, messages, read_startup_packet, sqlstate,
+};
 use crate::shared::Shared;
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -226,7 +228,7 @@ pub(super) async fn log_in(
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, process_id, secret_key);
-    messages::ready_for_query(&mut out, b'I');
+    messages::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await?;
     Ok(Login::Pooled(Box::new(LoggedIn {
         registered,

@@ -7,7 +7,7 @@ use super::Session;
 use super::client::ClientIo;
 use super::relay::OUT_CAP;
 use crate::pool::{CheckoutError, Pool, PooledServer};
-use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, messages, sqlstate};
+use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, TxStatus, messages, sqlstate};
 use bytes::Buf;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -136,7 +136,7 @@ async fn fail_request(client: &mut ClientIo, error: &PgError, limit: Duration) -
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "client never finished its request")
         })??;
-    messages::ready_for_query(&mut client.outbuf, b'I');
+    messages::ready_for_query(&mut client.outbuf, TxStatus::Idle);
     super::relay::flush_client(client).await
 }
 
