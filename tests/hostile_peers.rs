@@ -110,6 +110,34 @@ async fn a_client_final_nonce_that_does_not_extend_both_nonces_is_refused() {
     victim_is_served(addr).await;
 }
 
+/// Reads a startup packet as a server would, answering an SSLRequest with 'N' (no TLS) and
+/// reading the startup packet that follows it.
+async fn read_startup(s: &mut tokio::net::TcpStream) -> Option<()> {
+    let len = s.read_i32().await.ok()?;
+    let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
+    s.read_exact(&mut startup).await.ok()?;
+    if startup[..] == 80877103i32.to_be_bytes() {
+        s.write_all(b"N").await.ok()?;
+        let len = s.read_i32().await.ok()?;
+        let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
+        s.read_exact(&mut startup).await.ok()?;
+    }
+    Some(())
+}
+
+/// A sluice whose database `evil` is the hostile server on `port` (logging in as a forced user
+/// with a password) and whose database `app` is the real PostgreSQL.
+async fn pooler_in_front_of(port: u16) -> sluice::RunningPooler {
+    start_sluice(&format!(
+        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         server_connect_timeout = \"30s\"\nquery_wait_timeout = \"30s\"\nquery_timeout = \"30s\"\n\
+         [databases.evil]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"victim\"\npassword = \"pw\"\n\
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
+        pg().port()
+    ))
+    .await
+}
+
 /// A TCP "server" that answers every login with SCRAM demanding `iterations`, then waits.
 async fn hostile_scram_server(iterations: &'static str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,16 +145,7 @@ async fn hostile_scram_server(iterations: &'static str) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let len = s.read_i32().await.ok()?;
-                let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
-                s.read_exact(&mut startup).await.ok()?;
-                if startup[..] == 80877103i32.to_be_bytes() {
-                    // SSLRequest: no TLS here; the real startup packet follows.
-                    s.write_all(b"N").await.ok()?;
-                    let len = s.read_i32().await.ok()?;
-                    let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
-                    s.read_exact(&mut startup).await.ok()?;
-                }
+                read_startup(&mut s).await?;
                 let mut out = BytesMut::new();
                 out.put_u8(b'R');
                 out.put_i32(4 + 4 + 14 + 1);
@@ -159,14 +178,7 @@ async fn hostile_scram_server(iterations: &'static str) -> u16 {
 async fn a_server_demanding_absurd_scram_iterations_is_refused_at_once() {
     for iterations in ["2147483647", "4294967295", "99999999999999999999", "0", "-1"] {
         let port = hostile_scram_server(iterations).await;
-        let sluice = start_sluice(&format!(
-            "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-             server_connect_timeout = \"30s\"\nquery_wait_timeout = \"30s\"\n\
-             [databases.evil]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"victim\"\npassword = \"pw\"\n\
-             [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
-            pg().port()
-        ))
-        .await;
+        let sluice = pooler_in_front_of(port).await;
         let started = Instant::now();
         let err = connect(sluice.tcp_addr(), "sluice_trust", "", "evil")
             .await
@@ -344,15 +356,7 @@ async fn server_with_ready_status(status: u8) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let len = s.read_i32().await.ok()?;
-                let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
-                s.read_exact(&mut startup).await.ok()?;
-                if startup[..] == 80877103i32.to_be_bytes() {
-                    s.write_all(b"N").await.ok()?;
-                    let len = s.read_i32().await.ok()?;
-                    let mut startup = vec![0u8; (len as usize).saturating_sub(4).min(10_000)];
-                    s.read_exact(&mut startup).await.ok()?;
-                }
+                read_startup(&mut s).await?;
                 let mut out = BytesMut::new();
                 out.put_u8(b'R');
                 out.put_i32(8);
@@ -376,14 +380,7 @@ async fn server_with_ready_status(status: u8) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_transaction_status_from_a_server_is_refused_at_login() {
     let port = server_with_ready_status(b'X').await;
-    let sluice = start_sluice(&format!(
-        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-         server_connect_timeout = \"30s\"\nquery_wait_timeout = \"30s\"\nquery_timeout = \"30s\"\n\
-         [databases.evil]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"victim\"\npassword = \"pw\"\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
-        pg().port()
-    ))
-    .await;
+    let sluice = pooler_in_front_of(port).await;
     let addr = sluice.tcp_addr();
     let outcome = tokio::time::timeout(Duration::from_secs(5), async {
         let c = connect(addr, "sluice_trust", "", "evil").await?;

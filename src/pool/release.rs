@@ -41,7 +41,7 @@ impl Pool {
                 if server.conn.info.cancels_arrived(CANCEL_WAIT).await {
                     pool.release(server, disposition);
                 } else {
-                    tracing::warn!(pool = ?pool.key, server = server.conn.id, "a cancel request for the server did not arrive; closing it");
+                    tracing::warn!(pool = %pool.key, server = server.conn.id, "a cancel request for the server did not arrive; closing it");
                 }
             });
             return;
@@ -98,7 +98,7 @@ impl Pool {
         }
         if identity == Identity::MaybeChanged {
             if !self.identity_is_login(&server) {
-                tracing::warn!(pool = ?self.key, server = server.conn.id, "server still not its login user after the reset; closing");
+                tracing::warn!(pool = %self.key, server = server.conn.id, "server still not its login user after the reset; closing");
                 return;
             }
             server.conn.identity = Identity::Login;
