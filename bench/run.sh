@@ -5,6 +5,8 @@
 #   bench/run.sh                    # every row, BENCH_SECONDS (default 30) seconds each
 #   BENCH_SECONDS=10 bench/run.sh   # shorter rows
 #   bench/run.sh --quick            # CI smoke run: 2 s per row, fewer rows
+#   BENCH_ROWS='^-S c=16$' BENCH_ROUNDS=5 bench/run.sh   # one row, five interleaved rounds
+#   bench/ab.sh OLD NEW             # two commits of sluice against PgBouncer (see there)
 #
 # Prints a markdown table and writes it (plus the raw TSV) to bench/results/. As root it installs
 # postgresql, postgresql-contrib (pgbench) and pgbouncer when missing. Exit status: 0 when the
@@ -15,7 +17,12 @@
 # Environment: BENCH_SECONDS (row duration), BENCH_JOBS (pgbench -j, default 2),
 # BENCH_RESULTS (results directory), KEEP_TMP=1 (keep the temp dir with every log),
 # CARGO_TARGET_DIR (where sluice is built), SLUICE_WORKERS (sluice's workers setting, default 0 =
-# one per core).
+# one per core), BENCH_ROWS (a regex: run only the rows whose name matches), BENCH_ROUNDS
+# (repeat the matrix, default 1; with more than one the summary gives medians and spread),
+# BENCH_TARGETS (default "direct pgbouncer sluice"; "sluice@NAME" runs the binary in
+# $SLUICE_BIN_NAME, so several builds of sluice take turns in one run), SLUICE_BIN (use this
+# binary instead of building). Within a round the targets' order rotates, so no build always
+# runs right after PgBouncer or right after another build.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -60,11 +67,35 @@ if [ "$QUICK" = 1 ]; then
         "-S -C c=16|16|-S -C|login"
     )
 fi
+if [ -n "${BENCH_ROWS:-}" ]; then
+    kept=()
+    for spec in "${ROWS[@]}"; do
+        [[ ${spec%%|*} =~ $BENCH_ROWS ]] && kept+=("$spec")
+    done
+    [ "${#kept[@]}" -gt 0 ] || die "BENCH_ROWS='$BENCH_ROWS' matches no row"
+    ROWS=("${kept[@]}")
+fi
+ROUNDS=${BENCH_ROUNDS:-1}
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct pgbouncer sluice}"
+for target in "${TARGETS[@]}"; do
+    case $target in
+    direct | pgbouncer | sluice) ;;
+    sluice@*)
+        var="SLUICE_BIN_${target#sluice@}"
+        [ -x "${!var:-}" ] || die "target $target needs an executable \$$var"
+        ;;
+    *) die "unknown target $target (direct, pgbouncer, sluice, sluice@NAME)" ;;
+    esac
+done
 
 raise_nofile
 install_traps
 ensure_packages
-build_sluice
+if [ -n "${SLUICE_BIN:-}" ]; then
+    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
+elif [[ " ${TARGETS[*]} " == *" sluice "* ]]; then
+    build_sluice
+fi
 make_tmp
 start_postgres 10
 write_pooler_configs scram-sha-256
@@ -72,22 +103,23 @@ mkdir -p "$TMP/logs" "$RESULTS_DIR"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$RESULTS_DIR/run-$stamp.tsv"
 TABLE="$RESULTS_DIR/run-$stamp.md"
-printf 'row\ttarget\tstatus\ttps\tavg_ms\tp99_ms\ttx_window\tcpu_s\twindow_s\tpeak_rss_kb\tkind\tnote\n' >"$RAW"
+printf 'row\ttarget\tstatus\ttps\tavg_ms\tp99_ms\ttx_window\tcpu_s\twindow_s\tpeak_rss_kb\tkind\tnote\tround\n' >"$RAW"
 
 psql_local() {
     "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PG_PORT" -U "$BENCH_USER" -d bench "$@"
 }
 
-# run_one ROWNAME CLIENTS "ARGS" KIND TARGET (direct | pgbouncer | sluice); appends to $RAW.
+# run_one ROWNAME CLIENTS "ARGS" KIND TARGET ROUND (TARGET: direct | pgbouncer | sluice |
+# sluice@NAME); appends to $RAW.
 run_one() {
-    local row=$1 clients=$2 args=$3 kind=$4 target=$5
+    local row=$1 clients=$2 args=$3 kind=$4 target=$5 round=$6
     local tag port out prefix samples="-" status=ok note="" rc=0 hwm="-" launch stats jobs
-    tag=$(echo "$row-$target" | tr -c 'A-Za-z0-9=\n' '_')
+    tag=$(echo "$row-$target-$round" | tr -c 'A-Za-z0-9=\n' '_')
     out="$TMP/logs/$tag.out"
     prefix="$TMP/logs/$tag.txlog"
     if [ "$target" = direct ] && [ "$clients" -gt 280 ]; then
-        printf '%s\t%s\tskipped\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\n' "$row" "$target" "$kind" \
-            "more clients than max_connections = 300" >>"$RAW"
+        printf '%s\t%s\tskipped\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s\n' "$row" "$target" "$kind" \
+            "more clients than max_connections = 300" "$round" >>"$RAW"
         return 0
     fi
     # TPC-B rows start from the same state: what pgbench's own vacuum step would do.
@@ -99,7 +131,13 @@ run_one() {
         port=$PG_PORT
     else
         # A fresh pooler per row, so VmHWM is this row's peak.
-        start_pooler "$target"
+        if [[ $target == sluice@* ]]; then
+            local var="SLUICE_BIN_${target#sluice@}"
+            SLUICE_BIN=${!var}
+            start_pooler sluice
+        else
+            start_pooler "$target"
+        fi
         port=$POOLER_PORT
         samples="$TMP/logs/$tag.samples"
         start_sampler "$POOLER_PID" "$samples" 0.25
@@ -129,17 +167,20 @@ run_one() {
         [ -n "$note" ] || note="pgbench exit status $rc"
     fi
     stats=$(python3 "$BENCH_DIR/pgbench_stats.py" "$out" "$prefix" "$launch" "$samples" "$CLK_TCK")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$target" "$status" "$stats" "$hwm" "$kind" \
-        "$note" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$target" "$status" "$stats" "$hwm" "$kind" \
+        "$note" "$round" >>"$RAW"
     rm -f "$prefix".* # per-transaction logs get big; the .out and .samples stay
-    log "$row / $target: $status $(echo "$stats" | cut -f1) tps"
+    log "round $round: $row / $target: $status $(echo "$stats" | cut -f1) tps"
 }
 
-log "matrix: ${#ROWS[@]} rows x 3 targets, ${SECONDS_PER_ROW}s each, pgbench -j $JOBS"
-for spec in "${ROWS[@]}"; do
-    IFS='|' read -r row clients args kind <<<"$spec"
-    for target in direct pgbouncer sluice; do
-        run_one "$row" "$clients" "$args" "$kind" "$target"
+log "matrix: ${#ROWS[@]} rows x ${#TARGETS[@]} targets x $ROUNDS rounds, ${SECONDS_PER_ROW}s each, pgbench -j $JOBS"
+for round in $(seq 1 "$ROUNDS"); do
+    for spec in "${ROWS[@]}"; do
+        IFS='|' read -r row clients args kind <<<"$spec"
+        n=${#TARGETS[@]}
+        for i in $(seq 0 $((n - 1))); do
+            run_one "$row" "$clients" "$args" "$kind" "${TARGETS[$(((i + round - 1) % n))]}" "$round"
+        done
     done
 done
 
@@ -148,14 +189,18 @@ done
         "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, PostgreSQL $("$PG_BINDIR/postgres" --version | awk '{print $3}')," \
         "$("$(pgbouncer_bin)" --version | head -1), sluice $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo
-    python3 "$BENCH_DIR/render_table.py" "$RAW"
+    if [ "$ROUNDS" = 1 ] && [ -z "${BENCH_TARGETS:-}" ]; then
+        python3 "$BENCH_DIR/render_table.py" "$RAW"
+    else
+        python3 "$BENCH_DIR/rounds_summary.py" "$RAW"
+    fi
 } >"$TABLE"
 cat "$TABLE"
 log "results: $TABLE (raw: $RAW)"
 
 # A row of sluice's (or of PostgreSQL's own) that fails means the script or sluice is broken;
 # PgBouncer's failures are its own (Debian's 1.18 cannot do -M prepared) and stay in the table.
-failed=$(awk -F'\t' '$3 == "FAILED" && $2 != "pgbouncer" { print $1 " / " $2 }' "$RAW")
+failed=$(awk -F'\t' '$3 == "FAILED" && $2 != "pgbouncer" { print $1 " / " $2 " (round " $13 ")" }' "$RAW")
 if [ -n "$failed" ]; then
     echo "failed rows:" >&2
     echo "$failed" >&2
