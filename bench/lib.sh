@@ -263,22 +263,27 @@ stop_pooler() {
     forget_pid "$pid"
 }
 
-# CPU ticks (utime+stime, all threads) of process $1.
+# CPU ticks of process $1 (all threads): "utime+stime utime stime".
 cpu_ticks() {
     local stat
     stat=$(cat "/proc/$1/stat")
     # Fields after "(comm)": state is field 3, so utime (14) and stime (15) are $12 and $13 here.
-    echo "${stat##*) }" | awk '{print $12 + $13}'
+    echo "${stat##*) }" | awk '{print $12 + $13, $12, $13}'
+}
+# One sampler line for process $1: "epoch_ns total_ticks rss_kb user_ticks system_ticks".
+cpu_sample() {
+    local total user system
+    read -r total user system <<<"$(cpu_ticks "$1")"
+    printf '%s %s %s %s %s\n' "$(date +%s%N)" "$total" "$(status_kb "$1" VmRSS)" "$user" "$system"
 }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
-# Background sampler: every $3 seconds append "epoch_ns cpu_ticks rss_kb" for pid $1 to file $2.
+# Background sampler: every $3 seconds append a cpu_sample line for pid $1 to file $2.
 start_sampler() {
     local pid=$1 out=$2 every=$3
     (
         while [ -r "/proc/$pid/stat" ]; do
-            printf '%s %s %s\n' "$(date +%s%N)" "$(cpu_ticks "$pid" 2>/dev/null)" \
-                "$(status_kb "$pid" VmRSS 2>/dev/null)" >>"$out" || true
+            cpu_sample "$pid" >>"$out" 2>/dev/null || true
             sleep "$every"
         done
     ) &

@@ -3,8 +3,9 @@
 from its per-transaction log, and the pooler's CPU per 1000 transactions from the sampler file.
 
 Usage: pgbench_stats.py OUTPUT LOGPREFIX LAUNCH_NS SAMPLES CLK_TCK
-Prints one tab-separated line: tps avg_ms p99_ms tx_in_window cpu_s window_s
-(cpu_s and window_s are "-" without a sampler file).
+Prints one tab-separated line: tps avg_ms p99_ms tx_in_window cpu_s window_s user_s sys_s
+(the last four are "-" without a sampler file; user_s and sys_s split cpu_s into the pooler's
+utime and stime, all threads, from /proc/PID/stat).
 
 The CPU window excludes pgbench's initial connection phase (all clients logging in at once),
 so -S rows measure the steady state: it starts at the first sample taken after
@@ -46,23 +47,25 @@ def main() -> None:
     lat.sort()
     p99 = "%.3f" % (lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000) if lat else "-"
 
-    cpu_s = window_s = "-"
+    cpu_s = window_s = user_s = sys_s = "-"
     n_window = len(ends)
     if samples_path != "-":
         samples = []
         with open(samples_path, encoding="utf-8") as f:
             for line in f:
                 p = line.split()
-                if len(p) >= 2 and p[0].isdigit() and p[1].isdigit():
-                    samples.append((int(p[0]) / 1e9, int(p[1])))
+                if len(p) >= 5 and all(x.isdigit() for x in (p[0], p[1], p[3], p[4])):
+                    samples.append((int(p[0]) / 1e9, int(p[1]), int(p[3]), int(p[4])))
         start_at = launch + conn_s
         first = next((s for s in samples if s[0] >= start_at), None)
         last = samples[-1] if samples else None
         if first and last and last[0] > first[0]:
             n_window = sum(1 for e in ends if first[0] <= e <= last[0])
             cpu_s = "%.3f" % ((last[1] - first[1]) / clk)
+            user_s = "%.3f" % ((last[2] - first[2]) / clk)
+            sys_s = "%.3f" % ((last[3] - first[3]) / clk)
             window_s = "%.3f" % (last[0] - first[0])
-    print("\t".join([tps, avg, p99, str(n_window), cpu_s, window_s]))
+    print("\t".join([tps, avg, p99, str(n_window), cpu_s, window_s, user_s, sys_s]))
 
 
 if __name__ == "__main__":

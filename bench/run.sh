@@ -103,7 +103,7 @@ mkdir -p "$TMP/logs" "$RESULTS_DIR"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$RESULTS_DIR/run-$stamp.tsv"
 TABLE="$RESULTS_DIR/run-$stamp.md"
-printf 'row\ttarget\tstatus\ttps\tavg_ms\tp99_ms\ttx_window\tcpu_s\twindow_s\tpeak_rss_kb\tkind\tnote\tround\n' >"$RAW"
+printf 'row\ttarget\tstatus\ttps\tavg_ms\tp99_ms\ttx_window\tcpu_s\twindow_s\tuser_s\tsys_s\tpeak_rss_kb\tkind\tnote\tround\n' >"$RAW"
 
 psql_local() {
     "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PG_PORT" -U "$BENCH_USER" -d bench "$@"
@@ -118,7 +118,7 @@ run_one() {
     out="$TMP/logs/$tag.out"
     prefix="$TMP/logs/$tag.txlog"
     if [ "$target" = direct ] && [ "$clients" -gt 280 ]; then
-        printf '%s\t%s\tskipped\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s\n' "$row" "$target" "$kind" \
+        printf '%s\t%s\tskipped\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s\n' "$row" "$target" "$kind" \
             "more clients than max_connections = 300" "$round" >>"$RAW"
         return 0
     fi
@@ -152,8 +152,7 @@ run_one() {
     if [ "$target" != direct ]; then
         stop_sampler
         if kill -0 "$POOLER_PID" 2>/dev/null; then
-            printf '%s %s %s\n' "$(date +%s%N)" "$(cpu_ticks "$POOLER_PID")" \
-                "$(status_kb "$POOLER_PID" VmRSS)" >>"$samples"
+            cpu_sample "$POOLER_PID" >>"$samples"
             hwm=$(status_kb "$POOLER_PID" VmHWM)
         else
             status=FAILED
@@ -200,7 +199,7 @@ log "results: $TABLE (raw: $RAW)"
 
 # A row of sluice's (or of PostgreSQL's own) that fails means the script or sluice is broken;
 # PgBouncer's failures are its own (Debian's 1.18 cannot do -M prepared) and stay in the table.
-failed=$(awk -F'\t' '$3 == "FAILED" && $2 != "pgbouncer" { print $1 " / " $2 " (round " $13 ")" }' "$RAW")
+failed=$(awk -F'\t' '$3 == "FAILED" && $2 != "pgbouncer" { print $1 " / " $2 " (round " $15 ")" }' "$RAW")
 if [ -n "$failed" ]; then
     echo "failed rows:" >&2
     echo "$failed" >&2
