@@ -12,7 +12,7 @@ use crate::shared::Shared;
 
 /// The Prometheus text exposition of `metrics`, with the scrape-time series refreshed from
 /// `shared`.
-pub fn render(metrics: &Metrics, shared: &Shared) -> String {
+pub(crate) fn render(metrics: &Metrics, shared: &Shared) -> String {
     let extra = scrape::refresh(metrics, shared);
     let mut text = metrics.render_recorded();
     text.push_str(&extra);

@@ -73,7 +73,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of the recorded series (the scrape-time ones as last set).
-    pub fn render_recorded(&self) -> String {
+    pub(crate) fn render_recorded(&self) -> String {
         self.handle.render()
     }
 }

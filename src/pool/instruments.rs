@@ -23,7 +23,8 @@ pub enum Recycle {
 }
 
 /// The `reason` label of each [`Recycle`], in its discriminant's order.
-pub const RECYCLE_REASONS: [&str; 5] = ["lifetime", "idle_timeout", "reconnect", "check_failed", "dead"];
+pub(crate) const RECYCLE_REASONS: [&str; 5] =
+    ["lifetime", "idle_timeout", "reconnect", "check_failed", "dead"];
 
 /// The handles one pool records through: created once with the pool, so recording is an atomic
 /// update with no lookup, no label allocation and no lock shared by all clients. All no-ops

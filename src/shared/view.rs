@@ -12,19 +12,19 @@ use std::time::Duration;
 
 impl Shared {
     /// SHOW POOLS' figures for every pool, in the console's order.
-    pub fn pool_figures(&self) -> Vec<(Arc<Pool>, PoolFigures)> {
+    pub(crate) fn pool_figures(&self) -> Vec<(Arc<Pool>, PoolFigures)> {
         figures::pool_figures(&self.clients(), self.pools.all())
     }
 
     /// SHOW DATABASES' figures for every configured database.
-    pub fn database_figures(&self) -> Vec<DatabaseFigures> {
+    pub(crate) fn database_figures(&self) -> Vec<DatabaseFigures> {
         figures::database_figures(&self.config.load(), &self.pools.all(), &self.clients(), |db| {
             self.is_disabled(db)
         })
     }
 
     /// SHOW LISTS' rows: (list, items).
-    pub fn list_figures(&self) -> Vec<(&'static str, usize)> {
+    pub(crate) fn list_figures(&self) -> Vec<(&'static str, usize)> {
         let config = self.config.load();
         let pools = self.pools.all();
         let used_clients = self.clients().len();
@@ -32,13 +32,13 @@ impl Shared {
     }
 
     /// SHOW STATS_TOTALS' totals per database now, summed over its pools.
-    pub fn stats_totals(&self) -> BTreeMap<String, StatsSnapshot> {
+    pub(crate) fn stats_totals(&self) -> BTreeMap<String, StatsSnapshot> {
         StatsHistory::totals(&self.pools)
     }
 
     /// Takes a stats sample; after a complete period, calls `report` (the stats log line,
     /// systemd's STATUS). Returns the live `stats_period`, the time until the next sample.
-    pub fn sample_stats(&self, report: fn(&Shared)) -> Duration {
+    pub(crate) fn sample_stats(&self, report: fn(&Shared)) -> Duration {
         if self.stats_history.sample(&self.pools) {
             report(self);
         }
@@ -46,7 +46,7 @@ impl Shared {
     }
 
     /// One leak detector pass over every logged-in client, with the live thresholds.
-    pub fn scan_leaks(&self) {
+    pub(crate) fn scan_leaks(&self) {
         self.leaks.scan(&self.config.load().pooler, &self.clients());
     }
 }
