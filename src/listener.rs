@@ -93,9 +93,9 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         Some(u) => tracing::info!("sluice listening on {tcp_addr} and {}", u.path.display()),
         None => tracing::info!("sluice listening on {tcp_addr}"),
     }
-    crate::stats::spawn_sampler(&shared, crate::service::report_stats);
+    crate::observe::stats::spawn_sampler(&shared, |s| s.sample_stats(crate::service::report_stats));
     crate::service::spawn_stop_notifier(&shared);
-    crate::leaks::spawn_detector(&shared);
+    crate::observe::leaks::spawn_detector(&shared, Shared::scan_leaks);
     crate::sweeper::spawn_idle_sweeper(&shared);
     crate::sweeper::spawn_autodb_sweeper(&shared);
     let logins = Arc::new(AtomicUsize::new(0));

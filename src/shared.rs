@@ -5,7 +5,7 @@
 use crate::auth::VerifierCache;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
-use crate::pool::PoolRegistry;
+use crate::pool::{InstrumentSource, PoolRegistry};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
 mod admission;
+mod view;
 pub(crate) use admission::max_client_conn_error;
 pub(crate) use admission::{ConsoleSeat, LoginPlace};
 
@@ -50,9 +51,9 @@ pub struct Shared {
     client_counts: Mutex<[HashMap<Arc<str>, usize>; 2]>,
     lifecycle: watch::Sender<Lifecycle>,
     /// Leak suspects and history (SHOW LEAKS, metrics).
-    pub leaks: crate::leaks::LeakTracker,
+    pub leaks: crate::observe::leaks::LeakTracker,
     /// Averages over the last stats_period, for SHOW STATS.
-    pub stats_history: crate::stats::StatsHistory,
+    pub stats_history: crate::observe::stats::StatsHistory,
     /// Databases closed to new clients by DISABLE.
     disabled: Mutex<std::collections::HashSet<String>>,
     /// SUSPEND is in force.
@@ -60,7 +61,7 @@ pub struct Shared {
     /// Open admin console sessions (a SUSPEND ends when the last one leaves).
     consoles: AtomicUsize,
     /// This pooler's Prometheus registry, when `[metrics]` is configured.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::observe::prometheus::Metrics>>,
     /// The `logfile`, when the binary opened one: reopened by every reload (for logrotate).
     pub log_file: std::sync::OnceLock<Arc<crate::logging::LogFile>>,
 }
@@ -95,10 +96,10 @@ impl Shared {
             .metrics
             .as_ref()
             .and_then(|m| m.listen.as_ref())
-            .map(|_| crate::metrics::Metrics::new());
+            .map(|_| crate::observe::prometheus::Metrics::new());
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
-            pools: PoolRegistry::new(metrics.clone()),
+            pools: PoolRegistry::new(metrics.clone().map(|m| m as Arc<dyn InstrumentSource>)),
             cancels: CancelRegistry::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
@@ -112,8 +113,8 @@ impl Shared {
             client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             lifecycle,
             disabled: Mutex::new(std::collections::HashSet::new()),
-            stats_history: crate::stats::StatsHistory::default(),
-            leaks: crate::leaks::LeakTracker::default(),
+            stats_history: crate::observe::stats::StatsHistory::default(),
+            leaks: crate::observe::leaks::LeakTracker::default(),
             suspended: watch::channel(false).0,
             consoles: AtomicUsize::new(0),
             metrics,

@@ -34,8 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     // 4 pools.
     ("pool", 4),
     // 5 observe: the read-only view the console and the exporter both render.
-    ("stats", 5),
-    ("leaks", 5),
+    ("observe", 5),
     // 6 what every task of one pooler sees.
     ("shared", 6),
     // 7 the users of `Shared`: sessions, the console, the exporter, process-wide timers.
@@ -58,13 +57,6 @@ const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[
     ("client_info", "server"),
     // Config validation asks tls whether protocol versions and ciphers are known.
     ("config", "tls"),
-    // Observe reads `Shared` instead of being read by it.
-    ("leaks", "shared"),
-    ("stats", "shared"),
-    // Pools record into the exporter's metrics and name leak origins.
-    ("pool", "leaks"),
-    ("pool", "metrics"),
-    ("shared", "metrics"),
     // The server side of the TLS upgrade returns server types.
     ("tls", "server"),
 ];

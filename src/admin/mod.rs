@@ -4,7 +4,6 @@
 
 mod commands;
 mod config_view;
-pub mod figures;
 mod leaks;
 mod parse;
 mod result;

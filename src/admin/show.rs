@@ -112,7 +112,7 @@ fn help() -> String {
 
 fn version() -> ResultSet {
     let mut rs = ResultSet::new(&[("version", S)]);
-    rs.push(vec![t(super::figures::version_text())]);
+    rs.push(vec![t(crate::observe::figures::version_text())]);
     rs
 }
 
@@ -168,7 +168,7 @@ fn pools(shared: &Shared) -> ResultSet {
         ("pool_mode", S),
         ("load_balance_hosts", S),
     ]);
-    for (pool, f) in super::figures::pool_figures(shared) {
+    for (pool, f) in shared.pool_figures() {
         let (secs, us) = split_us(f.max_wait);
         rs.push(vec![
             t(&pool.key.database),
@@ -193,7 +193,7 @@ fn pools(shared: &Shared) -> ResultSet {
     rs
 }
 
-use super::figures::mode_name;
+use crate::observe::figures::mode_name;
 
 /// Columns of SHOW CLIENTS and SHOW SERVERS.
 const SOCKET_COLUMNS: &[(&str, u32)] = &[
@@ -378,7 +378,7 @@ fn databases(shared: &Shared) -> ResultSet {
         // sluice's addition after PgBouncer's columns: the pre-1.8 name older exporters read.
         ("reserve_pool", I),
     ]);
-    for d in super::figures::database_figures(shared) {
+    for d in shared.database_figures() {
         rs.push(vec![
             t(&d.name),
             t(&d.host),
@@ -445,7 +445,7 @@ fn users(shared: &Shared) -> ResultSet {
 
 fn lists(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[("list", S), ("items", I)]);
-    for (name, items) in super::figures::list_figures(shared) {
+    for (name, items) in shared.list_figures() {
         rs.push(vec![t(name), n(items)]);
     }
     rs

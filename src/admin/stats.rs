@@ -2,9 +2,9 @@
 //! averages over the last stats_period (times in microseconds, rates per second).
 
 use super::result::{ResultSet, n, oid, t};
+use crate::observe::stats::Averages;
 use crate::pool::StatsSnapshot;
 use crate::shared::Shared;
-use crate::stats::{Averages, StatsHistory};
 
 const S: u32 = oid::TEXT;
 const N: u32 = oid::NUMERIC;
@@ -87,7 +87,7 @@ pub fn stats(shared: &Shared) -> ResultSet {
         ("total_requests", N),
     ]);
     let mut rs = ResultSet::new(&columns);
-    for (db, totals) in StatsHistory::totals(shared) {
+    for (db, totals) in shared.stats_totals() {
         let avg = shared.stats_history.averages(&db);
         let mut row = vec![t(db)];
         row.extend(total_values(&totals).iter().map(n));
@@ -101,7 +101,7 @@ pub fn stats(shared: &Shared) -> ResultSet {
 /// SHOW STATS_TOTALS.
 pub fn stats_totals(shared: &Shared) -> ResultSet {
     let mut rs = per_database_columns();
-    for (db, totals) in StatsHistory::totals(shared) {
+    for (db, totals) in shared.stats_totals() {
         let mut row = vec![t(db)];
         row.extend(total_values(&totals).iter().map(n));
         rs.push(row);
@@ -119,7 +119,7 @@ pub fn stats_averages(shared: &Shared) -> ResultSet {
         ("avg_bind_count", N),
     ]);
     let mut rs = ResultSet::new(&columns);
-    for db in StatsHistory::totals(shared).keys() {
+    for db in shared.stats_totals().keys() {
         let mut row = vec![t(db)];
         row.extend(average_values(&shared.stats_history.averages(db)).iter().map(n));
         rs.push(row);
@@ -138,7 +138,7 @@ pub fn totals(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[("name", S), ("value", N)]);
     let mut sum = StatsSnapshot::default();
     let mut avg = [0u64; 11];
-    for (db, s) in StatsHistory::totals(shared) {
+    for (db, s) in shared.stats_totals() {
         sum.add(&s);
         for (a, v) in avg
             .iter_mut()

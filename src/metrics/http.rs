@@ -3,7 +3,7 @@
 //! and the connections served at once are bounded (past the bound a new one is closed at once),
 //! so idle or slow sockets cannot keep a liveness probe from being answered.
 
-use super::Metrics;
+use crate::observe::prometheus::Metrics;
 use crate::shared::{Lifecycle, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -87,7 +87,7 @@ fn route(req: &Request<Incoming>, shared: &Weak<Shared>, metrics: &Metrics) -> R
     };
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render(&shared))));
+            let mut r = Response::new(Full::new(Bytes::from(super::render(metrics, &shared))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

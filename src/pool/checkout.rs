@@ -4,10 +4,10 @@
 //! gives back anything it was handed. While logins fail, clients get the cached error at once,
 //! except during a short outage of a server that worked (server_outage_grace): then they wait.
 
+use super::Recycle;
 use super::login_health::{Gate, Limits};
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
 use crate::client_info::ClientInfo;
-use crate::metrics::Recycle;
 use crate::protocol::{PgError, TxStatus};
 use crate::server::{self, ServerError, ServerUse, TxState};
 use std::sync::Arc;

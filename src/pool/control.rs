@@ -61,7 +61,7 @@ impl Pool {
         let closed: Vec<PooledServer> = self.state.lock().idle.drain(..).collect();
         self.stats
             .metrics
-            .recycled(crate::metrics::Recycle::Reconnect, closed.len() as u64);
+            .recycled(super::Recycle::Reconnect, closed.len() as u64);
         drop(closed);
     }
 

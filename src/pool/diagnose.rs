@@ -2,6 +2,7 @@
 //! servers are in use, what they are doing and for how long, and which client holds the oldest.
 
 use super::Pool;
+use crate::client_info::{ClientInfo, PeerAddr};
 use crate::server::{ServerUse, TxState};
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,7 @@ fn top_holders(infos: &[std::sync::Arc<crate::server::ServerInfo>]) -> Vec<Strin
     let mut groups: std::collections::BTreeMap<(String, String), (usize, Option<i32>)> = Default::default();
     for info in infos {
         if let ServerUse::Lent { holder, .. } = info.current() {
-            let origin = crate::leaks::origin(&holder);
+            let origin = client_origin(&holder);
             let entry = groups.entry((holder.application_name(), origin)).or_default();
             entry.0 += 1;
             entry.1 = entry.1.or(holder.process().map(|p| p.0));
@@ -108,6 +109,16 @@ fn top_holders(infos: &[std::sync::Arc<crate::server::ServerInfo>]) -> Vec<Strin
             None => format!("{n} by '{app}' from {origin}"),
         })
         .collect()
+}
+
+/// Where a client comes from, for grouping (here and in the leak reports): its process command
+/// line when known, else its IP.
+pub(crate) fn client_origin(client: &ClientInfo) -> String {
+    match (client.process(), &client.peer) {
+        (Some((_, cmd)), _) if !cmd.is_empty() => cmd,
+        (_, PeerAddr::Tcp(a)) => a.ip().to_string(),
+        (_, PeerAddr::Unix) => "unix socket".to_string(),
+    }
 }
 
 fn secs(d: Duration) -> String {

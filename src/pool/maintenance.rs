@@ -2,8 +2,8 @@
 //! lifetime, and keeps min_pool_size servers open (while logins are not failing). Holds only a
 //! weak reference, so it ends when the pool is gone.
 
+use super::Recycle;
 use super::{Pool, PooledServer};
-use crate::metrics::Recycle;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 

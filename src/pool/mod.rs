@@ -7,6 +7,7 @@ mod autodb;
 mod checkout;
 mod control;
 mod diagnose;
+mod instruments;
 mod limits;
 mod login_health;
 mod maintenance;
@@ -18,6 +19,9 @@ mod stats;
 pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
 pub use checkout::CheckoutError;
 pub use control::ServerCounts;
+pub(crate) use diagnose::client_origin;
+pub(crate) use instruments::RECYCLE_REASONS;
+pub use instruments::{InstrumentSource, PoolMetrics, Recycle};
 pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;
@@ -194,7 +198,7 @@ impl Pool {
         settings: PoolSettings,
         db_group: Arc<LimitGroup>,
         user_group: Arc<LimitGroup>,
-        metrics: crate::metrics::PoolMetrics,
+        metrics: PoolMetrics,
     ) -> Arc<Pool> {
         let login = LoginHealth::new();
         let pool = Arc::new(Pool {

@@ -1,7 +1,7 @@
 //! The set of pools, created on first use of each (database, user), and the limit groups shared
 //! by pools of one database (max_db_connections) or one user (max_user_connections).
 
-use super::{LimitGroup, Pool, PoolKey, PoolSettings};
+use super::{InstrumentSource, LimitGroup, Pool, PoolKey, PoolSettings};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,12 +12,12 @@ pub struct PoolRegistry {
     pub(super) pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     pub(super) db_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
     pub(super) user_groups: Mutex<HashMap<String, Arc<LimitGroup>>>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<Arc<dyn InstrumentSource>>,
 }
 
 impl PoolRegistry {
     /// An empty registry whose pools record into `metrics` (none: no metrics endpoint).
-    pub fn new(metrics: Option<Arc<crate::metrics::Metrics>>) -> PoolRegistry {
+    pub fn new(metrics: Option<Arc<dyn InstrumentSource>>) -> PoolRegistry {
         PoolRegistry {
             metrics,
             ..Default::default()

@@ -4,9 +4,9 @@
 //! pool mode asks for it, all off the client's path; anything uncertain, or any cleanup that
 //! fails, closes the server. A server with a cancel request on its way waits for it first.
 
+use super::Recycle;
 use super::{Grant, Pool, PooledServer};
 use crate::config::PoolMode;
-use crate::metrics::Recycle;
 use crate::protocol::TxStatus;
 use crate::server::{Identity, ServerUse};
 use std::sync::Arc;

@@ -20,7 +20,7 @@ pub struct PoolStats {
     server_parse_count: AtomicU64,
     bind_count: AtomicU64,
     /// The pool's Prometheus handles (histograms and event counters; no-ops without `[metrics]`).
-    pub metrics: crate::metrics::PoolMetrics,
+    pub metrics: super::PoolMetrics,
 }
 
 /// A point-in-time copy of the counters.
@@ -56,7 +56,7 @@ fn us(d: Duration) -> u64 {
 
 impl PoolStats {
     /// Counters starting at zero that also record into `metrics`.
-    pub fn with_metrics(metrics: crate::metrics::PoolMetrics) -> PoolStats {
+    pub fn with_metrics(metrics: super::PoolMetrics) -> PoolStats {
         PoolStats {
             metrics,
             ..Default::default()

@@ -2,8 +2,7 @@
 //! counters and turned into per-second rates and per-transaction averages, as PgBouncer's SHOW
 //! STATS reports them.
 
-use crate::pool::StatsSnapshot;
-use crate::shared::Shared;
+use crate::pool::{PoolRegistry, StatsSnapshot};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -47,9 +46,9 @@ pub struct StatsHistory {
 
 impl StatsHistory {
     /// Totals per database now, summed over its pools.
-    pub fn totals(shared: &Shared) -> BTreeMap<String, StatsSnapshot> {
+    pub fn totals(pools: &PoolRegistry) -> BTreeMap<String, StatsSnapshot> {
         let mut out: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
-        for pool in shared.pools.all() {
+        for pool in pools.all() {
             out.entry(pool.key.database.clone())
                 .or_default()
                 .add(&pool.stats.snapshot());
@@ -69,9 +68,9 @@ impl StatsHistory {
 
     /// Takes a new sample and recomputes the averages against the previous one. Returns
     /// whether a complete period was measured (not on the first sample).
-    pub fn sample(&self, shared: &Shared) -> bool {
+    pub fn sample(&self, pools: &PoolRegistry) -> bool {
         let now = Instant::now();
-        let totals = Self::totals(shared);
+        let totals = Self::totals(pools);
         let mut last = self.last.lock();
         let measured = last.0.is_some();
         if let Some(prev_at) = last.0 {
@@ -118,19 +117,15 @@ impl Averages {
     }
 }
 
-/// Samples every `stats_period` (read from the live config) until the pooler is gone; after
-/// each complete period, `report` is called (the stats log line, systemd's STATUS).
-pub fn spawn_sampler(shared: &Arc<Shared>, report: fn(&Shared)) {
-    let weak: Weak<Shared> = Arc::downgrade(shared);
+/// Calls `sample` on `owner` until it is gone, sleeping between calls for the period it returns
+/// (at least 100 ms). `sample` takes a sample (`StatsHistory::sample`), reports a complete
+/// period (the stats log line, systemd's STATUS) and returns the live `stats_period`.
+pub fn spawn_sampler<S: Send + Sync + 'static>(owner: &Arc<S>, sample: fn(&S) -> Duration) {
+    let weak: Weak<S> = Arc::downgrade(owner);
     tokio::spawn(async move {
         loop {
             let period = match weak.upgrade() {
-                Some(s) => {
-                    if s.stats_history.sample(&s) {
-                        report(&s);
-                    }
-                    s.config.load().pooler.stats_period
-                }
+                Some(s) => sample(&s),
                 None => return,
             };
             tokio::time::sleep(period.max(Duration::from_millis(100))).await;

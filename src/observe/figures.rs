@@ -2,8 +2,8 @@
 //! state and shared by the console and the Prometheus endpoint, so both always agree.
 
 use crate::client_info::{ClientInfo, ClientPhase};
+use crate::config::Config;
 use crate::pool::Pool;
-use crate::shared::Shared;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,19 +36,17 @@ fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<
         .filter(move |c| *c.database == *db && *c.user == *user)
 }
 
-/// SHOW POOLS' figures for every pool, in the console's order.
-pub fn pool_figures(shared: &Shared) -> Vec<(Arc<Pool>, PoolFigures)> {
-    let clients = shared.clients();
-    shared
-        .pools
-        .all()
+/// SHOW POOLS' figures for every pool of `pools` (in the console's order), with its clients
+/// among `clients` (every logged-in client).
+pub fn pool_figures(clients: &[Arc<ClientInfo>], pools: Vec<Arc<Pool>>) -> Vec<(Arc<Pool>, PoolFigures)> {
+    pools
         .into_iter()
         .map(|pool| {
             let sv = pool.server_counts();
-            let waiting = clients_of(&clients, &pool)
+            let waiting = clients_of(clients, &pool)
                 .filter(|c| c.live().phase == ClientPhase::Waiting)
                 .count();
-            let active = clients_of(&clients, &pool).count() - waiting;
+            let active = clients_of(clients, &pool).count() - waiting;
             let f = PoolFigures {
                 cl_active: active,
                 cl_waiting: waiting,
@@ -112,11 +110,14 @@ pub fn mode_name(mode: crate::config::PoolMode) -> &'static str {
     }
 }
 
-/// SHOW DATABASES' figures for every configured database.
-pub fn database_figures(shared: &Shared) -> Vec<DatabaseFigures> {
-    let config = shared.config.load();
-    let pools = shared.pools.all();
-    let clients = shared.clients();
+/// SHOW DATABASES' figures for every database of `config`, from every pool and every logged-in
+/// client; `disabled` says whether DISABLE is in force for a database.
+pub fn database_figures(
+    config: &Config,
+    pools: &[Arc<Pool>],
+    clients: &[Arc<ClientInfo>],
+    disabled: impl Fn(&str) -> bool,
+) -> Vec<DatabaseFigures> {
     let p = &config.pooler;
     let mut out = Vec::new();
     for (name, db) in &config.databases {
@@ -138,17 +139,20 @@ pub fn database_figures(shared: &Shared) -> Vec<DatabaseFigures> {
                 .unwrap_or(p.max_db_client_connections) as usize,
             current_client_connections: clients.iter().filter(|c| *c.database == **name).count(),
             paused: !mine.is_empty() && mine.iter().all(|x| x.is_paused()),
-            disabled: shared.is_disabled(name),
+            disabled: disabled(name),
         });
     }
     out
 }
 
-/// SHOW LISTS' rows: (list, items).
-pub fn list_figures(shared: &Shared) -> Vec<(&'static str, usize)> {
-    let config = shared.config.load();
-    let pools = shared.pools.all();
-    let used_clients = shared.clients().len();
+/// SHOW LISTS' rows: (list, items), from every pool, the logged-in clients and the logins in
+/// progress.
+pub fn list_figures(
+    config: &Config,
+    pools: &[Arc<Pool>],
+    used_clients: usize,
+    login_clients: usize,
+) -> Vec<(&'static str, usize)> {
     let servers: usize = pools.iter().map(|p| p.open_servers()).sum();
     let mut users: BTreeSet<&str> = config.users.keys().map(|k| k.as_str()).collect();
     users.extend(config.auth_file_users.keys().map(|k| k.as_str()));
@@ -160,7 +164,7 @@ pub fn list_figures(shared: &Shared) -> Vec<(&'static str, usize)> {
         ("peer_pools", 0),
         ("free_clients", 0),
         ("used_clients", used_clients),
-        ("login_clients", shared.logins_in_progress()),
+        ("login_clients", login_clients),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),

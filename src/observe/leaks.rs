@@ -5,9 +5,10 @@
 //! are counted when they happen. Histories are keyed by client-chosen names (application_name,
 //! process command line), each bounded by a `NameCap`: past its cap, names fold into `other`.
 
-use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::client_info::{ClientInfo, ClientPhase};
+use crate::config::PoolerConfig;
 use crate::name_cap::NameCap;
-use crate::shared::Shared;
+use crate::pool::client_origin as origin;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -87,15 +88,6 @@ pub struct SummaryRow {
     pub current: u64,
     /// The history.
     pub entry: SummaryEntry,
-}
-
-/// Where a client comes from, for grouping: its process command line when known, else its IP.
-pub fn origin(client: &ClientInfo) -> String {
-    match (client.process(), &client.peer) {
-        (Some((_, cmd)), _) if !cmd.is_empty() => cmd,
-        (_, PeerAddr::Tcp(a)) => a.ip().to_string(),
-        (_, PeerAddr::Unix) => "unix socket".to_string(),
-    }
 }
 
 impl LeakTracker {
@@ -198,19 +190,17 @@ impl LeakTracker {
         );
     }
 
-    /// One detector pass over all clients.
-    pub fn scan(&self, shared: &Shared) {
-        let p = &shared.config.load().pooler;
+    /// One detector pass over `clients`, with the thresholds of `p`.
+    pub fn scan(&self, p: &PoolerConfig, clients: &[Arc<ClientInfo>]) {
         let (idle_tx, hold, idle_client) = (
             p.leak_idle_in_transaction_threshold,
             p.leak_hold_threshold,
             p.leak_idle_client_threshold,
         );
         let now = Instant::now();
-        let clients = shared.clients();
         // A set, not a list: with thousands of suspects, `retain` below looks each one up.
         let mut seen: HashSet<(u64, LeakKind)> = HashSet::new();
-        for c in &clients {
+        for c in clients {
             let live = c.live();
             let over = |limit: Duration, since: Option<Instant>| {
                 !limit.is_zero() && since.is_some_and(|s| now.duration_since(s) > limit)
@@ -284,16 +274,17 @@ impl LeakTracker {
     }
 }
 
-/// Runs the detector until the pooler is gone.
-pub fn spawn_detector(shared: &Arc<Shared>) {
-    let weak: Weak<Shared> = Arc::downgrade(shared);
+/// Runs the detector until `owner` (the pooler) is gone: `scan` makes one pass
+/// (`LeakTracker::scan` with the owner's clients and thresholds).
+pub fn spawn_detector<S: Send + Sync + 'static>(owner: &Arc<S>, scan: fn(&S)) {
+    let weak: Weak<S> = Arc::downgrade(owner);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(shared) = weak.upgrade() else { return };
-            shared.leaks.scan(&shared);
+            let Some(owner) = weak.upgrade() else { return };
+            scan(&owner);
         }
     });
 }

@@ -1,0 +1,16 @@
+//! The read-only view of one pooler that both the admin console and the Prometheus exporter
+//! render: the figures behind SHOW POOLS/DATABASES/LISTS, the statistics over time, the leak
+//! detector's findings, and the exporter's registry with the series it publishes. Layer 5: it
+//! reads pools and clients (below) and is handed the parts it reads; `Shared` (above) owns its
+//! state, and the console and the exporter (above) render it.
+
+/// The exporter's series: names and help texts.
+pub mod catalogue;
+/// SHOW POOLS/DATABASES/LISTS figures, shared by the console and the exporter.
+pub mod figures;
+/// The leak detector and its history.
+pub mod leaks;
+/// The Prometheus registry of one pooler and the pools' instruments it makes.
+pub mod prometheus;
+/// Per-database averages over the last stats_period.
+pub mod stats;
