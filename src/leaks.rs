@@ -5,7 +5,7 @@
 //! are counted when they happen. Histories are keyed by client-chosen names (application_name,
 //! process command line), each bounded by a `NameCap`: past its cap, names fold into `other`.
 
-use crate::client_info::{ClientInfo, ClientPhase, PeerAddr};
+use crate::clients::{ClientInfo, ClientPhase, PeerAddr};
 use crate::name_cap::NameCap;
 use crate::shared::Shared;
 use parking_lot::Mutex;

@@ -4,7 +4,7 @@
 
 use super::{METADATA, Metrics};
 use crate::admin::figures;
-use crate::client_info::ClientPhase;
+use crate::clients::ClientPhase;
 use crate::shared::Shared;
 use crate::stats::StatsHistory;
 use metrics::{Key, KeyName, Label, Recorder, SharedString};
