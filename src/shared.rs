@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
+// Admission's guards (clients/admission.rs), under the paths the session's login code uses.
 pub use crate::clients::ClientSlot;
 pub(crate) use crate::clients::{ConsoleSeat, LoginPlace, LoginTicket};
 
-/// The FATAL for a full max_client_conn.
+/// The FATAL for a full max_client_conn (with the count of client connections now).
 pub(crate) fn max_client_conn_error(shared: &Shared) -> PgError {
     crate::clients::max_client_conn_error(&shared.clients)
 }
