@@ -4,13 +4,11 @@
 pub mod admin;
 pub mod auth;
 mod bind;
-pub mod cancel;
-pub mod client_info;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod listener;
 pub mod logging;
-pub(crate) mod login_throttle;
 pub mod metrics;
 pub mod name_cap;
 pub mod observe;

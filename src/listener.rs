@@ -1,7 +1,7 @@
 //! Accept loops for the TCP and unix-socket listeners: one task per client, a back-off when the
 //! process runs out of file descriptors, and a clean stop on shutdown.
 
-use crate::client_info::ClientPhase;
+use crate::clients::ClientPhase;
 use crate::session::{self, PeerAddr};
 use crate::shared::{Lifecycle, Shared, ShutdownMode};
 use crate::stream::Stream;

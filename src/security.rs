@@ -57,6 +57,15 @@ impl Security {
         })
     }
 
+    /// What server logins of `config` use for TLS, from the cached contexts. Err (naming the key
+    /// at fault) when the TLS configuration cannot be used.
+    pub fn server_tls(&self, config: &Arc<Config>) -> Result<crate::tls::ServerTls, String> {
+        match self.tls(config).as_ref() {
+            Ok(t) => Ok(t.server.clone()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
     /// The hba rules for `config` (empty when no auth_hba_file is set).
     pub fn hba(&self, config: &Arc<Config>) -> Arc<Result<HbaRules, String>> {
         self.hba.get(config, |c| {

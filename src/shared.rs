@@ -1,22 +1,28 @@
-//! `Shared`: what every task of one pooler sees — the config snapshot, the pools, the cancel
-//! registry, the SCRAM verifier cache, the client count and the shutdown signal. Passed as an
-//! `Arc`, never reached through a global.
+//! `Shared`: what every task of one pooler sees — the config snapshot, the pools, the client
+//! registry (with admission's counts), the SCRAM verifier cache and the shutdown signal. Passed
+//! as an `Arc`, never reached through a global.
 
 use crate::auth::VerifierCache;
-use crate::cancel::CancelRegistry;
+use crate::clients::{ClientInfo, ClientRegistry};
 use crate::config::Config;
 use crate::pool::{InstrumentSource, PoolRegistry};
+use crate::protocol::PgError;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
-mod admission;
 mod view;
-pub(crate) use admission::max_client_conn_error;
-pub(crate) use admission::{ConsoleSeat, LoginPlace};
+
+// Admission's guards (clients/admission.rs), under the paths the session's login code uses.
+pub use crate::clients::ClientSlot;
+pub(crate) use crate::clients::{ConsoleSeat, LoginPlace, LoginTicket};
+
+/// The FATAL for a full max_client_conn (with the count of client connections now).
+pub(crate) fn max_client_conn_error(shared: &Shared) -> PgError {
+    crate::clients::max_client_conn_error(&shared.clients)
+}
 
 /// State shared by the listener and all sessions of one pooler.
 pub struct Shared {
@@ -24,31 +30,14 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     /// Pools by (database, user).
     pub pools: PoolRegistry,
-    /// Cancel keys issued to clients.
-    pub cancels: CancelRegistry,
+    /// Every logged-in client (by the cancel key sluice issued it), and admission's counts.
+    pub clients: Arc<ClientRegistry>,
     /// SCRAM verifiers derived from plaintext passwords.
     pub verifiers: VerifierCache,
     /// Random per-process key for mock SCRAM verifiers of unknown users.
     pub instance_secret: [u8; 32],
     /// TLS contexts, hba rules and auth_query answers, kept per config snapshot.
     pub security: crate::security::Security,
-    /// max_client_conn's slots taken: logged-in clients and logins in progress.
-    clients: AtomicUsize,
-    /// Logins in progress.
-    logins: AtomicUsize,
-    /// Logins in progress per client IP address (entries at zero are removed).
-    logins_by_addr: Mutex<HashMap<std::net::IpAddr, u32>>,
-    /// Logins holding a console-only place while max_client_conn is full.
-    login_overflow: AtomicUsize,
-    /// Logged-in console sessions in the console's reserve.
-    console_seats: AtomicUsize,
-    /// Failed logins per client address, which slow down that address's next failures.
-    pub(crate) failed_logins: crate::login_throttle::FailedLogins,
-    /// Every logged-in client, by id (for the console and leak reports).
-    /// Connected clients per database [0] and per user [1].
-    /// Clients per database and per user name. The keys double as the names' one shared copy:
-    /// every client of a database points at the same `Arc<str>`.
-    client_counts: Mutex<[HashMap<Arc<str>, usize>; 2]>,
     lifecycle: watch::Sender<Lifecycle>,
     /// Leak suspects and history (SHOW LEAKS, metrics).
     pub leaks: crate::observe::leaks::LeakTracker,
@@ -100,17 +89,10 @@ impl Shared {
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools: PoolRegistry::new(metrics.clone().map(|m| m as Arc<dyn InstrumentSource>)),
-            cancels: CancelRegistry::default(),
+            clients: Arc::default(),
             verifiers: VerifierCache::default(),
             instance_secret: rand::random(),
             security: crate::security::Security::default(),
-            clients: AtomicUsize::new(0),
-            logins: AtomicUsize::new(0),
-            logins_by_addr: Mutex::new(HashMap::new()),
-            login_overflow: AtomicUsize::new(0),
-            console_seats: AtomicUsize::new(0),
-            failed_logins: Default::default(),
-            client_counts: Mutex::new([HashMap::new(), HashMap::new()]),
             lifecycle,
             disabled: Mutex::new(std::collections::HashSet::new()),
             stats_history: crate::observe::stats::StatsHistory::default(),
@@ -122,6 +104,21 @@ impl Shared {
         })
     }
 
+    /// Admits a new connection to log in (see [`ClientRegistry::begin_login`]): a ticket under
+    /// its IP address and a place in max_client_conn. On refusal, the FATAL to send.
+    pub(crate) fn begin_login(
+        &self,
+        peer: &crate::clients::PeerAddr,
+    ) -> Result<(LoginTicket, LoginPlace), PgError> {
+        self.clients.begin_login(peer, &self.config.load().pooler)
+    }
+
+    /// After a console user authenticated: a seat in the console's reserve, or the login's
+    /// max_client_conn slot. None: neither.
+    pub(crate) fn seat_console(&self, place: LoginPlace) -> Option<ConsoleSeat> {
+        self.clients.seat_console(place)
+    }
+
     /// Turns a login's place into a client's slot, if the per-database and per-user client
     /// limits (0: none) allow; a console-only place is refused. On refusal, names the limit.
     pub(crate) fn admit_client(
@@ -130,91 +127,42 @@ impl Shared {
         database: (&str, usize),
         user: (&str, usize),
     ) -> Result<ClientSlot, &'static str> {
-        // From here on, dropping `slot` gives back whatever it has taken.
-        let mut slot = match place {
-            LoginPlace::Client(slot) => slot,
-            LoginPlace::Overflow(_) => return Err("max_client_conn"),
-        };
-        let mut counts = self.client_counts.lock();
-        let refused = 'check: {
-            for (kind, (name, max), refusal) in [
-                (0usize, database, "max_db_client_connections"),
-                (1, user, "max_user_client_connections"),
-            ] {
-                let shared_name = match counts[kind].get_key_value(name) {
-                    Some((k, _)) => k.clone(),
-                    None => Arc::from(name),
-                };
-                let n = counts[kind].entry(shared_name.clone()).or_insert(0);
-                if max > 0 && *n >= max {
-                    break 'check Some(refusal);
-                }
-                *n += 1;
-                let taken = Some(shared_name);
-                if kind == 0 {
-                    slot.database = taken;
-                } else {
-                    slot.user = taken;
-                }
-            }
-            None
-        };
-        drop(counts); // before `slot` can drop: its Drop takes the same lock
-        match refused {
-            Some(limit) => Err(limit),
-            None => Ok(slot),
-        }
+        self.clients.admit(place, database, user)
     }
 
     /// Lists a logged-in client until the returned guard drops. The guard takes over `slot`:
     /// the limits it counts the client in are given back with the registration (by the names in
     /// `info`, which the slot was taken for).
-    pub fn register_client(
-        self: &Arc<Self>,
-        info: Arc<crate::client_info::ClientInfo>,
-        mut slot: ClientSlot,
-    ) -> Registered {
-        self.cancels.issue(&info);
-        slot.handed_over = true;
+    pub fn register_client(self: &Arc<Self>, info: Arc<ClientInfo>, slot: ClientSlot) -> Registered {
+        let counted = self.clients.register(&info, slot);
         Registered {
             shared: self.clone(),
-            counted: (slot.database.is_some(), slot.user.is_some()),
+            counted,
             info,
         }
     }
 
-    /// Gives back a client's max_client_conn slot and its per-database and per-user counts.
-    fn release_client_slot(&self, database: Option<&str>, user: Option<&str>) {
-        self.clients.fetch_sub(1, Ordering::AcqRel);
-        let mut counts = self.client_counts.lock();
-        for (kind, name) in [(0usize, database), (1, user)] {
-            if let Some(name) = name
-                && let Some(n) = counts[kind].get_mut(name)
-            {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts[kind].remove(name);
-                }
-            }
-        }
-    }
-
     /// Every logged-in client, oldest first.
-    pub fn clients(&self) -> Vec<Arc<crate::client_info::ClientInfo>> {
-        let mut v = self.cancels.clients();
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v = self.clients.clients();
         v.sort_by_key(|c| c.id);
         v
     }
 
     /// Calls `f` on every logged-in client (in no order), holding the registry briefly.
-    pub fn for_each_client(&self, f: impl FnMut(&crate::client_info::ClientInfo)) {
-        self.cancels.for_each_client(f);
+    pub fn for_each_client(&self, f: impl FnMut(&ClientInfo)) {
+        self.clients.for_each_client(f);
     }
 
     /// max_client_conn slots taken: logged-in clients and logins in progress (console sessions
     /// in the console reserve excluded).
     pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
+        self.clients.client_count()
+    }
+
+    /// Logins in progress (SHOW LISTS login_clients).
+    pub fn logins_in_progress(&self) -> usize {
+        self.clients.logins_in_progress()
     }
 
     /// Begins a shutdown: draining in `mode`, or exiting at once (None, or a second request).
@@ -304,10 +252,7 @@ impl Shared {
     /// ends client TLS or drops the server leg to plaintext. The error names the key at fault.
     pub fn apply_config(&self, config: Config) -> Result<(), String> {
         let config = Arc::new(config);
-        let tls = match self.security.tls(&config).as_ref() {
-            Ok(t) => t.server.clone(),
-            Err(e) => return Err(e.clone()),
-        };
+        let tls = self.security.server_tls(&config)?;
         if let Err(e) = self.security.hba(&config).as_ref() {
             return Err(e.clone());
         }
@@ -317,43 +262,17 @@ impl Shared {
     }
 }
 
-/// One of max_client_conn's slots (and of the database's and user's client limits), released
-/// when the client's session ends.
-pub struct ClientSlot {
-    shared: Arc<Shared>,
-    database: Option<Arc<str>>,
-    user: Option<Arc<str>>,
-    /// A [`Registered`] gives the slot back instead (set by [`Shared::register_client`]).
-    handed_over: bool,
-}
-
-impl ClientSlot {
-    /// The database and user names the slot counts the client under, as shared copies.
-    pub fn names(&self) -> Option<(Arc<str>, Arc<str>)> {
-        Some((self.database.clone()?, self.user.clone()?))
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        if !self.handed_over {
-            self.shared
-                .release_client_slot(self.database.as_deref(), self.user.as_deref());
-        }
-    }
-}
-
 /// Keeps a client in the registry (and its cancel key, once issued); removes both when dropped.
 pub struct Registered {
     shared: Arc<Shared>,
-    info: Arc<crate::client_info::ClientInfo>,
+    info: Arc<ClientInfo>,
     /// Whether the client's slot counted it under its database and its user name.
     counted: (bool, bool),
 }
 
 impl Registered {
     /// The registered client.
-    pub fn info(&self) -> &Arc<crate::client_info::ClientInfo> {
+    pub fn info(&self) -> &Arc<ClientInfo> {
         &self.info
     }
 
@@ -364,21 +283,14 @@ impl Registered {
 
     /// The client's cancel key (BackendKeyData), issued with the registration and retired
     /// with it.
-    pub fn cancel_key(&self) -> crate::cancel::CancelKey {
+    pub fn cancel_key(&self) -> crate::clients::CancelKey {
         self.info.cancel_key().unwrap_or_default()
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some(key) = self.info.cancel_key() {
-            self.shared.cancels.retire(key);
-        }
-        let (database, user) = self.counted;
-        self.shared.release_client_slot(
-            database.then_some(&*self.info.database),
-            user.then_some(&*self.info.user),
-        );
+        self.shared.clients.unregister(&self.info, self.counted);
     }
 }
 

@@ -26,9 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("auth", 1),
     ("security", 1),
     // 2 clients: the registry of all clients (cancel keys, what each holds) and admission.
-    ("cancel", 2),
-    ("client_info", 2),
-    ("login_throttle", 2),
+    ("clients", 2),
     // 3 server connections.
     ("server", 3),
     // 4 pools.
@@ -49,24 +47,11 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// Today's upward edges (importer -> imported), the debt issue 15 removes. The test fails when
 /// one of them is gone, so remove it from this list when it goes.
-const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[
-    // auth_query logs in to the server for its lookups (ServerConn).
-    ("auth", "server"),
-    // Cancel forwarding opens a server socket; the registry entry holds ServerInfo.
-    ("cancel", "server"),
-    ("client_info", "server"),
-    // Config validation asks tls whether protocol versions and ciphers are known.
-    ("config", "tls"),
-    // The server side of the TLS upgrade returns server types.
-    ("tls", "server"),
-];
+const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[];
 
 /// Today's import cycles inside one layer (an upward edge is needed for any other cycle), as
 /// sorted module lists. Like `KNOWN_UPWARD_EDGES`, a cycle that is gone must leave the list.
-const KNOWN_SAME_LAYER_CYCLES: &[&[&str]] = &[
-    // The registry entry (cancel) holds the client's record, which names its cancel key.
-    &["cancel", "client_info"],
-];
+const KNOWN_SAME_LAYER_CYCLES: &[&[&str]] = &[];
 
 /// Names the crate root re-exports (`use crate::{Config, Error}`) and the module they come from.
 const ROOT_REEXPORTS: &[(&str, &str)] = &[

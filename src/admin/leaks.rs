@@ -3,7 +3,7 @@
 //! last query, backend pid), and the history per application and origin.
 
 use super::result::{ResultSet, n, oid, t};
-use crate::client_info::{ClientPhase, PeerAddr};
+use crate::clients::{ClientPhase, PeerAddr};
 use crate::shared::Shared;
 use std::time::Instant;
 

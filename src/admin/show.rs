@@ -2,7 +2,7 @@
 //! state (pool queues, server and client registries, counters). Pure functions of a snapshot.
 
 use super::result::{ResultSet, n, oid, t};
-use crate::client_info::{ClientPhase, PeerAddr};
+use crate::clients::{ClientPhase, PeerAddr};
 use crate::server::ServerUse;
 use crate::shared::Shared;
 use std::collections::BTreeMap;

@@ -5,6 +5,7 @@ mod duration;
 mod keys;
 mod listen;
 mod load;
+mod tls_names;
 mod userlist;
 mod validate;
 mod validate_security;
@@ -12,6 +13,7 @@ mod validate_security;
 pub use duration::{format_duration, parse_duration};
 pub(crate) use listen::group_id;
 pub use load::ConfigError;
+pub(crate) use tls_names::{cipher_provider, protocol_versions};
 pub use userlist::parse_userlist;
 
 use serde::Deserialize;

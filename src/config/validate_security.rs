@@ -49,7 +49,7 @@ pub(super) fn check(p: &PoolerConfig, out: &mut Vec<Problem>) {
         } else {
             &p.server_tls_protocols
         };
-        if let Err(e) = crate::tls::protocol_versions(value, key) {
+        if let Err(e) = super::protocol_versions(value, key) {
             fail(key, e);
         }
     }
@@ -59,7 +59,7 @@ pub(super) fn check(p: &PoolerConfig, out: &mut Vec<Problem>) {
         } else {
             &p.server_tls_ciphers
         };
-        if let Err(e) = crate::tls::cipher_provider(value, key) {
+        if let Err(e) = super::cipher_provider(value, key) {
             fail(key, e);
         }
     }

@@ -2,7 +2,7 @@
 //! POOLS, STATS_TOTALS, DATABASES, LISTS, CONFIG, CLIENTS and VERSION under pgbouncer_exporter's
 //! names and labels, and sluice's leak counts.
 
-use crate::client_info::ClientPhase;
+use crate::clients::ClientPhase;
 use crate::observe::catalogue::{DATABASE_GAUGES, LIST_GAUGES, POOL_GAUGES, STATS_COUNTERS};
 use crate::observe::figures;
 use crate::observe::prometheus::{METADATA, Metrics};

@@ -1,7 +1,7 @@
 //! The figures behind SHOW POOLS, SHOW DATABASES and SHOW LISTS, computed once from the live
 //! state and shared by the console and the Prometheus endpoint, so both always agree.
 
-use crate::client_info::{ClientInfo, ClientPhase};
+use crate::clients::{ClientInfo, ClientPhase};
 use crate::config::Config;
 use crate::pool::Pool;
 use std::collections::BTreeSet;

@@ -5,7 +5,7 @@
 //! are counted when they happen. Histories are keyed by client-chosen names (application_name,
 //! process command line), each bounded by a `NameCap`: past its cap, names fold into `other`.
 
-use crate::client_info::{ClientInfo, ClientPhase};
+use crate::clients::{ClientInfo, ClientPhase};
 use crate::config::PoolerConfig;
 use crate::name_cap::NameCap;
 use crate::pool::client_origin as origin;

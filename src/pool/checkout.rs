@@ -7,7 +7,7 @@
 use super::Recycle;
 use super::login_health::{Gate, Limits};
 use super::{Grant, Pool, PooledServer, SlotPermit, Waiter};
-use crate::client_info::ClientInfo;
+use crate::clients::ClientInfo;
 use crate::protocol::{PgError, TxStatus};
 use crate::server::{self, ServerError, ServerUse, TxState};
 use std::sync::Arc;

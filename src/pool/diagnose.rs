@@ -2,7 +2,7 @@
 //! servers are in use, what they are doing and for how long, and which client holds the oldest.
 
 use super::Pool;
-use crate::client_info::{ClientInfo, PeerAddr};
+use crate::clients::{ClientInfo, PeerAddr};
 use crate::server::{ServerUse, TxState};
 use std::time::{Duration, Instant};
 

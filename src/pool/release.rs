@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Longest a released server waits for a cancel request on its way to it before it is closed.
-const CANCEL_WAIT: Duration = crate::cancel::FORWARD_LIMIT.saturating_add(Duration::from_secs(1));
+const CANCEL_WAIT: Duration = crate::server::cancel::FORWARD_LIMIT.saturating_add(Duration::from_secs(1));
 
 /// What state a client left its server in, decided by the session that used it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! whether that client is mid-query or idle in a transaction), or being cleaned. Shared with the
 //! pool so a timeout error can say what the servers are doing and who holds them.
 
-use crate::client_info::ClientInfo;
+use crate::clients::{CancelInFlight, CancelsInFlight, ClientInfo};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,31 +52,9 @@ pub struct ServerInfo {
     generation: std::sync::atomic::AtomicU64,
     prepared: std::sync::atomic::AtomicU32,
     state: Mutex<(ServerUse, i32)>,
-    /// Cancel requests for this server's backend on their way to PostgreSQL.
-    cancels: CancelsInFlight,
-}
-
-/// How many cancel requests for a server are on their way, and a wake-up for whoever waits for
-/// them to arrive: while one is, the server goes to no other client (it would cancel that
-/// client's query).
-#[derive(Debug, Default)]
-struct CancelsInFlight {
-    count: std::sync::atomic::AtomicUsize,
-    done: tokio::sync::Notify,
-}
-
-/// One cancel request on its way to a server's backend; dropping it (the request reached
-/// PostgreSQL, or sending it failed) lets the server be released to other clients again.
-#[derive(Debug)]
-pub struct CancelInFlight(Arc<ServerInfo>);
-
-impl Drop for CancelInFlight {
-    fn drop(&mut self) {
-        let c = &self.0.cancels;
-        if c.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            c.done.notify_waiters();
-        }
-    }
+    /// Cancel requests for this server's backend on their way to PostgreSQL (shared with the
+    /// record of the client holding it, through which a client's cancel request notes itself).
+    cancels: Arc<CancelsInFlight>,
 }
 
 impl ServerInfo {
@@ -89,38 +67,29 @@ impl ServerInfo {
             generation: std::sync::atomic::AtomicU64::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
-            cancels: CancelsInFlight::default(),
+            cancels: Arc::default(),
         }
     }
 
     /// Notes a cancel request for this server's backend leaving now; it is in flight until the
     /// returned guard is dropped.
-    pub(crate) fn cancel_leaving(self: &Arc<Self>) -> CancelInFlight {
-        self.cancels
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        CancelInFlight(self.clone())
+    pub(crate) fn cancel_leaving(&self) -> CancelInFlight {
+        self.cancels.leaving()
+    }
+
+    /// The count of cancel requests on their way, for the record of the client holding it.
+    pub(crate) fn cancels(&self) -> &Arc<CancelsInFlight> {
+        &self.cancels
     }
 
     /// True while a cancel request for this server is on its way.
     pub(crate) fn cancel_in_flight(&self) -> bool {
-        self.cancels.count.load(std::sync::atomic::Ordering::Acquire) > 0
+        self.cancels.any()
     }
 
     /// Waits until no cancel request for this server is on its way; false if `limit` passed first.
     pub(crate) async fn cancels_arrived(&self, limit: std::time::Duration) -> bool {
-        let wait = async {
-            loop {
-                let done = self.cancels.done.notified();
-                tokio::pin!(done);
-                done.as_mut().enable();
-                if !self.cancel_in_flight() {
-                    return;
-                }
-                done.await;
-            }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
+        self.cancels.arrived(limit).await
     }
 
     /// The pool generation it belongs to (RECONNECT starts a new one).

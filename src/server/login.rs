@@ -60,7 +60,7 @@ pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
             addr: target.describe(),
             source,
         })?;
-    let stream = crate::tls::upgrade_server(stream, target).await?;
+    let stream = super::tls::upgrade(stream, target).await?;
     let (reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
     frontend::startup_message(

@@ -1,11 +1,14 @@
 //! One connection to PostgreSQL: opening and logging in to it, the parameters it reported, and the
 //! short internal queries the pool runs on it (SET, ROLLBACK, DISCARD ALL).
 
+pub(crate) mod auth_query;
+pub(crate) mod cancel;
 mod info;
 mod login;
 pub mod statements;
+mod tls;
 
-pub use info::{CancelInFlight, ServerInfo, ServerUse, TxState};
+pub use info::{ServerInfo, ServerUse, TxState};
 
 pub use login::{ServerTarget, connect, open_socket};
 

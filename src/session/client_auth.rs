@@ -4,8 +4,8 @@
 
 use super::startup::Refusal;
 use crate::auth::hba::{HbaMethod, HbaRequest};
-use crate::auth::{self, AuthError, ClientAuth, Secret, auth_query};
-use crate::client_info::PeerAddr;
+use crate::auth::{self, AuthError, ClientAuth, Secret};
+use crate::clients::PeerAddr;
 use crate::config::{AuthType, Config};
 use crate::pool::Disposition;
 use crate::protocol::{PgError, TxStatus, messages, sqlstate};
@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 /// Authenticates `user` for `database`; on success AuthenticationOk was sent, and the result is
 /// the secret the server login should use (None: none known). A refused login waits before its
-/// error, longer for each recent failure from the same IP address (`login_throttle`).
+/// error, longer for each recent failure from the same IP address (`clients::throttle`).
 pub(super) async fn authenticate(
     stream: &mut Stream,
     peer: &PeerAddr,
@@ -29,7 +29,7 @@ pub(super) async fn authenticate(
     if let (Err(Refusal::Fatal(e)), PeerAddr::Tcp(addr)) = (&result, peer)
         && e.sqlstate.starts_with("28")
     {
-        let delay = shared.failed_logins.record_failure(addr.ip());
+        let delay = shared.clients.record_failed_login(addr.ip());
         tracing::info!(%peer, user, ?delay, "login failed; delaying the error");
         tokio::time::sleep(delay).await;
     }
@@ -161,10 +161,7 @@ async fn looked_up_secret(
         return Ok(cached.as_deref().map(Secret::parse));
     }
     let db_name = p.auth_dbname.as_deref().unwrap_or(database).to_string();
-    let server_tls = match shared.security.tls(config).as_ref() {
-        Ok(t) => t.server.clone(),
-        Err(_) => crate::tls::ServerTls::default(),
-    };
+    let server_tls = shared.security.server_tls(config).unwrap_or_default();
     // The lookup runs on a pooled connection of auth_user's own pool (as PgBouncer does).
     let key = crate::pool::PoolKey {
         database: db_name.clone(),
@@ -182,8 +179,8 @@ async fn looked_up_secret(
             .get_or_create_auto(key, (0, 0), listed, settings)
             .map_err(|bound| Refusal::Fatal(crate::pool::too_many_auto_pools(bound)))?
     };
-    let holder = Arc::new(crate::client_info::ClientInfo::new(
-        crate::client_info::PeerAddr::Unix,
+    let holder = Arc::new(crate::clients::ClientInfo::new(
+        PeerAddr::Unix,
         None,
         None,
         auth_user.into(),
@@ -207,7 +204,11 @@ async fn looked_up_secret(
             return Err(failed(e.to_string()));
         }
     };
-    let result = tokio::time::timeout(limit, auth_query::lookup(&mut server.conn, &p.auth_query, user)).await;
+    let result = tokio::time::timeout(
+        limit,
+        crate::server::auth_query::lookup(&mut server.conn, &p.auth_query, user),
+    )
+    .await;
     let clean = matches!(
         result,
         Ok(Ok(_)) | Ok(Err(crate::server::ServerError::Postgres(_)))

@@ -4,7 +4,7 @@
 
 use super::client::ClientIo;
 use super::responses::Responses;
-use crate::client_info::{ClientInfo, ClientPhase};
+use crate::clients::{ClientInfo, ClientPhase};
 use crate::pool::{Disposition, PoolStats};
 use crate::protocol::{FrameScanner, TxStatus};
 use crate::server::{ServerConn, TxState};
@@ -193,7 +193,7 @@ impl Link {
             self.request_since = Some(now);
             self.xact_since.get_or_insert(now);
             server.info.set_tx(TxState::Active);
-            info.set_phase(ClientPhase::Active, Some((server.id, server.backend_pid)));
+            info.set_phase(ClientPhase::Active);
         }
     }
 
@@ -214,20 +214,19 @@ impl Link {
         self.request_since = None;
         self.idle_since = now;
         self.cancel_sent = false;
-        let server_ref = Some((server.id, server.backend_pid));
         if server.tx_status == TxStatus::Idle {
             self.tx_since = None;
             let xact_start = self.xact_since.take().unwrap_or(started);
             stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
             (client.bytes_in, client.bytes_out) = (0, 0);
             server.info.set_tx(TxState::Idle);
-            info.set_phase(ClientPhase::Holding, server_ref);
+            info.set_phase(ClientPhase::Holding);
         } else {
             self.saw_transaction = true;
             self.tx_since.get_or_insert(started);
             info.transaction_began(started);
             server.info.set_tx(TxState::IdleInTransaction);
-            info.set_phase(ClientPhase::IdleInTransaction, server_ref);
+            info.set_phase(ClientPhase::IdleInTransaction);
         }
     }
 

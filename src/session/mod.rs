@@ -14,10 +14,9 @@ mod responses;
 mod startup;
 mod waiting;
 
-pub use crate::client_info::PeerAddr;
+pub use crate::clients::PeerAddr;
 
-use crate::cancel::CancelTarget;
-use crate::client_info::ClientPhase;
+use crate::clients::ClientPhase;
 use crate::config::PoolMode;
 use crate::pool::{Disposition, PooledServer};
 use crate::protocol::{PgError, TxStatus, sqlstate};
@@ -46,7 +45,7 @@ enum SessionState {
     /// Relaying on a server (boxed: an idle session should stay small).
     Active(Box<Active>),
     /// Ended from outside while idle: the client is told why, then the session ends.
-    Killed(Box<crate::client_info::Kill>),
+    Killed(Box<crate::clients::Kill>),
 }
 
 /// The data of the `Active` state.
@@ -66,7 +65,7 @@ enum IdleWake {
     /// The client closed its connection.
     Left,
     /// The client was ended from outside.
-    Killed(crate::client_info::Kill),
+    Killed(crate::clients::Kill),
 }
 
 /// Why a server could not be brought to the client's settings.
@@ -295,7 +294,7 @@ impl Session {
         if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
             return Err(Ending::ClientLeft);
         }
-        self.login.info().set_phase(ClientPhase::Waiting, None);
+        self.login.info().set_phase(ClientPhase::Waiting);
         Ok(SessionState::Waiting {
             since: Instant::now(),
         })
@@ -340,7 +339,7 @@ impl Session {
                     let limit = self.login.shared().config.load().pooler.query_wait_timeout;
                     if since.elapsed() < limit {
                         tracing::info!(client = self.login.info().id, error = %e, "server lost before the request was sent; getting another");
-                        self.login.info().set_phase(ClientPhase::Waiting, None);
+                        self.login.info().set_phase(ClientPhase::Waiting);
                         return Ok(SessionState::Waiting { since });
                     }
                     let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("server conn crashed? {e}"));
@@ -349,7 +348,7 @@ impl Session {
                 Err(PrepareFailure::Refused(e)) => Err(self.end_with(e, false).await),
             },
             WaitOutcome::Failed => {
-                self.login.info().set_phase(ClientPhase::Idle, None);
+                self.login.info().set_phase(ClientPhase::Idle);
                 Ok(SessionState::Idle)
             }
             WaitOutcome::ClientGone => Err(Ending::ClientLeft),
@@ -405,7 +404,7 @@ impl Session {
             }
             Ok(RelayEnd::Killed(kill)) => {
                 drop(server); // whatever it was doing is abandoned with the client
-                self.login.info().set_cancel_target(None);
+                self.login.info().hold(None);
                 Err(self.end_with(kill.error(), true).await)
             }
             Ok(RelayEnd::TimedOut(expiry)) => {
@@ -442,10 +441,7 @@ impl Session {
         since: Instant,
     ) -> Result<PooledServer, PrepareFailure> {
         self.login.pool.stats.record_assignment(since.elapsed());
-        self.login.info().set_phase(
-            ClientPhase::Active,
-            Some((server.conn.id, server.conn.backend_pid)),
-        );
+        self.login.info().set_phase(ClientPhase::Active);
         let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
         // Usually the server already carries the client's settings: no await, nothing boxed.
         let server = if in_step {
@@ -453,13 +449,7 @@ impl Session {
         } else {
             Box::pin(self.sync_params(server)).await?
         };
-        self.login.info().set_cancel_target(Some(CancelTarget {
-            host: server.conn.target_addr.0.clone(),
-            port: server.conn.target_addr.1,
-            backend_pid: server.conn.backend_pid,
-            backend_secret: server.conn.backend_secret,
-            server: server.conn.info.clone(),
-        }));
+        self.login.info().hold(Some(server.conn.held()));
         Ok(server)
     }
 
@@ -504,8 +494,7 @@ impl Session {
     }
 
     fn release(&mut self, mut server: PooledServer, link: &Link) {
-        self.login.info().set_cancel_target(None);
-        self.login.info().set_phase(ClientPhase::Idle, None);
+        self.login.info().set_phase(ClientPhase::Idle);
         // The server carries this client's settings (SETs it made were tracked as it went),
         // unless a RESET or DISCARD ALL left it out of step (then the next checkout syncs it).
         if server.conn.params_fingerprint.is_some() {
@@ -546,8 +535,7 @@ impl Session {
                     .with_detail(format!("{other}; the request in progress did not complete"))
             }
         };
-        self.login.info().set_cancel_target(None);
-        self.login.info().set_phase(ClientPhase::Idle, None);
+        self.login.info().set_phase(ClientPhase::Idle);
         let soft = mode == PoolMode::Transaction && link.can_fail_softly(&self.client);
         let pending = link.pending_requests().max(1);
         drop(server);

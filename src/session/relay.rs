@@ -10,7 +10,7 @@ use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
 use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
 use super::responses::{Books, ErrorNote, Verdict};
-use crate::client_info::ClientInfo;
+use crate::clients::ClientInfo;
 use crate::pool::PoolStats;
 use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
 use crate::server::ServerConn;
@@ -44,7 +44,7 @@ pub(super) enum RelayEnd {
     /// A time limit ran out.
     TimedOut(Expiry),
     /// The client was ended from outside (KILL_CLIENT, shutdown).
-    Killed(crate::client_info::Kill),
+    Killed(crate::clients::Kill),
 }
 
 /// Why relaying stopped abnormally.
@@ -139,13 +139,7 @@ async fn relay_loop(
                 if expiry == Expiry::Query && !link.cancel_sent {
                     link.cancel_sent = true;
                     tracing::info!(backend_pid = server.backend_pid, "query_timeout: cancelling the query");
-                    crate::cancel::send_cancel(
-                        server.target_addr.0.clone(),
-                        server.target_addr.1,
-                        server.backend_pid,
-                        server.backend_secret,
-                        server.info.cancel_leaving(),
-                    );
+                    crate::server::cancel::cancel_running_query(server);
                     continue;
                 }
                 return Ok(RelayEnd::TimedOut(expiry));

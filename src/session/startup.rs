@@ -3,7 +3,7 @@
 //! authentication, and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use super::params::ClientParams;
-use crate::client_info::{ClientInfo, PeerAddr};
+use crate::clients::{ClientInfo, PeerAddr};
 use crate::config::Config;
 use crate::config::SslMode;
 use crate::pool::{Disposition, Pool, PoolKey};
@@ -194,7 +194,7 @@ pub(super) async fn log_in(
             &database,
             &user,
             secret.clone(),
-            server_tls(shared, &config),
+            shared.security.server_tls(&config).unwrap_or_default(),
         )
     };
     let limits = (db_server_limit, user_server_limit);
@@ -286,7 +286,7 @@ async fn negotiate(
                 process_id,
                 secret_key,
             } => {
-                shared.cancels.cancel(process_id, secret_key).await;
+                crate::server::cancel::forward_request(&shared.clients, (process_id, secret_key)).await;
                 return Err(Refusal::Quiet);
             }
             StartupPacket::Startup {
@@ -336,14 +336,6 @@ async fn tls_handshake(
             tracing::info!(error = %e, direct, "client TLS handshake failed");
             Refusal::Quiet
         })
-}
-
-/// The server-leg TLS settings of this config snapshot.
-fn server_tls(shared: &Shared, config: &Arc<Config>) -> crate::tls::ServerTls {
-    match shared.security.tls(config).as_ref() {
-        Ok(t) => t.server.clone(),
-        Err(_) => crate::tls::ServerTls::default(),
-    }
 }
 
 /// The parameters to greet a client with: cached from the pool's first server login, or learnt

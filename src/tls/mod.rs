@@ -6,9 +6,9 @@ mod build;
 mod cert;
 mod upgrade;
 
-pub use build::{ServerTls, cipher_provider, client_acceptor, protocol_versions, server_connector};
+pub use build::{ServerTls, client_acceptor, server_connector};
 pub use cert::common_name;
-pub use upgrade::{accept_client, peer_common_name, upgrade_server};
+pub use upgrade::{accept_client, peer_common_name};
 
 use crate::config::Config;
 

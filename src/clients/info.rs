@@ -1,7 +1,10 @@
 //! What sluice knows about each connected client, shared with the pools (who holds a server),
-//! and later the console and leak reports. Updated on state changes, never per message.
+//! the console and the leak reports: its phase, the server it holds (the one record of it, which
+//! cancel requests follow too), times, last query, process. Updated on state changes, never per
+//! message.
 
-use crate::cancel::{CancelKey, CancelTarget};
+use super::held::{CancelInFlight, HeldServer};
+use super::registry::CancelKey;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,7 +108,7 @@ impl std::fmt::Display for ClientPhase {
     }
 }
 
-/// The changing part of a client's state.
+/// The changing part of a client's state, as a copy for those who show it.
 #[derive(Debug, Clone)]
 pub struct ClientLive {
     /// What it is doing.
@@ -120,6 +123,18 @@ pub struct ClientLive {
     pub server_since: Option<Instant>,
     /// When its open transaction began (None outside a transaction).
     pub xact_since: Option<Instant>,
+}
+
+/// The changing part of a client's state, under one lock.
+#[derive(Debug)]
+struct Live {
+    phase: ClientPhase,
+    phase_since: Instant,
+    request_at: Instant,
+    /// The server it holds and since when: the one record of it (the console shows it, cancel
+    /// requests go to it).
+    held: Option<(HeldServer, Instant)>,
+    xact_since: Option<Instant>,
 }
 
 /// One logged-in client.
@@ -140,7 +155,7 @@ pub struct ClientInfo {
     /// sluice's own end of the connection (TCP).
     pub local: Option<SocketAddr>,
     application_name: Mutex<String>,
-    live: Mutex<ClientLive>,
+    live: Mutex<Live>,
     last_query: Mutex<String>,
     /// Boxed: most clients are never asked, and an idle one should stay small.
     process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
@@ -150,8 +165,6 @@ pub struct ClientInfo {
     connected_unix: u32,
     /// The key sluice gave it for cancel requests (set once, at login).
     cancel_key: std::sync::OnceLock<CancelKey>,
-    /// Where its cancel requests go: the server it holds right now.
-    cancel_target: Mutex<Option<CancelTarget>>,
 }
 
 impl ClientInfo {
@@ -179,12 +192,11 @@ impl ClientInfo {
             peer_pid,
             local,
             application_name: Mutex::new(application_name.to_string()),
-            live: Mutex::new(ClientLive {
+            live: Mutex::new(Live {
                 phase: ClientPhase::Idle,
                 phase_since: now,
                 request_at: now,
-                server: None,
-                server_since: None,
+                held: None,
                 xact_since: None,
             }),
             last_query: Mutex::new(String::new()),
@@ -195,7 +207,6 @@ impl ClientInfo {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             cancel_key: std::sync::OnceLock::new(),
-            cancel_target: Mutex::new(None),
         }
     }
 
@@ -208,22 +219,23 @@ impl ClientInfo {
         let _ = self.cancel_key.set(key);
     }
 
-    /// Points the client's cancel requests at the server it now holds (None: it holds none).
-    pub fn set_cancel_target(&self, target: Option<CancelTarget>) {
-        *self.cancel_target.lock() = target;
-    }
-
-    /// Where a cancel request from this client would go now.
-    pub fn cancel_target(&self) -> Option<CancelTarget> {
-        self.cancel_target.lock().clone()
+    /// Records the server the client now holds (None: it holds none any more). The console and
+    /// the leak reports show it, and the client's cancel requests go to it.
+    pub fn hold(&self, server: Option<HeldServer>) {
+        let mut live = self.live.lock();
+        let since = match (&live.held, &server) {
+            (Some((old, since)), Some(new)) if old.id == new.id => *since,
+            _ => Instant::now(),
+        };
+        live.held = server.map(|s| (s, since));
     }
 
     /// Where a cancel request from this client goes now, with that server marked as having a
-    /// cancel in flight (taken under the same lock that [`ClientInfo::set_cancel_target`] clears
-    /// the target under, so a release that follows sees the mark).
-    pub(crate) fn cancel_target_leaving(&self) -> Option<(CancelTarget, crate::server::CancelInFlight)> {
-        let target = self.cancel_target.lock();
-        target.as_ref().map(|t| (t.clone(), t.server.cancel_leaving()))
+    /// cancel in flight (taken under the same lock that [`ClientInfo::hold`] and
+    /// [`ClientInfo::set_phase`] clear the server under, so a release that follows sees the mark).
+    pub(crate) fn cancel_leaving(&self) -> Option<(HeldServer, CancelInFlight)> {
+        let live = self.live.lock();
+        live.held.as_ref().map(|(s, _)| (s.clone(), s.cancels.leaving()))
     }
 
     /// How many named prepared statements the client holds (SHOW CLIENTS).
@@ -286,11 +298,20 @@ impl ClientInfo {
 
     /// A copy of the changing state.
     pub fn live(&self) -> ClientLive {
-        self.live.lock().clone()
+        let live = self.live.lock();
+        ClientLive {
+            phase: live.phase,
+            phase_since: live.phase_since,
+            request_at: live.request_at,
+            server: live.held.as_ref().map(|(s, _)| (s.id, s.backend_pid)),
+            server_since: live.held.as_ref().map(|(_, since)| *since),
+            xact_since: live.xact_since,
+        }
     }
 
-    /// Records a phase change (and the server held, if any). Called on transitions only.
-    pub fn set_phase(&self, phase: ClientPhase, server: Option<(u64, i32)>) {
+    /// Records a phase change. Called on transitions only. An idle or waiting client holds no
+    /// server: those phases also forget the server it held (see [`ClientInfo::hold`]).
+    pub fn set_phase(&self, phase: ClientPhase) {
         let mut live = self.live.lock();
         let now = Instant::now();
         if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && live.phase != ClientPhase::Active {
@@ -300,10 +321,9 @@ impl ClientInfo {
             live.phase = phase;
             live.phase_since = now;
         }
-        if live.server.map(|s| s.0) != server.map(|s| s.0) {
-            live.server_since = server.map(|_| now);
+        if matches!(phase, ClientPhase::Idle | ClientPhase::Waiting) {
+            live.held = None;
         }
-        live.server = server;
         match phase {
             ClientPhase::IdleInTransaction => {
                 live.xact_since.get_or_insert(now);
@@ -424,9 +444,43 @@ mod tests {
     }
 
     #[test]
+    fn the_held_server_is_shown_and_cancelled_until_the_client_goes_idle() {
+        let c = client();
+        let cancels = Arc::new(super::super::CancelsInFlight::default());
+        c.set_phase(ClientPhase::Active);
+        c.hold(Some(HeldServer {
+            id: 7,
+            backend_pid: 70,
+            backend_secret: 700,
+            host: "localhost".into(),
+            port: 5432,
+            cancels: cancels.clone(),
+        }));
+        let live = c.live();
+        assert_eq!(live.server, Some((7, 70)));
+        assert!(live.server_since.is_some());
+        let (target, in_flight) = c.cancel_leaving().expect("a held server takes cancels");
+        assert_eq!((target.backend_pid, target.backend_secret), (70, 700));
+        assert!(
+            cancels.any(),
+            "the server is marked while the cancel is on its way"
+        );
+        drop(in_flight);
+        assert!(!cancels.any());
+        c.set_phase(ClientPhase::Holding);
+        assert_eq!(c.live().server, Some((7, 70)), "a phase with a server keeps it");
+        c.set_phase(ClientPhase::Idle);
+        assert_eq!(c.live().server, None);
+        assert!(
+            c.cancel_leaving().is_none(),
+            "an idle client's cancel goes nowhere"
+        );
+    }
+
+    #[test]
     fn a_client_that_is_not_idle_is_never_killed_for_idleness() {
         let c = client();
-        c.set_phase(ClientPhase::Active, None);
+        c.set_phase(ClientPhase::Active);
         c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
         assert!(c.kill.lock().reason.is_none());
     }

@@ -1,0 +1,312 @@
+//! Admission before login: every accepted connection takes one of max_client_conn's slots
+//! before it sends a byte, logins in progress from one IP address are capped, and the console's
+//! small reserve beyond max_client_conn is granted only once a console user has authenticated.
+//! At login, the per-database and per-user client limits; each place is given back by its guard.
+
+use super::info::{ClientInfo, PeerAddr};
+use super::registry::ClientRegistry;
+use crate::config::PoolerConfig;
+use crate::protocol::{PgError, sqlstate};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Console sessions allowed beyond max_client_conn (and logins that may wait for one while
+/// max_client_conn is full: only a console login may keep such a place).
+pub(crate) const CONSOLE_RESERVE: usize = 16;
+
+/// What admission counts, in the client registry.
+#[derive(Default)]
+pub(crate) struct Admission {
+    /// max_client_conn's slots taken: logged-in clients and logins in progress.
+    clients: AtomicUsize,
+    /// Logins in progress.
+    logins: AtomicUsize,
+    /// Logins in progress per client IP address (entries at zero are removed).
+    logins_by_addr: Mutex<HashMap<IpAddr, u32>>,
+    /// Logins holding a console-only place while max_client_conn is full.
+    login_overflow: AtomicUsize,
+    /// Logged-in console sessions in the console's reserve.
+    console_seats: AtomicUsize,
+    /// Clients per database [0] and per user [1] name. The keys double as the names' one shared
+    /// copy: every client of a database points at the same `Arc<str>`.
+    client_counts: Mutex<[HashMap<Arc<str>, usize>; 2]>,
+}
+
+/// Where a connection stands while it logs in.
+pub(crate) enum LoginPlace {
+    /// One of max_client_conn's slots (no database or user counted yet).
+    Client(ClientSlot),
+    /// max_client_conn was full: one of a few places that only a console login may keep,
+    /// and only until it is authenticated. (Held for its drop, which gives the place back.)
+    #[allow(dead_code)]
+    Overflow(Counted),
+}
+
+/// Where a logged-in console session is counted (held for its drop, which gives the seat back).
+#[allow(dead_code)]
+pub(crate) enum ConsoleSeat {
+    /// In the console's reserve beyond max_client_conn.
+    Reserve(Counted),
+    /// The reserve was full: in max_client_conn like any client.
+    Client(ClientSlot),
+}
+
+/// One of max_client_conn's slots (and of the database's and user's client limits), released
+/// when the client's session ends.
+pub struct ClientSlot {
+    registry: Arc<ClientRegistry>,
+    database: Option<Arc<str>>,
+    user: Option<Arc<str>>,
+    /// The client's registration gives the slot back instead (set by
+    /// [`ClientRegistry::register`]).
+    handed_over: bool,
+}
+
+impl ClientSlot {
+    /// The database and user names the slot counts the client under, as shared copies.
+    pub fn names(&self) -> Option<(Arc<str>, Arc<str>)> {
+        Some((self.database.clone()?, self.user.clone()?))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.registry
+                .release_client_slot(self.database.as_deref(), self.user.as_deref());
+        }
+    }
+}
+
+/// Which counter a [`Counted`] unit belongs to.
+#[derive(Clone, Copy)]
+enum Reserve {
+    /// Logins waiting for a console seat while max_client_conn is full.
+    Overflow,
+    /// Logged-in console sessions in the reserve.
+    Console,
+}
+
+/// One unit of a bounded counter, given back when dropped.
+pub(crate) struct Counted {
+    registry: Arc<ClientRegistry>,
+    which: Reserve,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.registry.reserve(self.which).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A login in progress, counted under its IP address until dropped.
+pub(crate) struct LoginTicket {
+    registry: Arc<ClientRegistry>,
+    addr: Option<IpAddr>,
+}
+
+impl Drop for LoginTicket {
+    fn drop(&mut self) {
+        let a = &self.registry.admission;
+        a.logins.fetch_sub(1, Ordering::AcqRel);
+        if let Some(addr) = self.addr {
+            let mut map = a.logins_by_addr.lock();
+            if let Some(n) = map.get_mut(&addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&addr);
+                }
+            }
+        }
+    }
+}
+
+/// Takes one unit of `counter` if it stays within `limit`.
+fn take(counter: &AtomicUsize, limit: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+            (c < limit).then_some(c + 1)
+        })
+        .is_ok()
+}
+
+/// The FATAL for a full max_client_conn.
+pub(crate) fn max_client_conn_error(registry: &ClientRegistry) -> PgError {
+    PgError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "no more connections allowed (max_client_conn)",
+    )
+    .with_detail(format!(
+        "{} client connections are open or logging in",
+        registry.client_count()
+    ))
+    .with_hint("raise max_client_conn, or find the application that does not close its connections")
+}
+
+impl ClientRegistry {
+    fn reserve(&self, which: Reserve) -> &AtomicUsize {
+        match which {
+            Reserve::Overflow => &self.admission.login_overflow,
+            Reserve::Console => &self.admission.console_seats,
+        }
+    }
+
+    fn counted(self: &Arc<Self>, which: Reserve) -> Option<Counted> {
+        take(self.reserve(which), CONSOLE_RESERVE).then(|| Counted {
+            registry: self.clone(),
+            which,
+        })
+    }
+
+    /// Admits a new connection to log in: a ticket under its IP address (refused past
+    /// max_logins_per_address) and a place in max_client_conn (or, when that is full, a place
+    /// only a console login may keep). On refusal, the FATAL to send.
+    pub(crate) fn begin_login(
+        self: &Arc<Self>,
+        peer: &PeerAddr,
+        pooler: &PoolerConfig,
+    ) -> Result<(LoginTicket, LoginPlace), PgError> {
+        let per_addr = pooler.max_logins_per_address as usize;
+        let addr = match peer {
+            PeerAddr::Tcp(a) => Some(a.ip()),
+            PeerAddr::Unix => None,
+        };
+        if let (Some(ip), true) = (addr, per_addr > 0) {
+            // The map holds one entry per address with a login in progress, so it is bounded
+            // by the logins max_client_conn admits.
+            let mut map = self.admission.logins_by_addr.lock();
+            let n = map.entry(ip).or_insert(0);
+            if *n as usize >= per_addr {
+                return Err(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "no more connections allowed (max_logins_per_address)",
+                )
+                .with_detail(format!("{n} logins from {ip} are in progress"))
+                .with_hint("raise max_logins_per_address if one host opens this many connections at once"));
+            }
+            *n += 1;
+        }
+        self.admission.logins.fetch_add(1, Ordering::AcqRel);
+        let ticket = LoginTicket {
+            registry: self.clone(),
+            addr: addr.filter(|_| per_addr > 0),
+        };
+        let place = if take(&self.admission.clients, pooler.max_client_conn as usize) {
+            LoginPlace::Client(ClientSlot {
+                registry: self.clone(),
+                database: None,
+                user: None,
+                handed_over: false,
+            })
+        } else {
+            match self.counted(Reserve::Overflow) {
+                Some(c) => LoginPlace::Overflow(c),
+                None => return Err(max_client_conn_error(self)),
+            }
+        };
+        Ok((ticket, place))
+    }
+
+    /// After a console user authenticated: a seat in the console's reserve if one is free
+    /// (giving back the login's place), else the login's max_client_conn slot. None: neither.
+    pub(crate) fn seat_console(self: &Arc<Self>, place: LoginPlace) -> Option<ConsoleSeat> {
+        match (self.counted(Reserve::Console), place) {
+            (Some(seat), _) => Some(ConsoleSeat::Reserve(seat)),
+            (None, LoginPlace::Client(slot)) => Some(ConsoleSeat::Client(slot)),
+            (None, LoginPlace::Overflow(_)) => None,
+        }
+    }
+
+    /// Turns a login's place into a client's slot, if the per-database and per-user client
+    /// limits (0: none) allow; a console-only place is refused. On refusal, names the limit.
+    pub(crate) fn admit(
+        &self,
+        place: LoginPlace,
+        database: (&str, usize),
+        user: (&str, usize),
+    ) -> Result<ClientSlot, &'static str> {
+        // From here on, dropping `slot` gives back whatever it has taken.
+        let mut slot = match place {
+            LoginPlace::Client(slot) => slot,
+            LoginPlace::Overflow(_) => return Err("max_client_conn"),
+        };
+        let mut counts = self.admission.client_counts.lock();
+        let refused = 'check: {
+            for (kind, (name, max), refusal) in [
+                (0usize, database, "max_db_client_connections"),
+                (1, user, "max_user_client_connections"),
+            ] {
+                let shared_name = match counts[kind].get_key_value(name) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                let n = counts[kind].entry(shared_name.clone()).or_insert(0);
+                if max > 0 && *n >= max {
+                    break 'check Some(refusal);
+                }
+                *n += 1;
+                let taken = Some(shared_name);
+                if kind == 0 {
+                    slot.database = taken;
+                } else {
+                    slot.user = taken;
+                }
+            }
+            None
+        };
+        drop(counts); // before `slot` can drop: its Drop takes the same lock
+        match refused {
+            Some(limit) => Err(limit),
+            None => Ok(slot),
+        }
+    }
+
+    /// Lists a logged-in client (issuing its cancel key) and takes over its slot. Returns
+    /// whether the slot counted it under its database and under its user name, which
+    /// [`ClientRegistry::unregister`] needs to give them back.
+    pub(crate) fn register(&self, info: &Arc<ClientInfo>, mut slot: ClientSlot) -> (bool, bool) {
+        self.issue(info);
+        slot.handed_over = true;
+        (slot.database.is_some(), slot.user.is_some())
+    }
+
+    /// Ends a registration: retires the client's cancel key and gives back its max_client_conn
+    /// slot and the per-database and per-user counts `counted` says it took.
+    pub(crate) fn unregister(&self, info: &ClientInfo, counted: (bool, bool)) {
+        if let Some(key) = info.cancel_key() {
+            self.retire(key);
+        }
+        let (database, user) = counted;
+        self.release_client_slot(database.then_some(&*info.database), user.then_some(&*info.user));
+    }
+
+    /// Gives back a client's max_client_conn slot and its per-database and per-user counts.
+    fn release_client_slot(&self, database: Option<&str>, user: Option<&str>) {
+        self.admission.clients.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.admission.client_counts.lock();
+        for (kind, name) in [(0usize, database), (1, user)] {
+            if let Some(name) = name
+                && let Some(n) = counts[kind].get_mut(name)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts[kind].remove(name);
+                }
+            }
+        }
+    }
+
+    /// max_client_conn slots taken: logged-in clients and logins in progress (console sessions
+    /// in the console reserve excluded).
+    pub fn client_count(&self) -> usize {
+        self.admission.clients.load(Ordering::Relaxed)
+    }
+
+    /// Logins in progress (SHOW LISTS login_clients).
+    pub fn logins_in_progress(&self) -> usize {
+        self.admission.logins.load(Ordering::Relaxed)
+    }
+}

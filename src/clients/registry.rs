@@ -1,0 +1,74 @@
+//! The registry of connected clients: every logged-in client by the cancel key sluice issued it
+//! (BackendKeyData: a pid and a secret of sluice's own, never a server's). The console, the leak
+//! detector and the exporter list clients from it, and a CancelRequest is matched to its client
+//! (and so to the server that client holds) here. Admission's counts live beside it.
+
+use super::admission::Admission;
+use super::held::{CancelInFlight, HeldServer};
+use super::info::ClientInfo;
+use super::throttle::FailedLogins;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The cancel key sluice gave a client (BackendKeyData): a pid and a secret of its own, never
+/// a server's.
+pub type CancelKey = (i32, i32);
+
+/// Every logged-in client, by the cancel key sluice gave it: one map entry per client. Each
+/// client's record knows the server it holds, if any. Also the counts admission keeps (logins in
+/// progress, max_client_conn's slots, per-database and per-user clients) and failed logins.
+#[derive(Default)]
+pub struct ClientRegistry {
+    keys: Mutex<HashMap<CancelKey, Arc<ClientInfo>>>,
+    /// What admission counts: slots, logins in progress, the console's reserve.
+    pub(super) admission: Admission,
+    /// Failed logins per client address, which slow down that address's next failures.
+    failed_logins: FailedLogins,
+}
+
+impl ClientRegistry {
+    /// Issues a fresh random key for `client` and records it there. Retired by
+    /// [`ClientRegistry::retire`] when the client's registration ends.
+    pub fn issue(&self, client: &Arc<ClientInfo>) -> CancelKey {
+        let mut keys = self.keys.lock();
+        loop {
+            let key: CancelKey = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
+            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key) {
+                e.insert(client.clone());
+                client.set_cancel_key(key);
+                return key;
+            }
+        }
+    }
+
+    /// Forgets a key (its client left).
+    pub fn retire(&self, key: CancelKey) {
+        self.keys.lock().remove(&key);
+    }
+
+    /// Every registered client, in no order.
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        self.keys.lock().values().cloned().collect()
+    }
+
+    /// Calls `f` on every registered client (in no order), holding the registry briefly.
+    pub fn for_each_client(&self, mut f: impl FnMut(&ClientInfo)) {
+        for c in self.keys.lock().values() {
+            f(c);
+        }
+    }
+
+    /// Where a cancel request carrying `key` goes: the server its client holds now, marked as
+    /// having a cancel in flight until the returned guard drops. None for an unknown key or a
+    /// client holding no server (PostgreSQL ignores bad cancel keys, and so does sluice).
+    pub fn cancel_target(&self, key: CancelKey) -> Option<(HeldServer, CancelInFlight)> {
+        let client = self.keys.lock().get(&key).cloned()?;
+        client.cancel_leaving()
+    }
+
+    /// Records a failed login from `addr`; returns how long to wait before telling the client.
+    pub(crate) fn record_failed_login(&self, addr: std::net::IpAddr) -> std::time::Duration {
+        self.failed_logins.record_failure(addr)
+    }
+}

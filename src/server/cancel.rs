@@ -1,0 +1,72 @@
+//! Cancelling a query on a server: the record of a held server that the client registry keeps
+//! (built here from the connection), and forwarding a CancelRequest to PostgreSQL over a new
+//! connection — for a client's own request (matched to its server by the registry) or for
+//! query_timeout. Until PostgreSQL has taken the request (it closes that connection once it
+//! signalled the backend), the server is marked as having a cancel in flight, and the release
+//! path lends it to nobody.
+
+use super::ServerConn;
+use crate::clients::{CancelInFlight, CancelKey, ClientRegistry, HeldServer};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+
+/// Longest a cancel request may take to reach PostgreSQL; the release path waits a little more
+/// for it before it closes the server instead.
+pub(crate) const FORWARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ServerConn {
+    /// This server as the record of the client holding it describes it.
+    pub(crate) fn held(&self) -> HeldServer {
+        HeldServer {
+            id: self.id,
+            backend_pid: self.backend_pid,
+            backend_secret: self.backend_secret,
+            host: self.target_addr.0.clone(),
+            port: self.target_addr.1,
+            cancels: self.info.cancels().clone(),
+        }
+    }
+}
+
+/// Forwards a client's CancelRequest carrying `key` to the server that client holds; unknown
+/// keys and clients holding no server are ignored, as PostgreSQL ignores bad cancel keys.
+pub(crate) async fn forward_request(clients: &ClientRegistry, key: CancelKey) {
+    // The in-flight mark is taken under the client's record lock: a release that clears the
+    // held server after this sees the mark and keeps the server from other clients.
+    let Some((t, in_flight)) = clients.cancel_target(key) else {
+        tracing::debug!(process_id = key.0, "cancel request for no running query; ignored");
+        return;
+    };
+    forward(t, in_flight).await;
+}
+
+/// Sends a CancelRequest for the query running on `server` in the background (query_timeout);
+/// the server is marked until PostgreSQL has taken the request.
+pub(crate) fn cancel_running_query(server: &ServerConn) {
+    tokio::spawn(forward(server.held(), server.info.cancel_leaving()));
+}
+
+/// Opens a connection to the server, sends the CancelRequest and waits until PostgreSQL closes
+/// that connection (it has signalled the backend by then), within [`FORWARD_LIMIT`]; then the
+/// server's in-flight mark goes.
+async fn forward(target: HeldServer, in_flight: CancelInFlight) {
+    let backend_pid = target.backend_pid;
+    let sent = tokio::time::timeout(FORWARD_LIMIT, async {
+        let mut stream = super::open_socket(&target.host, target.port).await?;
+        let mut out = BytesMut::new();
+        frontend::cancel_request(backend_pid, target.backend_secret, &mut out);
+        stream.write_all(&out).await?;
+        // PostgreSQL sends nothing back: read until it hangs up.
+        let mut sink = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    drop(in_flight);
+    match sent {
+        Ok(Ok(())) => tracing::debug!(backend_pid, "cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+        Err(_) => tracing::warn!("forwarding cancel request timed out"),
+    }
+}
