@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod client_info;
 pub mod config;
 pub mod error;
+pub(crate) mod janitor;
 pub mod leaks;
 pub mod listener;
 pub mod logging;
@@ -24,7 +25,6 @@ pub mod session;
 pub mod shared;
 pub mod stats;
 pub mod stream;
-pub mod sweeper;
 pub mod tls;
 
 pub use config::Config;
