@@ -7,6 +7,7 @@ mod bind;
 pub mod clients;
 pub mod config;
 pub mod error;
+pub(crate) mod janitor;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -21,7 +22,6 @@ pub mod service;
 pub mod session;
 pub mod shared;
 pub mod stream;
-pub mod sweeper;
 pub mod tls;
 
 pub use config::Config;

@@ -93,11 +93,8 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         Some(u) => tracing::info!("sluice listening on {tcp_addr} and {}", u.path.display()),
         None => tracing::info!("sluice listening on {tcp_addr}"),
     }
-    crate::observe::stats::spawn_sampler(&shared, |s| s.sample_stats(crate::service::report_stats));
+    crate::janitor::spawn(&shared);
     crate::service::spawn_stop_notifier(&shared);
-    crate::observe::leaks::spawn_detector(&shared, Shared::scan_leaks);
-    crate::sweeper::spawn_idle_sweeper(&shared);
-    crate::sweeper::spawn_autodb_sweeper(&shared);
     let logins = Arc::new(AtomicUsize::new(0));
     let mut accept_tasks = vec![
         tokio::spawn(accept_loop(tcp, shared.clone(), logins.clone())),

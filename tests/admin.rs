@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::{RawClient, RawMessage};
 use common::{connect, connect_with, pg, start_sluice, wait_until};
 use std::collections::HashMap;
@@ -12,12 +13,15 @@ use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
 fn config(db: &str, pool: u32, extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\nstats_users = [\"watcher\"]\n\
-         stats_period = \"1s\"\n{extra}\n[users.admin]\n[users.watcher]\n[users.sluice_trust]\n\
-         [databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\npool_size = {pool}\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .admin()
+        .set("stats_users = [\"watcher\"]\nstats_period = \"1s\"")
+        .set(extra)
+        .user("admin")
+        .user("watcher")
+        .user("sluice_trust")
+        .database(db, Some(pool))
+        .build()
 }
 
 async fn console(addr: SocketAddr, user: &str) -> tokio_postgres::Client {

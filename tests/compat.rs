@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::{pg, start_sluice};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,26 +61,14 @@ async fn venv() -> &'static Path {
 
 /// Transaction mode, SCRAM, a pool of [`POOL_SIZE`] in front of `db`, and a console user.
 fn config(db: &str) -> String {
-    format!(
-        r#"
-[pooler]
-listen_port = 0
-pool_mode = "transaction"
-auth_type = "scram-sha-256"
-max_client_conn = 400
-query_wait_timeout = "60s"
-admin_users = ["{ADMIN}"]
-[users.{USER}]
-password = "{PASSWORD}"
-[users.{ADMIN}]
-password = "{ADMIN_PASSWORD}"
-[databases.{db}]
-host = "127.0.0.1"
-port = {port}
-pool_size = {POOL_SIZE}
-"#,
-        port = pg().port()
-    )
+    PoolerToml::new("scram-sha-256")
+        .pool_mode("transaction")
+        .set("max_client_conn = 400\nquery_wait_timeout = \"60s\"")
+        .set(&format!("admin_users = [\"{ADMIN}\"]"))
+        .user_password(USER, PASSWORD)
+        .user_password(ADMIN, ADMIN_PASSWORD)
+        .database(db, Some(POOL_SIZE))
+        .build()
 }
 
 /// Creates database `db`, starts sluice in front of it and runs `tests/compat/<file>` with pytest;

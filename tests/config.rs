@@ -129,6 +129,79 @@ pool_mode = "session"
 }
 
 #[test]
+fn effective_settings_take_the_database_or_user_value_then_the_global_one() {
+    let text = r#"
+[pooler]
+pool_mode = "session"
+default_pool_size = 7
+min_pool_size = 1
+reserve_pool_size = 2
+max_db_connections = 30
+max_user_connections = 40
+max_db_client_connections = 50
+max_user_client_connections = 60
+[databases.own]
+pool_size = 3
+pool_mode = "transaction"
+min_pool_size = 2
+reserve_pool_size = 4
+max_db_connections = 5
+max_db_client_connections = 6
+[databases.plain]
+[users.u]
+pool_mode = "session"
+max_user_connections = 8
+max_user_client_connections = 9
+"#;
+    let c = load(text).unwrap();
+    let (own, plain) = (c.database("own").unwrap(), c.database("plain").unwrap());
+    let e = c.effective(own, "u");
+    assert_eq!(
+        (
+            e.database.pool_size,
+            e.database.min_pool_size,
+            e.database.reserve_pool_size
+        ),
+        (3, 2, 4)
+    );
+    assert_eq!(
+        (
+            e.database.max_db_connections,
+            e.database.max_db_client_connections
+        ),
+        (5, 6)
+    );
+    assert_eq!(
+        (e.user.max_user_connections, e.user.max_user_client_connections),
+        (8, 9)
+    );
+    assert_eq!(e.pool_mode, PoolMode::Session, "the user's mode comes first");
+    assert_eq!(c.effective(own, "nobody").pool_mode, PoolMode::Transaction);
+    let e = c.effective(plain, "nobody");
+    assert_eq!(
+        (
+            e.database.pool_size,
+            e.database.min_pool_size,
+            e.database.reserve_pool_size
+        ),
+        (7, 1, 2)
+    );
+    assert_eq!(
+        (
+            e.database.max_db_connections,
+            e.database.max_db_client_connections
+        ),
+        (30, 50)
+    );
+    assert_eq!(
+        (e.user.max_user_connections, e.user.max_user_client_connections),
+        (40, 60)
+    );
+    assert_eq!(e.pool_mode, PoolMode::Session);
+    assert_eq!((e.database.own_pool_mode, e.user.own_pool_mode), (None, None));
+}
+
+#[test]
 fn star_database_is_the_fallback() {
     let text = "[databases.app]\nport = 5433\n[databases.\"*\"]\nport = 5434\n";
     let c = load(text).unwrap();

@@ -4,18 +4,19 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::{connect, console_query, pg, start_sluice, wait_until};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 fn config(extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-         admin_users = [\"admin\"]\n{extra}\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .set("unix_socket_dir = \"\"")
+        .admin()
+        .set(extra)
+        .database("app", None)
+        .build()
 }
 
 async fn console(addr: SocketAddr) -> tokio_postgres::Client {

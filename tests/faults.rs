@@ -3,16 +3,17 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::{TempPostgres, connect, pg, start_sluice, wait_until};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn config(host_port: u16, db: &str, pool: u32) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nquery_wait_timeout = \"30s\"\n\
-         [databases.{db}]\nhost = \"127.0.0.1\"\nport = {host_port}\npool_size = {pool}\n"
-    )
+    PoolerToml::trust()
+        .set("query_wait_timeout = \"30s\"")
+        .database_on(db, host_port, Some(pool))
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,21 +4,17 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
 use common::{connect, connect_with, pg, start_sluice};
 use std::time::Duration;
 
 fn config(auth_type: &str, users: &str, databases: &str) -> String {
-    format!(
-        r#"
-[pooler]
-listen_port = 0
-auth_type = "{auth_type}"
-default_pool_size = 2
-{users}
-{databases}
-"#
-    )
+    PoolerToml::new(auth_type)
+        .set("default_pool_size = 2")
+        .tail(users)
+        .tail(databases)
+        .build()
 }
 
 fn app_db() -> String {

@@ -9,6 +9,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
+use common::config::PoolerToml;
 use common::raw::{RawClient, RawMessage};
 use common::{connect, pg, start_sluice};
 use postgres_protocol::message::frontend;
@@ -16,12 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(auth: &str, extra_db: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nunix_socket_dir = \"\"\nauth_type = \"{auth}\"\n\
-         [users.sluice_scram]\npassword = \"scram_pw\"\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n{extra_db}",
-        pg().port()
-    )
+    PoolerToml::new(auth)
+        .set("unix_socket_dir = \"\"")
+        .user_password("sluice_scram", "scram_pw")
+        .database("app", Some(2))
+        .tail(extra_db)
+        .build()
 }
 
 /// A victim that logs in with SCRAM and queries; panics if anything fails.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
 use common::{connect, pg, start_sluice};
 use std::sync::Arc;
@@ -14,25 +15,13 @@ use std::time::{Duration, Instant};
 /// A transaction-mode sluice in front of `db` with pool size `pool`, for `sluice_scram` and the
 /// superuser `postgres`.
 fn config(db: &str, pool: u32) -> String {
-    format!(
-        r#"
-[pooler]
-listen_port = 0
-pool_mode = "transaction"
-auth_type = "scram-sha-256"
-query_wait_timeout = "20s"
-max_client_conn = 200
-[users.sluice_scram]
-password = "scram_pw"
-[users.postgres]
-password = "postgres_pw"
-[databases.{db}]
-host = "127.0.0.1"
-port = {port}
-pool_size = {pool}
-"#,
-        port = pg().port()
-    )
+    PoolerToml::new("scram-sha-256")
+        .pool_mode("transaction")
+        .set("query_wait_timeout = \"20s\"\nmax_client_conn = 200")
+        .user_password("sluice_scram", "scram_pw")
+        .user_password("postgres", "postgres_pw")
+        .database(db, Some(pool))
+        .build()
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {

@@ -39,7 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("session", 7),
     ("admin", 7),
     ("metrics", 7),
-    ("sweeper", 7),
+    ("janitor", 7),
     ("service", 7),
     // 8 accept loops and starting a pooler.
     ("listener", 8),

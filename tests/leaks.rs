@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
 use common::{connect, connect_with, pg, start_sluice, wait_until};
 use std::net::SocketAddr;
@@ -11,13 +12,17 @@ use std::time::Duration;
 
 fn config(db: &str, mode: &str, extra: &str, unix_dir: Option<&std::path::Path>) -> String {
     let unix = unix_dir
-        .map(|d| format!("unix_socket_dir = \"{}\"\n", d.display()))
+        .map(|d| format!("unix_socket_dir = \"{}\"", d.display()))
         .unwrap_or_default();
-    format!(
-        "[pooler]\nlisten_port = 0\n{unix}auth_type = \"trust\"\nadmin_users = [\"admin\"]\npool_mode = \"{mode}\"\n{extra}\n\
-         [users.admin]\n[users.sluice_trust]\n[databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 4\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .set(&unix)
+        .admin()
+        .pool_mode(mode)
+        .set(extra)
+        .user("admin")
+        .user("sluice_trust")
+        .database(db, Some(4))
+        .build()
 }
 
 type Row = common::ConsoleRow;

@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
-use common::{connect, pg, start_sluice};
+use common::{connect, start_sluice};
 use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,12 +17,13 @@ use tokio::net::TcpSocket;
 
 /// md5 logins (cheap for the test's own CPU); `admin` is a console user.
 fn config(extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"md5\"\nadmin_users = [\"admin\"]\n{extra}\n\
-         [users.admin]\npassword = \"admin_pw\"\n[users.sluice_md5]\npassword = \"md5_pw\"\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
-        pg().port()
-    )
+    PoolerToml::new("md5")
+        .admin()
+        .set(extra)
+        .user_password("admin", "admin_pw")
+        .user_password("sluice_md5", "md5_pw")
+        .database("app", Some(2))
+        .build()
 }
 
 /// A raw connection from the loopback address `src` (127.0.0.0/8 all reach 127.0.0.1).

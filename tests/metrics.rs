@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
 use common::{connect, pg, start_sluice, wait_until};
 use std::collections::{BTreeMap, HashMap};
@@ -14,12 +15,14 @@ use tokio::net::TcpStream;
 use tokio_postgres::SimpleQueryMessage;
 
 fn config(extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\nmax_client_conn = 77\n\
-         stats_period = \"1s\"\n[users.admin]\n[users.sluice_trust]\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 3\n{extra}",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .admin()
+        .set("max_client_conn = 77\nstats_period = \"1s\"")
+        .user("admin")
+        .user("sluice_trust")
+        .database("app", Some(3))
+        .tail(extra)
+        .build()
 }
 
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";

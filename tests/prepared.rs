@@ -6,6 +6,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
+use common::config::PoolerToml;
 use common::raw::{RawClient, RawMessage};
 use common::{connect_with, console_rows, pg, start_sluice};
 use std::collections::HashSet;
@@ -13,13 +14,15 @@ use std::net::SocketAddr;
 
 /// Transaction mode, trust auth, pool of `pool` in front of `db`.
 fn config(db: &str, pool: u32, extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n\
-         pool_mode = \"transaction\"\nmax_client_conn = 200\nquery_wait_timeout = \"30s\"\n{extra}\n\
-         [users.admin]\n[users.sluice_trust]\n[databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\n\
-         pool_size = {pool}\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .admin()
+        .pool_mode("transaction")
+        .set("max_client_conn = 200\nquery_wait_timeout = \"30s\"")
+        .set(extra)
+        .user("admin")
+        .user("sluice_trust")
+        .database(db, Some(pool))
+        .build()
 }
 
 async fn client(addr: SocketAddr, db: &str) -> tokio_postgres::Client {

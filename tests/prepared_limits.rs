@@ -7,6 +7,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
+use common::config::PoolerToml;
 use common::pg;
 use common::raw::{RawClient, RawMessage};
 use common::start_sluice;
@@ -14,13 +15,15 @@ use std::net::SocketAddr;
 
 /// Transaction mode, trust auth, one server in front of `db`.
 fn config(db: &str, extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n\
-         pool_mode = \"transaction\"\nmax_client_conn = 50\nquery_wait_timeout = \"30s\"\n{extra}\n\
-         [users.admin]\n[users.sluice_trust]\n[databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\n\
-         pool_size = 1\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .admin()
+        .pool_mode("transaction")
+        .set("max_client_conn = 50\nquery_wait_timeout = \"30s\"")
+        .set(extra)
+        .user("admin")
+        .user("sluice_trust")
+        .database(db, Some(1))
+        .build()
 }
 
 async fn raw(addr: SocketAddr, db: &str) -> RawClient {

@@ -4,16 +4,13 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::raw::RawClient;
 use common::{connect, connect_with, pg, start_sluice, wait_until};
 use std::time::Duration;
 
 fn config(db: &str, extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\n{extra}\n\
-         [databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 1\n",
-        pg().port()
-    )
+    PoolerToml::trust().set(extra).database(db, Some(1)).build()
 }
 
 async fn pid(c: &tokio_postgres::Client) -> i32 {

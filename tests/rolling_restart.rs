@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::{console_rows, pg};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,14 +12,18 @@ use std::time::{Duration, Instant};
 
 /// Both processes use this file: the same port, unix socket and metrics endpoint.
 fn config(port: u16, metrics_port: u16, socket_dir: &Path) -> String {
-    format!(
-        "[pooler]\nlisten_port = {port}\nso_reuseport = true\nunix_socket_dir = {:?}\n\
-         auth_type = \"trust\"\nadmin_users = [\"admin\"]\nmax_client_conn = 200\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 4\n\
-         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-        socket_dir.display().to_string(),
-        pg().port()
-    )
+    PoolerToml::trust()
+        .listen_port(port)
+        .set("so_reuseport = true")
+        .set(&format!(
+            "unix_socket_dir = {:?}",
+            socket_dir.display().to_string()
+        ))
+        .admin()
+        .set("max_client_conn = 200")
+        .database("app", Some(4))
+        .tail(&format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"))
+        .build()
 }
 
 /// Starts the binary with its log in `log`.

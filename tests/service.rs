@@ -5,17 +5,19 @@
 mod common;
 
 use common::binary::SluiceBinary;
-use common::{connect, console_rows, pg, wait_until};
+use common::config::PoolerToml;
+use common::{connect, console_rows, wait_until};
 use std::time::{Duration, Instant};
 use tokio::net::UnixDatagram;
 
 /// A trust config with database `app`; `extra` goes into `[pooler]`.
 fn config(port: u16, extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = {port}\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n{extra}\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .listen_port(port)
+        .admin()
+        .set(extra)
+        .database("app", Some(2))
+        .build()
 }
 
 /// Receives notification datagrams until one satisfies `want`; every message seen, in order.

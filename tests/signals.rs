@@ -3,16 +3,17 @@
 
 mod common;
 
-use common::{connect, connect_with, pg, wait_until};
+use common::config::PoolerToml;
+use common::{connect, connect_with, wait_until};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn config(port: u16, pool: u32) -> String {
-    format!(
-        "[pooler]\nlisten_port = {port}\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = {pool}\n",
-        pg().port()
-    )
+    PoolerToml::trust()
+        .listen_port(port)
+        .admin()
+        .database("app", Some(pool))
+        .build()
 }
 
 fn spawn(path: &std::path::Path) -> Child {

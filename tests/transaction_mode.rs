@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::config::PoolerToml;
 use common::{connect, pg, start_sluice, wait_until};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -13,23 +14,13 @@ use tokio_postgres::types::Type;
 
 /// A sluice config in transaction mode in front of database `db` with pool size `pool`.
 fn config(db: &str, pool: u32, extra: &str) -> String {
-    format!(
-        r#"
-[pooler]
-listen_port = 0
-pool_mode = "transaction"
-auth_type = "scram-sha-256"
-query_wait_timeout = "20s"
-{extra}
-[users.sluice_scram]
-password = "scram_pw"
-[databases.{db}]
-host = "127.0.0.1"
-port = {port}
-pool_size = {pool}
-"#,
-        port = pg().port()
-    )
+    PoolerToml::new("scram-sha-256")
+        .pool_mode("transaction")
+        .set("query_wait_timeout = \"20s\"")
+        .set(extra)
+        .user_password("sluice_scram", "scram_pw")
+        .database(db, Some(pool))
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,15 +4,12 @@
 
 mod common;
 
-use common::{connect_with, pg, start_sluice};
+use common::config::PoolerToml;
+use common::{connect_with, start_sluice};
 use std::os::unix::fs::MetadataExt;
 
 fn config(extra: &str) -> String {
-    format!(
-        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\n{extra}\n\
-         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
-        pg().port()
-    )
+    PoolerToml::trust().set(extra).database("app", None).build()
 }
 
 #[tokio::test]

@@ -420,23 +420,20 @@ fn users(shared: &Shared) -> ResultSet {
     let mut names: BTreeMap<String, ()> = config.users.keys().map(|k| (k.clone(), ())).collect();
     names.extend(config.auth_file_users.keys().map(|k| (k.clone(), ())));
     names.extend(clients.iter().map(|c| (c.user.to_string(), ())));
-    let p = &config.pooler;
     for name in names.keys() {
-        let u = config.users.get(name);
+        let u = config.user_settings(name);
         rs.push(vec![
             t(name),
             t(""),
             t(""),
-            u.and_then(|u| u.pool_mode).map(|m| mode_name(m).to_string()),
-            n(u.and_then(|u| u.max_user_connections)
-                .unwrap_or(p.max_user_connections)),
+            u.own_pool_mode.map(|m| mode_name(m).to_string()),
+            n(u.max_user_connections),
             n(pools
                 .iter()
                 .filter(|x| &x.key.user == name)
                 .map(|x| x.open_servers())
                 .sum::<usize>()),
-            n(u.and_then(|u| u.max_user_client_connections)
-                .unwrap_or(p.max_user_client_connections)),
+            n(u.max_user_client_connections),
             n(clients.iter().filter(|c| *c.user == **name).count()),
         ]);
     }

@@ -2,6 +2,7 @@
 //! name the file, line, column and key at fault.
 
 mod duration;
+mod effective;
 mod keys;
 mod listen;
 mod load;
@@ -11,6 +12,7 @@ mod validate;
 mod validate_security;
 
 pub use duration::{format_duration, parse_duration};
+pub use effective::{DatabaseSettings, EffectiveSettings, UserSettings};
 pub(crate) use listen::group_id;
 pub use load::ConfigError;
 pub(crate) use tls_names::{cipher_provider, protocol_versions};
@@ -509,22 +511,6 @@ impl Config {
             "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             addr => addr.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         }
-    }
-
-    /// Server connections per (database, user) pool for `db`: its `pool_size` when set,
-    /// otherwise `pooler.default_pool_size`.
-    pub fn pool_size_for(&self, db: &DatabaseConfig) -> u32 {
-        db.pool_size.unwrap_or(self.pooler.default_pool_size)
-    }
-
-    /// Pool mode for `user`'s pool of `db`. Precedence: the user's `pool_mode` (`[users.NAME]`),
-    /// then the database's, then the global `pooler.pool_mode`.
-    pub fn pool_mode_for(&self, db: &DatabaseConfig, user: &str) -> PoolMode {
-        self.users
-            .get(user)
-            .and_then(|u| u.pool_mode)
-            .or(db.pool_mode)
-            .unwrap_or(self.pooler.pool_mode)
     }
 
     /// The database entry for a client-facing database name: its own table or the `"*"` fallback.

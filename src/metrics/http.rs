@@ -27,8 +27,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// scrapes; bounded so they cannot take every file descriptor. Past it a connection is closed
 /// as soon as it is accepted.
 const MAX_CONNECTIONS: usize = 4096;
-/// How often recorded histogram samples are folded in when nobody scrapes.
-const UPKEEP: Duration = Duration::from_secs(5);
 
 /// Serves the endpoint on `listener` until the pooler exits.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
@@ -36,15 +34,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metr
     let weak = Arc::downgrade(&shared);
     drop(shared);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut upkeep = tokio::time::interval(UPKEEP);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = life.wait_for(|l| *l == Lifecycle::Exit) => return,
-            _ = upkeep.tick() => {
-                metrics.upkeep();
-                continue;
-            }
         };
         let Ok((socket, peer)) = accepted else {
             // Out of descriptors, usually: wait for some to free up instead of spinning.

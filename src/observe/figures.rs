@@ -118,9 +118,9 @@ pub fn database_figures(
     clients: &[Arc<ClientInfo>],
     disabled: impl Fn(&str) -> bool,
 ) -> Vec<DatabaseFigures> {
-    let p = &config.pooler;
     let mut out = Vec::new();
     for (name, db) in &config.databases {
+        let settings = config.database_settings(db);
         let mine: Vec<&Arc<Pool>> = pools.iter().filter(|x| &x.key.database == name).collect();
         out.push(DatabaseFigures {
             name: name.clone(),
@@ -128,15 +128,13 @@ pub fn database_figures(
             port: db.port,
             dbname: db.dbname.clone().unwrap_or_else(|| name.clone()),
             force_user: db.user.clone(),
-            pool_size: config.pool_size_for(db) as usize,
-            min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size) as usize,
-            reserve_pool_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size) as usize,
-            pool_mode: db.pool_mode.map(mode_name),
-            max_connections: db.max_db_connections.unwrap_or(p.max_db_connections) as usize,
+            pool_size: settings.pool_size as usize,
+            min_pool_size: settings.min_pool_size as usize,
+            reserve_pool_size: settings.reserve_pool_size as usize,
+            pool_mode: settings.own_pool_mode.map(mode_name),
+            max_connections: settings.max_db_connections as usize,
             current_connections: mine.iter().map(|x| x.open_servers()).sum(),
-            max_client_connections: db
-                .max_db_client_connections
-                .unwrap_or(p.max_db_client_connections) as usize,
+            max_client_connections: settings.max_db_client_connections as usize,
             current_client_connections: clients.iter().filter(|c| *c.database == **name).count(),
             paused: !mine.is_empty() && mine.iter().all(|x| x.is_paused()),
             disabled: disabled(name),

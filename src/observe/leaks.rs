@@ -11,11 +11,8 @@ use crate::name_cap::NameCap;
 use crate::pool::client_origin as origin;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often the detector looks.
-const TICK: Duration = Duration::from_millis(500);
 
 /// What kind of leak a client is suspected of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -272,19 +269,4 @@ impl LeakTracker {
             "connection leak suspected"
         );
     }
-}
-
-/// Runs the detector until `owner` (the pooler) is gone: `scan` makes one pass
-/// (`LeakTracker::scan` with the owner's clients and thresholds).
-pub fn spawn_detector<S: Send + Sync + 'static>(owner: &Arc<S>, scan: fn(&S)) {
-    let weak: Weak<S> = Arc::downgrade(owner);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(owner) = weak.upgrade() else { return };
-            scan(&owner);
-        }
-    });
 }

@@ -5,8 +5,7 @@
 use crate::pool::{PoolRegistry, StatsSnapshot};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Averages of one database over the last period.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -115,20 +114,4 @@ impl Averages {
             bind_count: per_sec(d(cur.bind_count, prev.bind_count)),
         }
     }
-}
-
-/// Calls `sample` on `owner` until it is gone, sleeping between calls for the period it returns
-/// (at least 100 ms). `sample` takes a sample (`StatsHistory::sample`), reports a complete
-/// period (the stats log line, systemd's STATUS) and returns the live `stats_period`.
-pub fn spawn_sampler<S: Send + Sync + 'static>(owner: &Arc<S>, sample: fn(&S) -> Duration) {
-    let weak: Weak<S> = Arc::downgrade(owner);
-    tokio::spawn(async move {
-        loop {
-            let period = match weak.upgrade() {
-                Some(s) => sample(&s),
-                None => return,
-            };
-            tokio::time::sleep(period.max(Duration::from_millis(100))).await;
-        }
-    });
 }

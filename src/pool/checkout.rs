@@ -140,6 +140,7 @@ impl Pool {
                 Vetted::Check(server, _, _) => {
                     // The full checkout pops it again (last in, first out) and runs the check.
                     self.state.lock().idle.push_back(server);
+                    self.idle_returned();
                     return None;
                 }
             }

@@ -4,10 +4,6 @@
 
 use super::{Pool, PooledServer};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-/// How often PAUSE and WAIT_CLOSE look again.
-const POLL: Duration = Duration::from_millis(20);
 
 impl Pool {
     /// True while PAUSE is in force.
@@ -16,19 +12,42 @@ impl Pool {
     }
 
     /// Holds new checkouts, waits until no server is lent out, then closes the idle servers.
+    /// Cancel-safe: dropping the future (the console client hung up) leaves the pool paused,
+    /// as PAUSE's first step did, and nothing else behind.
     pub async fn pause(&self) {
-        self.paused.store(true, Ordering::Release);
-        loop {
-            let lent = {
-                let st = self.state.lock();
-                st.slots_used.saturating_sub(st.idle.len())
-            };
-            if lent == 0 {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.paused.store(true, Ordering::SeqCst);
+        self.wait_for_servers(|st| st.slots_used <= st.idle.len()).await;
         self.close_idle();
+    }
+
+    /// Resolves once `done` holds for the pool's state, looking again each time a server comes
+    /// back to the idle queue, closes or frees its slot ([`Pool::servers_changed`]). Listens
+    /// before it looks, so a change between the look and the wait is not missed.
+    async fn wait_for_servers(&self, done: impl Fn(&super::PoolState) -> bool) {
+        loop {
+            let changed = self.servers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let finished = done(&self.state.lock());
+            if finished {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Wakes PAUSE and WAIT_CLOSE to look again: a server closed or freed its slot.
+    pub(super) fn servers_changed(&self) {
+        self.servers_changed.notify_waiters();
+    }
+
+    /// A server went (back) into the idle queue: wakes a PAUSE waiting for it. Called after the
+    /// state lock is released; a PAUSE that began before that lock was taken is told here, one
+    /// that began after it sees the server idle. Costs one atomic load when nothing is paused.
+    pub(super) fn idle_returned(&self) {
+        if self.paused.load(Ordering::SeqCst) {
+            self.servers_changed();
+        }
     }
 
     /// Holds new checkouts without waiting for servers in use (SUSPEND, KILL).
@@ -74,18 +93,8 @@ impl Pool {
     /// Waits until no server from before the last RECONNECT remains.
     pub async fn wait_close(&self) {
         let current = self.generation();
-        loop {
-            let old = self
-                .state
-                .lock()
-                .servers
-                .values()
-                .any(|info| info.generation() < current);
-            if !old {
-                return;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.wait_for_servers(|st| st.servers.values().all(|info| info.generation() >= current))
+            .await;
     }
 
     /// Number of servers open (idle, lent, or being opened or cleaned).
@@ -139,5 +148,77 @@ impl Pool {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{LimitGroup, Pool, PoolKey};
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    /// A pool with no server yet (nothing here connects anywhere).
+    fn pool() -> Arc<Pool> {
+        let config =
+            crate::Config::from_toml_str("[databases.app]\n", "test.toml", None).expect("a valid config");
+        let settings = super::super::settings_for(&config, "app", "u", None, Default::default());
+        let key = PoolKey {
+            database: "app".into(),
+            user: "u".into(),
+        };
+        let group = |name: &str| Arc::new(LimitGroup::new(name.into(), 0));
+        Pool::new(
+            key,
+            settings,
+            group("database app"),
+            group("user u"),
+            Default::default(),
+        )
+    }
+
+    /// PAUSE that has looked and found a server lent must hear that server's slot come back:
+    /// nothing else happens in a paused pool, so a lost wakeup would leave it waiting forever.
+    #[tokio::test]
+    async fn pause_hears_the_last_lent_slot_come_back() {
+        let pool = pool();
+        let lent = {
+            let mut st = pool.state.lock();
+            pool.try_take_slot(&mut st, false).expect("a free slot")
+        };
+        let mut pause = Box::pin(pool.pause());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            pause.as_mut().poll(&mut cx).is_pending(),
+            "PAUSE returned with a server lent"
+        );
+        assert!(pool.is_paused());
+        drop(lent);
+        tokio::time::timeout(Duration::from_secs(5), pause)
+            .await
+            .expect("PAUSE returned once the slot came back");
+        assert_eq!(pool.open_servers(), 0);
+    }
+
+    /// A change signalled between PAUSE's (or WAIT_CLOSE's) look at the pool and its wait is
+    /// not missed: the waiter listens before it looks. The change here is signalled from inside
+    /// the first look, the latest moment a release can slip in.
+    #[tokio::test]
+    async fn a_change_right_after_the_look_is_not_missed() {
+        let pool = pool();
+        let looks = std::sync::atomic::AtomicUsize::new(0);
+        let wait = pool.wait_for_servers(|_| {
+            if looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                pool.servers_changed();
+                false
+            } else {
+                true
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the wait heard the change made after its first look");
+        assert_eq!(looks.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

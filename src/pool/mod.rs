@@ -118,7 +118,9 @@ pub struct PooledServer {
 
 impl Drop for PooledServer {
     fn drop(&mut self) {
-        self.permit.pool.state.lock().servers.remove(&self.conn.id);
+        let pool = &self.permit.pool;
+        pool.state.lock().servers.remove(&self.conn.id);
+        pool.servers_changed();
     }
 }
 
@@ -170,6 +172,9 @@ pub struct Pool {
     /// PAUSE: new checkouts wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
+    /// A server closed, freed its slot or (while paused) went idle: PAUSE and WAIT_CLOSE look
+    /// again.
+    servers_changed: tokio::sync::Notify,
     /// RECONNECT: servers opened before the current generation are closed when released.
     generation: std::sync::atomic::AtomicU64,
     state: Mutex<PoolState>,
@@ -206,6 +211,7 @@ impl Pool {
             settings: arc_swap::ArcSwap::from_pointee(settings),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
+            servers_changed: tokio::sync::Notify::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(PoolState::default()),
             welcome: Mutex::new(None),
@@ -345,6 +351,7 @@ impl Pool {
         for g in &self.groups {
             g.release();
         }
+        self.servers_changed();
     }
 
     /// Starts the pool's maintenance task (min_pool_size, idle timeout, lifetime).

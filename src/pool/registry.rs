@@ -78,13 +78,9 @@ impl PoolRegistry {
                 secret,
                 tls.clone(),
             ));
-            let db_max = db.max_db_connections.unwrap_or(config.pooler.max_db_connections);
-            pool.groups[0].set_max(db_max as usize);
-            let user = config.users.get(&key.user);
-            let user_max = user
-                .and_then(|u| u.max_user_connections)
-                .unwrap_or(config.pooler.max_user_connections);
-            pool.groups[1].set_max(user_max as usize);
+            let effective = config.effective(db, &key.user);
+            pool.groups[0].set_max(effective.database.max_db_connections as usize);
+            pool.groups[1].set_max(effective.user.max_user_connections as usize);
         }
     }
 

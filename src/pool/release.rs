@@ -158,5 +158,7 @@ impl Pool {
             return;
         }
         st.idle.push_back(server);
+        drop(st);
+        self.idle_returned();
     }
 }

@@ -19,17 +19,13 @@ pub fn settings_for(
         Some(forced) => (forced.clone(), db.password.as_deref().map(Secret::parse)),
         None => (user.to_string(), client_secret),
     };
-    let mode = config
-        .users
-        .get(user)
-        .and_then(|u| u.pool_mode)
-        .or(db.pool_mode)
-        .unwrap_or(config.pooler.pool_mode);
+    let effective = config.effective(&db, user);
+    let mode = effective.pool_mode;
     let p = &config.pooler;
     PoolSettings {
-        pool_size: config.pool_size_for(&db).max(1) as usize,
-        min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size) as usize,
-        reserve_pool_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size) as usize,
+        pool_size: effective.database.pool_size.max(1) as usize,
+        min_pool_size: effective.database.min_pool_size as usize,
+        reserve_pool_size: effective.database.reserve_pool_size as usize,
         reserve_pool_timeout: p.reserve_pool_timeout,
         reset_query_always: p.server_reset_query_always,
         server_lifetime: p.server_lifetime,

@@ -72,9 +72,9 @@ pub fn needed(config: &Config) -> (u64, u64) {
         .values()
         .map(|db| {
             let pools = if db.user.is_some() { 1 } else { known_users };
-            let per_pool = u64::from(config.pool_size_for(db))
-                + u64::from(db.reserve_pool_size.unwrap_or(p.reserve_pool_size));
-            let cap = u64::from(db.max_db_connections.unwrap_or(p.max_db_connections));
+            let settings = config.database_settings(db);
+            let per_pool = u64::from(settings.pool_size) + u64::from(settings.reserve_pool_size);
+            let cap = u64::from(settings.max_db_connections);
             let n = pools * per_pool;
             if cap > 0 { n.min(cap) } else { n }
         })

@@ -265,7 +265,7 @@ impl Session {
     }
 
     /// Idle: waits for the client's next request, or to be ended from outside: KILL_CLIENT,
-    /// shutdown (the drain monitor) or client_idle_timeout (the idle sweeper). Those timers live
+    /// shutdown (the drain monitor) or client_idle_timeout (the janitor). Those timers live
     /// elsewhere, and this is one poll of two things (no `select!`), because this wait is all an
     /// idle client's task holds.
     fn idle_wait(&mut self) -> impl Future<Output = IdleWake> + '_ {

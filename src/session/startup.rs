@@ -124,15 +124,10 @@ pub(super) async fn log_in(
             format!("no such database: {database}"),
         )));
     }
-    let db_config = config.database(&database).cloned().unwrap_or_default();
-    let user_config = config.users.get(&user).cloned().unwrap_or_default();
+    let effective = config.effective(&config.database(&database).cloned().unwrap_or_default(), &user);
     let p = &config.pooler;
-    let db_limit = db_config
-        .max_db_client_connections
-        .unwrap_or(p.max_db_client_connections);
-    let user_limit = user_config
-        .max_user_client_connections
-        .unwrap_or(p.max_user_client_connections);
+    let db_limit = effective.database.max_db_client_connections;
+    let user_limit = effective.user.max_user_client_connections;
     let slot = shared
         .admit_client(
             place,
@@ -186,8 +181,8 @@ pub(super) async fn log_in(
         database: database.clone(),
         user: user.clone(),
     };
-    let db_server_limit = db_config.max_db_connections.unwrap_or(p.max_db_connections) as usize;
-    let user_server_limit = user_config.max_user_connections.unwrap_or(p.max_user_connections) as usize;
+    let db_server_limit = effective.database.max_db_connections as usize;
+    let user_server_limit = effective.user.max_user_connections as usize;
     let settings = || {
         crate::pool::settings_for(
             &config,

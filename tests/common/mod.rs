@@ -23,6 +23,7 @@
 
 pub mod binary;
 pub mod certs;
+pub mod config;
 mod postgres;
 pub mod raw;
 
