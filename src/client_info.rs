@@ -39,6 +39,9 @@ pub enum Kill {
     Operator(String),
     /// client_idle_timeout: the client sent nothing for this long.
     IdleTimeout(Duration),
+    /// idle_transaction_reclaim_timeout: idle in a transaction longer than this while other
+    /// clients waited for a server of its pool (withdrawn if the client holds none by then).
+    Reclaimed(Duration),
 }
 
 impl Kill {
@@ -49,6 +52,15 @@ impl Kill {
             Kill::Operator(reason) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason.clone()),
             Kill::IdleTimeout(limit) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
                 .with_detail(format!("the client sent nothing for {:.1}s", limit.as_secs_f64())),
+            Kill::Reclaimed(limit) => PgError::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                "idle_transaction_reclaim_timeout: the server was taken back from a transaction left idle while other clients waited",
+            )
+            .with_detail(format!(
+                "the client was idle in a transaction for more than {} while other clients waited for a server of its pool; the transaction was rolled back",
+                crate::config::format_duration(*limit)
+            ))
+            .with_hint("Commit or roll back transactions promptly; the pooler's idle_transaction_reclaim_timeout sets the limit (0 turns it off)."),
         }
     }
 }
@@ -265,6 +277,8 @@ impl ClientInfo {
         let mut switch = self.kill.lock();
         match &switch.reason {
             Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
+            // A reclaim asked of a client that has meanwhile given its server back.
+            Some(k) if !busy && matches!(**k, Kill::Reclaimed(_)) => switch.reason = None,
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}
         }

@@ -8,6 +8,7 @@ pub mod figures;
 mod leaks;
 mod parse;
 mod result;
+mod shares;
 mod show;
 mod stats;
 

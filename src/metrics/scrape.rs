@@ -178,6 +178,13 @@ pub(super) fn describe(m: &Metrics) {
         "sluice_abandoned_transactions_total".into(),
         "Clients that disconnected mid-transaction",
     );
+    c(
+        "sluice_reclaimed_transactions_total".into(),
+        "Idle transactions rolled back to serve waiting clients (idle_transaction_reclaim_timeout)",
+    );
+    for (name, help) in SHARE_GAUGES {
+        g(format!("sluice_pool_share_{name}"), help);
+    }
     c("sluice_server_connects_total".into(), "Server connections opened");
     c(
         "sluice_server_connect_failures_total".into(),
@@ -425,5 +432,60 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
         );
     }
     s.counter("sluice_abandoned_transactions_total", &[], abandoned);
+    for (app, n) in shared.leaks.reclaimed_counts() {
+        s.counter(
+            "sluice_reclaimed_transactions_total",
+            &[("application_name", app.as_str())],
+            n,
+        );
+    }
+    share_gauges(&mut s, shared);
     s.finish()
+}
+
+/// Per share group gauges (SHOW POOL_SHARES), by suffix.
+const SHARE_GAUGES: [(&str, &str); 4] = [
+    (
+        "active",
+        "Servers a share group holds (SHOW POOL_SHARES cl_active)",
+    ),
+    ("waiting", "Clients of a share group waiting for a server"),
+    (
+        "idle_in_transaction",
+        "Servers a share group holds idle in a transaction",
+    ),
+    (
+        "cap",
+        "Most servers one share group may hold while others are present (0: shares off)",
+    ),
+];
+
+/// The share groups of every pool. Group names are bounded per pool (MAX_SHARE_GROUPS and an
+/// overflow group); application names also go through the metrics' application-name cap, and
+/// groups folded together are summed.
+fn share_gauges(s: &mut Scrape<'_>, shared: &Shared) {
+    let apps = shared.leaks.application_names();
+    let by_app = shared.config.load().pooler.pool_share_key == crate::config::ShareKey::ApplicationName;
+    for pool in shared.pools.all() {
+        let (groups, cap) = pool.share_groups();
+        let mut folded: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+        for g in groups {
+            let name = if by_app { apps.folded(&g.group) } else { g.group };
+            let e = folded.entry(name).or_default();
+            e[0] += g.active;
+            e[1] += g.waiting;
+            e[2] += g.idle_in_transaction;
+        }
+        for (group, values) in &folded {
+            let l = [
+                ("database", pool.key.database.as_str()),
+                ("user", pool.key.user.as_str()),
+                ("share_key", group.as_str()),
+            ];
+            let cap = cap.unwrap_or(0);
+            for ((name, _), v) in SHARE_GAUGES.iter().zip([values[0], values[1], values[2], cap]) {
+                s.gauge(format!("sluice_pool_share_{name}"), &l, v as f64);
+            }
+        }
+    }
 }

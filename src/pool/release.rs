@@ -142,7 +142,11 @@ impl Pool {
         server.conn.last_used = Instant::now();
         server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
-        while let Some(waiter) = st.waiters.pop_front() {
+        let mut offered = false;
+        while let Some(waiter) = self.take_waiter(&mut st) {
+            // Counted as its new holder's at once, so the next share decision sees it.
+            Self::mark_granted(&server, &waiter);
+            offered = true;
             match waiter.tx.send(Grant::Server(Box::new(server))) {
                 Ok(()) => return,
                 Err(Grant::Server(back)) => server = *back,
@@ -156,6 +160,9 @@ impl Pool {
             tracing::debug!(pool = %self.key, "closing a released server to make room in a shared limit");
             drop(server);
             return;
+        }
+        if offered {
+            server.conn.info.set(ServerUse::Idle); // every waiter offered it had gone
         }
         st.idle.push_back(server);
     }

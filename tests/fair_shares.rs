@@ -1,0 +1,432 @@
+//! Surviving a leaking neighbour, with real clients on one pool of 4: a "leaky" application
+//! pins servers idle in transaction while a "healthy" one runs short transactions from 20
+//! concurrent clients, each counting its errors and latencies. Without the settings the healthy
+//! application fails as it always did (query_wait_timeout, fast); with max_pool_share the leaker
+//! keeps to its share and the healthy one sees no error; with idle_transaction_reclaim_timeout
+//! the leaker's idle transactions are taken back only while the healthy one waits, and the
+//! leaker is told why. The run lasts SLUICE_LEAKY_SECONDS (default 6; bench/leaky_neighbour.sh
+//! runs 20) and prints a `figures:` line.
+
+mod common;
+
+use common::{console_rows, pg, start_sluice, wait_until};
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Healthy clients.
+const HEALTHY: usize = 20;
+/// Leaking clients (as many as the pool has servers).
+const LEAKERS: usize = 4;
+
+fn run_length() -> Duration {
+    let secs = std::env::var("SLUICE_LEAKY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(6);
+    Duration::from_secs(secs.max(2))
+}
+
+fn config(db: &str, extra: &str) -> String {
+    format!(
+        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nadmin_users = [\"admin\"]\n\
+         pool_mode = \"transaction\"\nquery_wait_timeout = \"2s\"\nquery_wait_notify = \"0\"\n\
+         leak_idle_in_transaction_threshold = \"0\"\n{extra}\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [users.admin]\n[users.sluice_trust]\n[databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 4\n",
+        pg().port()
+    )
+}
+
+/// A client whose connection task's outcome is kept: an error the pooler sends while the
+/// client is idle (a FATAL) ends the connection task with that error, not the next query.
+async fn client(
+    addr: SocketAddr,
+    db: &str,
+    app: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user("sluice_trust")
+        .dbname(db)
+        .application_name(app)
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    (client, tokio::spawn(connection))
+}
+
+/// What the healthy application saw.
+#[derive(Debug, Default)]
+struct Healthy {
+    latencies: Vec<Duration>,
+    errors: Vec<String>,
+}
+
+impl Healthy {
+    fn p99(&self) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// What the leaky application saw.
+#[derive(Debug, Default)]
+struct Leaky {
+    /// Transactions it opened and left idle.
+    pinned: usize,
+    /// Attempts to open one that failed (a capped group waits out query_wait_timeout).
+    refused: usize,
+    /// How its connections were ended by the pooler (the error text, with SQLSTATE).
+    ended: Vec<String>,
+}
+
+/// 20 clients running `BEGIN; SELECT 1; COMMIT` until `until`.
+fn start_healthy(
+    addr: SocketAddr,
+    db: &str,
+    until: Instant,
+    out: &Arc<Mutex<Healthy>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..HEALTHY)
+        .map(|_| {
+            let (db, out) = (db.to_string(), out.clone());
+            tokio::spawn(async move {
+                let (c, _conn) = client(addr, &db, "healthy").await;
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    match c.batch_execute("BEGIN; SELECT 1; COMMIT").await {
+                        Ok(()) => out.lock().latencies.push(t.elapsed()),
+                        Err(e) => {
+                            let text = e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
+                            out.lock().errors.push(text);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Leakers: each opens a transaction, leaves it idle, and when the pooler ends its connection
+/// reconnects and leaks again, until `until`.
+fn start_leakers(
+    addr: SocketAddr,
+    db: &str,
+    until: Instant,
+    out: &Arc<Mutex<Leaky>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..LEAKERS)
+        .map(|_| {
+            let (db, out) = (db.to_string(), out.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let (c, mut conn) = client(addr, &db, "leaky").await;
+                    loop {
+                        match c.batch_execute("BEGIN; SELECT 1").await {
+                            Ok(()) => {
+                                if Instant::now() < until {
+                                    out.lock().pinned += 1;
+                                }
+                                break;
+                            }
+                            Err(_) if Instant::now() < until => out.lock().refused += 1,
+                            Err(_) => return,
+                        }
+                    }
+                    let left = until.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        r = &mut conn => {
+                            let text = match r {
+                                Ok(Err(e)) => match e.as_db_error() {
+                                    Some(d) => format!("{} {}", d.code().code(), d.message()),
+                                    None => e.to_string(),
+                                },
+                                other => format!("{other:?}"),
+                            };
+                            out.lock().ended.push(text);
+                        }
+                        _ = tokio::time::sleep(left) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn idle_in_transaction(db: &str) -> i64 {
+    let admin = pg().admin_client().await;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn reclaimed_in_summary(addr: SocketAddr, app: &str) -> u64 {
+    console_rows(addr, "admin", "SHOW LEAKS_SUMMARY")
+        .await
+        .iter()
+        .filter(|r| r.get("application_name").cloned().flatten().as_deref() == Some(app))
+        .map(|r| {
+            r.get("reclaimed_transactions")
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("metrics in time")
+        .expect("metrics read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of the sample line starting with `prefix` (name and labels), if any.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn report(what: &str, healthy: &Healthy, leaky: &Leaky, run: Duration) {
+    println!(
+        "figures: {what}: run {}s, healthy transactions {}, healthy errors {}, healthy p99 {:.1} ms, \
+         leaker transactions pinned {}, leaker attempts refused {}, leaker connections ended {}",
+        run.as_secs(),
+        healthy.latencies.len(),
+        healthy.errors.len(),
+        healthy.p99().as_secs_f64() * 1000.0,
+        leaky.pinned,
+        leaky.refused,
+        leaky.ended.len()
+    );
+}
+
+async fn join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        t.await.expect("a client task panicked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_shares_or_reclaim_the_healthy_application_fails_fast_as_today() {
+    let db = pg().create_database("t_shares_today").await;
+    let sluice = start_sluice(&config(&db, "")).await;
+    let addr = sluice.tcp_addr();
+    let run = run_length();
+    let until = Instant::now() + run;
+    let (healthy, leaky) = (
+        Arc::new(Mutex::new(Healthy::default())),
+        Arc::new(Mutex::new(Leaky::default())),
+    );
+    let leakers = start_leakers(addr, &db, until, &leaky);
+    wait_until(
+        Duration::from_secs(10),
+        "the leaker pins every server",
+        || async { idle_in_transaction(&db).await == LEAKERS as i64 },
+    )
+    .await;
+    join(start_healthy(addr, &db, until, &healthy)).await;
+    join(leakers).await;
+    let (healthy, leaky) = (
+        std::mem::take(&mut *healthy.lock()),
+        std::mem::take(&mut *leaky.lock()),
+    );
+    report("no settings", &healthy, &leaky, run);
+    assert!(
+        healthy.errors.len() >= HEALTHY,
+        "every healthy client fails: {:?}",
+        healthy.errors
+    );
+    assert!(
+        healthy.errors.iter().all(|e| e.starts_with("query_wait_timeout")),
+        "{:?}",
+        healthy.errors
+    );
+    assert!(
+        leaky.ended.is_empty(),
+        "nothing takes the leaker's servers: {:?}",
+        leaky.ended
+    );
+    assert_eq!(reclaimed_in_summary(addr, "leaky").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_fair_shares_the_leaker_keeps_to_its_share_and_the_healthy_application_sees_no_error() {
+    let db = pg().create_database("t_shares_cap").await;
+    let sluice = start_sluice(&config(&db, "max_pool_share = 0.5")).await;
+    let addr = sluice.tcp_addr();
+    let run = run_length();
+    let until = Instant::now() + run;
+    let (healthy, leaky) = (
+        Arc::new(Mutex::new(Healthy::default())),
+        Arc::new(Mutex::new(Leaky::default())),
+    );
+    let workers = start_healthy(addr, &db, until, &healthy);
+    wait_until(
+        Duration::from_secs(10),
+        "the healthy application runs",
+        || async { healthy.lock().latencies.len() > 100 },
+    )
+    .await;
+    let leakers = start_leakers(addr, &db, until, &leaky);
+    wait_until(Duration::from_secs(5), "the leaker holds its share", || async {
+        idle_in_transaction(&db).await == 2
+    })
+    .await;
+    // The console and the exporter show the groups: the leaker at its cap, the other waiting.
+    let rows = console_rows(addr, "admin", "SHOW POOL_SHARES").await;
+    let leaky_row = rows
+        .iter()
+        .find(|r| r.get("share_key").cloned().flatten().as_deref() == Some("leaky"))
+        .unwrap_or_else(|| panic!("no leaky group in {rows:?}"));
+    let field = |name: &str| leaky_row.get(name).cloned().flatten().unwrap_or_default();
+    assert_eq!(
+        (field("cl_active"), field("sv_idle_in_transaction"), field("cap")),
+        ("2".into(), "2".into(), "2".into())
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.get("share_key").cloned().flatten().as_deref() == Some("healthy"))
+    );
+    let metrics = metrics_text(sluice.metrics_addr().expect("metrics endpoint")).await;
+    let active =
+        format!("sluice_pool_share_active{{database=\"{db}\",user=\"sluice_trust\",share_key=\"leaky\"}}");
+    assert_eq!(sample(&metrics, &active), Some(2.0), "{metrics}");
+    join(workers).await;
+    join(leakers).await;
+    let (healthy, leaky) = (
+        std::mem::take(&mut *healthy.lock()),
+        std::mem::take(&mut *leaky.lock()),
+    );
+    report("max_pool_share = 0.5", &healthy, &leaky, run);
+    assert!(healthy.errors.is_empty(), "healthy errors: {:?}", healthy.errors);
+    assert_eq!(leaky.pinned, 2, "the leaker got its share and no more: {leaky:?}");
+    assert!(leaky.refused > 0, "the leaker's other clients waited: {leaky:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reclaim_takes_idle_transactions_back_only_while_others_wait_and_tells_the_leaker_why() {
+    let db = pg().create_database("t_shares_reclaim").await;
+    let sluice = start_sluice(&config(&db, "idle_transaction_reclaim_timeout = \"1s\"")).await;
+    let addr = sluice.tcp_addr();
+    let run = run_length();
+    let quiet = Duration::from_millis(2500);
+    let until = Instant::now() + quiet + run;
+    let (healthy, leaky) = (
+        Arc::new(Mutex::new(Healthy::default())),
+        Arc::new(Mutex::new(Leaky::default())),
+    );
+    let leakers = start_leakers(addr, &db, until, &leaky);
+    wait_until(
+        Duration::from_secs(10),
+        "the leaker pins every server",
+        || async { idle_in_transaction(&db).await == LEAKERS as i64 },
+    )
+    .await;
+    // Idle in transaction well past the limit, but nobody waits: nothing is taken back.
+    tokio::time::sleep(quiet).await;
+    assert_eq!(idle_in_transaction(&db).await, LEAKERS as i64);
+    let ended = leaky.lock().ended.clone();
+    assert!(
+        ended.is_empty(),
+        "nothing is reclaimed while nobody waits: {ended:?}"
+    );
+    assert_eq!(reclaimed_in_summary(addr, "leaky").await, 0);
+    // Now the healthy application needs servers.
+    join(start_healthy(addr, &db, until, &healthy)).await;
+    join(leakers).await;
+    let (healthy, leaky) = (
+        std::mem::take(&mut *healthy.lock()),
+        std::mem::take(&mut *leaky.lock()),
+    );
+    report("idle_transaction_reclaim_timeout = 1s", &healthy, &leaky, run);
+    assert!(healthy.errors.is_empty(), "healthy errors: {:?}", healthy.errors);
+    assert!(leaky.ended.len() >= LEAKERS, "{leaky:?}");
+    for e in &leaky.ended {
+        assert!(
+            e.starts_with("25P03 idle_transaction_reclaim_timeout"),
+            "the leaker is told why: {e}"
+        );
+    }
+    let reclaimed = reclaimed_in_summary(addr, "leaky").await;
+    assert_eq!(reclaimed, leaky.ended.len() as u64);
+    let metrics = metrics_text(sluice.metrics_addr().expect("metrics endpoint")).await;
+    let counter = "sluice_reclaimed_transactions_total{application_name=\"leaky\"}";
+    assert_eq!(sample(&metrics, counter), Some(reclaimed as f64), "{metrics}");
+}
+
+#[test]
+fn bad_share_and_reclaim_values_are_refused_naming_file_line_and_key() {
+    let cases = [
+        (
+            "[pooler]\nlisten_port = 0\nmax_pool_share = 1.5\n",
+            3,
+            "pooler.max_pool_share",
+            "between 0 and 1",
+        ),
+        (
+            "[pooler]\nmax_pool_share = -0.25\n",
+            2,
+            "pooler.max_pool_share",
+            "between 0 and 1",
+        ),
+        (
+            "[pooler]\n\npool_share_key = \"hostname\"\n",
+            3,
+            "pooler.pool_share_key",
+            "hostname",
+        ),
+        (
+            "[pooler]\nidle_transaction_reclaim_timeout = \"soon\"\n",
+            2,
+            "pooler.idle_transaction_reclaim_timeout",
+            "\"soon\"",
+        ),
+    ];
+    for (text, line, key, needle) in cases {
+        let err = match sluice::Config::from_toml_str(text, "pooler.toml", None) {
+            Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            (err.file.as_str(), err.line, err.key.as_str()),
+            ("pooler.toml", line, key),
+            "{err}"
+        );
+        assert!(err.message.contains(needle), "{err}");
+    }
+    let ok = sluice::Config::from_toml_str(
+        "[pooler]\npool_share_key = \"client_addr\"\nmax_pool_share = 1\nidle_transaction_reclaim_timeout = \"2s\"\n",
+        "pooler.toml",
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.pooler.pool_share_key, sluice::config::ShareKey::ClientAddr);
+    assert_eq!(ok.pooler.max_pool_share, 1.0);
+    assert_eq!(ok.pooler.idle_transaction_reclaim_timeout, Duration::from_secs(2));
+}
