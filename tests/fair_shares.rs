@@ -430,3 +430,63 @@ fn bad_share_and_reclaim_values_are_refused_naming_file_line_and_key() {
     assert_eq!(ok.pooler.max_pool_share, 1.0);
     assert_eq!(ok.pooler.idle_transaction_reclaim_timeout, Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_both_a_leaker_that_took_every_server_loses_them_to_waiters_and_then_keeps_to_its_share() {
+    let db = pg().create_database("t_shares_both").await;
+    let extra = "max_pool_share = 0.5\nidle_transaction_reclaim_timeout = \"1s\"";
+    let sluice = start_sluice(&config(&db, extra)).await;
+    let addr = sluice.tcp_addr();
+    let run = run_length();
+    let until = Instant::now() + Duration::from_secs(1) + run;
+    let (healthy, leaky) = (
+        Arc::new(Mutex::new(Healthy::default())),
+        Arc::new(Mutex::new(Leaky::default())),
+    );
+    // Alone, the leaker may use the whole pool (one group present).
+    let leakers = start_leakers(addr, &db, until, &leaky);
+    wait_until(
+        Duration::from_secs(10),
+        "the leaker pins every server",
+        || async { idle_in_transaction(&db).await == LEAKERS as i64 },
+    )
+    .await;
+    let workers = start_healthy(addr, &db, until, &healthy);
+    // Reclaim frees the servers; afterwards the leaker gets no more than its share back.
+    wait_until(
+        Duration::from_secs(5),
+        "every first leak is reclaimed",
+        || async { leaky.lock().ended.len() >= LEAKERS },
+    )
+    .await;
+    let mut most = 0;
+    while Instant::now() + Duration::from_millis(500) < until {
+        most = most.max(idle_in_transaction(&db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    join(workers).await;
+    join(leakers).await;
+    let (healthy, leaky) = (
+        std::mem::take(&mut *healthy.lock()),
+        std::mem::take(&mut *leaky.lock()),
+    );
+    report(
+        "max_pool_share = 0.5 and idle_transaction_reclaim_timeout = 1s",
+        &healthy,
+        &leaky,
+        run,
+    );
+    assert!(healthy.errors.is_empty(), "healthy errors: {:?}", healthy.errors);
+    assert!(
+        most <= 2,
+        "the leaker held {most} servers idle in transaction after its first reclaim"
+    );
+    assert!(
+        leaky
+            .ended
+            .iter()
+            .all(|e| e.starts_with("25P03 idle_transaction_reclaim_timeout")),
+        "{:?}",
+        leaky.ended
+    );
+}

@@ -142,11 +142,13 @@ impl Pool {
         server.conn.last_used = Instant::now();
         server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
-        let mut offered = false;
+        let mut marked = false;
         while let Some(waiter) = self.take_waiter(&mut st) {
-            // Counted as its new holder's at once, so the next share decision sees it.
-            Self::mark_granted(&server, &waiter);
-            offered = true;
+            if self.shares_on() {
+                // Counted as its new holder's at once, so the next share decision sees it.
+                Self::mark_granted(&server, &waiter);
+                marked = true;
+            }
             match waiter.tx.send(Grant::Server(Box::new(server))) {
                 Ok(()) => return,
                 Err(Grant::Server(back)) => server = *back,
@@ -161,7 +163,7 @@ impl Pool {
             drop(server);
             return;
         }
-        if offered {
+        if marked {
             server.conn.info.set(ServerUse::Idle); // every waiter offered it had gone
         }
         st.idle.push_back(server);

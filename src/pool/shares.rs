@@ -247,12 +247,17 @@ impl Pool {
         });
     }
 
+    /// True when fair shares apply to this pool (max_pool_share set, a grouping key chosen).
+    pub(super) fn shares_on(&self) -> bool {
+        let settings = self.settings();
+        settings.shares.cap(settings.pool_size).is_some()
+    }
+
     /// A waiter left the queue while shares are on: servers that sat idle because every waiting
     /// group was at its cap may now go to a waiter (the group that held the others back may be
     /// gone).
     pub(super) fn hand_on_idle(&self) {
-        let settings = self.settings();
-        if settings.shares.cap(settings.pool_size).is_none() {
+        if !self.shares_on() {
             return;
         }
         let mut st = self.state.lock();
