@@ -15,4 +15,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export SLUICE_LEAKY_SECONDS=${LEAKY_SECONDS:-20}
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
-cargo test ${LEAKY_PROFILE:+--profile "$LEAKY_PROFILE"} --test fair_shares -- --test-threads=1 --nocapture 2>&1 | tee /dev/stderr | grep '^figures:'
+cargo test ${LEAKY_PROFILE:+--profile "$LEAKY_PROFILE"} --test fair_shares -- --test-threads=1 --nocapture 2>&1 | tee /dev/stderr | grep -o 'figures:.*'

@@ -214,7 +214,7 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 
 fn report(what: &str, healthy: &Healthy, leaky: &Leaky, run: Duration) {
     println!(
-        "figures: {what}: run {}s, healthy transactions {}, healthy errors {}, healthy p99 {:.1} ms, \
+        "figures: {what}: run {}s, healthy transactions {}, healthy errors {}, healthy p99 of successes {:.1} ms, \
          leaker transactions pinned {}, leaker attempts refused {}, leaker connections ended {}",
         run.as_secs(),
         healthy.latencies.len(),
@@ -298,6 +298,13 @@ async fn with_fair_shares_the_leaker_keeps_to_its_share_and_the_healthy_applicat
         idle_in_transaction(&db).await == 2
     })
     .await;
+    // ...and no more: its other clients stay queued behind the healthy application's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        idle_in_transaction(&db).await,
+        2,
+        "the leaker took more than its share"
+    );
     // The console and the exporter show the groups: the leaker at its cap, the other waiting.
     let rows = console_rows(addr, "admin", "SHOW POOL_SHARES").await;
     let leaky_row = rows
