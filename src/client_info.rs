@@ -278,7 +278,9 @@ impl ClientInfo {
         match &switch.reason {
             Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
             // A reclaim asked of a client that has meanwhile given its server back.
-            Some(k) if !busy && matches!(**k, Kill::Reclaimed(_)) => switch.reason = None,
+            Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().server.is_none() => {
+                switch.reason = None
+            }
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}
         }
@@ -417,6 +419,23 @@ mod tests {
         let k = c.killed(true).await;
         assert_eq!(k, Kill::Operator("admin forced disconnect".into()));
         assert_eq!(k.error().sqlstate, "57P01");
+    }
+
+    #[tokio::test]
+    async fn a_reclaim_ends_a_client_holding_a_server_and_is_withdrawn_from_one_that_holds_none() {
+        let c = client();
+        let limit = Duration::from_secs(1);
+        c.set_phase(ClientPhase::IdleInTransaction, Some((7, 4242)));
+        c.kill_with(Kill::Reclaimed(limit));
+        let k = c.killed(true).await;
+        assert_eq!(k, Kill::Reclaimed(limit));
+        assert_eq!(k.error().sqlstate, "25P03");
+        assert!(k.error().message.starts_with("idle_transaction_reclaim_timeout"));
+        // The client committed and gave its server back before the reclaim reached it.
+        c.set_phase(ClientPhase::Idle, None);
+        c.kill_with(Kill::Reclaimed(limit));
+        let late = tokio::time::timeout(Duration::from_millis(50), c.killed(true)).await;
+        assert!(late.is_err(), "a client holding no server keeps its connection");
     }
 
     #[tokio::test]
