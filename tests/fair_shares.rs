@@ -497,3 +497,27 @@ async fn with_both_a_leaker_that_took_every_server_loses_them_to_waiters_and_the
         leaky.ended
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_shares_on_a_single_application_still_gets_the_whole_pool() {
+    let db = pg().create_database("t_shares_alone").await;
+    let sluice = start_sluice(&config(&db, "max_pool_share = 0.25")).await;
+    let addr = sluice.tcp_addr();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (c, conn) = client(addr, &db, "alone").await;
+        c.batch_execute("BEGIN; SELECT 1")
+            .await
+            .expect("a server for each client");
+        held.push((c, conn));
+    }
+    assert_eq!(idle_in_transaction(&db).await, 4);
+    let rows = console_rows(addr, "admin", "SHOW POOL_SHARES").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let field = |name: &str| row.get(name).cloned().flatten().unwrap_or_default();
+    assert_eq!(
+        (field("share_key"), field("cl_active"), field("cap")),
+        ("alone".into(), "4".into(), "1".into())
+    );
+}

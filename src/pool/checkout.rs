@@ -137,8 +137,8 @@ impl Pool {
         loop {
             let server = {
                 let mut st = self.state.lock();
-                if super::shares::past_fast_path(&st, &self.settings()) {
-                    return None; // the full checkout applies the fair shares
+                if super::shares::past_fast_path(&st, &self.settings()) && self.held_back_now(&st, client) {
+                    return None; // the full checkout queues it
                 }
                 st.idle.pop_back()?
             };

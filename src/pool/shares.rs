@@ -198,8 +198,8 @@ pub(super) fn held_back(st: &PoolState, settings: &PoolSettings, group: &str) ->
     others && own >= cap
 }
 
-/// True when the fast checkout path must defer to the full one: shares are on and enough
-/// servers are lent that the taker's group could be at its cap. Called with the state lock held.
+/// True when shares are on and enough servers are lent that a taker's group could be at its
+/// cap (below that, the fast checkout path needs no tally). Called with the state lock held.
 pub(super) fn past_fast_path(st: &PoolState, settings: &PoolSettings) -> bool {
     settings
         .shares
@@ -274,6 +274,13 @@ impl Pool {
                 st.idle.push_back(*back);
             }
         }
+    }
+
+    /// True when `client`'s group must queue now (see [`held_back`]). Called with the state
+    /// lock held, only once enough servers are lent for the cap to matter.
+    pub(super) fn held_back_now(&self, st: &PoolState, client: &ClientInfo) -> bool {
+        let settings = self.settings();
+        held_back(st, &settings, &settings.shares.group_of(client))
     }
 
     /// The group `client` is queued under (empty when shares are off: nothing compares it).
