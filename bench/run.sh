@@ -15,7 +15,8 @@
 # Environment: BENCH_SECONDS (row duration), BENCH_JOBS (pgbench -j, default 2),
 # BENCH_RESULTS (results directory), KEEP_TMP=1 (keep the temp dir with every log),
 # CARGO_TARGET_DIR (where sluice is built), SLUICE_WORKERS (sluice's workers setting, default 0 =
-# one per core).
+# one per core), SLUICE_EXTRA (lines added to sluice's [pooler] table, e.g.
+# 'max_pool_share = 0.5' to measure fair shares on an uncontended single-application pool).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -26,7 +27,7 @@ for arg in "$@"; do
     case $arg in
     --quick) QUICK=1 ;;
     -h | --help)
-        sed -n '2,18p' "$0"
+        sed -n '2,19p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;
