@@ -521,3 +521,41 @@ async fn with_shares_on_a_single_application_still_gets_the_whole_pool() {
         ("alone".into(), "4".into(), "1".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_waiting_client_takes_back_one_server_the_one_idle_longest() {
+    let db = pg().create_database("t_shares_one").await;
+    let sluice = start_sluice(&config(&db, "idle_transaction_reclaim_timeout = \"1s\"")).await;
+    let addr = sluice.tcp_addr();
+    let mut leakers = Vec::new();
+    for _ in 0..LEAKERS {
+        let (c, conn) = client(addr, &db, "leaky").await;
+        c.batch_execute("BEGIN; SELECT 1").await.expect("a server");
+        leakers.push((c, conn));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (victim, _conn) = client(addr, &db, "healthy").await;
+    let t = Instant::now();
+    victim
+        .batch_execute("SELECT 1")
+        .await
+        .expect("served by a reclaimed server");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The one waiter was served; the other leakers keep their transactions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(idle_in_transaction(&db).await, LEAKERS as i64 - 1);
+    assert_eq!(reclaimed_in_summary(addr, "leaky").await, 1);
+    let (first, first_conn) = leakers.remove(0);
+    assert!(
+        first_conn.is_finished(),
+        "the oldest idle transaction is the one taken back"
+    );
+    assert!(first.is_closed());
+    for (c, conn) in &leakers {
+        assert!(!conn.is_finished());
+        c.batch_execute("SELECT 1; COMMIT")
+            .await
+            .expect("the others' transactions live on");
+    }
+}

@@ -234,9 +234,15 @@ impl Pool {
                 return self.promote(guard, false);
             }
         }
+        // idle_transaction_reclaim_timeout: only a waiting client ever takes a server back, and
+        // at most one per wait, so no more are taken than clients wait.
+        let mut asked = false;
         loop {
-            // idle_transaction_reclaim_timeout: only a waiting client ever takes a server back.
-            let reclaim_at = self.reclaim_due().map(tokio::time::Instant::from_std);
+            let reclaim_at = if asked {
+                None
+            } else {
+                self.reclaim_due().map(tokio::time::Instant::from_std)
+            };
             return tokio::select! {
                 r = &mut guard.rx => match r {
                     Ok(Grant::Server(server)) => Waited::Server(*server),
@@ -250,7 +256,7 @@ impl Pool {
                 _ = &mut db_freed, if group_blocked => self.promote(guard, false),
                 _ = &mut user_freed, if group_blocked => self.promote(guard, false),
                 _ = sleep_until_opt(reclaim_at), if reclaim_at.is_some_and(|r| r < deadline) => {
-                    self.reclaim_one();
+                    asked = self.reclaim_one();
                     continue;
                 }
             };

@@ -1,8 +1,8 @@
 //! Reclaim under pressure (`idle_transaction_reclaim_timeout`): while a client waits for a
 //! server, the holder of the server idle in a transaction the longest, past the limit, is asked
 //! to give it back (its session rolls the transaction back, releases the server and ends the
-//! client with an error naming the key). Only a waiter ever asks, each for one server at a
-//! time, so nothing is reclaimed while nobody waits, and no more servers than there are
+//! client with an error naming the key). Only a waiter ever asks, each for one server per
+//! wait, so nothing is reclaimed while nobody waits, and no more servers than there are
 //! waiters.
 
 use super::Pool;
