@@ -520,6 +520,19 @@ async fn with_shares_on_a_single_application_still_gets_the_whole_pool() {
         (field("share_key"), field("cl_active"), field("cap")),
         ("alone".into(), "4".into(), "1".into())
     );
+    // The console changes the share like any key, and refuses a share out of range.
+    let console = common::admin_console(addr).await;
+    console
+        .simple_query("SET max_pool_share = 0.5")
+        .await
+        .expect("SET max_pool_share");
+    let rows = common::console_query(&console, "SHOW POOL_SHARES").await;
+    assert_eq!(rows[0].get("cap").cloned().flatten().as_deref(), Some("2"));
+    let refused = console.simple_query("SET max_pool_share = 2").await.unwrap_err();
+    let text = refused.as_db_error().map_or(refused.to_string(), |d| {
+        format!("{} {}", d.message(), d.detail().unwrap_or_default())
+    });
+    assert!(text.contains("max_pool_share"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
