@@ -203,6 +203,7 @@ default_pool_size = 20
 max_client_conn = 12000
 auth_type = "$auth"
 workers = ${SLUICE_WORKERS:-0}
+${SLUICE_EXTRA:-}
 
 [users.$BENCH_USER]
 password = "$BENCH_PASSWORD"

@@ -21,8 +21,10 @@
 # (repeat the matrix, default 1; with more than one the summary gives medians and spread),
 # BENCH_TARGETS (default "direct pgbouncer sluice"; "sluice@NAME" runs the binary in
 # $SLUICE_BIN_NAME, so several builds of sluice take turns in one run), SLUICE_BIN (use this
-# binary instead of building). Within a round the targets' order rotates, so no build always
-# runs right after PgBouncer or right after another build.
+# binary instead of building), SLUICE_EXTRA (lines added to sluice's [pooler] table, e.g.
+# 'max_pool_share = 0.5' to measure fair shares on an uncontended single-application pool).
+# Within a round the targets' order rotates, so no build always runs right after PgBouncer or
+# right after another build.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -33,7 +35,7 @@ for arg in "$@"; do
     case $arg in
     --quick) QUICK=1 ;;
     -h | --help)
-        sed -n '2,18p' "$0"
+        sed -n '2,19p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;

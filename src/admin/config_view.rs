@@ -55,6 +55,9 @@ const CHANGEABLE: &[&str] = &[
     "autodb_idle_timeout",
     "max_client_prepared_statements",
     "max_client_prepared_bytes",
+    "pool_share_key",
+    "max_pool_share",
+    "idle_transaction_reclaim_timeout",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.
@@ -164,6 +167,12 @@ fn value_for(current: Option<&toml::Value>, value: &str) -> Result<toml::Value, 
                 .trim()
                 .parse()
                 .map_err(|_| format!("invalid integer: {value}"))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid number: {value}"))?,
         ),
         Some(toml::Value::Boolean(_)) => {
             toml::Value::Boolean(match value.trim().to_ascii_lowercase().as_str() {

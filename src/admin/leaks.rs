@@ -81,7 +81,7 @@ pub fn leaks(shared: &Shared) -> ResultSet {
 }
 
 /// SHOW LEAKS_SUMMARY: per (application_name, origin): suspects now, episodes seen, abandoned
-/// transactions, and the longest server hold seen.
+/// transactions, the longest server hold seen, and idle transactions reclaimed for waiters.
 pub fn summary(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("application_name", S),
@@ -90,6 +90,7 @@ pub fn summary(shared: &Shared) -> ResultSet {
         ("total_leaks", Q),
         ("abandoned_transactions", Q),
         ("longest_hold_seconds", Q),
+        ("reclaimed_transactions", Q),
     ]);
     for row in shared.leaks.summary() {
         rs.push(vec![
@@ -99,6 +100,7 @@ pub fn summary(shared: &Shared) -> ResultSet {
             n(row.entry.total),
             n(row.entry.abandoned),
             n(row.entry.longest_hold.as_secs()),
+            n(row.entry.reclaimed),
         ]);
     }
     rs

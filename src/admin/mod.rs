@@ -7,6 +7,7 @@ mod config_view;
 mod leaks;
 mod parse;
 mod result;
+mod shares;
 mod show;
 mod stats;
 

@@ -81,6 +81,7 @@ pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
         "SOCKETS" | "ACTIVE_SOCKETS" => sockets(shared, what == "ACTIVE_SOCKETS"),
         "LEAKS" => super::leaks::leaks(shared),
         "LEAKS_SUMMARY" => super::leaks::summary(shared),
+        "POOL_SHARES" => super::shares::pool_shares(shared),
         _ => return None,
     }))
 }
@@ -92,7 +93,7 @@ fn help() -> String {
         "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE",
         "\tSHOW DNS_HOSTS|DNS_ZONES",
         "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS",
-        "\tSHOW LEAKS|LEAKS_SUMMARY (sluice)",
+        "\tSHOW LEAKS|LEAKS_SUMMARY|POOL_SHARES (sluice)",
         "\tSET key = arg",
         "\tRELOAD",
         "\tPAUSE [<db>]",

@@ -42,6 +42,9 @@ pub enum Kill {
     Operator(String),
     /// client_idle_timeout: the client sent nothing for this long.
     IdleTimeout(Duration),
+    /// idle_transaction_reclaim_timeout: idle in a transaction longer than this while other
+    /// clients waited for a server of its pool (withdrawn if the client holds none by then).
+    Reclaimed(Duration),
 }
 
 impl Kill {
@@ -52,6 +55,15 @@ impl Kill {
             Kill::Operator(reason) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, reason.clone()),
             Kill::IdleTimeout(limit) => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
                 .with_detail(format!("the client sent nothing for {:.1}s", limit.as_secs_f64())),
+            Kill::Reclaimed(limit) => PgError::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                "idle_transaction_reclaim_timeout: the server was taken back from a transaction left idle while other clients waited",
+            )
+            .with_detail(format!(
+                "the client was idle in a transaction for more than {} while other clients waited for a server of its pool; the transaction was rolled back",
+                crate::config::format_duration(*limit)
+            ))
+            .with_hint("Commit or roll back transactions promptly; the pooler's idle_transaction_reclaim_timeout sets the limit (0 turns it off)."),
         }
     }
 }
@@ -277,6 +289,10 @@ impl ClientInfo {
         let mut switch = self.kill.lock();
         match &switch.reason {
             Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
+            // A reclaim asked of a client that has meanwhile given its server back.
+            Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().held.is_none() => {
+                switch.reason = None
+            }
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}
         }
@@ -423,6 +439,31 @@ mod tests {
         let k = c.killed(true).await;
         assert_eq!(k, Kill::Operator("admin forced disconnect".into()));
         assert_eq!(k.error().sqlstate, "57P01");
+    }
+
+    #[tokio::test]
+    async fn a_reclaim_ends_a_client_holding_a_server_and_is_withdrawn_from_one_that_holds_none() {
+        let c = client();
+        let limit = Duration::from_secs(1);
+        c.set_phase(ClientPhase::IdleInTransaction);
+        c.hold(Some(HeldServer {
+            id: 7,
+            backend_pid: 4242,
+            backend_secret: 1,
+            host: "localhost".into(),
+            port: 5432,
+            cancels: Arc::new(super::super::CancelsInFlight::default()),
+        }));
+        c.kill_with(Kill::Reclaimed(limit));
+        let k = c.killed(true).await;
+        assert_eq!(k, Kill::Reclaimed(limit));
+        assert_eq!(k.error().sqlstate, "25P03");
+        assert!(k.error().message.starts_with("idle_transaction_reclaim_timeout"));
+        // The client committed and gave its server back before the reclaim reached it.
+        c.set_phase(ClientPhase::Idle);
+        c.kill_with(Kill::Reclaimed(limit));
+        let late = tokio::time::timeout(Duration::from_millis(50), c.killed(true)).await;
+        assert!(late.is_err(), "a client holding no server keeps its connection");
     }
 
     #[tokio::test]

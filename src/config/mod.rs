@@ -6,6 +6,7 @@ mod effective;
 mod keys;
 mod listen;
 mod load;
+mod shares;
 mod tls_names;
 mod userlist;
 mod validate;
@@ -15,6 +16,7 @@ pub use duration::{format_duration, parse_duration};
 pub use effective::{DatabaseSettings, EffectiveSettings, UserSettings};
 pub(crate) use listen::group_id;
 pub use load::ConfigError;
+pub use shares::ShareKey;
 pub(crate) use tls_names::{cipher_provider, protocol_versions};
 pub use userlist::parse_userlist;
 
@@ -249,6 +251,17 @@ pub struct PoolerConfig {
     /// Disconnect a client idle (outside a transaction) longer than this (0: off).
     #[serde(with = "duration")]
     pub client_idle_timeout: Duration,
+    /// What groups a pool's clients for fair shares: application_name, client_addr or none.
+    pub pool_share_key: ShareKey,
+    /// Most of a pool's servers one group may hold while another group is waiting or active,
+    /// as a fraction of pool_size (at least one server; 0: off, the pool is first come first
+    /// served).
+    pub max_pool_share: f64,
+    /// A client idle inside a transaction longer than this while other clients wait for a
+    /// server of its pool loses its server: the transaction is rolled back and the client
+    /// disconnected with an error naming this key (0: off; nothing happens while nobody waits).
+    #[serde(with = "duration")]
+    pub idle_transaction_reclaim_timeout: Duration,
     /// Disconnect a client whose transaction stays open longer than this (0: off).
     #[serde(with = "duration")]
     pub transaction_timeout: Duration,
@@ -382,6 +395,9 @@ impl Default for PoolerConfig {
             query_timeout: Duration::ZERO,
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
+            pool_share_key: ShareKey::ApplicationName,
+            max_pool_share: 0.0,
+            idle_transaction_reclaim_timeout: Duration::ZERO,
             transaction_timeout: Duration::ZERO,
             server_login_retry: Duration::from_secs(15),
             server_outage_grace: Duration::from_secs(5),

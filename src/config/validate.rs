@@ -49,6 +49,7 @@ fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
     }
     super::validate_security::check(p, out);
     super::listen::check(p, out);
+    super::shares::check(p, out);
     let mut fail = |key: &str, message: String| out.push(Problem::new(&["pooler", key], message));
     if p.default_pool_size < 1 {
         fail("default_pool_size", "must be at least 1".to_string());

@@ -3,7 +3,7 @@
 //! names and labels, and sluice's leak counts.
 
 use crate::clients::ClientPhase;
-use crate::observe::catalogue::{DATABASE_GAUGES, LIST_GAUGES, POOL_GAUGES, STATS_COUNTERS};
+use crate::observe::catalogue::{DATABASE_GAUGES, LIST_GAUGES, POOL_GAUGES, SHARE_GAUGES, STATS_COUNTERS};
 use crate::observe::figures;
 use crate::observe::prometheus::{METADATA, Metrics};
 use crate::shared::Shared;
@@ -233,5 +233,43 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
         );
     }
     s.counter("sluice_abandoned_transactions_total", &[], abandoned);
+    for (app, n) in shared.leaks.reclaimed_counts() {
+        s.counter(
+            "sluice_reclaimed_transactions_total",
+            &[("application_name", app.as_str())],
+            n,
+        );
+    }
+    share_gauges(&mut s, shared);
     s.finish()
+}
+
+/// The share groups of every pool. Group names are bounded per pool (MAX_SHARE_GROUPS and an
+/// overflow group); application names also go through the metrics' application-name cap, and
+/// groups folded together are summed.
+fn share_gauges(s: &mut Scrape<'_>, shared: &Shared) {
+    let apps = shared.leaks.application_names();
+    let by_app = shared.config.load().pooler.pool_share_key == crate::config::ShareKey::ApplicationName;
+    for pool in shared.pools.all() {
+        let (groups, cap) = pool.share_groups();
+        let mut folded: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+        for g in groups {
+            let name = if by_app { apps.folded(&g.group) } else { g.group };
+            let e = folded.entry(name).or_default();
+            e[0] += g.active;
+            e[1] += g.waiting;
+            e[2] += g.idle_in_transaction;
+        }
+        for (group, values) in &folded {
+            let l = [
+                ("database", pool.key.database.as_str()),
+                ("user", pool.key.user.as_str()),
+                ("share_key", group.as_str()),
+            ];
+            let cap = cap.unwrap_or(0);
+            for ((name, _), v) in SHARE_GAUGES.iter().zip([values[0], values[1], values[2], cap]) {
+                s.gauge(format!("sluice_pool_share_{name}"), &l, v as f64);
+            }
+        }
+    }
 }

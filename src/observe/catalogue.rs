@@ -172,6 +172,13 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
         "sluice_abandoned_transactions_total".into(),
         "Clients that disconnected mid-transaction",
     );
+    c(
+        "sluice_reclaimed_transactions_total".into(),
+        "Idle transactions rolled back to serve waiting clients (idle_transaction_reclaim_timeout)",
+    );
+    for (name, help) in SHARE_GAUGES {
+        g(format!("sluice_pool_share_{name}"), help);
+    }
     c("sluice_server_connects_total".into(), "Server connections opened");
     c(
         "sluice_server_connect_failures_total".into(),
@@ -198,3 +205,20 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
         "Request durations (to ReadyForQuery), per pool",
     );
 }
+
+/// Per share group gauges (SHOW POOL_SHARES), by suffix.
+pub(crate) const SHARE_GAUGES: [(&str, &str); 4] = [
+    (
+        "active",
+        "Servers a share group holds (SHOW POOL_SHARES cl_active)",
+    ),
+    ("waiting", "Clients of a share group waiting for a server"),
+    (
+        "idle_in_transaction",
+        "Servers a share group holds idle in a transaction",
+    ),
+    (
+        "cap",
+        "Most servers one share group may hold while others are present (0: shares off)",
+    ),
+];

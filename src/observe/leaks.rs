@@ -25,6 +25,9 @@ pub enum LeakKind {
     IdleClient,
     /// Disconnected in the middle of a transaction (counted, never current).
     AbandonedTransaction,
+    /// Idle in a transaction while others waited; its server was taken back
+    /// (idle_transaction_reclaim_timeout; counted, never current).
+    ReclaimedTransaction,
 }
 
 impl LeakKind {
@@ -35,6 +38,7 @@ impl LeakKind {
             LeakKind::LongHold => "long_hold",
             LeakKind::IdleClient => "idle_client",
             LeakKind::AbandonedTransaction => "abandoned_transaction",
+            LeakKind::ReclaimedTransaction => "reclaimed_transaction",
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct SummaryEntry {
     pub total: u64,
     /// Abandoned transactions.
     pub abandoned: u64,
+    /// Idle transactions rolled back to serve waiting clients (idle_transaction_reclaim_timeout).
+    pub reclaimed: u64,
     /// Longest server hold seen by a suspect, in seconds.
     pub longest_hold: Duration,
 }
@@ -185,6 +191,31 @@ impl LeakTracker {
             last_query = %client.last_query(),
             "connection leak: client disconnected in the middle of a transaction; its server was rolled back"
         );
+    }
+
+    /// A client idle in a transaction lost its server to waiting clients
+    /// (idle_transaction_reclaim_timeout); the transaction was rolled back.
+    pub fn record_reclaimed(&self, client: &ClientInfo) {
+        let key = self.summary_key(client);
+        *self
+            .totals
+            .lock()
+            .entry((LeakKind::ReclaimedTransaction, key.0.clone()))
+            .or_default() += 1;
+        self.summary.lock().entry(key).or_default().reclaimed += 1;
+    }
+
+    /// (application_name, count) of transactions reclaimed since start.
+    pub fn reclaimed_counts(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .totals
+            .lock()
+            .iter()
+            .filter(|((k, _), _)| *k == LeakKind::ReclaimedTransaction)
+            .map(|((_, a), n)| (a.clone(), *n))
+            .collect();
+        v.sort();
+        v
     }
 
     /// One detector pass over `clients`, with the thresholds of `p`.

@@ -64,6 +64,8 @@ impl Drop for WaitGuard {
         if let Ok(Grant::Server(server)) = self.rx.try_recv() {
             self.pool.give_back(*server);
         }
+        // Fair shares: a server kept idle for want of an eligible waiter may be due now.
+        self.pool.hand_on_idle();
         // A Slot grant is dropped with the channel, which frees or passes on the slot.
     }
 }
@@ -98,7 +100,7 @@ impl Pool {
         let reserve = self.settings().reserve_pool_size > 0;
         let server = loop {
             let reserve_due = reserve && started.elapsed() >= self.settings().reserve_pool_timeout;
-            match self.next_step(reserve_due) {
+            match self.next_step(reserve_due, client) {
                 Step::Ready(server) => {
                     if let Some(server) = self.vet_idle(server).await {
                         break server;
@@ -133,7 +135,13 @@ impl Pool {
             return None;
         }
         loop {
-            let server = self.state.lock().idle.pop_back()?;
+            let server = {
+                let mut st = self.state.lock();
+                if super::shares::past_fast_path(&st, &self.settings()) && self.held_back_now(&st, client) {
+                    return None; // the full checkout queues it
+                }
+                st.idle.pop_back()?
+            };
             match self.vet_idle_now(server) {
                 Vetted::Ready(server) => return Some(Self::lend(server, client)),
                 Vetted::Discard => continue,
@@ -159,13 +167,20 @@ impl Pool {
         server
     }
 
-    fn next_step(self: &Arc<Self>, use_reserve: bool) -> Step {
+    fn next_step(self: &Arc<Self>, use_reserve: bool, client: &Arc<ClientInfo>) -> Step {
+        let group = self.waiter_group(client);
+        let settings = self.settings();
         let mut st = self.state.lock();
-        if let Some(server) = st.idle.pop_back() {
-            return Step::Ready(server);
-        }
-        if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
-            return Step::Open(permit);
+        // Fair shares: a group at its cap queues while another group holds or waits for servers.
+        let held_back = !group.is_empty() && super::shares::held_back(&st, &settings, &group);
+        drop(settings);
+        if !held_back {
+            if let Some(server) = st.idle.pop_back() {
+                return Step::Ready(server);
+            }
+            if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
+                return Step::Open(permit);
+            }
         }
         let group_blocked = self.blocked_by_group(&st);
         let id = st.next_waiter_id;
@@ -175,6 +190,8 @@ impl Pool {
             id,
             since: Instant::now(),
             tx,
+            client: client.clone(),
+            group,
         });
         Step::Wait(
             WaitGuard {
@@ -218,18 +235,32 @@ impl Pool {
                 return self.promote(guard, false);
             }
         }
-        tokio::select! {
-            r = &mut guard.rx => match r {
-                Ok(Grant::Server(server)) => Waited::Server(*server),
-                Ok(Grant::Slot(permit)) => Waited::Slot(permit),
-                Err(_) => Waited::Retry,
-            },
-            _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
-            _ = sleep_until_opt(reserve_at), if reserve_at.is_some_and(|r| r < deadline) => {
-                self.promote(guard, true)
-            }
-            _ = &mut db_freed, if group_blocked => self.promote(guard, false),
-            _ = &mut user_freed, if group_blocked => self.promote(guard, false),
+        // idle_transaction_reclaim_timeout: only a waiting client ever takes a server back, and
+        // at most one per wait, so no more are taken than clients wait.
+        let mut asked = false;
+        loop {
+            let reclaim_at = if asked {
+                None
+            } else {
+                self.reclaim_due().map(tokio::time::Instant::from_std)
+            };
+            return tokio::select! {
+                r = &mut guard.rx => match r {
+                    Ok(Grant::Server(server)) => Waited::Server(*server),
+                    Ok(Grant::Slot(permit)) => Waited::Slot(permit),
+                    Err(_) => Waited::Retry,
+                },
+                _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+                _ = sleep_until_opt(reserve_at), if reserve_at.is_some_and(|r| r < deadline) => {
+                    self.promote(guard, true)
+                }
+                _ = &mut db_freed, if group_blocked => self.promote(guard, false),
+                _ = &mut user_freed, if group_blocked => self.promote(guard, false),
+                _ = sleep_until_opt(reclaim_at), if reclaim_at.is_some_and(|r| r < deadline) => {
+                    asked = self.reclaim_one();
+                    continue;
+                }
+            };
         }
     }
 

@@ -11,9 +11,11 @@ mod instruments;
 mod limits;
 mod login_health;
 mod maintenance;
+mod reclaim;
 mod registry;
 mod release;
 mod settings;
+mod shares;
 mod stats;
 
 pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
@@ -26,6 +28,7 @@ pub use limits::LimitGroup;
 pub use registry::PoolRegistry;
 pub use release::Disposition;
 pub use settings::settings_for;
+pub use shares::{GroupFigures, MAX_SHARE_GROUPS, OVERFLOW_GROUP, ShareSettings};
 pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::config::PoolMode;
@@ -92,6 +95,8 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     /// What one client may keep prepared (max_client_prepared_statements/_bytes).
     pub client_prepared_limit: ClientPreparedLimit,
+    /// Fair shares between groups of clients, and reclaim of idle transactions under pressure.
+    pub shares: ShareSettings,
 }
 
 /// The most one client may keep prepared through sluice: its statements are held in sluice's
@@ -152,6 +157,10 @@ struct Waiter {
     id: u64,
     since: Instant,
     tx: oneshot::Sender<Grant>,
+    /// Who waits (fair shares count the servers its group holds).
+    client: Arc<crate::clients::ClientInfo>,
+    /// Its share group (empty while shares are off).
+    group: String,
 }
 
 #[derive(Default)]
@@ -162,6 +171,9 @@ struct PoolState {
     next_waiter_id: u64,
     /// Every open server of the pool (idle, lent or cleaning), by id.
     servers: HashMap<u64, Arc<ServerInfo>>,
+    /// (server id, client id) of servers whose holders were asked to give them back
+    /// (idle_transaction_reclaim_timeout) and have not yet; at most one per server.
+    reclaiming: Vec<(u64, u64)>,
 }
 
 /// A pool of server connections for one (database, user).
@@ -335,7 +347,7 @@ impl Pool {
     /// A slot's permit was dropped: pass the slot to the oldest live waiter, or free it.
     fn slot_freed(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        while let Some(waiter) = st.waiters.pop_front() {
+        while let Some(waiter) = self.take_waiter(&mut st) {
             let permit = SlotPermit {
                 pool: self.clone(),
                 armed: true,

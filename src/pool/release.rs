@@ -142,7 +142,13 @@ impl Pool {
         server.conn.last_used = Instant::now();
         server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
-        while let Some(waiter) = st.waiters.pop_front() {
+        let mut marked = false;
+        while let Some(waiter) = self.take_waiter(&mut st) {
+            if self.shares_on() {
+                // Counted as its new holder's at once, so the next share decision sees it.
+                Self::mark_granted(&server, &waiter);
+                marked = true;
+            }
             match waiter.tx.send(Grant::Server(Box::new(server))) {
                 Ok(()) => return,
                 Err(Grant::Server(back)) => server = *back,
@@ -156,6 +162,9 @@ impl Pool {
             tracing::debug!(pool = %self.key, "closing a released server to make room in a shared limit");
             drop(server);
             return;
+        }
+        if marked {
+            server.conn.info.set(ServerUse::Idle); // every waiter offered it had gone
         }
         st.idle.push_back(server);
         drop(st);

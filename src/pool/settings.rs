@@ -50,6 +50,7 @@ pub fn settings_for(
             0
         },
         reset_query: config.pooler.server_reset_query.clone(),
+        shares: super::ShareSettings::from_config(p),
         client_prepared_limit: super::ClientPreparedLimit {
             statements: p.max_client_prepared_statements as usize,
             bytes: usize::try_from(p.max_client_prepared_bytes).unwrap_or(usize::MAX),

@@ -11,6 +11,8 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// Could not establish a connection.
     pub const CONNECTION_EXCEPTION: &str = "08000";
+    /// A session idle in a transaction too long (PostgreSQL's idle_in_transaction_session_timeout).
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     /// Wrong password or unknown user.
     pub const INVALID_PASSWORD: &str = "28P01";
     /// Authorization failure (no user name, auth method refused).

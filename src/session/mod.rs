@@ -402,6 +402,12 @@ impl Session {
                 self.release_leaving(server, &link);
                 Err(Ending::ClientLeft)
             }
+            Ok(RelayEnd::Killed(kill @ crate::clients::Kill::Reclaimed(_))) => {
+                // Taken back for a waiting client: rolled back and handed on by the release path.
+                self.login.shared().leaks.record_reclaimed(self.login.info());
+                self.release(server, &link);
+                Err(self.end_with(kill.error(), true).await)
+            }
             Ok(RelayEnd::Killed(kill)) => {
                 drop(server); // whatever it was doing is abandoned with the client
                 self.login.info().hold(None);

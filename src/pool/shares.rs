@@ -1,0 +1,332 @@
+//! Fair shares of a pool's servers between groups of clients (`pool_share_key`,
+//! `max_pool_share`): while clients of more than one group hold or wait for servers, no group
+//! takes more than its cap, and a released server goes to the oldest waiter of a group under
+//! its cap (FIFO within a group). With shares off, or a single group present, the oldest waiter
+//! gets it, as always. Groups are counted from the pool's own state when a decision is made
+//! (who holds each lent server, who waits), never stored beside it; the tally is only built
+//! when a release meets waiters or a checkout finds the pool past the cap, so an uncontended
+//! checkout pays nothing. At most `MAX_SHARE_GROUPS` groups per pool are told apart; clients of
+//! further groups share one overflow group.
+
+use super::{Grant, Pool, PoolSettings, PoolState, PooledServer, Waiter};
+use crate::clients::{ClientInfo, PeerAddr};
+use crate::config::{PoolerConfig, ShareKey};
+use crate::server::{ServerUse, TxState};
+use std::time::{Duration, Instant};
+
+/// Most groups one pool tells apart (SHOW POOL_SHARES rows and metric series per pool); clients
+/// of any further group are counted in the overflow group.
+pub const MAX_SHARE_GROUPS: usize = 32;
+
+/// The group clients beyond `MAX_SHARE_GROUPS` share (the name the metrics use for names past
+/// their cap, too).
+pub const OVERFLOW_GROUP: &str = crate::name_cap::OTHER;
+
+/// The share and reclaim policy of a pool (from `[pooler]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShareSettings {
+    /// What groups clients.
+    pub key: ShareKey,
+    /// max_pool_share: a fraction of pool_size (0: off).
+    pub fraction: f64,
+    /// idle_transaction_reclaim_timeout (zero: off).
+    pub reclaim_after: Duration,
+}
+
+impl Default for ShareSettings {
+    fn default() -> Self {
+        ShareSettings {
+            key: ShareKey::ApplicationName,
+            fraction: 0.0,
+            reclaim_after: Duration::ZERO,
+        }
+    }
+}
+
+impl ShareSettings {
+    /// The policy `[pooler]` sets.
+    pub fn from_config(p: &PoolerConfig) -> ShareSettings {
+        ShareSettings {
+            key: p.pool_share_key,
+            fraction: p.max_pool_share,
+            reclaim_after: p.idle_transaction_reclaim_timeout,
+        }
+    }
+
+    /// The most servers one group may hold while another group is present (at least one);
+    /// None when shares are off.
+    pub fn cap(&self, pool_size: usize) -> Option<usize> {
+        if self.key == ShareKey::None || self.fraction <= 0.0 {
+            return None;
+        }
+        Some(((self.fraction * pool_size as f64).floor() as usize).clamp(1, pool_size.max(1)))
+    }
+
+    /// The group `client` belongs to (empty with `pool_share_key = "none"`).
+    pub(super) fn group_of(&self, client: &ClientInfo) -> String {
+        match self.key {
+            ShareKey::ApplicationName => client.application_name(),
+            ShareKey::ClientAddr => match &client.peer {
+                PeerAddr::Tcp(a) => a.ip().to_string(),
+                PeerAddr::Unix => "unix socket".to_string(),
+            },
+            ShareKey::None => String::new(),
+        }
+    }
+}
+
+/// One group's figures at one moment (SHOW POOL_SHARES, the metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupFigures {
+    /// The group's key value (an application_name, an address, or the overflow group).
+    pub group: String,
+    /// Servers the group's clients hold.
+    pub active: usize,
+    /// Of those, servers idle inside a transaction.
+    pub idle_in_transaction: usize,
+    /// The group's clients queued for a server.
+    pub waiting: usize,
+}
+
+/// The groups of one pool right now, and which group each waiter (in queue order) is in.
+struct Tally {
+    groups: Vec<GroupFigures>,
+    waiter_groups: Vec<usize>,
+}
+
+impl Tally {
+    /// Counts who holds each lent server and who waits. Called with the state lock held.
+    fn of(st: &PoolState, settings: &ShareSettings) -> Tally {
+        let mut t = Tally {
+            groups: Vec::new(),
+            waiter_groups: Vec::with_capacity(st.waiters.len()),
+        };
+        for info in st.servers.values() {
+            if let ServerUse::Lent { holder, tx, .. } = info.current() {
+                let g = t.index(settings.group_of(&holder));
+                t.groups[g].active += 1;
+                if tx == TxState::IdleInTransaction {
+                    t.groups[g].idle_in_transaction += 1;
+                }
+            }
+        }
+        for w in &st.waiters {
+            let g = t.index_str(&w.group);
+            t.groups[g].waiting += 1;
+            t.waiter_groups.push(g);
+        }
+        t
+    }
+
+    fn index(&mut self, key: String) -> usize {
+        match self.groups.iter().position(|g| g.group == key) {
+            Some(i) => i,
+            None => self.add(key),
+        }
+    }
+
+    fn index_str(&mut self, key: &str) -> usize {
+        match self.groups.iter().position(|g| g.group == key) {
+            Some(i) => i,
+            None => self.add(key.to_string()),
+        }
+    }
+
+    /// A new group, or the overflow group once `MAX_SHARE_GROUPS` are told apart.
+    fn add(&mut self, key: String) -> usize {
+        let key = if self.groups.len() < MAX_SHARE_GROUPS {
+            key
+        } else if let Some(i) = self.groups.iter().position(|g| g.group == OVERFLOW_GROUP) {
+            return i;
+        } else {
+            OVERFLOW_GROUP.to_string()
+        };
+        self.groups.push(GroupFigures {
+            group: key,
+            ..Default::default()
+        });
+        self.groups.len() - 1
+    }
+
+    /// Groups holding or waiting for servers.
+    fn present(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.active > 0 || g.waiting > 0)
+            .count()
+    }
+}
+
+/// The position of the waiter that may take a server or slot now: the oldest waiter of a group
+/// under its cap; the oldest of all when shares are off or only one group is present; None when
+/// every waiting group is at its cap while another group holds or waits for servers (the server
+/// then stays idle for a group under its cap). Called with the state lock held.
+pub(super) fn next_waiter(st: &PoolState, settings: &PoolSettings) -> Option<usize> {
+    if st.waiters.is_empty() {
+        return None;
+    }
+    let Some(cap) = settings.shares.cap(settings.pool_size) else {
+        return Some(0);
+    };
+    let tally = Tally::of(st, &settings.shares);
+    if tally.present() <= 1 {
+        return Some(0);
+    }
+    tally
+        .waiter_groups
+        .iter()
+        .position(|&g| tally.groups[g].active < cap)
+}
+
+/// True when a client of `group` arriving now must queue instead of taking an idle server or a
+/// free slot: its group holds its cap while another group holds or waits for servers. Called
+/// with the state lock held.
+pub(super) fn held_back(st: &PoolState, settings: &PoolSettings, group: &str) -> bool {
+    let Some(cap) = settings.shares.cap(settings.pool_size) else {
+        return false;
+    };
+    let tally = Tally::of(st, &settings.shares);
+    let own = tally
+        .groups
+        .iter()
+        .find(|g| g.group == group)
+        .map_or(0, |g| g.active);
+    let others = tally
+        .groups
+        .iter()
+        .any(|g| g.group != group && (g.active > 0 || g.waiting > 0));
+    others && own >= cap
+}
+
+/// True when shares are on and enough servers are lent that a taker's group could be at its
+/// cap (below that, the fast checkout path needs no tally). Called with the state lock held.
+pub(super) fn past_fast_path(st: &PoolState, settings: &PoolSettings) -> bool {
+    settings
+        .shares
+        .cap(settings.pool_size)
+        .is_some_and(|cap| st.servers.len().saturating_sub(st.idle.len()) >= cap)
+}
+
+impl Pool {
+    /// The groups of this pool holding or waiting for servers, with the cap each is held to
+    /// (None: shares off), for SHOW POOL_SHARES and the metrics.
+    pub fn share_groups(&self) -> (Vec<GroupFigures>, Option<usize>) {
+        let settings = self.settings();
+        let st = self.state.lock();
+        let tally = Tally::of(&st, &settings.shares);
+        drop(st);
+        let mut groups: Vec<GroupFigures> = tally
+            .groups
+            .into_iter()
+            .filter(|g| g.active > 0 || g.waiting > 0)
+            .collect();
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        (groups, settings.shares.cap(settings.pool_size))
+    }
+
+    /// Takes the waiter that may have a server or slot freed now (see [`next_waiter`]): the
+    /// oldest, unless fair shares say otherwise. Called with the state lock held; with nobody
+    /// waiting it costs nothing more than before shares existed.
+    pub(super) fn take_waiter(&self, st: &mut PoolState) -> Option<Waiter> {
+        if st.waiters.is_empty() {
+            return None;
+        }
+        let i = next_waiter(st, &self.settings())?;
+        st.waiters.remove(i)
+    }
+
+    /// Records the waiter a server is being handed to as its holder before the waiter wakes, so
+    /// a share decision made meanwhile counts it for the right group.
+    pub(super) fn mark_granted(server: &PooledServer, waiter: &Waiter) {
+        let now = Instant::now();
+        server.conn.info.set(ServerUse::Lent {
+            holder: waiter.client.clone(),
+            since: now,
+            tx: TxState::Active,
+            tx_since: now,
+        });
+    }
+
+    /// True when fair shares apply to this pool (max_pool_share set, a grouping key chosen).
+    pub(super) fn shares_on(&self) -> bool {
+        let settings = self.settings();
+        settings.shares.cap(settings.pool_size).is_some()
+    }
+
+    /// A waiter left the queue while shares are on: servers that sat idle because every waiting
+    /// group was at its cap may now go to a waiter (the group that held the others back may be
+    /// gone).
+    pub(super) fn hand_on_idle(&self) {
+        if !self.shares_on() {
+            return;
+        }
+        let mut st = self.state.lock();
+        while !st.idle.is_empty() {
+            let Some(waiter) = self.take_waiter(&mut st) else {
+                return;
+            };
+            let Some(server) = st.idle.pop_back() else {
+                return;
+            };
+            Self::mark_granted(&server, &waiter);
+            if let Err(Grant::Server(back)) = waiter.tx.send(Grant::Server(Box::new(server))) {
+                back.conn.info.set(ServerUse::Idle);
+                st.idle.push_back(*back);
+            }
+        }
+    }
+
+    /// True when `client`'s group must queue now (see [`held_back`]). Called with the state
+    /// lock held, only once enough servers are lent for the cap to matter.
+    pub(super) fn held_back_now(&self, st: &PoolState, client: &ClientInfo) -> bool {
+        let settings = self.settings();
+        held_back(st, &settings, &settings.shares.group_of(client))
+    }
+
+    /// The group `client` is queued under (empty when shares are off: nothing compares it).
+    pub(super) fn waiter_group(&self, client: &ClientInfo) -> String {
+        let settings = self.settings();
+        match settings.shares.cap(settings.pool_size) {
+            Some(_) => settings.shares.group_of(client),
+            None => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_a_fraction_of_the_pool_and_at_least_one_server() {
+        let s = |fraction| ShareSettings {
+            fraction,
+            ..Default::default()
+        };
+        assert_eq!(s(0.0).cap(4), None);
+        assert_eq!(s(0.5).cap(4), Some(2));
+        assert_eq!(s(0.1).cap(4), Some(1));
+        assert_eq!(s(1.0).cap(4), Some(4));
+        let none = ShareSettings {
+            key: ShareKey::None,
+            fraction: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(none.cap(4), None);
+    }
+
+    #[test]
+    fn groups_past_the_bound_share_the_overflow_group() {
+        let mut t = Tally {
+            groups: Vec::new(),
+            waiter_groups: Vec::new(),
+        };
+        for i in 0..MAX_SHARE_GROUPS + 10 {
+            let g = t.index(format!("app{i}"));
+            t.groups[g].waiting += 1;
+        }
+        assert_eq!(t.groups.len(), MAX_SHARE_GROUPS + 1);
+        let overflow = t.groups.last().map(|g| (g.group.as_str(), g.waiting));
+        assert_eq!(overflow, Some((OVERFLOW_GROUP, 10)));
+    }
+}
