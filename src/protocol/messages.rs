@@ -9,6 +9,17 @@ pub fn patch_length(out: &mut BytesMut, start: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// ParseComplete.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// BindComplete.
+pub const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+/// CloseComplete.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+/// NoData.
+pub const NO_DATA: &[u8] = b"n\0\0\0\x04";
+/// ParameterDescription with no parameters.
+pub const NO_PARAMETERS: &[u8] = b"t\0\0\0\x06\0\0";
+
 fn begin(out: &mut BytesMut, tag: u8) -> usize {
     let start = out.len();
     out.put_u8(tag);

@@ -73,13 +73,13 @@ impl IdentityWatch {
 /// Feeds client bytes (`tag` set at a message's start) to the link's watch; a message that may
 /// change the role or session authorization marks the server for a reset at release.
 pub(super) fn watch_identity(
-    link: &mut super::link::Link,
+    watch: &mut IdentityWatch,
     server: &mut crate::server::ServerConn,
     tag: Option<u8>,
     bytes: &[u8],
 ) {
-    let mut hit = tag.is_some_and(|t| link.identity.start(t));
-    hit |= link.identity.feed(bytes);
+    let mut hit = tag.is_some_and(|t| watch.start(t));
+    hit |= watch.feed(bytes);
     if hit {
         server.identity = crate::server::Identity::MaybeChanged;
     }

@@ -3,7 +3,7 @@
 //! all that — in what state the server would be left if the client went now.
 
 use super::client::ClientIo;
-use super::responses::Responses;
+use super::statements::Responses;
 use crate::client_info::{ClientInfo, ClientPhase};
 use crate::pool::{Disposition, PoolStats};
 use crate::protocol::{FrameScanner, TxStatus};

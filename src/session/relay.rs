@@ -8,8 +8,7 @@ use super::client::ClientIo;
 use super::identity::watch_identity;
 use super::link::{Expiry, Link, Timeouts};
 use super::params::ClientParams;
-use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
-use super::responses::{Books, ErrorNote, Verdict};
+use super::statements::{BindOutcome, Books, ClientStatements, ErrorNote, Outcome, Translator, Verdict};
 use crate::client_info::ClientInfo;
 use crate::pool::PoolStats;
 use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
@@ -243,7 +242,7 @@ fn pump_client(
             }
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
-                watch_identity(link, server, tag, &piece);
+                watch_identity(&mut link.identity, server, tag, &piece);
                 match tag {
                     Some(t) if link.client_skipping && t != b'S' => {
                         link.dropping_message = true;
@@ -269,7 +268,7 @@ fn pump_client(
                 return Ok(true);
             }
             ScanItem::Whole { tag, len } => {
-                watch_identity(link, server, Some(tag), &client.inbuf[..len]);
+                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..len]);
                 link.dropping_message = false;
                 if link.client_skipping {
                     client.inbuf.advance(len);
@@ -293,7 +292,7 @@ fn pump_client(
                 }
             }
             ScanItem::Head { tag, len, head } => {
-                watch_identity(link, server, Some(tag), &client.inbuf[..head]);
+                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..head]);
                 link.dropping_message = link.client_skipping;
                 if link.client_skipping {
                     client.inbuf.advance(head);
@@ -367,11 +366,11 @@ fn translate(
     let quiet = link.responses.is_empty();
     let outcome = match tag {
         b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
-        b'E' => translator(link, server, ctx).execute(msg),
+        b'E' => translator(link, server, ctx).execute_deallocate(msg),
         b'D' => translator(link, server, ctx).describe(msg),
         b'C' => translator(link, server, ctx).close(msg),
         // Only with nothing in flight is the status sluice would report certain.
-        b'Q' if quiet => translator(link, server, ctx).query(msg, tx_status),
+        b'Q' if quiet => translator(link, server, ctx).query_deallocate(msg, tx_status),
         b'B' => match bind(msg, msg.len(), link, server, ctx) {
             BindOutcome::Rewritten(k) => {
                 link.to_server.extend_from_slice(&msg[k..]);
@@ -525,7 +524,7 @@ fn pump_server(
 /// the client was told about, and which rows the server's copy gives; a shape check that finds
 /// them different marks the client's statement as changed (PostgreSQL would refuse it).
 fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
-    use super::responses::Undo;
+    use super::statements::Undo;
     use std::hash::{Hash, Hasher};
     let Some(undo) = link.responses.describing() else {
         return;
@@ -555,7 +554,7 @@ fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut R
 /// A CommandComplete: DISCARD ALL / DEALLOCATE ALL dropped the server's statements (and the
 /// client's, who asked for it).
 fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>, link: &mut Link) {
-    if super::prepared::drops_all_statements(body) {
+    if super::statements::drops_all_statements(body) {
         server.statements.clear();
         if let Some(s) = ctx.statements.as_deref_mut() {
             s.clear();
