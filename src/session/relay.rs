@@ -6,7 +6,7 @@
 
 use super::client::ClientIo;
 use super::identity::watch_identity;
-use super::link::{Expiry, Link, Timeouts};
+use super::link::{ClientBatch, Expiry, Link, Timeouts};
 use super::params::ClientParams;
 use super::statements::{BindOutcome, Books, ClientStatements, ErrorNote, Outcome, Translator, Verdict};
 use crate::client_info::ClientInfo;
@@ -116,27 +116,27 @@ async fn relay_loop(
     let killed = ctx.info.killed(true);
     tokio::pin!(killed);
     loop {
-        let terminated = pump_client(client, link, server, ctx)?;
+        let pumped = pump_client(client, link, server, ctx)?;
         link.note_request_start(server, ctx.info);
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
-        if terminated {
+        if pumped == ClientPump::Terminated {
             return Ok(RelayEnd::Terminated);
         }
         if was_checking && !link.responses.checking() {
             continue; // a shape check was answered: the client's held messages go on now
         }
-        let read_client = (client.inbuf.len() < OUT_CAP || link.client_starved) && room_for_more(link);
+        let starved = pumped == ClientPump::Starved;
+        let read_client = (client.inbuf.len() < OUT_CAP || starved) && room_for_more(link);
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
             reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
-                if expiry == Expiry::Query && !link.cancel_sent {
-                    link.cancel_sent = true;
+                if expiry == Expiry::Query && link.cancel_request() {
                     tracing::info!(backend_pid = server.backend_pid, "query_timeout: cancelling the query");
                     crate::cancel::send_cancel(
                         server.target_addr.0.clone(),
@@ -212,17 +212,27 @@ fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -
     })
 }
 
+/// Where reading the client's buffered messages stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPump {
+    /// Out of bytes, or of room for more.
+    Stopped,
+    /// For want of bytes of a message that must come whole: the client must be read even past
+    /// the usual buffer limit.
+    Starved,
+    /// The client sent Terminate (which never reaches the server).
+    Terminated,
+}
+
 /// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
-/// translating prepared-statement names on the way. Returns true when the client sent
-/// Terminate (which never reaches the server).
+/// translating prepared-statement names on the way.
 fn pump_client(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
-) -> Result<bool, RelayError> {
+) -> Result<ClientPump, RelayError> {
     let tracking = ctx.statement_capacity > 0;
-    link.client_starved = false;
     while room_for_more(link) {
         // Per message: a Bind just read may have made the next Execute sluice's to answer.
         let executes_answered = ctx
@@ -236,44 +246,35 @@ fn pump_client(
             })
             .map_err(RelayError::ClientProtocol)?;
         match item {
-            ScanItem::NeedMore => {
-                link.client_starved = true;
-                break;
-            }
+            ScanItem::NeedMore => return Ok(ClientPump::Starved),
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
                 watch_identity(&mut link.identity, server, tag, &piece);
                 match tag {
-                    Some(t) if link.client_skipping && t != b'S' => {
-                        link.dropping_message = true;
-                        continue;
-                    }
+                    Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != b'S' => continue,
                     Some(t) => {
-                        link.dropping_message = false;
-                        if t == b'S' {
-                            link.client_skipping = false;
-                        }
+                        link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
                         if t == b'Q' || t == b'P' {
                             remember_query(ctx.info, t, &piece);
                         }
                     }
-                    None if link.dropping_message => continue,
+                    None if link.client_batch != ClientBatch::Forwarding => continue,
                     None => {}
                 }
                 link.to_server.unsplit(piece);
             }
             ScanItem::Whole { tag: b'X', len } => {
                 client.inbuf.advance(len);
-                return Ok(true);
+                return Ok(ClientPump::Terminated);
             }
             ScanItem::Whole { tag, len } => {
                 watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..len]);
-                link.dropping_message = false;
-                if link.client_skipping {
+                if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(len);
                     continue;
                 }
+                link.client_batch = ClientBatch::Forwarding;
                 let outcome = translate(tag, &client.inbuf[..len], link, server, ctx);
                 if outcome == Outcome::Wait {
                     break; // read again once the shape check is answered
@@ -288,17 +289,17 @@ fn pump_client(
                         link.to_server.unsplit(msg);
                     }
                     Outcome::Done | Outcome::Wait => {}
-                    Outcome::Refused => link.client_skipping = true,
+                    Outcome::Refused => link.client_batch = ClientBatch::SkippingToSync,
                 }
             }
             ScanItem::Head { tag, len, head } => {
                 watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..head]);
-                link.dropping_message = link.client_skipping;
-                if link.client_skipping {
+                if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(head);
                     client.scan.pass_rest(len - head);
                     continue;
                 }
+                link.client_batch = ClientBatch::Forwarding;
                 let outcome = if tag == b'B' {
                     bind(&client.inbuf[..head], len, link, server, ctx)
                 } else {
@@ -318,20 +319,19 @@ fn pump_client(
                     BindOutcome::Refused => {
                         client.inbuf.advance(head);
                         client.scan.pass_rest(len - head);
-                        link.client_skipping = true;
-                        link.dropping_message = true;
+                        link.client_batch = ClientBatch::SkippingToSync;
                     }
                     BindOutcome::Wait => break,
                     BindOutcome::Answered => {
                         client.inbuf.advance(head);
                         client.scan.pass_rest(len - head);
-                        link.dropping_message = true;
+                        link.client_batch = ClientBatch::DroppingMessage;
                     }
                 }
             }
         }
     }
-    Ok(false)
+    Ok(ClientPump::Stopped)
 }
 
 fn translator<'a>(
@@ -384,7 +384,7 @@ fn translate(
         _ => Outcome::Forward,
     };
     if outcome != Outcome::Forward && tag != b'Q' {
-        link.unsynced = true;
+        link.input.unsynced();
     }
     outcome
 }
@@ -402,7 +402,7 @@ fn bind(
     }
     let outcome = translator(link, server, ctx).bind(head, total);
     if outcome != BindOutcome::Forward {
-        link.unsynced = true;
+        link.input.unsynced();
     }
     outcome
 }
