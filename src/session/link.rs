@@ -8,6 +8,7 @@ use super::client::ClientIo;
 use super::statements::Responses;
 use crate::client_info::{ClientInfo, ClientPhase};
 use crate::pool::{Disposition, PoolStats};
+use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{FrameScanner, TxStatus};
 use crate::server::{ServerConn, TxState};
 use bytes::BytesMut;
@@ -282,10 +283,12 @@ impl Link {
     pub(super) fn on_client_message(&mut self, tag: u8) {
         match (tag, self.input) {
             // Ignored by the server during COPY FROM STDIN.
-            (b'S', ServerInput::CopyIn(_)) => return,
-            (b'S', ServerInput::Messages(_)) => self.input = ServerInput::Messages(Batch::Synced),
-            (b'P' | b'B' | b'E' | b'D' | b'C' | b'H', _) => self.input.unsynced(),
-            (b'c' | b'f', ServerInput::CopyIn(batch)) => self.input = ServerInput::Messages(batch),
+            (frontend::SYNC, ServerInput::CopyIn(_)) => return,
+            (frontend::SYNC, ServerInput::Messages(_)) => self.input = ServerInput::Messages(Batch::Synced),
+            (t, _) if frontend::opens_batch(t) => self.input.unsynced(),
+            (frontend::COPY_DONE | frontend::COPY_FAIL, ServerInput::CopyIn(batch)) => {
+                self.input = ServerInput::Messages(batch)
+            }
             _ => {}
         }
         self.responses.expect(tag);
@@ -293,7 +296,7 @@ impl Link {
 
     /// Notes the start of a server message that matters to the link itself.
     pub(super) fn on_server_message(&mut self, tag: u8) {
-        if tag == b'G' {
+        if tag == backend::COPY_IN_RESPONSE {
             if let ServerInput::Messages(batch) = self.input {
                 self.input = ServerInput::CopyIn(batch);
             }

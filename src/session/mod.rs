@@ -289,7 +289,9 @@ impl Session {
 
     /// Idle, once the client sent something: queue it for a server (or see it leave).
     fn step_idle(&mut self) -> Result<SessionState, Ending> {
-        if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
+        if self.client.at_boundary()
+            && self.client.inbuf.first() == Some(&crate::protocol::tags::frontend::TERMINATE)
+        {
             return Err(Ending::ClientLeft);
         }
         self.login.info().set_phase(ClientPhase::Waiting, None);

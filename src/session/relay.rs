@@ -11,6 +11,7 @@ use super::params::ClientParams;
 use super::statements::{BindOutcome, Books, ClientStatements, ErrorNote, Outcome, Translator, Verdict};
 use crate::client_info::ClientInfo;
 use crate::pool::PoolStats;
+use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
@@ -203,11 +204,11 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Result<Want, FrameError> {
     crate::protocol::check_client_message(tag, total)?;
     Ok(match tag {
-        b'X' => Want::Whole,
-        b'E' if executes_answered => Want::Whole,
-        b'P' | b'D' | b'C' if tracking => Want::Whole,
-        b'B' if tracking => Want::Head(BIND_HEAD),
-        b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
+        frontend::TERMINATE => Want::Whole,
+        frontend::EXECUTE if executes_answered => Want::Whole,
+        frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE if tracking => Want::Whole,
+        frontend::BIND if tracking => Want::Head(BIND_HEAD),
+        frontend::QUERY if tracking && total <= SMALL_QUERY => Want::Whole,
         _ => Want::Pass,
     })
 }
@@ -251,11 +252,13 @@ fn pump_client(
                 let piece = client.inbuf.split_to(len);
                 watch_identity(&mut link.identity, server, tag, &piece);
                 match tag {
-                    Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != b'S' => continue,
+                    Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != frontend::SYNC => {
+                        continue;
+                    }
                     Some(t) => {
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
-                        if t == b'Q' || t == b'P' {
+                        if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
                         }
                     }
@@ -264,7 +267,10 @@ fn pump_client(
                 }
                 link.to_server.unsplit(piece);
             }
-            ScanItem::Whole { tag: b'X', len } => {
+            ScanItem::Whole {
+                tag: frontend::TERMINATE,
+                len,
+            } => {
                 client.inbuf.advance(len);
                 return Ok(ClientPump::Terminated);
             }
@@ -280,7 +286,7 @@ fn pump_client(
                     break; // read again once the shape check is answered
                 }
                 let msg = client.inbuf.split_to(len);
-                if tag == b'Q' || tag == b'P' {
+                if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
                 }
                 match outcome {
@@ -300,7 +306,7 @@ fn pump_client(
                     continue;
                 }
                 link.client_batch = ClientBatch::Forwarding;
-                let outcome = if tag == b'B' {
+                let outcome = if tag == frontend::BIND {
                     bind(&client.inbuf[..head], len, link, server, ctx)
                 } else {
                     BindOutcome::Forward
@@ -365,13 +371,13 @@ fn translate(
     let tx_status = server.tx_status;
     let quiet = link.responses.is_empty();
     let outcome = match tag {
-        b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
-        b'E' => translator(link, server, ctx).execute_deallocate(msg),
-        b'D' => translator(link, server, ctx).describe(msg),
-        b'C' => translator(link, server, ctx).close(msg),
+        frontend::PARSE => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
+        frontend::EXECUTE => translator(link, server, ctx).execute_deallocate(msg),
+        frontend::DESCRIBE => translator(link, server, ctx).describe(msg),
+        frontend::CLOSE => translator(link, server, ctx).close(msg),
         // Only with nothing in flight is the status sluice would report certain.
-        b'Q' if quiet => translator(link, server, ctx).query_deallocate(msg, tx_status),
-        b'B' => match bind(msg, msg.len(), link, server, ctx) {
+        frontend::QUERY if quiet => translator(link, server, ctx).query_deallocate(msg, tx_status),
+        frontend::BIND => match bind(msg, msg.len(), link, server, ctx) {
             BindOutcome::Rewritten(k) => {
                 link.to_server.extend_from_slice(&msg[k..]);
                 Outcome::Done
@@ -383,7 +389,7 @@ fn translate(
         },
         _ => Outcome::Forward,
     };
-    if outcome != Outcome::Forward && tag != b'Q' {
+    if outcome != Outcome::Forward && tag != frontend::QUERY {
         link.input.unsynced();
     }
     outcome
@@ -432,9 +438,7 @@ fn pump_server(
         }
         let item = link
             .server_scan
-            .next(&server.read_buf, |t| {
-                matches!(t, b'Z' | b'S' | b'E' | b'C' | b'1' | b'3' | b't' | b'T' | b'n')
-            })
+            .next(&server.read_buf, backend::read_whole_by_relay)
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         let (tag, len, whole) = match item {
             ScanItem::NeedMore => return Ok(false),
@@ -452,7 +456,7 @@ fn pump_server(
         let mut note = None;
         if whole {
             match tag {
-                b'Z' => {
+                backend::READY_FOR_QUERY => {
                     if len != 6 {
                         return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                     }
@@ -469,16 +473,16 @@ fn pump_server(
                         ctx.info.set_application_name(&name);
                     }
                 }
-                b'E' => {
+                backend::ERROR_RESPONSE => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
                     if error.severity == crate::protocol::Severity::Fatal {
                         return Err(RelayError::ServerFatal(error));
                     }
                     note = Some(ErrorNote::of(&error));
                 }
-                b'C' => command_complete(&msg[5..], server, ctx, link),
-                b'T' | b'n' => row_description(&msg, link, server, ctx),
-                b'S' => {
+                backend::COMMAND_COMPLETE => command_complete(&msg[5..], server, ctx, link),
+                backend::ROW_DESCRIPTION | backend::NO_DATA => row_description(&msg, link, server, ctx),
+                backend::PARAMETER_STATUS => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
                         if super::params::is_identity(name) {
                             // Reported only when it changed: who the session is changed.
@@ -511,7 +515,7 @@ fn pump_server(
             Verdict::Forward => {}
         }
         client.outbuf.unsplit(msg);
-        if tag == b'Z' {
+        if tag == backend::READY_FOR_QUERY {
             link.on_ready_for_query(server, ctx.stats, ctx.info, client);
             if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                 return Ok(true);
@@ -567,7 +571,7 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
 /// (only the bytes already here; at most 200 characters are kept).
 fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
     let body = message.get(5..).unwrap_or_default();
-    let text = if tag == b'P' {
+    let text = if tag == frontend::PARSE {
         // Statement name, then the query text.
         match body.iter().position(|&b| b == 0) {
             Some(i) => &body[i + 1..],

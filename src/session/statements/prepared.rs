@@ -9,6 +9,7 @@ use super::responses::{Ends, Responses, Undo};
 use super::{BindOutcome, Outcome, cstr, deallocate, put_message};
 use crate::pool::{ClientPreparedLimit, PoolStats};
 use crate::protocol::messages::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{PgError, TxStatus, sqlstate};
 use crate::server::statements::{Held, PlanInvalidations, ServerStatements, StatementDef, server_name};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -116,7 +117,7 @@ impl Translator<'_> {
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
         let server_name = server_name(hash);
         let new_len = total - consumed + 4 + portal.len() + 1 + server_name.len() + 1;
-        self.out.put_u8(b'B');
+        self.out.put_u8(frontend::BIND);
         self.out.put_i32(new_len as i32);
         self.out.put_slice(portal);
         self.out.put_u8(0);
@@ -148,7 +149,11 @@ impl Translator<'_> {
         }
         self.ensure(&statement.def);
         let server_name = server_name(statement.def.hash);
-        put_message(self.out, b'D', &[&[kind], server_name.as_bytes(), b"\0"]);
+        put_message(
+            self.out,
+            frontend::DESCRIBE,
+            &[&[kind], server_name.as_bytes(), b"\0"],
+        );
         let undo = Undo::Uses {
             hash: statement.def.hash,
             name: Bytes::copy_from_slice(name),
@@ -201,9 +206,13 @@ impl Translator<'_> {
             _ => {
                 self.ensure(&statement.def);
                 let server_name = server_name(hash);
-                put_message(self.out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
+                put_message(
+                    self.out,
+                    frontend::DESCRIBE,
+                    &[b"S", server_name.as_bytes(), b"\0"],
+                );
                 // The server answers only when flushed; the client's own Sync is held back.
-                put_message(self.out, b'H', &[]);
+                put_message(self.out, frontend::FLUSH, &[]);
                 let undo = Undo::ShapeCheck {
                     hash,
                     name: Bytes::copy_from_slice(name),
@@ -234,7 +243,11 @@ impl Translator<'_> {
     fn fail_in_place(&mut self, e: PgError) -> Outcome {
         let mut reply = BytesMut::new();
         e.encode(&mut reply);
-        put_message(self.out, b'P', &[REFUSED_NAME, b"\0", REFUSED_SQL, b"\0\0\0"]);
+        put_message(
+            self.out,
+            frontend::PARSE,
+            &[REFUSED_NAME, b"\0", REFUSED_SQL, b"\0\0\0"],
+        );
         self.responses
             .push_server(Ends::Parse, true, Undo::InPlaceOf(reply.freeze()));
         Outcome::Refused
@@ -277,11 +290,19 @@ impl Translator<'_> {
             Some((v, self.server.remove(v).unwrap_or_default()))
         });
         if let Some((victim, epoch)) = victim {
-            put_message(self.out, b'C', &[b"S", server_name(victim).as_bytes(), b"\0"]);
+            put_message(
+                self.out,
+                frontend::CLOSE,
+                &[b"S", server_name(victim).as_bytes(), b"\0"],
+            );
             let undo = Undo::ServerClose { hash: victim, epoch };
             self.responses.push_server(Ends::Close, true, undo);
         }
-        put_message(self.out, b'P', &[server_name(hash).as_bytes(), b"\0", body]);
+        put_message(
+            self.out,
+            frontend::PARSE,
+            &[server_name(hash).as_bytes(), b"\0", body],
+        );
         self.server.insert(hash, self.plans.current());
         self.stats.record_server_parse();
     }
@@ -313,8 +334,7 @@ fn statement_target(msg: &[u8]) -> Option<(u8, &[u8])> {
 /// True when a CommandComplete body (the tag, NUL-terminated) says the server dropped every
 /// prepared statement (DISCARD ALL, DEALLOCATE ALL).
 pub(crate) fn drops_all_statements(body: &[u8]) -> bool {
-    let tag = cstr(body).map(|(t, _)| t).unwrap_or(body);
-    tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
+    backend::drops_all_statements(cstr(body).map(|(t, _)| t).unwrap_or(body))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! messages it sent on its own, undo its bookkeeping for messages that failed or that the server
 //! skipped after an error, and never hand a server back with anything still owed.
 
+use crate::protocol::tags::{backend, frontend};
 use crate::server::statements::{PlanInvalidations, ServerStatements};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -33,13 +34,13 @@ impl Ends {
     /// The entry a forwarded client message creates, if the server answers it.
     pub(crate) fn for_client_message(tag: u8) -> Option<Ends> {
         Some(match tag {
-            b'S' => Ends::Sync,
-            b'Q' | b'F' => Ends::Query,
-            b'P' => Ends::Parse,
-            b'B' => Ends::Bind,
-            b'C' => Ends::Close,
-            b'D' => Ends::Describe,
-            b'E' => Ends::Execute,
+            frontend::SYNC => Ends::Sync,
+            frontend::QUERY | frontend::FUNCTION_CALL => Ends::Query,
+            frontend::PARSE => Ends::Parse,
+            frontend::BIND => Ends::Bind,
+            frontend::CLOSE => Ends::Close,
+            frontend::DESCRIBE => Ends::Describe,
+            frontend::EXECUTE => Ends::Execute,
             _ => return None,
         })
     }
@@ -50,12 +51,15 @@ impl Ends {
 
     fn completed_by(self, tag: u8) -> bool {
         match self {
-            Ends::Sync | Ends::Query => tag == b'Z',
-            Ends::Parse => tag == b'1',
-            Ends::Bind => tag == b'2',
-            Ends::Close => tag == b'3',
-            Ends::Describe => tag == b'T' || tag == b'n',
-            Ends::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Ends::Sync | Ends::Query => tag == backend::READY_FOR_QUERY,
+            Ends::Parse => tag == backend::PARSE_COMPLETE,
+            Ends::Bind => tag == backend::BIND_COMPLETE,
+            Ends::Close => tag == backend::CLOSE_COMPLETE,
+            Ends::Describe => tag == backend::ROW_DESCRIPTION || tag == backend::NO_DATA,
+            Ends::Execute => matches!(
+                tag,
+                backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED
+            ),
         }
     }
 }
@@ -250,7 +254,7 @@ impl Responses {
     /// A forwarded message the server will answer (nothing for those it does not).
     pub(crate) fn expect(&mut self, tag: u8) {
         if self.server_skipping {
-            if tag != b'S' {
+            if tag != frontend::SYNC {
                 return;
             }
             self.server_skipping = false;
@@ -312,7 +316,7 @@ impl Responses {
         error: Option<ErrorNote>,
         books: &mut Books<'_>,
     ) -> Verdict {
-        if tag == b'Z' {
+        if tag == backend::READY_FOR_QUERY {
             self.on_ready(books);
             return Verdict::Forward;
         }
@@ -344,7 +348,7 @@ impl Responses {
         }
         // Everything answering a message sluice sent itself is hidden, but for what the server
         // may send at any time (notices, notifications, parameter reports).
-        let verdict = if hidden && !matches!(tag, b'N' | b'A' | b'S') {
+        let verdict = if hidden && !backend::asynchronous(tag) {
             Verdict::Hide
         } else {
             Verdict::Forward
