@@ -84,6 +84,14 @@ pub mod backend {
     pub const NO_DATA: u8 = b'n';
     /// CopyInResponse: the server is in COPY FROM STDIN (it ignores Syncs until CopyDone/Fail).
     pub const COPY_IN_RESPONSE: u8 = b'G';
+    /// Authentication requests: written by sluice to its clients at login.
+    pub const AUTHENTICATION: u8 = b'R';
+    /// BackendKeyData: written by sluice (the cancel key it issued, not the server's).
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    /// NegotiateProtocolVersion: written by sluice at login (3.0 only, options refused).
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    /// DataRow: passes through; written by sluice for the console's rows.
+    pub const DATA_ROW: u8 = b'D';
 
     /// The server messages the relay reads whole (bounded) rather than passing in pieces.
     pub fn read_whole_by_relay(tag: u8) -> bool {
