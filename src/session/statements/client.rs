@@ -11,7 +11,9 @@ use std::collections::HashMap;
 /// A statement a client prepared, and the plan epoch from which it knows its result shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientStatement {
+    /// Its text and parameter types (and their hash, which names it on servers).
     pub(crate) def: StatementDef,
+    /// The plan epoch from which the client knows its result shape.
     pub(crate) epoch: u64,
     /// A hash of the row description the client was given when it described the statement;
     /// None while it has not (libpq describes each result instead, and needs no check).

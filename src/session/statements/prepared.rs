@@ -19,15 +19,19 @@ const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result type";
 
 /// Everything a client message's translation touches.
 pub(crate) struct Translator<'a> {
+    /// The client's statements, by its names.
     pub(crate) client: &'a mut ClientStatements,
+    /// The statements the held server has.
     pub(crate) server: &'a mut ServerStatements,
     /// max_prepared_statements.
     pub(crate) capacity: usize,
     /// What the client may keep prepared.
     pub(crate) limit: ClientPreparedLimit,
+    /// The replies owed, where sluice places its own.
     pub(crate) responses: &'a mut Responses,
     /// Bytes on their way to the server.
     pub(crate) out: &'a mut BytesMut,
+    /// The pool's counters (client and server Parses, Binds).
     pub(crate) stats: &'a PoolStats,
     /// The pool's record of plans PostgreSQL refused after schema changes.
     pub(crate) plans: &'a PlanInvalidations,
