@@ -2,6 +2,8 @@
 //! paths in src/ and fails when a top-level module imports from a layer above its own, unless the
 //! edge is in `KNOWN_UPWARD_EDGES` (today's debt, issue 15), which may only shrink; likewise for
 //! import cycles inside one layer (`KNOWN_SAME_LAYER_CYCLES`).
+//! Inside `FILE_LEVEL` directories (session/, pool/) the files themselves are graphed and may not
+//! import each other in a cycle (`files_inside_session_and_pool_import_without_cycles`).
 //! `LAYERS_PRINT=1 cargo test --test layers -- --nocapture` prints the whole graph and its cycles.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,7 +63,7 @@ const ROOT_REEXPORTS: &[(&str, &str)] = &[
     ("RunningPooler", "listener"),
 ];
 
-/// Directories whose files are graphed one by one in the printed report.
+/// Directories whose files are graphed one by one, and must not import each other in a cycle.
 const FILE_LEVEL: &[&str] = &["session", "pool"];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -244,13 +246,67 @@ fn file_module(rel: &Path) -> Vec<String> {
 /// Every absolute crate path a source names, with `super::`/`self::` resolved against the
 /// module (and the inline `mod x { }` blocks) the path appears in.
 fn crate_paths(src: &str, module: &[String]) -> Vec<Vec<String>> {
+    scan_paths(src, module, &BTreeSet::new())
+        .into_iter()
+        .map(|r| r.path)
+        .collect()
+}
+
+/// A path a source names, and the `use` declaration it is part of, if any.
+#[derive(Debug)]
+struct Ref {
+    path: Vec<String>,
+    /// Named in a `use` (the last segment becomes a name in the file's scope), not a glob.
+    imported: bool,
+    /// Named in a `pub use`/`pub(..) use`: a re-export, not the file's own use of the item.
+    reexported: bool,
+}
+
+/// The child modules a file declares (`mod x;`, not inline `mod x { }` blocks).
+fn declared_children(src: &str) -> BTreeSet<String> {
+    let toks = lex(src);
+    toks.windows(3)
+        .filter_map(|w| match w {
+            [Tok::Ident(m), Tok::Ident(name), Tok::Punct(';')] if m == "mod" => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Like `crate_paths`, and also the paths that start at a child module the file declares
+/// (`link::Link` in a mod.rs with `mod link;`), each marked with the `use` it is part of.
+fn scan_paths(src: &str, module: &[String], children: &BTreeSet<String>) -> Vec<Ref> {
     let toks = lex(src);
     let mut out = Vec::new();
     let mut inline: Vec<(String, usize)> = Vec::new();
     let mut depth = 0usize;
+    // Inside a `use` declaration: whether it is a `pub` one.
+    let mut in_use: Option<bool> = None;
     let mut i = 0;
     while i < toks.len() {
         match &toks[i] {
+            Tok::Ident(kw) if kw == "use" => {
+                let public = (i >= 1 && toks[i - 1] == Tok::Ident("pub".into()))
+                    || (i >= 2
+                        && toks[i - 1] == Tok::Punct(')')
+                        && toks[..i - 1]
+                            .iter()
+                            .rev()
+                            .take(4)
+                            .any(|t| *t == Tok::Ident("pub".into())));
+                in_use = Some(public);
+            }
+            Tok::Punct(';') => in_use = None,
+            Tok::Ident(head)
+                if children.contains(head)
+                    && toks.get(i + 1) == Some(&Tok::PathSep)
+                    && (i == 0 || toks[i - 1] != Tok::PathSep) =>
+            {
+                let mut paths = Vec::new();
+                i = path_tree(&toks, i, module.to_vec(), &mut paths);
+                push_refs(&mut out, paths, in_use, toks.get(i));
+                continue;
+            }
             Tok::Punct('{') => depth += 1,
             Tok::Punct('}') => {
                 depth = depth.saturating_sub(1);
@@ -290,7 +346,9 @@ fn crate_paths(src: &str, module: &[String]) -> Vec<Vec<String>> {
                         here
                     }
                 };
-                i = path_tree(&toks, j, base, &mut out);
+                let mut paths = Vec::new();
+                i = path_tree(&toks, j, base, &mut paths);
+                push_refs(&mut out, paths, in_use, toks.get(i));
                 continue;
             }
             _ => {}
@@ -298,6 +356,18 @@ fn crate_paths(src: &str, module: &[String]) -> Vec<Vec<String>> {
         i += 1;
     }
     out
+}
+
+/// Records the paths of one path tree; `next` is the token after it (`*` for a glob import).
+fn push_refs(out: &mut Vec<Ref>, paths: Vec<Vec<String>>, in_use: Option<bool>, next: Option<&Tok>) {
+    let glob = next == Some(&Tok::Punct('*'));
+    for path in paths {
+        out.push(Ref {
+            path,
+            imported: in_use.is_some() && !glob,
+            reexported: in_use == Some(true),
+        });
+    }
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -315,10 +385,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The graph nodes: top-level modules, or files of `FILE_LEVEL` directories when `files` is set.
+/// The top-level modules and the edges between them (with the files that make each edge).
 struct Graph {
     top: BTreeMap<(String, String), BTreeSet<String>>,
-    files: BTreeMap<(String, String), BTreeSet<String>>,
     modules: BTreeSet<String>,
 }
 
@@ -334,36 +403,20 @@ fn top_node(path: &[String], modules: &BTreeSet<String>) -> Option<String> {
         .map(|(_, m)| m.to_string())
 }
 
-/// The file-level node inside a `FILE_LEVEL` directory: `session::prepared`, or `session` (mod.rs).
-fn file_node(path: &[String], children: &BTreeMap<String, BTreeSet<String>>) -> String {
-    match (path.first(), path.get(1)) {
-        (Some(dir), Some(child)) if children.get(dir).is_some_and(|c| c.contains(child)) => {
-            format!("{dir}::{child}")
-        }
-        (Some(dir), _) => dir.clone(),
-        _ => String::new(),
-    }
-}
-
 fn graph() -> Graph {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let rel = |p: &Path| p.strip_prefix(&src).expect("under src").to_path_buf();
     let mut modules = BTreeSet::new();
-    let mut children: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
         let m = file_module(&rel(f));
         if let Some(first) = m.first().filter(|n| *n != "main") {
             modules.insert(first.clone());
         }
-        if m.len() == 2 && FILE_LEVEL.contains(&m[0].as_str()) {
-            children.entry(m[0].clone()).or_default().insert(m[1].clone());
-        }
     }
     let mut g = Graph {
         top: BTreeMap::new(),
-        files: BTreeMap::new(),
         modules,
     };
     for f in &files {
@@ -385,15 +438,104 @@ fn graph() -> Graph {
                     .or_default()
                     .insert(shown.clone());
             }
-            if FILE_LEVEL.contains(&from.as_str()) && to == from {
-                let (a, b) = (file_node(&module, &children), file_node(&path, &children));
-                if a != b {
-                    g.files.entry((a, b)).or_default().insert(shown.clone());
-                }
-            }
         }
     }
     g
+}
+
+/// One file's source, module path and declared child modules.
+struct SourceFile {
+    module: Vec<String>,
+    shown: String,
+    text: String,
+    children: BTreeSet<String>,
+}
+
+/// The file-level import graph inside each `FILE_LEVEL` directory (see
+/// `files_inside_session_and_pool_import_without_cycles` for the rules). Nodes are module paths
+/// (`session::statements::prepared`; a mod.rs is its directory's module, `session::statements`).
+/// Returns the edges (importer, imported) with the files that make them.
+fn file_graph() -> BTreeMap<(String, String), BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    rust_files(&src, &mut paths);
+    let sources: Vec<SourceFile> = paths
+        .iter()
+        .map(|f| {
+            let r = f.strip_prefix(&src).expect("under src");
+            let text = fs::read_to_string(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
+            SourceFile {
+                module: file_module(r),
+                shown: format!("src/{}", r.display()),
+                children: declared_children(&text),
+                text,
+            }
+        })
+        .collect();
+    let modules: BTreeSet<Vec<String>> = sources.iter().map(|f| f.module.clone()).collect();
+    // The names each file brings into scope with `use`, and where they come from.
+    let mut imports: BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut refs = Vec::new();
+    for f in &sources {
+        let found = scan_paths(&f.text, &f.module, &f.children);
+        for r in found.iter().filter(|r| r.imported) {
+            if let Some(name) = r.path.last() {
+                imports
+                    .entry(f.module.clone())
+                    .or_default()
+                    .insert(name.clone(), r.path.clone());
+            }
+        }
+        refs.push(found);
+    }
+    let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for (f, found) in sources.iter().zip(&refs) {
+        if !f.module.first().is_some_and(|d| FILE_LEVEL.contains(&d.as_str())) {
+            continue;
+        }
+        for r in found.iter().filter(|r| !r.reexported) {
+            let Some(to) = defining_file(&r.path, &modules, &imports, 0) else {
+                continue;
+            };
+            if to.first() == f.module.first() && to != f.module {
+                edges
+                    .entry((f.module.join("::"), to.join("::")))
+                    .or_default()
+                    .insert(f.shown.clone());
+            }
+        }
+    }
+    edges
+}
+
+/// The file that defines what `path` names: the longest prefix of it that is a file's module,
+/// following a name that file only imports (`super::Link` where the parent has `use link::Link`)
+/// to where it comes from.
+fn defining_file(
+    path: &[String],
+    modules: &BTreeSet<Vec<String>>,
+    imports: &BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>>,
+    hops: usize,
+) -> Option<Vec<String>> {
+    let k = (1..=path.len()).rev().find(|&k| modules.contains(&path[..k]))?;
+    let file = path[..k].to_vec();
+    let followed = path
+        .get(k)
+        .and_then(|name| imports.get(&file)?.get(name))
+        .filter(|target| hops < 8 && target.as_slice() != path);
+    match followed {
+        Some(target) => {
+            let mut next = target.clone();
+            next.extend_from_slice(&path[k + 1..]);
+            defining_file(&next, modules, imports, hops + 1).or(Some(file))
+        }
+        None => Some(file),
+    }
+}
+
+/// True when `to` is a module that contains `from` (its parent directory's mod.rs, or higher).
+fn is_ancestor(to: &str, from: &str) -> bool {
+    from.strip_prefix(to).is_some_and(|rest| rest.starts_with("::"))
 }
 
 fn layer(module: &str) -> Option<u8> {
@@ -478,12 +620,15 @@ fn print_graph(g: &Graph) {
         );
     }
     println!("top-level cycles: {:?}", cycles(g.top.keys()));
-    println!("file-level edges inside {FILE_LEVEL:?}:");
-    for ((a, b), files) in &g.files {
-        let files: Vec<&str> = files.iter().map(String::as_str).collect();
-        println!("  {a} -> {b}  ({})", files.join(", "));
+    let files = file_graph();
+    println!("file-level edges inside {FILE_LEVEL:?} (\"to parent\": allowed, not in cycles):");
+    for ((a, b), shown) in &files {
+        let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+        let mark = if is_ancestor(b, a) { "  to parent" } else { "" };
+        println!("  {a} -> {b}{mark}  ({})", shown.join(", "));
     }
-    println!("file-level cycles: {:?}", cycles(g.files.keys()));
+    let counted = files.keys().filter(|(a, b)| !is_ancestor(b, a));
+    println!("file-level cycles: {:?}", cycles(counted));
 }
 
 #[test]
@@ -555,6 +700,113 @@ fn modules_import_only_from_their_layer_or_below() {
         problems.len(),
         problems.join("\n  ")
     );
+}
+
+/// The files of session/ and pool/ (`FILE_LEVEL`) import each other without cycles, so each
+/// sub-part of a session or a pool can be read, changed and tested from the bottom up. The rules
+/// of the file graph:
+/// - A node is a file, named by its module path; a mod.rs is its directory's module
+///   (`session::statements` is src/session/statements/mod.rs).
+/// - An edge is real code use: a file naming an item of another file through `crate::`,
+///   `super::`, `self::`, or a child module it declares (`relay::flush_client` in a mod.rs with
+///   `mod relay;`). A `mod x;` line is no edge, and neither is a `pub use` (a re-export: the
+///   file does not use the item, it only lets others name it there).
+/// - A name that a mod.rs only imports or re-exports is followed to the file that defines it:
+///   `super::Link` in a child of session/, where session/mod.rs has `use link::Link`, is an edge
+///   to `session::link`, not to `session`. So a cycle between siblings cannot hide behind their
+///   parent, and a cycle "through" a mod.rs counts exactly when that mod.rs's own code is used
+///   on one side and uses the other side itself.
+/// - An edge from a file to an item its parent (or any ancestor) mod.rs defines is allowed and
+///   left out of the cycle search: a mod.rs defines what its children share (`Session`,
+///   `pool::Pool`, the statements' `Outcome`) and composes them, so a child naming its parent's
+///   own item is the directory's ordinary shape, not a knot. Everything else between the files
+///   of one directory tree (siblings, nephews, a parent using a child) counts.
+/// - Aliased imports (`use a::b as c`) are not followed (none are used in these directories).
+#[test]
+fn files_inside_session_and_pool_import_without_cycles() {
+    let files = file_graph();
+    assert!(
+        files
+            .keys()
+            .any(|(a, b)| a == "session::relay" && b == "session::link"),
+        "the file graph lost a known edge (session::relay -> session::link): the scanner is broken"
+    );
+    let counted = files.keys().filter(|(a, b)| !is_ancestor(b, a));
+    let found = cycles(counted);
+    let described: Vec<String> = found
+        .iter()
+        .map(|c| {
+            let edges: Vec<String> = files
+                .iter()
+                .filter(|((a, b), _)| c.contains(a) && c.contains(b) && !is_ancestor(b, a))
+                .map(|((a, b), shown)| {
+                    let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+                    format!("{a} -> {b} ({})", shown.join(", "))
+                })
+                .collect();
+            format!("{}:\n    {}", c.join(", "), edges.join("\n    "))
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "import cycles between files inside {FILE_LEVEL:?}:\n  {}",
+        described.join("\n  ")
+    );
+}
+
+#[test]
+fn file_scanner_follows_child_modules_and_imports_but_not_reexports() {
+    let src = r#"
+        mod link;
+        mod relay;
+        pub use relay::RelayEnd;
+        use link::{Link, Timeouts};
+        fn f() { relay::flush_client(); other::link::x(); }
+        mod tests { use super::*; }
+    "#;
+    let module = ["session".to_string()];
+    let children = declared_children(src);
+    assert_eq!(
+        children,
+        BTreeSet::from(["link".to_string(), "relay".to_string()])
+    );
+    let got: Vec<(String, bool, bool)> = scan_paths(src, &module, &children)
+        .iter()
+        .map(|r| (r.path.join("::"), r.imported, r.reexported))
+        .collect();
+    let s = |p: &str, i, r| (p.to_string(), i, r);
+    assert_eq!(
+        got,
+        [
+            s("session::relay::RelayEnd", true, true),
+            s("session::link::Link", true, false),
+            s("session::link::Timeouts", true, false),
+            s("session::relay::flush_client", false, false),
+            s("session", false, false),
+        ]
+    );
+    let modules = BTreeSet::from([
+        vec!["session".to_string()],
+        vec!["session".to_string(), "link".to_string()],
+    ]);
+    let imports = BTreeMap::from([(
+        vec!["session".to_string()],
+        BTreeMap::from([(
+            "Link".to_string(),
+            vec!["session".into(), "link".into(), "Link".into()],
+        )]),
+    )]);
+    let named = |p: &[&str]| {
+        let p: Vec<String> = p.iter().map(|x| x.to_string()).collect();
+        defining_file(&p, &modules, &imports, 0).map(|m| m.join("::"))
+    };
+    assert_eq!(
+        named(&["session", "Link", "new"]).as_deref(),
+        Some("session::link")
+    );
+    assert_eq!(named(&["session", "Session"]).as_deref(), Some("session"));
+    assert!(is_ancestor("session", "session::login::startup"));
+    assert!(!is_ancestor("session::log", "session::login"));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! FATAL (or not at all) fails only the client that sent it.
 
 use super::FrameError;
+use super::tags::frontend::*;
 
 /// PostgreSQL's bound on the body of the messages it reads with its small limit (Describe, Close,
 /// Execute, Flush, Sync, Terminate, CopyDone, CopyFail); a longer one ends its connection.
@@ -15,13 +16,15 @@ pub fn check_client_message(tag: u8, total: usize) -> Result<(), FrameError> {
     let body = total.saturating_sub(5);
     match tag {
         // Large messages: bounded by max_packet_size in the scanner.
-        b'Q' | b'P' | b'B' | b'F' | b'd' => Ok(()),
+        QUERY | PARSE | BIND | FUNCTION_CALL | COPY_DATA => Ok(()),
         // No body at all: anything more would make PostgreSQL answer (an error nobody asked for)
         // after the client's last reply.
-        b'S' | b'H' | b'X' | b'c' if body != 0 => Err(FrameError::WrongLength { tag, len: total }),
-        b'S' | b'H' | b'X' | b'c' => Ok(()),
-        b'D' | b'C' | b'E' | b'f' if body > SMALL_BODY => Err(FrameError::WrongLength { tag, len: total }),
-        b'D' | b'C' | b'E' | b'f' => Ok(()),
+        SYNC | FLUSH | TERMINATE | COPY_DONE if body != 0 => Err(FrameError::WrongLength { tag, len: total }),
+        SYNC | FLUSH | TERMINATE | COPY_DONE => Ok(()),
+        DESCRIBE | CLOSE | EXECUTE | COPY_FAIL if body > SMALL_BODY => {
+            Err(FrameError::WrongLength { tag, len: total })
+        }
+        DESCRIBE | CLOSE | EXECUTE | COPY_FAIL => Ok(()),
         _ => Err(FrameError::UnknownType { tag }),
     }
 }

@@ -1,6 +1,7 @@
 //! Encoders for the backend messages sluice itself sends to clients (authentication requests,
 //! ParameterStatus, BackendKeyData, ReadyForQuery, and the row messages of the admin console).
 
+use super::tags::backend;
 use bytes::{BufMut, BytesMut};
 
 /// Writes the length of the message that starts at `start` (its tag byte) into bytes 1..5.
@@ -8,6 +9,17 @@ pub fn patch_length(out: &mut BytesMut, start: usize) {
     let len = (out.len() - start - 1) as i32;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
+
+/// ParseComplete.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// BindComplete.
+pub const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+/// CloseComplete.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+/// NoData.
+pub const NO_DATA: &[u8] = b"n\0\0\0\x04";
+/// ParameterDescription with no parameters.
+pub const NO_PARAMETERS: &[u8] = b"t\0\0\0\x06\0\0";
 
 fn begin(out: &mut BytesMut, tag: u8) -> usize {
     let start = out.len();
@@ -38,7 +50,7 @@ pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
 
 /// AuthenticationSASL listing the mechanisms offered.
 pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
-    let start = begin(out, b'R');
+    let start = begin(out, backend::AUTHENTICATION);
     out.put_i32(10);
     for m in mechanisms {
         put_cstr(out, m);
@@ -58,7 +70,7 @@ pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
 }
 
 fn auth_code(out: &mut BytesMut, code: i32, data: &[u8]) {
-    let start = begin(out, b'R');
+    let start = begin(out, backend::AUTHENTICATION);
     out.put_i32(code);
     out.extend_from_slice(data);
     patch_length(out, start);
@@ -66,7 +78,7 @@ fn auth_code(out: &mut BytesMut, code: i32, data: &[u8]) {
 
 /// ParameterStatus.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    let start = begin(out, b'S');
+    let start = begin(out, backend::PARAMETER_STATUS);
     put_cstr(out, name);
     put_cstr(out, value);
     patch_length(out, start);
@@ -74,7 +86,7 @@ pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
 
 /// BackendKeyData: the cancel key sluice issued to this client.
 pub fn backend_key_data(out: &mut BytesMut, process_id: i32, secret_key: i32) {
-    let start = begin(out, b'K');
+    let start = begin(out, backend::BACKEND_KEY_DATA);
     out.put_i32(process_id);
     out.put_i32(secret_key);
     patch_length(out, start);
@@ -82,14 +94,14 @@ pub fn backend_key_data(out: &mut BytesMut, process_id: i32, secret_key: i32) {
 
 /// ReadyForQuery with a transaction status.
 pub fn ready_for_query(out: &mut BytesMut, status: super::TxStatus) {
-    let start = begin(out, b'Z');
+    let start = begin(out, backend::READY_FOR_QUERY);
     out.put_u8(status.byte());
     patch_length(out, start);
 }
 
 /// NegotiateProtocolVersion: the newest minor version supported and the options not recognised.
 pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unrecognized: &[String]) {
-    let start = begin(out, b'v');
+    let start = begin(out, backend::NEGOTIATE_PROTOCOL_VERSION);
     out.put_i32(newest_minor);
     out.put_i32(unrecognized.len() as i32);
     for name in unrecognized {
@@ -100,14 +112,14 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unrecog
 
 /// CommandComplete with its tag (`SHOW`, `SELECT 3`, ...).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    let start = begin(out, b'C');
+    let start = begin(out, backend::COMMAND_COMPLETE);
     put_cstr(out, tag);
     patch_length(out, start);
 }
 
 /// EmptyQueryResponse.
 pub fn empty_query_response(out: &mut BytesMut) {
-    let start = begin(out, b'I');
+    let start = begin(out, backend::EMPTY_QUERY_RESPONSE);
     patch_length(out, start);
 }
 
@@ -122,7 +134,7 @@ pub struct Column<'a> {
 
 /// RowDescription for text-format columns.
 pub fn row_description(out: &mut BytesMut, columns: &[Column<'_>]) {
-    let start = begin(out, b'T');
+    let start = begin(out, backend::ROW_DESCRIPTION);
     out.put_i16(columns.len() as i16);
     for c in columns {
         put_cstr(out, c.name);
@@ -148,7 +160,7 @@ fn type_size(oid: u32) -> i16 {
 
 /// DataRow of text values (`None` is NULL).
 pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
-    let start = begin(out, b'D');
+    let start = begin(out, backend::DATA_ROW);
     out.put_i16(values.len() as i16);
     for v in values {
         match v {

@@ -1,12 +1,14 @@
 //! The PostgreSQL v3 wire protocol as sluice needs it: startup packets, message framing with length
-//! limits, the messages sluice itself sends to clients, and the scanner that finds message
-//! boundaries in relayed byte streams without decoding them.
+//! limits, the messages sluice itself sends to clients, the scanner that finds message
+//! boundaries in relayed byte streams without decoding them, and the table of the message types
+//! sluice acts on (`tags`).
 
 mod error_response;
 pub mod frontend;
 pub mod messages;
 mod scan;
 mod startup;
+pub mod tags;
 mod tx_status;
 
 pub use error_response::{PgError, Severity, sqlstate};

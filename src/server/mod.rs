@@ -190,7 +190,8 @@ impl ServerConn {
                 }
                 Message::CommandComplete(body) => {
                     // A reset query that drops every prepared statement leaves none to track.
-                    if matches!(body.tag()?, "DISCARD ALL" | "DEALLOCATE ALL") {
+                    let command = body.tag()?;
+                    if crate::protocol::tags::backend::drops_all_statements(command.as_bytes()) {
                         self.statements.clear();
                         self.info.set_prepared(0);
                     }

@@ -5,6 +5,8 @@
 //! no buffering: a message trips the watch when it contains `set` and, later, `role` or
 //! `authorization`, in any case. A false alarm costs one reset off the client's path.
 
+use crate::protocol::tags::frontend;
+
 /// Words searched for; none of them has a proper prefix that is also its suffix, so a mismatch
 /// simply starts over (at the current byte).
 const FIRST: &[u8] = b"set";
@@ -43,10 +45,10 @@ impl IdentityWatch {
     /// enough (a FunctionCall may call set_config by its OID).
     pub(super) fn start(&mut self, tag: u8) -> bool {
         *self = IdentityWatch {
-            armed: matches!(tag, b'Q' | b'P' | b'B'),
+            armed: frontend::carries_sql(tag),
             ..Default::default()
         };
-        tag == b'F'
+        tag == frontend::FUNCTION_CALL
     }
 
     /// More bytes of the message now passing; true when they complete a tripping sequence.
@@ -73,13 +75,13 @@ impl IdentityWatch {
 /// Feeds client bytes (`tag` set at a message's start) to the link's watch; a message that may
 /// change the role or session authorization marks the server for a reset at release.
 pub(super) fn watch_identity(
-    link: &mut super::link::Link,
+    watch: &mut IdentityWatch,
     server: &mut crate::server::ServerConn,
     tag: Option<u8>,
     bytes: &[u8],
 ) {
-    let mut hit = tag.is_some_and(|t| link.identity.start(t));
-    hit |= link.identity.feed(bytes);
+    let mut hit = tag.is_some_and(|t| watch.start(t));
+    hit |= watch.feed(bytes);
     if hit {
         server.identity = crate::server::Identity::MaybeChanged;
     }

@@ -1,11 +1,14 @@
 //! What a session knows about the server it holds while relaying: the replies still owed, whether
-//! an extended-protocol batch or a COPY is open, the clocks behind the time limits, and — from
-//! all that — in what state the server would be left if the client went now.
+//! an extended-protocol batch or a COPY is open, what becomes of the client's messages, the
+//! clocks behind the time limits, and — from all that — in what state the server would be left
+//! if the client went now. Each of these is an enum whose variants carry their clocks, so no
+//! combination PostgreSQL cannot be in can be written down.
 
 use super::client::ClientIo;
-use super::responses::Responses;
+use super::statements::Responses;
 use crate::clients::{ClientInfo, ClientPhase};
 use crate::pool::{Disposition, PoolStats};
+use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{FrameScanner, TxStatus};
 use crate::server::{ServerConn, TxState};
 use bytes::BytesMut;
@@ -19,37 +22,133 @@ const MAX_WHOLE_SERVER_MESSAGE: usize = 8 << 20;
 pub(super) struct Link {
     /// Replies still owed, in order.
     pub(super) responses: Responses,
-    /// Extended-protocol messages sent since the last Sync.
-    pub(super) unsynced: bool,
-    /// The server is in COPY FROM STDIN: Syncs are ignored by it until CopyDone/CopyFail.
-    pub(super) copy_in: bool,
-    /// sluice refused a message of the client's batch itself: the rest of it, up to Sync, is
-    /// dropped, as PostgreSQL would after an error.
-    pub(super) client_skipping: bool,
-    /// The client message being forwarded in pieces is being dropped instead.
-    pub(super) dropping_message: bool,
-    /// The last client scan stopped for want of bytes of a message that must come whole: the
-    /// client must be read even past the usual buffer limit.
-    pub(super) client_starved: bool,
+    /// What the server takes from the client now: messages (inside a batch or not), or COPY data.
+    pub(super) input: ServerInput,
+    /// What becomes of the client's messages.
+    pub(super) client_batch: ClientBatch,
     pub(super) server_scan: FrameScanner,
     /// Client bytes on their way to the server.
     pub(super) to_server: BytesMut,
-    /// When the request now in flight began (None when nothing is due).
-    pub(super) request_since: Option<Instant>,
-    /// When the open transaction began (None outside a transaction).
-    tx_since: Option<Instant>,
+    /// The request in flight, if any, and whether query_timeout cancelled it.
+    pub(super) request: Request,
+    /// The transaction's clocks: since when it is counted, and the open transaction block.
+    transaction: Transaction,
     /// When the server last became idle for the client (ReadyForQuery with nothing due).
     idle_since: Instant,
-    /// A cancel was sent for the request in flight (query_timeout).
-    pub(super) cancel_sent: bool,
-    /// The server reported a transaction block (status `T` or `E`) during this checkout.
-    saw_transaction: bool,
-    /// When the current transaction's first request began (for xact_time).
-    pub(super) xact_since: Option<Instant>,
     /// What the server reported and reset, for RESET's semantics.
     pub(super) resets: super::params::ResetWatch,
     /// Watches the client's messages for changes of role or session authorization.
     pub(super) identity: super::identity::IdentityWatch,
+}
+
+/// Whether extended-protocol messages went to the server since the last Sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Batch {
+    /// None did: the server waits for no Sync.
+    Synced,
+    /// Some did: the server's batch ends at the client's next Sync.
+    Unsynced,
+}
+
+/// What the server takes from the client now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ServerInput {
+    /// Protocol messages.
+    Messages(Batch),
+    /// COPY FROM STDIN data: the server ignores Syncs until CopyDone or CopyFail, then goes on
+    /// with the batch it was in.
+    CopyIn(Batch),
+}
+
+impl ServerInput {
+    /// Extended-protocol messages went to the server (in COPY too: it keeps the batch open).
+    pub(super) fn unsynced(&mut self) {
+        match self {
+            ServerInput::Messages(b) | ServerInput::CopyIn(b) => *b = Batch::Unsynced,
+        }
+    }
+}
+
+/// What becomes of the client's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientBatch {
+    /// They go to the server.
+    Forwarding,
+    /// The message now passing in pieces was answered by sluice: the rest of it is dropped, and
+    /// the next message goes to the server.
+    DroppingMessage,
+    /// sluice refused a message of the client's batch itself: the rest of the batch, up to
+    /// Sync, is dropped, as PostgreSQL would after an error.
+    SkippingToSync,
+}
+
+/// The request in flight (the first of those pipelined, while any is unanswered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Request {
+    /// Nothing is in flight.
+    Nothing,
+    /// A request is in flight since `since`.
+    Running {
+        /// When it began.
+        since: Instant,
+    },
+    /// query_timeout ran out for the request in flight since `since`: a cancel was sent, and
+    /// the query gets as long again to end.
+    Cancelled {
+        /// When it began.
+        since: Instant,
+    },
+}
+
+impl Request {
+    /// When the request in flight began.
+    fn since(self) -> Option<Instant> {
+        match self {
+            Request::Nothing => None,
+            Request::Running { since } | Request::Cancelled { since } => Some(since),
+        }
+    }
+}
+
+/// Whether the server reported a transaction block during this checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlocksSeen {
+    /// Never: losing the server loses nothing of the client's but the request in flight.
+    None,
+    /// At least one (now ended).
+    Some,
+}
+
+/// The transaction as the clocks see it. `xact_counted_since` is when the first request of the
+/// transaction now counted for the pool's xact_time began (None: none ran since the last one
+/// ended); a transaction block is what the server reports with status `T` or `E`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transaction {
+    /// No transaction block is open.
+    Outside {
+        xact_counted_since: Option<Instant>,
+        /// Whether one was open earlier in this checkout.
+        blocks_seen: BlocksSeen,
+    },
+    /// A transaction block is open since `block_since` (transaction_timeout counts from it).
+    InBlock {
+        xact_counted_since: Option<Instant>,
+        block_since: Instant,
+    },
+}
+
+impl Transaction {
+    /// When the transaction counted for xact_time began.
+    fn xact_counted_since(&mut self) -> &mut Option<Instant> {
+        match self {
+            Transaction::Outside {
+                xact_counted_since, ..
+            }
+            | Transaction::InBlock {
+                xact_counted_since, ..
+            } => xact_counted_since,
+        }
+    }
 }
 
 /// The per-client time limits enforced while a server is held (zero: off).
@@ -101,19 +200,16 @@ impl Link {
     pub(super) fn new() -> Link {
         Link {
             responses: Responses::default(),
-            unsynced: false,
-            copy_in: false,
-            client_skipping: false,
-            dropping_message: false,
-            client_starved: false,
+            input: ServerInput::Messages(Batch::Synced),
+            client_batch: ClientBatch::Forwarding,
             server_scan: FrameScanner::new(MAX_WHOLE_SERVER_MESSAGE, usize::MAX),
             to_server: BytesMut::new(),
-            request_since: None,
-            tx_since: None,
+            request: Request::Nothing,
+            transaction: Transaction::Outside {
+                xact_counted_since: None,
+                blocks_seen: BlocksSeen::None,
+            },
             idle_since: Instant::now(),
-            cancel_sent: false,
-            saw_transaction: false,
-            xact_since: None,
             resets: Default::default(),
             identity: Default::default(),
         }
@@ -123,11 +219,27 @@ impl Link {
     /// connection? Only if no transaction block was open (nothing of the client's state is lost
     /// beyond the failed request) and both streams are at message boundaries.
     pub(super) fn can_fail_softly(&self, client: &ClientIo) -> bool {
-        !self.saw_transaction
-            && !self.unsynced
-            && !self.copy_in
+        matches!(
+            self.transaction,
+            Transaction::Outside {
+                blocks_seen: BlocksSeen::None,
+                ..
+            }
+        ) && self.input == ServerInput::Messages(Batch::Synced)
             && self.server_scan.at_boundary()
             && client.at_boundary()
+    }
+
+    /// query_timeout ran out: marks the request in flight cancelled. False when it already was
+    /// (or nothing is in flight): then the time is up.
+    pub(super) fn cancel_request(&mut self) -> bool {
+        match self.request {
+            Request::Running { since } => {
+                self.request = Request::Cancelled { since };
+                true
+            }
+            Request::Nothing | Request::Cancelled { .. } => false,
+        }
     }
 
     /// Requests still waiting for their ReadyForQuery.
@@ -143,12 +255,13 @@ impl Link {
                 best = Some((at, what));
             }
         };
-        if let Some(since) = self.request_since
-            && !t.query.is_zero()
-        {
-            // After the cancel, the query gets as long again to end before sluice gives up on it.
-            let factor = if self.cancel_sent { 2 } else { 1 };
-            consider(since + t.query * factor, Expiry::Query);
+        if !t.query.is_zero() {
+            match self.request {
+                Request::Nothing => {}
+                Request::Running { since } => consider(since + t.query, Expiry::Query),
+                // After the cancel, the query gets as long again to end before sluice gives up.
+                Request::Cancelled { since } => consider(since + t.query * 2, Expiry::Query),
+            }
         }
         if self.responses.requests() == 0 {
             if status != TxStatus::Idle && !t.idle_transaction.is_zero() {
@@ -158,21 +271,24 @@ impl Link {
                 consider(self.idle_since + t.client_idle, Expiry::ClientIdle);
             }
         }
-        if let Some(since) = self.tx_since
+        if let Transaction::InBlock { block_since, .. } = self.transaction
             && !t.transaction.is_zero()
         {
-            consider(since + t.transaction, Expiry::Transaction);
+            consider(block_since + t.transaction, Expiry::Transaction);
         }
         best
     }
 
     /// Notes a client message forwarded as it is (it creates its expected reply).
     pub(super) fn on_client_message(&mut self, tag: u8) {
-        match tag {
-            b'S' if self.copy_in => return, // ignored by the server during COPY FROM STDIN
-            b'S' => self.unsynced = false,
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
-            b'c' | b'f' => self.copy_in = false,
+        match (tag, self.input) {
+            // Ignored by the server during COPY FROM STDIN.
+            (frontend::SYNC, ServerInput::CopyIn(_)) => return,
+            (frontend::SYNC, ServerInput::Messages(_)) => self.input = ServerInput::Messages(Batch::Synced),
+            (t, _) if frontend::opens_batch(t) => self.input.unsynced(),
+            (frontend::COPY_DONE | frontend::COPY_FAIL, ServerInput::CopyIn(batch)) => {
+                self.input = ServerInput::Messages(batch)
+            }
             _ => {}
         }
         self.responses.expect(tag);
@@ -180,18 +296,20 @@ impl Link {
 
     /// Notes the start of a server message that matters to the link itself.
     pub(super) fn on_server_message(&mut self, tag: u8) {
-        if tag == b'G' {
-            self.copy_in = true;
+        if tag == backend::COPY_IN_RESPONSE {
+            if let ServerInput::Messages(batch) = self.input {
+                self.input = ServerInput::CopyIn(batch);
+            }
             self.responses.copy_in_started();
         }
     }
 
     /// Marks the start of a request when one is in flight and none was.
     pub(super) fn note_request_start(&mut self, server: &ServerConn, info: &ClientInfo) {
-        if self.request_since.is_none() && self.responses.requests() > 0 {
+        if self.request == Request::Nothing && self.responses.requests() > 0 {
             let now = Instant::now();
-            self.request_since = Some(now);
-            self.xact_since.get_or_insert(now);
+            self.request = Request::Running { since: now };
+            self.transaction.xact_counted_since().get_or_insert(now);
             server.info.set_tx(TxState::Active);
             info.set_phase(ClientPhase::Active);
         }
@@ -206,24 +324,37 @@ impl Link {
         client: &mut ClientIo,
     ) {
         let now = Instant::now();
-        let started = self.request_since.unwrap_or(now);
+        let started = self.request.since().unwrap_or(now);
         stats.record_query(now.duration_since(started));
         if self.responses.requests() > 0 {
             return;
         }
-        self.request_since = None;
+        self.request = Request::Nothing;
         self.idle_since = now;
-        self.cancel_sent = false;
+        let xact_counted_since = *self.transaction.xact_counted_since();
         if server.tx_status == TxStatus::Idle {
-            self.tx_since = None;
-            let xact_start = self.xact_since.take().unwrap_or(started);
+            self.transaction = Transaction::Outside {
+                xact_counted_since: None,
+                // A block that was open has ended; one seen earlier stays seen.
+                blocks_seen: match self.transaction {
+                    Transaction::Outside { blocks_seen, .. } => blocks_seen,
+                    Transaction::InBlock { .. } => BlocksSeen::Some,
+                },
+            };
+            let xact_start = xact_counted_since.unwrap_or(started);
             stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
             (client.bytes_in, client.bytes_out) = (0, 0);
             server.info.set_tx(TxState::Idle);
             info.set_phase(ClientPhase::Holding);
         } else {
-            self.saw_transaction = true;
-            self.tx_since.get_or_insert(started);
+            let block_since = match self.transaction {
+                Transaction::InBlock { block_since, .. } => block_since,
+                Transaction::Outside { .. } => started,
+            };
+            self.transaction = Transaction::InBlock {
+                xact_counted_since,
+                block_since,
+            };
             info.transaction_began(started);
             server.info.set_tx(TxState::IdleInTransaction);
             info.set_phase(ClientPhase::IdleInTransaction);
@@ -233,10 +364,9 @@ impl Link {
     /// True when nothing is due from the server and no message is half-sent.
     pub(super) fn quiet(&self, client: &ClientIo) -> bool {
         self.responses.is_empty()
-            && !self.unsynced
-            && !self.copy_in
+            && self.input == ServerInput::Messages(Batch::Synced)
             && !self.responses.server_skipping()
-            && !self.client_skipping
+            && self.client_batch != ClientBatch::SkippingToSync
             && self.to_server.is_empty()
             && self.server_scan.at_boundary()
             && client.at_boundary()

@@ -3,15 +3,12 @@
 //! the whole session in session mode) and always gives it back through the pool's release path.
 
 mod client;
-mod client_auth;
-mod deallocate;
 mod identity;
 mod link;
+mod login;
 mod params;
-mod prepared;
 mod relay;
-mod responses;
-mod startup;
+mod statements;
 mod waiting;
 
 pub use crate::clients::PeerAddr;
@@ -25,9 +22,9 @@ use crate::shared::Shared;
 use crate::stream::Stream;
 use client::{ClientIo, Input};
 use link::{Link, Timeouts};
-use prepared::ClientStatements;
+use login::{LoggedIn, Login, Refusal};
 use relay::{RelayEnd, RelayError};
-use startup::{LoggedIn, Login, Refusal};
+use statements::ClientStatements;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -173,7 +170,7 @@ async fn log_in_or_refuse(
 ) -> Option<Login> {
     let login_limit = shared.config.load().pooler.client_login_timeout;
     let on_server = std::sync::atomic::AtomicBool::new(false);
-    let login = startup::log_in(stream, peer, shared, place, &on_server);
+    let login = login::log_in(stream, peer, shared, place, &on_server);
     let refusal = match tokio::time::timeout(login_limit, login).await {
         Ok(Ok(login)) => return Some(login),
         Ok(Err(Refusal::Quiet)) => return None,
@@ -291,7 +288,9 @@ impl Session {
 
     /// Idle, once the client sent something: queue it for a server (or see it leave).
     fn step_idle(&mut self) -> Result<SessionState, Ending> {
-        if self.client.at_boundary() && self.client.inbuf.first() == Some(&b'X') {
+        if self.client.at_boundary()
+            && self.client.inbuf.first() == Some(&crate::protocol::tags::frontend::TERMINATE)
+        {
             return Err(Ending::ClientLeft);
         }
         self.login.info().set_phase(ClientPhase::Waiting);

@@ -6,12 +6,12 @@
 
 use super::client::ClientIo;
 use super::identity::watch_identity;
-use super::link::{Expiry, Link, Timeouts};
+use super::link::{ClientBatch, Expiry, Link, Timeouts};
 use super::params::ClientParams;
-use super::prepared::{BindOutcome, ClientStatements, Outcome, Translator};
-use super::responses::{Books, ErrorNote, Verdict};
+use super::statements::{BindOutcome, Books, ClientStatements, ErrorNote, Outcome, Translator, Verdict};
 use crate::clients::ClientInfo;
 use crate::pool::PoolStats;
+use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
@@ -117,27 +117,27 @@ async fn relay_loop(
     let killed = ctx.info.killed(true);
     tokio::pin!(killed);
     loop {
-        let terminated = pump_client(client, link, server, ctx)?;
+        let pumped = pump_client(client, link, server, ctx)?;
         link.note_request_start(server, ctx.info);
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
             return Ok(RelayEnd::TransactionDone);
         }
-        if terminated {
+        if pumped == ClientPump::Terminated {
             return Ok(RelayEnd::Terminated);
         }
         if was_checking && !link.responses.checking() {
             continue; // a shape check was answered: the client's held messages go on now
         }
-        let read_client = (client.inbuf.len() < OUT_CAP || link.client_starved) && room_for_more(link);
+        let starved = pumped == ClientPump::Starved;
+        let read_client = (client.inbuf.len() < OUT_CAP || starved) && room_for_more(link);
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         tokio::select! {
             reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
-                if expiry == Expiry::Query && !link.cancel_sent {
-                    link.cancel_sent = true;
+                if expiry == Expiry::Query && link.cancel_request() {
                     tracing::info!(backend_pid = server.backend_pid, "query_timeout: cancelling the query");
                     crate::server::cancel::cancel_running_query(server);
                     continue;
@@ -198,26 +198,36 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Result<Want, FrameError> {
     crate::protocol::check_client_message(tag, total)?;
     Ok(match tag {
-        b'X' => Want::Whole,
-        b'E' if executes_answered => Want::Whole,
-        b'P' | b'D' | b'C' if tracking => Want::Whole,
-        b'B' if tracking => Want::Head(BIND_HEAD),
-        b'Q' if tracking && total <= SMALL_QUERY => Want::Whole,
+        frontend::TERMINATE => Want::Whole,
+        frontend::EXECUTE if executes_answered => Want::Whole,
+        frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE if tracking => Want::Whole,
+        frontend::BIND if tracking => Want::Head(BIND_HEAD),
+        frontend::QUERY if tracking && total <= SMALL_QUERY => Want::Whole,
         _ => Want::Pass,
     })
 }
 
+/// Where reading the client's buffered messages stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPump {
+    /// Out of bytes, or of room for more.
+    Stopped,
+    /// For want of bytes of a message that must come whole: the client must be read even past
+    /// the usual buffer limit.
+    Starved,
+    /// The client sent Terminate (which never reaches the server).
+    Terminated,
+}
+
 /// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
-/// translating prepared-statement names on the way. Returns true when the client sent
-/// Terminate (which never reaches the server).
+/// translating prepared-statement names on the way.
 fn pump_client(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
-) -> Result<bool, RelayError> {
+) -> Result<ClientPump, RelayError> {
     let tracking = ctx.statement_capacity > 0;
-    link.client_starved = false;
     while room_for_more(link) {
         // Per message: a Bind just read may have made the next Execute sluice's to answer.
         let executes_answered = ctx
@@ -231,50 +241,46 @@ fn pump_client(
             })
             .map_err(RelayError::ClientProtocol)?;
         match item {
-            ScanItem::NeedMore => {
-                link.client_starved = true;
-                break;
-            }
+            ScanItem::NeedMore => return Ok(ClientPump::Starved),
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
-                watch_identity(link, server, tag, &piece);
+                watch_identity(&mut link.identity, server, tag, &piece);
                 match tag {
-                    Some(t) if link.client_skipping && t != b'S' => {
-                        link.dropping_message = true;
+                    Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != frontend::SYNC => {
                         continue;
                     }
                     Some(t) => {
-                        link.dropping_message = false;
-                        if t == b'S' {
-                            link.client_skipping = false;
-                        }
+                        link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
-                        if t == b'Q' || t == b'P' {
+                        if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
                         }
                     }
-                    None if link.dropping_message => continue,
+                    None if link.client_batch != ClientBatch::Forwarding => continue,
                     None => {}
                 }
                 link.to_server.unsplit(piece);
             }
-            ScanItem::Whole { tag: b'X', len } => {
+            ScanItem::Whole {
+                tag: frontend::TERMINATE,
+                len,
+            } => {
                 client.inbuf.advance(len);
-                return Ok(true);
+                return Ok(ClientPump::Terminated);
             }
             ScanItem::Whole { tag, len } => {
-                watch_identity(link, server, Some(tag), &client.inbuf[..len]);
-                link.dropping_message = false;
-                if link.client_skipping {
+                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..len]);
+                if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(len);
                     continue;
                 }
+                link.client_batch = ClientBatch::Forwarding;
                 let outcome = translate(tag, &client.inbuf[..len], link, server, ctx);
                 if outcome == Outcome::Wait {
                     break; // read again once the shape check is answered
                 }
                 let msg = client.inbuf.split_to(len);
-                if tag == b'Q' || tag == b'P' {
+                if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
                 }
                 match outcome {
@@ -283,18 +289,18 @@ fn pump_client(
                         link.to_server.unsplit(msg);
                     }
                     Outcome::Done | Outcome::Wait => {}
-                    Outcome::Refused => link.client_skipping = true,
+                    Outcome::Refused => link.client_batch = ClientBatch::SkippingToSync,
                 }
             }
             ScanItem::Head { tag, len, head } => {
-                watch_identity(link, server, Some(tag), &client.inbuf[..head]);
-                link.dropping_message = link.client_skipping;
-                if link.client_skipping {
+                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..head]);
+                if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(head);
                     client.scan.pass_rest(len - head);
                     continue;
                 }
-                let outcome = if tag == b'B' {
+                link.client_batch = ClientBatch::Forwarding;
+                let outcome = if tag == frontend::BIND {
                     bind(&client.inbuf[..head], len, link, server, ctx)
                 } else {
                     BindOutcome::Forward
@@ -313,20 +319,19 @@ fn pump_client(
                     BindOutcome::Refused => {
                         client.inbuf.advance(head);
                         client.scan.pass_rest(len - head);
-                        link.client_skipping = true;
-                        link.dropping_message = true;
+                        link.client_batch = ClientBatch::SkippingToSync;
                     }
                     BindOutcome::Wait => break,
                     BindOutcome::Answered => {
                         client.inbuf.advance(head);
                         client.scan.pass_rest(len - head);
-                        link.dropping_message = true;
+                        link.client_batch = ClientBatch::DroppingMessage;
                     }
                 }
             }
         }
     }
-    Ok(false)
+    Ok(ClientPump::Stopped)
 }
 
 fn translator<'a>(
@@ -360,13 +365,13 @@ fn translate(
     let tx_status = server.tx_status;
     let quiet = link.responses.is_empty();
     let outcome = match tag {
-        b'P' => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
-        b'E' => translator(link, server, ctx).execute(msg),
-        b'D' => translator(link, server, ctx).describe(msg),
-        b'C' => translator(link, server, ctx).close(msg),
+        frontend::PARSE => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
+        frontend::EXECUTE => translator(link, server, ctx).execute_deallocate(msg),
+        frontend::DESCRIBE => translator(link, server, ctx).describe(msg),
+        frontend::CLOSE => translator(link, server, ctx).close(msg),
         // Only with nothing in flight is the status sluice would report certain.
-        b'Q' if quiet => translator(link, server, ctx).query(msg, tx_status),
-        b'B' => match bind(msg, msg.len(), link, server, ctx) {
+        frontend::QUERY if quiet => translator(link, server, ctx).query_deallocate(msg, tx_status),
+        frontend::BIND => match bind(msg, msg.len(), link, server, ctx) {
             BindOutcome::Rewritten(k) => {
                 link.to_server.extend_from_slice(&msg[k..]);
                 Outcome::Done
@@ -378,8 +383,8 @@ fn translate(
         },
         _ => Outcome::Forward,
     };
-    if outcome != Outcome::Forward && tag != b'Q' {
-        link.unsynced = true;
+    if outcome != Outcome::Forward && tag != frontend::QUERY {
+        link.input.unsynced();
     }
     outcome
 }
@@ -397,7 +402,7 @@ fn bind(
     }
     let outcome = translator(link, server, ctx).bind(head, total);
     if outcome != BindOutcome::Forward {
-        link.unsynced = true;
+        link.input.unsynced();
     }
     outcome
 }
@@ -427,9 +432,7 @@ fn pump_server(
         }
         let item = link
             .server_scan
-            .next(&server.read_buf, |t| {
-                matches!(t, b'Z' | b'S' | b'E' | b'C' | b'1' | b'3' | b't' | b'T' | b'n')
-            })
+            .next(&server.read_buf, backend::read_whole_by_relay)
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         let (tag, len, whole) = match item {
             ScanItem::NeedMore => return Ok(false),
@@ -447,7 +450,7 @@ fn pump_server(
         let mut note = None;
         if whole {
             match tag {
-                b'Z' => {
+                backend::READY_FOR_QUERY => {
                     if len != 6 {
                         return Err(RelayError::ServerProtocol("malformed ReadyForQuery".into()));
                     }
@@ -464,16 +467,16 @@ fn pump_server(
                         ctx.info.set_application_name(&name);
                     }
                 }
-                b'E' => {
+                backend::ERROR_RESPONSE => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
                     if error.severity == crate::protocol::Severity::Fatal {
                         return Err(RelayError::ServerFatal(error));
                     }
                     note = Some(ErrorNote::of(&error));
                 }
-                b'C' => command_complete(&msg[5..], server, ctx, link),
-                b'T' | b'n' => row_description(&msg, link, server, ctx),
-                b'S' => {
+                backend::COMMAND_COMPLETE => command_complete(&msg[5..], server, ctx, link),
+                backend::ROW_DESCRIPTION | backend::NO_DATA => row_description(&msg, link, server, ctx),
+                backend::PARAMETER_STATUS => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
                         if super::params::is_identity(name) {
                             // Reported only when it changed: who the session is changed.
@@ -506,7 +509,7 @@ fn pump_server(
             Verdict::Forward => {}
         }
         client.outbuf.unsplit(msg);
-        if tag == b'Z' {
+        if tag == backend::READY_FOR_QUERY {
             link.on_ready_for_query(server, ctx.stats, ctx.info, client);
             if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                 return Ok(true);
@@ -519,7 +522,7 @@ fn pump_server(
 /// the client was told about, and which rows the server's copy gives; a shape check that finds
 /// them different marks the client's statement as changed (PostgreSQL would refuse it).
 fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
-    use super::responses::Undo;
+    use super::statements::Undo;
     use std::hash::{Hash, Hasher};
     let Some(undo) = link.responses.describing() else {
         return;
@@ -549,7 +552,7 @@ fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut R
 /// A CommandComplete: DISCARD ALL / DEALLOCATE ALL dropped the server's statements (and the
 /// client's, who asked for it).
 fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext<'_>, link: &mut Link) {
-    if super::prepared::drops_all_statements(body) {
+    if super::statements::drops_all_statements(body) {
         server.statements.clear();
         if let Some(s) = ctx.statements.as_deref_mut() {
             s.clear();
@@ -562,7 +565,7 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
 /// (only the bytes already here; at most 200 characters are kept).
 fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
     let body = message.get(5..).unwrap_or_default();
-    let text = if tag == b'P' {
+    let text = if tag == frontend::PARSE {
         // Statement name, then the query text.
         match body.iter().position(|&b| b == 0) {
             Some(i) => &body[i + 1..],

@@ -7,6 +7,7 @@ use super::Session;
 use super::client::ClientIo;
 use super::relay::OUT_CAP;
 use crate::pool::{CheckoutError, Pool, PooledServer};
+use crate::protocol::tags::frontend;
 use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, TxStatus, messages, sqlstate};
 use bytes::Buf;
 use std::time::{Duration, Instant};
@@ -151,7 +152,7 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
             ScanItem::Pass { len, tag } => {
                 client.inbuf.advance(len);
                 if let Some(t) = tag {
-                    let ends = t == b'S' || (first && t == b'Q');
+                    let ends = t == frontend::SYNC || (first && t == frontend::QUERY);
                     first = false;
                     if ends {
                         // Finish dropping the body (a Query may be longer than what arrived).

@@ -6,13 +6,14 @@
 //! messages it sent on its own, undo its bookkeeping for messages that failed or that the server
 //! skipped after an error, and never hand a server back with anything still owed.
 
+use crate::protocol::tags::{backend, frontend};
 use crate::server::statements::{PlanInvalidations, ServerStatements};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// Which server message completes an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ends {
+pub(crate) enum Ends {
     /// ReadyForQuery answering a Sync.
     Sync,
     /// ReadyForQuery answering a simple Query or FunctionCall.
@@ -31,15 +32,15 @@ pub(super) enum Ends {
 
 impl Ends {
     /// The entry a forwarded client message creates, if the server answers it.
-    pub(super) fn for_client_message(tag: u8) -> Option<Ends> {
+    pub(crate) fn for_client_message(tag: u8) -> Option<Ends> {
         Some(match tag {
-            b'S' => Ends::Sync,
-            b'Q' | b'F' => Ends::Query,
-            b'P' => Ends::Parse,
-            b'B' => Ends::Bind,
-            b'C' => Ends::Close,
-            b'D' => Ends::Describe,
-            b'E' => Ends::Execute,
+            frontend::SYNC => Ends::Sync,
+            frontend::QUERY | frontend::FUNCTION_CALL => Ends::Query,
+            frontend::PARSE => Ends::Parse,
+            frontend::BIND => Ends::Bind,
+            frontend::CLOSE => Ends::Close,
+            frontend::DESCRIBE => Ends::Describe,
+            frontend::EXECUTE => Ends::Execute,
             _ => return None,
         })
     }
@@ -50,19 +51,22 @@ impl Ends {
 
     fn completed_by(self, tag: u8) -> bool {
         match self {
-            Ends::Sync | Ends::Query => tag == b'Z',
-            Ends::Parse => tag == b'1',
-            Ends::Bind => tag == b'2',
-            Ends::Close => tag == b'3',
-            Ends::Describe => tag == b'T' || tag == b'n',
-            Ends::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Ends::Sync | Ends::Query => tag == backend::READY_FOR_QUERY,
+            Ends::Parse => tag == backend::PARSE_COMPLETE,
+            Ends::Bind => tag == backend::BIND_COMPLETE,
+            Ends::Close => tag == backend::CLOSE_COMPLETE,
+            Ends::Describe => tag == backend::ROW_DESCRIPTION || tag == backend::NO_DATA,
+            Ends::Execute => matches!(
+                tag,
+                backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED
+            ),
         }
     }
 }
 
 /// Bookkeeping done ahead of a reply, to take back if the message fails or is skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Undo {
+pub(crate) enum Undo {
     /// Nothing to take back.
     Nothing,
     /// A client's Parse of `name`: the client does not have it after all; neither does the
@@ -71,7 +75,7 @@ pub(super) enum Undo {
     /// A client's Close of `name`, answered by sluice: the client still has it.
     ClientClose {
         name: Bytes,
-        statement: super::prepared::ClientStatement,
+        statement: super::client::ClientStatement,
     },
     /// A Parse sluice sent so a statement exists on this server.
     ServerParse(u128),
@@ -101,7 +105,7 @@ enum Due {
 
 /// What to do with a server message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
     /// Forward it to the client.
     Forward,
     /// Drop it: it answers a message sluice sent on its own.
@@ -112,13 +116,13 @@ pub(super) enum Verdict {
 }
 
 /// The state a failed or skipped message leaves to repair.
-pub(super) struct Books<'a> {
+pub(crate) struct Books<'a> {
     /// The client's statement names (None when sluice does not track them).
-    pub(super) client: Option<&'a mut super::prepared::ClientStatements>,
+    pub(crate) client: Option<&'a mut super::client::ClientStatements>,
     /// The statements the server holds.
-    pub(super) server: &'a mut ServerStatements,
+    pub(crate) server: &'a mut ServerStatements,
     /// The pool's record of refused plans.
-    pub(super) plans: &'a PlanInvalidations,
+    pub(crate) plans: &'a PlanInvalidations,
 }
 
 impl Books<'_> {
@@ -168,14 +172,14 @@ const CACHED_PLAN: (&str, &str) = ("0A000", "cached plan must not change result 
 
 /// What a server failure means for the statement cache.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ErrorNote {
+pub(crate) struct ErrorNote {
     /// The error says a cached plan's result type changed.
-    pub(super) cached_plan: bool,
+    pub(crate) cached_plan: bool,
 }
 
 impl ErrorNote {
     /// Reads what matters from an ErrorResponse.
-    pub(super) fn of(e: &crate::protocol::PgError) -> ErrorNote {
+    pub(crate) fn of(e: &crate::protocol::PgError) -> ErrorNote {
         ErrorNote {
             cached_plan: e.sqlstate == CACHED_PLAN.0 && e.message == CACHED_PLAN.1,
         }
@@ -184,7 +188,7 @@ impl ErrorNote {
 
 /// The queue of replies owed, and how many of them are ReadyForQuery.
 #[derive(Debug, Default)]
-pub(super) struct Responses {
+pub(crate) struct Responses {
     due: VecDeque<Due>,
     /// Entries answered by ReadyForQuery (requests in flight).
     requests: usize,
@@ -197,28 +201,28 @@ pub(super) struct Responses {
 
 impl Responses {
     /// Requests (Query or Sync) waiting for their ReadyForQuery.
-    pub(super) fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.requests
     }
 
     /// Entries of any kind still owed.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.due.len()
     }
 
     /// Nothing is owed.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.due.is_empty()
     }
 
     /// A shape check is owed: the client's next message waits for it.
-    pub(super) fn checking(&self) -> bool {
+    pub(crate) fn checking(&self) -> bool {
         self.checks > 0
     }
 
     /// The entry a row description or NoData now arriving completes, when it is a Describe of a
     /// statement: its bookkeeping says whose description it is.
-    pub(super) fn describing(&self) -> Option<&Undo> {
+    pub(crate) fn describing(&self) -> Option<&Undo> {
         match self.due.front() {
             Some(Due::Server {
                 ends: Ends::Describe,
@@ -243,14 +247,14 @@ impl Responses {
     }
 
     /// The server is discarding messages until a Sync the client has yet to send.
-    pub(super) fn server_skipping(&self) -> bool {
+    pub(crate) fn server_skipping(&self) -> bool {
         self.server_skipping
     }
 
     /// A forwarded message the server will answer (nothing for those it does not).
-    pub(super) fn expect(&mut self, tag: u8) {
+    pub(crate) fn expect(&mut self, tag: u8) {
         if self.server_skipping {
-            if tag != b'S' {
+            if tag != frontend::SYNC {
                 return;
             }
             self.server_skipping = false;
@@ -261,7 +265,7 @@ impl Responses {
     }
 
     /// A forwarded message with bookkeeping to undo if it fails; `hidden` when sluice sent it.
-    pub(super) fn push_server(&mut self, ends: Ends, hidden: bool, undo: Undo) {
+    pub(crate) fn push_server(&mut self, ends: Ends, hidden: bool, undo: Undo) {
         if ends.is_ready() {
             self.requests += 1;
         }
@@ -273,16 +277,23 @@ impl Responses {
 
     /// A reply sluice gives itself once everything before it is answered; `ready` when it
     /// answers a whole request (it ends with ReadyForQuery).
-    pub(super) fn push_reply(&mut self, bytes: Bytes, undo: Undo, ready: bool) {
+    pub(crate) fn push_reply(&mut self, bytes: Bytes, undo: Undo, ready: bool) {
         if ready {
             self.requests += 1;
         }
         self.due.push_back(Due::Reply { bytes, undo, ready });
     }
 
+    /// An error sluice answers itself in place of a client message's reply.
+    pub(crate) fn push_error(&mut self, e: &crate::protocol::PgError) {
+        let mut out = bytes::BytesMut::new();
+        e.encode(&mut out);
+        self.push_reply(out.freeze(), Undo::Nothing, false);
+    }
+
     /// The next reply of sluice's own, if it is at the front of the queue, and whether it
     /// answered a request.
-    pub(super) fn pop_reply(&mut self) -> Option<(Bytes, bool)> {
+    pub(crate) fn pop_reply(&mut self) -> Option<(Bytes, bool)> {
         if !matches!(self.due.front(), Some(Due::Reply { .. })) {
             return None;
         }
@@ -299,13 +310,13 @@ impl Responses {
 
     /// A server message with `tag` begins (`error` is set for an ErrorResponse). Returns what to
     /// do with it and whether it was a ReadyForQuery that answered a request.
-    pub(super) fn on_server_message(
+    pub(crate) fn on_server_message(
         &mut self,
         tag: u8,
         error: Option<ErrorNote>,
         books: &mut Books<'_>,
     ) -> Verdict {
-        if tag == b'Z' {
+        if tag == backend::READY_FOR_QUERY {
             self.on_ready(books);
             return Verdict::Forward;
         }
@@ -337,7 +348,7 @@ impl Responses {
         }
         // Everything answering a message sluice sent itself is hidden, but for what the server
         // may send at any time (notices, notifications, parameter reports).
-        let verdict = if hidden && !matches!(tag, b'N' | b'A' | b'S') {
+        let verdict = if hidden && !backend::asynchronous(tag) {
             Verdict::Hide
         } else {
             Verdict::Forward
@@ -407,7 +418,7 @@ impl Responses {
 
     /// COPY FROM STDIN began inside an extended-protocol batch: the server ignores the Syncs the
     /// client already sent after it, so no ReadyForQuery will answer them.
-    pub(super) fn copy_in_started(&mut self) {
+    pub(crate) fn copy_in_started(&mut self) {
         if matches!(
             self.due.front(),
             Some(Due::Server {

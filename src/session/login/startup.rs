@@ -2,7 +2,7 @@
 //! cancel requests, checking the protocol version), the database and user lookup,
 //! authentication, and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
 
-use super::params::ClientParams;
+use super::Refusal;
 use crate::clients::{ClientInfo, PeerAddr};
 use crate::config::Config;
 use crate::config::SslMode;
@@ -10,6 +10,7 @@ use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{
     PgError, StartupPacket, StartupParams, TxStatus, messages, read_startup_packet, sqlstate,
 };
+use crate::session::params::ClientParams;
 use crate::shared::Shared;
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -18,27 +19,27 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// A client that passed login.
-pub(super) struct LoggedIn {
+pub(crate) struct LoggedIn {
     /// Its entry in the registry (the client's info, and the registry itself).
-    pub(super) registered: crate::shared::Registered,
-    pub(super) pool: Arc<Pool>,
-    pub(super) params: ClientParams,
+    pub(crate) registered: crate::shared::Registered,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) params: ClientParams,
 }
 
 impl LoggedIn {
     /// What the console, the pools and the leak reports see of this client.
-    pub(super) fn info(&self) -> &Arc<ClientInfo> {
+    pub(crate) fn info(&self) -> &Arc<ClientInfo> {
         self.registered.info()
     }
 
     /// The pooler's shared state.
-    pub(super) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.registered.shared()
     }
 }
 
 /// Who logged in: a client of a pool, or a user of the admin console.
-pub(super) enum Login {
+pub(crate) enum Login {
     /// A client of a database pool.
     Pooled(Box<LoggedIn>),
     /// A console user with this role (the welcome was sent).
@@ -52,24 +53,10 @@ pub(super) enum Login {
     },
 }
 
-/// How the startup phase ended without a logged-in client.
-pub(super) enum Refusal {
-    /// Tell the client this, then close.
-    Fatal(PgError),
-    /// Close quietly (cancel request handled, or the client went away).
-    Quiet,
-}
-
-impl From<std::io::Error> for Refusal {
-    fn from(_: std::io::Error) -> Self {
-        Refusal::Quiet
-    }
-}
-
 /// Runs the whole login; on success the welcome has been written to the client.
 /// `on_server` is set while the login waits for a server rather than for the client (so a
 /// client_login_timeout can say which it was).
-pub(super) async fn log_in(
+pub(crate) async fn log_in(
     stream: &mut Stream,
     peer: &PeerAddr,
     shared: &Arc<Shared>,
@@ -349,7 +336,7 @@ async fn welcome_params(
             pool.welcome_params().ok_or(Refusal::Quiet)
         }
         Err(e) => Err(Refusal::Fatal(
-            super::waiting::checkout_error(&e, pool).with_severity(crate::protocol::Severity::Fatal),
+            crate::session::waiting::checkout_error(&e, pool).with_severity(crate::protocol::Severity::Fatal),
         )),
     }
 }

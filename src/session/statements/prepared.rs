@@ -4,193 +4,37 @@
 //! it (preparing it there first, its ParseComplete hidden) and rewrites the name. Servers keep
 //! what they prepared in an LRU shared by every client that lands on them.
 
+use super::client::{ClientStatement, ClientStatements, cost};
 use super::responses::{Ends, Responses, Undo};
+use super::{BindOutcome, Outcome, cstr, deallocate, put_message};
 use crate::pool::{ClientPreparedLimit, PoolStats};
-use crate::protocol::{PgError, sqlstate};
+use crate::protocol::messages::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::tags::{backend, frontend};
+use crate::protocol::{PgError, TxStatus, sqlstate};
 use crate::server::statements::{Held, PlanInvalidations, ServerStatements, StatementDef, server_name};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::HashMap;
 
 /// PostgreSQL's message when a prepared statement's result type changed under it.
-pub(super) const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result type";
-
-/// A statement a client prepared, and the plan epoch from which it knows its result shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientStatement {
-    pub(crate) def: StatementDef,
-    pub(crate) epoch: u64,
-    /// A hash of the row description the client was given when it described the statement;
-    /// None while it has not (libpq describes each result instead, and needs no check).
-    pub(crate) shape: Option<u64>,
-    /// A server's copy turned out to describe other rows than the client was told: PostgreSQL
-    /// refuses such a statement until the client prepares it again, and so does sluice.
-    pub(crate) changed: bool,
-}
-
-/// The statements a client prepared, by the client's names.
-#[derive(Debug, Default)]
-pub(crate) struct ClientStatements {
-    by_name: HashMap<Bytes, ClientStatement>,
-    /// What they cost, as counted against max_client_prepared_bytes: names and Parse bodies.
-    bytes: usize,
-    /// An unnamed statement or portal that is a `DEALLOCATE` sluice answers itself.
-    pub(super) deallocating: super::deallocate::Deallocating,
-}
-
-impl ClientStatements {
-    /// How many the client holds.
-    pub(crate) fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub(super) fn forget(&mut self, name: &[u8]) {
-        if let Some((name, s)) = self.by_name.remove_entry(name) {
-            self.bytes -= cost(&name, &s.def.body);
-        }
-    }
-
-    pub(super) fn restore(&mut self, name: Bytes, statement: ClientStatement) {
-        let added = cost(&name, &statement.def.body);
-        if let Some(old) = self.by_name.insert(name.clone(), statement) {
-            self.bytes -= cost(&name, &old.def.body);
-        }
-        self.bytes += added;
-    }
-
-    /// Why one more statement costing `bytes` would take the client past `limit`, if it would.
-    fn refusal(&self, name: &[u8], bytes: usize, limit: ClientPreparedLimit) -> Option<PgError> {
-        let name = String::from_utf8_lossy(name);
-        let hint = "Close (or DEALLOCATE) statements the client no longer uses, or raise the setting.";
-        if self.by_name.len() >= limit.statements {
-            let text = format!(
-                "too many prepared statements: this client already holds {} (max_client_prepared_statements)",
-                self.by_name.len()
-            );
-            let detail = format!("Prepared statement \"{name}\" was not created.");
-            let e = PgError::error(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, text);
-            return Some(e.with_detail(detail).with_hint(hint));
-        }
-        let total = self.bytes.saturating_add(bytes);
-        if total > limit.bytes {
-            let text = format!(
-                "prepared statements too large: this client's would take {total} bytes, over max_client_prepared_bytes ({})",
-                limit.bytes
-            );
-            let detail = format!(
-                "Prepared statement \"{name}\" ({bytes} bytes) was not created; the client's {} statements take {} bytes.",
-                self.by_name.len(),
-                self.bytes
-            );
-            let e = PgError::error(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, text);
-            return Some(e.with_detail(detail).with_hint(hint));
-        }
-        None
-    }
-
-    pub(super) fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
-        self.by_name.get(name)
-    }
-
-    /// The client was given this row description for `name`.
-    pub(super) fn set_shape(&mut self, name: &[u8], shape: u64) {
-        if let Some(s) = self.by_name.get_mut(name) {
-            s.shape = Some(shape);
-        }
-    }
-
-    /// The row description the client has for `name`.
-    pub(super) fn shape(&self, name: &[u8]) -> Option<u64> {
-        self.by_name.get(name).and_then(|s| s.shape)
-    }
-
-    /// A server's copy of `name` describes other rows than the client was given.
-    pub(super) fn mark_changed(&mut self, name: &[u8]) {
-        if let Some(s) = self.by_name.get_mut(name) {
-            s.changed = true;
-        }
-    }
-
-    /// The client has been told that the plan of `name` changed (at `epoch`).
-    pub(super) fn told(&mut self, name: &[u8], epoch: u64) {
-        if let Some(s) = self.by_name.get_mut(name) {
-            s.epoch = s.epoch.max(epoch);
-        }
-    }
-
-    /// Drops them all (the client ran DISCARD ALL or DEALLOCATE ALL).
-    pub(crate) fn clear(&mut self) {
-        self.by_name.clear();
-        self.by_name.shrink_to_fit();
-        self.bytes = 0;
-    }
-}
-
-/// What a statement counts against max_client_prepared_bytes: its name and its Parse body (query
-/// text and parameter types), the bytes sluice keeps for it.
-fn cost(name: &[u8], body: &[u8]) -> usize {
-    name.len() + body.len()
-}
+const CACHED_PLAN_MESSAGE: &str = "cached plan must not change result type";
 
 /// Everything a client message's translation touches.
-pub(super) struct Translator<'a> {
-    pub(super) client: &'a mut ClientStatements,
-    pub(super) server: &'a mut ServerStatements,
+pub(crate) struct Translator<'a> {
+    /// The client's statements, by its names.
+    pub(crate) client: &'a mut ClientStatements,
+    /// The statements the held server has.
+    pub(crate) server: &'a mut ServerStatements,
     /// max_prepared_statements.
-    pub(super) capacity: usize,
+    pub(crate) capacity: usize,
     /// What the client may keep prepared.
-    pub(super) limit: ClientPreparedLimit,
-    pub(super) responses: &'a mut Responses,
+    pub(crate) limit: ClientPreparedLimit,
+    /// The replies owed, where sluice places its own.
+    pub(crate) responses: &'a mut Responses,
     /// Bytes on their way to the server.
-    pub(super) out: &'a mut BytesMut,
-    pub(super) stats: &'a PoolStats,
+    pub(crate) out: &'a mut BytesMut,
+    /// The pool's counters (client and server Parses, Binds).
+    pub(crate) stats: &'a PoolStats,
     /// The pool's record of plans PostgreSQL refused after schema changes.
-    pub(super) plans: &'a PlanInvalidations,
-}
-
-/// What became of a client message.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
-    /// Translated (or answered) by sluice; nothing more to forward.
-    Done,
-    /// Not sluice's business: forward it unchanged.
-    Forward,
-    /// The client made an error sluice answers itself (as PostgreSQL would): the rest of its
-    /// batch up to Sync must be dropped.
-    Refused,
-    /// Not yet: it stays unread until a shape check is answered.
-    Wait,
-}
-
-/// What became of a Bind.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum BindOutcome {
-    /// Its start, up to and including the statement name (this many bytes), was rewritten;
-    /// the rest goes as it is.
-    Rewritten(usize),
-    /// Not a tracked statement: forward it unchanged.
-    Forward,
-    /// Answered with an error by sluice: drop it and the rest of the batch.
-    Refused,
-    /// Not yet: sluice is checking the row description of the server's copy first; the message
-    /// stays unread until the answer comes.
-    Wait,
-    /// Answered by sluice: drop the whole message.
-    Answered,
-}
-
-/// Splits a NUL-terminated string off the front of `b`.
-pub(super) fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = b.iter().position(|&c| c == 0)?;
-    Some((&b[..i], &b[i + 1..]))
-}
-
-pub(super) fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
-    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-    out.put_u8(tag);
-    out.put_i32(len as i32);
-    for p in parts {
-        out.put_slice(p);
-    }
+    pub(crate) plans: &'a PlanInvalidations,
 }
 
 /// The statement name and text of the Parse that fails in place of a refused one: not valid
@@ -198,18 +42,15 @@ pub(super) fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
 const REFUSED_NAME: &[u8] = b"sluice_refused";
 const REFUSED_SQL: &[u8] = b"sluice: refused Parse of a client (see the client's error)";
 
-pub(super) const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
-const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
-
 impl Translator<'_> {
     /// Parse. `msg` is the whole message.
     /// `aborted`: the client's transaction is known to have failed (nothing in flight).
-    pub(super) fn parse(&mut self, msg: &[u8], aborted: bool) -> Outcome {
+    pub(crate) fn parse(&mut self, msg: &[u8], aborted: bool) -> Outcome {
         let Some((name, rest)) = cstr(&msg[5..]) else {
             return Outcome::Forward; // malformed: let PostgreSQL say so
         };
         if name.is_empty() {
-            return self.parse_unnamed(rest, aborted);
+            return deallocate::parse_unnamed(self.client, self.responses, rest, aborted);
         }
         if self.client.get(name).is_some() {
             let text = format!(
@@ -253,7 +94,7 @@ impl Translator<'_> {
     }
 
     /// Bind. `head` is the start of the message (all of it when `total` fits).
-    pub(super) fn bind(&mut self, head: &[u8], total: usize) -> BindOutcome {
+    pub(crate) fn bind(&mut self, head: &[u8], total: usize) -> BindOutcome {
         let Some((portal, rest)) = cstr(&head[5..]) else {
             return BindOutcome::Forward;
         };
@@ -261,7 +102,7 @@ impl Translator<'_> {
             return BindOutcome::Forward;
         };
         if name.is_empty() {
-            return self.bind_unnamed(portal);
+            return deallocate::bind_unnamed(self.client, self.responses, portal);
         }
         let Some(statement) = self.client.get(name).cloned() else {
             return BindOutcome::Forward;
@@ -280,7 +121,7 @@ impl Translator<'_> {
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
         let server_name = server_name(hash);
         let new_len = total - consumed + 4 + portal.len() + 1 + server_name.len() + 1;
-        self.out.put_u8(b'B');
+        self.out.put_u8(frontend::BIND);
         self.out.put_i32(new_len as i32);
         self.out.put_slice(portal);
         self.out.put_u8(0);
@@ -295,8 +136,8 @@ impl Translator<'_> {
     }
 
     /// Describe of a statement (portals pass unchanged).
-    pub(super) fn describe(&mut self, msg: &[u8]) -> Outcome {
-        if let Some(answered) = self.describe_deallocate(msg) {
+    pub(crate) fn describe(&mut self, msg: &[u8]) -> Outcome {
+        if let Some(answered) = deallocate::describe(self.client, self.responses, msg) {
             return answered;
         }
         let Some((kind, name)) = statement_target(msg) else {
@@ -312,7 +153,11 @@ impl Translator<'_> {
         }
         self.ensure(&statement.def);
         let server_name = server_name(statement.def.hash);
-        put_message(self.out, b'D', &[&[kind], server_name.as_bytes(), b"\0"]);
+        put_message(
+            self.out,
+            frontend::DESCRIBE,
+            &[&[kind], server_name.as_bytes(), b"\0"],
+        );
         let undo = Undo::Uses {
             hash: statement.def.hash,
             name: Bytes::copy_from_slice(name),
@@ -323,7 +168,7 @@ impl Translator<'_> {
 
     /// Close of a statement: the client's name goes; the server keeps the statement for others
     /// (its LRU closes it in time). sluice answers the CloseComplete in its place in the stream.
-    pub(super) fn close(&mut self, msg: &[u8]) -> Outcome {
+    pub(crate) fn close(&mut self, msg: &[u8]) -> Outcome {
         let Some((_, name)) = statement_target(msg) else {
             return Outcome::Forward;
         };
@@ -365,9 +210,13 @@ impl Translator<'_> {
             _ => {
                 self.ensure(&statement.def);
                 let server_name = server_name(hash);
-                put_message(self.out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
+                put_message(
+                    self.out,
+                    frontend::DESCRIBE,
+                    &[b"S", server_name.as_bytes(), b"\0"],
+                );
                 // The server answers only when flushed; the client's own Sync is held back.
-                put_message(self.out, b'H', &[]);
+                put_message(self.out, frontend::FLUSH, &[]);
                 let undo = Undo::ShapeCheck {
                     hash,
                     name: Bytes::copy_from_slice(name),
@@ -398,17 +247,32 @@ impl Translator<'_> {
     fn fail_in_place(&mut self, e: PgError) -> Outcome {
         let mut reply = BytesMut::new();
         e.encode(&mut reply);
-        put_message(self.out, b'P', &[REFUSED_NAME, b"\0", REFUSED_SQL, b"\0\0\0"]);
+        put_message(
+            self.out,
+            frontend::PARSE,
+            &[REFUSED_NAME, b"\0", REFUSED_SQL, b"\0\0\0"],
+        );
         self.responses
             .push_server(Ends::Parse, true, Undo::InPlaceOf(reply.freeze()));
         Outcome::Refused
     }
 
-    pub(super) fn refuse(&mut self, e: PgError) -> Outcome {
-        let mut out = BytesMut::new();
-        e.encode(&mut out);
-        self.responses.push_reply(out.freeze(), Undo::Nothing, false);
+    fn refuse(&mut self, e: PgError) -> Outcome {
+        self.responses.push_error(&e);
         Outcome::Refused
+    }
+
+    /// A simple query that is exactly `DEALLOCATE [PREPARE] name` of a statement the client
+    /// prepared through the protocol is answered by sluice (see `deallocate`); any other passes.
+    /// Only called with nothing in flight, so `tx_status` is the status PostgreSQL would report.
+    pub(crate) fn query_deallocate(&mut self, msg: &[u8], tx_status: TxStatus) -> Outcome {
+        deallocate::query(self.client, self.responses, msg, tx_status)
+    }
+
+    /// An Execute of the portal of a `DEALLOCATE` is answered by sluice (the client's statement
+    /// goes); other portals pass.
+    pub(crate) fn execute_deallocate(&mut self, msg: &[u8]) -> Outcome {
+        deallocate::execute(self.client, self.responses, msg)
     }
 
     /// Makes sure the server holds `def` before a message that uses it (hidden Parse).
@@ -430,11 +294,19 @@ impl Translator<'_> {
             Some((v, self.server.remove(v).unwrap_or_default()))
         });
         if let Some((victim, epoch)) = victim {
-            put_message(self.out, b'C', &[b"S", server_name(victim).as_bytes(), b"\0"]);
+            put_message(
+                self.out,
+                frontend::CLOSE,
+                &[b"S", server_name(victim).as_bytes(), b"\0"],
+            );
             let undo = Undo::ServerClose { hash: victim, epoch };
             self.responses.push_server(Ends::Close, true, undo);
         }
-        put_message(self.out, b'P', &[server_name(hash).as_bytes(), b"\0", body]);
+        put_message(
+            self.out,
+            frontend::PARSE,
+            &[server_name(hash).as_bytes(), b"\0", body],
+        );
         self.server.insert(hash, self.plans.current());
         self.stats.record_server_parse();
     }
@@ -465,9 +337,8 @@ fn statement_target(msg: &[u8]) -> Option<(u8, &[u8])> {
 
 /// True when a CommandComplete body (the tag, NUL-terminated) says the server dropped every
 /// prepared statement (DISCARD ALL, DEALLOCATE ALL).
-pub(super) fn drops_all_statements(body: &[u8]) -> bool {
-    let tag = cstr(body).map(|(t, _)| t).unwrap_or(body);
-    tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
+pub(crate) fn drops_all_statements(body: &[u8]) -> bool {
+    backend::drops_all_statements(cstr(body).map(|(t, _)| t).unwrap_or(body))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! state, certificate login by CN, auth_query for users sluice does not know, and the secret the
 //! pool will use to log in to PostgreSQL (SCRAM keys when the client proved a SCRAM verifier).
 
-use super::startup::Refusal;
+use super::Refusal;
 use crate::auth::hba::{HbaMethod, HbaRequest};
 use crate::auth::{self, AuthError, ClientAuth, Secret};
 use crate::clients::PeerAddr;
