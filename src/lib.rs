@@ -1,27 +1,32 @@
 //! sluice: a PostgreSQL connection pooler. The library holds everything; `main.rs` is a thin CLI,
 //! and the integration tests start poolers in-process through [`start`].
+//!
+//! Only what the binary and the tests use is public: the modules below marked `pub`, and within
+//! them the items those callers name; everything else is `pub(crate)` (the `unreachable_pub`
+//! lint keeps it so).
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod auth;
 mod bind;
-pub mod clients;
+pub(crate) mod clients;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod janitor;
-pub mod listener;
+pub(crate) mod listener;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod name_cap;
-pub mod observe;
+pub(crate) mod observe;
 pub mod pool;
-pub mod procfs;
+pub(crate) mod procfs;
 pub mod protocol;
-pub mod security;
-pub mod server;
+pub(crate) mod security;
+pub(crate) mod server;
 pub mod service;
-pub mod session;
+pub(crate) mod session;
 pub mod shared;
-pub mod stream;
+pub(crate) mod stream;
 pub mod tls;
 
 pub use config::Config;

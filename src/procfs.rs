@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 /// The command line of `pid` (arguments joined by spaces, at most 200 characters).
-pub fn cmdline(pid: i32) -> Option<String> {
+pub(crate) fn cmdline(pid: i32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let text: String = String::from_utf8_lossy(&raw)
         .split('\0')
@@ -17,7 +17,7 @@ pub fn cmdline(pid: i32) -> Option<String> {
 /// The pid owning the client end of the loopback TCP connection `client` -> `server` (IPv4
 /// only). Both ends are matched: an ephemeral port can be shared by connections to different
 /// destinations.
-pub fn tcp_owner(client: SocketAddr, server: SocketAddr) -> Option<i32> {
+pub(crate) fn tcp_owner(client: SocketAddr, server: SocketAddr) -> Option<i32> {
     let inode = socket_inode(client, server)?;
     let needle = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 /// A value built from one config snapshot, rebuilt when the snapshot changes.
-pub struct PerConfig<T> {
+pub(crate) struct PerConfig<T> {
     cached: Mutex<Option<(Arc<Config>, Arc<T>)>>,
 }
 
@@ -24,7 +24,7 @@ impl<T> Default for PerConfig<T> {
 
 impl<T> PerConfig<T> {
     /// The value for `config`, built with `build` if the snapshot changed since the last call.
-    pub fn get(&self, config: &Arc<Config>, build: impl FnOnce(&Config) -> T) -> Arc<T> {
+    pub(crate) fn get(&self, config: &Arc<Config>, build: impl FnOnce(&Config) -> T) -> Arc<T> {
         if let Some((c, v)) = self.cached.lock().as_ref()
             && Arc::ptr_eq(c, config)
         {
@@ -89,7 +89,7 @@ fn load_hba(config: &Config) -> Result<HbaRules, String> {
 
 /// Checks at start-up that the TLS files and the hba file can be used, so a bad path stops the
 /// pooler instead of failing every connection.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
+pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
     let fail = |key: &str, message: String| ConfigError::new(&config.origin, 0, 0, key, &message);
     crate::tls::build(config).map_err(|e| fail("pooler", e))?;
     load_hba(config).map_err(|e| fail("pooler.auth_hba_file", e))?;

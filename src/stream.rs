@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
 
 /// A TLS session over TCP, either side (clients of sluice, or sluice towards PostgreSQL).
-pub type TlsStream = tokio_rustls::TlsStream<TcpStream>;
+pub(crate) type TlsStream = tokio_rustls::TlsStream<TcpStream>;
 
 /// A connected socket, before it is split.
 #[derive(Debug)]

@@ -97,7 +97,7 @@ fn render(v: Option<&toml::Value>) -> String {
 }
 
 /// SHOW CONFIG: every `[pooler]` key, set or not (an unset one shows an empty value).
-pub fn config(shared: &Shared) -> ResultSet {
+pub(super) fn config(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("key", oid::TEXT),
         ("value", oid::TEXT),
@@ -122,15 +122,15 @@ pub fn config(shared: &Shared) -> ResultSet {
 
 /// Why SET refused: the reason (the error's DETAIL).
 #[derive(Debug)]
-pub struct Refused(pub String);
+pub(super) struct Refused(pub String);
 
 /// The HINT of a refused SET: which keys SET can change.
-pub fn changeable_hint() -> String {
+pub(super) fn changeable_hint() -> String {
     format!("SET can change: {}", CHANGEABLE.join(", "))
 }
 
 /// SET key = value: validated like the config file, then applied live.
-pub fn set(shared: &Shared, key: &str, value: &str) -> Result<(), Refused> {
+pub(super) fn set(shared: &Shared, key: &str, value: &str) -> Result<(), Refused> {
     if !CHANGEABLE.contains(&key) {
         return Err(Refused(if AT_START.contains(&key) {
             format!(

@@ -22,7 +22,7 @@ fn phase_name(p: ClientPhase) -> &'static str {
 }
 
 /// SHOW LEAKS: one row per current suspect.
-pub fn leaks(shared: &Shared) -> ResultSet {
+pub(super) fn leaks(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("id", Q),
         ("kind", S),
@@ -82,7 +82,7 @@ pub fn leaks(shared: &Shared) -> ResultSet {
 
 /// SHOW LEAKS_SUMMARY: per (application_name, origin): suspects now, episodes seen, abandoned
 /// transactions, the longest server hold seen, and idle transactions reclaimed for waiters.
-pub fn summary(shared: &Shared) -> ResultSet {
+pub(super) fn summary(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("application_name", S),
         ("origin", S),

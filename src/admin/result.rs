@@ -5,15 +5,15 @@ use crate::protocol::messages::{self, Column};
 use bytes::BytesMut;
 
 /// PostgreSQL type OIDs the console uses.
-pub mod oid {
+pub(super) mod oid {
     /// text
-    pub const TEXT: u32 = 25;
+    pub(crate) const TEXT: u32 = 25;
     /// int4
-    pub const INT4: u32 = 23;
+    pub(crate) const INT4: u32 = 23;
     /// int8
-    pub const INT8: u32 = 20;
+    pub(crate) const INT8: u32 = 20;
     /// numeric
-    pub const NUMERIC: u32 = 1700;
+    pub(crate) const NUMERIC: u32 = 1700;
 }
 
 /// Rows to send for a SHOW command.
@@ -57,11 +57,11 @@ impl ResultSet {
 }
 
 /// A text value.
-pub fn t(s: impl Into<String>) -> Option<String> {
+pub(super) fn t(s: impl Into<String>) -> Option<String> {
     Some(s.into())
 }
 
 /// A number value.
-pub fn n(v: impl std::fmt::Display) -> Option<String> {
+pub(super) fn n(v: impl std::fmt::Display) -> Option<String> {
     Some(v.to_string())
 }

@@ -10,7 +10,7 @@ const I: u32 = oid::INT4;
 
 /// The rows, pool by pool (database, user), groups by name; only groups holding or waiting for
 /// servers are listed, at most `MAX_SHARE_GROUPS` (and the overflow group) per pool.
-pub fn pool_shares(shared: &Shared) -> ResultSet {
+pub(super) fn pool_shares(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("database", S),
         ("user", S),

@@ -13,7 +13,7 @@ const I: u32 = oid::INT4;
 const Q: u32 = oid::INT8;
 
 /// What a SHOW produces.
-pub enum Shown {
+pub(super) enum Shown {
     /// Rows.
     Rows(ResultSet),
     /// NOTICE lines (SHOW HELP).
@@ -22,7 +22,7 @@ pub enum Shown {
 
 /// Session parameters the console pretends to have: `SHOW name` answers them, `SET name` is
 /// ignored with a NOTICE (what drivers probe on connect).
-pub const FAKE_PARAMETERS: [(&str, &str); 5] = [
+pub(super) const FAKE_PARAMETERS: [(&str, &str); 5] = [
     ("client_encoding", "UTF-8"),
     ("default_transaction_isolation", "read committed"),
     ("standard_conforming_strings", "on"),
@@ -31,7 +31,7 @@ pub const FAKE_PARAMETERS: [(&str, &str); 5] = [
 ];
 
 /// Renders `SHOW <what>`, or None for an unknown subject.
-pub fn render(what: &str, shared: &Shared) -> Option<Shown> {
+pub(super) fn render(what: &str, shared: &Shared) -> Option<Shown> {
     if let Some((name, value)) = FAKE_PARAMETERS.iter().find(|(k, _)| k.eq_ignore_ascii_case(what)) {
         let mut rs = ResultSet::new(&[(name, S)]);
         rs.push(vec![t(*value)]);

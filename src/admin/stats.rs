@@ -57,7 +57,7 @@ fn average_values(a: &Averages) -> [u64; 11] {
 }
 
 /// SHOW STATS: totals then averages per database.
-pub fn stats(shared: &Shared) -> ResultSet {
+pub(super) fn stats(shared: &Shared) -> ResultSet {
     let mut columns: Vec<(&'static str, u32)> = vec![("database", S)];
     columns.extend([
         ("total_server_assignment_count", N),
@@ -99,7 +99,7 @@ pub fn stats(shared: &Shared) -> ResultSet {
 }
 
 /// SHOW STATS_TOTALS.
-pub fn stats_totals(shared: &Shared) -> ResultSet {
+pub(super) fn stats_totals(shared: &Shared) -> ResultSet {
     let mut rs = per_database_columns();
     for (db, totals) in shared.stats_totals() {
         let mut row = vec![t(db)];
@@ -110,7 +110,7 @@ pub fn stats_totals(shared: &Shared) -> ResultSet {
 }
 
 /// SHOW STATS_AVERAGES (PgBouncer prefixes only the last three with `avg_`).
-pub fn stats_averages(shared: &Shared) -> ResultSet {
+pub(super) fn stats_averages(shared: &Shared) -> ResultSet {
     let mut columns: Vec<(&'static str, u32)> = vec![("database", S)];
     columns.extend(COUNTERS[..8].iter().map(|c| (*c, N)));
     columns.extend([
@@ -134,7 +134,7 @@ fn per_database_columns() -> ResultSet {
 }
 
 /// SHOW TOTALS: the same figures summed over all databases, one row per figure.
-pub fn totals(shared: &Shared) -> ResultSet {
+pub(super) fn totals(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(&[("name", S), ("value", N)]);
     let mut sum = StatsSnapshot::default();
     let mut avg = [0u64; 11];

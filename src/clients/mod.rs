@@ -12,6 +12,6 @@ mod throttle;
 
 pub use admission::ClientSlot;
 pub(crate) use admission::{ConsoleSeat, LoginPlace, LoginTicket, max_client_conn_error};
-pub use held::{CancelInFlight, CancelsInFlight, HeldServer};
-pub use info::{ClientInfo, ClientLive, ClientPhase, Kill, Killed, PeerAddr};
-pub use registry::{CancelKey, ClientRegistry};
+pub(crate) use held::{CancelInFlight, CancelsInFlight, HeldServer};
+pub(crate) use info::{ClientInfo, ClientPhase, Kill, PeerAddr};
+pub(crate) use registry::{CancelKey, ClientRegistry};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// The cancel key sluice gave a client (BackendKeyData): a pid and a secret of its own, never
 /// a server's.
-pub type CancelKey = (i32, i32);
+pub(crate) type CancelKey = (i32, i32);
 
 /// Every logged-in client, by the cancel key sluice gave it: one map entry per client. Each
 /// client's record knows the server it holds, if any. Also the counts admission keeps (logins in

@@ -49,7 +49,7 @@ fn seconds(value: f64) -> Result<Duration, String> {
 }
 
 /// serde adapter for duration fields (`#[serde(deserialize_with = "duration::deserialize")]`).
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurationVisitor)
 }
 
@@ -86,7 +86,7 @@ impl Visitor<'_> for DurationVisitor {
 }
 
 /// serde adapter: writes a duration the way the config accepts it back (`"250ms"`, `"10s"`).
-pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }
 

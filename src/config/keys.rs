@@ -19,7 +19,7 @@ pub(super) struct Problem {
 
 impl Problem {
     /// A problem at `path` (given as string slices).
-    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
+    pub(super) fn new(path: &[&str], message: impl Into<String>) -> Self {
         Problem {
             path: path.iter().map(|s| s.to_string()).collect(),
             message: message.into(),

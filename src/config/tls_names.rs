@@ -7,7 +7,10 @@ use rustls::crypto::CryptoProvider;
 
 /// TLS versions from PgBouncer's `*_tls_protocols` syntax. rustls has only TLS 1.2 and 1.3, so
 /// `all`, `secure`, `normal` and `legacy` all mean both.
-pub fn protocol_versions(spec: &str, key: &str) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
+pub(crate) fn protocol_versions(
+    spec: &str,
+    key: &str,
+) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
     let mut out: Vec<&'static SupportedProtocolVersion> = Vec::new();
     for word in spec.split([',', ' ', ':']).filter(|w| !w.is_empty()) {
         match word.to_ascii_lowercase().as_str() {
@@ -37,7 +40,7 @@ pub fn protocol_versions(spec: &str, key: &str) -> Result<Vec<&'static Supported
 /// ring's provider with the cipher suites `spec` names: PgBouncer's words (`default`, `secure`,
 /// `fast`, `normal`, `compat`, `all`) mean rustls's own safe set; otherwise a colon list of rustls
 /// suite names such as `TLS13_AES_256_GCM_SHA384`.
-pub fn cipher_provider(spec: &str, key: &str) -> Result<CryptoProvider, String> {
+pub(crate) fn cipher_provider(spec: &str, key: &str) -> Result<CryptoProvider, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     let words: Vec<&str> = spec.split([':', ',', ' ']).filter(|w| !w.is_empty()).collect();
     let keep_all = words.iter().all(|w| {

@@ -29,7 +29,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 4096;
 
 /// Serves the endpoint on `listener` until the pooler exits.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
     let mut life = shared.lifecycle_signal();
     let weak = Arc::downgrade(&shared);
     drop(shared);

@@ -5,7 +5,7 @@
 mod http;
 mod scrape;
 
-pub use http::serve;
+pub(crate) use http::serve;
 
 use crate::observe::prometheus::Metrics;
 use crate::shared::Shared;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// One row of SHOW POOLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolFigures {
+pub(crate) struct PoolFigures {
     /// Clients of the pool not waiting (cl_active).
     pub cl_active: usize,
     /// Clients waiting for a server (cl_waiting).
@@ -38,7 +38,10 @@ fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<
 
 /// SHOW POOLS' figures for every pool of `pools` (in the console's order), with its clients
 /// among `clients` (every logged-in client).
-pub fn pool_figures(clients: &[Arc<ClientInfo>], pools: Vec<Arc<Pool>>) -> Vec<(Arc<Pool>, PoolFigures)> {
+pub(crate) fn pool_figures(
+    clients: &[Arc<ClientInfo>],
+    pools: Vec<Arc<Pool>>,
+) -> Vec<(Arc<Pool>, PoolFigures)> {
     pools
         .into_iter()
         .map(|pool| {
@@ -64,7 +67,7 @@ pub fn pool_figures(clients: &[Arc<ClientInfo>], pools: Vec<Arc<Pool>>) -> Vec<(
 
 /// One row of SHOW DATABASES.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseFigures {
+pub(crate) struct DatabaseFigures {
     /// Database name clients use.
     pub name: String,
     /// Server host.
@@ -98,12 +101,12 @@ pub struct DatabaseFigures {
 }
 
 /// SHOW VERSION's text (also `pgbouncer_version_info{version}`).
-pub fn version_text() -> String {
+pub(crate) fn version_text() -> String {
     format!("sluice {} (PgBouncer 1.25 compatible)", env!("CARGO_PKG_VERSION"))
 }
 
 /// The name PgBouncer shows for a pool mode.
-pub fn mode_name(mode: crate::config::PoolMode) -> &'static str {
+pub(crate) fn mode_name(mode: crate::config::PoolMode) -> &'static str {
     match mode {
         crate::config::PoolMode::Session => "session",
         crate::config::PoolMode::Transaction => "transaction",
@@ -112,7 +115,7 @@ pub fn mode_name(mode: crate::config::PoolMode) -> &'static str {
 
 /// SHOW DATABASES' figures for every database of `config`, from every pool and every logged-in
 /// client; `disabled` says whether DISABLE is in force for a database.
-pub fn database_figures(
+pub(crate) fn database_figures(
     config: &Config,
     pools: &[Arc<Pool>],
     clients: &[Arc<ClientInfo>],
@@ -145,7 +148,7 @@ pub fn database_figures(
 
 /// SHOW LISTS' rows: (list, items), from every pool, the logged-in clients and the logins in
 /// progress.
-pub fn list_figures(
+pub(crate) fn list_figures(
     config: &Config,
     pools: &[Arc<Pool>],
     used_clients: usize,

@@ -5,12 +5,12 @@
 //! state, and the console and the exporter (above) render it.
 
 /// The exporter's series: names and help texts.
-pub mod catalogue;
+pub(crate) mod catalogue;
 /// SHOW POOLS/DATABASES/LISTS figures, shared by the console and the exporter.
-pub mod figures;
+pub(crate) mod figures;
 /// The leak detector and its history.
-pub mod leaks;
+pub(crate) mod leaks;
 /// The Prometheus registry of one pooler and the pools' instruments it makes.
-pub mod prometheus;
+pub(crate) mod prometheus;
 /// Per-database averages over the last stats_period.
-pub mod stats;
+pub(crate) mod stats;

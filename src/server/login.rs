@@ -40,7 +40,7 @@ impl ServerTarget {
 }
 
 /// Opens a socket to the target (TCP_NODELAY on TCP).
-pub async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io::Error> {
+pub(crate) async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io::Error> {
     if host.starts_with('/') {
         Ok(Stream::Unix(
             UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?,
@@ -53,7 +53,7 @@ pub async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io::Error
 }
 
 /// Connects and logs in; the returned connection is at ReadyForQuery.
-pub async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
+pub(crate) async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
     let stream = open_socket(&target.host, target.port)
         .await
         .map_err(|source| ServerError::Connect {

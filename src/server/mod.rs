@@ -5,12 +5,12 @@ pub(crate) mod auth_query;
 pub(crate) mod cancel;
 mod info;
 mod login;
-pub mod statements;
+pub(crate) mod statements;
 mod tls;
 
-pub use info::{ServerInfo, ServerUse, TxState};
+pub(crate) use info::{ServerInfo, ServerUse, TxState};
 
-pub use login::{ServerTarget, connect, open_socket};
+pub(crate) use login::{ServerTarget, connect, open_socket};
 
 use crate::protocol::{MAX_LOGIN_MESSAGE, PgError, TxStatus, UnknownTxStatus};
 use crate::stream::{ReadHalf, WriteHalf};

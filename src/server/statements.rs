@@ -6,11 +6,11 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Prefix of every server-side statement name sluice creates.
-pub const SERVER_NAME_PREFIX: &str = "sluice_";
+pub(crate) const SERVER_NAME_PREFIX: &str = "sluice_";
 
 /// A statement as a client prepared it: what the server needs to prepare it again anywhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementDef {
+pub(crate) struct StatementDef {
     /// Hash of the query text and parameter types; the server-side name derives from it.
     pub hash: u128,
     /// The Parse body after the statement name: query text, NUL, parameter count and type OIDs.
@@ -20,7 +20,7 @@ pub struct StatementDef {
 impl StatementDef {
     /// Defines a statement from the part of a Parse message after its name (copied, so it never
     /// pins the buffer the message arrived in).
-    pub fn from_parse_body(body: &[u8]) -> StatementDef {
+    pub(crate) fn from_parse_body(body: &[u8]) -> StatementDef {
         let digest = Sha256::digest(body);
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);
@@ -33,7 +33,7 @@ impl StatementDef {
 
 /// The name under which a statement with this hash lives on servers (39 bytes, under
 /// PostgreSQL's 63-byte identifier limit).
-pub fn server_name(hash: u128) -> String {
+pub(crate) fn server_name(hash: u128) -> String {
     format!("{SERVER_NAME_PREFIX}{hash:032x}")
 }
 

@@ -11,7 +11,7 @@ mod relay;
 mod statements;
 mod waiting;
 
-pub use crate::clients::PeerAddr;
+pub(crate) use crate::clients::PeerAddr;
 
 use crate::clients::ClientPhase;
 use crate::config::PoolMode;
@@ -83,7 +83,7 @@ enum Ending {
 }
 
 /// Serves one client connection from its first byte to its close.
-pub async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
+pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Arc<Shared>) {
     // Counted from the first byte: a login in progress holds a max_client_conn slot.
     let (ticket, place) = match shared.begin_login(&peer) {
         Ok(admitted) => admitted,

@@ -132,7 +132,7 @@ impl<'a> IntoIterator for &'a mut Wishes {
 
 /// What a client expects of the session state of any server it is given.
 #[derive(Debug, Clone, Default)]
-pub struct ClientParams {
+pub(super) struct ClientParams {
     wanted: Wishes,
     /// Hash of the (name, value) wishes: a server left in this client's state carries it, so
     /// the next checkout by a client with the same wishes needs no sync at all.
@@ -141,12 +141,15 @@ pub struct ClientParams {
 
 /// Why a startup parameter was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadParam(pub String);
+pub(super) struct BadParam(pub String);
 
 impl ClientParams {
     /// Collects the session settings from startup parameters, dropping connection keys and the
     /// names in `ignored`, and unpacking `-c name=value` / `--name=value` from `options`.
-    pub fn from_startup(params: &[(String, String)], ignored: &[String]) -> Result<ClientParams, BadParam> {
+    pub(super) fn from_startup(
+        params: &[(String, String)],
+        ignored: &[String],
+    ) -> Result<ClientParams, BadParam> {
         let mut out = ClientParams::default();
         let is_ignored = |n: &str| ignored.iter().any(|i| i.eq_ignore_ascii_case(n));
         // A role or session authorization would be applied to every server the client gets and
@@ -182,7 +185,7 @@ impl ClientParams {
     }
 
     /// The fingerprint of the current wishes.
-    pub fn fingerprint(&self) -> u64 {
+    pub(super) fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 
@@ -214,7 +217,7 @@ impl ClientParams {
     /// its own startup wishes, not the values sluice logged the server in with. Startup wishes
     /// come back; wishes the client only SET later go. Returns the startup values that came back
     /// (name as reported, value), which the client has to be told.
-    pub fn reset_reported(&mut self, names: &[String]) -> Vec<(String, String)> {
+    pub(super) fn reset_reported(&mut self, names: &[String]) -> Vec<(String, String)> {
         let mut restored = Vec::new();
         for name in names {
             let key = name.to_ascii_lowercase();
@@ -236,7 +239,7 @@ impl ClientParams {
     }
 
     /// The value to report to the client for a parameter at login, if it asked for one.
-    pub fn reported_value(&self, name: &str) -> Option<&str> {
+    pub(super) fn reported_value(&self, name: &str) -> Option<&str> {
         self.wanted
             .get(&name.to_ascii_lowercase())
             .map(|w| w.requested.as_str())
@@ -245,7 +248,7 @@ impl ClientParams {
     /// The server reported a new value while this client held it (the client ran SET): remember
     /// it as the client's wish, so its next server gets it too.
     /// Identity and read-only parameters are not wishes: they are never synced.
-    pub fn observe_server_report(&mut self, name: &str, value: &str) {
+    pub(super) fn observe_server_report(&mut self, name: &str, value: &str) {
         if never_synced(name) {
             return;
         }
@@ -279,7 +282,11 @@ impl ClientParams {
 
     /// The SQL that brings `server` to this client's settings, or None when it already matches.
     /// `defaults` are the values servers of the pool report at login.
-    pub fn sync_sql(&self, server: &ServerConn, defaults: &BTreeMap<String, String>) -> Option<String> {
+    pub(super) fn sync_sql(
+        &self,
+        server: &ServerConn,
+        defaults: &BTreeMap<String, String>,
+    ) -> Option<String> {
         let mut sets = Vec::new();
         let mut resets = String::new();
         let reported = lowercase_map(&server.params);
@@ -323,7 +330,7 @@ impl ClientParams {
 
     /// After `sync_sql` ran: learn the server's spelling of reported values and record which
     /// unreported settings the server now carries.
-    pub fn after_sync(&mut self, server: &mut ServerConn) {
+    pub(super) fn after_sync(&mut self, server: &mut ServerConn) {
         let reported = lowercase_map(&server.params);
         server.applied.retain(|k, _| self.wanted.contains_key(k));
         for (key, w) in &mut self.wanted {
