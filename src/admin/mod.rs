@@ -14,6 +14,7 @@ mod stats;
 pub use parse::{Command, parse};
 pub use result::ResultSet;
 
+use crate::protocol::tags::frontend;
 use crate::protocol::{FrameScanner, PgError, ScanItem, TxStatus, messages, sqlstate};
 use crate::shared::Shared;
 use crate::stream::Stream;
@@ -98,8 +99,8 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
         };
         let msg = inbuf.split_to(len);
         match tag {
-            b'X' => return,
-            b'Q' if !skipping_to_sync => {
+            frontend::TERMINATE => return,
+            frontend::QUERY if !skipping_to_sync => {
                 let body = &msg[5..];
                 let query = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
                 let stop = commands::run(&query, &shared, role, &user, &mut out).await;
@@ -112,7 +113,7 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
                     return;
                 }
             }
-            b'S' => {
+            frontend::SYNC => {
                 skipping_to_sync = false;
                 messages::ready_for_query(&mut out, TxStatus::Idle);
                 if stream.write_all(&out).await.is_err() {
@@ -121,7 +122,13 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>, role: Role, user: St
                 out.clear();
             }
             _ if skipping_to_sync => {}
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'F' => {
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::EXECUTE
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH
+            | frontend::FUNCTION_CALL => {
                 skipping_to_sync = true;
                 PgError::error(
                     sqlstate::PROTOCOL_VIOLATION,

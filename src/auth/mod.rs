@@ -266,7 +266,7 @@ fn malformed(what: &str) -> AuthError {
 async fn read_password_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, AuthError> {
     let tag = stream.read_u8().await?;
     let len = stream.read_i32().await?;
-    if tag != b'p' {
+    if tag != crate::protocol::tags::frontend::PASSWORD {
         return Err(AuthError::Rejected(PgError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
             match tag {

@@ -37,6 +37,8 @@ pub mod frontend {
     pub const COPY_FAIL: u8 = b'f';
     /// Terminate: never forwarded; the session ends.
     pub const TERMINATE: u8 = b'X';
+    /// PasswordMessage (and SASL responses): read by sluice during login, never forwarded.
+    pub const PASSWORD: u8 = b'p';
 
     /// The extended-protocol messages: once one went, the server's batch is open until a Sync.
     pub fn opens_batch(tag: u8) -> bool {

@@ -17,7 +17,7 @@ pub(crate) async fn lookup(
 ) -> Result<Option<String>, ServerError> {
     let mut out = BytesMut::new();
     frontend::parse("", query, std::iter::empty(), &mut out)?;
-    out.put_u8(b'B');
+    out.put_u8(crate::protocol::tags::frontend::BIND);
     let at = out.len();
     out.put_i32(0);
     out.put_slice(b"\0\0");
