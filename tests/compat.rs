@@ -74,6 +74,11 @@ fn config(db: &str) -> String {
 /// Creates database `db`, starts sluice in front of it and runs `tests/compat/<file>` with pytest;
 /// panics with pytest's whole output unless every test passed.
 async fn run_pytest(db: &str, file: &str) {
+    run_pytest_with(db, file, config).await;
+}
+
+/// [`run_pytest`] with sluice's config made by `config` from the database's name.
+async fn run_pytest_with(db: &str, file: &str, config: fn(&str) -> String) {
     let venv = venv().await;
     let db = pg().create_database(db).await;
     let sluice = start_sluice(&config(&db)).await;
@@ -135,4 +140,27 @@ async fn sqlalchemy_orm_with_nullpool_and_queuepool_pre_ping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_migrate_crud_atomic_select_for_update_bulk_create() {
     run_pytest("compat_django", "test_django.py").await;
+}
+
+/// The leaky-neighbour pool of issue 16: fair shares and reclaim on, a shorter wait.
+fn leaky_neighbour_config(db: &str) -> String {
+    PoolerToml::new("scram-sha-256")
+        .pool_mode("transaction")
+        .set("max_client_conn = 400\nquery_wait_timeout = \"5s\"")
+        .set("max_pool_share = 0.5\nidle_transaction_reclaim_timeout = \"1s\"")
+        .set(&format!("admin_users = [\"{ADMIN}\"]"))
+        .user_password(USER, PASSWORD)
+        .user_password(ADMIN, ADMIN_PASSWORD)
+        .database(db, Some(POOL_SIZE))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_leaker_is_reclaimed_while_a_psycopg2_app_runs_without_errors() {
+    run_pytest_with(
+        "compat_leaky_neighbour",
+        "test_leaky_neighbour.py",
+        leaky_neighbour_config,
+    )
+    .await;
 }

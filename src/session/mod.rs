@@ -43,6 +43,12 @@ enum SessionState {
     Active(Box<Active>),
     /// Ended from outside while idle: the client is told why, then the session ends.
     Killed(Box<crate::clients::Kill>),
+    /// Its server was reclaimed for waiting clients (idle_transaction_reclaim_timeout) and it
+    /// was sent this FATAL at once (a client reading while idle, like tokio-postgres or
+    /// asyncpg, hears it then and leaves). The connection stays open, holding no server, until
+    /// the client speaks or leaves; if it speaks, the same error answers its request (see
+    /// `answer_reclaimed`), so a client that reads only when it sends hears why too.
+    Reclaimed(Box<PgError>),
 }
 
 /// The data of the `Active` state.
@@ -228,8 +234,11 @@ impl Session {
             // Only the idle wait runs in this frame; everything else is boxed, so an idle
             // client's task carries just what waiting for input needs.
             let next = match self.state {
-                SessionState::Idle => match self.idle_wait().await {
-                    IdleWake::Request => self.step_idle(),
+                SessionState::Idle | SessionState::Reclaimed(_) => match self.idle_wait().await {
+                    IdleWake::Request => match std::mem::replace(&mut self.state, SessionState::Idle) {
+                        SessionState::Reclaimed(told) => Err(Box::pin(self.answer_reclaimed(*told)).await),
+                        _ => self.step_idle(),
+                    },
                     IdleWake::Nothing => continue,
                     IdleWake::Left => Err(Ending::ClientLeft),
                     IdleWake::Killed(kill) => Ok(SessionState::Killed(Box::new(kill))),
@@ -250,11 +259,12 @@ impl Session {
         loop {
             let next = match std::mem::replace(&mut self.state, SessionState::Idle) {
                 SessionState::Idle => return Ok(SessionState::Idle),
+                SessionState::Reclaimed(told) => return Ok(SessionState::Reclaimed(told)),
                 SessionState::Killed(kill) => return Err(self.end_with(kill.error(), false).await),
                 SessionState::Waiting { since } => self.step_waiting(since).await?,
                 SessionState::Active(active) => self.step_active(active, mode).await?,
             };
-            if matches!(next, SessionState::Idle) {
+            if matches!(next, SessionState::Idle | SessionState::Reclaimed(_)) {
                 return Ok(next);
             }
             self.state = next;
@@ -319,6 +329,19 @@ impl Session {
         }
         send_fatal(&mut self.client, &e).await;
         Ending::Error(e)
+    }
+
+    /// A reclaimed client spoke: its request is answered with the reclaim's error as an ERROR
+    /// in a failed transaction, and the connection is closed. A libpq client (psycopg2,
+    /// SQLAlchemy, Django) raises that error from the call it made, where an error followed by
+    /// the close would be reported as "server closed the connection unexpectedly"; it finds the
+    /// connection gone at its next call (a driver's rollback or close).
+    async fn answer_reclaimed(&mut self, told: PgError) -> Ending {
+        let answer = told.clone().with_severity(crate::protocol::Severity::Error);
+        answer.encode(&mut self.client.outbuf);
+        crate::protocol::messages::ready_for_query(&mut self.client.outbuf, TxStatus::Failed);
+        let _ = relay::flush_client(&mut self.client).await;
+        Ending::Error(told)
     }
 
     /// Waiting: get a server and bring it to the client's settings.
@@ -405,7 +428,13 @@ impl Session {
                 // Taken back for a waiting client: rolled back and handed on by the release path.
                 self.login.shared().leaks.record_reclaimed(self.login.info());
                 self.release(server, &link);
-                Err(self.end_with(kill.error(), true).await)
+                let told = kill.error();
+                if relay::flush_client(&mut self.client).await.is_err() {
+                    return Err(Ending::ClientLeft);
+                }
+                send_fatal(&mut self.client, &told).await;
+                tracing::info!(client = self.login.info().id, "{}", told.message);
+                Ok(SessionState::Reclaimed(Box::new(told)))
             }
             Ok(RelayEnd::Killed(kill)) => {
                 drop(server); // whatever it was doing is abandoned with the client
