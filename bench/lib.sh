@@ -126,7 +126,7 @@ forget_pid() {
 start_postgres() {
     local scale=$1
     PG_BINDIR=$(pg_bindir pgbench)
-    PG_PORT=$(pick_port 15432)
+    PG_PORT=$(pick_port $((15432 + RANDOM % 4000)))
     log "starting PostgreSQL $("$PG_BINDIR/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
     as_pg "$PG_BINDIR/initdb" -D "$TMP/data" -U postgres -E UTF8 --locale=C --auth-local=trust \
         --auth-host=scram-sha-256 --no-sync >/dev/null
@@ -172,7 +172,7 @@ wait_ready() {
 # Config files. $1 = auth type (scram-sha-256 | trust).
 write_pooler_configs() {
     local auth=$1
-    PGB_PORT=$(pick_port 16432)
+    PGB_PORT=$(pick_port $((20432 + RANDOM % 4000)))
     SLUICE_PORT=$(pick_port $((PGB_PORT + 1)))
     mkdir -p "$TMP/pgb"
     is_root && chown postgres:postgres "$TMP/pgb"
@@ -236,7 +236,7 @@ start_pooler() {
     sluice)
         POOLER_PORT=$SLUICE_PORT
         # --allow-root: the benchmark machine runs as root (sluice refuses root otherwise).
-        SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE_BIN" --allow-root --config "$TMP/sluice.toml" \
+        SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE_BIN" --allow-root --config "${SLUICE_CONFIG:-$TMP/sluice.toml}" \
             >"$TMP/sluice.log" 2>&1 &
         POOLER_PID=$!
         ;;

@@ -15,6 +15,7 @@ time_epoch/time_us columns). For -C rows every transaction is a login, so the wi
 logins and queries alike.
 """
 import glob
+import os
 import re
 import sys
 
@@ -49,7 +50,7 @@ def main() -> None:
 
     cpu_s = window_s = user_s = sys_s = "-"
     n_window = len(ends)
-    if samples_path != "-":
+    if samples_path != "-" and os.path.exists(samples_path):
         samples = []
         with open(samples_path, encoding="utf-8") as f:
             for line in f:

@@ -20,7 +20,8 @@
 # one per core), BENCH_ROWS (a regex: run only the rows whose name matches), BENCH_ROUNDS
 # (repeat the matrix, default 1; with more than one the summary gives medians and spread),
 # BENCH_TARGETS (default "direct pgbouncer sluice"; "sluice@NAME" runs the binary in
-# $SLUICE_BIN_NAME, so several builds of sluice take turns in one run), SLUICE_BIN (use this
+# $SLUICE_BIN_NAME, with $SLUICE_EXTRA_NAME added to its [pooler] table when set, so several
+# builds or settings of sluice take turns in one run), SLUICE_BIN (use this
 # binary instead of building), SLUICE_EXTRA (lines added to sluice's [pooler] table, e.g.
 # 'max_pool_share = 0.5' to measure fair shares on an uncontended single-application pool).
 # Within a round the targets' order rotates, so no build always runs right after PgBouncer or
@@ -134,9 +135,16 @@ run_one() {
     else
         # A fresh pooler per row, so VmHWM is this row's peak.
         if [[ $target == sluice@* ]]; then
-            local var="SLUICE_BIN_${target#sluice@}"
+            local var="SLUICE_BIN_${target#sluice@}" extra="SLUICE_EXTRA_${target#sluice@}"
             SLUICE_BIN=${!var}
+            SLUICE_CONFIG=$TMP/sluice.toml
+            if [ -n "${!extra:-}" ]; then
+                SLUICE_CONFIG=$TMP/sluice-${target#sluice@}.toml
+                awk -v extra="${!extra}" '{ print } /^workers = / { print extra }' \
+                    "$TMP/sluice.toml" >"$SLUICE_CONFIG"
+            fi
             start_pooler sluice
+            SLUICE_CONFIG=$TMP/sluice.toml
         else
             start_pooler "$target"
         fi

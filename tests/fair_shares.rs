@@ -381,7 +381,13 @@ async fn reclaim_takes_idle_transactions_back_only_while_others_wait_and_tells_t
         );
     }
     let reclaimed = reclaimed_in_summary(addr, "leaky").await;
-    assert_eq!(reclaimed, leaky.ended.len() as u64);
+    // Every end a leaker saw is a counted reclaim; a reclaim in the run's last instant may reach
+    // a leaker that stopped listening (at most one per leaker).
+    let seen = leaky.ended.len() as u64;
+    assert!(
+        (seen..=seen + LEAKERS as u64).contains(&reclaimed),
+        "{reclaimed} reclaims counted, {seen} seen by the leakers"
+    );
     let metrics = metrics_text(sluice.metrics_addr().expect("metrics endpoint")).await;
     let counter = "sluice_reclaimed_transactions_total{application_name=\"leaky\"}";
     assert_eq!(sample(&metrics, counter), Some(reclaimed as f64), "{metrics}");

@@ -394,6 +394,11 @@ impl ClientInfo {
         self.application_name.lock().clone()
     }
 
+    /// True when the client's application_name is `name` (compared in place, no copy).
+    pub(crate) fn application_name_is(&self, name: &str) -> bool {
+        *self.application_name.lock() == name
+    }
+
     /// Records a new application_name (the client ran SET application_name).
     pub fn set_application_name(&self, name: &str) {
         let mut current = self.application_name.lock();

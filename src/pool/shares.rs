@@ -62,6 +62,16 @@ impl ShareSettings {
         Some(((self.fraction * pool_size as f64).floor() as usize).clamp(1, pool_size.max(1)))
     }
 
+    /// True when `client` belongs to `group`, without building its key where that can be
+    /// avoided (the single-group check runs under the pool's lock on every release).
+    fn in_group(&self, client: &ClientInfo, group: &str) -> bool {
+        match self.key {
+            ShareKey::ApplicationName => client.application_name_is(group),
+            ShareKey::ClientAddr => self.group_of(client) == group,
+            ShareKey::None => true,
+        }
+    }
+
     /// The group `client` belongs to (empty with `pool_share_key = "none"`).
     pub(super) fn group_of(&self, client: &ClientInfo) -> String {
         match self.key {
@@ -157,6 +167,17 @@ impl Tally {
     }
 }
 
+/// True when every client holding or waiting for a server of the pool is in `group`: then
+/// shares change nothing, and no tally (which copies every key) is needed. Compares in place;
+/// called with the state lock held.
+fn only_group(st: &PoolState, settings: &ShareSettings, group: &str) -> bool {
+    st.waiters.iter().all(|w| w.group == group)
+        && st.servers.values().all(|info| match info.current() {
+            ServerUse::Lent { holder, .. } => settings.in_group(&holder, group),
+            _ => true,
+        })
+}
+
 /// The position of the waiter that may take a server or slot now: the oldest waiter of a group
 /// under its cap; the oldest of all when shares are off or only one group is present; None when
 /// every waiting group is at its cap while another group holds or waits for servers (the server
@@ -168,6 +189,13 @@ pub(super) fn next_waiter(st: &PoolState, settings: &PoolSettings) -> Option<usi
     let Some(cap) = settings.shares.cap(settings.pool_size) else {
         return Some(0);
     };
+    if st
+        .waiters
+        .front()
+        .is_some_and(|first| only_group(st, &settings.shares, &first.group))
+    {
+        return Some(0);
+    }
     let tally = Tally::of(st, &settings.shares);
     if tally.present() <= 1 {
         return Some(0);
@@ -185,6 +213,9 @@ pub(super) fn held_back(st: &PoolState, settings: &PoolSettings, group: &str) ->
     let Some(cap) = settings.shares.cap(settings.pool_size) else {
         return false;
     };
+    if only_group(st, &settings.shares, group) {
+        return false;
+    }
     let tally = Tally::of(st, &settings.shares);
     let own = tally
         .groups
