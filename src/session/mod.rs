@@ -8,6 +8,7 @@ mod link;
 mod login;
 mod params;
 mod relay;
+mod settings;
 mod statements;
 mod waiting;
 
@@ -377,7 +378,6 @@ impl Session {
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
-            pool,
             timeouts,
             release_when_idle: mode == PoolMode::Transaction,
         };
@@ -388,9 +388,35 @@ impl Session {
             &mut ctx,
         )
         .await;
-        let Active { server, link } = *active;
+        let Active { mut server, mut link } = *active;
+        if self.login.params.reads_back_always() {
+            link.resets.may_have_changed();
+        }
         match end {
             Ok(RelayEnd::TransactionDone) => {
+                if link.resets.take() {
+                    if relay::flush_client(&mut self.client).await.is_err() {
+                        self.release_leaving(server, &link);
+                        return Err(Ending::ClientLeft);
+                    }
+                    server = match Box::pin(self.read_back_settings(server, mode)).await {
+                        Ok(server) => server,
+                        Err(e) if mode == PoolMode::Session => return Err(self.end_with(e, true).await),
+                        Err(_) => {
+                            self.login.info().set_phase(ClientPhase::Idle);
+                            self.login.info().hold(None);
+                            let _ = relay::flush_client(&mut self.client).await;
+                            return Ok(SessionState::Idle);
+                        }
+                    };
+                    if mode == PoolMode::Session {
+                        if relay::flush_client(&mut self.client).await.is_err() {
+                            self.release_leaving(server, &link);
+                            return Err(Ending::ClientLeft);
+                        }
+                        return Ok(SessionState::Active(Box::new(Active { server, link })));
+                    }
+                }
                 self.release(server, &link);
                 if relay::flush_client(&mut self.client).await.is_err() {
                     return Err(Ending::ClientLeft);
@@ -505,7 +531,11 @@ impl Session {
         if server.conn.params_fingerprint.is_some() {
             server.conn.params_fingerprint = Some(self.login.params.fingerprint());
         }
-        let disposition = link.disposition(&self.client, &server.conn);
+        let mut disposition = link.disposition(&self.client, &server.conn);
+        if link.resets.pending() {
+            // Settings changed and were not read back: nobody knows what the server carries.
+            disposition = Disposition::Close("session settings changed and not read back");
+        }
         self.login.pool.release(server, disposition);
     }
 
