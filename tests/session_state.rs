@@ -237,3 +237,23 @@ async fn reset_returns_the_client_to_its_startup_value_in_transaction_mode() {
 async fn reset_returns_the_client_to_its_startup_value_in_session_mode() {
     reset_returns_to_the_startup_value("session", "t_ss_reset_session").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_config_deep_in_a_large_query_is_seen() {
+    let db = pg().create_database("t_ss_large").await;
+    let sluice = start_sluice(&config(&db, "transaction", 1)).await;
+    let addr = sluice.tcp_addr();
+    let a = client(addr, &db).await;
+    let b = client(addr, &db).await;
+    let default = server_default(&db, "cpu_tuple_cost").await;
+    // Far past the first read of the message: it reaches sluice in many pieces.
+    let pad = "x".repeat(200_000);
+    a.batch_execute(&format!(
+        "SELECT '{pad}', pg_catalog.set_config('cpu_tuple_cost', '0.5', false)"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(show(&b, "cpu_tuple_cost").await, default, "B saw A's set_config");
+    assert_eq!(show(&a, "cpu_tuple_cost").await, "0.5");
+    assert_eq!(show(&b, "cpu_tuple_cost").await, default);
+}

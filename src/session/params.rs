@@ -420,7 +420,23 @@ impl ClientParams {
 #[derive(Debug, Default)]
 pub(super) struct ResetWatch {
     state: Watch,
+    /// Where the client's message being forwarded stands, for `set_config` split across pieces.
+    text: Text,
 }
+
+/// The client message whose pieces are being forwarded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// Not a Query or Parse.
+    #[default]
+    Elsewhere,
+    /// A Query or Parse (`tag`), with the last bytes of its text seen so far (`tail[..len]`), so
+    /// that a name split between two pieces is found.
+    In { tag: u8, tail: [u8; TAIL], len: u8 },
+}
+
+/// One byte less than `set_config`.
+const TAIL: usize = 9;
 
 /// Whether the server's session settings may have changed since they were last read back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -441,16 +457,54 @@ impl ResetWatch {
         }
     }
 
-    /// The client sent a Query or Parse (`tag`; `text` is the message, or the part of it already
-    /// here): a `set_config(...)` call changes a setting with no SET tag to show for it. A
-    /// prepared one may run in any later transaction, so such a client's settings are read back
-    /// after every transaction from then on.
-    pub(super) fn on_query_text(&mut self, tag: u8, text: &[u8], params: &mut ClientParams) {
-        if self.state == Watch::Unchanged && mentions_set_config(text) {
+    /// The client sent a message (`tag`), whole or its first piece: a Query or Parse whose text
+    /// calls `set_config(...)` changes a setting with no SET tag to show for it. A prepared one
+    /// may run in any later transaction, so such a client's settings are read back after every
+    /// transaction from then on.
+    pub(super) fn on_client_message(&mut self, tag: u8, piece: &[u8], params: &mut ClientParams) {
+        use crate::protocol::tags::frontend;
+        self.text = if tag == frontend::QUERY || tag == frontend::PARSE {
+            Text::In {
+                tag,
+                tail: [0; TAIL],
+                len: 0,
+            }
+        } else {
+            Text::Elsewhere
+        };
+        self.scan(piece, params);
+    }
+
+    /// A further piece of the client message last begun.
+    pub(super) fn on_client_piece(&mut self, piece: &[u8], params: &mut ClientParams) {
+        self.scan(piece, params);
+    }
+
+    fn scan(&mut self, piece: &[u8], params: &mut ClientParams) {
+        let Text::In { tag, tail, len } = &mut self.text else {
+            return;
+        };
+        let mut joint = [0u8; 2 * TAIL];
+        let kept = usize::from(*len);
+        let head = piece.len().min(TAIL);
+        joint[..kept].copy_from_slice(&tail[..kept]);
+        joint[kept..kept + head].copy_from_slice(&piece[..head]);
+        if mentions_set_config(&joint[..kept + head]) || mentions_set_config(piece) {
             self.state = Watch::MayHaveChanged;
-            if tag == crate::protocol::tags::frontend::PARSE {
+            if *tag == crate::protocol::tags::frontend::PARSE {
                 params.read_back = ReadBack::EveryTransaction;
             }
+        }
+        // Keep the last TAIL bytes of what was seen.
+        let all = &joint[..kept + head];
+        if piece.len() >= TAIL {
+            tail.copy_from_slice(&piece[piece.len() - TAIL..]);
+            *len = TAIL as u8;
+        } else {
+            let from = all.len().saturating_sub(TAIL);
+            let n = all.len() - from;
+            tail[..n].copy_from_slice(&all[from..]);
+            *len = n as u8;
         }
     }
 
@@ -644,11 +698,21 @@ mod tests {
         ));
         let mut p = ClientParams::default();
         let mut w = ResetWatch::default();
-        w.on_query_text(b'Q', b"SELECT 1", &mut p);
+        w.on_client_message(b'Q', b"SELECT 1", &mut p);
         assert!(!w.pending());
-        w.on_query_text(b'Q', b"SELECT set_config('a','b',false)", &mut p);
+        w.on_client_message(b'Q', b"SELECT set_config('a','b',false)", &mut p);
         assert!(w.take() && !w.pending() && !p.reads_back_always());
-        w.on_query_text(b'P', b"s0\0SELECT set_config($1,$2,false)", &mut p);
+        // Split between pieces, and pieces smaller than the name.
+        w.on_client_message(b'Q', b"SELECT pg_catalog.se", &mut p);
+        w.on_client_piece(b"t_c", &mut p);
+        assert!(!w.pending());
+        w.on_client_piece(b"onfig('a','b',false)", &mut p);
+        assert!(w.take());
+        // Not in another message's continuation.
+        w.on_client_message(b'B', b"set_", &mut p);
+        w.on_client_piece(b"config", &mut p);
+        assert!(!w.pending());
+        w.on_client_message(b'P', b"s0\0SELECT set_config($1,$2,false)", &mut p);
         assert!(w.pending() && p.reads_back_always());
         w.on_command_complete(b"SELECT 1\0");
         let mut w = ResetWatch::default();

@@ -253,13 +253,13 @@ fn pump_client(
                     Some(t) => {
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
+                        link.resets.on_client_message(t, &piece, ctx.params);
                         if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
-                            link.resets.on_query_text(t, &piece, ctx.params);
                         }
                     }
                     None if link.client_batch != ClientBatch::Forwarding => continue,
-                    None => {}
+                    None => link.resets.on_client_piece(&piece, ctx.params),
                 }
                 link.to_server.unsplit(piece);
             }
@@ -284,7 +284,7 @@ fn pump_client(
                 let msg = client.inbuf.split_to(len);
                 if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
-                    link.resets.on_query_text(tag, &msg, ctx.params);
+                    link.resets.on_client_message(tag, &msg, ctx.params);
                 }
                 match outcome {
                     Outcome::Forward => {
