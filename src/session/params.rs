@@ -1,6 +1,8 @@
-//! Session parameters a client asked for (startup packet, later SETs the server reported) and
-//! their restoration on whichever server the client gets: only what differs is SET, in one round
-//! trip, before the client's own request.
+//! Session parameters a client asked for (startup packet, later SETs: reported by the server, or
+//! read back by `settings.rs` after the watch below saw a SET, RESET, DISCARD ALL or set_config)
+//! and their restoration on whichever server the client gets: only what differs is SET, in one
+//! round trip, before the client's own request. RESET keeps PostgreSQL's meaning (the client's
+//! own startup values).
 
 use crate::server::ServerConn;
 use std::collections::BTreeMap;
