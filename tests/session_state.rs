@@ -257,3 +257,31 @@ async fn set_config_deep_in_a_large_query_is_seen() {
     assert_eq!(show(&a, "cpu_tuple_cost").await, "0.5");
     assert_eq!(show(&b, "cpu_tuple_cost").await, default);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_inside_a_do_block_or_a_procedure_reaches_no_other_client() {
+    let db = pg().create_database("t_ss_blocks_code").await;
+    let sluice = start_sluice(&config(&db, "transaction", 1)).await;
+    let addr = sluice.tcp_addr();
+    let a = client(addr, &db).await;
+    let b = client(addr, &db).await;
+    let wm = server_default(&db, "work_mem").await;
+    let mm = server_default(&db, "maintenance_work_mem").await;
+    a.batch_execute("DO $$ BEGIN SET work_mem = '33MB'; END $$")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "work_mem").await, wm, "B saw the DO block's SET");
+    assert_eq!(show(&a, "work_mem").await, "33MB");
+    a.batch_execute(
+        "CREATE PROCEDURE p_set() LANGUAGE plpgsql AS $$ BEGIN SET maintenance_work_mem = '98MB'; END $$",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("CALL p_set()").await.unwrap();
+    assert_eq!(
+        show(&b, "maintenance_work_mem").await,
+        mm,
+        "B saw the procedure's SET"
+    );
+    assert_eq!(show(&a, "maintenance_work_mem").await, "98MB");
+}

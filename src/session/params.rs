@@ -414,8 +414,9 @@ impl ClientParams {
 }
 
 /// Watches a client's requests and the server's replies for anything that may have changed the
-/// server's session settings: a CommandComplete `SET`, `RESET` or `DISCARD ALL` (simple or
-/// extended protocol, alone or among other statements), or a query text that calls `set_config`.
+/// server's session settings: a CommandComplete `SET`, `RESET`, `DISCARD ALL`, `DO` or `CALL`
+/// (simple or extended protocol, alone or among other statements), or a query text that calls
+/// `set_config`.
 /// Costs a tag comparison per CommandComplete and a scan of the query text for `_`; only when it
 /// fires does the session read the server's settings back (`settings.rs`) once the transaction is
 /// over, so a rolled-back SET and a `SET LOCAL` are found gone, and a committed one is kept.
@@ -454,7 +455,8 @@ impl ResetWatch {
     /// The server sent a CommandComplete with this body (tag and NUL).
     pub(super) fn on_command_complete(&mut self, body: &[u8]) {
         let tag = body.strip_suffix(b"\0").unwrap_or(body);
-        if tag == b"SET" || tag == b"RESET" || tag == b"DISCARD ALL" {
+        // A DO block or a procedure (CALL) may run SET with nothing to show for it.
+        if matches!(tag, b"SET" | b"RESET" | b"DISCARD ALL" | b"DO" | b"CALL") {
             self.state = Watch::MayHaveChanged;
         }
     }
@@ -717,9 +719,15 @@ mod tests {
         w.on_client_message(b'P', b"s0\0SELECT set_config($1,$2,false)", &mut p);
         assert!(w.pending() && p.reads_back_always());
         w.on_command_complete(b"SELECT 1\0");
+        for tag in [&b"SET\0"[..], b"RESET\0", b"DISCARD ALL\0", b"DO\0", b"CALL\0"] {
+            let mut w = ResetWatch::default();
+            w.on_command_complete(tag);
+            assert!(w.pending());
+        }
         let mut w = ResetWatch::default();
-        w.on_command_complete(b"SET\0");
-        assert!(w.pending());
+        w.on_command_complete(b"SELECT 1\0");
+        w.on_command_complete(b"DISCARD TEMP\0");
+        assert!(!w.pending());
     }
 
     #[test]
