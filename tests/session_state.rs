@@ -285,3 +285,47 @@ async fn a_set_inside_a_do_block_or_a_procedure_reaches_no_other_client() {
     );
     assert_eq!(show(&a, "maintenance_work_mem").await, "98MB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_clients_each_keep_their_own_setting_and_victims_see_none() {
+    let db = pg().create_database("t_ss_many").await;
+    let sluice = start_sluice(&config(&db, "transaction", 3)).await;
+    let addr = sluice.tcp_addr();
+    let default = server_default(&db, "work_mem").await;
+    let mut tasks = Vec::new();
+    for i in 0..10u32 {
+        let db = db.clone();
+        let default = default.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client(addr, &db).await;
+            // Clients 0..6 each SET their own value, in one form or another; 7..9 are victims.
+            let own = match i {
+                0..=6 => {
+                    let v = format!("{}MB", 10 + i);
+                    let sql = match i % 3 {
+                        0 => format!("SET work_mem = '{v}'"),
+                        1 => format!("BEGIN; SET SESSION work_mem TO '{v}'; COMMIT"),
+                        _ => format!("SELECT pg_catalog.set_config('work_mem', '{v}', false)"),
+                    };
+                    c.batch_execute(&sql).await.unwrap();
+                    v
+                }
+                _ => default,
+            };
+            let mut errors = 0;
+            let mut servers = BTreeSet::new();
+            for _ in 0..40 {
+                let (value, pid) = setting_and_pid(&c, "work_mem").await;
+                servers.insert(pid);
+                if value != own {
+                    errors += 1;
+                }
+            }
+            (i, errors, servers.len())
+        }));
+    }
+    for t in tasks {
+        let (i, errors, _servers) = t.await.unwrap();
+        assert_eq!(errors, 0, "client {i} saw a work_mem not its own");
+    }
+}
