@@ -9,6 +9,7 @@ mod login;
 mod params;
 mod relay;
 mod settings;
+mod settings_watch;
 mod statements;
 mod waiting;
 
@@ -395,26 +396,9 @@ impl Session {
         match end {
             Ok(RelayEnd::TransactionDone) => {
                 if link.resets.take() {
-                    if relay::flush_client(&mut self.client).await.is_err() {
-                        self.release_leaving(server, &link);
-                        return Err(Ending::ClientLeft);
-                    }
-                    server = match Box::pin(self.read_back_settings(server, mode)).await {
-                        Ok(server) => server,
-                        Err(e) if mode == PoolMode::Session => return Err(self.end_with(e, true).await),
-                        Err(_) => {
-                            self.login.info().set_phase(ClientPhase::Idle);
-                            self.login.info().hold(None);
-                            let _ = relay::flush_client(&mut self.client).await;
-                            return Ok(SessionState::Idle);
-                        }
-                    };
-                    if mode == PoolMode::Session {
-                        if relay::flush_client(&mut self.client).await.is_err() {
-                            self.release_leaving(server, &link);
-                            return Err(Ending::ClientLeft);
-                        }
-                        return Ok(SessionState::Active(Box::new(Active { server, link })));
+                    match Box::pin(self.read_back(server, link, mode)).await {
+                        settings::AfterReadBack::Release(s, l) => (server, link) = (s, *l),
+                        settings::AfterReadBack::Next(next) => return next,
                     }
                 }
                 self.release(server, &link);

@@ -7,8 +7,9 @@
 //! want), a rolled-back SET or a `SET LOCAL` is found gone, and a RESET returns the client to its
 //! own startup value (also in session mode, where the sync runs at once).
 
-use super::Session;
+use super::link::Link;
 use super::params::ClientParams;
+use super::{Ending, Session, SessionState, relay};
 use crate::clients::ClientPhase;
 use crate::config::PoolMode;
 use crate::pool::{Disposition, PooledServer};
@@ -27,7 +28,52 @@ const SESSION_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) \
 /// More rows than PostgreSQL has settings: the rest are refused as a protocol error.
 const MAX_SETTINGS: usize = 4096;
 
+/// What follows a read-back at the end of a transaction.
+pub(super) enum AfterReadBack {
+    /// Transaction mode: release the server as usual.
+    Release(PooledServer, Box<Link>),
+    /// The session goes on as this says (session mode: relaying on the same server; or the
+    /// server was lost or the client left).
+    Next(Result<SessionState, Ending>),
+}
+
 impl Session {
+    /// At the end of a transaction that may have changed settings: the client gets its reply
+    /// first, then the server's settings are read back ([`Session::read_back_settings`]).
+    pub(super) async fn read_back(
+        &mut self,
+        server: PooledServer,
+        link: Link,
+        mode: PoolMode,
+    ) -> AfterReadBack {
+        if relay::flush_client(&mut self.client).await.is_err() {
+            self.release_leaving(server, &link);
+            return AfterReadBack::Next(Err(Ending::ClientLeft));
+        }
+        let server = match self.read_back_settings(server, mode).await {
+            Ok(server) => server,
+            Err(e) if mode == PoolMode::Session => {
+                return AfterReadBack::Next(Err(self.end_with(e, true).await));
+            }
+            Err(_) => {
+                // Transaction mode: the server is gone, the client goes on (its next checkout
+                // brings a fresh server to the settings it had before this transaction).
+                self.login.info().set_phase(ClientPhase::Idle);
+                self.login.info().hold(None);
+                let _ = relay::flush_client(&mut self.client).await;
+                return AfterReadBack::Next(Ok(SessionState::Idle));
+            }
+        };
+        if mode != PoolMode::Session {
+            return AfterReadBack::Release(server, Box::new(link));
+        }
+        if relay::flush_client(&mut self.client).await.is_err() {
+            self.release_leaving(server, &link);
+            return AfterReadBack::Next(Err(Ending::ClientLeft));
+        }
+        AfterReadBack::Next(Ok(SessionState::Active(Box::new(super::Active { server, link }))))
+    }
+
     /// Reads the server's session settings back after a transaction that may have changed them
     /// and makes them the client's. In session mode, a reset that left the server away from the
     /// client's startup values is undone at once. On failure the server is closed (it may carry
