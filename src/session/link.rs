@@ -36,7 +36,7 @@ pub(super) struct Link {
     /// When the server last became idle for the client (ReadyForQuery with nothing due).
     idle_since: Instant,
     /// What the server reported and reset, for RESET's semantics.
-    pub(super) resets: super::params::ResetWatch,
+    pub(super) resets: super::settings_watch::ResetWatch,
     /// Watches the client's messages for changes of role or session authorization.
     pub(super) identity: super::identity::IdentityWatch,
 }

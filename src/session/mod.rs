@@ -8,6 +8,8 @@ mod link;
 mod login;
 mod params;
 mod relay;
+mod settings;
+mod settings_watch;
 mod statements;
 mod waiting;
 
@@ -400,7 +402,6 @@ impl Session {
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
-            pool,
             timeouts,
             release_when_idle: mode == PoolMode::Transaction,
         };
@@ -411,9 +412,18 @@ impl Session {
             &mut ctx,
         )
         .await;
-        let Active { server, link } = *active;
+        let Active { mut server, mut link } = *active;
+        if self.login.params.reads_back_always() {
+            link.resets.may_have_changed();
+        }
         match end {
             Ok(RelayEnd::TransactionDone) => {
+                if link.resets.take() {
+                    match Box::pin(self.read_back(server, link, mode)).await {
+                        settings::AfterReadBack::Release(s, l) => (server, link) = (s, *l),
+                        settings::AfterReadBack::Next(next) => return next,
+                    }
+                }
                 self.release(server, &link);
                 if relay::flush_client(&mut self.client).await.is_err() {
                     return Err(Ending::ClientLeft);
@@ -534,7 +544,11 @@ impl Session {
         if server.conn.params_fingerprint.is_some() {
             server.conn.params_fingerprint = Some(self.login.params.fingerprint());
         }
-        let disposition = link.disposition(&self.client, &server.conn);
+        let mut disposition = link.disposition(&self.client, &server.conn);
+        if link.resets.pending() {
+            // Settings changed and were not read back: nobody knows what the server carries.
+            disposition = Disposition::Close("session settings changed and not read back");
+        }
         self.login.pool.release(server, disposition);
     }
 

@@ -1,8 +1,9 @@
-//! Session parameters a client asked for (startup packet, later SETs the server reported) and
-//! their restoration on whichever server the client gets: only what differs is SET, in one round
-//! trip, before the client's own request.
+//! Session parameters a client asked for (startup packet, later SETs: reported by the server, or
+//! read back by `settings.rs` after the watch below saw a SET, RESET, DISCARD ALL or set_config)
+//! and their restoration on whichever server the client gets: only what differs is SET, in one
+//! round trip, before the client's own request. RESET keeps PostgreSQL's meaning (the client's
+//! own startup values).
 
-use crate::protocol::TxStatus;
 use crate::server::ServerConn;
 use std::collections::BTreeMap;
 
@@ -72,10 +73,11 @@ enum Startup {
     Was(Box<str>),
 }
 
-/// The client's wishes by lower-cased name, kept sorted in a plain vector: a client has a handful,
-/// and a BTreeMap would allocate a whole 11-slot node per idle client.
+/// The client's wishes by lower-cased name, kept sorted in an exactly sized slice: a client has a
+/// handful, and a BTreeMap would allocate a whole 11-slot node per idle client (a boxed slice is
+/// also 8 bytes smaller than a Vec in every idle session).
 #[derive(Debug, Clone, Default)]
-struct Wishes(Vec<(String, Wanted)>);
+struct Wishes(Box<[(String, Wanted)]>);
 
 impl Wishes {
     fn position(&self, key: &str) -> Result<usize, usize> {
@@ -86,9 +88,10 @@ impl Wishes {
         match self.position(&key) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => {
-                self.0.insert(i, (key, value));
                 // Exactly sized: a client keeps these for its whole life.
-                self.0.shrink_to_fit();
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.insert(i, (key, value));
+                self.0 = v.into_boxed_slice();
             }
         }
     }
@@ -107,7 +110,9 @@ impl Wishes {
 
     fn remove(&mut self, key: &str) {
         if let Ok(i) = self.position(key) {
-            self.0.remove(i);
+            let mut v = std::mem::take(&mut self.0).into_vec();
+            v.remove(i);
+            self.0 = v.into_boxed_slice();
         }
     }
 }
@@ -137,6 +142,19 @@ pub(super) struct ClientParams {
     /// Hash of the (name, value) wishes: a server left in this client's state carries it, so
     /// the next checkout by a client with the same wishes needs no sync at all.
     fingerprint: u64,
+    /// When the server's settings are read back after this client's transactions.
+    read_back: ReadBack,
+}
+
+/// When a client's server has its session settings read back (`settings.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ReadBack {
+    /// After a transaction the watch (`settings.rs`) saw change them.
+    #[default]
+    OnChange,
+    /// After every transaction: the client prepared a statement that calls `set_config`, and
+    /// its executions (Bind/Execute, no text to see) may change settings at any time.
+    EveryTransaction,
 }
 
 /// Why a startup parameter was refused.
@@ -184,6 +202,17 @@ impl ClientParams {
         Ok(out)
     }
 
+    /// The client prepared a statement that calls `set_config`: from now on its server's settings
+    /// are read back after every transaction.
+    pub(super) fn read_back_always(&mut self) {
+        self.read_back = ReadBack::EveryTransaction;
+    }
+
+    /// True when the server's settings are read back after each of this client's transactions.
+    pub(super) fn reads_back_always(&self) -> bool {
+        self.read_back == ReadBack::EveryTransaction
+    }
+
     /// The fingerprint of the current wishes.
     pub(super) fn fingerprint(&self) -> u64 {
         self.fingerprint
@@ -212,15 +241,25 @@ impl ClientParams {
         self.refresh_fingerprint();
     }
 
-    /// The server ran a `RESET` or `DISCARD ALL` for this client, reporting `names` as it went:
-    /// those parameters are back at the connection's startup values, which for the client are
-    /// its own startup wishes, not the values sluice logged the server in with. Startup wishes
-    /// come back; wishes the client only SET later go. Returns the startup values that came back
-    /// (name as reported, value), which the client has to be told.
-    pub(super) fn reset_reported(&mut self, names: &[String]) -> Vec<(String, String)> {
+    /// After a transaction that may have changed settings, `session` is every setting the server
+    /// now holds at session level (pg_settings `source = 'session'`: what the client SET, and
+    /// what sluice applied for it), as (name, current value). The client's wishes become exactly
+    /// that: a setting it SET is kept (and follows it to its next server); a wish no longer held
+    /// at session level was reset (`RESET`, `RESET ALL`, `SET .. TO DEFAULT`, `DISCARD ALL`), which
+    /// on PostgreSQL means the client's own startup value, not the server's login value. Records
+    /// on `server` which unreported settings it carries, so the next client's sync resets them.
+    /// Returns the startup values that came back (name, value), which the client has to be told.
+    pub(super) fn reconcile(&mut self, session: &[(String, String)]) -> Vec<(String, String)> {
+        let now = session_map(session);
         let mut restored = Vec::new();
-        for name in names {
-            let key = name.to_ascii_lowercase();
+        let gone: Vec<String> = self
+            .wanted
+            .0
+            .iter()
+            .filter(|(k, _)| !now.contains_key(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
             let Some(w) = self.wanted.get_mut(&key) else {
                 continue;
             };
@@ -228,14 +267,47 @@ impl ClientParams {
                 Startup::Was(value) => {
                     w.requested = value.into_string();
                     w.canonical = None;
-                    restored.push((name.clone(), w.requested.clone()));
+                    restored.push((w.name.clone(), w.requested.clone()));
                 }
+                // Still the startup value: the server may hold it from its own login.
                 Startup::Same => {}
                 Startup::Absent => self.wanted.remove(&key),
             }
         }
+        for (key, (name, value)) in &now {
+            match self.wanted.get_mut(key) {
+                Some(w) if w.requested == *value || w.canonical.as_deref() == Some(*value) => {}
+                Some(w) => {
+                    let before = std::mem::replace(&mut w.requested, value.to_string());
+                    w.canonical = None;
+                    if w.startup == Startup::Same {
+                        w.startup = Startup::Was(before.into_boxed_str());
+                    }
+                }
+                None => self.wanted.insert(
+                    key.clone(),
+                    Wanted {
+                        name: name.to_string(),
+                        requested: value.to_string(),
+                        canonical: None,
+                        startup: Startup::Absent,
+                    },
+                ),
+            }
+        }
         self.refresh_fingerprint();
         restored
+    }
+
+    /// Records on `server` the unreported settings it holds at session level (`session`, as
+    /// read back), so that the next client's sync resets those that client does not want.
+    pub(super) fn record_carried(session: &[(String, String)], server: &mut ServerConn) {
+        let reported = lowercase_map(&server.params);
+        server.applied = session_map(session)
+            .into_iter()
+            .filter(|(k, _)| !reported.contains_key(k))
+            .map(|(k, (_, v))| (k, v.to_string()))
+            .collect();
     }
 
     /// The value to report to the client for a parameter at login, if it asked for one.
@@ -290,13 +362,16 @@ impl ClientParams {
         let mut sets = Vec::new();
         let mut resets = String::new();
         let reported = lowercase_map(&server.params);
+        // After a rollback or a reset query (fingerprint None) what the server carries of the
+        // unreported settings is not known for sure: those the client wants are SET again.
+        let trusted = server.params_fingerprint.is_some();
         for (key, w) in &self.wanted {
             if never_synced(key) {
                 continue;
             }
             let matches = match reported.get(key) {
                 Some(current) => *current == w.canonical.as_deref().unwrap_or(&w.requested),
-                None => server.applied.get(key) == Some(&w.requested),
+                None => trusted && server.applied.get(key) == Some(&w.requested),
             };
             if !matches {
                 // set_config takes the value as a startup packet would (lists stay lists).
@@ -344,83 +419,13 @@ impl ClientParams {
     }
 }
 
-/// Watches a server's replies for resets, so that RESET keeps PostgreSQL's meaning (the
-/// client's startup values) on a pooled server; see [`ResetWatch::on_ready_for_query`].
-#[derive(Debug, Default)]
-pub(super) struct ResetWatch {
-    /// Parameters the server reported since its last ReadyForQuery (PostgreSQL reports them just
-    /// before it), at most [`MAX_REPORTS`].
-    reported: Vec<String>,
-    /// A RESET or DISCARD ALL completed and is not dealt with yet.
-    reset_seen: bool,
-}
-
-/// More parameter reports than PostgreSQL has reported parameters; the rest are not kept.
-const MAX_REPORTS: usize = 64;
-
-impl ResetWatch {
-    /// The server sent a ParameterStatus.
-    pub(super) fn on_report(&mut self, name: &str) {
-        if self.reported.len() < MAX_REPORTS {
-            self.reported.push(name.to_string());
-        }
-    }
-
-    /// The server sent a CommandComplete with this body (tag and NUL).
-    pub(super) fn on_command_complete(&mut self, body: &[u8]) {
-        let tag = body.strip_suffix(b"\0").unwrap_or(body);
-        if tag == b"RESET" || tag == b"DISCARD ALL" {
-            self.reset_seen = true;
-        }
-    }
-
-    /// At ReadyForQuery, after the server reported what changed: if a RESET or DISCARD ALL ran
-    /// (transaction mode, once its transaction is over), the reported parameters now at the
-    /// values the pool's servers log in with were reset. The client expects its own startup
-    /// values there (PostgreSQL's RESET semantics), so its wishes go back to them and it is told
-    /// so (ParameterStatus into `to_client`, before the ReadyForQuery). The server is out of step
-    /// until the next checkout brings it to them: settings it does not report may have been
-    /// reset too, so none of those is trusted either. Returns the application_name that came
-    /// back, if it did.
-    pub(super) fn on_ready_for_query(
-        &mut self,
-        params: &mut ClientParams,
-        server: &mut ServerConn,
-        pool: &crate::pool::Pool,
-        transaction_mode: bool,
-        to_client: &mut bytes::BytesMut,
-    ) -> Option<String> {
-        if self.reset_seen && !transaction_mode {
-            // Session mode: the client keeps this server, whose values are what it has (as
-            // with PgBouncer); nothing would bring it to the client's startup values.
-            self.reset_seen = false;
-        }
-        if self.reset_seen && server.tx_status != TxStatus::Idle {
-            // Inside a transaction block the reset can still be rolled back (PostgreSQL then
-            // reports the values it restores): decide when the transaction is over.
-            return None;
-        }
-        let mut application_name = None;
-        if std::mem::take(&mut self.reset_seen) {
-            let login_values = pool.welcome_params().unwrap_or_default();
-            let reset: Vec<String> = self
-                .reported
-                .iter()
-                .filter(|name| server.params.get(name.as_str()) == login_values.get(name.as_str()))
-                .cloned()
-                .collect();
-            for (name, value) in params.reset_reported(&reset) {
-                crate::protocol::messages::parameter_status(to_client, &name, &value);
-                if name.eq_ignore_ascii_case("application_name") {
-                    application_name = Some(value);
-                }
-            }
-            server.applied.clear();
-            server.params_fingerprint = None;
-        }
-        self.reported.clear();
-        application_name
-    }
+/// Session-level settings by lower-cased name, without those sluice never syncs.
+fn session_map(session: &[(String, String)]) -> BTreeMap<String, (&str, &str)> {
+    session
+        .iter()
+        .filter(|(n, _)| !never_synced(n))
+        .map(|(n, v)| (n.to_ascii_lowercase(), (n.as_str(), v.as_str())))
+        .collect()
 }
 
 fn lowercase_map(m: &BTreeMap<String, String>) -> BTreeMap<String, &str> {
@@ -521,11 +526,11 @@ mod tests {
         // The client SETs two startup settings and a new one; the server reports them.
         p.observe_server_report("TimeZone", "America/Lima");
         p.observe_server_report("DateStyle", "German, DMY");
-        // RESET ALL: the server reports its login values for all three (application_name was
-        // never changed, so it is not reported).
+        // RESET ALL: the server reports its login values for the two it reports; read back, the
+        // server holds nothing at session level any more.
         p.observe_server_report("TimeZone", "Etc/UTC");
         p.observe_server_report("DateStyle", "ISO, MDY");
-        let restored = p.reset_reported(&["TimeZone".into(), "DateStyle".into()]);
+        let restored = p.reconcile(&[]);
         assert_eq!(restored, vec![("TimeZone".to_string(), "Asia/Tokyo".to_string())]);
         assert_eq!(p.reported_value("TimeZone"), Some("Asia/Tokyo"));
         assert_eq!(p.reported_value("application_name"), Some("app"));
@@ -540,7 +545,31 @@ mod tests {
             "the client wants what it wanted at login"
         );
         // A second reset changes nothing.
-        assert!(p.reset_reported(&["TimeZone".into()]).is_empty());
+        assert!(p.reconcile(&[]).is_empty());
+    }
+
+    #[test]
+    fn read_back_settings_become_the_clients_and_a_reset_returns_to_startup() {
+        let mut p = ClientParams::from_startup(&[("work_mem".into(), "12MB".into())], &[]).unwrap(); // ok: literal test input
+        let startup = p.fingerprint();
+        // The client SET two unreported settings (one from its startup packet) and its role.
+        let set = [
+            ("work_mem".to_string(), "20MB".to_string()),
+            ("statement_timeout".to_string(), "7s".to_string()),
+            ("role".to_string(), "other".to_string()),
+        ];
+        assert!(p.reconcile(&set).is_empty());
+        assert_eq!(p.reported_value("work_mem"), Some("20MB"));
+        assert_eq!(p.reported_value("statement_timeout"), Some("7s"));
+        assert_eq!(p.reported_value("role"), None, "identity is never a wish");
+        assert_ne!(p.fingerprint(), startup);
+        // RESET ALL: nothing at session level any more; the startup value comes back.
+        assert_eq!(
+            p.reconcile(&[]),
+            vec![("work_mem".to_string(), "12MB".to_string())]
+        );
+        assert_eq!(p.reported_value("statement_timeout"), None);
+        assert_eq!(p.fingerprint(), startup);
     }
 
     #[test]

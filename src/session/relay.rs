@@ -85,8 +85,6 @@ pub(super) struct RelayContext<'a> {
     pub(super) info: &'a ClientInfo,
     /// The pool's counters.
     pub(super) stats: &'a PoolStats,
-    /// The pool (the values its servers log in with, which a RESET returns a server to).
-    pub(super) pool: &'a crate::pool::Pool,
     /// Time limits.
     pub(super) timeouts: Timeouts,
     /// Transaction mode: stop at the end of each transaction.
@@ -120,7 +118,10 @@ async fn relay_loop(
         let pumped = pump_client(client, link, server, ctx)?;
         link.note_request_start(server, ctx.info);
         let was_checking = link.responses.checking();
-        if pump_server(client, link, server, ctx)? && ctx.release_when_idle && link.quiet(client) {
+        if pump_server(client, link, server, ctx)?
+            && (ctx.release_when_idle || link.resets.pending() || ctx.params.reads_back_always())
+            && link.quiet(client)
+        {
             return Ok(RelayEnd::TransactionDone);
         }
         if pumped == ClientPump::Terminated {
@@ -252,12 +253,13 @@ fn pump_client(
                     Some(t) => {
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
+                        link.resets.on_client_message(t, &piece, ctx.params);
                         if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
                         }
                     }
                     None if link.client_batch != ClientBatch::Forwarding => continue,
-                    None => {}
+                    None => link.resets.on_client_piece(&piece, ctx.params),
                 }
                 link.to_server.unsplit(piece);
             }
@@ -282,6 +284,7 @@ fn pump_client(
                 let msg = client.inbuf.split_to(len);
                 if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
+                    link.resets.on_client_message(tag, &msg, ctx.params);
                 }
                 match outcome {
                     Outcome::Forward => {
@@ -456,16 +459,6 @@ fn pump_server(
                     }
                     server.tx_status =
                         TxStatus::try_from(msg[5]).map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
-                    let restored = link.resets.on_ready_for_query(
-                        ctx.params,
-                        server,
-                        ctx.pool,
-                        ctx.release_when_idle,
-                        &mut client.outbuf,
-                    );
-                    if let Some(name) = restored {
-                        ctx.info.set_application_name(&name);
-                    }
                 }
                 backend::ERROR_RESPONSE => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
@@ -486,7 +479,6 @@ fn pump_server(
                         if name == "application_name" {
                             ctx.info.set_application_name(value);
                         }
-                        link.resets.on_report(name);
                         server.params.insert(name.to_string(), value.to_string());
                     }
                 }
