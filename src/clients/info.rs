@@ -149,6 +149,30 @@ struct Live {
     xact_since: Option<Instant>,
 }
 
+impl Live {
+    /// Records a phase change at `now`. An idle or waiting client holds no server: those
+    /// phases also forget the server it held.
+    fn set_phase(&mut self, phase: ClientPhase, now: Instant) {
+        if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && self.phase != ClientPhase::Active {
+            self.request_at = now;
+        }
+        if self.phase != phase {
+            self.phase = phase;
+            self.phase_since = now;
+        }
+        if matches!(phase, ClientPhase::Idle | ClientPhase::Waiting) {
+            self.held = None;
+        }
+        match phase {
+            ClientPhase::IdleInTransaction => {
+                self.xact_since.get_or_insert(now);
+            }
+            ClientPhase::Active => {}
+            _ => self.xact_since = None,
+        }
+    }
+}
+
 /// One logged-in client.
 #[derive(Debug)]
 pub struct ClientInfo {
@@ -242,6 +266,19 @@ impl ClientInfo {
         live.held = server.map(|s| (s, since));
     }
 
+    /// A request got its server, which already carries the client's settings: the phase
+    /// becomes `Active` and the server is recorded as held, under one lock and with the
+    /// caller's clock reading (what [`ClientInfo::set_phase`] then [`ClientInfo::hold`] do).
+    pub(crate) fn activate(&self, server: HeldServer, now: Instant) {
+        let mut live = self.live.lock();
+        live.set_phase(ClientPhase::Active, now);
+        let since = match &live.held {
+            Some((old, since)) if old.id == server.id => *since,
+            _ => now,
+        };
+        live.held = Some((server, since));
+    }
+
     /// Where a cancel request from this client goes now, with that server marked as having a
     /// cancel in flight (taken under the same lock that [`ClientInfo::hold`] and
     /// [`ClientInfo::set_phase`] clear the server under, so a release that follows sees the mark).
@@ -328,25 +365,13 @@ impl ClientInfo {
     /// Records a phase change. Called on transitions only. An idle or waiting client holds no
     /// server: those phases also forget the server it held (see [`ClientInfo::hold`]).
     pub fn set_phase(&self, phase: ClientPhase) {
-        let mut live = self.live.lock();
-        let now = Instant::now();
-        if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && live.phase != ClientPhase::Active {
-            live.request_at = now;
-        }
-        if live.phase != phase {
-            live.phase = phase;
-            live.phase_since = now;
-        }
-        if matches!(phase, ClientPhase::Idle | ClientPhase::Waiting) {
-            live.held = None;
-        }
-        match phase {
-            ClientPhase::IdleInTransaction => {
-                live.xact_since.get_or_insert(now);
-            }
-            ClientPhase::Active => {}
-            _ => live.xact_since = None,
-        }
+        self.set_phase_at(phase, Instant::now());
+    }
+
+    /// [`ClientInfo::set_phase`] with the clock reading the caller already took for the same
+    /// event (the hot path reads the clock once per event, not once per record it updates).
+    pub(crate) fn set_phase_at(&self, phase: ClientPhase, now: Instant) {
+        self.live.lock().set_phase(phase, now);
     }
 
     /// Records the start of the transaction the server just reported (status `T`/`E`).
@@ -355,6 +380,15 @@ impl ClientInfo {
         if live.xact_since.is_none() {
             live.xact_since = Some(at);
         }
+    }
+
+    /// The server reported an open transaction (status `T`/`E`) begun `began`, and nothing is
+    /// running: [`ClientInfo::transaction_began`] then the `IdleInTransaction` phase, under one
+    /// lock.
+    pub(crate) fn idle_in_transaction(&self, began: Instant, now: Instant) {
+        let mut live = self.live.lock();
+        live.xact_since.get_or_insert(began);
+        live.set_phase(ClientPhase::IdleInTransaction, now);
     }
 
     /// Keeps the first 200 characters of the latest simple query or Parse text (never
