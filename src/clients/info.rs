@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -78,17 +78,26 @@ struct KillSwitch {
     waker: Option<Waker>,
 }
 
-/// The future of [`ClientInfo::killed`]: a borrow and a flag, nothing to pin or unlink.
+/// The future of [`ClientInfo::killed`]: a borrow and two flags, nothing to pin or unlink.
+/// It is polled by its session's task only, whose waker does not change.
 #[derive(Debug)]
 pub struct Killed<'a> {
     info: &'a ClientInfo,
     busy: bool,
+    /// Its task's waker is in the kill switch (a poll found no reason): until a kill raises
+    /// [`ClientInfo::kill_signalled`] (and takes the waker to wake it), a poll need not lock.
+    armed: bool,
 }
 
 impl Future for Killed<'_> {
     type Output = Kill;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
-        self.info.poll_killed(cx, self.busy)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
+        if self.armed && !self.info.kill_signalled.load(Ordering::Acquire) {
+            return Poll::Pending; // the relay polls this on every turn: no lock for nothing
+        }
+        let polled = self.info.poll_killed(cx, self.busy);
+        self.armed = polled.is_pending();
+        polled
     }
 }
 
@@ -196,6 +205,8 @@ pub struct ClientInfo {
     /// Boxed: most clients are never asked, and an idle one should stay small.
     process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
     kill: Mutex<KillSwitch>,
+    /// True while the kill switch holds a reason (written under its lock, read without it).
+    kill_signalled: AtomicBool,
     prepared: std::sync::atomic::AtomicU32,
     /// Wall-clock connect time in whole seconds since 1970 (the console shows no more).
     connected_unix: u32,
@@ -238,6 +249,7 @@ impl ClientInfo {
             last_query: Mutex::new(String::new()),
             process: std::sync::OnceLock::new(),
             kill: Mutex::new(KillSwitch::default()),
+            kill_signalled: AtomicBool::new(false),
             prepared: std::sync::atomic::AtomicU32::new(0),
             connected_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -307,6 +319,7 @@ impl ClientInfo {
         let waker = {
             let mut switch = self.kill.lock();
             switch.reason.get_or_insert_with(|| Box::new(why));
+            self.kill_signalled.store(true, Ordering::Release);
             switch.waker.take()
         };
         if let Some(w) = waker {
@@ -317,7 +330,11 @@ impl ClientInfo {
     /// Resolves with the reason once the client is killed. A client in the middle of a request
     /// (`busy`) is not ended for being idle: such a kill, given as it woke up, is withdrawn.
     pub fn killed(&self, busy: bool) -> Killed<'_> {
-        Killed { info: self, busy }
+        Killed {
+            info: self,
+            busy,
+            armed: false,
+        }
     }
 
     /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
@@ -325,10 +342,14 @@ impl ClientInfo {
     pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
         let mut switch = self.kill.lock();
         match &switch.reason {
-            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
+            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => {
+                switch.reason = None;
+                self.kill_signalled.store(false, Ordering::Release);
+            }
             // A reclaim asked of a client that has meanwhile given its server back.
             Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().held.is_none() => {
-                switch.reason = None
+                switch.reason = None;
+                self.kill_signalled.store(false, Ordering::Release);
             }
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}

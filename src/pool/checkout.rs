@@ -135,15 +135,17 @@ impl Pool {
         if self.is_paused() {
             return None;
         }
+        // One load of the settings for the whole fast path.
+        let settings = self.settings();
         loop {
             let server = {
                 let mut st = self.state.lock();
-                if super::shares::past_fast_path(&st, &self.settings()) && self.held_back_now(&st, client) {
+                if super::shares::past_fast_path(&st, &settings) && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
                 st.idle.pop_back()?
             };
-            match self.vet_idle_now(server, now) {
+            match self.vet_idle_now(server, now, &settings) {
                 Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
                 Vetted::Discard => continue,
                 Vetted::Check(server, _, _) => {
@@ -289,7 +291,7 @@ impl Pool {
     /// Vets an idle server before lending it. The common case (healthy, not due for a check)
     /// takes no await; the check query's wait is boxed, so every checkout does not carry it.
     fn vet_idle(&self, server: PooledServer) -> impl Future<Output = Option<PooledServer>> + '_ {
-        let vetted = self.vet_idle_now(server, Instant::now());
+        let vetted = self.vet_idle_now(server, Instant::now(), &self.settings());
         async move {
             match vetted {
                 Vetted::Ready(server) => Some(server),
@@ -299,8 +301,8 @@ impl Pool {
         }
     }
 
-    /// The part of vetting that needs no I/O, as of `now`.
-    fn vet_idle_now(&self, server: PooledServer, now: Instant) -> Vetted {
+    /// The part of vetting that needs no I/O, as of `now`, under `settings`.
+    fn vet_idle_now(&self, server: PooledServer, now: Instant, settings: &super::PoolSettings) -> Vetted {
         if !server.conn.is_healthy_idle() {
             tracing::debug!(
                 server = server.conn.id,
@@ -314,7 +316,7 @@ impl Pool {
             return Vetted::Discard;
         }
         let check = {
-            let s = self.settings();
+            let s = settings;
             let due = now.saturating_duration_since(server.conn.last_used) >= s.server_check_delay;
             let query = s.server_check_query.trim();
             (due && !query.is_empty()).then(|| (query.to_string(), s.connect_timeout))

@@ -72,8 +72,8 @@ impl Pool {
     }
 
     fn needs_reset(&self) -> bool {
-        !self.settings().reset_query.trim().is_empty()
-            && (self.settings().mode == PoolMode::Session || self.settings().reset_query_always)
+        let s = self.settings();
+        !s.reset_query.trim().is_empty() && (s.mode == PoolMode::Session || s.reset_query_always)
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {

@@ -365,7 +365,11 @@ impl Session {
     async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
         let timeouts = self.timeouts(mode);
         let pool = &self.login.pool;
-        let capacity = pool.settings().max_prepared_statements;
+        // One load of the pool's settings for what the relay needs of them.
+        let (capacity, prepared_limit) = {
+            let s = pool.settings();
+            (s.max_prepared_statements, s.client_prepared_limit)
+        };
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).
         let statement_capacity = if self.statements.is_some() {
@@ -378,7 +382,7 @@ impl Session {
             params: &mut self.login.params,
             statements: &mut self.statements,
             statement_capacity,
-            prepared_limit: pool.settings().client_prepared_limit,
+            prepared_limit,
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
