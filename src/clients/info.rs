@@ -573,6 +573,26 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_kill_check_polled_again_sees_a_kill_that_came_after_a_withdrawn_one() {
+        // The relay polls one Killed future on every turn; after its first poll it looks at a
+        // flag only, so a kill must raise the flag and a withdrawn one lower it.
+        let c = client();
+        let check = c.killed(true);
+        tokio::pin!(check);
+        let quiet = tokio::time::timeout(Duration::from_millis(20), &mut check).await;
+        assert!(quiet.is_err(), "nothing killed the client yet");
+        // An idle timeout given as the client became busy is withdrawn: still pending.
+        c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
+        let withdrawn = tokio::time::timeout(Duration::from_millis(20), &mut check).await;
+        assert!(withdrawn.is_err(), "a busy client is not ended for idleness");
+        assert!(!c.kill_signalled.load(Ordering::Acquire));
+        // An operator's kill after that reaches the same, already polled, future.
+        c.kill("admin forced disconnect");
+        let k = tokio::time::timeout(Duration::from_secs(5), &mut check).await;
+        assert_eq!(k.ok(), Some(Kill::Operator("admin forced disconnect".into())));
+    }
+
     #[test]
     fn a_client_that_is_not_idle_is_never_killed_for_idleness() {
         let c = client();
