@@ -7,6 +7,7 @@
 #
 #   bench/profile.sh                  # flat profile
 #   PROFILE_CALLGRAPH=1 bench/profile.sh   # also inclusive (children) times, via DWARF unwinding
+#   SLUICE_BIN=/tmp/sluice-old bench/profile.sh   # profile this binary instead of building
 #
 # Writes perf.data and the reports into bench/results/profile-<time>/.
 set -euo pipefail
@@ -24,7 +25,11 @@ fi
 raise_nofile
 install_traps
 ensure_packages
-build_sluice
+if [ -n "${SLUICE_BIN:-}" ]; then
+    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
+else
+    build_sluice
+fi
 make_tmp
 start_postgres 10
 write_pooler_configs scram-sha-256

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -78,17 +78,26 @@ struct KillSwitch {
     waker: Option<Waker>,
 }
 
-/// The future of [`ClientInfo::killed`]: a borrow and a flag, nothing to pin or unlink.
+/// The future of [`ClientInfo::killed`]: a borrow and two flags, nothing to pin or unlink.
+/// It is polled by its session's task only, whose waker does not change.
 #[derive(Debug)]
 pub struct Killed<'a> {
     info: &'a ClientInfo,
     busy: bool,
+    /// Its task's waker is in the kill switch (a poll found no reason): until a kill raises
+    /// [`ClientInfo::kill_signalled`] (and takes the waker to wake it), a poll need not lock.
+    armed: bool,
 }
 
 impl Future for Killed<'_> {
     type Output = Kill;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
-        self.info.poll_killed(cx, self.busy)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
+        if self.armed && !self.info.kill_signalled.load(Ordering::Acquire) {
+            return Poll::Pending; // the relay polls this on every turn: no lock for nothing
+        }
+        let polled = self.info.poll_killed(cx, self.busy);
+        self.armed = polled.is_pending();
+        polled
     }
 }
 
@@ -149,6 +158,30 @@ struct Live {
     xact_since: Option<Instant>,
 }
 
+impl Live {
+    /// Records a phase change at `now`. An idle or waiting client holds no server: those
+    /// phases also forget the server it held.
+    fn set_phase(&mut self, phase: ClientPhase, now: Instant) {
+        if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && self.phase != ClientPhase::Active {
+            self.request_at = now;
+        }
+        if self.phase != phase {
+            self.phase = phase;
+            self.phase_since = now;
+        }
+        if matches!(phase, ClientPhase::Idle | ClientPhase::Waiting) {
+            self.held = None;
+        }
+        match phase {
+            ClientPhase::IdleInTransaction => {
+                self.xact_since.get_or_insert(now);
+            }
+            ClientPhase::Active => {}
+            _ => self.xact_since = None,
+        }
+    }
+}
+
 /// One logged-in client.
 #[derive(Debug)]
 pub struct ClientInfo {
@@ -172,6 +205,8 @@ pub struct ClientInfo {
     /// Boxed: most clients are never asked, and an idle one should stay small.
     process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
     kill: Mutex<KillSwitch>,
+    /// True while the kill switch holds a reason (written under its lock, read without it).
+    kill_signalled: AtomicBool,
     prepared: std::sync::atomic::AtomicU32,
     /// Wall-clock connect time in whole seconds since 1970 (the console shows no more).
     connected_unix: u32,
@@ -214,6 +249,7 @@ impl ClientInfo {
             last_query: Mutex::new(String::new()),
             process: std::sync::OnceLock::new(),
             kill: Mutex::new(KillSwitch::default()),
+            kill_signalled: AtomicBool::new(false),
             prepared: std::sync::atomic::AtomicU32::new(0),
             connected_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -240,6 +276,19 @@ impl ClientInfo {
             _ => Instant::now(),
         };
         live.held = server.map(|s| (s, since));
+    }
+
+    /// A request got its server, which already carries the client's settings: the phase
+    /// becomes `Active` and the server is recorded as held, under one lock and with the
+    /// caller's clock reading (what [`ClientInfo::set_phase`] then [`ClientInfo::hold`] do).
+    pub(crate) fn activate(&self, server: HeldServer, now: Instant) {
+        let mut live = self.live.lock();
+        live.set_phase(ClientPhase::Active, now);
+        let since = match &live.held {
+            Some((old, since)) if old.id == server.id => *since,
+            _ => now,
+        };
+        live.held = Some((server, since));
     }
 
     /// Where a cancel request from this client goes now, with that server marked as having a
@@ -270,6 +319,7 @@ impl ClientInfo {
         let waker = {
             let mut switch = self.kill.lock();
             switch.reason.get_or_insert_with(|| Box::new(why));
+            self.kill_signalled.store(true, Ordering::Release);
             switch.waker.take()
         };
         if let Some(w) = waker {
@@ -280,7 +330,11 @@ impl ClientInfo {
     /// Resolves with the reason once the client is killed. A client in the middle of a request
     /// (`busy`) is not ended for being idle: such a kill, given as it woke up, is withdrawn.
     pub fn killed(&self, busy: bool) -> Killed<'_> {
-        Killed { info: self, busy }
+        Killed {
+            info: self,
+            busy,
+            armed: false,
+        }
     }
 
     /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
@@ -288,10 +342,14 @@ impl ClientInfo {
     pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
         let mut switch = self.kill.lock();
         match &switch.reason {
-            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => switch.reason = None,
+            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => {
+                switch.reason = None;
+                self.kill_signalled.store(false, Ordering::Release);
+            }
             // A reclaim asked of a client that has meanwhile given its server back.
             Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().held.is_none() => {
-                switch.reason = None
+                switch.reason = None;
+                self.kill_signalled.store(false, Ordering::Release);
             }
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}
@@ -328,25 +386,13 @@ impl ClientInfo {
     /// Records a phase change. Called on transitions only. An idle or waiting client holds no
     /// server: those phases also forget the server it held (see [`ClientInfo::hold`]).
     pub fn set_phase(&self, phase: ClientPhase) {
-        let mut live = self.live.lock();
-        let now = Instant::now();
-        if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && live.phase != ClientPhase::Active {
-            live.request_at = now;
-        }
-        if live.phase != phase {
-            live.phase = phase;
-            live.phase_since = now;
-        }
-        if matches!(phase, ClientPhase::Idle | ClientPhase::Waiting) {
-            live.held = None;
-        }
-        match phase {
-            ClientPhase::IdleInTransaction => {
-                live.xact_since.get_or_insert(now);
-            }
-            ClientPhase::Active => {}
-            _ => live.xact_since = None,
-        }
+        self.set_phase_at(phase, Instant::now());
+    }
+
+    /// [`ClientInfo::set_phase`] with the clock reading the caller already took for the same
+    /// event (the hot path reads the clock once per event, not once per record it updates).
+    pub(crate) fn set_phase_at(&self, phase: ClientPhase, now: Instant) {
+        self.live.lock().set_phase(phase, now);
     }
 
     /// Records the start of the transaction the server just reported (status `T`/`E`).
@@ -355,6 +401,15 @@ impl ClientInfo {
         if live.xact_since.is_none() {
             live.xact_since = Some(at);
         }
+    }
+
+    /// The server reported an open transaction (status `T`/`E`) begun `began`, and nothing is
+    /// running: [`ClientInfo::transaction_began`] then the `IdleInTransaction` phase, under one
+    /// lock.
+    pub(crate) fn idle_in_transaction(&self, began: Instant, now: Instant) {
+        let mut live = self.live.lock();
+        live.xact_since.get_or_insert(began);
+        live.set_phase(ClientPhase::IdleInTransaction, now);
     }
 
     /// Keeps the first 200 characters of the latest simple query or Parse text (never
@@ -521,6 +576,26 @@ mod tests {
             c.cancel_leaving().is_none(),
             "an idle client's cancel goes nowhere"
         );
+    }
+
+    #[tokio::test]
+    async fn a_kill_check_polled_again_sees_a_kill_that_came_after_a_withdrawn_one() {
+        // The relay polls one Killed future on every turn; after its first poll it looks at a
+        // flag only, so a kill must raise the flag and a withdrawn one lower it.
+        let c = client();
+        let check = c.killed(true);
+        tokio::pin!(check);
+        let quiet = tokio::time::timeout(Duration::from_millis(20), &mut check).await;
+        assert!(quiet.is_err(), "nothing killed the client yet");
+        // An idle timeout given as the client became busy is withdrawn: still pending.
+        c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
+        let withdrawn = tokio::time::timeout(Duration::from_millis(20), &mut check).await;
+        assert!(withdrawn.is_err(), "a busy client is not ended for idleness");
+        assert!(!c.kill_signalled.load(Ordering::Acquire));
+        // An operator's kill after that reaches the same, already polled, future.
+        c.kill("admin forced disconnect");
+        let k = tokio::time::timeout(Duration::from_secs(5), &mut check).await;
+        assert_eq!(k.ok(), Some(Kill::Operator("admin forced disconnect".into())));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Drop for WaitGuard {
         }
         // A grant may have arrived after we stopped listening: give it back, outside the lock.
         if let Ok(Grant::Server(server)) = self.rx.try_recv() {
-            self.pool.give_back(*server);
+            self.pool.give_back(*server, Instant::now());
         }
         // Fair shares: a server kept idle for want of an eligible waiter may be due now.
         self.pool.hand_on_idle();
@@ -124,26 +124,29 @@ impl Pool {
                 }
             }
         };
-        Ok(Self::lend(server, client))
+        Ok(Self::lend(server, client, Instant::now()))
     }
 
     /// The common case of a checkout, with no await at all: an idle server that needs no check
     /// query, lent at once. None means the full [`Pool::checkout`] has to run (nothing idle,
-    /// the pool is paused, or the server's check is due).
-    pub fn try_checkout_now(&self, client: &Arc<ClientInfo>) -> Option<PooledServer> {
+    /// the pool is paused, or the server's check is due). `now` is the caller's clock reading
+    /// (taken in the same poll), so the common path reads the clock no more.
+    pub fn try_checkout_now(&self, client: &Arc<ClientInfo>, now: Instant) -> Option<PooledServer> {
         if self.is_paused() {
             return None;
         }
+        // One load of the settings for the whole fast path.
+        let settings = self.settings();
         loop {
             let server = {
                 let mut st = self.state.lock();
-                if super::shares::past_fast_path(&st, &self.settings()) && self.held_back_now(&st, client) {
+                if super::shares::past_fast_path(&st, &settings) && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
                 st.idle.pop_back()?
             };
-            match self.vet_idle_now(server) {
-                Vetted::Ready(server) => return Some(Self::lend(server, client)),
+            match self.vet_idle_now(server, now, &settings) {
+                Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
                 Vetted::Discard => continue,
                 Vetted::Check(server, _, _) => {
                     // The full checkout pops it again (last in, first out) and runs the check.
@@ -155,9 +158,8 @@ impl Pool {
         }
     }
 
-    /// Records `client` as the holder of `server`.
-    fn lend(server: PooledServer, client: &Arc<ClientInfo>) -> PooledServer {
-        let now = Instant::now();
+    /// Records `client` as the holder of `server` since `now`.
+    fn lend(server: PooledServer, client: &Arc<ClientInfo>, now: Instant) -> PooledServer {
         server.conn.info.set(ServerUse::Lent {
             holder: client.clone(),
             since: now,
@@ -289,7 +291,7 @@ impl Pool {
     /// Vets an idle server before lending it. The common case (healthy, not due for a check)
     /// takes no await; the check query's wait is boxed, so every checkout does not carry it.
     fn vet_idle(&self, server: PooledServer) -> impl Future<Output = Option<PooledServer>> + '_ {
-        let vetted = self.vet_idle_now(server);
+        let vetted = self.vet_idle_now(server, Instant::now(), &self.settings());
         async move {
             match vetted {
                 Vetted::Ready(server) => Some(server),
@@ -299,8 +301,8 @@ impl Pool {
         }
     }
 
-    /// The part of vetting that needs no I/O.
-    fn vet_idle_now(&self, server: PooledServer) -> Vetted {
+    /// The part of vetting that needs no I/O, as of `now`, under `settings`.
+    fn vet_idle_now(&self, server: PooledServer, now: Instant, settings: &super::PoolSettings) -> Vetted {
         if !server.conn.is_healthy_idle() {
             tracing::debug!(
                 server = server.conn.id,
@@ -309,13 +311,13 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::Dead, 1);
             return Vetted::Discard;
         }
-        if server.expires_at.is_some_and(|t| Instant::now() >= t) {
+        if server.expires_at.is_some_and(|t| now >= t) {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             return Vetted::Discard;
         }
         let check = {
-            let s = self.settings();
-            let due = server.conn.last_used.elapsed() >= s.server_check_delay;
+            let s = settings;
+            let due = now.saturating_duration_since(server.conn.last_used) >= s.server_check_delay;
             let query = s.server_check_query.trim();
             (due && !query.is_empty()).then(|| (query.to_string(), s.connect_timeout))
         };

@@ -95,7 +95,7 @@ impl Pool {
                 }
             };
             match self.open(permit, None).await {
-                Ok(server) => self.give_back(server),
+                Ok(server) => self.give_back(server, Instant::now()),
                 Err(_) => return,
             }
         }

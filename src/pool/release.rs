@@ -34,6 +34,12 @@ impl Pool {
     /// request on its way is lent to nobody until PostgreSQL has taken the request (it would
     /// cancel the next client's query), off the client's path.
     pub fn release(self: &Arc<Self>, server: PooledServer, disposition: Disposition) {
+        self.release_at(server, disposition, Instant::now());
+    }
+
+    /// [`Pool::release`] with the caller's clock reading for the moment the server came back
+    /// (a session releases at its last ReadyForQuery and has read the clock for it already).
+    pub fn release_at(self: &Arc<Self>, server: PooledServer, disposition: Disposition, now: Instant) {
         if server.conn.info.cancel_in_flight() && !matches!(disposition, Disposition::Close(_)) {
             server.conn.info.set(ServerUse::Cleaning);
             let pool = self.clone();
@@ -52,7 +58,9 @@ impl Pool {
                 tracing::debug!(pool = %self.key, server = server.conn.id, reason = %reason, "closing server");
                 drop(server);
             }
-            Disposition::Clean if !reset && server.conn.identity == Identity::Login => self.give_back(server),
+            Disposition::Clean if !reset && server.conn.identity == Identity::Login => {
+                self.give_back(server, now)
+            }
             Disposition::Clean | Disposition::Rollback => {
                 server.conn.info.set(ServerUse::Cleaning);
                 let pool = self.clone();
@@ -64,8 +72,8 @@ impl Pool {
     }
 
     fn needs_reset(&self) -> bool {
-        !self.settings().reset_query.trim().is_empty()
-            && (self.settings().mode == PoolMode::Session || self.settings().reset_query_always)
+        let s = self.settings();
+        !s.reset_query.trim().is_empty() && (s.mode == PoolMode::Session || s.reset_query_always)
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {
@@ -108,7 +116,7 @@ impl Pool {
             // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
             server.conn.applied.clear();
         }
-        self.give_back(server);
+        self.give_back(server, Instant::now());
     }
 
     /// True when the server reports the session authorization and superuser status its pool's
@@ -124,8 +132,9 @@ impl Pool {
 
     /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its
     /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
-    pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
-        if server.expires_at.is_some_and(|t| Instant::now() >= t) {
+    /// `now`: when it came back (one clock reading for the lifetime check and its idle time).
+    pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer, now: Instant) {
+        if server.expires_at.is_some_and(|t| now >= t) {
             tracing::debug!(pool = %self.key, server = server.conn.id, "server_lifetime reached; closing");
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             drop(server);
@@ -139,7 +148,7 @@ impl Pool {
             drop(server);
             return;
         }
-        server.conn.last_used = Instant::now();
+        server.conn.last_used = now;
         server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
         let mut marked = false;

@@ -35,6 +35,9 @@ pub(super) struct Link {
     transaction: Transaction,
     /// When the server last became idle for the client (ReadyForQuery with nothing due).
     idle_since: Instant,
+    /// What the client's and the server's shared records show now (only this session writes
+    /// them while it holds the server), so a write that would change nothing is skipped.
+    shown: Shown,
     /// What the server reported and reset, for RESET's semantics.
     pub(super) resets: super::settings_watch::ResetWatch,
     /// Watches the client's messages for changes of role or session authorization.
@@ -108,6 +111,18 @@ impl Request {
             Request::Running { since } | Request::Cancelled { since } => Some(since),
         }
     }
+}
+
+/// What the shared records of the client ([`ClientInfo`]) and of the server show, as this
+/// session last wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// The client's phase and the server's state as written.
+    Written(ClientPhase, TxState),
+    /// The transaction ended (ReadyForQuery `I`, nothing due) at this moment, and the records
+    /// still show it active: in transaction mode the server is about to be released, which
+    /// writes them anyway; if the relay goes on instead, [`Link::publish`] writes them.
+    Due(Instant),
 }
 
 /// Whether the server reported a transaction block during this checkout.
@@ -196,8 +211,9 @@ impl Expiry {
 }
 
 impl Link {
-    /// Fresh tracking for a server that is at ReadyForQuery.
-    pub(super) fn new() -> Link {
+    /// Fresh tracking for a server that is at ReadyForQuery, lent (the client's record shows it
+    /// `Active`, the server's `Active`) at `now`.
+    pub(super) fn new(now: Instant) -> Link {
         Link {
             responses: Responses::default(),
             input: ServerInput::Messages(Batch::Synced),
@@ -209,7 +225,8 @@ impl Link {
                 xact_counted_since: None,
                 blocks_seen: BlocksSeen::None,
             },
-            idle_since: Instant::now(),
+            idle_since: now,
+            shown: Shown::Written(ClientPhase::Active, TxState::Active),
             resets: Default::default(),
             identity: Default::default(),
         }
@@ -310,18 +327,57 @@ impl Link {
             let now = Instant::now();
             self.request = Request::Running { since: now };
             self.transaction.xact_counted_since().get_or_insert(now);
-            server.info.set_tx(TxState::Active);
-            info.set_phase(ClientPhase::Active);
+            self.show(ClientPhase::Active, TxState::Active, now, server, info);
         }
     }
 
+    /// Writes the client's phase and the server's state into their shared records, unless they
+    /// show them already.
+    fn show(
+        &mut self,
+        phase: ClientPhase,
+        tx: TxState,
+        now: Instant,
+        server: &ServerConn,
+        info: &ClientInfo,
+    ) {
+        let (shown_phase, shown_tx) = match self.shown {
+            Shown::Written(p, t) => (p, t),
+            Shown::Due(_) => (ClientPhase::Active, TxState::Active),
+        };
+        if shown_tx != tx {
+            server.info.set_tx(tx);
+        }
+        if shown_phase != phase {
+            info.set_phase_at(phase, now);
+        }
+        self.shown = Shown::Written(phase, tx);
+    }
+
+    /// Writes what a transaction's end left due (see [`Shown::Due`]): called when the relay
+    /// goes on after it instead of releasing the server.
+    pub(super) fn publish(&mut self, server: &ServerConn, info: &ClientInfo) {
+        if let Shown::Due(at) = self.shown {
+            self.show(ClientPhase::Holding, TxState::Idle, at, server, info);
+        }
+    }
+
+    /// When the last request was answered with nothing more due (the moment a transaction-mode
+    /// server is released at).
+    pub(super) fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
+
     /// A request was answered (its ReadyForQuery was forwarded, with status `server.tx_status`).
+    /// With `release_when_idle` (transaction mode), a transaction's end leaves the records'
+    /// update due (see [`Shown::Due`]).
     pub(super) fn on_ready_for_query(
         &mut self,
         server: &ServerConn,
         stats: &PoolStats,
         info: &ClientInfo,
         client: &mut ClientIo,
+        release_when_idle: bool,
     ) {
         let now = Instant::now();
         let started = self.request.since().unwrap_or(now);
@@ -344,8 +400,11 @@ impl Link {
             let xact_start = xact_counted_since.unwrap_or(started);
             stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
             (client.bytes_in, client.bytes_out) = (0, 0);
-            server.info.set_tx(TxState::Idle);
-            info.set_phase(ClientPhase::Holding);
+            if release_when_idle {
+                self.shown = Shown::Due(now);
+            } else {
+                self.show(ClientPhase::Holding, TxState::Idle, now, server, info);
+            }
         } else {
             let block_since = match self.transaction {
                 Transaction::InBlock { block_since, .. } => block_since,
@@ -355,9 +414,11 @@ impl Link {
                 xact_counted_since,
                 block_since,
             };
-            info.transaction_began(started);
-            server.info.set_tx(TxState::IdleInTransaction);
-            info.set_phase(ClientPhase::IdleInTransaction);
+            if self.shown != Shown::Written(ClientPhase::IdleInTransaction, TxState::IdleInTransaction) {
+                server.info.set_tx(TxState::IdleInTransaction);
+                info.idle_in_transaction(started, now);
+                self.shown = Shown::Written(ClientPhase::IdleInTransaction, TxState::IdleInTransaction);
+            }
         }
     }
 

@@ -305,10 +305,11 @@ impl Session {
         {
             return Err(Ending::ClientLeft);
         }
-        self.login.info().set_phase(ClientPhase::Waiting);
-        Ok(SessionState::Waiting {
-            since: Instant::now(),
-        })
+        // One clock reading for the event: the phase, the wait's start, and the checkout that
+        // follows in the same poll.
+        let now = Instant::now();
+        self.login.info().set_phase_at(ClientPhase::Waiting, now);
+        Ok(SessionState::Waiting { since: now })
     }
 
     /// A request whose first message PostgreSQL would not accept gets no server at all (the
@@ -346,37 +347,41 @@ impl Session {
         Ending::Error(told)
     }
 
-    /// Waiting: get a server and bring it to the client's settings.
+    /// Waiting: get a server and bring it to the client's settings. The state is entered only
+    /// from `Idle`, in the same poll, so `since` is also the clock reading for the first try.
     async fn step_waiting(&mut self, since: Instant) -> Result<SessionState, Ending> {
         if let Some(e) = self.refused_request() {
             return Err(self.end_with(e, false).await);
         }
-        match self.wait_for_server(since).await {
-            WaitOutcome::Server(server) => match self.prepare(server, since).await {
-                Ok(server) => Ok(SessionState::Active(Box::new(Active {
-                    server,
-                    link: Link::new(),
-                }))),
-                Err(PrepareFailure::ServerLost(e)) => {
-                    // Nothing of the client's request reached that server: another one can take
-                    // it, within the same query_wait_timeout (a PostgreSQL restart is no error).
-                    let limit = self.login.shared().config.load().pooler.query_wait_timeout;
-                    if since.elapsed() < limit {
-                        tracing::info!(client = self.login.info().id, error = %e, "server lost before the request was sent; getting another");
-                        self.login.info().set_phase(ClientPhase::Waiting);
-                        return Ok(SessionState::Waiting { since });
+        let mut now = since;
+        loop {
+            return match self.wait_for_server(since, now).await {
+                WaitOutcome::Server(server) => match self.prepare(server, since).await {
+                    Ok(active) => Ok(SessionState::Active(active)),
+                    Err(PrepareFailure::ServerLost(e)) => {
+                        // Nothing of the client's request reached that server: another one can
+                        // take it, within the same query_wait_timeout (a PostgreSQL restart is
+                        // no error).
+                        let limit = self.login.shared().config.load().pooler.query_wait_timeout;
+                        if since.elapsed() < limit {
+                            tracing::info!(client = self.login.info().id, error = %e, "server lost before the request was sent; getting another");
+                            now = Instant::now();
+                            self.login.info().set_phase_at(ClientPhase::Waiting, now);
+                            continue;
+                        }
+                        let e =
+                            PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("server conn crashed? {e}"));
+                        Err(self.end_with(e, false).await)
                     }
-                    let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("server conn crashed? {e}"));
-                    Err(self.end_with(e, false).await)
+                    Err(PrepareFailure::Refused(e)) => Err(self.end_with(e, false).await),
+                },
+                WaitOutcome::Failed => {
+                    self.login.info().set_phase(ClientPhase::Idle);
+                    Ok(SessionState::Idle)
                 }
-                Err(PrepareFailure::Refused(e)) => Err(self.end_with(e, false).await),
-            },
-            WaitOutcome::Failed => {
-                self.login.info().set_phase(ClientPhase::Idle);
-                Ok(SessionState::Idle)
-            }
-            WaitOutcome::ClientGone => Err(Ending::ClientLeft),
-            WaitOutcome::Fatal(e) => Err(Ending::Error(e)),
+                WaitOutcome::ClientGone => Err(Ending::ClientLeft),
+                WaitOutcome::Fatal(e) => Err(Ending::Error(e)),
+            };
         }
     }
 
@@ -385,7 +390,11 @@ impl Session {
     async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
         let timeouts = self.timeouts(mode);
         let pool = &self.login.pool;
-        let capacity = pool.settings().max_prepared_statements;
+        // One load of the pool's settings for what the relay needs of them.
+        let (capacity, prepared_limit) = {
+            let s = pool.settings();
+            (s.max_prepared_statements, s.client_prepared_limit)
+        };
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).
         let statement_capacity = if self.statements.is_some() {
@@ -398,7 +407,7 @@ impl Session {
             params: &mut self.login.params,
             statements: &mut self.statements,
             statement_capacity,
-            prepared_limit: pool.settings().client_prepared_limit,
+            prepared_limit,
             plans: &pool.plans,
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
@@ -424,7 +433,8 @@ impl Session {
                         settings::AfterReadBack::Next(next) => return next,
                     }
                 }
-                self.release(server, &link);
+                // Released at the moment of its last ReadyForQuery (no new clock reading).
+                self.release_at(server, &link, link.idle_since());
                 if relay::flush_client(&mut self.client).await.is_err() {
                     return Err(Ending::ClientLeft);
                 }
@@ -478,23 +488,30 @@ impl Session {
         }
     }
 
-    /// Brings a server to the client's session settings and points cancels at it.
-    async fn prepare(
-        &mut self,
-        server: PooledServer,
-        since: Instant,
-    ) -> Result<PooledServer, PrepareFailure> {
-        self.login.pool.stats.record_assignment(since.elapsed());
-        self.login.info().set_phase(ClientPhase::Active);
+    /// Brings a server to the client's session settings and points cancels at it: the
+    /// `Active` state's data, tracking from now on.
+    async fn prepare(&mut self, server: PooledServer, since: Instant) -> Result<Box<Active>, PrepareFailure> {
+        let now = Instant::now();
+        self.login
+            .pool
+            .stats
+            .record_assignment(now.saturating_duration_since(since));
         let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
-        // Usually the server already carries the client's settings: no await, nothing boxed.
+        // Usually the server already carries the client's settings: no await, nothing boxed,
+        // and the client's record is written once.
         let server = if in_step {
+            self.login.info().activate(server.conn.held(), now);
             server
         } else {
-            Box::pin(self.sync_params(server)).await?
+            self.login.info().set_phase_at(ClientPhase::Active, now);
+            let server = Box::pin(self.sync_params(server)).await?;
+            self.login.info().hold(Some(server.conn.held()));
+            server
         };
-        self.login.info().hold(Some(server.conn.held()));
-        Ok(server)
+        Ok(Box::new(Active {
+            server,
+            link: Link::new(now),
+        }))
     }
 
     /// SETs what differs between the server's session settings and the client's.
@@ -537,8 +554,13 @@ impl Session {
         self.release(server, link);
     }
 
-    fn release(&mut self, mut server: PooledServer, link: &Link) {
-        self.login.info().set_phase(ClientPhase::Idle);
+    fn release(&mut self, server: PooledServer, link: &Link) {
+        self.release_at(server, link, Instant::now());
+    }
+
+    /// Gives the server back through the release path, the client going idle at `now`.
+    fn release_at(&mut self, mut server: PooledServer, link: &Link, now: Instant) {
+        self.login.info().set_phase_at(ClientPhase::Idle, now);
         // The server carries this client's settings (SETs it made were tracked as it went),
         // unless a RESET or DISCARD ALL left it out of step (then the next checkout syncs it).
         if server.conn.params_fingerprint.is_some() {
@@ -549,7 +571,7 @@ impl Session {
             // Settings changed and were not read back: nobody knows what the server carries.
             disposition = Disposition::Close("session settings changed and not read back");
         }
-        self.login.pool.release(server, disposition);
+        self.login.pool.release_at(server, disposition, now);
     }
 
     /// Handles a failed relay. Returns None when the client keeps its connection (it was told

@@ -124,6 +124,7 @@ async fn relay_loop(
         {
             return Ok(RelayEnd::TransactionDone);
         }
+        link.publish(server, ctx.info);
         if pumped == ClientPump::Terminated {
             return Ok(RelayEnd::Terminated);
         }
@@ -423,7 +424,7 @@ fn pump_server(
             while let Some((bytes, ready)) = link.responses.pop_reply() {
                 client.outbuf.extend_from_slice(&bytes);
                 if ready {
-                    link.on_ready_for_query(server, ctx.stats, ctx.info, client);
+                    link.on_ready_for_query(server, ctx.stats, ctx.info, client, ctx.release_when_idle);
                     if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                         return Ok(true);
                     }
@@ -502,7 +503,7 @@ fn pump_server(
         }
         client.outbuf.unsplit(msg);
         if tag == backend::READY_FOR_QUERY {
-            link.on_ready_for_query(server, ctx.stats, ctx.info, client);
+            link.on_ready_for_query(server, ctx.stats, ctx.info, client, ctx.release_when_idle);
             if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                 return Ok(true);
             }

@@ -27,9 +27,10 @@ pub(super) enum WaitOutcome {
 
 impl Session {
     /// Gets a server: at once when one is idle, else queued (boxed: the queue's wait is large,
-    /// and a transaction that finds a server idle should not carry it).
-    pub(super) async fn wait_for_server(&mut self, since: Instant) -> WaitOutcome {
-        if let Some(server) = self.login.pool.try_checkout_now(self.login.info()) {
+    /// and a transaction that finds a server idle should not carry it). `now` is the clock
+    /// reading of the event that asks (the request's arrival, in the same poll).
+    pub(super) async fn wait_for_server(&mut self, since: Instant, now: Instant) -> WaitOutcome {
+        if let Some(server) = self.login.pool.try_checkout_now(self.login.info(), now) {
             return WaitOutcome::Server(server);
         }
         Box::pin(self.queue_for_server(since)).await
