@@ -125,6 +125,10 @@ impl Pool {
     /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its
     /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer) {
+        if self.retire_for_host(&server) {
+            self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            return;
+        }
         if server.expires_at.is_some_and(|t| Instant::now() >= t) {
             tracing::debug!(pool = %self.key, server = server.conn.id, "server_lifetime reached; closing");
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
