@@ -10,6 +10,7 @@ use crate::protocol::{PgError, sqlstate};
 use crate::server::role::RoleAnswer;
 use crate::server::{self, ServerConn, ServerError};
 use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -216,7 +217,7 @@ impl HostSet {
     /// The hosts to try now, in order, and when a skipped host may be tried next. A host whose
     /// back-off has passed is claimed for `claim` (others skip it meanwhile), so one login at a
     /// time probes a failing host.
-    fn plan(&self, ha: &HaSettings, claim: Duration) -> (Vec<HostAddr>, Option<Instant>) {
+    fn plan(&self, ha: &HaSettings, claim: Duration) -> (Vec<Planned>, Option<Instant>) {
         let now = Instant::now();
         let mut hosts = self.hosts.lock();
         Self::sync(&mut hosts, &ha.hosts);
@@ -236,6 +237,15 @@ impl HostSet {
         }
         let mut next_retry: Option<Instant> = None;
         let mut ready = Vec::with_capacity(n);
+        // Hosts known to qualify first (a standby for prefer-standby), then unknown ones, then
+        // those known not to (their role may have changed: a promotion), then failed hosts
+        // whose back-off ended (a client tries them only when no other host served it).
+        let rank = |h: &HostState| match (&h.health, h.role) {
+            (Health::Down { .. }, _) => 3,
+            (_, Role::Unknown) => 1,
+            (_, role) if qualifies(ha.attrs, role) => 0,
+            _ => 2,
+        };
         for i in order {
             let h = &mut hosts[i];
             match h.health.retry_at() {
@@ -244,30 +254,27 @@ impl HostSet {
                 }
                 Some(_) => {
                     // Due again: this caller probes it; others wait for the outcome.
+                    let r = rank(h);
                     match &mut h.health {
                         Health::Down { retry_at, .. } | Health::WrongRole { retry_at } => {
                             *retry_at = now + claim
                         }
                         Health::Unchecked | Health::Up => {}
                     }
-                    ready.push((h.role, h.addr.clone()));
+                    ready.push((r, h.addr.clone()));
                 }
-                None => ready.push((h.role, h.addr.clone())),
+                None => ready.push((rank(h), h.addr.clone())),
             }
         }
-        // Hosts known to qualify first (a standby for prefer-standby), then unknown ones, then
-        // those known not to (their role may have changed: a promotion).
-        let rank = |role: Role| {
-            if role == Role::Unknown {
-                1
-            } else if qualifies(ha.attrs, role) {
-                0
-            } else {
-                2
-            }
-        };
-        ready.sort_by_key(|(role, _)| rank(*role));
-        (ready.into_iter().map(|(_, a)| a).collect(), next_retry)
+        ready.sort_by_key(|(r, _)| *r);
+        let plan = ready
+            .into_iter()
+            .map(|(r, addr)| Planned {
+                addr,
+                failed_before: r == 3,
+            })
+            .collect();
+        (plan, next_retry)
     }
 
     fn with_host(&self, addr: &HostAddr, f: impl FnOnce(&mut HostState)) {
@@ -360,6 +367,15 @@ impl HostSet {
     }
 }
 
+/// One host of a plan.
+#[derive(Debug, Clone)]
+struct Planned {
+    addr: HostAddr,
+    /// The host was down: its back-off ended, and it is probed off the client's path when an
+    /// earlier host serves the client.
+    failed_before: bool,
+}
+
 fn addr_of(conn: &ServerConn) -> HostAddr {
     HostAddr {
         host: conn.target_addr.0.to_string(),
@@ -372,7 +388,7 @@ impl Pool {
     /// back-off, and while none qualifies keeps trying until `deadline` (None: one round). A
     /// login PostgreSQL refuses (password, unknown database) ends the attempt with its error.
     pub(super) async fn connect_ha(
-        &self,
+        self: &Arc<Self>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<ServerConn, CheckoutError> {
         loop {
@@ -382,7 +398,9 @@ impl Pool {
             };
             let (plan, next_retry) = self.hosts.plan(&ha, limit);
             let mut fallback = None;
-            for addr in plan {
+            let mut served = None;
+            for (at, planned) in plan.iter().enumerate() {
+                let addr = planned.addr.clone();
                 let mut target = template.clone();
                 target.host = addr.host.clone();
                 target.port = addr.port;
@@ -404,7 +422,8 @@ impl Pool {
                 };
                 if !ha.checks_role() {
                     self.hosts.checked(&addr, Role::Unknown, true);
-                    return Ok(conn);
+                    served = Some((at, conn));
+                    break;
                 }
                 let role = match server::role::query_role(&mut conn, limit).await {
                     Ok(answer) => Role::of(answer),
@@ -416,7 +435,8 @@ impl Pool {
                 };
                 if qualifies(ha.attrs, role) {
                     self.hosts.checked(&addr, role, true);
-                    return Ok(conn);
+                    served = Some((at, conn));
+                    break;
                 }
                 if ha.attrs == TargetSessionAttrs::PreferStandby {
                     self.hosts.checked(&addr, role, true);
@@ -425,6 +445,14 @@ impl Pool {
                 }
                 tracing::debug!(pool = %self.key, host = %addr, role = role.as_str(), "host does not match target_session_attrs");
                 self.hosts.checked(&addr, role, false);
+            }
+            if let Some((at, conn)) = served {
+                // Failed hosts due again that this client did not need are probed in the background.
+                for later in plan.iter().skip(at + 1).filter(|p| p.failed_before) {
+                    let (pool, addr) = (self.clone(), later.addr.clone());
+                    tokio::spawn(async move { pool.probe(addr).await });
+                }
+                return Ok(conn);
             }
             if let Some(conn) = fallback {
                 return Ok(conn);
@@ -441,6 +469,35 @@ impl Pool {
                 .clamp(now + Duration::from_millis(5), now + ROUND_PAUSE)
                 .min(deadline);
             tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// Logs in to a failed host off any client's path and records what it found.
+    async fn probe(self: Arc<Self>, addr: HostAddr) {
+        let (ha, mut target, limit) = {
+            let s = self.settings();
+            (s.ha.clone(), s.target.clone(), s.connect_timeout)
+        };
+        target.host = addr.host.clone();
+        target.port = addr.port;
+        let result = match tokio::time::timeout(limit, server::connect(&target)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout(limit)),
+        };
+        let mut conn = match result {
+            Ok(conn) => conn,
+            Err(e) => return self.hosts.failed(&addr, e.to_string()),
+        };
+        if !ha.checks_role() {
+            return self.hosts.checked(&addr, Role::Unknown, true);
+        }
+        match server::role::query_role(&mut conn, limit).await {
+            Ok(answer) => {
+                let role = Role::of(answer);
+                let fits = qualifies(ha.attrs, role) || ha.attrs == TargetSessionAttrs::PreferStandby;
+                self.hosts.checked(&addr, role, fits);
+            }
+            Err(e) => self.hosts.failed(&addr, format!("role check: {e}")),
         }
     }
 
@@ -508,8 +565,8 @@ mod tests {
         }
     }
 
-    fn ports(plan: &[HostAddr]) -> Vec<u16> {
-        plan.iter().map(|a| a.port).collect()
+    fn ports(plan: &[Planned]) -> Vec<u16> {
+        plan.iter().map(|p| p.addr.port).collect()
     }
 
     #[test]
