@@ -27,7 +27,7 @@ fn pair() -> &'static (TempPostgres, TempPostgres) {
 fn config(databases: &str) -> String {
     format!(
         "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\nquery_wait_timeout = \"10s\"\n\
-         server_connect_timeout = \"1s\"\n[users.sluice_trust]\n{databases}"
+         server_connect_timeout = \"1s\"\nadmin_users = [\"admin\"]\n[users.admin]\n[users.sluice_trust]\n{databases}"
     )
 }
 
@@ -107,6 +107,33 @@ async fn target_session_attrs_route_to_the_matching_host() {
             );
         }
     }
+    // SHOW HOSTS tells which host is what.
+    let console = common::admin_console(addr).await;
+    let rows = common::console_query(&console, "SHOW HOSTS").await;
+    let row_of = |port: u16| {
+        rows.iter()
+            .find(|r| {
+                r["database"].as_deref() == Some("rw")
+                    && r["port"].as_deref() == Some(port.to_string().as_str())
+            })
+            .map(|r| {
+                (
+                    r["role"].clone().unwrap_or_default(),
+                    r["state"].clone().unwrap_or_default(),
+                )
+            })
+    };
+    assert_eq!(
+        row_of(p),
+        Some(("primary".to_string(), "up".to_string())),
+        "{rows:?}"
+    );
+    assert_eq!(
+        row_of(s),
+        Some(("standby".to_string(), "wrong role".to_string())),
+        "{rows:?}"
+    );
+    drop(console);
     // No host qualifies: a clear error naming the hosts and what they are, within query_wait_timeout.
     let toml_short = toml.replace("query_wait_timeout = \"10s\"", "query_wait_timeout = \"1s\"");
     let short = common::start_sluice(&toml_short).await;
