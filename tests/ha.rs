@@ -169,7 +169,8 @@ async fn a_dead_host_first_in_the_list_costs_clients_nothing() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_port = silent.local_addr().expect("addr").port();
     let toml = config(&format!(
-        "[databases.app]\nhost = \"127.0.0.1:{refused},127.0.0.1:{silent_port},127.0.0.1:{}\"\npool_size = 20\n",
+        "[databases.app]\nhost = \"127.0.0.1:{refused},127.0.0.1:{silent_port},127.0.0.1:{}\"\npool_size = 20\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
         primary.port()
     ));
     let sluice = common::start_sluice(&toml).await;
@@ -195,6 +196,18 @@ async fn a_dead_host_first_in_the_list_costs_clients_nothing() {
     assert!(waits[waits.len() - 1] < Duration::from_millis(1600), "{waits:?}");
     assert!(waits[waits.len() - 2] < Duration::from_millis(500), "{waits:?}");
     assert!(waits[waits.len() / 2] < Duration::from_millis(100), "{waits:?}");
+    // The exporter shows which hosts are up.
+    let body = http_get(sluice.metrics_addr().expect("metrics endpoint"), "/metrics").await;
+    let up_of = |port: u16| {
+        let host = format!("host=\"127.0.0.1:{port}\"");
+        body.lines()
+            .find(|l| l.starts_with("sluice_host_up{") && l.contains(&host) && l.contains("database=\"app\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(up_of(refused).as_deref(), Some("0"), "{body}");
+    assert_eq!(up_of(silent_port).as_deref(), Some("0"), "{body}");
+    assert_eq!(up_of(primary.port()).as_deref(), Some("1"), "{body}");
     drop(silent);
     sluice.shutdown().await;
 }
@@ -306,4 +319,21 @@ async fn writes_follow_the_promoted_standby_within_five_seconds() {
         );
     }
     sluice.shutdown().await;
+}
+
+/// A plain HTTP/1.0 GET; the body.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+        .await
+        .expect("metrics answered in time")
+        .expect("read metrics");
+    String::from_utf8_lossy(&out).into_owned()
 }
