@@ -107,6 +107,27 @@ async fn target_session_attrs_route_to_the_matching_host() {
             );
         }
     }
+    // A client's own read-only transaction answered 25006 retires that server only: the
+    // victim's transactions keep working on the primary, and so do the client's.
+    let writer = connect(addr, "sluice_trust", "", "rw").await.expect("login");
+    let victim = connect(addr, "sluice_trust", "", "rw").await.expect("login");
+    for _ in 0..5 {
+        let err = writer
+            .batch_execute("BEGIN READ ONLY; CREATE TEMP TABLE t (x int)")
+            .await
+            .expect_err("a write in a read-only transaction");
+        assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err:?}");
+        writer.batch_execute("ROLLBACK").await.expect("rollback");
+        let row = victim
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .expect("victim query");
+        assert_eq!(
+            (row.get::<_, i32>(0), row.get::<_, bool>(1)),
+            (i32::from(p), false)
+        );
+    }
+    writer.simple_query("SELECT 1").await.expect("the writer goes on");
     // SHOW HOSTS tells which host is what.
     let console = common::admin_console(addr).await;
     let rows = common::console_query(&console, "SHOW HOSTS").await;

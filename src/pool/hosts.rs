@@ -327,18 +327,6 @@ impl HostSet {
         });
     }
 
-    /// Drains `addr` and has the next login re-check it (PostgreSQL refused a write there).
-    fn suspect(&self, addr: &HostAddr) {
-        self.with_host(addr, |h| {
-            h.drained_at = Some(Instant::now());
-            h.role = Role::Unknown;
-            h.health = Health::WrongRole {
-                retry_at: Instant::now(),
-            };
-        });
-        self.any_drained.store(true, Ordering::Relaxed);
-    }
-
     /// True when `conn` was opened on a host before it was drained.
     pub(crate) fn drained(&self, conn: &ServerConn) -> bool {
         if !self.any_drained.load(Ordering::Relaxed) {
@@ -530,9 +518,10 @@ impl Pool {
     }
 
     /// At release: true when `server` must be closed because its host was drained, or because
-    /// PostgreSQL refused a write on it for a pool that needs a writable server (then its host
-    /// is drained and re-checked).
-    pub(super) fn retire_for_host(&self, server: &PooledServer) -> bool {
+    /// PostgreSQL refused a write on it (25006) for a pool that needs a writable server. Then
+    /// its host's role is checked again off the client's path, and the host is drained only if
+    /// it really changed: a client's own `BEGIN READ ONLY` costs one server, never the host's.
+    pub(super) fn retire_for_host(self: &Arc<Self>, server: &PooledServer) -> bool {
         if server.conn.info.read_only_refused()
             && matches!(
                 self.settings().ha.attrs,
@@ -540,8 +529,9 @@ impl Pool {
             )
         {
             let addr = addr_of(&server.conn);
-            tracing::warn!(pool = %self.key, host = %addr, "server refused a write (25006); retiring it and re-checking its host");
-            self.hosts.suspect(&addr);
+            tracing::info!(pool = %self.key, host = %addr, "server refused a write (25006); retiring it and re-checking its host");
+            let pool = self.clone();
+            tokio::spawn(async move { pool.probe(addr).await });
             return true;
         }
         self.hosts.drained(&server.conn)
