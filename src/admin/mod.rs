@@ -4,6 +4,7 @@
 
 mod commands;
 mod config_view;
+mod hosts;
 mod leaks;
 mod parse;
 mod result;

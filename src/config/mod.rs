@@ -3,6 +3,7 @@
 
 mod duration;
 mod effective;
+mod hosts;
 mod keys;
 mod listen;
 mod load;
@@ -14,6 +15,7 @@ mod validate_security;
 
 pub use duration::{format_duration, parse_duration};
 pub use effective::{DatabaseSettings, EffectiveSettings, UserSettings};
+pub use hosts::{HostAddr, LoadBalanceHosts, Ports, TargetSessionAttrs, parse_host_list};
 pub(crate) use listen::group_id;
 pub use load::ConfigError;
 pub use shares::ShareKey;
@@ -444,10 +446,15 @@ pub struct UserConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// Host name, IP address, or a directory holding PostgreSQL's unix socket (starts with `/`).
+    /// Host name, IP address, or a directory holding PostgreSQL's unix socket (starts with `/`);
+    /// or a comma-separated list of them (items may be `host:port`), tried as libpq does.
     pub host: String,
-    /// PostgreSQL's port.
-    pub port: u16,
+    /// PostgreSQL's port: one number, or a string of one port per host (`"5432,5433"`).
+    pub port: Ports,
+    /// Which servers of the host list qualify (libpq's values; checked at login).
+    pub target_session_attrs: TargetSessionAttrs,
+    /// How new servers are spread over the qualifying hosts.
+    pub load_balance_hosts: LoadBalanceHosts,
     /// Database name on the server; defaults to the name clients use.
     pub dbname: Option<String>,
     /// Forced server login user: every client of this database uses it on the server side.
@@ -472,7 +479,9 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             host: "127.0.0.1".to_string(),
-            port: 5432,
+            port: Ports::one(5432),
+            target_session_attrs: TargetSessionAttrs::Any,
+            load_balance_hosts: LoadBalanceHosts::Disable,
             dbname: None,
             user: None,
             password: None,
@@ -489,6 +498,14 @@ impl Default for DatabaseConfig {
 /// Every `[pooler]` key, in declaration order (SHOW CONFIG lists them all, set or not).
 pub fn pooler_keys() -> &'static [&'static str] {
     keys::field_names::<PoolerConfig>()
+}
+
+impl DatabaseConfig {
+    /// The hosts this entry lists, each with its port (empty if the list is invalid, which
+    /// loading refuses).
+    pub fn host_list(&self) -> Vec<HostAddr> {
+        parse_host_list(&self.host, &self.port).unwrap_or_default()
+    }
 }
 
 impl Config {

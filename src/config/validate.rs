@@ -106,8 +106,12 @@ fn check_database(name: &str, db: &DatabaseConfig, out: &mut Vec<Problem>) {
     if db.host.trim().is_empty() {
         fail(Some("host"), "must not be empty");
     }
-    if db.port == 0 {
+    if db.port.all().contains(&0) {
         fail(Some("port"), "must not be 0");
+    } else if !db.host.trim().is_empty()
+        && let Err(why) = crate::config::parse_host_list(&db.host, &db.port)
+    {
+        fail(Some("host"), &why);
     }
     if db.dbname.as_deref().is_some_and(|s| s.is_empty()) {
         fail(Some("dbname"), "must not be empty");

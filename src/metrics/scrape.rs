@@ -173,6 +173,8 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
         }
     }
 
+    host_gauges(&mut s, shared);
+
     let lists: BTreeMap<&str, usize> = shared.list_figures().into_iter().collect();
     for (list, name) in LIST_GAUGES {
         s.gauge(name, &[], lists.get(list).copied().unwrap_or(0) as f64);
@@ -247,6 +249,29 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
 /// The share groups of every pool. Group names are bounded per pool (MAX_SHARE_GROUPS and an
 /// overflow group); application names also go through the metrics' application-name cap, and
 /// groups folded together are summed.
+/// `sluice_host_up{database,host}` for databases with a host list or target_session_attrs: up
+/// when any of the database's pools last reached the host (whatever its role).
+fn host_gauges(s: &mut Scrape<'_>, shared: &Shared) {
+    let mut up: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for pool in shared.pools.all() {
+        for h in pool.host_states() {
+            let reached = !matches!(
+                h.health,
+                crate::pool::Health::Down { .. } | crate::pool::Health::Unchecked
+            );
+            *up.entry((pool.key.database.to_string(), h.addr.to_string()))
+                .or_default() |= reached;
+        }
+    }
+    for ((database, host), reached) in &up {
+        s.gauge(
+            "sluice_host_up",
+            &[("database", database.as_str()), ("host", host.as_str())],
+            f64::from(u8::from(*reached)),
+        );
+    }
+}
+
 fn share_gauges(s: &mut Scrape<'_>, shared: &Shared) {
     let apps = shared.leaks.application_names();
     let by_app = shared.config.load().pooler.pool_share_key == crate::config::ShareKey::ApplicationName;

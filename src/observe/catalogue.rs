@@ -164,6 +164,10 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
     );
     g("sluice_build_info".into(), "sluice's version");
     g(
+        "sluice_host_up".into(),
+        "1 while a host of a host list takes logins (its role aside), 0 while it is backed off",
+    );
+    g(
         "sluice_leaks_current".into(),
         "Clients currently suspected of leaking, by kind",
     );

@@ -128,7 +128,7 @@ pub(crate) fn database_figures(
         out.push(DatabaseFigures {
             name: name.clone(),
             host: db.host.clone(),
-            port: db.port,
+            port: db.port.first(),
             dbname: db.dbname.clone().unwrap_or_else(|| name.clone()),
             force_user: db.user.clone(),
             pool_size: settings.pool_size as usize,

@@ -315,11 +315,15 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             return Vetted::Discard;
         }
+        if self.hosts.drained(&server.conn) {
+            self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            return Vetted::Discard;
+        }
         let check = {
             let s = settings;
             let due = now.saturating_duration_since(server.conn.last_used) >= s.server_check_delay;
             let query = s.server_check_query.trim();
-            (due && !query.is_empty()).then(|| (query.to_string(), s.connect_timeout))
+            (due && (!query.is_empty() || s.ha.checks_role())).then(|| (query.to_string(), s.connect_timeout))
         };
         match check {
             Some((query, limit)) => Vetted::Check(server, query, limit),
@@ -334,6 +338,9 @@ impl Pool {
         query: String,
         limit: Duration,
     ) -> Option<PooledServer> {
+        if self.settings().ha.checks_role() {
+            return self.recheck_role(server, limit).await; // also proves it alive
+        }
         if let Err(e) = server.conn.run_internal(&query, limit).await {
             tracing::info!(server = server.conn.id, error = %e, "server failed its check query; discarding");
             self.stats.metrics.recycled(Recycle::CheckFailed, 1);
@@ -360,6 +367,19 @@ impl Pool {
         permit: SlotPermit,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<PooledServer, CheckoutError> {
+        let conn = if self.settings().ha.active() {
+            Box::pin(self.connect_ha(deadline)).await?
+        } else {
+            self.connect_single(deadline).await?
+        };
+        self.opened(conn, permit)
+    }
+
+    /// Logs in to the one host, waiting out a short outage (see [`Pool::open`]).
+    async fn connect_single(
+        self: &Arc<Self>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<server::ServerConn, CheckoutError> {
         let conn = loop {
             let attempt = loop {
                 let news = self.login.news();
@@ -375,7 +395,6 @@ impl Pool {
                         until.min(deadline)
                     }
                     _ => {
-                        drop(permit); // passes the slot on, so the next waiter learns the same at once
                         return Err(CheckoutError::Login(cached));
                     }
                 };
@@ -409,13 +428,17 @@ impl Pool {
                     let waiting = deadline.is_some() && self.login.in_outage_grace(limits.grace);
                     if !waiting {
                         tracing::warn!(pool = %self.key, error = %e, "server login failed");
-                        drop(permit);
                         return Err(CheckoutError::Login(error));
                     }
                     tracing::info!(pool = %self.key, error = %e, "server login failed; waiting out the outage (server_outage_grace)");
                 }
             }
         };
+        Ok(conn)
+    }
+
+    /// Registers a freshly opened server with the pool.
+    fn opened(&self, conn: server::ServerConn, permit: SlotPermit) -> Result<PooledServer, CheckoutError> {
         self.stats.metrics.connects.increment(1);
         tracing::debug!(pool = %self.key, server = conn.id, pid = conn.backend_pid, "server connection opened");
         self.remember_welcome(&conn);
@@ -433,7 +456,7 @@ impl Pool {
     }
 
     /// The error a client sees for a failed login: PostgreSQL's own, or one that names the pool.
-    fn login_error(&self, e: &ServerError) -> PgError {
+    pub(super) fn login_error(&self, e: &ServerError) -> PgError {
         match e {
             ServerError::Postgres(pg) => pg.clone(),
             other => PgError::error(

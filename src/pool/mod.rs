@@ -7,6 +7,7 @@ mod autodb;
 mod checkout;
 mod control;
 mod diagnose;
+mod hosts;
 mod instruments;
 mod limits;
 mod login_health;
@@ -22,6 +23,7 @@ pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
 pub use checkout::CheckoutError;
 pub use control::ServerCounts;
 pub(crate) use diagnose::client_origin;
+pub use hosts::{HaSettings, Health, HostState, Role};
 pub(crate) use instruments::RECYCLE_REASONS;
 pub use instruments::{InstrumentSource, PoolMetrics, Recycle};
 pub use limits::LimitGroup;
@@ -97,6 +99,8 @@ pub struct PoolSettings {
     pub client_prepared_limit: ClientPreparedLimit,
     /// Fair shares between groups of clients, and reclaim of idle transactions under pressure.
     pub shares: ShareSettings,
+    /// The host list, target_session_attrs and load_balance_hosts.
+    pub ha: HaSettings,
 }
 
 /// The most one client may keep prepared through sluice: its statements are held in sluice's
@@ -192,6 +196,8 @@ pub struct Pool {
     state: Mutex<PoolState>,
     welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     login: LoginHealth,
+    /// What is known of each host of the list (used only when `settings.ha` is active).
+    hosts: hosts::HostSet,
     /// The database-wide and user-wide limits this pool counts against.
     groups: [Arc<LimitGroup>; 2],
     /// Transaction, query, byte and time counters.
@@ -228,6 +234,7 @@ impl Pool {
             state: Mutex::new(PoolState::default()),
             welcome: Mutex::new(None),
             login,
+            hosts: Default::default(),
             groups: [db_group, user_group],
             stats: PoolStats::with_metrics(metrics),
             plans: Default::default(),
@@ -236,6 +243,12 @@ impl Pool {
             g.join(&pool);
         }
         pool
+    }
+
+    /// Each host's role and health, for SHOW HOSTS and the metrics (empty until the pool's
+    /// first login on a host list).
+    pub fn host_states(&self) -> Vec<HostState> {
+        self.hosts.snapshot()
     }
 
     /// The settings in force (replaced whole by RELOAD and SET).

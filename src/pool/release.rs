@@ -134,6 +134,10 @@ impl Pool {
     /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
     /// `now`: when it came back (one clock reading for the lifetime check and its idle time).
     pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer, now: Instant) {
+        if self.retire_for_host(&server) {
+            self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            return;
+        }
         if server.expires_at.is_some_and(|t| now >= t) {
             tracing::debug!(pool = %self.key, server = server.conn.id, "server_lifetime reached; closing");
             self.stats.metrics.recycled(Recycle::Lifetime, 1);

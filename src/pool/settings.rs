@@ -22,6 +22,11 @@ pub fn settings_for(
     let effective = config.effective(&db, user);
     let mode = effective.pool_mode;
     let p = &config.pooler;
+    let hosts = db.host_list();
+    let first = hosts.first().cloned().unwrap_or(crate::config::HostAddr {
+        host: db.host.clone(),
+        port: db.port.first(),
+    });
     PoolSettings {
         pool_size: effective.database.pool_size.max(1) as usize,
         min_pool_size: effective.database.min_pool_size as usize,
@@ -36,8 +41,8 @@ pub fn settings_for(
         server_outage_grace: p.server_outage_grace,
         mode,
         target: ServerTarget {
-            host: db.host.clone(),
-            port: db.port,
+            host: first.host,
+            port: first.port,
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_string()),
             user: server_user,
             secret,
@@ -54,6 +59,11 @@ pub fn settings_for(
         client_prepared_limit: super::ClientPreparedLimit {
             statements: p.max_client_prepared_statements as usize,
             bytes: usize::try_from(p.max_client_prepared_bytes).unwrap_or(usize::MAX),
+        },
+        ha: super::HaSettings {
+            hosts,
+            attrs: db.target_session_attrs,
+            balance: db.load_balance_hosts,
         },
     }
 }
@@ -98,12 +108,14 @@ pub(crate) fn should_learn(target: &ServerTarget, client_user: &str, learned: &S
 /// reuse (they would connect elsewhere, or were used under another pool mode); None if nothing.
 pub(crate) fn servers_outdated(before: &PoolSettings, after: &PoolSettings) -> Option<&'static str> {
     let (b, a) = (&before.target, &after.target);
-    if b.host != a.host || b.port != a.port {
+    if b.host != a.host || b.port != a.port || before.ha.hosts != after.ha.hosts {
         Some("host or port")
     } else if b.dbname != a.dbname {
         Some("dbname")
     } else if b.user != a.user {
         Some("user")
+    } else if before.ha.attrs != after.ha.attrs {
+        Some("target_session_attrs")
     } else if before.mode != after.mode {
         Some("pool_mode")
     } else {

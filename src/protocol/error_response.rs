@@ -9,6 +9,8 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// The server connection failed under the client.
     pub const CONNECTION_FAILURE: &str = "08006";
+    /// read_only_sql_transaction: a write reached a read-only server (a standby).
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     /// Could not establish a connection.
     pub const CONNECTION_EXCEPTION: &str = "08000";
     /// A session idle in a transaction too long (PostgreSQL's idle_in_transaction_session_timeout).

@@ -55,6 +55,8 @@ pub struct ServerInfo {
     /// Cancel requests for this server's backend on their way to PostgreSQL (shared with the
     /// record of the client holding it, through which a client's cancel request notes itself).
     cancels: Arc<CancelsInFlight>,
+    /// PostgreSQL answered 25006 (read-only transaction) on it: its host may have become a standby.
+    read_only_refused: std::sync::atomic::AtomicBool,
 }
 
 impl ServerInfo {
@@ -68,7 +70,19 @@ impl ServerInfo {
             prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
             cancels: Arc::default(),
+            read_only_refused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Notes that PostgreSQL refused a write on this server (SQLSTATE 25006).
+    pub(crate) fn note_read_only_refusal(&self) {
+        self.read_only_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True once PostgreSQL refused a write on this server (SQLSTATE 25006).
+    pub(crate) fn read_only_refused(&self) -> bool {
+        self.read_only_refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Notes a cancel request for this server's backend leaving now; it is in flight until the

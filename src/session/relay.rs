@@ -466,6 +466,9 @@ fn pump_server(
                     if error.severity == crate::protocol::Severity::Fatal {
                         return Err(RelayError::ServerFatal(error));
                     }
+                    if error.sqlstate == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION {
+                        server.info.note_read_only_refusal();
+                    }
                     note = Some(ErrorNote::of(&error));
                 }
                 backend::COMMAND_COMPLETE => command_complete(&msg[5..], server, ctx, link),

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+mod standby;
+
 /// Superuser created by initdb; logs in over TCP with [`SUPERUSER_PASSWORD`].
 pub const SUPERUSER: &str = "postgres";
 /// Password of [`SUPERUSER`] (stored as SCRAM).
@@ -34,6 +36,7 @@ GRANT ALL ON SCHEMA public TO sluice_users;
 /// pg_hba.conf: anything over the unix socket is trusted; TCP depends on the user.
 const PG_HBA: &str = "\
 local all all trust
+local replication all trust
 host all sluice_trust 127.0.0.1/32 trust
 host all sluice_md5 127.0.0.1/32 md5
 host all all 127.0.0.1/32 scram-sha-256

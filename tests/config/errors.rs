@@ -154,7 +154,7 @@ fn wrong_types_are_located() {
         2,
         1,
         "databases.app.port",
-        "invalid type",
+        "is not a port number",
     );
     assert_error("pooler = 5\n", 1, 1, "pooler", "invalid type");
     assert_error("[users]\nbob = \"pw\"\n", 2, 1, "users.bob", "invalid type");
@@ -295,4 +295,29 @@ fn semantic_errors_are_located() {
 fn first_error_in_file_order_wins() {
     let text = "[databases.b]\nport = 0\n[pooler]\ndefault_pool_size = 0\n";
     assert_error(text, 2, 1, "databases.b.port", "0");
+}
+
+#[test]
+fn host_list_problems_name_the_key() {
+    assert_error(
+        "[databases.app]\nhost = \"a,b,c\"\nport = \"5432,5433\"\n",
+        2,
+        1,
+        "databases.app.host",
+        "lists 3 hosts but port lists 2 ports",
+    );
+    assert_error(
+        "[databases.app]\nhost = \"a:x\"\n",
+        2,
+        1,
+        "databases.app.host",
+        "is not a port number",
+    );
+    assert_error(
+        "[databases.app]\ntarget_session_attrs = \"writable\"\n",
+        2,
+        1,
+        "databases.app.target_session_attrs",
+        "unknown value `writable`, expected one of `any`, `read-write`",
+    );
 }
