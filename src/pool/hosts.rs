@@ -364,6 +364,22 @@ struct Planned {
     failed_before: bool,
 }
 
+/// Logs in to one host of the list: `template` (the pool's target) aimed at `addr`, within
+/// `limit`.
+async fn connect_host(
+    template: &server::ServerTarget,
+    addr: &HostAddr,
+    limit: Duration,
+) -> Result<ServerConn, ServerError> {
+    let mut target = template.clone();
+    target.host = addr.host.clone();
+    target.port = addr.port;
+    match tokio::time::timeout(limit, server::connect(&target)).await {
+        Ok(r) => r,
+        Err(_) => Err(ServerError::Timeout(limit)),
+    }
+}
+
 fn addr_of(conn: &ServerConn) -> HostAddr {
     HostAddr {
         host: conn.target_addr.0.to_string(),
@@ -389,14 +405,7 @@ impl Pool {
             let mut served = None;
             for (at, planned) in plan.iter().enumerate() {
                 let addr = planned.addr.clone();
-                let mut target = template.clone();
-                target.host = addr.host.clone();
-                target.port = addr.port;
-                let result = match tokio::time::timeout(limit, server::connect(&target)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ServerError::Timeout(limit)),
-                };
-                let mut conn = match result {
+                let mut conn = match connect_host(&template, &addr, limit).await {
                     Ok(conn) => conn,
                     Err(e) => {
                         self.stats.metrics.connect_failures.increment(1);
@@ -462,17 +471,11 @@ impl Pool {
 
     /// Logs in to a failed host off any client's path and records what it found.
     async fn probe(self: Arc<Self>, addr: HostAddr) {
-        let (ha, mut target, limit) = {
+        let (ha, target, limit) = {
             let s = self.settings();
             (s.ha.clone(), s.target.clone(), s.connect_timeout)
         };
-        target.host = addr.host.clone();
-        target.port = addr.port;
-        let result = match tokio::time::timeout(limit, server::connect(&target)).await {
-            Ok(r) => r,
-            Err(_) => Err(ServerError::Timeout(limit)),
-        };
-        let mut conn = match result {
+        let mut conn = match connect_host(&target, &addr, limit).await {
             Ok(conn) => conn,
             Err(e) => return self.hosts.failed(&addr, e.to_string()),
         };

@@ -5,10 +5,24 @@
 //! wait, so nothing is reclaimed while nobody waits, and no more servers than there are
 //! waiters.
 
-use super::Pool;
-use crate::clients::Kill;
+use super::{Pool, PoolState};
+use crate::clients::{ClientInfo, Kill};
 use crate::server::{ServerUse, TxState};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The pool's servers lent and idle in a transaction: (since when, server id, holder).
+fn idle_transactions(st: &PoolState) -> impl Iterator<Item = (Instant, u64, Arc<ClientInfo>)> + '_ {
+    st.servers.values().filter_map(|info| match info.current() {
+        ServerUse::Lent {
+            holder,
+            tx: TxState::IdleInTransaction,
+            tx_since,
+            ..
+        } => Some((tx_since, info.id, holder)),
+        _ => None,
+    })
+}
 
 impl Pool {
     /// When a waiter should next look for a server to reclaim: when the oldest idle transaction
@@ -21,18 +35,9 @@ impl Pool {
         }
         let now = Instant::now();
         let st = self.state.lock();
-        let oldest = st
-            .servers
-            .values()
-            .filter_map(|info| match info.current() {
-                ServerUse::Lent {
-                    holder,
-                    tx: TxState::IdleInTransaction,
-                    tx_since,
-                    ..
-                } if !st.reclaiming.contains(&(info.id, holder.id)) => Some(tx_since),
-                _ => None,
-            })
+        let oldest = idle_transactions(&st)
+            .filter(|(_, server, holder)| !st.reclaiming.contains(&(*server, holder.id)))
+            .map(|(since, ..)| since)
             .min();
         Some(oldest.map_or(now + after, |since| (since + after).max(now)))
     }
@@ -46,19 +51,7 @@ impl Pool {
         }
         let now = Instant::now();
         let mut st = self.state.lock();
-        let mut idle_tx: Vec<(Instant, u64, std::sync::Arc<crate::clients::ClientInfo>)> = st
-            .servers
-            .values()
-            .filter_map(|info| match info.current() {
-                ServerUse::Lent {
-                    holder,
-                    tx: TxState::IdleInTransaction,
-                    tx_since,
-                    ..
-                } => Some((tx_since, info.id, holder)),
-                _ => None,
-            })
-            .collect();
+        let mut idle_tx: Vec<(Instant, u64, Arc<ClientInfo>)> = idle_transactions(&st).collect();
         // Forget the servers whose holders have given them back (or moved on).
         st.reclaiming
             .retain(|(server, client)| idle_tx.iter().any(|(_, s, h)| s == server && h.id == *client));
