@@ -308,7 +308,7 @@ impl Link {
             }
             _ => {}
         }
-        self.responses.expect(tag);
+        self.responses.expect(tag); // ok: the reply ledger's expect (a reply now due), not Option::expect
     }
 
     /// Notes the start of a server message that matters to the link itself.

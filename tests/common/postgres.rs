@@ -106,6 +106,34 @@ extern "C" fn teardown_shared() {
     }
 }
 
+/// A new temp dir for a data directory (owned by the postgres OS user when
+/// `as_postgres_user`), and the watchdog that removes it and stops its server if the test
+/// process dies: the watchdog and its stdin (closing it is the signal).
+fn data_dir_with_watchdog(prefix: &str, as_postgres_user: bool) -> (PathBuf, Child, ChildStdin) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create temp dir for PostgreSQL")
+        .keep();
+    if as_postgres_user {
+        let (uid, gid) = postgres_os_user();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown temp dir to postgres");
+    }
+    let mut watchdog = Command::new("bash")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("sluice-pg-watchdog")
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn PostgreSQL watchdog");
+    let stdin = watchdog.stdin.take().expect("watchdog stdin");
+    (dir, watchdog, stdin)
+}
+
 impl TempPostgres {
     /// Creates, configures and starts a PostgreSQL of its own (not shared); dropping it stops the
     /// server and removes its directory. Panics with PostgreSQL's log when it cannot start.
@@ -113,27 +141,7 @@ impl TempPostgres {
         let bindir = find_bindir();
         // SAFETY: geteuid has no preconditions and cannot fail.
         let as_postgres_user = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-pg-")
-            .tempdir()
-            .expect("create temp dir for PostgreSQL")
-            .keep();
-        if as_postgres_user {
-            let (uid, gid) = postgres_os_user();
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown temp dir to postgres");
-        }
-        let mut watchdog = Command::new("bash")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("sluice-pg-watchdog")
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("spawn PostgreSQL watchdog");
-        let stdin = watchdog.stdin.take().expect("watchdog stdin");
+        let (dir, watchdog, stdin) = data_dir_with_watchdog("sluice-pg-", as_postgres_user);
         let mut pg = TempPostgres {
             bindir,
             dir,

@@ -1,36 +1,15 @@
 //! A streaming standby of a TempPostgres: `pg_basebackup -R` into a second temp dir, started on a
 //! second free port (as the `postgres` OS user when root), and promoted with `pg_ctl promote`.
 
-use super::{TempPostgres, output_text, postgres_os_user};
-use std::process::{Command, Stdio};
+use super::{TempPostgres, output_text};
 use std::sync::Mutex;
 
 impl TempPostgres {
     /// Builds and starts a streaming standby of this server (which must be running). The standby
     /// has the same roles and databases; it is read-only until [`TempPostgres::promote`].
     pub fn start_standby(&self) -> TempPostgres {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-pg-standby-")
-            .tempdir()
-            .expect("create temp dir for the standby")
-            .keep();
-        if self.as_postgres_user {
-            let (uid, gid) = postgres_os_user();
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown standby dir to postgres");
-        }
-        let mut watchdog = Command::new("bash")
-            .arg("-c")
-            .arg(super::WATCHDOG)
-            .arg("sluice-pg-watchdog")
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("spawn the standby's watchdog");
-        let stdin = watchdog.stdin.take().expect("watchdog stdin");
-        use std::os::unix::process::CommandExt;
+        let (dir, watchdog, stdin) =
+            super::data_dir_with_watchdog("sluice-pg-standby-", self.as_postgres_user);
         let mut standby = TempPostgres {
             bindir: self.bindir.clone(),
             dir: dir.clone(),
