@@ -306,11 +306,14 @@ async fn a_refused_server_login_is_not_waited_for() {
         .unwrap();
     c.simple_query("SELECT 1").await.unwrap();
     // The server now refuses sluice's login: a wrong password is no outage to wait out.
+    // The terminate waits (up to 5 s) for the backend to be gone, so sluice finds its pooled
+    // server closed rather than racing the backend's exit with the next request.
     let admin = pg.admin_client().await;
     admin
         .batch_execute(
             "ALTER ROLE sluice_scram PASSWORD 'changed'; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'sluice_scram'",
+             SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE usename = 'sluice_scram'",
         )
         .await
         .unwrap();
