@@ -134,7 +134,8 @@ impl Shared {
     /// the limits it counts the client in are given back with the registration (by the names in
     /// `info`, which the slot was taken for).
     pub fn register_client(self: &Arc<Self>, info: Arc<ClientInfo>, slot: ClientSlot) -> Registered {
-        let counted = self.clients.register(&info, slot);
+        let peer_id = self.config.load().pooler.peer_id;
+        let counted = self.clients.register(&info, slot, peer_id);
         Registered {
             shared: self.clone(),
             counted,
