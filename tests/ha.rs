@@ -76,6 +76,24 @@ async fn any_with_round_robin_spreads_servers_over_primary_and_standby() {
         Some(&2),
         "two of four servers on the standby: {ran:?}"
     );
+    // The console shows each server's own host, and SHOW HOSTS counts them per host.
+    let console = common::admin_console(sluice.tcp_addr()).await;
+    let servers = common::console_query(&console, "SHOW SERVERS").await;
+    let mut shown: Vec<String> = servers
+        .iter()
+        .filter(|r| r["database"].as_deref() == Some("app"))
+        .filter_map(|r| r["port"].clone())
+        .collect();
+    shown.sort();
+    let mut want = vec![primary.port().to_string(); 2];
+    want.extend(vec![standby.port().to_string(); 2]);
+    want.sort();
+    assert_eq!(shown, want, "{servers:?}");
+    let hosts = common::console_query(&console, "SHOW HOSTS").await;
+    for r in hosts.iter().filter(|r| r["database"].as_deref() == Some("app")) {
+        assert_eq!(r["servers"].as_deref(), Some("2"), "{hosts:?}");
+    }
+    drop(console);
     sluice.shutdown().await;
 }
 
@@ -89,7 +107,8 @@ async fn target_session_attrs_route_to_the_matching_host() {
          [databases.rw]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{s},{p}\"\ntarget_session_attrs = \"read-write\"\n\
          [databases.prefer]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{p},{s}\"\ntarget_session_attrs = \"prefer-standby\"\n\
          [databases.prefer_no_standby]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{p}\"\ntarget_session_attrs = \"prefer-standby\"\n\
-         [databases.none]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{s}\"\ntarget_session_attrs = \"primary\"\n"
+         [databases.none]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{s}\"\ntarget_session_attrs = \"primary\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n"
     ));
     let sluice = common::start_sluice(&toml).await;
     let addr = sluice.tcp_addr();
@@ -155,6 +174,13 @@ async fn target_session_attrs_route_to_the_matching_host() {
         "{rows:?}"
     );
     drop(console);
+    // The exporter names each host's role.
+    let body = http_get(sluice.metrics_addr().expect("metrics endpoint"), "/metrics").await;
+    for (port, role) in [(p, "primary"), (s, "standby")] {
+        let series =
+            format!("sluice_host_role{{database=\"rw\",host=\"127.0.0.1:{port}\",role=\"{role}\"}} 1");
+        assert!(body.lines().any(|l| l == series), "no {series} in\n{body}");
+    }
     // No host qualifies: a clear error naming the hosts and what they are, within query_wait_timeout.
     let toml_short = toml.replace("query_wait_timeout = \"10s\"", "query_wait_timeout = \"1s\"");
     let short = common::start_sluice(&toml_short).await;

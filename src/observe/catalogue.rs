@@ -168,6 +168,14 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
         "1 while a host of a host list takes logins (its role aside), 0 while it is backed off",
     );
     g(
+        "sluice_host_role".into(),
+        "1 for the role (primary, read-only primary, standby) a host was last found in",
+    );
+    g(
+        "sluice_host_server_connections".into(),
+        "Server connections open to a host of a host list, over all its database's pools",
+    );
+    g(
         "sluice_leaks_current".into(),
         "Clients currently suspected of leaking, by kind",
     );

@@ -113,7 +113,7 @@ impl ServerConn {
         let now = Instant::now();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         ServerConn {
-            info: std::sync::Arc::new(ServerInfo::new(id)),
+            info: std::sync::Arc::new(ServerInfo::new(id, target_addr.clone())),
             id,
             reader,
             writer,
