@@ -265,12 +265,17 @@ struct Writes {
     /// When each transaction committed.
     commits: Vec<Instant>,
     failures: u64,
+    /// Connections that closed under a writer after its first login (each writer keeps one).
+    reconnects: u64,
 }
 
 async fn writer(addr: SocketAddr, stop: Arc<AtomicBool>, out: Arc<Mutex<Writes>>) {
     let mut client: Option<tokio_postgres::Client> = None;
     while !stop.load(Ordering::Relaxed) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
+            if client.is_some() {
+                out.lock().reconnects += 1;
+            }
             client = connect(addr, "sluice_trust", "", "rw").await.ok();
         }
         let Some(c) = client.as_ref() else {
@@ -347,11 +352,15 @@ async fn writes_follow_the_promoted_standby_within_five_seconds() {
             .count();
         eprintln!(
             "failover: first write {:.3} s after pg_ctl promote started ({:.3} s after it returned); \
-             failed transactions {}; commits while no primary: {during_outage}",
+             failed transactions {}; commits while no primary: {during_outage}; reconnects {}",
             first.duration_since(promoting).as_secs_f64(),
             first.saturating_duration_since(promoted).as_secs_f64(),
             w.failures - failures_before,
+            w.reconnects,
         );
+        // A transaction in flight on the old primary got an error; its client's connection
+        // stayed usable and carried the writes that followed on the new primary.
+        assert_eq!(w.reconnects, 0, "writers lost their connections");
         assert_eq!(during_outage, 0, "a write committed while there was no primary");
         assert!(
             first.duration_since(promoting) < Duration::from_secs(5),
