@@ -81,6 +81,7 @@ impl Shared {
     /// Builds the shared state for a config.
     pub fn new(config: Config) -> Arc<Shared> {
         let (lifecycle, _) = watch::channel(Lifecycle::Running);
+        crate::server::resolve::set_ttls(config.pooler.dns_max_ttl, config.pooler.dns_nxdomain_ttl);
         let metrics = config
             .metrics
             .as_ref()
@@ -257,6 +258,7 @@ impl Shared {
         if let Err(e) = self.security.hba(&config).as_ref() {
             return Err(e.clone());
         }
+        crate::server::resolve::set_ttls(config.pooler.dns_max_ttl, config.pooler.dns_nxdomain_ttl);
         self.config.store(config.clone());
         self.pools.apply(&config, &tls);
         Ok(())

@@ -59,6 +59,8 @@ const CHANGEABLE: &[&str] = &[
     "max_pool_share",
     "idle_transaction_reclaim_timeout",
     "peer_id",
+    "dns_max_ttl",
+    "dns_nxdomain_ttl",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

@@ -339,6 +339,14 @@ pub struct PoolerConfig {
     /// Pools of databases served through the `"*"` entry are freed after this long unused.
     #[serde(with = "duration")]
     pub autodb_idle_timeout: Duration,
+    /// How long a server host name's addresses are kept before it is looked up again
+    /// (PgBouncer's key); 0 looks it up for every new server connection. A connection that
+    /// fails on every kept address looks the name up again at once.
+    #[serde(with = "duration")]
+    pub dns_max_ttl: Duration,
+    /// How long a failed lookup of a server host name is kept (PgBouncer's key); 0: not kept.
+    #[serde(with = "duration")]
+    pub dns_nxdomain_ttl: Duration,
 }
 
 /// How log lines are written (`log_format`).
@@ -433,6 +441,8 @@ impl Default for PoolerConfig {
             unix_socket_mode: 0o777,
             unix_socket_group: None,
             autodb_idle_timeout: Duration::from_secs(3600),
+            dns_max_ttl: Duration::from_secs(15),
+            dns_nxdomain_ttl: Duration::from_secs(15),
         }
     }
 }

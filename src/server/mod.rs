@@ -5,6 +5,7 @@ pub(crate) mod auth_query;
 pub(crate) mod cancel;
 mod info;
 mod login;
+pub(crate) mod resolve;
 pub(crate) mod role;
 pub(crate) mod statements;
 mod tls;
