@@ -48,12 +48,16 @@ fn every_config_key_is_in_configuration_md() {
         );
         for key in keys {
             if !documented.contains(*key) {
-                problems.push(format!("[{table}] {key}: accepted by the config code, not documented"));
+                problems.push(format!(
+                    "[{table}] {key}: accepted by the config code, not documented"
+                ));
             }
         }
         for key in &documented {
             if !keys.contains(&key.as_str()) {
-                problems.push(format!("[{table}] {key}: documented, but the config code has no such key"));
+                problems.push(format!(
+                    "[{table}] {key}: documented, but the config code has no such key"
+                ));
             }
         }
     }
@@ -71,7 +75,9 @@ fn documented_series(doc: &str) -> BTreeSet<String> {
         .step_by(2)
         .filter(|name| {
             (name.starts_with("pgbouncer_") || name.starts_with("sluice_"))
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         })
         .map(str::to_string)
         .collect()
@@ -81,7 +87,11 @@ fn documented_series(doc: &str) -> BTreeSet<String> {
 fn every_metric_series_is_in_metrics_md() {
     let doc = read("docs/metrics.md");
     let series = sluice::metric_series();
-    assert!(series.len() > 50, "the catalogue lists only {} series", series.len());
+    assert!(
+        series.len() > 50,
+        "the catalogue lists only {} series",
+        series.len()
+    );
     let documented = documented_series(&doc);
     let mut problems = Vec::new();
     for name in &series {
