@@ -4,8 +4,9 @@
 # installs it with dpkg -i, checks the `sluice` user, the conffiles, the unit and the docs, runs
 # `sluice check /etc/sluice/pooler.toml` as the sluice user, then starts the installed binary as
 # that user (no systemd here: setpriv, as the unit's User= would) against a throwaway
-# PostgreSQL, with the installed pooler.toml pointed at it, and runs a query through it with
-# psql. Then dpkg -r (conffiles stay) and dpkg --purge (they go). Leaves nothing running.
+# PostgreSQL, with the installed pooler.toml pointed at it (only its two ports changed), and runs
+# a query through it with psql. Then dpkg -r (conffiles stay) and dpkg --purge (they go).
+# Leaves nothing running.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -124,15 +125,16 @@ as_pg "$bindir/pg_ctl" start -D "$tmp/data" -l "$tmp/postgres.log" -w >/dev/null
     -c "CREATE ROLE app LOGIN PASSWORD 'app_pw'" -c "CREATE DATABASE app OWNER app" >/dev/null
 
 # --- the installed configuration, pointed at it ----------------------------------------------
-# The same file, with a free port and this PostgreSQL instead of the local cluster's socket; the
+# The same file, with free ports for sluice and this PostgreSQL instead of 6432 and 5432; the
 # user goes in userlist.txt beside it, as an operator would add it.
 sluice_port=$(pick_port $((pg_port + 1)))
 install -d -m 0750 -o root -g sluice "$tmp/etc"
 sed -e "s|^listen_port = 6432$|listen_port = $sluice_port|" \
-    -e "s|^host = \"/var/run/postgresql\"$|host = \"127.0.0.1\"|" \
     -e "s|^port = 5432$|port = $pg_port|" /etc/sluice/pooler.toml >"$tmp/etc/pooler.toml"
 grep -q "^listen_port = $sluice_port$" "$tmp/etc/pooler.toml" || fail "pooler.toml has no listen_port = 6432 line to adjust"
 grep -q "^port = $pg_port$" "$tmp/etc/pooler.toml" || fail "pooler.toml has no database port = 5432 line to adjust"
+changed=$(diff /etc/sluice/pooler.toml "$tmp/etc/pooler.toml" | grep -c '^>' || true)
+[ "$changed" = 2 ] || fail "adjusting the ports changed $changed lines of pooler.toml, not 2"
 printf '"app" "app_pw"\n' >"$tmp/etc/userlist.txt"
 chown root:sluice "$tmp/etc/pooler.toml" "$tmp/etc/userlist.txt"
 chmod 0640 "$tmp/etc/pooler.toml" "$tmp/etc/userlist.txt"
