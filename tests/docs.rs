@@ -1,9 +1,14 @@
 //! The user documentation keeps up with the code: every configuration key the config code
-//! accepts has a row in docs/configuration.md (under its table's heading), every series the
-//! metrics catalogue publishes has one in docs/metrics.md, and neither document names a key or
-//! series the code does not have.
+//! accepts has a row in docs/configuration.md (under its table's heading), whose "applied by"
+//! column says what a running sluice's console says (SHOW CONFIG's `changeable`, SET's refusal);
+//! every series the metrics catalogue publishes has one in docs/metrics.md; and neither document
+//! names a key or series the code does not have.
 
-use std::collections::BTreeSet;
+mod common;
+
+use common::config::PoolerToml;
+use common::{admin_console, console_query, start_sluice};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Reads a file of the repository.
@@ -15,8 +20,13 @@ fn read(relative: &str) -> String {
 /// The first cells (`` `key` ``) of the table rows under the heading `### `[table]``, up to the
 /// next heading of that level or above.
 fn documented_keys(doc: &str, table: &str) -> BTreeSet<String> {
+    documented_rows(doc, table).into_keys().collect()
+}
+
+/// The table rows under the heading `### `[table]``: key -> its last cell ("applied by").
+fn documented_rows(doc: &str, table: &str) -> BTreeMap<String, String> {
     let heading = format!("### `[{table}]`");
-    let mut keys = BTreeSet::new();
+    let mut keys = BTreeMap::new();
     let mut inside = false;
     for line in doc.lines() {
         if line.starts_with("## ") || line.starts_with("### ") {
@@ -30,7 +40,8 @@ fn documented_keys(doc: &str, table: &str) -> BTreeSet<String> {
             continue;
         };
         if let Some((key, _)) = rest.split_once("` |") {
-            keys.insert(key.to_string());
+            let applied_by = line.trim_end_matches('|').rsplit('|').next().unwrap_or("");
+            keys.insert(key.to_string(), applied_by.trim().to_string());
         }
     }
     keys
@@ -64,6 +75,62 @@ fn every_config_key_is_in_configuration_md() {
     assert!(
         problems.is_empty(),
         "docs/configuration.md is out of date:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// What the console says about changing a `[pooler]` key: `SET` when SHOW CONFIG calls it
+/// changeable, otherwise `restart` or `RELOAD` as SET's refusal explains.
+async fn console_says(admin: &tokio_postgres::Client, key: &str, changeable: bool) -> &'static str {
+    if changeable {
+        return "SET";
+    }
+    let refusal = match admin.simple_query(&format!("SET {key} = 1")).await {
+        Ok(_) => panic!("SET {key} succeeded although SHOW CONFIG says it is not changeable"),
+        Err(e) => e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if refusal.contains("restart sluice") {
+        "restart"
+    } else if refusal.contains("RELOAD") {
+        "RELOAD"
+    } else {
+        panic!("SET {key}: unexpected refusal {refusal:?}")
+    }
+}
+
+#[tokio::test]
+async fn applied_by_column_says_what_the_console_says() {
+    let doc = read("docs/configuration.md");
+    let rows = documented_rows(&doc, "pooler");
+    // Nothing here reaches PostgreSQL: the database entry is never connected to.
+    let toml = PoolerToml::trust()
+        .set("unix_socket_dir = \"\"")
+        .admin()
+        .database_on("app", 1, None)
+        .build();
+    let sluice = start_sluice(&toml).await;
+    let admin = admin_console(sluice.tcp_addr()).await;
+    let mut problems = Vec::new();
+    for row in console_query(&admin, "SHOW CONFIG").await {
+        let key = row.get("key").cloned().flatten().unwrap_or_default();
+        let changeable = row.get("changeable").cloned().flatten().as_deref() == Some("yes");
+        let says = console_says(&admin, &key, changeable).await;
+        match rows.get(&key) {
+            Some(documented) if documented == says => {}
+            Some(documented) => problems.push(format!(
+                "{key}: documented as applied by {documented:?}, the console says {says:?}"
+            )),
+            None => problems.push(format!("{key}: no row")),
+        }
+    }
+    sluice.shutdown().await;
+    assert!(
+        problems.is_empty(),
+        "docs/configuration.md's \"applied by\" column is wrong:\n{}",
         problems.join("\n")
     );
 }
