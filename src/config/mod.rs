@@ -519,6 +519,17 @@ pub fn pooler_keys() -> &'static [&'static str] {
     keys::field_names::<PoolerConfig>()
 }
 
+/// The keys of each table sluice reads (`pooler`, `databases.NAME`, `users.NAME`, `metrics`),
+/// in declaration order: what docs/configuration.md must document (`tests/docs.rs`).
+pub fn documented_tables() -> [(&'static str, &'static [&'static str]); 4] {
+    [
+        ("pooler", pooler_keys()),
+        ("databases.NAME", keys::field_names::<DatabaseConfig>()),
+        ("users.NAME", keys::field_names::<UserConfig>()),
+        ("metrics", keys::field_names::<MetricsConfig>()),
+    ]
+}
+
 impl DatabaseConfig {
     /// The hosts this entry lists, each with its port (empty if the list is invalid, which
     /// loading refuses).
