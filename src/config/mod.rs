@@ -521,11 +521,12 @@ pub fn pooler_keys() -> &'static [&'static str] {
 
 /// The keys of each table sluice reads (`pooler`, `databases.NAME`, `users.NAME`, `metrics`),
 /// in declaration order: what docs/configuration.md must document (`tests/docs.rs`).
-pub fn documented_tables() -> [(&'static str, &'static [&'static str]); 4] {
+pub fn documented_tables() -> [(&'static str, &'static [&'static str]); 5] {
     [
         ("pooler", pooler_keys()),
         ("databases.NAME", keys::field_names::<DatabaseConfig>()),
         ("users.NAME", keys::field_names::<UserConfig>()),
+        ("peers.ID", keys::field_names::<PeerConfig>()),
         ("metrics", keys::field_names::<MetricsConfig>()),
     ]
 }
