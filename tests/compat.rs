@@ -59,11 +59,13 @@ async fn venv() -> &'static Path {
     .await
 }
 
-/// Transaction mode, SCRAM, a pool of [`POOL_SIZE`] in front of `db`, and a console user.
+/// Transaction mode, SCRAM, a pool of [`POOL_SIZE`] in front of `db`, and a console user. The
+/// suites open 100 connections at once from one address (many application processes on one
+/// host), which max_logins_per_address's default of 100 in progress would refuse at the edge.
 fn config(db: &str) -> String {
     PoolerToml::new("scram-sha-256")
         .pool_mode("transaction")
-        .set("max_client_conn = 400\nquery_wait_timeout = \"60s\"")
+        .set("max_client_conn = 400\nmax_logins_per_address = 1000\nquery_wait_timeout = \"60s\"")
         .set(&format!("admin_users = [\"{ADMIN}\"]"))
         .user_password(USER, PASSWORD)
         .user_password(ADMIN, ADMIN_PASSWORD)
@@ -146,7 +148,7 @@ async fn django_migrate_crud_atomic_select_for_update_bulk_create() {
 fn leaky_neighbour_config(db: &str) -> String {
     PoolerToml::new("scram-sha-256")
         .pool_mode("transaction")
-        .set("max_client_conn = 400\nquery_wait_timeout = \"5s\"")
+        .set("max_client_conn = 400\nmax_logins_per_address = 1000\nquery_wait_timeout = \"5s\"")
         .set("max_pool_share = 0.5\nidle_transaction_reclaim_timeout = \"1s\"")
         .set(&format!("admin_users = [\"{ADMIN}\"]"))
         .user_password(USER, PASSWORD)
