@@ -58,6 +58,13 @@ const CHANGEABLE: &[&str] = &[
     "pool_share_key",
     "max_pool_share",
     "idle_transaction_reclaim_timeout",
+    "server_round_robin",
+    "server_fast_close",
+    "tcp_keepalive",
+    "tcp_keepcnt",
+    "tcp_keepidle",
+    "tcp_keepintvl",
+    "tcp_user_timeout",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

@@ -102,3 +102,16 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}s", d.as_secs_f64())
     }
 }
+
+/// serde adapter for optional duration fields (absent: None).
+pub(super) mod option {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    /// A present value is read as a duration.
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::deserialize(d).map(Some)
+    }
+}
