@@ -553,3 +553,62 @@ async fn listen_addr_lists_bind_every_address() {
     }
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_fast_close_ends_outdated_sessions_between_transactions_only() {
+    for fast_close in [true, false] {
+        let text = format!(
+            "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\npool_mode = \"session\"\n\
+             server_fast_close = {fast_close}\nadmin_users = [\"admin\"]\n\
+             [users.sluice_trust]\n[users.admin]\n[databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
+            pg().port()
+        );
+        let sluice = start_sluice(&text).await;
+        let addr = sluice.tcp_addr();
+        let idle = connect(addr, "sluice_trust", "", "app").await.unwrap();
+        let first = pid(&idle).await.unwrap();
+        // A session inside a transaction when RECONNECT comes: never interrupted.
+        let busy = std::sync::Arc::new(connect(addr, "sluice_trust", "", "app").await.unwrap());
+        busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let console = common::admin_console(addr).await;
+        console.simple_query("RECONNECT app").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        busy.simple_query("SELECT 2").await.unwrap();
+        busy.batch_execute("COMMIT").await.unwrap();
+        if fast_close {
+            // The idle session was ended (its server closed), with the reason.
+            let e = pid(&idle).await.unwrap_err();
+            let message = e.as_db_error().map(|d| d.message().to_string());
+            assert!(
+                e.is_closed()
+                    || message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("server_fast_close")),
+                "{e:?}"
+            );
+            // The one in a transaction goes once the transaction is over.
+            wait_until(
+                Duration::from_secs(5),
+                "the busy session ends after COMMIT",
+                || {
+                    let busy = busy.clone();
+                    async move { busy.simple_query("SELECT 3").await.is_err() }
+                },
+            )
+            .await;
+        } else {
+            // Without it, the session keeps its (outdated) server until it ends.
+            assert_eq!(pid(&idle).await.unwrap(), first);
+            busy.simple_query("SELECT 3").await.unwrap();
+        }
+        drop((idle, busy, console));
+        sluice.shutdown().await;
+    }
+}
+
+/// The backend pid of the server a client is on.
+async fn pid(c: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map(|r| r.get::<_, i32>(0))
+}
