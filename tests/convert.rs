@@ -108,7 +108,7 @@ fn realistic_ini(dir: &Path, port: u16) -> std::path::PathBuf {
              reporting = pool_mode=session query_timeout=60\n\
              \n\
              [pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
+             listen_addr = 127.0.0.1, 127.0.0.2\n\
              listen_port = {port}\n\
              unix_socket_dir =\n\
              auth_type = md5\n\
@@ -193,6 +193,7 @@ async fn a_realistic_pgbouncer_ini_converts_checks_and_serves() {
     // Translated under sluice's names and types.
     for line in [
         "admin_users = [\"admin\", \"postgres\"]",
+        "listen_addr = \"127.0.0.1, 127.0.0.2\"",
         "server_round_robin = true",
         "tcp_keepidle = \"30s\"",
         "tcp_user_timeout = \"45s\"",
@@ -281,6 +282,44 @@ async fn sluice_serves_the_converted_config(sluice: &SluiceBinary) {
         message.contains("no more connections allowed (max_db_client_connections)"),
         "{e}"
     );
+}
+
+#[test]
+fn lists_and_quoting_convert_as_pgbouncer_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        "[pgbouncer]\nlisten_addr = *, ::\nadmin_users = alice, bob\nstats_users=carol\n\
+         ignore_startup_parameters = extra_float_digits,options\n\
+         [databases]\n\"odd \"\"name\"\"\" = host=127.0.0.1 dbname=x connect_query='SELECT ''a b''' pool_mode=statement\n",
+    )
+    .unwrap();
+    let (code, toml, stderr) = convert(&ini);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "listen_addr = \"*, ::\"",
+        "admin_users = [\"alice\", \"bob\"]",
+        "stats_users = [\"carol\"]",
+        "ignore_startup_parameters = [\"extra_float_digits\", \"options\"]",
+        "[databases.'odd \"name\"']",
+        "connect_query = \"SELECT 'a b'\"",
+    ] {
+        assert!(toml.contains(line), "{line} missing from:\n{toml}");
+    }
+    // pool_mode = statement is kept as a comment, with a warning.
+    assert!(
+        toml.contains("pool_mode: not converted: pool_mode = statement is unsupported"),
+        "{toml}"
+    );
+    assert!(
+        stderr.contains("pool_mode = statement is unsupported"),
+        "{stderr}"
+    );
+    let out = dir.path().join("pooler.toml");
+    std::fs::write(&out, &toml).unwrap();
+    let (code, text) = check(&out);
+    assert_eq!(code, 0, "{text}\n{toml}");
 }
 
 #[test]

@@ -136,6 +136,10 @@ impl Builder {
                     Converted::Value(v, n) => {
                         if let Some(n) = n {
                             self.pooler_notes.push(format!("{}: {shown}: {n}", e.origin));
+                            // A listen address left out or narrowed changes who can connect.
+                            if info.name == "listen_addr" {
+                                self.warnings.push(format!("{}: listen_addr: {n}", e.origin));
+                            }
                         }
                         self.pooler.insert(target, Item::Value(v));
                     }
@@ -217,7 +221,11 @@ impl Builder {
             self.entry_key(e, info, v, &mut table, &mut notes)?;
         }
         if !table.contains_key("host") {
-            let dir = self.unix_socket_dir.clone().unwrap_or_else(|| "/tmp".to_string());
+            let dir = self
+                .unix_socket_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/tmp".to_string());
             notes.push(format!(
                 "host not set: PgBouncer connects through the unix socket in {dir}"
             ));
@@ -344,8 +352,12 @@ impl Builder {
             }
             doc.insert(name, Item::Table(parent));
         }
+        let mut toml = doc.to_string();
+        if !toml.ends_with('\n') {
+            toml.push('\n');
+        }
         Conversion {
-            toml: doc.to_string(),
+            toml,
             warnings: self.warnings,
         }
     }

@@ -4,6 +4,7 @@
 
 use super::catalogue::Kind;
 use crate::config::{format_duration, parse_duration};
+use std::path::Path;
 use std::time::Duration;
 use toml_edit::{Array, Value};
 
@@ -115,12 +116,77 @@ pub(crate) fn convert(name: &str, kind: Kind, raw: &str, per_entry: bool) -> Res
         },
         "client_tls_protocols" | "server_tls_protocols" => tls_protocols(raw),
         "port" if raw.contains(',') => keep(raw),
+        "listen_addr" => listen_addr(raw),
+        key if PATH_KEYS.contains(&key) && !raw.is_empty() && Path::new(raw).is_relative() => {
+            // PgBouncer opens these relative to its working directory, sluice relative to
+            // the config file: written out absolute, as seen from where the conversion runs.
+            match std::env::current_dir() {
+                Ok(cwd) => {
+                    let absolute = cwd.join(raw).display().to_string();
+                    let note = format!(
+                        "relative path made absolute ({absolute}): sluice resolves relative paths against the config file's directory, PgBouncer against its working directory"
+                    );
+                    Ok(Converted::Value(Value::from(absolute), Some(note)))
+                }
+                Err(_) => Ok(Converted::Value(
+                    Value::from(raw),
+                    Some("relative path: sluice resolves it against the config file's directory".to_string()),
+                )),
+            }
+        }
         "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl" if raw.trim() == "0" => dropped(
             "0 means the operating system's default, as when the key is left out",
             false,
         ),
         _ => Ok(Converted::Value(by_kind(kind, raw)?, None)),
     }
+}
+
+/// Keys whose values are file paths.
+const PATH_KEYS: &[&str] = &[
+    "logfile",
+    "pidfile",
+    "auth_file",
+    "auth_hba_file",
+    "client_tls_key_file",
+    "client_tls_cert_file",
+    "client_tls_ca_file",
+    "server_tls_ca_file",
+    "server_tls_key_file",
+    "server_tls_cert_file",
+];
+
+/// listen_addr: sluice takes IP addresses, `*` (IPv4 only) and `localhost`; PgBouncer's `*` is
+/// every IPv4 and IPv6 address, and it resolves host names.
+fn listen_addr(raw: &str) -> Result<Converted, String> {
+    let mut kept = Vec::new();
+    let mut notes = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item == "*" || item == "localhost" || item.parse::<std::net::IpAddr>().is_ok() {
+            kept.push(item);
+        } else {
+            notes.push(format!(
+                "{item} left out: sluice listens on IP addresses, not host names"
+            ));
+        }
+    }
+    if kept.contains(&"*") && !kept.contains(&"::") {
+        notes.push(
+            "sluice's * is every IPv4 address; PgBouncer's also covers IPv6: add \"::\" to listen on IPv6"
+                .to_string(),
+        );
+    }
+    if kept.is_empty() {
+        return dropped(
+            format!("no address sluice can listen on in {raw:?}; sluice's default (127.0.0.1) applies"),
+            true,
+        );
+    }
+    let value = Value::from(kept.join(", "));
+    Ok(Converted::Value(
+        value,
+        (!notes.is_empty()).then(|| notes.join("; ")),
+    ))
 }
 
 /// TLS versions: rustls speaks TLS 1.2 and 1.3 only.
