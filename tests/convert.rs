@@ -651,3 +651,60 @@ async fn pid(c: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
         .await
         .map(|r| r.get::<_, i32>(0))
 }
+
+#[test]
+fn the_new_keys_are_validated_with_file_line_and_key() {
+    let cases = [
+        (
+            "[pooler]\ntcp_keepcnt = 500\n",
+            2,
+            "pooler.tcp_keepcnt",
+            "at most 127",
+        ),
+        (
+            "[pooler]\ntcp_keepidle = \"1.5s\"\n",
+            2,
+            "pooler.tcp_keepidle",
+            "whole seconds",
+        ),
+        (
+            "[pooler]\nlisten_addr = \"*, db.example\"\n",
+            2,
+            "pooler.listen_addr",
+            "db.example",
+        ),
+        (
+            "[databases.app]\nconnect_query = \"\"\n",
+            2,
+            "databases.app.connect_query",
+            "must not be empty",
+        ),
+        (
+            "[users.u]\nquery_wait_timeout = \"0\"\n",
+            2,
+            "users.u.query_wait_timeout",
+            "greater than zero",
+        ),
+        (
+            "[databases.app]\nquery_wait_timeout = \"soon\"\n",
+            2,
+            "databases.app.query_wait_timeout",
+            "invalid duration",
+        ),
+        (
+            "[pooler]\nserver_round_robin = 1\n",
+            2,
+            "pooler.server_round_robin",
+            "bool",
+        ),
+    ];
+    for (text, line, key, words) in cases {
+        let e = sluice::Config::from_toml_str(text, "pooler.toml", None).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_str()),
+            ("pooler.toml", line, key),
+            "{e}"
+        );
+        assert!(e.message.contains(words), "{e}");
+    }
+}

@@ -24,7 +24,6 @@ pub use userlist::parse_userlist;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -589,35 +588,6 @@ impl Config {
     /// [`Config::load`] and [`Config::from_toml_str`] are already validated, with positions.
     pub fn validate(&self) -> Result<(), ConfigError> {
         load::validate(self)
-    }
-
-    /// The first IP address `pooler.listen_addr` names: `*` is 0.0.0.0 and `localhost` is
-    /// 127.0.0.1. Falls back to 127.0.0.1 for a value validation would have refused.
-    pub fn listen_ip(&self) -> IpAddr {
-        self.listen_ips()
-            .first()
-            .copied()
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-    }
-
-    /// Every address of `pooler.listen_addr`, a comma-separated list as in PgBouncer
-    /// (`"*, ::"`, `"127.0.0.1,::1"`), duplicates removed; items validation refuses are left out.
-    pub fn listen_ips(&self) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = Vec::new();
-        for item in self.pooler.listen_addr.split(',').map(str::trim) {
-            let ip = match item {
-                "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                addr => match addr.trim_start_matches('[').trim_end_matches(']').parse() {
-                    Ok(ip) => ip,
-                    Err(_) => continue,
-                },
-            };
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        out
     }
 
     /// The database entry for a client-facing database name: its own table or the `"*"` fallback.
