@@ -708,3 +708,19 @@ fn the_new_keys_are_validated_with_file_line_and_key() {
         assert!(e.message.contains(words), "{e}");
     }
 }
+
+#[test]
+fn query_wait_timeout_is_the_users_then_the_databases_then_the_global_one() {
+    let text = "[pooler]\nquery_wait_timeout = \"60s\"\n\
+                [users.quick]\nquery_wait_timeout = \"2s\"\n[users.plain]\n\
+                [databases.slow]\nquery_wait_timeout = \"30s\"\n[databases.plain]\n";
+    let c = sluice::Config::from_toml_str(text, "pooler.toml", None).unwrap();
+    let qwt = |db: &str, user: &str| {
+        let db = c.database(db).unwrap();
+        c.effective(db, user).query_wait_timeout
+    };
+    assert_eq!(qwt("slow", "quick"), Duration::from_secs(2));
+    assert_eq!(qwt("slow", "plain"), Duration::from_secs(30));
+    assert_eq!(qwt("plain", "plain"), Duration::from_secs(60));
+    assert_eq!(qwt("plain", "quick"), Duration::from_secs(2));
+}
