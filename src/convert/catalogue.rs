@@ -475,6 +475,37 @@ pub(crate) fn lookup(section: Section, name: &str) -> Option<&'static KeyInfo> {
 /// The `[peers]` section as a whole.
 pub(crate) const PEERS: &str = "no peering: cancel requests are not forwarded between sluice processes";
 
+/// Values of a supported key that sluice does not take (the converter keeps them as comments,
+/// src/convert/values.rs), or how its meaning differs.
+fn caveat(section: Section, name: &str) -> Option<&'static str> {
+    Some(match (section, name) {
+        (Pgbouncer, "listen_addr") => {
+            "sluice's `*` is every IPv4 address (list `::` too for IPv6); host names other than `localhost` are not resolved"
+        }
+        (Pgbouncer, "auth_type") => "`any`, `ldap` and `pam` are unsupported",
+        (Pgbouncer, "client_tls_ciphers" | "server_tls_ciphers") => {
+            "rustls suite names, not OpenSSL cipher lists (`default`, `secure`, `fast`, `normal` mean rustls's defaults)"
+        }
+        (Pgbouncer, "client_tls_protocols" | "server_tls_protocols") => "TLS 1.2 and 1.3 only (rustls)",
+        (Pgbouncer, "server_check_query") => {
+            "`<empty>` is not needed: sluice's default check (`select 1`) does the same"
+        }
+        (Pgbouncer | Database | User, "query_wait_timeout") => {
+            "`0` (wait forever) is unsupported: every wait has a deadline"
+        }
+        (Pgbouncer | Database | User, "pool_mode") => "`statement` is unsupported",
+        (Pgbouncer, "tcp_keepidle" | "tcp_keepintvl") => "a duration in whole seconds",
+        (Database, "connect_query") => {
+            "a failing query fails the server login (PgBouncer logs it and goes on)"
+        }
+        (Database, "host") => "`@` (abstract unix sockets) is unsupported",
+        (Database, "load_balance_hosts") => {
+            "sluice's default is `disable`: the converter writes `round-robin` for a host list"
+        }
+        _ => return None,
+    })
+}
+
 /// The status column of the key table, in words.
 pub(crate) fn status(fate: Fate) -> String {
     match fate {
@@ -502,7 +533,11 @@ pub fn markdown_table() -> String {
         ));
         for k in KEYS.iter().filter(|k| k.section == section) {
             let default = k.default.map_or("not set".to_string(), |d| format!("`{d}`"));
-            out.push_str(&format!("| `{}` | {default} | {} |\n", k.name, status(k.fate)));
+            let status = match caveat(k.section, k.name) {
+                Some(c) => format!("{}; {c}", status(k.fate)),
+                None => status(k.fate),
+            };
+            out.push_str(&format!("| `{}` | {default} | {status} |\n", k.name));
         }
     }
     out.push_str(&format!(
