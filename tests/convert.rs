@@ -724,3 +724,32 @@ fn query_wait_timeout_is_the_users_then_the_databases_then_the_global_one() {
     assert_eq!(qwt("plain", "plain"), Duration::from_secs(60));
     assert_eq!(qwt("plain", "quick"), Duration::from_secs(2));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 300, ..Default::default() })]
+
+    /// Whatever the file holds, the converter answers with TOML that parses or an error naming
+    /// the file; it never panics.
+    #[test]
+    fn any_input_converts_to_valid_toml_or_a_located_error(
+        lines in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::string::string_regex("\\[(pgbouncer|databases|users|peers|x)\\]").unwrap(),
+                proptest::string::string_regex("[a-z_\"*#; ]{0,12} ?= ?[a-z0-9_=' ,.\"*:-]{0,30}").unwrap(),
+                proptest::string::string_regex("[ -~]{0,40}").unwrap(),
+            ],
+            0..12,
+        )
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("p.ini");
+        std::fs::write(&ini, lines.join("\n")).unwrap();
+        match sluice::convert::convert_file(&ini) {
+            Ok(c) => {
+                let parsed = c.toml.parse::<toml::Table>();
+                proptest::prop_assert!(parsed.is_ok(), "{:?}\n{}", parsed.err(), c.toml);
+            }
+            Err(e) => proptest::prop_assert!(e.file.ends_with("p.ini") || e.file.contains('/'), "{e}"),
+        }
+    }
+}
