@@ -2,6 +2,8 @@
 # The test command (CI runs it through .ci/run): makes sure PostgreSQL's server binaries, psql and
 # pgbench are installed (apt, when root), then runs cargo fmt --check, clippy with warnings denied,
 # the compatibility suite's virtualenv set-up (tests/compat/setup-venv.sh), and every test, and
+# as root the Debian package test (scripts/package-test.sh: a release build, cargo-deb, installed
+# if missing, dpkg -i, a query as the sluice user; skipped when arguments select tests), and
 # prints a summary. Runs every step even when one fails; exits non-zero if any
 # did. Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness`).
 set -euo pipefail
@@ -81,6 +83,15 @@ ensure_postgres_user() {
     fi
 }
 
+ensure_cargo_deb() {
+    # scripts/package-test.sh packages with cargo-deb; a fresh machine lacks it.
+    if [ "$(id -u)" -ne 0 ] || cargo deb --version >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing cargo-deb (cargo install cargo-deb --locked)"
+    cargo install cargo-deb --locked || log "could not install cargo-deb; the package test will fail"
+}
+
 ensure_rust_components() {
     if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
         if command -v rustup >/dev/null 2>&1; then
@@ -97,6 +108,7 @@ ensure_postgres_user
 ensure_exporter
 ensure_pgbouncer
 ensure_rust_components
+ensure_cargo_deb
 log "PostgreSQL binaries: ${SLUICE_PG_BINDIR:-$(pg_bindir)}"
 
 test_log=$(mktemp /tmp/sluice-test-log.XXXXXX)
@@ -133,6 +145,11 @@ run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
 # The compatibility suite's Python clients (tests/compat.rs would also install them on first use).
 run_step "compat virtualenv" tests/compat/setup-venv.sh
 run_step "cargo test" run_tests "$@"
+# The .deb, installed and run (root only: it installs a package and creates a user). Its release
+# build is the one bench/run.sh --quick uses next in CI.
+if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
+    run_step "package test" scripts/package-test.sh
+fi
 
 echo
 echo "==================== summary ===================="

@@ -34,3 +34,9 @@ pub mod tls;
 pub use config::Config;
 pub use error::Error;
 pub use listener::{RunningPooler, start};
+
+/// Every series name the Prometheus endpoint publishes (histograms by base name), from the one
+/// catalogue that describes them: `tests/docs.rs` checks that docs/metrics.md documents each.
+pub fn metric_series() -> Vec<String> {
+    observe::catalogue::series_names()
+}

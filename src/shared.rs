@@ -81,6 +81,7 @@ impl Shared {
     /// Builds the shared state for a config.
     pub fn new(config: Config) -> Arc<Shared> {
         let (lifecycle, _) = watch::channel(Lifecycle::Running);
+        crate::server::resolve::set_ttls(config.pooler.dns_max_ttl, config.pooler.dns_nxdomain_ttl);
         let metrics = config
             .metrics
             .as_ref()
@@ -134,7 +135,8 @@ impl Shared {
     /// the limits it counts the client in are given back with the registration (by the names in
     /// `info`, which the slot was taken for).
     pub fn register_client(self: &Arc<Self>, info: Arc<ClientInfo>, slot: ClientSlot) -> Registered {
-        let counted = self.clients.register(&info, slot);
+        let peer_id = self.config.load().pooler.peer_id;
+        let counted = self.clients.register(&info, slot, peer_id);
         Registered {
             shared: self.clone(),
             counted,
@@ -256,6 +258,7 @@ impl Shared {
         if let Err(e) = self.security.hba(&config).as_ref() {
             return Err(e.clone());
         }
+        crate::server::resolve::set_ttls(config.pooler.dns_max_ttl, config.pooler.dns_nxdomain_ttl);
         self.config.store(config.clone());
         self.pools.apply(&config, &tls);
         Ok(())

@@ -76,6 +76,24 @@ async fn any_with_round_robin_spreads_servers_over_primary_and_standby() {
         Some(&2),
         "two of four servers on the standby: {ran:?}"
     );
+    // The console shows each server's own host, and SHOW HOSTS counts them per host.
+    let console = common::admin_console(sluice.tcp_addr()).await;
+    let servers = common::console_query(&console, "SHOW SERVERS").await;
+    let mut shown: Vec<String> = servers
+        .iter()
+        .filter(|r| r["database"].as_deref() == Some("app"))
+        .filter_map(|r| r["port"].clone())
+        .collect();
+    shown.sort();
+    let mut want = vec![primary.port().to_string(); 2];
+    want.extend(vec![standby.port().to_string(); 2]);
+    want.sort();
+    assert_eq!(shown, want, "{servers:?}");
+    let hosts = common::console_query(&console, "SHOW HOSTS").await;
+    for r in hosts.iter().filter(|r| r["database"].as_deref() == Some("app")) {
+        assert_eq!(r["servers"].as_deref(), Some("2"), "{hosts:?}");
+    }
+    drop(console);
     sluice.shutdown().await;
 }
 
@@ -89,7 +107,8 @@ async fn target_session_attrs_route_to_the_matching_host() {
          [databases.rw]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{s},{p}\"\ntarget_session_attrs = \"read-write\"\n\
          [databases.prefer]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{p},{s}\"\ntarget_session_attrs = \"prefer-standby\"\n\
          [databases.prefer_no_standby]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{p}\"\ntarget_session_attrs = \"prefer-standby\"\n\
-         [databases.none]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{s}\"\ntarget_session_attrs = \"primary\"\n"
+         [databases.none]\ndbname = \"app\"\nhost = \"127.0.0.1\"\nport = \"{dead},{s}\"\ntarget_session_attrs = \"primary\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n"
     ));
     let sluice = common::start_sluice(&toml).await;
     let addr = sluice.tcp_addr();
@@ -155,6 +174,13 @@ async fn target_session_attrs_route_to_the_matching_host() {
         "{rows:?}"
     );
     drop(console);
+    // The exporter names each host's role.
+    let body = http_get(sluice.metrics_addr().expect("metrics endpoint"), "/metrics").await;
+    for (port, role) in [(p, "primary"), (s, "standby")] {
+        let series =
+            format!("sluice_host_role{{database=\"rw\",host=\"127.0.0.1:{port}\",role=\"{role}\"}} 1");
+        assert!(body.lines().any(|l| l == series), "no {series} in\n{body}");
+    }
     // No host qualifies: a clear error naming the hosts and what they are, within query_wait_timeout.
     let toml_short = toml.replace("query_wait_timeout = \"10s\"", "query_wait_timeout = \"1s\"");
     let short = common::start_sluice(&toml_short).await;
@@ -239,12 +265,17 @@ struct Writes {
     /// When each transaction committed.
     commits: Vec<Instant>,
     failures: u64,
+    /// Connections that closed under a writer after its first login (each writer keeps one).
+    reconnects: u64,
 }
 
 async fn writer(addr: SocketAddr, stop: Arc<AtomicBool>, out: Arc<Mutex<Writes>>) {
     let mut client: Option<tokio_postgres::Client> = None;
     while !stop.load(Ordering::Relaxed) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
+            if client.is_some() {
+                out.lock().reconnects += 1;
+            }
             client = connect(addr, "sluice_trust", "", "rw").await.ok();
         }
         let Some(c) = client.as_ref() else {
@@ -321,11 +352,15 @@ async fn writes_follow_the_promoted_standby_within_five_seconds() {
             .count();
         eprintln!(
             "failover: first write {:.3} s after pg_ctl promote started ({:.3} s after it returned); \
-             failed transactions {}; commits while no primary: {during_outage}",
+             failed transactions {}; commits while no primary: {during_outage}; reconnects {}",
             first.duration_since(promoting).as_secs_f64(),
             first.saturating_duration_since(promoted).as_secs_f64(),
             w.failures - failures_before,
+            w.reconnects,
         );
+        // A transaction in flight on the old primary got an error; its client's connection
+        // stayed usable and carried the writes that followed on the new primary.
+        assert_eq!(w.reconnects, 0, "writers lost their connections");
         assert_eq!(during_outage, 0, "a write committed while there was no primary");
         assert!(
             first.duration_since(promoting) < Duration::from_secs(5),

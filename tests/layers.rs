@@ -1,4 +1,4 @@
-//! The module layering (README, "Architecture: layers"): reads the `crate::`, `super::` and `self::`
+//! The module layering (docs/architecture.md, "Layers"): reads the `crate::`, `super::` and `self::`
 //! paths in src/ and fails when a top-level module imports from a layer above its own, unless the
 //! edge is in `KNOWN_UPWARD_EDGES` (empty since issue 15), which may only shrink; likewise for
 //! import cycles inside one layer (`KNOWN_SAME_LAYER_CYCLES`).

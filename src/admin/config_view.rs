@@ -65,6 +65,9 @@ const CHANGEABLE: &[&str] = &[
     "tcp_keepidle",
     "tcp_keepintvl",
     "tcp_user_timeout",
+    "peer_id",
+    "dns_max_ttl",
+    "dns_nxdomain_ttl",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

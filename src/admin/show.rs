@@ -77,7 +77,7 @@ pub(super) fn render(what: &str, shared: &Shared) -> Option<Shown> {
             ("scram_client_key", S),
             ("scram_server_key", S),
         ]),
-        "DNS_HOSTS" => ResultSet::new(&[("hostname", S), ("ttl", Q), ("addrs", S)]),
+        "DNS_HOSTS" => dns_hosts(),
         "DNS_ZONES" => ResultSet::new(&[("zonename", S), ("serial", Q), ("count", I)]),
         "SOCKETS" | "ACTIVE_SOCKETS" => sockets(shared, what == "ACTIVE_SOCKETS"),
         "LEAKS" => super::leaks::leaks(shared),
@@ -85,6 +85,15 @@ pub(super) fn render(what: &str, shared: &Shared) -> Option<Shown> {
         "POOL_SHARES" => super::shares::pool_shares(shared),
         _ => return None,
     }))
+}
+
+/// SHOW DNS_HOSTS: the server host names sluice resolved and still caches (dns_max_ttl).
+fn dns_hosts() -> ResultSet {
+    let mut rs = ResultSet::new(&[("hostname", S), ("ttl", Q), ("addrs", S)]);
+    for name in crate::server::resolve::cached_names() {
+        rs.push(vec![t(name.name), n(name.ttl_left), t(name.addrs)]);
+    }
+    rs
 }
 
 fn help() -> String {
@@ -299,8 +308,8 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
                 t(&pool.key.database),
                 t("none"),
                 t(state),
-                t(&target.host),
-                n(target.port),
+                t(&*info.addr.0),
+                n(info.addr.1),
                 None,
                 None,
                 t(timestamp(info.opened_wall)),

@@ -264,11 +264,17 @@ impl ClientRegistry {
         }
     }
 
-    /// Lists a logged-in client (issuing its cancel key) and takes over its slot. Returns
+    /// Lists a logged-in client (issuing its cancel key, which names `peer_id`) and takes over
+    /// its slot. Returns
     /// whether the slot counted it under its database and under its user name, which
     /// [`ClientRegistry::unregister`] needs to give them back.
-    pub(crate) fn register(&self, info: &Arc<ClientInfo>, mut slot: ClientSlot) -> (bool, bool) {
-        self.issue(info);
+    pub(crate) fn register(
+        &self,
+        info: &Arc<ClientInfo>,
+        mut slot: ClientSlot,
+        peer_id: u16,
+    ) -> (bool, bool) {
+        self.issue(info, peer_id);
         slot.handed_over = true;
         (slot.database.is_some(), slot.user.is_some())
     }

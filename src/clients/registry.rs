@@ -28,12 +28,13 @@ pub struct ClientRegistry {
 }
 
 impl ClientRegistry {
-    /// Issues a fresh random key for `client` and records it there. Retired by
-    /// [`ClientRegistry::retire`] when the client's registration ends.
-    pub fn issue(&self, client: &Arc<ClientInfo>) -> CancelKey {
+    /// Issues a fresh random key for `client` (naming this instance's `peer_id`, 0: none) and
+    /// records it there. Retired by [`ClientRegistry::retire`] when the client's registration
+    /// ends.
+    pub fn issue(&self, client: &Arc<ClientInfo>, peer_id: u16) -> CancelKey {
         let mut keys = self.keys.lock();
         loop {
-            let key: CancelKey = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
+            let key = super::peer_key::new_key(peer_id);
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key) {
                 e.insert(client.clone());
                 client.set_cancel_key(key);

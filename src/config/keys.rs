@@ -1,7 +1,7 @@
 //! Where things are in config text: known key names per table, unknown-key detection, mapping
 //! byte offsets and dotted key paths to line and column.
 
-use super::{DatabaseConfig, MetricsConfig, PoolerConfig, UserConfig};
+use super::{DatabaseConfig, MetricsConfig, PeerConfig, PoolerConfig, UserConfig};
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 use std::fmt;
@@ -91,9 +91,10 @@ pub(super) fn find_unknown_keys(root: &dyn TableLike, top: &[&str]) -> Vec<Probl
     if let Some(metrics) = root.get("metrics").and_then(Item::as_table_like) {
         check_table(metrics, &["metrics"], field_names::<MetricsConfig>(), &mut found);
     }
-    let nested: [(&str, &[&str]); 2] = [
+    let nested: [(&str, &[&str]); 3] = [
         ("users", field_names::<UserConfig>()),
         ("databases", field_names::<DatabaseConfig>()),
+        ("peers", field_names::<PeerConfig>()),
     ];
     for (table, fields) in nested {
         let Some(entries) = root.get(table).and_then(Item::as_table_like) else {

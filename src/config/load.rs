@@ -66,6 +66,7 @@ struct RawConfig {
     users: BTreeMap<String, UserConfig>,
     databases: BTreeMap<String, DatabaseConfig>,
     metrics: Option<super::MetricsConfig>,
+    peers: BTreeMap<String, super::PeerConfig>,
 }
 
 /// Reads and loads a config file; relative auth_file paths resolve against its directory.
@@ -159,6 +160,7 @@ pub(super) fn load_str_all(
         databases: raw.databases,
         auth_file_users: BTreeMap::new(),
         metrics: raw.metrics,
+        peers: raw.peers,
     };
     errors.extend(
         super::validate::problems(&config)

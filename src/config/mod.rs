@@ -7,6 +7,7 @@ mod hosts;
 mod keys;
 mod listen;
 mod load;
+mod peers;
 mod shares;
 mod tls_names;
 mod userlist;
@@ -18,6 +19,7 @@ pub use effective::{DatabaseSettings, EffectiveSettings, UserSettings};
 pub use hosts::{HostAddr, LoadBalanceHosts, Ports, TargetSessionAttrs, parse_host_list};
 pub(crate) use listen::group_id;
 pub use load::ConfigError;
+pub use peers::{MAX_PEER_ID, PeerConfig};
 pub use shares::ShareKey;
 pub(crate) use tls_names::{cipher_provider, protocol_versions};
 pub use userlist::parse_userlist;
@@ -43,6 +45,9 @@ pub struct Config {
     pub auth_file_users: BTreeMap<String, String>,
     /// The `[metrics]` table: the Prometheus endpoint (off when absent).
     pub metrics: Option<MetricsConfig>,
+    /// `[peers.ID]` tables: the other sluice instances cancel requests are forwarded to, by
+    /// their `peer_id` (as a decimal string, the TOML key).
+    pub peers: BTreeMap<String, PeerConfig>,
 }
 
 /// The `[metrics]` table.
@@ -323,6 +328,9 @@ pub struct PoolerConfig {
     /// Set SO_REUSEPORT on the TCP listener, so a second sluice can listen on the same port
     /// (rolling restarts: start the new one, drain the old one).
     pub so_reuseport: bool,
+    /// This instance's id among peered instances (`[peers]`), encoded in every cancel key it
+    /// issues so a peer that receives the cancel can forward it here; 0 turns peering off.
+    pub peer_id: u16,
     /// Permissions of the unix socket file (octal, PgBouncer's default 0777).
     #[serde(with = "listen")]
     pub unix_socket_mode: u32,
@@ -352,6 +360,14 @@ pub struct PoolerConfig {
     /// dropped (0: the OS default).
     #[serde(with = "duration")]
     pub tcp_user_timeout: Duration,
+    /// How long a server host name's addresses are kept before it is looked up again
+    /// (PgBouncer's key); 0 looks it up for every new server connection. A connection that
+    /// fails on every kept address looks the name up again at once.
+    #[serde(with = "duration")]
+    pub dns_max_ttl: Duration,
+    /// How long a failed lookup of a server host name is kept (PgBouncer's key); 0: not kept.
+    #[serde(with = "duration")]
+    pub dns_nxdomain_ttl: Duration,
 }
 
 /// How log lines are written (`log_format`).
@@ -442,6 +458,7 @@ impl Default for PoolerConfig {
             log_pooler_errors: true,
             log_stats: true,
             so_reuseport: false,
+            peer_id: 0,
             unix_socket_mode: 0o777,
             unix_socket_group: None,
             autodb_idle_timeout: Duration::from_secs(3600),
@@ -452,6 +469,8 @@ impl Default for PoolerConfig {
             tcp_keepidle: Duration::ZERO,
             tcp_keepintvl: Duration::ZERO,
             tcp_user_timeout: Duration::ZERO,
+            dns_max_ttl: Duration::from_secs(15),
+            dns_nxdomain_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -551,6 +570,18 @@ impl Default for DatabaseConfig {
 /// Every `[pooler]` key, in declaration order (SHOW CONFIG lists them all, set or not).
 pub fn pooler_keys() -> &'static [&'static str] {
     keys::field_names::<PoolerConfig>()
+}
+
+/// The keys of each table sluice reads (`pooler`, `databases.NAME`, `users.NAME`, `metrics`),
+/// in declaration order: what docs/configuration.md must document (`tests/docs.rs`).
+pub fn documented_tables() -> [(&'static str, &'static [&'static str]); 5] {
+    [
+        ("pooler", pooler_keys()),
+        ("databases.NAME", keys::field_names::<DatabaseConfig>()),
+        ("users.NAME", keys::field_names::<UserConfig>()),
+        ("peers.ID", keys::field_names::<PeerConfig>()),
+        ("metrics", keys::field_names::<MetricsConfig>()),
+    ]
 }
 
 impl DatabaseConfig {

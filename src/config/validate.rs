@@ -13,6 +13,7 @@ pub(super) const MIN_PACKET_SIZE: u32 = 1024;
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     check_pooler(&config.pooler, &mut out);
+    super::peers::check(config, &mut out);
     if let Some(listen) = config.metrics.as_ref().and_then(|m| m.listen.as_deref())
         && listen.parse::<std::net::SocketAddr>().is_err()
     {

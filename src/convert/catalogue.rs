@@ -10,6 +10,8 @@ pub(crate) enum Section {
     Database,
     /// Settings of a `[users]` entry.
     User,
+    /// Connection-string parameters of a `[peers]` entry.
+    Peer,
 }
 
 /// How a value is written in pgbouncer.ini, and so how it is converted.
@@ -60,7 +62,7 @@ pub(crate) struct KeyInfo {
 
 use Fate::{Meaningless, Renamed, Same, Unsupported};
 use Kind::{Bool, Int, List, Millis, Seconds, Text};
-use Section::{Database, Pgbouncer, User};
+use Section::{Database, Peer, Pgbouncer, User};
 
 const fn key(
     section: Section,
@@ -121,13 +123,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         ),
     ),
     key(Pgbouncer, "ignore_startup_parameters", List, None, Same),
-    key(
-        Pgbouncer,
-        "peer_id",
-        Int,
-        Some("0"),
-        Unsupported("no peering: a cancel request that reaches another sluice process is not forwarded"),
-    ),
+    key(Pgbouncer, "peer_id", Int, Some("0"), Same),
     key(
         Pgbouncer,
         "disable_pqexec",
@@ -244,26 +240,16 @@ pub(crate) const KEYS: &[KeyInfo] = &[
             "pools of listed databases are kept; only auto-database pools are freed (autodb_idle_timeout)",
         ),
     ),
-    key(
-        Pgbouncer,
-        "dns_max_ttl",
-        Seconds,
-        Some("15"),
-        Meaningless("sluice resolves host names for every new server connection (no cache)"),
-    ),
-    key(
-        Pgbouncer,
-        "dns_nxdomain_ttl",
-        Seconds,
-        Some("15"),
-        Meaningless("sluice resolves host names for every new server connection (no cache)"),
-    ),
+    key(Pgbouncer, "dns_max_ttl", Seconds, Some("15"), Same),
+    key(Pgbouncer, "dns_nxdomain_ttl", Seconds, Some("15"), Same),
     key(
         Pgbouncer,
         "dns_zone_check_period",
         Seconds,
         Some("0"),
-        Meaningless("sluice resolves host names for every new server connection (no cache)"),
+        Meaningless(
+            "no zone serial checks: a name is looked up again after dns_max_ttl, and at once when every kept address fails",
+        ),
     ),
     key(
         Pgbouncer,
@@ -467,13 +453,25 @@ pub(crate) const KEYS: &[KeyInfo] = &[
     key(User, "max_user_client_connections", Int, None, Same),
 ];
 
+/// `[peers]` connection-string parameters.
+const PEER_KEYS: &[KeyInfo] = &[
+    key(Peer, "host", Text, None, Same),
+    key(Peer, "port", Int, Some("6432"), Same),
+    key(
+        Peer,
+        "pool_size",
+        Int,
+        None,
+        Meaningless("each forwarded cancel request goes on a connection of its own, within 5 seconds"),
+    ),
+];
+
 /// The entry for `name` in `section`, if PgBouncer 1.26 has such a key.
 pub(crate) fn lookup(section: Section, name: &str) -> Option<&'static KeyInfo> {
-    KEYS.iter().find(|k| k.section == section && k.name == name)
+    KEYS.iter()
+        .chain(PEER_KEYS)
+        .find(|k| k.section == section && k.name == name)
 }
-
-/// The `[peers]` section as a whole.
-pub(crate) const PEERS: &str = "no peering: cancel requests are not forwarded between sluice processes";
 
 /// Values of a supported key that sluice does not take (the converter keeps them as comments,
 /// src/convert/values.rs), or how its meaning differs.
@@ -527,11 +525,15 @@ pub fn markdown_table() -> String {
             "`[databases]` connection-string parameters (sluice: `[databases.NAME]`)",
         ),
         (User, "`[users]` (sluice: `[users.NAME]`)"),
+        (
+            Peer,
+            "`[peers]` connection-string parameters (sluice: `[peers.ID]`)",
+        ),
     ] {
         out.push_str(&format!(
             "\n### {title}\n\n| key | PgBouncer default | sluice |\n| --- | --- | --- |\n"
         ));
-        for k in KEYS.iter().filter(|k| k.section == section) {
+        for k in KEYS.iter().chain(PEER_KEYS).filter(|k| k.section == section) {
             let default = k.default.map_or("not set".to_string(), |d| format!("`{d}`"));
             let status = match caveat(k.section, k.name) {
                 Some(c) => format!("{}; {c}", status(k.fate)),
@@ -540,8 +542,5 @@ pub fn markdown_table() -> String {
             out.push_str(&format!("| `{}` | {default} | {status} |\n", k.name));
         }
     }
-    out.push_str(&format!(
-        "\n### `[peers]`\n\nThe whole section is unsupported: {PEERS}.\n"
-    ));
     out
 }

@@ -74,7 +74,7 @@ pub fn convert_file(path: &Path) -> Result<Conversion, ConvertError> {
             "pgbouncer" => {}
             "databases" => out.database(e)?,
             "users" => out.user(e)?,
-            "peers" => out.warn(&e.origin, &format!("[peers] {}", e.key), catalogue::PEERS),
+            "peers" => out.peer(e)?,
             other => {
                 return Err(ConvertError::at(
                     &e.origin,
@@ -96,6 +96,7 @@ struct Builder {
     pooler_notes: Vec<String>,
     databases: Vec<(String, Table, Vec<String>)>,
     users: Vec<(String, Table, Vec<String>)>,
+    peers: Vec<(String, Table, Vec<String>)>,
     warnings: Vec<String>,
     unix_socket_dir: Option<String>,
 }
@@ -272,7 +273,44 @@ impl Builder {
         Ok(())
     }
 
-    /// One parameter of a database or user entry.
+    /// One `[peers]` line: the peer's id and where it listens.
+    fn peer(&mut self, e: &Entry) -> Result<(), ConvertError> {
+        if e.key.parse::<u16>().is_err() {
+            return Err(ConvertError::at(
+                &e.origin,
+                &e.key,
+                "a peer's key must be its peer_id, a number".to_string(),
+            ));
+        }
+        let pairs = connstr::parse(&e.value).map_err(|why| ConvertError::at(&e.origin, &e.key, why))?;
+        let mut table = Table::new();
+        let mut notes = Vec::new();
+        for (k, v) in &pairs {
+            let Some(info) = catalogue::lookup(Section::Peer, k) else {
+                return Err(ConvertError::at(
+                    &e.origin,
+                    &format!("{} {k}", e.key),
+                    format!("unrecognized peer parameter {k:?}"),
+                ));
+            };
+            self.entry_key(e, info, v, &mut table, &mut notes)?;
+        }
+        if !table.contains_key("host") {
+            let dir = self
+                .unix_socket_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/tmp".to_string());
+            notes.push(format!(
+                "host not set: PgBouncer reaches the peer through the unix socket in {dir}"
+            ));
+            table.insert("host", Item::Value(Value::from(dir)));
+        }
+        self.peers.push((e.key.clone(), table, notes));
+        Ok(())
+    }
+
+    /// One parameter of a database, user or peer entry.
     fn entry_key(
         &mut self,
         e: &Entry,
@@ -336,6 +374,7 @@ impl Builder {
         for (name, entries, title) in [
             ("databases", self.databases, "database"),
             ("users", self.users, "user"),
+            ("peers", self.peers, "peer"),
         ] {
             if entries.is_empty() {
                 continue;

@@ -246,32 +246,50 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
     s.finish()
 }
 
-/// The share groups of every pool. Group names are bounded per pool (MAX_SHARE_GROUPS and an
-/// overflow group); application names also go through the metrics' application-name cap, and
-/// groups folded together are summed.
-/// `sluice_host_up{database,host}` for databases with a host list or target_session_attrs: up
-/// when any of the database's pools last reached the host (whatever its role).
+/// Per host of databases with a host list or target_session_attrs: `sluice_host_up{database,
+/// host}` (1 when any of the database's pools last reached the host, whatever its role),
+/// `sluice_host_role{database,host,role}` (1 for the role the host was last found in) and
+/// `sluice_host_server_connections{database,host}` (server connections open to it, all pools).
 fn host_gauges(s: &mut Scrape<'_>, shared: &Shared) {
-    let mut up: BTreeMap<(String, String), bool> = BTreeMap::new();
+    #[derive(Default)]
+    struct Seen {
+        up: bool,
+        role: Option<&'static str>,
+        servers: usize,
+    }
+    let mut hosts: BTreeMap<(String, String), Seen> = BTreeMap::new();
     for pool in shared.pools.all() {
+        let infos = pool.server_infos();
         for h in pool.host_states() {
-            let reached = !matches!(
+            let seen = hosts
+                .entry((pool.key.database.to_string(), h.addr.to_string()))
+                .or_default();
+            seen.up |= !matches!(
                 h.health,
                 crate::pool::Health::Down { .. } | crate::pool::Health::Unchecked
             );
-            *up.entry((pool.key.database.to_string(), h.addr.to_string()))
-                .or_default() |= reached;
+            if h.role != crate::pool::Role::Unknown {
+                seen.role = Some(h.role.as_str());
+            }
+            seen.servers += infos
+                .iter()
+                .filter(|i| *i.addr.0 == *h.addr.host && i.addr.1 == h.addr.port)
+                .count();
         }
     }
-    for ((database, host), reached) in &up {
-        s.gauge(
-            "sluice_host_up",
-            &[("database", database.as_str()), ("host", host.as_str())],
-            f64::from(u8::from(*reached)),
-        );
+    for ((database, host), seen) in &hosts {
+        let labels = [("database", database.as_str()), ("host", host.as_str())];
+        s.gauge("sluice_host_up", &labels, f64::from(u8::from(seen.up)));
+        s.gauge("sluice_host_server_connections", &labels, seen.servers as f64);
+        if let Some(role) = seen.role {
+            s.gauge("sluice_host_role", &[labels[0], labels[1], ("role", role)], 1.0);
+        }
     }
 }
 
+/// The share groups of every pool. Group names are bounded per pool (MAX_SHARE_GROUPS and an
+/// overflow group); application names also go through the metrics' application-name cap, and
+/// groups folded together are summed.
 fn share_gauges(s: &mut Scrape<'_>, shared: &Shared) {
     let apps = shared.leaks.application_names();
     let by_app = shared.config.load().pooler.pool_share_key == crate::config::ShareKey::ApplicationName;

@@ -2,8 +2,8 @@
 //! DATABASES and LISTS under pgbouncer_exporter's names, and sluice's own. The registry
 //! describes them when it is made; the scrape (`metrics`, above) sets them from the figures.
 
-use metrics::{KeyName, Recorder, SharedString};
-use metrics_exporter_prometheus::PrometheusRecorder;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use parking_lot::Mutex;
 
 /// SHOW POOLS columns -> gauges `pgbouncer_pools_<name>{database,user}`.
 pub(crate) const POOL_GAUGES: [(&str, &str); 12] = [
@@ -115,8 +115,9 @@ pub(crate) const LIST_GAUGES: [(&str, &str); 11] = [
     ("dns_queries", "pgbouncer_in_flight_dns_queries"),
 ];
 
-/// Gives every series its `# HELP` line.
-pub(crate) fn describe(r: &PrometheusRecorder) {
+/// Gives every series its `# HELP` line: the one list of the series the endpoint publishes
+/// (histograms by their base name).
+pub(crate) fn describe(r: &impl Recorder) {
     let g = |name: String, help: &str| {
         r.describe_gauge(KeyName::from(name), None, SharedString::from(help.to_string()));
     };
@@ -166,6 +167,14 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
     g(
         "sluice_host_up".into(),
         "1 while a host of a host list takes logins (its role aside), 0 while it is backed off",
+    );
+    g(
+        "sluice_host_role".into(),
+        "1 for the role (primary, read-only primary, standby) a host was last found in",
+    );
+    g(
+        "sluice_host_server_connections".into(),
+        "Server connections open to a host of a host list, over all its database's pools",
     );
     g(
         "sluice_leaks_current".into(),
@@ -226,3 +235,51 @@ pub(crate) const SHARE_GAUGES: [(&str, &str); 4] = [
         "Most servers one share group may hold while others are present (0: shares off)",
     ),
 ];
+
+/// Every series name [`describe`] gives a help text, in its order, and the float counters the
+/// scrape writes itself (`STATS_COUNTERS` in seconds): what docs/metrics.md must document
+/// (`tests/docs.rs`).
+pub(crate) fn series_names() -> Vec<String> {
+    let names = NameCollector(Mutex::new(Vec::new()));
+    describe(&names);
+    let mut names = names.0.into_inner();
+    for (name, _) in STATS_COUNTERS.iter().filter(|(n, _)| n.contains("seconds")) {
+        names.push(format!("pgbouncer_stats_totals_{name}"));
+    }
+    names
+}
+
+/// A recorder that only notes the names described to it.
+struct NameCollector(Mutex<Vec<String>>);
+
+impl NameCollector {
+    fn note(&self, key: KeyName) {
+        self.0.lock().push(key.as_str().to_string());
+    }
+}
+
+impl Recorder for NameCollector {
+    fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.note(key);
+    }
+
+    fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.note(key);
+    }
+
+    fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.note(key);
+    }
+
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::noop()
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}

@@ -160,7 +160,7 @@ pub(crate) fn list_figures(
     vec![
         ("databases", config.databases.len()),
         ("users", users.len()),
-        ("peers", 0),
+        ("peers", config.peers.len()),
         ("pools", pools.len()),
         ("peer_pools", 0),
         ("free_clients", 0),
@@ -168,7 +168,7 @@ pub(crate) fn list_figures(
         ("login_clients", login_clients),
         ("free_servers", 0),
         ("used_servers", servers),
-        ("dns_names", 0),
+        ("dns_names", crate::server::resolve::cached_names().len()),
         ("dns_zones", 0),
         ("dns_queries", 0),
         ("dns_pending", 0),

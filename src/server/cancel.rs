@@ -3,10 +3,12 @@
 //! connection — for a client's own request (matched to its server by the registry) or for
 //! query_timeout. Until PostgreSQL has taken the request (it closes that connection once it
 //! signalled the backend), the server is marked as having a cancel in flight, and the release
-//! path lends it to nobody.
+//! path lends it to nobody. With `peer_id` set, a request whose key another instance issued
+//! goes to that instance instead (`[peers]`).
 
 use super::ServerConn;
-use crate::clients::{CancelInFlight, CancelKey, ClientRegistry, HeldServer};
+use crate::clients::{CancelInFlight, CancelKey, CancelRoute, ClientRegistry, HeldServer};
+use crate::config::Config;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
@@ -29,9 +31,29 @@ impl ServerConn {
     }
 }
 
+/// Handles a CancelRequest carrying `key`: forwarded to the server the client holds when the key
+/// is this instance's, to the peer that issued it when `[peers]` names one. Unknown keys,
+/// clients holding no server and requests for unknown peers are ignored, as PostgreSQL ignores
+/// bad cancel keys.
+pub(crate) async fn route_request(clients: &ClientRegistry, config: &Config, key: CancelKey) {
+    match crate::clients::cancel_route(key, config.pooler.peer_id) {
+        CancelRoute::Local(key) => forward_request(clients, key).await,
+        CancelRoute::Peer { id, key } => match config.peer(id) {
+            Some(peer) => {
+                let sent = send_cancel(&peer.host, peer.port, key).await;
+                log_sent(sent, "cancel forwarded to peer", id);
+            }
+            None => tracing::debug!(peer_id = id, "cancel request for an unknown peer; ignored"),
+        },
+        CancelRoute::Drop => {
+            tracing::debug!("forwarded cancel request for another instance; not forwarded again")
+        }
+    }
+}
+
 /// Forwards a client's CancelRequest carrying `key` to the server that client holds; unknown
 /// keys and clients holding no server are ignored, as PostgreSQL ignores bad cancel keys.
-pub(crate) async fn forward_request(clients: &ClientRegistry, key: CancelKey) {
+async fn forward_request(clients: &ClientRegistry, key: CancelKey) {
     // The in-flight mark is taken under the client's record lock: a release that clears the
     // held server after this sees the mark and keeps the server from other clients.
     let Some((t, in_flight)) = clients.cancel_target(key) else {
@@ -52,21 +74,37 @@ pub(crate) fn cancel_running_query(server: &ServerConn) {
 /// server's in-flight mark goes.
 async fn forward(target: HeldServer, in_flight: CancelInFlight) {
     let backend_pid = target.backend_pid;
-    let sent = tokio::time::timeout(FORWARD_LIMIT, async {
-        let mut stream = super::open_socket(&target.host, target.port).await?;
+    let sent = send_cancel(&target.host, target.port, (backend_pid, target.backend_secret)).await;
+    drop(in_flight);
+    log_sent(sent, "cancel forwarded", backend_pid);
+}
+
+/// Sends a CancelRequest for `key` to `host:port` (PostgreSQL or a peer sluice) and waits until
+/// the other side hangs up, within [`FORWARD_LIMIT`].
+async fn send_cancel(
+    host: &str,
+    port: u16,
+    key: CancelKey,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(FORWARD_LIMIT, async {
+        let mut stream = super::open_socket(host, port).await?;
         let mut out = BytesMut::new();
-        frontend::cancel_request(backend_pid, target.backend_secret, &mut out);
+        frontend::cancel_request(key.0, key.1, &mut out);
         stream.write_all(&out).await?;
-        // PostgreSQL sends nothing back: read until it hangs up.
+        // Nothing comes back: read until the other side hangs up.
         let mut sink = [0u8; 64];
         while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
+        Ok(())
     })
-    .await;
-    drop(in_flight);
+    .await
+}
+
+/// Logs how sending a cancel request went; `to` is the backend pid or the peer id.
+fn log_sent(sent: Result<std::io::Result<()>, tokio::time::error::Elapsed>, what: &str, to: impl Into<i64>) {
+    let to = to.into();
     match sent {
-        Ok(Ok(())) => tracing::debug!(backend_pid, "cancel forwarded"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
-        Err(_) => tracing::warn!("forwarding cancel request timed out"),
+        Ok(Ok(())) => tracing::debug!(to, "{what}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, to, "could not send cancel request"),
+        Err(_) => tracing::warn!(to, "sending cancel request timed out"),
     }
 }

@@ -49,6 +49,8 @@ pub struct ServerInfo {
     pub opened_at: Instant,
     /// Wall-clock open time (console timestamps).
     pub opened_wall: std::time::SystemTime,
+    /// The host and port it is connected to (one of a host list's).
+    pub addr: (Arc<str>, u16),
     generation: std::sync::atomic::AtomicU64,
     prepared: std::sync::atomic::AtomicU32,
     state: Mutex<(ServerUse, i32)>,
@@ -60,12 +62,13 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    /// A server being opened.
-    pub fn new(id: u64) -> ServerInfo {
+    /// A server being opened on `addr`.
+    pub fn new(id: u64, addr: (Arc<str>, u16)) -> ServerInfo {
         ServerInfo {
             id,
             opened_at: Instant::now(),
             opened_wall: std::time::SystemTime::now(),
+            addr,
             generation: std::sync::atomic::AtomicU64::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),

@@ -9,7 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::UnixStream;
 
 /// Where and as whom to log in on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub(crate) async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io
             UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?,
         ))
     } else {
-        let s = TcpStream::connect((host, port)).await?;
+        let s = super::resolve::connect(host, port).await?;
         s.set_nodelay(true)?;
         Ok(Stream::Tcp(s))
     }

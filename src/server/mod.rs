@@ -5,6 +5,7 @@ pub(crate) mod auth_query;
 pub(crate) mod cancel;
 mod info;
 mod login;
+pub(crate) mod resolve;
 pub(crate) mod role;
 pub(crate) mod statements;
 mod tls;
@@ -116,7 +117,7 @@ impl ServerConn {
         let now = Instant::now();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         ServerConn {
-            info: std::sync::Arc::new(ServerInfo::new(id)),
+            info: std::sync::Arc::new(ServerInfo::new(id, target_addr.clone())),
             id,
             reader,
             writer,

@@ -267,7 +267,8 @@ async fn negotiate(
                 process_id,
                 secret_key,
             } => {
-                crate::server::cancel::forward_request(&shared.clients, (process_id, secret_key)).await;
+                crate::server::cancel::route_request(&shared.clients, &config, (process_id, secret_key))
+                    .await;
                 return Err(Refusal::Quiet);
             }
             StartupPacket::Startup {
