@@ -488,7 +488,7 @@ fn ports_of(fd: i32) -> Option<(u16, u16)> {
 async fn tcp_keepalive_keys_reach_client_and_server_sockets() {
     let text = format!(
         "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\ntcp_keepalive = true\ntcp_keepidle = \"37s\"\n\
-         tcp_keepintvl = \"11s\"\ntcp_keepcnt = 4\ntcp_user_timeout = \"7s\"\n[users.sluice_trust]\n\
+         tcp_keepintvl = \"11s\"\ntcp_keepcnt = 4\ntcp_user_timeout = 7000\n[users.sluice_trust]\n\
          [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n",
         pg().port()
     );
@@ -700,6 +700,12 @@ fn the_new_keys_are_validated_with_file_line_and_key() {
             2,
             "pooler.server_round_robin",
             "bool",
+        ),
+        (
+            "[pooler]\ntcp_user_timeout = -5\n",
+            2,
+            "pooler.tcp_user_timeout",
+            "negative",
         ),
     ];
     for (text, line, key, words) in cases {

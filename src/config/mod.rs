@@ -357,8 +357,8 @@ pub struct PoolerConfig {
     #[serde(with = "duration")]
     pub tcp_keepintvl: Duration,
     /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the connection is
-    /// dropped (0: the OS default).
-    #[serde(with = "duration")]
+    /// dropped (0: the OS default). A bare number is milliseconds, as in PgBouncer.
+    #[serde(with = "duration::millis")]
     pub tcp_user_timeout: Duration,
     /// How long a server host name's addresses are kept before it is looked up again
     /// (PgBouncer's key); 0 looks it up for every new server connection. A connection that
