@@ -593,6 +593,16 @@ async fn server_round_robin_spreads_transactions_over_the_pools_servers() {
         for c in &clients {
             c.batch_execute("COMMIT").await.unwrap();
         }
+        // A client may see its COMMIT before its session has given the server back.
+        wait_until(Duration::from_secs(5), "three idle servers", || async {
+            sluice
+                .shared()
+                .pools
+                .all()
+                .iter()
+                .all(|p| p.server_counts().idle == 3)
+        })
+        .await;
         let one = &clients[0];
         let mut pids = std::collections::BTreeSet::new();
         for _ in 0..6 {
