@@ -373,6 +373,44 @@ fn the_key_document_is_the_converters_table() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn connect_query_survives_the_session_mode_reset_query() {
+    let text = format!(
+        "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\npool_mode = \"session\"\n[users.sluice_trust]\n\
+         [databases.app]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 1\n\
+         connect_query = \"SET search_path = sluice_reset, public\"\n",
+        pg().port()
+    );
+    let sluice = start_sluice(&text).await;
+    let addr = sluice.tcp_addr();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let c = connect(addr, "sluice_trust", "", "app").await.unwrap();
+        let row = c
+            .query_one("SELECT current_setting('search_path'), pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "sluice_reset, public");
+        servers.push(row.get::<_, i32>(1));
+        drop(c);
+        // The server goes back through DISCARD ALL before the next session gets it.
+        wait_until(Duration::from_secs(5), "the server is idle again", || async {
+            sluice
+                .shared()
+                .pools
+                .all()
+                .iter()
+                .all(|p| p.server_counts().idle == 1)
+        })
+        .await;
+    }
+    assert_eq!(
+        servers[0], servers[1],
+        "the second session reused the first one's server"
+    );
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_connect_query_fails_the_login_clearly() {
     let text = format!(
         "[pooler]\nlisten_port = 0\nauth_type = \"trust\"\n[users.sluice_trust]\n\
@@ -559,6 +597,16 @@ async fn server_round_robin_spreads_transactions_over_the_pools_servers() {
         for c in &clients {
             c.batch_execute("COMMIT").await.unwrap();
         }
+        // A client may see its COMMIT before its session has given the server back.
+        wait_until(Duration::from_secs(5), "three idle servers", || async {
+            sluice
+                .shared()
+                .pools
+                .all()
+                .iter()
+                .all(|p| p.server_counts().idle == 3)
+        })
+        .await;
         let one = &clients[0];
         let mut pids = std::collections::BTreeSet::new();
         for _ in 0..6 {

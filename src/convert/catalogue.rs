@@ -494,7 +494,7 @@ fn caveat(section: Section, name: &str) -> Option<&'static str> {
         (Pgbouncer | Database | User, "pool_mode") => "`statement` is unsupported",
         (Pgbouncer, "tcp_keepidle" | "tcp_keepintvl") => "a duration in whole seconds",
         (Database, "connect_query") => {
-            "a failing query fails the server login (PgBouncer logs it and goes on)"
+            "run again after server_reset_query; a failing query fails the server login (PgBouncer logs it and goes on)"
         }
         (Database, "host") => "`@` (abstract unix sockets) is unsupported",
         (Database, "load_balance_hosts") => {
