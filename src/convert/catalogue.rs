@@ -164,7 +164,9 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         "scram_iterations",
         Int,
         Some("4096"),
-        Meaningless("sluice never creates SCRAM verifiers; it checks the ones it is given"),
+        Unsupported(
+            "the SCRAM verifier sluice derives from a plaintext password always uses 4096 iterations (PgBouncer's default)",
+        ),
     ),
     // authentication
     key(Pgbouncer, "auth_type", Text, Some("md5"), Same),
@@ -318,7 +320,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         Seconds,
         Some("10"),
         Meaningless(
-            "a cancel request is forwarded at once on its own connection, within server_connect_timeout",
+            "a cancel request is forwarded at once on a connection of its own, given up after 5 seconds",
         ),
     ),
     key(Pgbouncer, "client_idle_timeout", Seconds, Some("0"), Same),
