@@ -176,7 +176,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         "auth_ident_file",
         Text,
         None,
-        Unsupported("no ident maps: user name maps (map=) in auth_hba_file are not applied"),
+        Unsupported("ident map files are not read: a map= of an hba line has no map to use"),
     ),
     key(Pgbouncer, "auth_file", Text, None, Same),
     key(Pgbouncer, "auth_user", Text, None, Same),
