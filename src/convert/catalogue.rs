@@ -160,7 +160,9 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         "scram_iterations",
         Int,
         Some("4096"),
-        Meaningless("sluice never creates SCRAM verifiers; it checks the ones it is given"),
+        Unsupported(
+            "the SCRAM verifier sluice derives from a plaintext password always uses 4096 iterations (PgBouncer's default)",
+        ),
     ),
     // authentication
     key(Pgbouncer, "auth_type", Text, Some("md5"), Same),
@@ -170,7 +172,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         "auth_ident_file",
         Text,
         None,
-        Unsupported("no ident maps: user name maps (map=) in auth_hba_file are not applied"),
+        Unsupported("ident map files are not read: a map= of an hba line has no map to use"),
     ),
     key(Pgbouncer, "auth_file", Text, None, Same),
     key(Pgbouncer, "auth_user", Text, None, Same),
@@ -304,7 +306,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         Seconds,
         Some("10"),
         Meaningless(
-            "a cancel request is forwarded at once on its own connection, within server_connect_timeout",
+            "a cancel request is forwarded at once on a connection of its own, given up after 5 seconds",
         ),
     ),
     key(Pgbouncer, "client_idle_timeout", Seconds, Some("0"), Same),
