@@ -60,6 +60,20 @@ ensure_exporter() {
     service pgbouncer stop >/dev/null 2>&1 || true
 }
 
+ensure_pgbouncer() {
+    # tests/convert.rs converts the pgbouncer.ini Debian's pgbouncer package ships.
+    if [ -f /etc/pgbouncer/pgbouncer.ini ] || [ "$(id -u)" -ne 0 ]; then
+        return 0
+    fi
+    log "installing pgbouncer with apt (for its shipped pgbouncer.ini)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q pgbouncer; then
+        apt-get update -q && apt-get install -y -q pgbouncer
+    fi
+    # The package starts PgBouncer as a service; the tests start their own poolers.
+    service pgbouncer stop >/dev/null 2>&1 || true
+}
+
 ensure_postgres_user() {
     # As root the harness runs initdb/postgres as the `postgres` OS user (they refuse root).
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
@@ -92,6 +106,7 @@ if [ -z "${SLUICE_PG_BINDIR:-}" ]; then
 fi
 ensure_postgres_user
 ensure_exporter
+ensure_pgbouncer
 ensure_rust_components
 ensure_cargo_deb
 log "PostgreSQL binaries: ${SLUICE_PG_BINDIR:-$(pg_bindir)}"

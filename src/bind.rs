@@ -14,14 +14,26 @@ use tokio::net::{TcpListener, UnixListener};
 /// SYN costs a client a 1 s retransmission.
 pub(crate) const BACKLOG: i32 = 4096;
 
-/// Binds the TCP listener on `listen_addr:listen_port`.
-pub(crate) fn tcp(config: &Config) -> io::Result<TcpListener> {
-    let addr = SocketAddr::new(config.listen_ip(), config.pooler.listen_port);
-    let listener = tcp_at(addr, config.pooler.so_reuseport)?;
+/// Binds a TCP listener on each address of `listen_addr`, at `listen_port` (with port 0, the
+/// port the first one got, so every address has the same port).
+pub(crate) fn tcp(config: &Config) -> io::Result<Vec<TcpListener>> {
+    let mut port = config.pooler.listen_port;
+    let mut listeners = Vec::new();
+    for ip in config.listen_ips() {
+        let listener = tcp_at(SocketAddr::new(ip, port), config.pooler.so_reuseport)?;
+        port = listener.local_addr()?.port();
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "listen_addr names no address",
+        ));
+    }
     if config.pooler.so_reuseport {
         warn_without_request_migration();
     }
-    Ok(listener)
+    Ok(listeners)
 }
 
 /// Binds a TCP listener on `addr` (the pooler's, or the metrics endpoint's), sharing the port
@@ -34,6 +46,10 @@ pub(crate) fn tcp_at(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListene
     )?;
     // As tokio's own bind: a restarted sluice binds past connections in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `::` beside `*` (0.0.0.0) in listen_addr: each family gets its own listener.
+        socket.set_only_v6(true)?;
+    }
     if reuseport {
         socket.set_reuse_port(true)?;
     }

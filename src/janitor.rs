@@ -1,5 +1,5 @@
 //! The process-wide timers, in one task (PgBouncer's janitor): client_idle_timeout for every
-//! idle client, freeing unused auto-database pools, the stats_period sample (and its log line),
+//! idle client, server_fast_close for session clients holding an outdated server, freeing unused auto-database pools, the stats_period sample (and its log line),
 //! the leak detector's scan, and the metrics' histogram upkeep. Each job is a call into the
 //! module that owns the data; this file only decides when. Per-pool timers stay in each pool's
 //! maintenance task (`pool/maintenance.rs`).
@@ -26,7 +26,8 @@ const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// One periodic job; a variant owns what the job keeps between runs.
 enum Job {
-    /// Ends clients idle (outside a transaction) longer than client_idle_timeout.
+    /// Ends clients idle (outside a transaction) longer than client_idle_timeout, and with
+    /// server_fast_close the session clients holding an outdated server between transactions.
     IdleClients,
     /// Frees pools of databases served through `"*"` once unused for autodb_idle_timeout.
     AutodbPools {
@@ -57,9 +58,17 @@ impl Job {
     fn run(&mut self, shared: &Shared, now: Instant) -> Duration {
         match self {
             Job::IdleClients => {
-                let limit = shared.config.load().pooler.client_idle_timeout;
+                let (limit, fast_close) = {
+                    let config = shared.config.load();
+                    (config.pooler.client_idle_timeout, config.pooler.server_fast_close)
+                };
                 if !limit.is_zero() {
                     shared.for_each_client(|c| c.kill_if_idle_for(limit, now));
+                }
+                if fast_close {
+                    for pool in shared.pools.all() {
+                        pool.fast_close_outdated();
+                    }
                 }
                 IDLE_SWEEP_EVERY
             }

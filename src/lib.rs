@@ -11,6 +11,7 @@ pub mod auth;
 mod bind;
 pub(crate) mod clients;
 pub mod config;
+pub mod convert;
 pub(crate) mod error;
 pub(crate) mod janitor;
 pub(crate) mod listener;
@@ -27,6 +28,7 @@ pub mod service;
 pub(crate) mod session;
 pub mod shared;
 pub(crate) mod stream;
+pub(crate) mod tcp_options;
 pub mod tls;
 
 pub use config::Config;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 /// A pooler started in this process: its addresses, its shared state, and the handle to stop it.
 pub struct RunningPooler {
     tcp_addr: SocketAddr,
+    tcp_addrs: Vec<SocketAddr>,
     /// The unix socket file and its (device, inode), removed at exit only if still ours.
     unix_socket: Option<(PathBuf, (u64, u64))>,
     metrics_addr: Option<SocketAddr>,
@@ -25,9 +26,15 @@ pub struct RunningPooler {
 }
 
 impl RunningPooler {
-    /// The TCP address actually bound (useful with `listen_port = 0`).
+    /// The TCP address actually bound (useful with `listen_port = 0`); the first of
+    /// `listen_addr`'s when it lists several.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Every TCP address bound, one per item of `listen_addr`.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// The metrics endpoint's bound address, when `[metrics]` is configured.
@@ -74,9 +81,15 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     crate::security::check(&config)?;
     let what = || format!("{}:{}", config.pooler.listen_addr, config.pooler.listen_port);
     let tcp = crate::bind::tcp(&config).map_err(|source| Error::Bind { what: what(), source })?;
-    let tcp_addr = tcp
-        .local_addr()
+    let tcp_addrs = tcp
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| Error::Bind { what: what(), source })?;
+    let tcp_addr = *tcp_addrs.first().ok_or_else(|| Error::Bind {
+        what: what(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"),
+    })?;
     let unix = crate::bind::unix(&config, tcp_addr.port())?;
     let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
         Some(addr) => Some(
@@ -89,17 +102,23 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
+    let shown: Vec<String> = tcp_addrs.iter().map(|a| a.to_string()).collect();
+    let shown = shown.join(", ");
     match &unix {
-        Some(u) => tracing::info!("sluice listening on {tcp_addr} and {}", u.path.display()),
-        None => tracing::info!("sluice listening on {tcp_addr}"),
+        Some(u) => tracing::info!("sluice listening on {shown} and {}", u.path.display()),
+        None => tracing::info!("sluice listening on {shown}"),
     }
     crate::janitor::spawn(&shared);
     crate::service::spawn_stop_notifier(&shared);
     let logins = Arc::new(AtomicUsize::new(0));
-    let mut accept_tasks = vec![
-        tokio::spawn(accept_loop(tcp, shared.clone(), logins.clone())),
-        tokio::spawn(drain_monitor(shared.clone(), logins.clone())),
-    ];
+    let mut accept_tasks = vec![tokio::spawn(drain_monitor(shared.clone(), logins.clone()))];
+    for listener in tcp {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            logins.clone(),
+        )));
+    }
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
         if let Some(addr) = metrics_addr {
             tracing::info!("metrics endpoint listening on {addr}");
@@ -117,6 +136,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     });
     Ok(RunningPooler {
         tcp_addr,
+        tcp_addrs,
         unix_socket,
         metrics_addr,
         shared,
@@ -233,6 +253,9 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<Ato
 
 /// Spawns a client's task, counted in `logins` until it has logged in (or is a console session).
 fn serve(stream: Stream, peer: PeerAddr, shared: &Arc<Shared>, logins: &Arc<AtomicUsize>) {
+    if let Stream::Tcp(socket) = &stream {
+        crate::tcp_options::TcpOptions::from_config(&shared.config.load().pooler).apply(socket);
+    }
     let guard = LoginInProgress::new(logins.clone());
     let shared = shared.clone();
     tokio::spawn(async move {

@@ -33,6 +33,14 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
+    /// Convert a PgBouncer pgbouncer.ini (and its %include files) to sluice's TOML on stdout;
+    /// keys that cannot be converted are kept as comments, and those whose loss changes
+    /// behaviour are warned about on stderr.
+    Convert {
+        /// PgBouncer's configuration file (INI).
+        #[arg(value_name = "PGBOUNCER_INI")]
+        ini: PathBuf,
+    },
 }
 
 /// jemalloc, not glibc's malloc: with thousands of clients logging in at once, glibc leaves the
@@ -46,9 +54,27 @@ enum Command {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `sluice convert`: the TOML on stdout, warnings on stderr; 1 when the file cannot be read.
+fn convert(ini: &std::path::Path) -> ExitCode {
+    match sluice::convert::convert_file(ini) {
+        Ok(conversion) => {
+            for w in &conversion.warnings {
+                eprintln!("sluice convert: warning: {w}");
+            }
+            print!("{}", conversion.toml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice convert: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (path, check_only) = match (cli.command, cli.config) {
+        (Some(Command::Convert { ini }), _) => return convert(&ini),
         (Some(Command::Check { config }), _) => (config, true),
         (Some(Command::Run { config }), _) => (config, false),
         (None, Some(config)) => (config, false),

@@ -45,6 +45,10 @@ pub enum Kill {
     /// idle_transaction_reclaim_timeout: idle in a transaction longer than this while other
     /// clients waited for a server of its pool (withdrawn if the client holds none by then).
     Reclaimed(Duration),
+    /// server_fast_close: the session-mode server the client holds was made outdated (RECONNECT,
+    /// a RELOAD of its connection settings); ends the client only between transactions
+    /// (withdrawn while it is inside one; asked again when that ends).
+    FastClose,
 }
 
 impl Kill {
@@ -64,6 +68,11 @@ impl Kill {
                 crate::config::format_duration(*limit)
             ))
             .with_hint("Commit or roll back transactions promptly; the pooler's idle_transaction_reclaim_timeout sets the limit (0 turns it off)."),
+            Kill::FastClose => PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "server_fast_close: the session's server connection was closed after RECONNECT or a configuration change",
+            )
+            .with_hint("Reconnect: the new session gets a server with the current settings."),
         }
     }
 }
@@ -348,6 +357,11 @@ impl ClientInfo {
             }
             // A reclaim asked of a client that has meanwhile given its server back.
             Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().held.is_none() => {
+                switch.reason = None;
+                self.kill_signalled.store(false, Ordering::Release);
+            }
+            // server_fast_close never interrupts a transaction or a request in flight.
+            Some(k) if matches!(**k, Kill::FastClose) && self.live.lock().phase != ClientPhase::Holding => {
                 switch.reason = None;
                 self.kill_signalled.store(false, Ordering::Release);
             }

@@ -102,3 +102,59 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}s", d.as_secs_f64())
     }
 }
+
+/// serde adapter for optional duration fields (absent: None).
+pub(super) mod option {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    /// A present value is read as a duration.
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::deserialize(d).map(Some)
+    }
+}
+
+/// serde adapter for durations PgBouncer writes in milliseconds (`tcp_user_timeout`): a bare
+/// integer is milliseconds, as there; a string is a duration as everywhere else (`"30s"`).
+pub(super) mod millis {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+    use std::time::Duration;
+
+    /// Reads an integer as milliseconds, a string as a duration.
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(MillisVisitor)
+    }
+
+    /// Writes the duration as the config accepts it back (`"30s"`).
+    pub(in crate::config) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::serialize(d, s)
+    }
+
+    struct MillisVisitor;
+
+    impl Visitor<'_> for MillisVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of milliseconds (as in PgBouncer) or a duration such as \"30s\"")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_millis(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_millis)
+                .map_err(|_| E::custom(format!("invalid duration {v}: a duration cannot be negative")))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse_duration(v).map_err(E::custom)
+        }
+    }
+}

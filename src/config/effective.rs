@@ -7,7 +7,8 @@
 //! one; `pool_size`, `min_pool_size`, `reserve_pool_size`, `max_db_connections` and
 //! `max_db_client_connections` are the database's, then the global ones (`default_pool_size`
 //! for `pool_size`); `max_user_connections` and `max_user_client_connections` are the user's,
-//! then the global ones. Every other setting is global.
+//! then the global ones; `query_wait_timeout` is the user's, then the database's, then the
+//! global one. Every other setting is global.
 
 use super::{Config, DatabaseConfig, PoolMode};
 
@@ -49,6 +50,9 @@ pub struct EffectiveSettings {
     pub user: UserSettings,
     /// Session or transaction pooling: the user's, else the database's, else the global mode.
     pub pool_mode: PoolMode,
+    /// Longest a client of the pool waits for a server: the user's, else the database's, else
+    /// the global query_wait_timeout.
+    pub query_wait_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -86,8 +90,15 @@ impl Config {
     /// The settings in force for `user`'s pool of `db`.
     pub fn effective(&self, db: &DatabaseConfig, user: &str) -> EffectiveSettings {
         let database = self.database_settings(db);
+        let query_wait_timeout = self
+            .users
+            .get(user)
+            .and_then(|u| u.query_wait_timeout)
+            .or(db.query_wait_timeout)
+            .unwrap_or(self.pooler.query_wait_timeout);
         let user = self.user_settings(user);
         EffectiveSettings {
+            query_wait_timeout,
             pool_mode: user
                 .own_pool_mode
                 .or(database.own_pool_mode)

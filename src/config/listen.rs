@@ -1,11 +1,13 @@
-//! The listener keys PgBouncer has and sluice adds to `[pooler]`: `unix_socket_mode` (octal, as
-//! a string or a TOML integer) and the checks of `unix_socket_mode` and `unix_socket_group`.
+//! The listener keys: `listen_addr` as PgBouncer's comma-separated list of addresses,
+//! `unix_socket_mode` (octal, as a string or a TOML integer) and the checks of
+//! `unix_socket_mode` and `unix_socket_group`.
 
 use super::PoolerConfig;
 use super::keys::Problem;
 use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// What a mode value may look like; used in error messages.
 const EXPECTED: &str = "a file mode in octal, e.g. \"0777\", \"0o770\" or the TOML integer 0o777";
@@ -58,6 +60,37 @@ impl Visitor<'_> for ModeVisitor {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
         parse_mode(v).map_err(E::custom)
+    }
+}
+
+impl super::Config {
+    /// The first IP address `pooler.listen_addr` names: `*` is 0.0.0.0 and `localhost` is
+    /// 127.0.0.1. Falls back to 127.0.0.1 for a value validation would have refused.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen_ips()
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Every address of `pooler.listen_addr`, a comma-separated list as in PgBouncer
+    /// (`"*, ::"`, `"127.0.0.1,::1"`), duplicates removed; items validation refuses are left out.
+    pub fn listen_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for item in self.pooler.listen_addr.split(',').map(str::trim) {
+            let ip = match item {
+                "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                addr => match addr.trim_start_matches('[').trim_end_matches(']').parse() {
+                    Ok(ip) => ip,
+                    Err(_) => continue,
+                },
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
     }
 }
 

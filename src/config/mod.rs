@@ -26,7 +26,6 @@ pub use userlist::parse_userlist;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -143,7 +142,8 @@ impl std::fmt::Display for SslMode {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerConfig {
-    /// Address the TCP listener binds (`*` means all IPv4 addresses).
+    /// Addresses the TCP listeners bind: a comma-separated list of IP addresses, `*` (all IPv4
+    /// addresses) and `localhost` (127.0.0.1), e.g. `"*, ::"` for every IPv4 and IPv6 address.
     pub listen_addr: String,
     /// TCP port (and unix socket name `.s.PGSQL.<port>`).
     pub listen_port: u16,
@@ -339,6 +339,27 @@ pub struct PoolerConfig {
     /// Pools of databases served through the `"*"` entry are freed after this long unused.
     #[serde(with = "duration")]
     pub autodb_idle_timeout: Duration,
+    /// Hand out a pool's idle servers oldest-released first (round robin) instead of
+    /// last-released first, so every server gets load (PgBouncer's key).
+    pub server_round_robin: bool,
+    /// Session mode: a server that RECONNECT or a RELOAD of its connection settings made
+    /// outdated is closed at the end of its current transaction, and its client with it,
+    /// instead of at the end of the session (PgBouncer's key).
+    pub server_fast_close: bool,
+    /// TCP keepalive on client and server sockets (PgBouncer's key).
+    pub tcp_keepalive: bool,
+    /// Keepalive probes sent before a silent peer is given up (0: the OS default).
+    pub tcp_keepcnt: u32,
+    /// Idle time before the first keepalive probe (0: the OS default).
+    #[serde(with = "duration")]
+    pub tcp_keepidle: Duration,
+    /// Time between keepalive probes (0: the OS default).
+    #[serde(with = "duration")]
+    pub tcp_keepintvl: Duration,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the connection is
+    /// dropped (0: the OS default). A bare number is milliseconds, as in PgBouncer.
+    #[serde(with = "duration::millis")]
+    pub tcp_user_timeout: Duration,
     /// How long a server host name's addresses are kept before it is looked up again
     /// (PgBouncer's key); 0 looks it up for every new server connection. A connection that
     /// fails on every kept address looks the name up again at once.
@@ -441,6 +462,13 @@ impl Default for PoolerConfig {
             unix_socket_mode: 0o777,
             unix_socket_group: None,
             autodb_idle_timeout: Duration::from_secs(3600),
+            server_round_robin: false,
+            server_fast_close: false,
+            tcp_keepalive: true,
+            tcp_keepcnt: 0,
+            tcp_keepidle: Duration::ZERO,
+            tcp_keepintvl: Duration::ZERO,
+            tcp_user_timeout: Duration::ZERO,
             dns_max_ttl: Duration::from_secs(15),
             dns_nxdomain_ttl: Duration::from_secs(15),
         }
@@ -459,6 +487,10 @@ pub struct UserConfig {
     pub max_user_connections: Option<u32>,
     /// Most client connections for this user (overrides max_user_client_connections).
     pub max_user_client_connections: Option<u32>,
+    /// Longest this user's clients wait for a server (overrides the database's and the global
+    /// query_wait_timeout).
+    #[serde(default, with = "duration::option")]
+    pub query_wait_timeout: Option<Duration>,
 }
 
 /// A `[databases.NAME]` table: where the real database is and how to pool it.
@@ -492,6 +524,21 @@ pub struct DatabaseConfig {
     pub max_db_connections: Option<u32>,
     /// Most client connections to this database (overrides max_db_client_connections).
     pub max_db_client_connections: Option<u32>,
+    /// SQL run once on every new server connection right after login, before any client gets
+    /// it (e.g. `SET search_path = app`); a failure fails the login.
+    pub connect_query: Option<String>,
+    /// Longest this database's clients wait for a server (overrides the global
+    /// query_wait_timeout; a user's own value overrides this).
+    #[serde(default, with = "duration::option")]
+    pub query_wait_timeout: Option<Duration>,
+    /// `client_encoding` asked of the server at login.
+    pub client_encoding: Option<String>,
+    /// `DateStyle` asked of the server at login.
+    pub datestyle: Option<String>,
+    /// `TimeZone` asked of the server at login.
+    pub timezone: Option<String>,
+    /// `application_name` asked of the server at login (a client's own value is set over it).
+    pub application_name: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -510,6 +557,12 @@ impl Default for DatabaseConfig {
             reserve_pool_size: None,
             max_db_connections: None,
             max_db_client_connections: None,
+            connect_query: None,
+            query_wait_timeout: None,
+            client_encoding: None,
+            datestyle: None,
+            timezone: None,
+            application_name: None,
         }
     }
 }
@@ -566,15 +619,6 @@ impl Config {
     /// [`Config::load`] and [`Config::from_toml_str`] are already validated, with positions.
     pub fn validate(&self) -> Result<(), ConfigError> {
         load::validate(self)
-    }
-
-    /// The IP address `pooler.listen_addr` names: `*` is 0.0.0.0 and `localhost` is 127.0.0.1.
-    /// Falls back to 127.0.0.1 for a value validation would have refused.
-    pub fn listen_ip(&self) -> IpAddr {
-        match self.pooler.listen_addr.as_str() {
-            "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            addr => addr.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        }
     }
 
     /// The database entry for a client-facing database name: its own table or the `"*"` fallback.

@@ -32,6 +32,12 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         if let Some(Err(why)) = user.password.as_deref().map(check_secret) {
             out.push(Problem::new(&["users", name, "password"], why));
         }
+        if user.query_wait_timeout == Some(Duration::ZERO) {
+            out.push(Problem::new(
+                &["users", name, "query_wait_timeout"],
+                "must be greater than zero",
+            ));
+        }
     }
     out
 }
@@ -39,15 +45,17 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
 /// Checks of the `[pooler]` table.
 fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
     let mut fail = |key: &str, message: String| out.push(Problem::new(&["pooler", key], message));
-    if !is_listen_addr(&p.listen_addr) {
+    let items: Vec<&str> = p.listen_addr.split(',').map(str::trim).collect();
+    if let Some(bad) = items.iter().find(|a| !is_listen_addr(a)) {
         fail(
             "listen_addr",
             format!(
-                "invalid listen_addr {:?}; expected an IP address, \"*\" (all IPv4 addresses) or \"localhost\"",
+                "invalid address {bad:?} in listen_addr {:?}; expected a comma-separated list of IP addresses, \"*\" (all IPv4 addresses) or \"localhost\"",
                 p.listen_addr
             ),
         );
     }
+    check_tcp(p, &mut fail);
     super::validate_security::check(p, out);
     super::listen::check(p, out);
     super::shares::check(p, out);
@@ -132,9 +140,60 @@ fn check_database(name: &str, db: &DatabaseConfig, out: &mut Vec<Problem>) {
     if db.pool_size == Some(0) {
         fail(Some("pool_size"), "must be at least 1");
     }
+    if db.query_wait_timeout == Some(Duration::ZERO) {
+        fail(Some("query_wait_timeout"), "must be greater than zero");
+    }
+    let texts = [
+        ("connect_query", &db.connect_query),
+        ("client_encoding", &db.client_encoding),
+        ("datestyle", &db.datestyle),
+        ("timezone", &db.timezone),
+        ("application_name", &db.application_name),
+    ];
+    for (key, value) in texts {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty() || v.contains('\0'))
+        {
+            fail(
+                Some(key),
+                "must not be empty or contain a NUL byte; leave it out instead",
+            );
+        }
+    }
 }
 
-/// Whether `addr` is an accepted `listen_addr`: an IP address, `*` or `localhost`.
+/// Linux's largest TCP_KEEPCNT.
+const MAX_KEEPCNT: u32 = 127;
+
+/// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
+const MAX_KEEP_SECS: u64 = 32767;
+
+/// The TCP keepalive keys: within what the kernel accepts, in whole seconds.
+fn check_tcp(p: &PoolerConfig, fail: &mut impl FnMut(&str, String)) {
+    if p.tcp_keepcnt > MAX_KEEPCNT {
+        fail(
+            "tcp_keepcnt",
+            format!("must be at most {MAX_KEEPCNT}, got {}", p.tcp_keepcnt),
+        );
+    }
+    for (key, value) in [
+        ("tcp_keepidle", p.tcp_keepidle),
+        ("tcp_keepintvl", p.tcp_keepintvl),
+    ] {
+        if value.subsec_nanos() != 0 || value.as_secs() > MAX_KEEP_SECS {
+            fail(
+                key,
+                format!("must be whole seconds from 0 (the OS default) to {MAX_KEEP_SECS}s"),
+            );
+        }
+    }
+    if p.tcp_user_timeout.as_millis() > u128::from(u32::MAX) {
+        fail("tcp_user_timeout", format!("must be at most {}ms", u32::MAX));
+    }
+}
+
+/// Whether `addr` is an accepted `listen_addr` item: an IP address, `*` or `localhost`.
 fn is_listen_addr(addr: &str) -> bool {
     addr == "*" || addr == "localhost" || addr.parse::<IpAddr>().is_ok()
 }

@@ -143,14 +143,20 @@ impl Pool {
                 if super::shares::past_fast_path(&st, &settings) && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
-                st.idle.pop_back()?
+                pop_idle(&mut st.idle, settings.round_robin)?
             };
             match self.vet_idle_now(server, now, &settings) {
                 Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
                 Vetted::Discard => continue,
                 Vetted::Check(server, _, _) => {
-                    // The full checkout pops it again (last in, first out) and runs the check.
-                    self.state.lock().idle.push_back(server);
+                    // The full checkout pops it again and runs the check.
+                    let mut st = self.state.lock();
+                    if settings.round_robin {
+                        st.idle.push_front(server);
+                    } else {
+                        st.idle.push_back(server);
+                    }
+                    drop(st);
                     self.idle_returned();
                     return None;
                 }
@@ -175,9 +181,10 @@ impl Pool {
         let mut st = self.state.lock();
         // Fair shares: a group at its cap queues while another group holds or waits for servers.
         let held_back = !group.is_empty() && super::shares::held_back(&st, &settings, &group);
+        let round_robin = settings.round_robin;
         drop(settings);
         if !held_back {
-            if let Some(server) = st.idle.pop_back() {
+            if let Some(server) = pop_idle(&mut st.idle, round_robin) {
                 return Step::Ready(server);
             }
             if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
@@ -268,8 +275,9 @@ impl Pool {
 
     /// Tries to turn a queued waiter into a slot holder (reserve allowed or a group freed room).
     fn promote(self: &Arc<Self>, guard: WaitGuard, use_reserve: bool) -> Waited {
+        let round_robin = self.settings().round_robin;
         let mut st = self.state.lock();
-        if let Some(server) = st.idle.pop_back() {
+        if let Some(server) = pop_idle(&mut st.idle, round_robin) {
             drop(st);
             return Waited::Server(server);
         }
@@ -479,6 +487,17 @@ enum Waited {
     Slot(SlotPermit),
     Retry,
     TimedOut,
+}
+
+/// The idle server to lend next: the one released last (PgBouncer's default: the fewest servers
+/// carry the load and the rest can time out), or with server_round_robin the one released
+/// first, so load spreads over every server.
+fn pop_idle(idle: &mut std::collections::VecDeque<PooledServer>, round_robin: bool) -> Option<PooledServer> {
+    if round_robin {
+        idle.pop_front()
+    } else {
+        idle.pop_back()
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -84,6 +84,30 @@ impl Pool {
         drop(closed);
     }
 
+    /// server_fast_close: ends the session-mode clients that hold an outdated server (from
+    /// before the last RECONNECT or connection-settings RELOAD) between two transactions, so the
+    /// server closes now instead of when the session ends. A client inside a transaction is
+    /// asked again once it is out of it (the janitor calls this every sweep).
+    pub(crate) fn fast_close_outdated(&self) {
+        if self.settings().mode != crate::config::PoolMode::Session {
+            return;
+        }
+        let current = self.generation();
+        for info in self.server_infos() {
+            if info.generation() >= current {
+                continue;
+            }
+            if let crate::server::ServerUse::Lent {
+                holder,
+                tx: crate::server::TxState::Idle,
+                ..
+            } = info.current()
+            {
+                holder.kill_with(crate::clients::Kill::FastClose);
+            }
+        }
+    }
+
     /// The current server generation: older servers are closed on release (RECONNECT), and SHOW
     /// SERVERS marks them close_needed.
     pub fn generation(&self) -> u64 {

@@ -133,7 +133,7 @@ pub(super) fn is_transient(e: &ServerError) -> bool {
                 | sqlstate::CRASH_SHUTDOWN
                 | sqlstate::TOO_MANY_CONNECTIONS
         ),
-        ServerError::Protocol(_) | ServerError::Auth(_) => false,
+        ServerError::Protocol(_) | ServerError::Auth(_) | ServerError::ConnectQuery(_) => false,
     }
 }
 

@@ -101,6 +101,12 @@ pub struct PoolSettings {
     pub shares: ShareSettings,
     /// The host list, target_session_attrs and load_balance_hosts.
     pub ha: HaSettings,
+    /// Longest a client waits for a server of this pool (query_wait_timeout: the user's, the
+    /// database's or the global one).
+    pub query_wait_timeout: Duration,
+    /// Idle servers are handed out oldest-released first (server_round_robin) instead of
+    /// last-released first.
+    pub round_robin: bool,
 }
 
 /// The most one client may keep prepared through sluice: its statements are held in sluice's

@@ -94,6 +94,14 @@ impl Pool {
         if let Some(r) = &reset {
             queries.push(r);
         }
+        // The reset (DISCARD ALL) also undoes what the database's connect_query set up: run it
+        // again, so every session starts as the operator configured it.
+        let connect_query = reset
+            .as_ref()
+            .and_then(|_| self.settings().target.startup.connect_query.clone());
+        if let Some(q) = &connect_query {
+            queries.push(q);
+        }
         for sql in queries {
             if let Err(e) = server.conn.run_internal(sql, CLEANUP_LIMIT).await {
                 tracing::warn!(pool = %self.key, server = server.conn.id, error = %e, sql = %sql, "cleanup failed; closing server");

@@ -47,6 +47,8 @@ pub fn settings_for(
             user: server_user,
             secret,
             tls,
+            startup: crate::server::StartupExtras::from_config(&db),
+            tcp: crate::tcp_options::TcpOptions::from_config(p),
         },
         connect_timeout: config.pooler.server_connect_timeout,
         max_prepared_statements: if mode == crate::config::PoolMode::Transaction {
@@ -65,6 +67,8 @@ pub fn settings_for(
             attrs: db.target_session_attrs,
             balance: db.load_balance_hosts,
         },
+        query_wait_timeout: effective.query_wait_timeout,
+        round_robin: p.server_round_robin,
     }
 }
 
@@ -118,6 +122,8 @@ pub(crate) fn servers_outdated(before: &PoolSettings, after: &PoolSettings) -> O
         Some("target_session_attrs")
     } else if before.mode != after.mode {
         Some("pool_mode")
+    } else if b.startup != a.startup {
+        Some("connect_query or a startup parameter")
     } else {
         None
     }

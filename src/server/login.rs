@@ -26,6 +26,40 @@ pub struct ServerTarget {
     pub secret: Option<Secret>,
     /// `server_tls_sslmode` and the rustls config for it.
     pub tls: crate::tls::ServerTls,
+    /// The database's startup parameters and connect_query.
+    pub startup: StartupExtras,
+    /// Keepalive options for the socket.
+    pub(crate) tcp: crate::tcp_options::TcpOptions,
+}
+
+/// What a database entry adds to every login: startup parameters PgBouncer lets a database ask
+/// for (client_encoding, datestyle, timezone, application_name) and the connect_query run
+/// right after login, before the server is pooled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupExtras {
+    /// (PostgreSQL parameter name, value), sent in the startup packet.
+    pub params: Vec<(&'static str, String)>,
+    /// SQL run once after login; a failure fails the login.
+    pub connect_query: Option<String>,
+}
+
+impl StartupExtras {
+    /// The extras of one database entry.
+    pub(crate) fn from_config(db: &crate::config::DatabaseConfig) -> Self {
+        let named = [
+            ("client_encoding", &db.client_encoding),
+            ("DateStyle", &db.datestyle),
+            ("TimeZone", &db.timezone),
+            ("application_name", &db.application_name),
+        ];
+        StartupExtras {
+            params: named
+                .into_iter()
+                .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+                .collect(),
+            connect_query: db.connect_query.clone().filter(|q| !q.trim().is_empty()),
+        }
+    }
 }
 
 impl ServerTarget {
@@ -37,6 +71,15 @@ impl ServerTarget {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// Opens a socket to the target (TCP_NODELAY on TCP), with the keepalive options on TCP.
+pub(crate) async fn open_server_socket(target: &ServerTarget) -> Result<Stream, std::io::Error> {
+    let stream = open_socket(&target.host, target.port).await?;
+    if let Stream::Tcp(s) = &stream {
+        target.tcp.apply(s);
+    }
+    Ok(stream)
 }
 
 /// Opens a socket to the target (TCP_NODELAY on TCP).
@@ -54,7 +97,7 @@ pub(crate) async fn open_socket(host: &str, port: u16) -> Result<Stream, std::io
 
 /// Connects and logs in; the returned connection is at ReadyForQuery.
 pub(crate) async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-    let stream = open_socket(&target.host, target.port)
+    let stream = open_server_socket(target)
         .await
         .map_err(|source| ServerError::Connect {
             addr: target.describe(),
@@ -63,13 +106,12 @@ pub(crate) async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerE
     let stream = super::tls::upgrade(stream, target).await?;
     let (reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", target.user.as_str()),
-            ("database", target.dbname.as_str()),
-        ],
-        &mut out,
-    )?;
+    let identity = [
+        ("user", target.user.as_str()),
+        ("database", target.dbname.as_str()),
+    ];
+    let extras = target.startup.params.iter().map(|(k, v)| (*k, v.as_str()));
+    frontend::startup_message(identity.into_iter().chain(extras), &mut out)?;
     writer.write_all(&out).await?;
     let mut conn = ServerConn::new(reader, writer, (target.host.as_str().into(), target.port));
     let mut scram: Option<ScramSha256> = None;
@@ -172,12 +214,35 @@ pub(crate) async fn connect(target: &ServerTarget) -> Result<ServerConn, ServerE
             }
             Message::ReadyForQuery(body) => {
                 conn.tx_status = body.status().try_into()?;
+                if let Some(query) = &target.startup.connect_query {
+                    run_connect_query(&mut conn, query, target).await?;
+                }
                 return Ok(conn);
             }
             Message::ErrorResponse(body) => return Err(ServerError::Postgres(error_from_body(&body))),
             Message::NoticeResponse(_) => {}
             _ => return Err(unexpected("message during login")),
         }
+    }
+}
+
+/// Runs the database's connect_query on a fresh server; an error fails the login, saying so.
+async fn run_connect_query(
+    conn: &mut ServerConn,
+    query: &str,
+    target: &ServerTarget,
+) -> Result<(), ServerError> {
+    match conn.run_internal_inner(query).await {
+        Ok(()) if conn.tx_status == crate::protocol::TxStatus::Idle => Ok(()),
+        Ok(()) => Err(ServerError::ConnectQuery(format!(
+            "connect_query left the server of database \"{}\" inside a transaction; it must not open one",
+            target.dbname
+        ))),
+        Err(ServerError::Postgres(e)) => Err(ServerError::ConnectQuery(format!(
+            "connect_query failed on the server of database \"{}\": {}",
+            target.dbname, e.message
+        ))),
+        Err(other) => Err(other),
     }
 }
 

@@ -12,7 +12,7 @@ mod tls;
 
 pub(crate) use info::{ServerInfo, ServerUse, TxState};
 
-pub(crate) use login::{ServerTarget, connect, open_socket};
+pub(crate) use login::{ServerTarget, StartupExtras, connect, open_socket};
 
 use crate::protocol::{MAX_LOGIN_MESSAGE, PgError, TxStatus, UnknownTxStatus};
 use crate::stream::{ReadHalf, WriteHalf};
@@ -50,6 +50,9 @@ pub enum ServerError {
     /// sluice lacks what the server's authentication method needs.
     #[error("{0}")]
     Auth(String),
+    /// The database's connect_query failed (or left a transaction open) on a new server.
+    #[error("{0}")]
+    ConnectQuery(String),
     /// The server did not answer in time.
     #[error("server did not answer within {}", crate::config::format_duration(*.0))]
     Timeout(Duration),
@@ -169,7 +172,7 @@ impl ServerConn {
             .map_err(|_| ServerError::Timeout(limit))?
     }
 
-    async fn run_internal_inner(&mut self, sql: &str) -> Result<(), ServerError> {
+    pub(crate) async fn run_internal_inner(&mut self, sql: &str) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
         self.writer.write_all(&out).await?;

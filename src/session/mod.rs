@@ -354,7 +354,7 @@ impl Session {
                         // Nothing of the client's request reached that server: another one can
                         // take it, within the same query_wait_timeout (a PostgreSQL restart is
                         // no error).
-                        let limit = self.login.shared().config.load().pooler.query_wait_timeout;
+                        let limit = self.login.pool.settings().query_wait_timeout;
                         if since.elapsed() < limit {
                             tracing::info!(client = self.login.info().id, error = %e, "server lost before the request was sent; getting another");
                             now = Instant::now();

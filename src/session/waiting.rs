@@ -41,15 +41,13 @@ impl Session {
         let pool = self.login.pool.clone();
         // Copy the settings out: cloning the shared config Arc would touch a counter every
         // client of the process shares, once per transaction.
-        let (limit, notify_after, disconnect_on_timeout) = {
+        let (notify_after, disconnect_on_timeout) = {
             let config = self.login.shared().config.load();
             let p = &config.pooler;
-            (
-                p.query_wait_timeout,
-                p.query_wait_notify,
-                p.query_wait_timeout_disconnect,
-            )
+            (p.query_wait_notify, p.query_wait_timeout_disconnect)
         };
+        // The pool's own: the user's, the database's or the global query_wait_timeout.
+        let limit = pool.settings().query_wait_timeout;
         let checkout = pool.checkout(self.login.info(), limit.saturating_sub(since.elapsed()));
         tokio::pin!(checkout);
         let notify_at = tokio::time::Instant::from_std(since + notify_after);

@@ -4,7 +4,6 @@
 
 use super::Refusal;
 use crate::clients::{ClientInfo, PeerAddr};
-use crate::config::Config;
 use crate::config::SslMode;
 use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{
@@ -197,7 +196,7 @@ pub(crate) async fn log_in(
         Some(w) => w,
         None => {
             on_server.store(true, std::sync::atomic::Ordering::Relaxed);
-            let welcome = Box::pin(welcome_params(&pool, &info, &config)).await?;
+            let welcome = Box::pin(welcome_params(&pool, &info)).await?;
             on_server.store(false, std::sync::atomic::Ordering::Relaxed);
             welcome
         }
@@ -326,12 +325,11 @@ async fn tls_handshake(
 async fn welcome_params(
     pool: &Arc<Pool>,
     info: &Arc<ClientInfo>,
-    config: &Config,
 ) -> Result<Arc<BTreeMap<String, String>>, Refusal> {
     if let Some(w) = pool.welcome_params() {
         return Ok(w);
     }
-    match pool.checkout(info, config.pooler.query_wait_timeout).await {
+    match pool.checkout(info, pool.settings().query_wait_timeout).await {
         Ok(server) => {
             pool.release(server, Disposition::Clean);
             pool.welcome_params().ok_or(Refusal::Quiet)
