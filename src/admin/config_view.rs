@@ -58,6 +58,7 @@ const CHANGEABLE: &[&str] = &[
     "pool_share_key",
     "max_pool_share",
     "idle_transaction_reclaim_timeout",
+    "pin_session_state",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

@@ -7,6 +7,7 @@
 mod admission;
 mod held;
 mod info;
+mod pins;
 mod registry;
 mod throttle;
 
@@ -14,4 +15,5 @@ pub use admission::ClientSlot;
 pub(crate) use admission::{ConsoleSeat, LoginPlace, LoginTicket, max_client_conn_error};
 pub(crate) use held::{CancelInFlight, CancelsInFlight, HeldServer};
 pub(crate) use info::{ClientInfo, ClientPhase, Kill, PeerAddr};
+pub(crate) use pins::{PinReason, Pins};
 pub(crate) use registry::{CancelKey, ClientRegistry};

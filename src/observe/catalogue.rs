@@ -168,6 +168,10 @@ pub(crate) fn describe(r: &PrometheusRecorder) {
         "1 while a host of a host list takes logins (its role aside), 0 while it is backed off",
     );
     g(
+        "sluice_pinned_clients".into(),
+        "Transaction-mode clients keeping their server for session state that cannot move, by reason",
+    );
+    g(
         "sluice_leaks_current".into(),
         "Clients currently suspected of leaking, by kind",
     );

@@ -8,6 +8,7 @@ mod identity;
 mod link;
 mod login;
 mod params;
+mod pins;
 mod relay;
 mod settings;
 mod settings_watch;
@@ -383,10 +384,15 @@ impl Session {
         let timeouts = self.timeouts(mode);
         let pool = &self.login.pool;
         // One load of the pool's settings for what the relay needs of them.
-        let (capacity, prepared_limit) = {
+        let (capacity, prepared_limit, pin) = {
             let s = pool.settings();
-            (s.max_prepared_statements, s.client_prepared_limit)
+            let pin = match mode {
+                PoolMode::Transaction => s.pin,
+                PoolMode::Session => crate::config::PinSessionState::Off,
+            };
+            (s.max_prepared_statements, s.client_prepared_limit, pin)
         };
+        active.link.pins.set_policy(pin);
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).
         let statement_capacity = if self.statements.is_some() {
@@ -404,7 +410,7 @@ impl Session {
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
             timeouts,
-            release_when_idle: mode == PoolMode::Transaction,
+            release_when_idle: mode == PoolMode::Transaction && !active.link.pins.keeps_server(),
         };
         let end = relay::relay(
             &mut self.client,
@@ -419,11 +425,19 @@ impl Session {
         }
         match end {
             Ok(RelayEnd::TransactionDone) => {
-                if link.resets.take() {
+                if link.resets.take() | link.pins.pending() {
                     match Box::pin(self.read_back(server, link, mode)).await {
                         settings::AfterReadBack::Release(s, l) => (server, link) = (s, *l),
                         settings::AfterReadBack::Next(next) => return next,
                     }
+                }
+                if mode == PoolMode::Transaction && self.keeps_pinned(&link) {
+                    // Session state that cannot move: the client keeps this server.
+                    if relay::flush_client(&mut self.client).await.is_err() {
+                        self.release_leaving(server, &link);
+                        return Err(Ending::ClientLeft);
+                    }
+                    return Ok(SessionState::Active(Box::new(Active { server, link })));
                 }
                 // Released at the moment of its last ReadyForQuery (no new clock reading).
                 self.release_at(server, &link, link.idle_since());
