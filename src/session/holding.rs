@@ -113,7 +113,7 @@ impl Session {
             // Settings changed and were not read back: nobody knows what the server carries.
             disposition = Disposition::Close("session settings changed and not read back");
         }
-        disposition = self.unpin(link, disposition);
+        disposition = self.unpin(&link.pins, disposition);
         self.login.pool.release_at(server, disposition, now);
     }
 

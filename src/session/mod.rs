@@ -431,7 +431,7 @@ impl Session {
                         settings::AfterReadBack::Next(next) => return next,
                     }
                 }
-                if mode == PoolMode::Transaction && self.keeps_pinned(&link) {
+                if mode == PoolMode::Transaction && self.keeps_pinned(&link.pins) {
                     // Session state that cannot move: the client keeps this server.
                     if relay::flush_client(&mut self.client).await.is_err() {
                         self.release_leaving(server, &link);

@@ -17,12 +17,12 @@ impl super::Session {
     /// The server goes back to the pool: one that may carry pinning state (verified, or created
     /// and not verified yet) is cleaned with DISCARD ALL first, so nothing of it (a lock above
     /// all) outlives its client's hold. The client's record stops showing a pin.
-    pub(super) fn unpin(&self, link: &super::link::Link, disposition: Disposition) -> Disposition {
+    pub(super) fn unpin(&self, watch: &PinWatch, disposition: Disposition) -> Disposition {
         let info = self.login.info();
         if !info.pins().is_empty() {
             info.set_pins(Pins::NONE);
         }
-        if link.pins.held().is_empty() && !link.pins.pending() {
+        if watch.held().is_empty() && !watch.pending() {
             return disposition;
         }
         match disposition {
@@ -34,10 +34,10 @@ impl super::Session {
 
     /// After a transaction (and its verification, if one was due): true when the client keeps
     /// its server for the session state on it. The client's record shows why.
-    pub(super) fn keeps_pinned(&self, link: &super::link::Link) -> bool {
+    pub(super) fn keeps_pinned(&self, watch: &PinWatch) -> bool {
         let info = self.login.info();
-        let held = if link.pins.keeps_server() {
-            link.pins.held()
+        let held = if watch.keeps_server() {
+            watch.held()
         } else {
             Pins::NONE
         };
