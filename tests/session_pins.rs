@@ -494,3 +494,23 @@ fn pinned_gauge(body: &str, db: &str) -> Option<f64> {
         })
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_client_idle_past_client_idle_timeout_is_closed_and_its_server_cleaned() {
+    let db = pg().create_database("t_pin_idle").await;
+    let sluice = start_sluice(&config(&db, 1, "client_idle_timeout = \"1s\"", "")).await;
+    let addr = sluice.tcp_addr();
+    let a = client(addr, &db).await;
+    a.batch_execute("SELECT pg_advisory_lock(11)").await.unwrap();
+    let a_pid = pid(&a).await;
+    wait_until(
+        Duration::from_secs(10),
+        "A closed for client_idle_timeout",
+        || async { a.is_closed() },
+    )
+    .await;
+    // The pool's one server comes back clean: the lock went with its client.
+    let b = client(addr, &db).await;
+    assert_eq!(pid(&b).await, a_pid);
+    assert_eq!(state_seen(&b).await, (0, 0, 0, 0));
+}

@@ -8,6 +8,7 @@ mod identity;
 mod link;
 mod login;
 mod params;
+mod pin_refusal;
 mod pins;
 mod relay;
 mod settings;
@@ -381,7 +382,7 @@ impl Session {
     /// Active: relay until the transaction ends (transaction mode), the client leaves, or
     /// something fails; then give the server back through the release path.
     async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
-        let timeouts = self.timeouts(mode);
+        let timeouts = self.timeouts(mode, active.link.pins.keeps_server());
         let pool = &self.login.pool;
         // One load of the pool's settings for what the relay needs of them.
         let (capacity, prepared_limit, pin) = {
@@ -478,15 +479,17 @@ impl Session {
         }
     }
 
-    fn timeouts(&self, mode: PoolMode) -> Timeouts {
+    /// `pinned`: a transaction-mode client keeping its server for session state (it is held
+    /// to client_idle_timeout as a session-mode client is).
+    fn timeouts(&self, mode: PoolMode, pinned: bool) -> Timeouts {
         let p = &self.login.shared().config.load().pooler;
         Timeouts {
             query: p.query_timeout,
             idle_transaction: p.idle_transaction_timeout,
             transaction: p.transaction_timeout,
-            // Between transactions a transaction-mode client holds no server; the Idle state
-            // enforces client_idle_timeout then.
-            client_idle: if mode == PoolMode::Session {
+            // Between transactions a transaction-mode client holds no server (unless pinned);
+            // the Idle state enforces client_idle_timeout then.
+            client_idle: if mode == PoolMode::Session || pinned {
                 p.client_idle_timeout
             } else {
                 Default::default()

@@ -294,7 +294,7 @@ fn pump_client(
                     continue;
                 }
                 link.client_batch = ClientBatch::Forwarding;
-                if whole_text && refuse_pinning(tag, &client.inbuf[..len], link) {
+                if whole_text && super::pin_refusal::refuse(tag, &client.inbuf[..len], link) {
                     client.inbuf.advance(len);
                     continue;
                 }
@@ -577,39 +577,6 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
     }
     link.resets.on_command_complete(body);
     link.pins.on_command_complete(body);
-}
-
-/// Under `pin_session_state = "error"`: a Query or Parse whose text would create session state
-/// that pins the server is refused. A Query is replaced by one that makes the server raise the
-/// error (so a transaction block fails there as it would for any error); a Parse is answered
-/// with the error by sluice and the rest of its batch is skipped. True when it was refused.
-fn refuse_pinning(tag: u8, msg: &[u8], link: &mut Link) -> bool {
-    if tag != frontend::QUERY && tag != frontend::PARSE {
-        return false;
-    }
-    let body = msg.get(5..).unwrap_or_default();
-    let text = if tag == frontend::PARSE {
-        match body.iter().position(|&b| b == 0) {
-            Some(i) => &body[i + 1..],
-            None => return false,
-        }
-    } else {
-        body
-    };
-    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
-    let Some(reason) = super::pins::would_pin(text) else {
-        return false;
-    };
-    let e = super::pins::refusal(reason);
-    if tag == frontend::QUERY {
-        link.on_client_message(frontend::QUERY);
-        link.to_server.unsplit(super::pins::failing_query(&e));
-    } else {
-        link.responses.push_error(&e);
-        link.input.unsynced();
-        link.client_batch = ClientBatch::SkippingToSync;
-    }
-    true
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query
