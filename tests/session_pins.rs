@@ -262,9 +262,14 @@ async fn a_pinned_client_leaves_a_pool_of_two_serving_a_victim_without_errors() 
     let db = pg().create_database("t_pin_victim").await;
     let sluice = start_sluice(&config(&db, 2, "", "")).await;
     let addr = sluice.tcp_addr();
+    let console = admin_console(addr).await;
     let a = client(addr, &db).await;
-    a.batch_execute("SELECT pg_advisory_lock(99)").await.unwrap();
+    // Extended protocol (Parse/Bind/Execute), as drivers send it.
+    a.query_one("SELECT pg_advisory_lock($1)", &[&99i64])
+        .await
+        .unwrap();
     let a_pid = pid(&a).await;
+    expect_pinned(&console, &db, &["advisory_lock"]).await;
     let victim = client(addr, &db).await;
     let mut errors = 0;
     for i in 0..40 {
@@ -287,6 +292,8 @@ async fn a_pinned_client_leaves_a_pool_of_two_serving_a_victim_without_errors() 
         }
     }
     assert_eq!(errors, 0, "the victim saw A's lock or A's server");
+    // A pg_try_advisory_lock that failed pins nothing: only A is pinned.
+    expect_pinned(&console, &db, &["advisory_lock"]).await;
     a.batch_execute("SELECT pg_advisory_unlock_all()").await.unwrap();
     let row = victim
         .query_one("SELECT pg_try_advisory_lock(99)", &[])

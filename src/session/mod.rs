@@ -423,6 +423,7 @@ impl Session {
         let Active { mut server, mut link } = *active;
         if self.login.params.reads_back_always() {
             link.resets.may_have_changed();
+            link.pins.may_have_changed();
         }
         match end {
             Ok(RelayEnd::TransactionDone) => {

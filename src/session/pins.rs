@@ -8,6 +8,7 @@
 //! text) costs a tag comparison per statement and one pass over its text; only a marked one is
 //! verified, in the same query that reads the session settings back.
 
+use super::params::ClientParams;
 use crate::clients::{PinReason, Pins};
 use crate::config::PinSessionState;
 use crate::pool::Disposition;
@@ -83,7 +84,7 @@ struct Mentions(u8);
 impl Mentions {
     /// `_advisory` (a session advisory lock or unlock function; not `_advisory_xact`).
     const ADVISORY: u8 = 1;
-    /// `temp` as a word of its own or the start of one (`SELECT ... INTO TEMP t`).
+    /// The word `temp` or `temporary` (`SELECT ... INTO TEMP t`, `CREATE TEMP TABLE ... AS`).
     const TEMP: u8 = 2;
 }
 
@@ -120,8 +121,6 @@ pub(super) struct PinWatch {
     verify: Verify,
     /// What this transaction's query texts mention.
     mentions: Mentions,
-    /// What the client's prepared statements mention: they may run in any later transaction.
-    sticky: Mentions,
     text: Text,
 }
 
@@ -174,7 +173,7 @@ impl PinWatch {
             return;
         }
         let tag = body.strip_suffix(b"\0").unwrap_or(body);
-        let words = Mentions(self.mentions.0 | self.sticky.0);
+        let words = self.mentions;
         let due = match tag {
             b"CREATE TABLE" | b"CREATE TABLE AS" | b"CREATE SEQUENCE" | b"CREATE VIEW" => true,
             b"DECLARE CURSOR" | b"PREPARE" | b"DO" | b"CALL" => true,
@@ -190,8 +189,11 @@ impl PinWatch {
         }
     }
 
-    /// The client sent a message (`tag`), whole or its first piece.
-    pub(super) fn on_client_message(&mut self, tag: u8, piece: &[u8]) {
+    /// The client sent a message (`tag`), whole or its first piece. A Parse whose text mentions
+    /// an advisory lock or a temp table prepares a statement that may run in any later
+    /// transaction (and on later servers): such a client is verified after every transaction
+    /// from then on (`params`' read-back-always, which outlives this server).
+    pub(super) fn on_client_message(&mut self, tag: u8, piece: &[u8], params: &mut ClientParams) {
         if self.policy == PinSessionState::Off {
             return;
         }
@@ -204,15 +206,23 @@ impl PinWatch {
         } else {
             Text::Elsewhere
         };
-        self.scan(piece);
+        self.scan(piece, params);
     }
 
     /// A further piece of the client message last begun.
-    pub(super) fn on_client_piece(&mut self, piece: &[u8]) {
-        self.scan(piece);
+    pub(super) fn on_client_piece(&mut self, piece: &[u8], params: &mut ClientParams) {
+        self.scan(piece, params);
     }
 
-    fn scan(&mut self, piece: &[u8]) {
+    /// The client's prepared statements may have pinned the server with no sign in this
+    /// transaction (see [`PinWatch::on_client_message`]): verify at its end.
+    pub(super) fn may_have_changed(&mut self) {
+        if self.policy != PinSessionState::Off {
+            self.verify = Verify::Due;
+        }
+    }
+
+    fn scan(&mut self, piece: &[u8], params: &mut ClientParams) {
         let Text::In { tag, tail, len } = &mut self.text else {
             return;
         };
@@ -225,7 +235,7 @@ impl PinWatch {
         if found != 0 {
             self.mentions.0 |= found;
             if *tag == frontend::PARSE {
-                self.sticky.0 |= found;
+                params.read_back_always();
             }
         }
         let all = &joint[..kept + head];
@@ -254,7 +264,13 @@ fn mentions(text: &[u8]) -> u8 {
             }
             b't' | b'T' => {
                 let word_start = i == 0 || !is_word_byte(text[i - 1]);
-                if word_start && starts_with_ci(&text[i..], b"temp") {
+                let rest = &text[i..];
+                // The word TEMP or TEMPORARY (a word ending where the text piece ends counts).
+                let word = |n: usize| rest.get(n).is_none_or(|&c| !is_word_byte(c));
+                if word_start
+                    && ((starts_with_ci(rest, b"temp") && word(4))
+                        || (starts_with_ci(rest, b"temporary") && word(9)))
+                {
                     found |= Mentions::TEMP;
                 }
             }
@@ -283,19 +299,24 @@ mod tests {
         assert_eq!(mentions(b"SELECT PG_TRY_ADVISORY_LOCK(1)"), Mentions::ADVISORY);
         assert_eq!(mentions(b"select pg_advisory_xact_lock(1)"), 0);
         assert_eq!(mentions(b"select 1 into TEMP t"), Mentions::TEMP);
-        assert_eq!(mentions(b"select attempt, contempt from x"), 0);
+        assert_eq!(
+            mentions(b"select attempt, contempt, temperature, temp_c from x"),
+            0
+        );
+        assert_eq!(mentions(b"CREATE TEMPORARY TABLE t AS SELECT 1"), Mentions::TEMP);
         assert_eq!(
             mentions(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
             0
         );
+        let mut p = ClientParams::default();
         let mut w = PinWatch::new(PinSessionState::Pin);
-        w.on_client_message(b'Q', b"SELECT pg_catalog.pg_adv");
-        w.on_client_piece(b"isory_lock(7)");
+        w.on_client_message(b'Q', b"SELECT pg_catalog.pg_adv", &mut p);
+        w.on_client_piece(b"isory_lock(7)", &mut p);
         w.on_command_complete(b"SELECT 1\0");
         assert!(w.pending());
         w.set_held(Pins::NONE);
         // A SELECT that mentions nothing costs nothing.
-        w.on_client_message(b'Q', b"SELECT 1");
+        w.on_client_message(b'Q', b"SELECT 1", &mut p);
         w.on_command_complete(b"SELECT 1\0");
         assert!(!w.pending());
         // Tags that may drop state matter only while some is held.
@@ -317,13 +338,12 @@ mod tests {
             off.on_command_complete(tag);
             assert!(!off.pending());
         }
-        // A prepared statement's words apply to every later transaction.
+        // A prepared statement's words apply to every later transaction: its client is
+        // verified after each.
+        assert!(!p.reads_back_always());
         let mut w = PinWatch::new(PinSessionState::Pin);
-        w.on_client_message(b'P', b"s1\0SELECT pg_advisory_lock($1)");
-        w.set_held(Pins::NONE);
-        w.on_client_message(b'B', b"s1");
-        w.on_command_complete(b"SELECT 1\0");
-        assert!(w.pending());
+        w.on_client_message(b'P', b"s1\0SELECT pg_advisory_lock($1)", &mut p);
+        assert!(p.reads_back_always());
     }
 
     #[test]

@@ -267,7 +267,7 @@ fn pump_client(
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
                         link.resets.on_client_message(t, &piece, ctx.params);
-                        link.pins.on_client_message(t, &piece);
+                        link.pins.on_client_message(t, &piece, ctx.params);
                         if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
                         }
@@ -275,7 +275,7 @@ fn pump_client(
                     None if link.client_batch != ClientBatch::Forwarding => continue,
                     None => {
                         link.resets.on_client_piece(&piece, ctx.params);
-                        link.pins.on_client_piece(&piece);
+                        link.pins.on_client_piece(&piece, ctx.params);
                     }
                 }
                 link.to_server.unsplit(piece);
@@ -306,7 +306,7 @@ fn pump_client(
                 if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
                     link.resets.on_client_message(tag, &msg, ctx.params);
-                    link.pins.on_client_message(tag, &msg);
+                    link.pins.on_client_message(tag, &msg, ctx.params);
                 }
                 match outcome {
                     Outcome::Forward => {
