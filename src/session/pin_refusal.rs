@@ -337,4 +337,20 @@ mod tests {
             assert_eq!(would_pin(sql.as_bytes()), *want, "{sql}");
         }
     }
+
+    proptest::proptest! {
+        /// Client text of any shape is read without a panic (quotes, comments and dollar
+        /// quotes left open, `$` at the end, ...).
+        #[test]
+        fn any_text_is_read_without_a_panic(
+            text in proptest::collection::vec(
+                proptest::sample::select(b"$'\"-/*();\n aTt_xpg_advisory_lockHOLDwithprepare".to_vec()),
+                0..96,
+            ),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let _ = would_pin(&text);
+            let _ = would_pin(&noise);
+        }
+    }
 }
