@@ -255,6 +255,25 @@ async fn a_client_that_dies_holding_state_leaves_a_clean_server_and_its_lock_is_
         .await
         .unwrap();
     assert_eq!(leftovers(a_pid).await, (0, true));
+
+    // A client that dies inside a transaction block after taking a session lock (a rollback
+    // alone would keep it): not yet verified, still cleaned.
+    let b = client(addr, &db).await;
+    b.batch_execute("BEGIN; SELECT pg_advisory_lock(79)")
+        .await
+        .unwrap();
+    let b_pid = pid(&b).await;
+    drop(b);
+    let row = victim
+        .query_one(
+            "SELECT pg_backend_pid(), (SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+            &[],
+        )
+        .await
+        .expect("the victim after B died");
+    assert_eq!(row.get::<_, i32>(0), b_pid, "the pool's one server, cleaned");
+    assert_eq!(row.get::<_, i64>(1), 0, "B's lock outlived B");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
