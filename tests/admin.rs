@@ -98,8 +98,11 @@ async fn every_show_has_pgbouncers_columns_and_types() {
          close_needed,ptr,link,remote_pid,tls,application_name,prepared_statements,id",
         &[t, t, t, t, t, t, i, t, i, t, t, i, i, i, t, t, i, t, t, i, i],
     );
-    assert_eq!(describe(addr, "SHOW CLIENTS").await, sockets);
-    assert_eq!(describe(addr, "show servers").await, sockets);
+    // sluice's addition after PgBouncer's columns: why a client keeps its server (issue 18).
+    let mut with_pinned = sockets.clone();
+    with_pinned.push(("pinned".to_string(), t));
+    assert_eq!(describe(addr, "SHOW CLIENTS").await, with_pinned);
+    assert_eq!(describe(addr, "show servers").await, with_pinned);
     let stats = describe(addr, "SHOW STATS").await;
     assert_eq!(
         stats.len(),

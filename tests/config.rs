@@ -129,6 +129,38 @@ pool_mode = "session"
 }
 
 #[test]
+fn pin_session_state_precedence_user_then_database_then_global_and_bad_values_are_located() {
+    use sluice::config::PinSessionState;
+    let text = r#"
+[pooler]
+pin_session_state = "off"
+[databases.a]
+pin_session_state = "error"
+[databases.b]
+[users.u]
+pin_session_state = "pin"
+[users.v]
+"#;
+    let c = load(text).unwrap();
+    let (a, b) = (c.database("a").unwrap(), c.database("b").unwrap());
+    assert_eq!(c.effective(a, "u").pin_session_state, PinSessionState::Pin);
+    assert_eq!(c.effective(a, "v").pin_session_state, PinSessionState::Error);
+    assert_eq!(c.effective(b, "v").pin_session_state, PinSessionState::Off);
+    assert_eq!(
+        load("[pooler]\n").unwrap().pooler.pin_session_state,
+        PinSessionState::Pin,
+        "the default pins"
+    );
+    assert_error(
+        "[pooler]\n[databases.a]\npin_session_state = \"sometimes\"\n",
+        3,
+        1,
+        "databases.a.pin_session_state",
+        "sometimes",
+    );
+}
+
+#[test]
 fn effective_settings_take_the_database_or_user_value_then_the_global_one() {
     let text = r#"
 [pooler]

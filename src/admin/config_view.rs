@@ -68,6 +68,7 @@ const CHANGEABLE: &[&str] = &[
     "peer_id",
     "dns_max_ttl",
     "dns_nxdomain_ttl",
+    "pin_session_state",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

@@ -238,7 +238,17 @@ fn peer_addr(peer: &PeerAddr) -> (String, u16) {
     }
 }
 
-fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
+/// SHOW CLIENTS and SHOW SERVERS end with sluice's `pinned` column: why a transaction-mode
+/// client keeps its server between transactions (empty: it does not).
+const PINNED_COLUMN: (&str, u32) = ("pinned", S);
+
+fn with_pinned() -> Vec<(&'static str, u32)> {
+    let mut cols = SOCKET_COLUMNS.to_vec();
+    cols.push(PINNED_COLUMN);
+    cols
+}
+
+fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: bool) {
     for c in shared.clients() {
         let live = c.live();
         let state = match live.phase {
@@ -255,7 +265,7 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
         } else {
             (0, 0)
         };
-        rs.push(vec![
+        let mut row = vec![
             t("C"),
             t(&*c.user),
             t(&*c.database),
@@ -277,32 +287,38 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
             t(c.application_name()),
             n(c.prepared()),
             n(c.id),
-        ]);
+        ];
+        if pinned {
+            row.push(t(c.pins().to_string()));
+        }
+        rs.push(row);
     }
 }
 
 fn clients(shared: &Shared) -> ResultSet {
-    let mut rs = ResultSet::new(SOCKET_COLUMNS);
-    client_rows(shared, &mut rs, false);
+    let mut rs = ResultSet::new(&with_pinned());
+    client_rows(shared, &mut rs, false, true);
     rs
 }
 
-fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
+fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: bool) {
     for pool in shared.pools.all() {
         let target = pool.settings().target.clone();
         let mut infos = pool.server_infos();
         infos.sort_by_key(|i| i.id);
         for info in infos {
-            let (state, link, request) = match info.current() {
-                ServerUse::Lent { holder, since, .. } => ("active", client_ptr(holder.id), wall(since)),
-                ServerUse::Idle => ("idle", String::new(), info.opened_wall),
-                ServerUse::Login => ("new", String::new(), info.opened_wall),
-                ServerUse::Cleaning => ("tested", String::new(), info.opened_wall),
+            let (state, link, request, pins) = match info.current() {
+                ServerUse::Lent { holder, since, .. } => {
+                    ("active", client_ptr(holder.id), wall(since), holder.pins())
+                }
+                ServerUse::Idle => ("idle", String::new(), info.opened_wall, Default::default()),
+                ServerUse::Login => ("new", String::new(), info.opened_wall, Default::default()),
+                ServerUse::Cleaning => ("tested", String::new(), info.opened_wall, Default::default()),
             };
             if only_active && state == "idle" {
                 continue;
             }
-            rs.push(vec![
+            let mut row = vec![
                 t("S"),
                 t(&target.user),
                 t(&pool.key.database),
@@ -324,7 +340,11 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool) {
                 t(""),
                 n(info.prepared()),
                 n(info.id),
-            ]);
+            ];
+            if pinned {
+                row.push(t(pins.to_string()));
+            }
+            rs.push(row);
         }
     }
 }
@@ -340,8 +360,8 @@ fn server_ptr(id: u64) -> String {
 }
 
 fn servers(shared: &Shared) -> ResultSet {
-    let mut rs = ResultSet::new(SOCKET_COLUMNS);
-    server_rows(shared, &mut rs, false);
+    let mut rs = ResultSet::new(&with_pinned());
+    server_rows(shared, &mut rs, false, true);
     rs
 }
 
@@ -358,8 +378,8 @@ fn sockets(shared: &Shared, only_active: bool) -> ResultSet {
     ]);
     let mut rs = ResultSet::new(&cols);
     let mut base = ResultSet::new(SOCKET_COLUMNS);
-    client_rows(shared, &mut base, only_active);
-    server_rows(shared, &mut base, only_active);
+    client_rows(shared, &mut base, only_active, false);
+    server_rows(shared, &mut base, only_active, false);
     for mut row in base.rows {
         row.extend(std::iter::repeat_n(n(0), 7));
         rs.push(row);

@@ -217,6 +217,8 @@ pub struct ClientInfo {
     /// True while the kill switch holds a reason (written under its lock, read without it).
     kill_signalled: AtomicBool,
     prepared: std::sync::atomic::AtomicU32,
+    /// What pins the server it holds to it between transactions ([`super::Pins`] bits).
+    pinned: std::sync::atomic::AtomicU8,
     /// Wall-clock connect time in whole seconds since 1970 (the console shows no more).
     connected_unix: u32,
     /// The key sluice gave it for cancel requests (set once, at login).
@@ -260,6 +262,7 @@ impl ClientInfo {
             kill: Mutex::new(KillSwitch::default()),
             kill_signalled: AtomicBool::new(false),
             prepared: std::sync::atomic::AtomicU32::new(0),
+            pinned: std::sync::atomic::AtomicU8::new(0),
             connected_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
@@ -311,6 +314,16 @@ impl ClientInfo {
     /// How many named prepared statements the client holds (SHOW CLIENTS).
     pub fn prepared(&self) -> u32 {
         self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// What pins the server it holds to it between transactions (empty: nothing).
+    pub fn pins(&self) -> super::Pins {
+        super::Pins::from_bits(self.pinned.load(Ordering::Relaxed))
+    }
+
+    /// Records what pins its server (the session writes it when that changes).
+    pub(crate) fn set_pins(&self, pins: super::Pins) {
+        self.pinned.store(pins.bits(), Ordering::Relaxed);
     }
 
     pub(crate) fn set_prepared(&self, count: usize) {

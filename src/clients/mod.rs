@@ -8,6 +8,7 @@ mod admission;
 mod held;
 mod info;
 mod peer_key;
+mod pins;
 mod registry;
 mod throttle;
 
@@ -16,4 +17,5 @@ pub(crate) use admission::{ConsoleSeat, LoginPlace, LoginTicket, max_client_conn
 pub(crate) use held::{CancelInFlight, CancelsInFlight, HeldServer};
 pub(crate) use info::{ClientInfo, ClientPhase, Kill, PeerAddr};
 pub(crate) use peer_key::{CancelRoute, route as cancel_route};
+pub(crate) use pins::{PinReason, Pins};
 pub(crate) use registry::{CancelKey, ClientRegistry};

@@ -7,10 +7,10 @@
 //! one; `pool_size`, `min_pool_size`, `reserve_pool_size`, `max_db_connections` and
 //! `max_db_client_connections` are the database's, then the global ones (`default_pool_size`
 //! for `pool_size`); `max_user_connections` and `max_user_client_connections` are the user's,
-//! then the global ones; `query_wait_timeout` is the user's, then the database's, then the
-//! global one. Every other setting is global.
+//! then the global ones; `query_wait_timeout` and `pin_session_state` are the user's, then the
+//! database's, then the global one (as `pool_mode`). Every other setting is global.
 
-use super::{Config, DatabaseConfig, PoolMode};
+use super::{Config, DatabaseConfig, PinSessionState, PoolMode};
 
 /// What a database's own table decides, each value resolved against `[pooler]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct EffectiveSettings {
     /// Longest a client of the pool waits for a server: the user's, else the database's, else
     /// the global query_wait_timeout.
     pub query_wait_timeout: std::time::Duration,
+    /// pin_session_state: the user's, else the database's, else the global value.
+    pub pin_session_state: PinSessionState,
 }
 
 impl Config {
@@ -88,21 +90,27 @@ impl Config {
     }
 
     /// The settings in force for `user`'s pool of `db`.
-    pub fn effective(&self, db: &DatabaseConfig, user: &str) -> EffectiveSettings {
+    pub fn effective(&self, db: &DatabaseConfig, user_name: &str) -> EffectiveSettings {
         let database = self.database_settings(db);
         let query_wait_timeout = self
             .users
-            .get(user)
+            .get(user_name)
             .and_then(|u| u.query_wait_timeout)
             .or(db.query_wait_timeout)
             .unwrap_or(self.pooler.query_wait_timeout);
-        let user = self.user_settings(user);
+        let user = self.user_settings(user_name);
         EffectiveSettings {
             query_wait_timeout,
             pool_mode: user
                 .own_pool_mode
                 .or(database.own_pool_mode)
                 .unwrap_or(self.pooler.pool_mode),
+            pin_session_state: self
+                .users
+                .get(user_name)
+                .and_then(|u| u.pin_session_state)
+                .or(db.pin_session_state)
+                .unwrap_or(self.pooler.pin_session_state),
             database,
             user,
         }

@@ -77,6 +77,32 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// What a transaction-mode client's session state that cannot move to another server (a temp
+/// table, a session advisory lock, a `WITH HOLD` cursor, an SQL `PREPARE`) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PinSessionState {
+    /// The client keeps its server until the state is gone or it leaves; then the server is
+    /// cleaned (DISCARD ALL) before anyone else gets it.
+    #[default]
+    Pin,
+    /// The statement that would create such state fails (SQLSTATE 0A000).
+    Error,
+    /// Not looked for (PgBouncer's behaviour: the state stays on the server for whoever is next).
+    Off,
+}
+
+impl PinSessionState {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinSessionState::Pin => "pin",
+            PinSessionState::Error => "error",
+            PinSessionState::Off => "off",
+        }
+    }
+}
+
 /// How clients prove who they are to sluice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 pub enum AuthType {
@@ -151,6 +177,9 @@ pub struct PoolerConfig {
     pub unix_socket_dir: Option<PathBuf>,
     /// Default pool mode for databases that do not set their own.
     pub pool_mode: PoolMode,
+    /// Transaction mode: what session state that cannot move does (pin, error, off); a
+    /// database's or user's own value overrides it.
+    pub pin_session_state: PinSessionState,
     /// Server connections per (database, user) pool unless the database sets pool_size.
     pub default_pool_size: u32,
     /// Most client connections accepted at once, logins in progress included (a logged-in
@@ -388,6 +417,7 @@ impl Default for PoolerConfig {
             listen_port: 6432,
             unix_socket_dir: Some(PathBuf::from("/tmp")),
             pool_mode: PoolMode::Transaction,
+            pin_session_state: PinSessionState::Pin,
             default_pool_size: 20,
             max_client_conn: 100,
             auth_type: AuthType::ScramSha256,
@@ -483,6 +513,8 @@ pub struct UserConfig {
     pub password: Option<String>,
     /// Overrides the pool mode for this user's pools.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides pin_session_state for this user's pools.
+    pub pin_session_state: Option<PinSessionState>,
     /// Most server connections for this user over all pools (overrides max_user_connections).
     pub max_user_connections: Option<u32>,
     /// Most client connections for this user (overrides max_user_client_connections).
@@ -516,6 +548,8 @@ pub struct DatabaseConfig {
     pub pool_size: Option<u32>,
     /// Pool mode for this database; the global `pool_mode` when absent.
     pub pool_mode: Option<PoolMode>,
+    /// pin_session_state for this database's pools; the global one when absent.
+    pub pin_session_state: Option<PinSessionState>,
     /// Servers kept open for each of this database's pools (overrides min_pool_size).
     pub min_pool_size: Option<u32>,
     /// Reserve servers per pool (overrides reserve_pool_size).
@@ -553,6 +587,7 @@ impl Default for DatabaseConfig {
             password: None,
             pool_size: None,
             pool_mode: None,
+            pin_session_state: None,
             min_pool_size: None,
             reserve_pool_size: None,
             max_db_connections: None,

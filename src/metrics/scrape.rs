@@ -183,7 +183,12 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
     // application_name is the client's to choose: past the cap, names are labelled `other`.
     let apps = shared.leaks.application_names();
     let mut by_state: BTreeMap<(String, String, String, &'static str), usize> = BTreeMap::new();
+    let mut pinned: BTreeMap<(String, String, &'static str), usize> = BTreeMap::new();
     for c in shared.clients() {
+        for reason in c.pins().reasons() {
+            let key = (c.database.to_string(), c.user.to_string(), reason.as_str());
+            *pinned.entry(key).or_default() += 1;
+        }
         let state = match c.live().phase {
             ClientPhase::Waiting => "waiting",
             ClientPhase::Idle => "idle",
@@ -205,6 +210,14 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
             ("state", *state),
         ];
         s.gauge("pgbouncer_client_connections", &l, *count as f64);
+    }
+    for ((database, user, reason), count) in &pinned {
+        let l = [
+            ("database", database.as_str()),
+            ("user", user.as_str()),
+            ("reason", *reason),
+        ];
+        s.gauge("sluice_pinned_clients", &l, *count as f64);
     }
 
     let config = shared.config.load();

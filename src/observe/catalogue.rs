@@ -177,6 +177,10 @@ pub(crate) fn describe(r: &impl Recorder) {
         "Server connections open to a host of a host list, over all its database's pools",
     );
     g(
+        "sluice_pinned_clients".into(),
+        "Transaction-mode clients keeping their server for session state that cannot move, by reason",
+    );
+    g(
         "sluice_leaks_current".into(),
         "Clients currently suspected of leaking, by kind",
     );

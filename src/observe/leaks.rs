@@ -23,6 +23,9 @@ pub enum LeakKind {
     LongHold,
     /// Connected and idle (outside a transaction) longer than leak_idle_client_threshold.
     IdleClient,
+    /// Keeping its server for session state that cannot move (pin_session_state), idle
+    /// longer than leak_idle_in_transaction_threshold.
+    PinnedIdle,
     /// Disconnected in the middle of a transaction (counted, never current).
     AbandonedTransaction,
     /// Idle in a transaction while others waited; its server was taken back
@@ -37,6 +40,7 @@ impl LeakKind {
             LeakKind::IdleInTransaction => "idle_in_transaction",
             LeakKind::LongHold => "long_hold",
             LeakKind::IdleClient => "idle_client",
+            LeakKind::PinnedIdle => "pinned_idle",
             LeakKind::AbandonedTransaction => "abandoned_transaction",
             LeakKind::ReclaimedTransaction => "reclaimed_transaction",
         }
@@ -240,6 +244,12 @@ impl LeakTracker {
                     live.phase == ClientPhase::IdleInTransaction && over(idle_tx, Some(live.phase_since)),
                 ),
                 (LeakKind::LongHold, over(hold, live.server_since)),
+                (
+                    LeakKind::PinnedIdle,
+                    live.phase == ClientPhase::Holding
+                        && !c.pins().is_empty()
+                        && over(idle_tx, Some(live.phase_since)),
+                ),
                 (
                     LeakKind::IdleClient,
                     idle_phase && over(idle_client, Some(live.phase_since)),

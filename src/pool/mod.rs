@@ -71,6 +71,8 @@ pub struct PoolSettings {
     pub reserve_pool_timeout: Duration,
     /// Session or transaction pooling.
     pub mode: PoolMode,
+    /// Transaction mode: what session state that cannot move does (pin_session_state).
+    pub pin: crate::config::PinSessionState,
     /// Where its servers connect.
     pub target: ServerTarget,
     /// Limit for opening and logging in to one server.

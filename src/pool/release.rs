@@ -27,6 +27,14 @@ pub enum Disposition {
     Rollback,
     /// Responses still due, COPY in progress, or anything else uncertain: close it.
     Close(&'static str),
+    /// It carries session state its client could not take along (a temp table, an advisory
+    /// lock, a held cursor, an SQL-prepared statement): rolled back when `rollback`, then
+    /// `DISCARD ALL` (which drops all of it and releases session advisory locks) before anyone
+    /// else gets it; closed if that fails.
+    Discard {
+        /// Idle inside a transaction: roll back first.
+        rollback: bool,
+    },
 }
 
 impl Pool {
@@ -61,12 +69,10 @@ impl Pool {
             Disposition::Clean if !reset && server.conn.identity == Identity::Login => {
                 self.give_back(server, now)
             }
-            Disposition::Clean | Disposition::Rollback => {
+            Disposition::Clean | Disposition::Rollback | Disposition::Discard { .. } => {
                 server.conn.info.set(ServerUse::Cleaning);
                 let pool = self.clone();
-                tokio::spawn(
-                    async move { pool.clean_up(server, disposition == Disposition::Rollback).await },
-                );
+                tokio::spawn(async move { pool.clean_up(server, disposition).await });
             }
         }
     }
@@ -76,12 +82,20 @@ impl Pool {
         !s.reset_query.trim().is_empty() && (s.mode == PoolMode::Session || s.reset_query_always)
     }
 
-    async fn clean_up(self: Arc<Self>, mut server: PooledServer, rollback: bool) {
+    async fn clean_up(self: Arc<Self>, mut server: PooledServer, disposition: Disposition) {
         // A rollback or reset can change settings behind any client's back.
         server.conn.params_fingerprint = None;
-        let reset = self
-            .needs_reset()
-            .then(|| self.settings().reset_query.trim().to_string());
+        let (rollback, discard) = match disposition {
+            Disposition::Rollback => (true, false),
+            Disposition::Discard { rollback } => (rollback, true),
+            Disposition::Clean | Disposition::Close(_) => (false, false),
+        };
+        let reset = if discard {
+            Some("DISCARD ALL".to_string())
+        } else {
+            self.needs_reset()
+                .then(|| self.settings().reset_query.trim().to_string())
+        };
         let mut queries: Vec<&str> = Vec::new();
         if rollback {
             queries.push("ROLLBACK");
@@ -123,6 +137,11 @@ impl Pool {
             // The reset query wiped session state: nothing sluice applied is left on the server.
             // (A plain ROLLBACK keeps settings made outside the transaction, so they stay known.)
             server.conn.applied.clear();
+        }
+        if discard {
+            // DISCARD ALL also dropped the statements sluice had prepared on it.
+            server.conn.statements.clear();
+            server.conn.info.set_prepared(0);
         }
         self.give_back(server, Instant::now());
     }

@@ -40,6 +40,7 @@ pub fn settings_for(
         server_login_retry: p.server_login_retry,
         server_outage_grace: p.server_outage_grace,
         mode,
+        pin: effective.pin_session_state,
         target: ServerTarget {
             host: first.host,
             port: first.port,

@@ -113,6 +113,7 @@ impl Session {
             // Settings changed and were not read back: nobody knows what the server carries.
             disposition = Disposition::Close("session settings changed and not read back");
         }
+        disposition = self.unpin(&link.pins, disposition);
         self.login.pool.release_at(server, disposition, now);
     }
 
@@ -148,7 +149,12 @@ impl Session {
             }
         };
         self.login.info().set_phase(ClientPhase::Idle);
-        let soft = mode == PoolMode::Transaction && link.can_fail_softly(&self.client);
+        // A pinned client lost state it cannot get back (its temp tables, locks): no soft failure.
+        let pinned = !link.pins.held().is_empty();
+        if pinned {
+            self.login.info().set_pins(crate::clients::Pins::NONE);
+        }
+        let soft = mode == PoolMode::Transaction && !pinned && link.can_fail_softly(&self.client);
         let pending = link.pending_requests().max(1);
         drop(server);
         tracing::info!(client = self.login.info().id, error = %server_error, soft, "server failed under a client");

@@ -42,6 +42,8 @@ pub(super) struct Link {
     pub(super) resets: super::settings_watch::ResetWatch,
     /// Watches the client's messages for changes of role or session authorization.
     pub(super) identity: super::identity::IdentityWatch,
+    /// Watches for session state that pins the server to the client (transaction mode).
+    pub(super) pins: super::pins::PinWatch,
 }
 
 /// Whether extended-protocol messages went to the server since the last Sync.
@@ -229,6 +231,7 @@ impl Link {
             shown: Shown::Written(ClientPhase::Active, TxState::Active),
             resets: Default::default(),
             identity: Default::default(),
+            pins: Default::default(),
         }
     }
 

@@ -8,6 +8,8 @@ mod identity;
 mod link;
 mod login;
 mod params;
+mod pin_refusal;
+mod pins;
 mod relay;
 mod settings;
 mod settings_watch;
@@ -380,13 +382,18 @@ impl Session {
     /// Active: relay until the transaction ends (transaction mode), the client leaves, or
     /// something fails; then give the server back through the release path.
     async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
-        let timeouts = self.timeouts(mode);
+        let timeouts = self.timeouts(mode, active.link.pins.keeps_server());
         let pool = &self.login.pool;
         // One load of the pool's settings for what the relay needs of them.
-        let (capacity, prepared_limit) = {
+        let (capacity, prepared_limit, pin) = {
             let s = pool.settings();
-            (s.max_prepared_statements, s.client_prepared_limit)
+            let pin = match mode {
+                PoolMode::Transaction => s.pin,
+                PoolMode::Session => crate::config::PinSessionState::Off,
+            };
+            (s.max_prepared_statements, s.client_prepared_limit, pin)
         };
+        active.link.pins.set_policy(pin);
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).
         let statement_capacity = if self.statements.is_some() {
@@ -404,7 +411,7 @@ impl Session {
             info: self.login.registered.info(),
             stats: &self.login.pool.stats,
             timeouts,
-            release_when_idle: mode == PoolMode::Transaction,
+            release_when_idle: mode == PoolMode::Transaction && !active.link.pins.keeps_server(),
         };
         let end = relay::relay(
             &mut self.client,
@@ -416,14 +423,23 @@ impl Session {
         let Active { mut server, mut link } = *active;
         if self.login.params.reads_back_always() {
             link.resets.may_have_changed();
+            link.pins.may_have_changed();
         }
         match end {
             Ok(RelayEnd::TransactionDone) => {
-                if link.resets.take() {
+                if link.resets.take() | link.pins.pending() {
                     match Box::pin(self.read_back(server, link, mode)).await {
                         settings::AfterReadBack::Release(s, l) => (server, link) = (s, *l),
                         settings::AfterReadBack::Next(next) => return next,
                     }
+                }
+                if mode == PoolMode::Transaction && self.keeps_pinned(&link.pins) {
+                    // Session state that cannot move: the client keeps this server.
+                    if relay::flush_client(&mut self.client).await.is_err() {
+                        self.release_leaving(server, &link);
+                        return Err(Ending::ClientLeft);
+                    }
+                    return Ok(SessionState::Active(Box::new(Active { server, link })));
                 }
                 // Released at the moment of its last ReadyForQuery (no new clock reading).
                 self.release_at(server, &link, link.idle_since());
@@ -464,15 +480,17 @@ impl Session {
         }
     }
 
-    fn timeouts(&self, mode: PoolMode) -> Timeouts {
+    /// `pinned`: a transaction-mode client keeping its server for session state (it is held
+    /// to client_idle_timeout as a session-mode client is).
+    fn timeouts(&self, mode: PoolMode, pinned: bool) -> Timeouts {
         let p = &self.login.shared().config.load().pooler;
         Timeouts {
             query: p.query_timeout,
             idle_transaction: p.idle_transaction_timeout,
             transaction: p.transaction_timeout,
-            // Between transactions a transaction-mode client holds no server; the Idle state
-            // enforces client_idle_timeout then.
-            client_idle: if mode == PoolMode::Session {
+            // Between transactions a transaction-mode client holds no server (unless pinned);
+            // the Idle state enforces client_idle_timeout then.
+            client_idle: if mode == PoolMode::Session || pinned {
                 p.client_idle_timeout
             } else {
                 Default::default()

@@ -119,7 +119,10 @@ async fn relay_loop(
         link.note_request_start(server, ctx.info);
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)?
-            && (ctx.release_when_idle || link.resets.pending() || ctx.params.reads_back_always())
+            && (ctx.release_when_idle
+                || link.resets.pending()
+                || link.pins.pending()
+                || ctx.params.reads_back_always())
             && link.quiet(client)
         {
             return Ok(RelayEnd::TransactionDone);
@@ -197,10 +200,18 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 /// `executes_answered`: a portal is a DEALLOCATE sluice answers, so Executes are read whole.
 /// A message PostgreSQL would not accept here is refused at its header: nothing of it, nor of
 /// anything after it, reaches the server.
-fn client_want(tag: u8, total: usize, tracking: bool, executes_answered: bool) -> Result<Want, FrameError> {
+/// `whole_text`: statements that would pin the server are refused, so query texts come whole.
+fn client_want(
+    tag: u8,
+    total: usize,
+    tracking: bool,
+    executes_answered: bool,
+    whole_text: bool,
+) -> Result<Want, FrameError> {
     crate::protocol::check_client_message(tag, total)?;
     Ok(match tag {
         frontend::TERMINATE => Want::Whole,
+        frontend::QUERY | frontend::PARSE if whole_text => Want::Whole,
         frontend::EXECUTE if executes_answered => Want::Whole,
         frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE if tracking => Want::Whole,
         frontend::BIND if tracking => Want::Head(BIND_HEAD),
@@ -230,6 +241,7 @@ fn pump_client(
     ctx: &mut RelayContext<'_>,
 ) -> Result<ClientPump, RelayError> {
     let tracking = ctx.statement_capacity > 0;
+    let whole_text = link.pins.refuses();
     while room_for_more(link) {
         // Per message: a Bind just read may have made the next Execute sluice's to answer.
         let executes_answered = ctx
@@ -239,7 +251,7 @@ fn pump_client(
         let item = client
             .scan
             .next_with(&client.inbuf, |tag, total| {
-                client_want(tag, total, tracking, executes_answered)
+                client_want(tag, total, tracking, executes_answered, whole_text)
             })
             .map_err(RelayError::ClientProtocol)?;
         match item {
@@ -255,12 +267,16 @@ fn pump_client(
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
                         link.resets.on_client_message(t, &piece, ctx.params);
+                        link.pins.on_client_message(t, &piece, ctx.params);
                         if t == frontend::QUERY || t == frontend::PARSE {
                             remember_query(ctx.info, t, &piece);
                         }
                     }
                     None if link.client_batch != ClientBatch::Forwarding => continue,
-                    None => link.resets.on_client_piece(&piece, ctx.params),
+                    None => {
+                        link.resets.on_client_piece(&piece, ctx.params);
+                        link.pins.on_client_piece(&piece, ctx.params);
+                    }
                 }
                 link.to_server.unsplit(piece);
             }
@@ -278,6 +294,10 @@ fn pump_client(
                     continue;
                 }
                 link.client_batch = ClientBatch::Forwarding;
+                if whole_text && super::pin_refusal::refuse(tag, &client.inbuf[..len], link) {
+                    client.inbuf.advance(len);
+                    continue;
+                }
                 let outcome = translate(tag, &client.inbuf[..len], link, server, ctx);
                 if outcome == Outcome::Wait {
                     break; // read again once the shape check is answered
@@ -286,6 +306,7 @@ fn pump_client(
                 if tag == frontend::QUERY || tag == frontend::PARSE {
                     remember_query(ctx.info, tag, &msg);
                     link.resets.on_client_message(tag, &msg, ctx.params);
+                    link.pins.on_client_message(tag, &msg, ctx.params);
                 }
                 match outcome {
                     Outcome::Forward => {
@@ -555,6 +576,7 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
         }
     }
     link.resets.on_command_complete(body);
+    link.pins.on_command_complete(body);
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query

@@ -40,17 +40,20 @@ pub(super) enum AfterReadBack {
 impl Session {
     /// At the end of a transaction that may have changed settings: the client gets its reply
     /// first, then the server's settings are read back ([`Session::read_back_settings`]).
+    /// When the transaction may have created or dropped session state that pins the server
+    /// (`link.pins`), the same query verifies it, and the link records what it found.
     pub(super) async fn read_back(
         &mut self,
         server: PooledServer,
-        link: Link,
+        mut link: Link,
         mode: PoolMode,
     ) -> AfterReadBack {
         if relay::flush_client(&mut self.client).await.is_err() {
             self.release_leaving(server, &link);
             return AfterReadBack::Next(Err(Ending::ClientLeft));
         }
-        let server = match self.read_back_settings(server, mode).await {
+        let pins = link.pins.pending().then_some(&mut link.pins);
+        let server = match self.read_back_settings(server, mode, pins).await {
             Ok(server) => server,
             Err(e) if mode == PoolMode::Session => {
                 return AfterReadBack::Next(Err(self.end_with(e, true).await));
@@ -60,6 +63,7 @@ impl Session {
                 // brings a fresh server to the settings it had before this transaction).
                 self.login.info().set_phase(ClientPhase::Idle);
                 self.login.info().hold(None);
+                self.login.info().set_pins(crate::clients::Pins::NONE);
                 let _ = relay::flush_client(&mut self.client).await;
                 return AfterReadBack::Next(Ok(SessionState::Idle));
             }
@@ -82,13 +86,19 @@ impl Session {
         &mut self,
         mut server: PooledServer,
         mode: PoolMode,
+        pins: Option<&mut super::pins::PinWatch>,
     ) -> Result<PooledServer, PgError> {
         let limit = self.login.shared().config.load().pooler.server_connect_timeout;
-        let session = match tokio::time::timeout(limit, session_settings(&mut server.conn)).await {
+        let query = session_settings(&mut server.conn, pins.is_some());
+        let mut session = match tokio::time::timeout(limit, query).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return Err(self.drop_unknown(server, &e.to_string())),
             Err(_) => return Err(self.drop_unknown(server, "timed out")),
         };
+        let found = super::pins::take_pin_rows(&mut session);
+        if let Some(pins) = pins {
+            pins.set_held(found);
+        }
         let restored = self.login.params.reconcile(&session);
         ClientParams::record_carried(&session, &mut server.conn);
         for (name, value) in &restored {
@@ -136,10 +146,23 @@ impl Session {
     }
 }
 
-/// Runs [`SESSION_SETTINGS`] and returns its rows (name, value).
-async fn session_settings(server: &mut ServerConn) -> Result<Vec<(String, String)>, ServerError> {
+/// [`SESSION_SETTINGS`] with the pin verification's rows ([`super::pins::PIN_ROWS`]).
+static SETTINGS_AND_PINS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{SESSION_SETTINGS}{}", super::pins::PIN_ROWS));
+
+/// Runs [`SESSION_SETTINGS`] (with the pin verification when `with_pins`) and returns its rows
+/// (name, value).
+async fn session_settings(
+    server: &mut ServerConn,
+    with_pins: bool,
+) -> Result<Vec<(String, String)>, ServerError> {
     let mut out = BytesMut::new();
-    frontend::query(SESSION_SETTINGS, &mut out)?;
+    let sql = if with_pins {
+        SETTINGS_AND_PINS.as_str()
+    } else {
+        SESSION_SETTINGS
+    };
+    frontend::query(sql, &mut out)?;
     server.writer.write_all(&out).await?;
     let mut rows = Vec::new();
     let mut failure = None;
