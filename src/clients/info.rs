@@ -45,6 +45,9 @@ pub enum Kill {
     /// idle_transaction_reclaim_timeout: idle in a transaction longer than this while other
     /// clients waited for a server of its pool (withdrawn if the client holds none by then).
     Reclaimed(Duration),
+    /// The client let more notifications pile up than its bounds allow (notify_queue_size
+    /// messages, notify_queue_bytes bytes) without reading them.
+    NotifyOverflow { messages: usize, bytes: usize },
 }
 
 impl Kill {
@@ -64,6 +67,14 @@ impl Kill {
                 crate::config::format_duration(*limit)
             ))
             .with_hint("Commit or roll back transactions promptly; the pooler's idle_transaction_reclaim_timeout sets the limit (0 turns it off)."),
+            Kill::NotifyOverflow { messages, bytes } => PgError::fatal(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                "too many notifications pending for this client: it does not read them",
+            )
+            .with_detail(format!(
+                "a LISTENing client may have at most {messages} notifications or {bytes} bytes waiting (notify_queue_size, notify_queue_bytes); the ones past that were dropped"
+            ))
+            .with_hint("Read notifications as they come (poll the connection), or raise notify_queue_size / notify_queue_bytes."),
         }
     }
 }
