@@ -447,7 +447,7 @@ fn rewrite_message(msg: &[u8], e: &PgError, out: &mut BytesMut) {
 /// word LISTEN (it is read again by the relay).
 fn raise_sql(e: &PgError) -> String {
     let mut sql = format!(
-        "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}",
+        "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
         literal(&e.sqlstate),
         literal(&e.message)
     );
@@ -472,6 +472,74 @@ fn literal(s: &str) -> String {
     out.push_str(rest);
     out.push('\'');
     out
+}
+
+impl super::Session {
+    /// Answers a LISTEN request the relay handed over (nothing in flight on `active`'s server).
+    /// Returns how the relay stretch ends (the transaction is over when the server is idle), or
+    /// None to go on relaying on the same server: inside a transaction, or to send the server a
+    /// failed LISTEN's replacement.
+    pub(super) async fn answer_listen(
+        &mut self,
+        request: ListenRequest,
+        active: &super::Active,
+    ) -> Option<super::relay::RelayEnd> {
+        let status = active.server.conn.tx_status;
+        let shared = self.login.shared().clone();
+        let pool = self.login.pool.clone();
+        let wait = shared.config.load().pooler.query_wait_timeout;
+        let info = self.login.info().clone();
+        let hub = || {
+            let limits = NotifyLimits::of(&shared.config.load().pooler);
+            (shared.notify.hub(&pool), limits)
+        };
+        match answer(&mut self.listening, request, status, hub, &info, wait).await {
+            Answered::Reply(out) => {
+                self.client.outbuf.extend_from_slice(&out);
+                if status == TxStatus::Idle {
+                    return Some(super::relay::RelayEnd::TransactionDone);
+                }
+                None
+            }
+            Answered::Fail(messages) => {
+                let mut input = messages;
+                input.extend_from_slice(&self.client.inbuf);
+                self.client.inbuf = input;
+                None
+            }
+        }
+    }
+
+    /// Idle: writes the notifications waiting for the client. A client that does not read is
+    /// ended when its mailbox overflows (its kill switch), even while this write waits; what was
+    /// not written yet stays in the output, so the FATAL follows whole messages.
+    pub(super) async fn deliver_idle(&mut self) -> Result<(), super::Ending> {
+        use bytes::Buf;
+        use tokio::io::AsyncWriteExt;
+        if let Some(l) = self.listening.as_deref_mut() {
+            l.drain_into(&mut self.client.outbuf, super::relay::OUT_CAP);
+        }
+        let info = self.login.info().clone();
+        let killed = info.killed(false);
+        tokio::pin!(killed);
+        let kill = loop {
+            if self.client.outbuf.is_empty() {
+                self.client.outbuf = BytesMut::new();
+                return Ok(());
+            }
+            tokio::select! {
+                r = self.client.writer.write(&self.client.outbuf) => match r {
+                    Ok(0) | Err(_) => return Err(super::Ending::ClientLeft),
+                    Ok(n) => {
+                        self.client.bytes_out += n as u64;
+                        self.client.outbuf.advance(n);
+                    }
+                },
+                kill = &mut killed => break kill,
+            }
+        };
+        Err(self.end_with(kill.error(), true).await)
+    }
 }
 
 #[cfg(test)]
@@ -512,59 +580,5 @@ mod tests {
         assert!(matches!(batch_shape(&two, parse.len()), BatchShape::Other));
         let flush: Vec<u8> = [&parse[..], &bind, &execute, &msg(b'H', b"")].concat();
         assert!(matches!(batch_shape(&flush, parse.len()), BatchShape::Other));
-    }
-}
-
-impl super::Session {
-    /// Answers a LISTEN request the relay handed over (nothing in flight on `active`'s server).
-    /// Returns how the relay stretch ends (the transaction is over when the server is idle), or
-    /// None to go on relaying on the same server: inside a transaction, or to send the server a
-    /// failed LISTEN's replacement.
-    pub(super) async fn answer_listen(
-        &mut self,
-        request: ListenRequest,
-        active: &super::Active,
-    ) -> Option<super::relay::RelayEnd> {
-        let status = active.server.conn.tx_status;
-        let shared = self.login.shared().clone();
-        let pool = self.login.pool.clone();
-        let wait = shared.config.load().pooler.query_wait_timeout;
-        let info = self.login.info().clone();
-        let hub = || {
-            let limits = NotifyLimits::of(&shared.config.load().pooler);
-            (shared.notify.hub(&pool), limits)
-        };
-        match answer(&mut self.listening, request, status, hub, &info, wait).await {
-            Answered::Reply(out) => {
-                self.client.outbuf.extend_from_slice(&out);
-                if status == TxStatus::Idle {
-                    return Some(super::relay::RelayEnd::TransactionDone);
-                }
-                None
-            }
-            Answered::Fail(messages) => {
-                let mut input = messages;
-                input.extend_from_slice(&self.client.inbuf);
-                self.client.inbuf = input;
-                None
-            }
-        }
-    }
-
-    /// Idle: writes the notifications waiting for the client. A client that does not read is
-    /// ended when its mailbox overflows (its kill switch), even while this write waits.
-    pub(super) async fn deliver_idle(&mut self) -> Result<(), super::Ending> {
-        if let Some(l) = self.listening.as_deref_mut() {
-            l.drain_into(&mut self.client.outbuf, super::relay::OUT_CAP);
-        }
-        let info = self.login.info().clone();
-        let kill = tokio::select! {
-            r = super::relay::flush_client(&mut self.client) => {
-                return r.map_err(|_| super::Ending::ClientLeft);
-            }
-            kill = info.killed(false) => kill,
-        };
-        self.client.outbuf.clear();
-        Err(self.end_with(kill.error(), false).await)
     }
 }
