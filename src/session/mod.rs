@@ -8,6 +8,7 @@ mod identity;
 mod link;
 mod listen;
 mod login;
+mod notifications;
 mod params;
 mod relay;
 mod settings;
