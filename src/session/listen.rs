@@ -8,6 +8,7 @@
 //! pooled server. Notifications are written to the client between messages.
 
 use super::client::ClientIo;
+use super::statements::{ClientStatements, MAX_LISTEN_STATEMENTS};
 use crate::notify::sql::{ListenCommand, ListenSql, classify};
 use crate::notify::{NotifyLimits, Subscription};
 use crate::protocol::messages::{self, BIND_COMPLETE, NO_DATA, NO_PARAMETERS, PARSE_COMPLETE};
@@ -93,6 +94,9 @@ pub(super) struct ListenRequest {
     original: BytesMut,
     /// The replies owed before the CommandComplete and after it, per the client's messages.
     shape: Shape,
+    /// The server's batch is open: the client's Sync goes to it (its ReadyForQuery ends the
+    /// reply) instead of sluice answering ReadyForQuery.
+    sync_on_server: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -116,11 +120,27 @@ pub(super) enum Intercept {
     Answer(ListenRequest),
     /// Rewritten in the input into a statement that fails on the server with sluice's error.
     Rewritten,
+    /// Refused with this error in place of its reply (the batch is skipped to its Sync).
+    Refused(PgError),
 }
 
-/// Looks at the whole Query or Parse at the front of the client's input (`len` bytes). `quiet`:
-/// nothing is in flight, so the server's transaction status is the client's.
-pub(super) fn intercept(tag: u8, client: &mut ClientIo, len: usize, quiet: bool) -> Intercept {
+/// Looks at the whole Query, Parse or Bind at the front of the client's input (`len` bytes).
+/// `quiet`: whether everything sent to the server is answered (see [`Quiet`]).
+/// `statements`: the client's tracked statements (None when prepared statements pass through
+/// untracked): a named LISTEN statement is recorded there, and its executions answered.
+pub(super) fn intercept(
+    tag: u8,
+    client: &mut ClientIo,
+    len: usize,
+    quiet: Quiet,
+    statements: Option<&mut Option<Box<ClientStatements>>>,
+) -> Intercept {
+    if tag == frontend::BIND {
+        return match statements.and_then(|s| s.as_deref()) {
+            Some(s) if !s.listens.is_empty() => intercept_bind(client, len, quiet, s),
+            _ => Intercept::Pass,
+        };
+    }
     let msg = &client.inbuf[..len];
     let (name, text) = match tag {
         frontend::QUERY => (None, &msg[5..]),
@@ -130,7 +150,11 @@ pub(super) fn intercept(tag: u8, client: &mut ClientIo, len: usize, quiet: bool)
         },
         _ => return Intercept::Pass,
     };
-    let command = match classify(text) {
+    let classified = classify(text);
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        return parse_named(client, len, name.to_vec(), classified, statements);
+    }
+    let command = match classified {
         ListenSql::Other => return Intercept::Pass,
         ListenSql::Command(c) => c,
         ListenSql::Unsupported(why) => {
@@ -142,18 +166,10 @@ pub(super) fn intercept(tag: u8, client: &mut ClientIo, len: usize, quiet: bool)
         }
         ListenSql::Invalid(code, message) => return refuse(client, len, PgError::error(code, message)),
     };
-    if name.is_some_and(|n| !n.is_empty()) {
-        let e = PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "LISTEN and UNLISTEN cannot be prepared as named statements in transaction pooling",
-        )
-        .with_hint(HINT);
-        return refuse(client, len, e);
-    }
     let shape = if tag == frontend::QUERY {
         Shape::Simple
     } else {
-        match batch_shape(&client.inbuf, len) {
+        match batch_shape(&client.inbuf, len, vec![(frontend::PARSE, 0)], b"") {
             BatchShape::Complete(tags) => Shape::Extended(tags),
             BatchShape::Incomplete if client.inbuf.len() < BATCH_MAX => return Intercept::Starved,
             BatchShape::Incomplete | BatchShape::Other => {
@@ -166,7 +182,128 @@ pub(super) fn intercept(tag: u8, client: &mut ClientIo, len: usize, quiet: bool)
             }
         }
     };
-    if !quiet {
+    let quiet = if quiet == Quiet::Synced {
+        Quiet::Synced
+    } else {
+        Quiet::Busy
+    };
+    take_batch(client, quiet, command, shape, len)
+}
+
+/// How far the server is with what the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Quiet {
+    /// Everything is answered and the server waits for no Sync: its status is the client's.
+    Synced,
+    /// Everything is answered, but the server's batch is open (the client sent Flush, as
+    /// asyncpg does after preparing): the server must still get the client's Sync.
+    OpenBatch,
+    /// Replies are still due.
+    Busy,
+}
+
+/// A Parse of a named statement: a LISTEN one is recorded (it is prepared on the server like
+/// any statement, which runs nothing; its executions are answered by sluice), another one of a
+/// recorded name replaces it.
+fn parse_named(
+    client: &mut ClientIo,
+    len: usize,
+    name: Vec<u8>,
+    classified: ListenSql,
+    statements: Option<&mut Option<Box<ClientStatements>>>,
+) -> Intercept {
+    let Some(statements) = statements else {
+        if classified == ListenSql::Other {
+            return Intercept::Pass;
+        }
+        let e = PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "LISTEN and UNLISTEN cannot be prepared as named statements when max_prepared_statements is 0",
+        )
+        .with_hint(HINT);
+        return refuse(client, len, e);
+    };
+    match classified {
+        ListenSql::Other => {
+            if let Some(s) = statements.as_deref_mut() {
+                s.listens.retain(|n| n.as_ref() != name.as_slice());
+            }
+            Intercept::Pass
+        }
+        ListenSql::Command(_) => {
+            let s = statements.get_or_insert_with(Default::default);
+            if !s.listens.iter().any(|n| n.as_ref() == name.as_slice()) {
+                if s.listens.len() >= MAX_LISTEN_STATEMENTS {
+                    let e = PgError::error(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "too many prepared LISTEN/UNLISTEN statements: at most {MAX_LISTEN_STATEMENTS}"
+                        ),
+                    );
+                    return refuse(client, len, e);
+                }
+                s.listens.push(Bytes::from(name));
+            }
+            Intercept::Pass
+        }
+        ListenSql::Unsupported(why) => refuse(
+            client,
+            len,
+            PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, why).with_hint(HINT),
+        ),
+        ListenSql::Invalid(code, message) => refuse(client, len, PgError::error(code, message)),
+    }
+}
+
+/// A Bind of a recorded LISTEN statement: its batch (Bind, [Describe], Execute, Sync) is
+/// answered by sluice.
+fn intercept_bind(
+    client: &mut ClientIo,
+    len: usize,
+    quiet: Quiet,
+    statements: &ClientStatements,
+) -> Intercept {
+    let body = &client.inbuf[5..len];
+    let Some((_, rest)) = split_cstr(body) else {
+        return Intercept::Pass;
+    };
+    let Some((statement, _)) = split_cstr(rest) else {
+        return Intercept::Pass;
+    };
+    if !statements.listens.iter().any(|n| n.as_ref() == statement) {
+        return Intercept::Pass;
+    }
+    let Some(def) = statements.get(statement) else {
+        return Intercept::Pass;
+    };
+    let ListenSql::Command(command) = classify(&def.def.body) else {
+        return Intercept::Pass;
+    };
+    let statement = statement.to_vec();
+    match batch_shape(&client.inbuf, 0, Vec::new(), &statement) {
+        BatchShape::Complete(tags) => take_batch(client, quiet, command, Shape::Extended(tags), len),
+        BatchShape::Incomplete if client.inbuf.len() < BATCH_MAX => Intercept::Starved,
+        // Executed among other messages: not emulated (the server would run the statement). The
+        // Bind is refused, and the rest of the batch skipped to its Sync.
+        BatchShape::Incomplete | BatchShape::Other => Intercept::Refused(
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a prepared LISTEN or UNLISTEN must be executed as Bind, Execute and Sync of its own in transaction pooling",
+            )
+            .with_hint(HINT),
+        ),
+    }
+}
+
+/// Takes a LISTEN batch off the input for the session to answer, once nothing is in flight.
+fn take_batch(
+    client: &mut ClientIo,
+    quiet: Quiet,
+    command: ListenCommand,
+    shape: Shape,
+    len: usize,
+) -> Intercept {
+    if quiet == Quiet::Busy {
         return Intercept::Wait;
     }
     let consumed = match &shape {
@@ -181,6 +318,7 @@ pub(super) fn intercept(tag: u8, client: &mut ClientIo, len: usize, quiet: bool)
         command,
         original,
         shape,
+        sync_on_server: quiet == Quiet::OpenBatch,
     })
 }
 
@@ -207,11 +345,10 @@ enum BatchShape {
     Other,
 }
 
-/// Reads the batch that begins with a Parse of `parse_len` bytes: Parse, [Describe S], Bind of
-/// the unnamed statement, [Describe P], Execute, Sync — nothing else.
-fn batch_shape(buf: &[u8], parse_len: usize) -> BatchShape {
-    let mut at = parse_len;
-    let mut tags = vec![(frontend::PARSE, 0)];
+/// Reads a batch from `at` (after its Parse, whose reply is in `tags`, or from its Bind): [Describe
+/// S], Bind of `statement`, [Describe P], Execute, Sync — nothing else.
+fn batch_shape(buf: &[u8], at: usize, mut tags: Vec<(u8, u8)>, statement: &[u8]) -> BatchShape {
+    let mut at = at;
     let mut portal: Option<Vec<u8>> = None;
     let mut executed = false;
     loop {
@@ -237,7 +374,7 @@ fn batch_shape(buf: &[u8], parse_len: usize) -> BatchShape {
                     return BatchShape::Other;
                 };
                 let ok = match kind {
-                    b'S' => name.is_empty(),
+                    b'S' => name == statement && !tags.is_empty(),
                     b'P' => portal.as_deref() == Some(name),
                     _ => false,
                 };
@@ -250,10 +387,10 @@ fn batch_shape(buf: &[u8], parse_len: usize) -> BatchShape {
                 let Some((p, rest)) = split_cstr(body) else {
                     return BatchShape::Other;
                 };
-                let Some((statement, _)) = split_cstr(rest) else {
+                let Some((bound, _)) = split_cstr(rest) else {
                     return BatchShape::Other;
                 };
-                if !statement.is_empty() || portal.is_some() {
+                if bound != statement || portal.is_some() {
                     return BatchShape::Other;
                 }
                 portal = Some(p.to_vec());
@@ -298,6 +435,8 @@ fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 pub(super) enum Answered {
     /// These replies go to the client.
     Reply(BytesMut),
+    /// These replies go to the client, then a Sync to the server (whose ReadyForQuery ends them).
+    ReplyThenSync(BytesMut),
     /// It failed inside a transaction: these client messages (rewritten to fail on the server
     /// with the error) go to the server, so the transaction fails as PostgreSQL's would.
     Fail(BytesMut),
@@ -321,8 +460,7 @@ pub(super) async fn answer(
         // PostgreSQL refuses the Query, or the Parse (the rest of the batch is skipped to Sync).
         let mut out = BytesMut::new();
         e.encode(&mut out);
-        messages::ready_for_query(&mut out, TxStatus::Failed);
-        return Answered::Reply(out);
+        return finish(out, status, request.sync_on_server);
     }
     let in_transaction = status == TxStatus::InTransaction;
     let mut notices = BytesMut::new();
@@ -360,15 +498,14 @@ pub(super) async fn answer(
         *listening = None; // listens on nothing: the mailbox goes too
     }
     if let Err(e) = result {
-        if in_transaction {
+        if in_transaction && !request.sync_on_server {
             let mut out = BytesMut::new();
             rewrite_batch(&request.original, &e, &mut out);
             return Answered::Fail(out);
         }
         let mut out = notices;
         e.encode(&mut out);
-        messages::ready_for_query(&mut out, status);
-        return Answered::Reply(out);
+        return finish(out, status, request.sync_on_server);
     }
     let mut out = notices;
     match &request.shape {
@@ -387,6 +524,14 @@ pub(super) async fn answer(
                 }
             }
         }
+    }
+    finish(out, status, request.sync_on_server)
+}
+
+/// Ends a reply with sluice's ReadyForQuery, or leaves that to the server's answer to a Sync.
+fn finish(mut out: BytesMut, status: TxStatus, sync_on_server: bool) -> Answered {
+    if sync_on_server {
+        return Answered::ReplyThenSync(out);
     }
     messages::ready_for_query(&mut out, status);
     Answered::Reply(out)
@@ -502,15 +647,24 @@ mod tests {
         let execute = msg(b'E', b"\0\0\0\0\0");
         let sync = msg(b'S', b"");
         let batch: Vec<u8> = [&parse[..], &bind, &describe, &execute, &sync].concat();
-        assert!(matches!(batch_shape(&batch, parse.len()), BatchShape::Complete(t) if t.len() == 4));
+        let p = || vec![(b'P', 0)];
+        assert!(
+            matches!(batch_shape(&batch, parse.len(), p(), b""), BatchShape::Complete(t) if t.len() == 4)
+        );
         assert_eq!(batch_len(&batch), Some(batch.len()));
         assert!(matches!(
-            batch_shape(&batch[..batch.len() - 1], parse.len()),
+            batch_shape(&batch[..batch.len() - 1], parse.len(), p(), b""),
             BatchShape::Incomplete
         ));
         let two: Vec<u8> = [&parse[..], &bind, &execute, &execute, &sync].concat();
-        assert!(matches!(batch_shape(&two, parse.len()), BatchShape::Other));
+        assert!(matches!(
+            batch_shape(&two, parse.len(), p(), b""),
+            BatchShape::Other
+        ));
         let flush: Vec<u8> = [&parse[..], &bind, &execute, &msg(b'H', b"")].concat();
-        assert!(matches!(batch_shape(&flush, parse.len()), BatchShape::Other));
+        assert!(matches!(
+            batch_shape(&flush, parse.len(), p(), b""),
+            BatchShape::Other
+        ));
     }
 }

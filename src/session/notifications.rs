@@ -35,6 +35,13 @@ impl super::Session {
                 }
                 None
             }
+            Answered::ReplyThenSync(out) => {
+                self.client.outbuf.extend_from_slice(&out);
+                let mut input = BytesMut::from(&b"S\0\0\0\x04"[..]);
+                input.extend_from_slice(&self.client.inbuf);
+                self.client.inbuf = input;
+                None
+            }
             Answered::Fail(messages) => {
                 let mut input = messages;
                 input.extend_from_slice(&self.client.inbuf);

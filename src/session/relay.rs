@@ -316,13 +316,28 @@ fn pump_client(
                 }
                 link.client_batch = ClientBatch::Forwarding;
                 let sql = tag == frontend::QUERY || tag == frontend::PARSE;
-                if listening && sql {
+                if listening && (sql || tag == frontend::BIND) {
                     use super::listen::Intercept;
-                    match super::listen::intercept(tag, client, len, link.quiet(client)) {
+                    let statements = tracking.then_some(&mut *ctx.statements);
+                    let quiet = if link.quiet(client) {
+                        super::listen::Quiet::Synced
+                    } else if link.answered(client) {
+                        super::listen::Quiet::OpenBatch
+                    } else {
+                        super::listen::Quiet::Busy
+                    };
+                    match super::listen::intercept(tag, client, len, quiet, statements) {
                         Intercept::Pass => {}
                         Intercept::Wait => break,
                         Intercept::Starved => return Ok(ClientPump::Starved),
                         Intercept::Rewritten => continue,
+                        Intercept::Refused(e) => {
+                            client.inbuf.advance(len);
+                            link.responses.push_error(&e);
+                            link.input.unsynced();
+                            link.client_batch = ClientBatch::SkippingToSync;
+                            continue;
+                        }
                         Intercept::Answer(request) => {
                             ctx.listen_request = Some(request);
                             return Ok(ClientPump::Stopped);
