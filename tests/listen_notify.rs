@@ -408,7 +408,10 @@ async fn psql_prints_the_asynchronous_notification() {
     let sluice = start_sluice(&config(&db, 2, "")).await;
     let addr = sluice.tcp_addr();
     let port = addr.port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
+    let psql_db = db.clone();
+    // psql LISTENs, then sleeps in the shell (no query in flight) while PostgreSQL sends the
+    // NOTIFY; it prints what arrived after its next command.
+    let psql = tokio::task::spawn_blocking(move || {
         pg().psql_to(
             &[
                 "-h",
@@ -418,21 +421,28 @@ async fn psql_prints_the_asynchronous_notification() {
                 "-U",
                 USER,
                 "-d",
-                &db,
+                &psql_db,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-c",
                 "LISTEN psql_chan",
                 "-c",
-                "NOTIFY psql_chan, 'hello psql'",
+                "\\! sleep 2",
                 "-c",
-                "SELECT pg_sleep(0.5)",
+                "SELECT 1",
             ],
             "",
         )
+    });
+    wait_until(Duration::from_secs(10), "psql's LISTEN", || async move {
+        listeners_rows(addr)
+            .await
+            .iter()
+            .any(|r| r["channel"].as_deref() == Some("psql_chan") && r["subscribers"].as_deref() == Some("1"))
     })
-    .await
-    .unwrap();
+    .await;
+    notify_direct(&db, "psql_chan", "hello psql").await;
+    let out = psql.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
