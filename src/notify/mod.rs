@@ -42,9 +42,9 @@ impl NotifyLimits {
     }
 }
 
-/// Every pool's hub, made on the first LISTEN of one of its clients. A hub stays for the life of
-/// the pooler (one per pool, so bounded like the pools; its listening connection closes when
-/// its last subscriber leaves).
+/// Every pool's hub, made on the first LISTEN of one of its clients. A hub stays while its pool
+/// exists (one per pool, so bounded like the pools; its listening connection closes when its
+/// last subscriber leaves).
 #[derive(Default)]
 pub(crate) struct Notifications {
     hubs: Mutex<HashMap<PoolKey, Arc<Hub>>>,
@@ -57,6 +57,9 @@ impl Notifications {
         if let Some(h) = hubs.get(&pool.key).filter(|h| h.serves(pool)) {
             return h.clone();
         }
+        // Hubs of pools that are gone (an unused auto-database pool was dropped) go with them,
+        // so the map stays bounded by the pools that exist.
+        hubs.retain(|_, h| h.pool().is_some());
         let hub = Hub::new(pool);
         hubs.insert(pool.key.clone(), hub.clone());
         hub
