@@ -7,6 +7,7 @@ mod holding;
 mod identity;
 mod link;
 mod listen;
+mod listen_wire;
 mod login;
 mod notifications;
 mod params;
