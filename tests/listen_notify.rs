@@ -618,3 +618,30 @@ async fn the_channel_caps_hold_and_session_mode_passes_listen_through() {
     );
     session.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listen_too_long_to_read_is_undone_before_another_client_gets_the_server() {
+    let db = pg().create_database("t_ln_long").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let a = listener(addr, &db).await;
+    let bystander = listener(addr, &db).await;
+    // Past the 8 kB sluice reads for LISTEN: it reaches the pool's only server.
+    let long = format!("LISTEN unseen -- {}", "x".repeat(9000));
+    a.client.batch_execute(&long).await.expect("long LISTEN");
+    let rows = bystander
+        .client
+        .simple_query("SELECT count(*) FROM pg_listening_channels()")
+        .await
+        .unwrap();
+    let count = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(
+        count.as_deref(),
+        Some("0"),
+        "the LISTEN stayed on the pooled server"
+    );
+    sluice.shutdown().await;
+}

@@ -633,6 +633,15 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
         }
     }
     link.resets.on_command_complete(body);
+    if ctx.release_when_idle && body == b"LISTEN\0" {
+        // A LISTEN sluice did not see (in a statement too long to read): the release path
+        // cleans the server (its UNLISTEN *) before anyone else gets it.
+        tracing::warn!(
+            client = ctx.info.id,
+            "a LISTEN reached a pooled server; it is undone at release"
+        );
+        server.identity = crate::server::Identity::MaybeChanged;
+    }
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query
