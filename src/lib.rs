@@ -18,6 +18,7 @@ pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod name_cap;
+pub(crate) mod notify;
 pub(crate) mod observe;
 pub mod pool;
 pub(crate) mod procfs;

@@ -49,6 +49,8 @@ pub struct Shared {
     suspended: watch::Sender<bool>,
     /// Open admin console sessions (a SUSPEND ends when the last one leaves).
     consoles: AtomicUsize,
+    /// The pools' LISTEN hubs and listening connections (transaction mode).
+    pub(crate) notify: crate::notify::Notifications,
     /// This pooler's Prometheus registry, when `[metrics]` is configured.
     pub metrics: Option<Arc<crate::observe::prometheus::Metrics>>,
     /// The `logfile`, when the binary opened one: reopened by every reload (for logrotate).
@@ -100,6 +102,7 @@ impl Shared {
             leaks: crate::observe::leaks::LeakTracker::default(),
             suspended: watch::channel(false).0,
             consoles: AtomicUsize::new(0),
+            notify: Default::default(),
             metrics,
             log_file: std::sync::OnceLock::new(),
         })

@@ -130,6 +130,11 @@ async fn psycopg3_prepare_threshold_zero_and_pipeline_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_with_psycopg3_notifies_and_asyncpg_add_listener() {
+    run_pytest("compat_listen", "test_listen_notify.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_default_statement_cache_with_100_concurrent_tasks() {
     run_pytest("compat_asyncpg", "test_asyncpg.py").await;
 }

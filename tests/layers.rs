@@ -34,6 +34,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 3),
     // 4 pools.
     ("pool", 4),
+    // 4 the pools' listening connections for LISTEN/NOTIFY (above the pools they log in through).
+    ("notify", 4),
     // 5 observe: the read-only view the console and the exporter both render.
     ("observe", 5),
     // 6 what every task of one pooler sees.

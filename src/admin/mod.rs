@@ -6,6 +6,7 @@ mod commands;
 mod config_view;
 mod hosts;
 mod leaks;
+mod listeners;
 mod parse;
 mod result;
 mod shares;

@@ -49,6 +49,9 @@ pub enum Kill {
     /// a RELOAD of its connection settings); ends the client only between transactions
     /// (withdrawn while it is inside one; asked again when that ends).
     FastClose,
+    /// The client let more notifications pile up than its bounds allow (notify_queue_size
+    /// messages, notify_queue_bytes bytes) without reading them.
+    NotifyOverflow { messages: usize, bytes: usize },
 }
 
 impl Kill {
@@ -73,6 +76,14 @@ impl Kill {
                 "server_fast_close: the session's server connection was closed after RECONNECT or a configuration change",
             )
             .with_hint("Reconnect: the new session gets a server with the current settings."),
+            Kill::NotifyOverflow { messages, bytes } => PgError::fatal(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                "too many notifications pending for this client: it does not read them",
+            )
+            .with_detail(format!(
+                "a LISTENing client may have at most {messages} notifications or {bytes} bytes waiting (notify_queue_size, notify_queue_bytes); the ones past that were dropped"
+            ))
+            .with_hint("Read notifications as they come (poll the connection), or raise notify_queue_size / notify_queue_bytes."),
         }
     }
 }

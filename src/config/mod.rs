@@ -254,6 +254,15 @@ pub struct PoolerConfig {
     /// Most bytes (names and Parse bodies) of the named prepared statements one client may hold
     /// in transaction mode; a Parse past it gets ERROR 53400.
     pub max_client_prepared_bytes: u64,
+    /// Notifications (and notices) one LISTENing client may have waiting in transaction mode; a
+    /// client that lets more pile up is disconnected (docs/listen-notify.md).
+    pub notify_queue_size: u32,
+    /// Bytes of notifications one LISTENing client may have waiting in transaction mode.
+    pub notify_queue_bytes: u64,
+    /// Channels one client may LISTEN on in transaction mode (ERROR 53400 past it).
+    pub max_client_listen_channels: u32,
+    /// Channels all clients of one pool may LISTEN on together (ERROR 53400 past it).
+    pub max_pool_listen_channels: u32,
     /// Servers each pool keeps open even when idle (0: none).
     pub min_pool_size: u32,
     /// Extra servers a pool may open for clients that waited `reserve_pool_timeout` (0: none).
@@ -451,6 +460,10 @@ impl Default for PoolerConfig {
             max_prepared_statements: 200,
             max_client_prepared_statements: 1000,
             max_client_prepared_bytes: 16 << 20,
+            notify_queue_size: 1000,
+            notify_queue_bytes: 1 << 20,
+            max_client_listen_channels: 256,
+            max_pool_listen_channels: 10_000,
             min_pool_size: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),

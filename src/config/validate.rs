@@ -72,6 +72,19 @@ fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
     if p.max_client_prepared_bytes < 1 {
         fail("max_client_prepared_bytes", "must be at least 1".to_string());
     }
+    for (key, value) in [
+        ("notify_queue_size", u64::from(p.notify_queue_size)),
+        ("notify_queue_bytes", p.notify_queue_bytes),
+        (
+            "max_client_listen_channels",
+            u64::from(p.max_client_listen_channels),
+        ),
+        ("max_pool_listen_channels", u64::from(p.max_pool_listen_channels)),
+    ] {
+        if value < 1 {
+            fail(key, "must be at least 1".to_string());
+        }
+    }
     let timeouts = [
         ("server_connect_timeout", p.server_connect_timeout),
         ("client_login_timeout", p.client_login_timeout),

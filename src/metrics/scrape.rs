@@ -174,6 +174,7 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
     }
 
     host_gauges(&mut s, shared);
+    listen_series(&mut s, shared);
 
     let lists: BTreeMap<&str, usize> = shared.list_figures().into_iter().collect();
     for (list, name) in LIST_GAUGES {
@@ -297,6 +298,21 @@ fn host_gauges(s: &mut Scrape<'_>, shared: &Shared) {
         if let Some(role) = seen.role {
             s.gauge("sluice_host_role", &[labels[0], labels[1], ("role", role)], 1.0);
         }
+    }
+}
+
+/// LISTEN/NOTIFY in transaction pooling, per pool: channels, listening clients, whether the
+/// listening connection is up, and notifications delivered and dropped.
+fn listen_series(s: &mut Scrape<'_>, shared: &Shared) {
+    for hub in shared.notify.figures() {
+        let l = [("database", hub.database.as_str()), ("user", hub.user.as_str())];
+        s.gauge("sluice_listen_channels", &l, hub.channels.len() as f64);
+        s.gauge("sluice_listen_clients", &l, hub.clients as f64);
+        let up = matches!(hub.state, crate::notify::ListenerState::Listening { .. });
+        s.gauge("sluice_listener_up", &l, f64::from(u8::from(up)));
+        s.counter("sluice_notifications_delivered_total", &l, hub.delivered);
+        s.counter("sluice_notifications_dropped_total", &l, hub.dropped);
+        s.counter("sluice_listener_connects_total", &l, hub.connects);
     }
 }
 

@@ -181,6 +181,30 @@ pub(crate) fn describe(r: &impl Recorder) {
         "Transaction-mode clients keeping their server for session state that cannot move, by reason",
     );
     g(
+        "sluice_listen_channels".into(),
+        "Channels the clients of a transaction-mode pool LISTEN on (docs/listen-notify.md)",
+    );
+    g(
+        "sluice_listen_clients".into(),
+        "Clients of a transaction-mode pool with a LISTEN subscription",
+    );
+    g(
+        "sluice_listener_up".into(),
+        "1 while a pool's listening connection is open and LISTENing, 0 while it is being (re)opened or closed",
+    );
+    c(
+        "sluice_notifications_delivered_total".into(),
+        "Notifications queued for LISTENing clients of a pool",
+    );
+    c(
+        "sluice_notifications_dropped_total".into(),
+        "Notifications dropped for clients over notify_queue_size / notify_queue_bytes",
+    );
+    c(
+        "sluice_listener_connects_total".into(),
+        "Listening connections a pool opened (more than one: it reconnected)",
+    );
+    g(
         "sluice_leaks_current".into(),
         "Clients currently suspected of leaking, by kind",
     );

@@ -384,7 +384,7 @@ impl Pool {
     }
 
     /// Logs in to the one host, waiting out a short outage (see [`Pool::open`]).
-    async fn connect_single(
+    pub(super) async fn connect_single(
         self: &Arc<Self>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<server::ServerConn, CheckoutError> {

@@ -6,6 +6,7 @@
 mod autodb;
 mod checkout;
 mod control;
+mod dedicated;
 mod diagnose;
 mod hosts;
 mod instruments;
@@ -22,6 +23,7 @@ mod stats;
 pub use autodb::{MAX_AUTO_POOLS, too_many_auto_pools};
 pub use checkout::CheckoutError;
 pub use control::ServerCounts;
+pub use dedicated::DedicatedServer;
 pub(crate) use diagnose::client_origin;
 pub use hosts::{HaSettings, Health, HostState, Role};
 pub(crate) use instruments::RECYCLE_REASONS;

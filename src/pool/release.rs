@@ -102,8 +102,9 @@ impl Pool {
         }
         let identity = server.conn.identity;
         if identity == Identity::MaybeChanged {
-            // Back to the user the server logged in as, before anyone else gets it.
-            queries.push("RESET SESSION AUTHORIZATION; RESET ROLE");
+            // Back to the user the server logged in as, before anyone else gets it (and without
+            // a LISTEN a transaction-mode client ran unseen, see session/listen.rs).
+            queries.push("RESET SESSION AUTHORIZATION; RESET ROLE; UNLISTEN *");
         }
         if let Some(r) = &reset {
             queries.push(r);

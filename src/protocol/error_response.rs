@@ -41,6 +41,10 @@ pub mod sqlstate {
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     /// The transaction failed earlier; commands are ignored until its end.
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    /// A statement PostgreSQL could not parse.
+    pub const SYNTAX_ERROR: &str = "42601";
+    /// An identifier was cut to 63 bytes (a NOTICE).
+    pub const NAME_TOO_LONG: &str = "42622";
 }
 
 /// Severity of an ErrorResponse/NoticeResponse.

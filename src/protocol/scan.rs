@@ -85,8 +85,10 @@ pub enum Want {
 #[derive(Debug, Clone)]
 pub struct FrameScanner {
     remaining: usize,
-    max_whole: usize,
-    max_message: usize,
+    /// Kept as u32 (a frame's length is an i32, so nothing is lost): the scanner sits in every
+    /// idle session.
+    max_whole: u32,
+    max_message: u32,
 }
 
 impl FrameScanner {
@@ -94,8 +96,8 @@ impl FrameScanner {
     pub fn new(max_whole: usize, max_message: usize) -> FrameScanner {
         FrameScanner {
             remaining: 0,
-            max_whole,
-            max_message,
+            max_whole: u32::try_from(max_whole).unwrap_or(u32::MAX),
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
         }
     }
 
@@ -141,11 +143,11 @@ impl FrameScanner {
             return Err(FrameError::BadLength { tag, len });
         }
         let total = len as usize + 1;
-        if total > self.max_message {
+        if total > self.max_message as usize {
             return Err(FrameError::TooLarge {
                 tag,
                 len: total,
-                max: self.max_message,
+                max: self.max_message as usize,
             });
         }
         let wanted = match want(tag, total)? {
@@ -163,11 +165,11 @@ impl FrameScanner {
             other => other,
         };
         if wanted == Want::Whole {
-            if total > self.max_whole {
+            if total > self.max_whole as usize {
                 return Err(FrameError::TooLarge {
                     tag,
                     len: total,
-                    max: self.max_whole,
+                    max: self.max_whole as usize,
                 });
             }
             if buf.len() < total {

@@ -107,8 +107,9 @@ pub struct ServerConn {
 pub enum Identity {
     /// The user it logged in as, with no role set.
     Login,
-    /// A client ran something that may have changed the role or session authorization: the
-    /// release path resets both (or closes the server) before anyone else gets it.
+    /// A client ran something that may have changed the role or session authorization (or a
+    /// LISTEN reached the server in transaction mode): the release path resets them and
+    /// UNLISTENs (or closes the server) before anyone else gets it.
     MaybeChanged,
 }
 

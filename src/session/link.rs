@@ -436,6 +436,18 @@ impl Link {
             && client.at_boundary()
     }
 
+    /// True when everything sent to the server is answered, though its batch may be open (the
+    /// client sent Flush, not Sync).
+    pub(super) fn answered(&self, client: &ClientIo) -> bool {
+        self.responses.is_empty()
+            && matches!(self.input, ServerInput::Messages(_))
+            && !self.responses.server_skipping()
+            && self.client_batch != ClientBatch::SkippingToSync
+            && self.to_server.is_empty()
+            && self.server_scan.at_boundary()
+            && client.at_boundary()
+    }
+
     /// In what state the server is left if the client goes now.
     pub(super) fn disposition(&self, client: &ClientIo, server: &ServerConn) -> Disposition {
         if !self.quiet(client) || !server.read_buf.is_empty() {

@@ -6,7 +6,10 @@ mod client;
 mod holding;
 mod identity;
 mod link;
+mod listen;
+mod listen_wire;
 mod login;
+mod notifications;
 mod params;
 mod pin_refusal;
 mod pins;
@@ -74,6 +77,8 @@ enum IdleWake {
     Left,
     /// The client was ended from outside.
     Killed(crate::clients::Kill),
+    /// A notification for the client (LISTEN in transaction mode) was put in its output.
+    Notification,
 }
 
 /// Why a logged-in session ended.
@@ -132,6 +137,7 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
                 login: logged_in,
                 state: SessionState::Idle,
                 statements: None,
+                listening: None,
             };
             // A task of its own, holding only the session (moved in once, then borrowed): the
             // login's task and everything its frames kept are freed, so an idle client costs
@@ -222,6 +228,8 @@ struct Session {
     state: SessionState,
     /// The client's named prepared statements (transaction mode; created on first use).
     statements: Option<Box<ClientStatements>>,
+    /// The client's LISTEN channels and notifications (transaction mode; created on first LISTEN).
+    listening: Option<Box<listen::Listening>>,
 }
 
 impl Session {
@@ -236,6 +244,10 @@ impl Session {
                         _ => self.step_idle(),
                     },
                     IdleWake::Nothing => continue,
+                    IdleWake::Notification => match Box::pin(self.deliver_idle()).await {
+                        Ok(()) => continue,
+                        Err(ending) => Err(ending),
+                    },
                     IdleWake::Left => Err(Ending::ClientLeft),
                     IdleWake::Killed(kill) => Ok(SessionState::Killed(Box::new(kill))),
                 },
@@ -280,6 +292,12 @@ impl Session {
             if let Poll::Ready(kill) = self.login.info().poll_killed(cx, false) {
                 return Poll::Ready(IdleWake::Killed(kill));
             }
+            if let Some(l) = self.listening.as_deref_mut()
+                && let Poll::Ready(Some(msg)) = l.poll_next(cx)
+            {
+                self.client.outbuf.extend_from_slice(&msg);
+                return Poll::Ready(IdleWake::Notification);
+            }
             match self.client.reader.poll_readable(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(_)) => Poll::Ready(IdleWake::Left),
@@ -319,12 +337,16 @@ impl Session {
         ))
     }
 
-    /// Sends a FATAL (after what is buffered, when `flush_first`) and ends the session with it.
+    /// Sends a FATAL (after what is buffered, when `flush_first`) and ends the session with it;
+    /// a client that does not read (one that overflowed its notifications) gets a few seconds.
     async fn end_with(&mut self, e: PgError, flush_first: bool) -> Ending {
-        if flush_first {
-            let _ = relay::flush_client(&mut self.client).await;
-        }
-        send_fatal(&mut self.client, &e).await;
+        let tell = async {
+            if flush_first {
+                let _ = relay::flush_client(&mut self.client).await;
+            }
+            send_fatal(&mut self.client, &e).await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tell).await;
         Ending::Error(e)
     }
 
@@ -412,6 +434,9 @@ impl Session {
             stats: &self.login.pool.stats,
             timeouts,
             release_when_idle: mode == PoolMode::Transaction && !active.link.pins.keeps_server(),
+            emulates_listen: mode == PoolMode::Transaction,
+            listen: &mut self.listening,
+            listen_request: None,
         };
         let end = relay::relay(
             &mut self.client,
@@ -420,6 +445,19 @@ impl Session {
             &mut ctx,
         )
         .await;
+        let end = match end {
+            Ok(RelayEnd::Listen(request)) => match Box::pin(self.answer_listen(request, &active)).await {
+                Some(done) => Ok(done),
+                None => return Ok(SessionState::Active(active)),
+            },
+            Ok(RelayEnd::TransactionDone) => Ok(RelayEnd::TransactionDone),
+            other => {
+                if let Some(l) = self.listening.as_deref_mut() {
+                    l.transaction_lost();
+                }
+                other
+            }
+        };
         let Active { mut server, mut link } = *active;
         if self.login.params.reads_back_always() {
             link.resets.may_have_changed();
@@ -469,6 +507,7 @@ impl Session {
                 self.login.info().hold(None);
                 Err(self.end_with(kill.error(), true).await)
             }
+            Ok(RelayEnd::Listen(_)) => Err(Ending::ClientLeft), // answered above
             Ok(RelayEnd::TimedOut(expiry)) => {
                 self.release(server, &link);
                 Err(self.end_with(expiry.error(&timeouts), true).await)

@@ -45,6 +45,8 @@ pub(super) enum RelayEnd {
     TimedOut(Expiry),
     /// The client was ended from outside (KILL_CLIENT, shutdown).
     Killed(crate::clients::Kill),
+    /// A LISTEN or UNLISTEN for the session to answer (transaction mode; nothing in flight).
+    Listen(super::listen::ListenRequest),
 }
 
 /// Why relaying stopped abnormally.
@@ -87,8 +89,16 @@ pub(super) struct RelayContext<'a> {
     pub(super) stats: &'a PoolStats,
     /// Time limits.
     pub(super) timeouts: Timeouts,
-    /// Transaction mode: stop at the end of each transaction.
+    /// Transaction mode, and no pinned session state: stop at the end of each transaction.
     pub(super) release_when_idle: bool,
+    /// Transaction mode (pinned or not): sluice answers LISTEN/UNLISTEN itself, and a LISTEN
+    /// that reached the server anyway marks it for cleaning.
+    pub(super) emulates_listen: bool,
+    /// The client's LISTEN state (transaction mode), told of transaction ends and read for
+    /// notifications to deliver between messages.
+    pub(super) listen: &'a mut Option<Box<super::listen::Listening>>,
+    /// A LISTEN request taken off the client's input, for the session to answer.
+    pub(super) listen_request: Option<super::listen::ListenRequest>,
 }
 
 /// Relays until the transaction ends (when `release_when_idle`), the client leaves, or a side fails.
@@ -116,6 +126,9 @@ async fn relay_loop(
     tokio::pin!(killed);
     loop {
         let pumped = pump_client(client, link, server, ctx)?;
+        if let Some(request) = ctx.listen_request.take() {
+            return Ok(RelayEnd::Listen(request));
+        }
         link.note_request_start(server, ctx.info);
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)?
@@ -138,7 +151,15 @@ async fn relay_loop(
         let read_client = (client.inbuf.len() < OUT_CAP || starved) && room_for_more(link);
         let read_server = client.outbuf.len() < OUT_CAP;
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
+        // Notifications go out between the server's messages, as PostgreSQL sends them.
+        let deliver = ctx.listen.is_some() && link.server_scan.at_boundary() && client.outbuf.len() < OUT_CAP;
         tokio::select! {
+            Some(msg) = next_notification(ctx.listen), if deliver => {
+                client.outbuf.extend_from_slice(&msg);
+                if let Some(l) = ctx.listen.as_deref_mut() {
+                    l.drain_into(&mut client.outbuf, OUT_CAP);
+                }
+            }
             reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
@@ -176,6 +197,15 @@ async fn relay_loop(
     }
 }
 
+/// The client's next notification (never, when it listens on nothing).
+async fn next_notification(listen: &mut Option<Box<super::listen::Listening>>) -> Option<bytes::Bytes> {
+    std::future::poll_fn(|cx| match listen.as_deref_mut() {
+        Some(l) => l.poll_next(cx),
+        None => std::task::Poll::Pending,
+    })
+    .await
+}
+
 /// True while the server-bound buffer and the replies owed leave room for more client messages.
 fn room_for_more(link: &Link) -> bool {
     link.to_server.len() < OUT_CAP
@@ -201,17 +231,22 @@ async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> 
 /// A message PostgreSQL would not accept here is refused at its header: nothing of it, nor of
 /// anything after it, reaches the server.
 /// `whole_text`: statements that would pin the server are refused, so query texts come whole.
+/// `listening`: sluice answers LISTEN/UNLISTEN, so query texts short enough to be one come whole.
 fn client_want(
     tag: u8,
     total: usize,
     tracking: bool,
     executes_answered: bool,
     whole_text: bool,
+    listening: bool,
 ) -> Result<Want, FrameError> {
     crate::protocol::check_client_message(tag, total)?;
     Ok(match tag {
         frontend::TERMINATE => Want::Whole,
         frontend::QUERY | frontend::PARSE if whole_text => Want::Whole,
+        frontend::QUERY | frontend::PARSE if listening && total <= super::listen::LISTEN_TEXT_MAX => {
+            Want::Whole
+        }
         frontend::EXECUTE if executes_answered => Want::Whole,
         frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE if tracking => Want::Whole,
         frontend::BIND if tracking => Want::Head(BIND_HEAD),
@@ -242,6 +277,7 @@ fn pump_client(
 ) -> Result<ClientPump, RelayError> {
     let tracking = ctx.statement_capacity > 0;
     let whole_text = link.pins.refuses();
+    let listening = ctx.emulates_listen;
     while room_for_more(link) {
         // Per message: a Bind just read may have made the next Execute sluice's to answer.
         let executes_answered = ctx
@@ -251,7 +287,7 @@ fn pump_client(
         let item = client
             .scan
             .next_with(&client.inbuf, |tag, total| {
-                client_want(tag, total, tracking, executes_answered, whole_text)
+                client_want(tag, total, tracking, executes_answered, whole_text, listening)
             })
             .map_err(RelayError::ClientProtocol)?;
         match item {
@@ -298,7 +334,40 @@ fn pump_client(
                     client.inbuf.advance(len);
                     continue;
                 }
-                let outcome = translate(tag, &client.inbuf[..len], link, server, ctx);
+                let sql = tag == frontend::QUERY || tag == frontend::PARSE;
+                if listening && (sql || tag == frontend::BIND) {
+                    use super::listen::Intercept;
+                    let statements = tracking.then_some(&mut *ctx.statements);
+                    let quiet = if link.quiet(client) {
+                        super::listen::Quiet::Synced
+                    } else if link.answered(client) {
+                        super::listen::Quiet::OpenBatch
+                    } else {
+                        super::listen::Quiet::Busy
+                    };
+                    match super::listen::intercept(tag, client, len, quiet, statements) {
+                        Intercept::Pass => {}
+                        Intercept::Wait => break,
+                        Intercept::Starved => return Ok(ClientPump::Starved),
+                        Intercept::Rewritten => continue,
+                        Intercept::Refused(e) => {
+                            client.inbuf.advance(len);
+                            link.responses.push_error(&e);
+                            link.input.unsynced();
+                            link.client_batch = ClientBatch::SkippingToSync;
+                            continue;
+                        }
+                        Intercept::Answer(request) => {
+                            ctx.listen_request = Some(request);
+                            return Ok(ClientPump::Stopped);
+                        }
+                    }
+                }
+                let outcome = if tracking || !sql {
+                    translate(tag, &client.inbuf[..len], link, server, ctx)
+                } else {
+                    Outcome::Forward
+                };
                 if outcome == Outcome::Wait {
                     break; // read again once the shape check is answered
                 }
@@ -481,6 +550,9 @@ fn pump_server(
                     }
                     server.tx_status =
                         TxStatus::try_from(msg[5]).map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
+                    if let Some(l) = ctx.listen.as_deref_mut() {
+                        l.on_ready(server.tx_status);
+                    }
                 }
                 backend::ERROR_RESPONSE => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
@@ -492,7 +564,12 @@ fn pump_server(
                     }
                     note = Some(ErrorNote::of(&error));
                 }
-                backend::COMMAND_COMPLETE => command_complete(&msg[5..], server, ctx, link),
+                backend::COMMAND_COMPLETE => {
+                    command_complete(&msg[5..], server, ctx, link);
+                    if let Some(l) = ctx.listen.as_deref_mut() {
+                        l.on_command_complete(&msg[5..]);
+                    }
+                }
                 backend::ROW_DESCRIPTION | backend::NO_DATA => row_description(&msg, link, server, ctx),
                 backend::PARAMETER_STATUS => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
@@ -577,6 +654,15 @@ fn command_complete(body: &[u8], server: &mut ServerConn, ctx: &mut RelayContext
     }
     link.resets.on_command_complete(body);
     link.pins.on_command_complete(body);
+    if ctx.emulates_listen && body == b"LISTEN\0" {
+        // A LISTEN sluice did not see (in a statement too long to read): the release path
+        // cleans the server (its UNLISTEN *) before anyone else gets it.
+        tracing::warn!(
+            client = ctx.info.id,
+            "a LISTEN reached a pooled server; it is undone at release"
+        );
+        server.identity = crate::server::Identity::MaybeChanged;
+    }
 }
 
 /// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query

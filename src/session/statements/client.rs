@@ -31,7 +31,13 @@ pub(crate) struct ClientStatements {
     bytes: usize,
     /// An unnamed statement or portal that is a `DEALLOCATE` sluice answers itself.
     pub(crate) deallocating: Deallocating,
+    /// Names of statements whose text is a LISTEN or UNLISTEN (transaction mode): their
+    /// executions are answered by sluice (`session/listen.rs`). Bounded by `MAX_LISTEN_STATEMENTS`.
+    pub(crate) listens: Vec<Bytes>,
 }
+
+/// Most named LISTEN/UNLISTEN statements one client may keep prepared.
+pub(crate) const MAX_LISTEN_STATEMENTS: usize = 64;
 
 impl ClientStatements {
     /// How many the client holds.

@@ -1,0 +1,395 @@
+//! One pool's listening hub: which client listens on which channel (each map bounded), the
+//! state of the pool's listening connection, and delivery of each notification to the
+//! mailboxes of the channel's subscribers, never waiting for any of them.
+
+use super::mailbox::{Mailbox, Offer};
+use crate::pool::{Pool, PoolKey};
+use crate::protocol::{PgError, sqlstate};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Where the pool's listening connection stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenerState {
+    /// No connection: nobody listens (or nobody has yet).
+    Closed,
+    /// Opening it (first subscription, or after a failure).
+    Connecting,
+    /// Open and LISTENing, on the backend with this pid.
+    Listening { pid: i32 },
+    /// The last attempt failed (`failures` in a row); retried after a back-off.
+    Retrying { failures: u32, error: String },
+}
+
+impl ListenerState {
+    /// The state's name, as SHOW LISTENERS prints it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            ListenerState::Closed => "closed",
+            ListenerState::Connecting => "connecting",
+            ListenerState::Listening { .. } => "listening",
+            ListenerState::Retrying { .. } => "retrying",
+        }
+    }
+}
+
+/// Whether a subscriber hears a channel yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// LISTENed inside a transaction that has not committed: not delivered to yet.
+    Pending,
+    /// Delivered to.
+    Active,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    subscribers: HashMap<u64, Phase>,
+    delivered: u64,
+    dropped: u64,
+}
+
+/// Whether the hub's connection task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Stopped,
+    Running,
+}
+
+struct HubState {
+    channels: HashMap<String, Channel>,
+    mailboxes: HashMap<u64, Arc<Mailbox>>,
+    next_id: u64,
+    connection: ListenerState,
+    /// Channels LISTENed on the current connection (what the task confirmed).
+    confirmed: BTreeSet<String>,
+    task: Task,
+}
+
+/// One pool's subscriptions and listening connection.
+pub(crate) struct Hub {
+    key: PoolKey,
+    pool: Weak<Pool>,
+    state: Mutex<HubState>,
+    /// Subscriptions changed: the task reconciles (a permit is kept if it is busy).
+    pub(super) wake: tokio::sync::Notify,
+    /// The confirmed set changed (a waiting LISTEN looks again).
+    confirmed_changed: tokio::sync::Notify,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    connects: AtomicU64,
+}
+
+/// One channel in SHOW LISTENERS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChannelFigures {
+    /// The channel name.
+    pub(crate) channel: String,
+    /// Clients listening on it (committed or not).
+    pub(crate) subscribers: usize,
+    /// Notifications queued for its clients.
+    pub(crate) delivered: u64,
+    /// Notifications dropped for clients over their bounds.
+    pub(crate) dropped: u64,
+}
+
+/// One pool's hub in SHOW LISTENERS and the exporter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HubFigures {
+    /// The pool's database.
+    pub(crate) database: String,
+    /// The pool's user.
+    pub(crate) user: String,
+    /// The listening connection's state.
+    pub(crate) state: ListenerState,
+    /// Clients with a subscription.
+    pub(crate) clients: usize,
+    /// Its channels, sorted by name.
+    pub(crate) channels: Vec<ChannelFigures>,
+    /// Notifications queued for clients since the start.
+    pub(crate) delivered: u64,
+    /// Notifications dropped since the start.
+    pub(crate) dropped: u64,
+    /// Listening connections opened since the start.
+    pub(crate) connects: u64,
+}
+
+impl Hub {
+    pub(super) fn new(pool: &Arc<Pool>) -> Arc<Hub> {
+        Arc::new(Hub {
+            key: pool.key.clone(),
+            pool: Arc::downgrade(pool),
+            state: Mutex::new(HubState {
+                channels: HashMap::new(),
+                mailboxes: HashMap::new(),
+                next_id: 1,
+                connection: ListenerState::Closed,
+                confirmed: BTreeSet::new(),
+                task: Task::Stopped,
+            }),
+            wake: tokio::sync::Notify::new(),
+            confirmed_changed: tokio::sync::Notify::new(),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        })
+    }
+
+    /// True while this hub belongs to `pool` (a pool made anew under the same key gets a new hub).
+    pub(super) fn serves(&self, pool: &Arc<Pool>) -> bool {
+        self.pool.upgrade().is_some_and(|p| Arc::ptr_eq(&p, pool))
+    }
+
+    pub(super) fn pool(&self) -> Option<Arc<Pool>> {
+        self.pool.upgrade()
+    }
+
+    pub(super) fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// Registers a client's mailbox; returns its subscriber id.
+    pub(super) fn register(&self, mailbox: Arc<Mailbox>) -> u64 {
+        let mut st = self.state.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.mailboxes.insert(id, mailbox);
+        id
+    }
+
+    /// Removes a client and all its subscriptions.
+    pub(super) fn deregister(&self, id: u64) {
+        let mut st = self.state.lock();
+        st.mailboxes.remove(&id);
+        let before = st.channels.len();
+        st.channels.retain(|_, c| {
+            c.subscribers.remove(&id);
+            !c.subscribers.is_empty()
+        });
+        if st.channels.len() != before {
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Subscribes client `id` to `channel`; a new channel counts against `pool_channels`.
+    /// Starts the listening connection's task if it is not running.
+    pub(super) fn subscribe(
+        self: &Arc<Self>,
+        id: u64,
+        channel: &str,
+        phase: Phase,
+        pool_channels: usize,
+    ) -> Result<(), PgError> {
+        let mut st = self.state.lock();
+        let is_new = !st.channels.contains_key(channel);
+        if is_new && st.channels.len() >= pool_channels {
+            return Err(PgError::error(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                format!(
+                    "too many LISTEN channels in pool {}: at most {pool_channels} (max_pool_listen_channels)",
+                    self.key
+                ),
+            ));
+        }
+        st.channels
+            .entry(channel.to_string())
+            .or_default()
+            .subscribers
+            .insert(id, phase);
+        let start = st.task == Task::Stopped;
+        if start {
+            st.task = Task::Running;
+            st.connection = ListenerState::Connecting;
+        }
+        drop(st);
+        if start {
+            super::task::spawn(self.clone());
+        }
+        if is_new {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A subscription LISTENed inside a transaction takes effect (its transaction committed).
+    pub(super) fn activate(&self, id: u64, channel: &str) {
+        if let Some(c) = self.state.lock().channels.get_mut(channel)
+            && let Some(p) = c.subscribers.get_mut(&id)
+        {
+            *p = Phase::Active;
+        }
+    }
+
+    /// Ends client `id`'s subscription to `channel` (the channel goes when its last one does).
+    pub(super) fn unsubscribe(&self, id: u64, channel: &str) {
+        let mut st = self.state.lock();
+        let Some(c) = st.channels.get_mut(channel) else {
+            return;
+        };
+        c.subscribers.remove(&id);
+        if c.subscribers.is_empty() {
+            st.channels.remove(channel);
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until the listening connection has LISTENed on `channel` (so nothing NOTIFYed
+    /// after the client's LISTEN returns is missed), or `limit` passes.
+    pub(super) async fn wait_confirmed(&self, channel: &str, limit: Duration) -> Result<(), PgError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.confirmed_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let last_error = {
+                let st = self.state.lock();
+                if st.confirmed.contains(channel) {
+                    return Ok(());
+                }
+                match &st.connection {
+                    ListenerState::Retrying { error, .. } => Some(error.clone()),
+                    _ => None,
+                }
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let mut e = PgError::error(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!(
+                        "LISTEN failed: the listening connection of pool {} did not LISTEN within {}",
+                        self.key,
+                        crate::config::format_duration(limit)
+                    ),
+                );
+                if let Some(error) = last_error {
+                    e = e.with_detail(format!("last error: {error}"));
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// The channels the connection should LISTEN on now.
+    pub(super) fn wanted(&self) -> BTreeSet<String> {
+        self.state.lock().channels.keys().cloned().collect()
+    }
+
+    /// The task stops when nobody listens; true if it stopped (it must then return).
+    pub(super) fn stop_if_unused(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.channels.is_empty() {
+            st.task = Task::Stopped;
+            st.connection = ListenerState::Closed;
+            st.confirmed.clear();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The task's pool is gone: it stops.
+    pub(super) fn stop(&self) {
+        let mut st = self.state.lock();
+        st.task = Task::Stopped;
+        st.connection = ListenerState::Closed;
+        st.confirmed.clear();
+    }
+
+    pub(super) fn set_connection(&self, state: ListenerState) {
+        if matches!(state, ListenerState::Listening { .. })
+            && !matches!(self.state.lock().connection, ListenerState::Listening { .. })
+        {
+            self.connects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.state.lock().connection = state;
+        self.confirmed_changed.notify_waiters();
+    }
+
+    /// The connection now LISTENs on exactly `channels`.
+    pub(super) fn confirm(&self, channels: &BTreeSet<String>) {
+        self.state.lock().confirmed = channels.clone();
+        self.confirmed_changed.notify_waiters();
+    }
+
+    /// Queues a notification for every client that listens on `channel` (committed), without
+    /// waiting: a client over its bounds is dropped from delivery and disconnected.
+    pub(super) fn deliver(&self, channel: &str, msg: Bytes) {
+        let mut st = self.state.lock();
+        let HubState {
+            channels, mailboxes, ..
+        } = &mut *st;
+        let Some(c) = channels.get_mut(channel) else {
+            return;
+        };
+        let (mut delivered, mut dropped) = (0u64, 0u64);
+        for (id, phase) in &c.subscribers {
+            if *phase != Phase::Active {
+                continue;
+            }
+            let Some(mailbox) = mailboxes.get(id) else {
+                continue;
+            };
+            match mailbox.offer(msg.clone()) {
+                Offer::Queued => delivered += 1,
+                Offer::Dropped => dropped += 1,
+            }
+        }
+        c.delivered += delivered;
+        c.dropped += dropped;
+        drop(st);
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Queues a message (a NOTICE) for every client with at least one committed channel.
+    pub(super) fn tell_all(&self, msg: Bytes) {
+        let st = self.state.lock();
+        let mut told = BTreeSet::new();
+        for c in st.channels.values() {
+            for (id, phase) in &c.subscribers {
+                if *phase == Phase::Active
+                    && told.insert(*id)
+                    && let Some(m) = st.mailboxes.get(id)
+                {
+                    let _ = m.offer(msg.clone());
+                }
+            }
+        }
+    }
+
+    /// This hub in SHOW LISTENERS.
+    pub(crate) fn figures(&self) -> HubFigures {
+        let st = self.state.lock();
+        let mut channels: Vec<ChannelFigures> = st
+            .channels
+            .iter()
+            .map(|(name, c)| ChannelFigures {
+                channel: name.clone(),
+                subscribers: c.subscribers.len(),
+                delivered: c.delivered,
+                dropped: c.dropped,
+            })
+            .collect();
+        channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+        HubFigures {
+            database: self.key.database.clone(),
+            user: self.key.user.clone(),
+            state: st.connection.clone(),
+            clients: st.mailboxes.len(),
+            channels,
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// When a lost connection was noticed (for the NOTICE's text).
+pub(super) fn since_text(since: Instant) -> String {
+    format!("{:.1}s", since.elapsed().as_secs_f64())
+}
