@@ -645,3 +645,45 @@ async fn a_listen_too_long_to_read_is_undone_before_another_client_gets_the_serv
     );
     sluice.shutdown().await;
 }
+
+/// asyncpg's pool resets every connection it takes back with one Query of several statements,
+/// `UNLISTEN *` among them: it runs, and ends the client's subscriptions as on PostgreSQL; in a
+/// block it takes effect at COMMIT. A LISTEN among other statements stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlisten_among_other_statements_runs_and_ends_the_subscriptions() {
+    let db = pg().create_database("t_ln_reset").await;
+    let sluice = start_sluice(&config(&db, 1, "")).await;
+    let addr = sluice.tcp_addr();
+    let mut a = listener(addr, &db).await;
+    a.client.batch_execute("LISTEN reset_me").await.expect("LISTEN");
+    notify_direct(&db, "reset_me", "before").await;
+    assert_eq!(
+        a.next_note(Duration::from_secs(10)).await,
+        Some(("reset_me".into(), "before".into()))
+    );
+    // Inside a block that rolls back: still listening.
+    a.client
+        .batch_execute("BEGIN; SELECT 1; UNLISTEN reset_me; ROLLBACK")
+        .await
+        .expect("UNLISTEN among others, rolled back");
+    notify_direct(&db, "reset_me", "after rollback").await;
+    assert_eq!(
+        a.next_note(Duration::from_secs(10)).await,
+        Some(("reset_me".into(), "after rollback".into()))
+    );
+    // asyncpg 0.30's reset query, as its pool sends it.
+    a.client
+        .batch_execute("SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;")
+        .await
+        .expect("asyncpg's reset query");
+    notify_direct(&db, "reset_me", "after reset").await;
+    let rest = a.drain(Duration::from_millis(700)).await;
+    assert!(rest.is_empty(), "heard after the reset: {rest:?}");
+    let e = a
+        .client
+        .batch_execute("SELECT 1; LISTEN reset_me")
+        .await
+        .expect_err("LISTEN among other statements");
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+    sluice.shutdown().await;
+}

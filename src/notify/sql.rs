@@ -12,7 +12,17 @@ pub(crate) enum ListenSql {
     Other,
     /// The text is exactly one `LISTEN`/`UNLISTEN` statement.
     Command(ListenCommand),
-    /// A LISTEN or UNLISTEN among other statements (or in a form sluice does not read): refused.
+    /// UNLISTENs among other statements, and no LISTEN (asyncpg's connection reset, `...;
+    /// UNLISTEN *; RESET ALL;`): the text runs on the server as it is (where it finds nothing to
+    /// unlisten) and the client's own subscriptions change as these say. `blocks`: the text
+    /// opens or ends a transaction block itself, so the change waits for a COMMIT.
+    UnlistenAmong {
+        /// The UNLISTENs, in order.
+        commands: Vec<ListenCommand>,
+        /// A statement of the text is transaction control (BEGIN, COMMIT, ROLLBACK, ...).
+        blocks: bool,
+    },
+    /// A LISTEN among other statements (or in a form sluice does not read): refused.
     Unsupported(&'static str),
     /// A LISTEN or UNLISTEN that PostgreSQL would refuse too (SQLSTATE, message).
     Invalid(&'static str, String),
@@ -58,9 +68,30 @@ pub(crate) fn classify(text: &[u8]) -> ListenSql {
     match (listening.first(), statements.len()) {
         (None, _) => ListenSql::Other,
         (Some(stmt), 1) => parse_command(stmt),
-        (Some(_), _) => ListenSql::Unsupported(
-            "LISTEN and UNLISTEN must be sent as a statement of their own in transaction pooling",
-        ),
+        (Some(_), _) => {
+            // Only UNLISTENs: nothing would be left on a pooled server, so the text may run there.
+            let unlistens: Option<Vec<ListenCommand>> = listening
+                .iter()
+                .map(|stmt| match parse_command(stmt) {
+                    ListenSql::Command(c @ (ListenCommand::Unlisten { .. } | ListenCommand::UnlistenAll)) => {
+                        Some(c)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let blocks = statements.iter().any(|stmt| {
+                matches!(
+                    first_word(stmt).to_ascii_lowercase().as_str(),
+                    "begin" | "start" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release"
+                )
+            });
+            match unlistens {
+                Some(commands) => ListenSql::UnlistenAmong { commands, blocks },
+                None => ListenSql::Unsupported(
+                    "LISTEN must be sent as a statement of its own in transaction pooling",
+                ),
+            }
+        }
     }
 }
 
@@ -312,6 +343,32 @@ mod tests {
         assert!(matches!(
             classify(b"LISTEN a; LISTEN b"),
             ListenSql::Unsupported(_)
+        ));
+        assert!(matches!(
+            classify(b"UNLISTEN a; LISTEN b"),
+            ListenSql::Unsupported(_)
+        ));
+        // asyncpg's connection reset (every pool release) runs on the server as it is.
+        assert_eq!(
+            classify(b"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;"),
+            ListenSql::UnlistenAmong {
+                commands: vec![ListenCommand::UnlistenAll],
+                blocks: false
+            }
+        );
+        assert_eq!(
+            classify(b"UNLISTEN \"A\"; SELECT 1"),
+            ListenSql::UnlistenAmong {
+                commands: vec![ListenCommand::Unlisten {
+                    channel: "A".into(),
+                    truncated: false
+                }],
+                blocks: false
+            }
+        );
+        assert!(matches!(
+            classify(b"BEGIN; UNLISTEN a; ROLLBACK"),
+            ListenSql::UnlistenAmong { blocks: true, .. }
         ));
         assert_eq!(classify(b"SELECT 'a;LISTEN b'"), ListenSql::Other);
         assert_eq!(classify(b"SELECT $x$;LISTEN b$x$"), ListenSql::Other);

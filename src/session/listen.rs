@@ -64,6 +64,18 @@ impl Listening {
         }
     }
 
+    /// UNLISTENs that ran among other statements of a Query: at once, or at COMMIT when the
+    /// client is `in_transaction` (a block it opened before).
+    pub(super) fn unlisten_among(&mut self, commands: &[ListenCommand], in_transaction: bool) {
+        for c in commands {
+            match c {
+                ListenCommand::Unlisten { channel, .. } => self.sub.unlisten(channel, in_transaction),
+                ListenCommand::UnlistenAll => self.sub.unlisten_all(in_transaction),
+                ListenCommand::Listen { .. } => {}
+            }
+        }
+    }
+
     /// The client's server was lost or taken back mid-transaction: the transaction is gone.
     pub(super) fn transaction_lost(&mut self) {
         if self.sub.has_pending() {
@@ -123,6 +135,13 @@ pub(super) enum Intercept {
     Rewritten,
     /// Refused with this error in place of its reply (the batch is skipped to its Sync).
     Refused(PgError),
+    /// A Query with UNLISTENs among other statements: it goes to the server as it is, and the
+    /// client's subscriptions change as these say: at once, or at COMMIT when the client is in
+    /// a block or the text itself opens or ends one (`blocks`).
+    PassUnlistening {
+        commands: Vec<ListenCommand>,
+        blocks: bool,
+    },
 }
 
 /// Looks at the whole Query, Parse or Bind at the front of the client's input (`len` bytes).
@@ -157,6 +176,11 @@ pub(super) fn intercept(
     }
     let command = match classified {
         ListenSql::Other => return Intercept::Pass,
+        ListenSql::UnlistenAmong { commands, blocks } if tag == frontend::QUERY => {
+            return Intercept::PassUnlistening { commands, blocks };
+        }
+        // One Parse holds one statement: PostgreSQL refuses several itself.
+        ListenSql::UnlistenAmong { .. } => return Intercept::Pass,
         ListenSql::Command(c) => c,
         ListenSql::Unsupported(why) => {
             return refuse(
@@ -225,7 +249,7 @@ fn parse_named(
         return refuse(client, len, e);
     };
     match classified {
-        ListenSql::Other => {
+        ListenSql::Other | ListenSql::UnlistenAmong { .. } => {
             if let Some(s) = statements.as_deref_mut() {
                 s.listens.retain(|n| n.as_ref() != name.as_slice());
             }

@@ -361,6 +361,11 @@ fn pump_client(
                             ctx.listen_request = Some(request);
                             return Ok(ClientPump::Stopped);
                         }
+                        Intercept::PassUnlistening { commands, blocks } => {
+                            if let Some(l) = ctx.listen.as_deref_mut() {
+                                l.unlisten_among(&commands, blocks || server.tx_status != TxStatus::Idle);
+                            }
+                        }
                     }
                 }
                 let outcome = if tracking || !sql {
