@@ -329,3 +329,61 @@ async fn many_clients_each_keep_their_own_setting_and_victims_see_none() {
         assert_eq!(errors, 0, "client {i} saw a work_mem not its own");
     }
 }
+
+/// A function that changes work_mem for the session, called from a query whose text shows
+/// nothing of it.
+const SET_IN_FUNCTION: &str = "CREATE FUNCTION quietly_set_work_mem() RETURNS int LANGUAGE plpgsql AS \
+     $$ BEGIN PERFORM set_config('work_mem', '77MB', false); RETURN 1; END $$";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_session_state_check_always_a_set_inside_a_function_follows_its_client() {
+    const N: usize = 3;
+    let db = pg().create_database("t_ss_function").await;
+    let toml = PoolerToml::new("scram-sha-256")
+        .pool_mode("transaction")
+        .set("query_wait_timeout = \"20s\"\nsession_state_check = \"always\"")
+        .user_password("sluice_scram", "scram_pw")
+        .database(&db, Some(N as u32))
+        .build();
+    let sluice = start_sluice(&toml).await;
+    let addr = sluice.tcp_addr();
+    let default = server_default(&db, "work_mem").await;
+    let a = client(addr, &db).await;
+    a.batch_execute(SET_IN_FUNCTION).await.unwrap();
+    let n: i32 = a
+        .query_one("SELECT quietly_set_work_mem()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // N victims hold the N servers at once: none sees A's work_mem.
+    let others: Vec<_> = futures_util::future::join_all((0..N).map(|_| client(addr, &db))).await;
+    let mut errors = 0;
+    let mut seen = BTreeSet::new();
+    for c in &others {
+        c.batch_execute("BEGIN").await.unwrap();
+        let (value, pid) = setting_and_pid(c, "work_mem").await;
+        seen.insert(pid);
+        if value != default {
+            errors += 1;
+        }
+    }
+    assert_eq!(seen.len(), N, "the N victims held the N servers");
+    for c in &others {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(
+        errors, 0,
+        "victims saw the work_mem a function set for another client"
+    );
+    // A keeps its value on whichever server it gets.
+    for k in 0..N {
+        for c in &others[..k] {
+            c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        assert_eq!(setting_and_pid(&a, "work_mem").await.0, "77MB");
+        for c in &others[..k] {
+            c.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+}

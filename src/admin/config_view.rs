@@ -73,6 +73,7 @@ const CHANGEABLE: &[&str] = &[
     "dns_max_ttl",
     "dns_nxdomain_ttl",
     "pin_session_state",
+    "session_state_check",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

@@ -92,6 +92,20 @@ pub enum PinSessionState {
     Off,
 }
 
+/// When a transaction-mode client's server is asked, after a transaction, which settings and
+/// pinning state it carries (one query, `session_state_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStateCheck {
+    /// After a transaction whose statements or text show a sign of it (SET, RESET, DISCARD,
+    /// DO, CALL, set_config, advisory, TEMP, ...): free for the others.
+    #[default]
+    WhenSeen,
+    /// After every transaction: also catches what a function called from a plain query did
+    /// (a SET or set_config in its body, a lock it took), at one query per transaction.
+    Always,
+}
+
 impl PinSessionState {
     /// The value as written in the config.
     pub fn as_str(self) -> &'static str {
@@ -180,6 +194,9 @@ pub struct PoolerConfig {
     /// Transaction mode: what session state that cannot move does (pin, error, off); a
     /// database's or user's own value overrides it.
     pub pin_session_state: PinSessionState,
+    /// Transaction mode: after which transactions a client's server is asked what settings and
+    /// pinning state it carries; `always` catches what functions do, at one query per transaction.
+    pub session_state_check: SessionStateCheck,
     /// Server connections per (database, user) pool unless the database sets pool_size.
     pub default_pool_size: u32,
     /// Most client connections accepted at once, logins in progress included (a logged-in
@@ -427,6 +444,7 @@ impl Default for PoolerConfig {
             unix_socket_dir: Some(PathBuf::from("/tmp")),
             pool_mode: PoolMode::Transaction,
             pin_session_state: PinSessionState::Pin,
+            session_state_check: SessionStateCheck::WhenSeen,
             default_pool_size: 20,
             max_client_conn: 100,
             auth_type: AuthType::ScramSha256,

@@ -202,8 +202,8 @@ impl ClientParams {
         Ok(out)
     }
 
-    /// The client prepared a statement that calls `set_config`: from now on its server's settings
-    /// are read back after every transaction.
+    /// The client prepared a statement that calls `set_config` (or `session_state_check =
+    /// "always"`): from now on its server's settings are read back after every transaction.
     pub(super) fn read_back_always(&mut self) {
         self.read_back = ReadBack::EveryTransaction;
     }

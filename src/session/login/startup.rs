@@ -144,8 +144,11 @@ pub(crate) async fn log_in(
     if p.application_name_add_host {
         add_host_to_application_name(&mut params, peer);
     }
-    let client_params = ClientParams::from_startup(&params, &p.ignore_startup_parameters)
+    let mut client_params = ClientParams::from_startup(&params, &p.ignore_startup_parameters)
         .map_err(|e| Refusal::Fatal(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.0)))?;
+    if p.session_state_check == crate::config::SessionStateCheck::Always {
+        client_params.read_back_always();
+    }
     let app_name = client_params
         .reported_value("application_name")
         .unwrap_or("")
