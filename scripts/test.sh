@@ -104,7 +104,19 @@ ensure_rust_components() {
 if [ -z "${SLUICE_PG_BINDIR:-}" ]; then
     ensure_postgres
 fi
+# Rolling restarts (so_reuseport) need the kernel to move connections queued on a closing
+# listener to the other one; without it, tests/rolling_restart.rs can lose a connection that
+# lands in the old sluice's queue as it closes (docs/operations.md asks operators for the same).
+ensure_migrate_req() {
+    local knob=/proc/sys/net/ipv4/tcp_migrate_req
+    if [ "$(id -u)" -eq 0 ] && [ -w "$knob" ] && [ "$(cat "$knob")" = 0 ]; then
+        log "setting net.ipv4.tcp_migrate_req = 1 (rolling restarts)"
+        echo 1 >"$knob" || log "could not set net.ipv4.tcp_migrate_req"
+    fi
+}
+
 ensure_postgres_user
+ensure_migrate_req
 ensure_exporter
 ensure_pgbouncer
 ensure_rust_components
