@@ -12,6 +12,7 @@ mod bind;
 pub(crate) mod clients;
 pub mod config;
 pub(crate) mod error;
+pub mod handover;
 pub(crate) mod janitor;
 pub(crate) mod listener;
 pub mod logging;
@@ -28,6 +29,7 @@ pub(crate) mod session;
 pub mod shared;
 pub(crate) mod stream;
 pub mod tls;
+pub(crate) mod upgrade;
 
 pub use config::Config;
 pub use error::Error;

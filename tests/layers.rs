@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("procfs", 0),
     ("logging", 0),
     ("bind", 0),
+    ("upgrade", 0),
     // 1 tls/auth, and the per-config security state built from them.
     ("tls", 1),
     ("auth", 1),
@@ -45,6 +46,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("service", 7),
     // 8 accept loops and starting a pooler.
     ("listener", 8),
+    ("handover", 8),
 ];
 
 /// Known upward edges (importer -> imported), tolerated as debt. Issue 15 removed the last ten
