@@ -102,6 +102,8 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
     if matches!(exit, Some(ExitPoint::Accepting)) {
         std::process::exit(3);
     }
+    // Not upgraded again before the old process has handed everything over.
+    super::sender::RUNNING.store(true, std::sync::atomic::Ordering::Release);
     let limit = match exit {
         Some(ExitPoint::AfterClients(k)) => Some(k),
         _ => None,
@@ -207,6 +209,7 @@ async fn receive(
                     crate::service::notify::main_pid_ready(&crate::service::status_line(&shared));
                     let _ = writer.send(&Message::Bye, &[]).await;
                     tracing::info!(adopted, "upgrade: done; this process is the pooler now");
+                    super::sender::RUNNING.store(false, std::sync::atomic::Ordering::Release);
                     return;
                 }
                 Ok((other, _)) => break format!("unexpected {other:?}"),

@@ -25,8 +25,9 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// After upgrade_timeout, how long the clients told to leave have to go.
 const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 
-/// One upgrade at a time.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// One upgrade at a time: set while this process hands over, or (`receiver`) is still being
+/// handed to.
+pub(super) static RUNNING: AtomicBool = AtomicBool::new(false);
 /// Test hooks go to the first new process only.
 static HOOKS_PASSED: AtomicBool = AtomicBool::new(false);
 
@@ -39,6 +40,7 @@ type Pending = HashMap<u64, (oneshot::Sender<Result<(), String>>, Instant)>;
 /// part-way) and this process serves on, with every client it still has.
 pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
     if RUNNING.swap(true, Ordering::AcqRel) {
+        tracing::warn!("upgrade refused: one is already running (or this process is still being handed to)");
         return Err("an upgrade is already running".to_string());
     }
     let shared = pooler.shared().clone();
