@@ -156,6 +156,9 @@ fn main() -> ExitCode {
     })
 }
 
+/// An upgrade in progress (`sluice::handover::hand_over`): Ok once done, Err if abandoned.
+type Upgrade<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+
 /// Serves until the pooler exits: SIGHUP reloads the configuration, SIGTERM drains until the
 /// clients leave (WAIT_FOR_CLIENTS), SIGINT until transactions finish (WAIT_FOR_SERVERS); a
 /// second SIGTERM/SIGINT exits at once. SIGUSR2 upgrades: the binary at the same path takes
@@ -174,22 +177,29 @@ async fn run_until_exit(pooler: &sluice::RunningPooler) {
         return;
     };
     let shared = pooler.shared().clone();
-    let mut upgrading = false;
-    let upgrade = sluice::handover::hand_over(pooler);
-    tokio::pin!(upgrade);
+    // The upgrade running (SIGUSR2), if any; `handed_over` once one succeeded (exiting now).
+    let mut upgrade: Option<Upgrade<'_>> = None;
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = pooler.exited() => return,
-            _ = usr2.recv(), if !upgrading => {
-                tracing::info!("SIGUSR2: upgrading (the binary at the same path takes over)");
-                upgrading = true;
-            }
-            done = &mut upgrade, if upgrading => {
-                // Ok: the pooler is exiting. Err: it serves on; a later SIGUSR2 tries again.
-                if done.is_err() {
-                    upgrade.set(sluice::handover::hand_over(pooler));
+            _ = usr2.recv() => {
+                if upgrade.is_some() || handed_over {
+                    tracing::warn!("SIGUSR2: an upgrade is already running or done; ignored");
+                } else {
+                    tracing::info!("SIGUSR2: upgrading (the binary at the same path takes over)");
+                    upgrade = Some(Box::pin(sluice::handover::hand_over(pooler)));
                 }
-                upgrading = false;
+            }
+            done = async {
+                match upgrade.as_mut() {
+                    Some(running) => running.await,
+                    None => std::future::pending().await,
+                }
+            }, if upgrade.is_some() => {
+                // Ok: the pooler is exiting. Err: it serves on; a later SIGUSR2 tries again.
+                upgrade = None;
+                handed_over = done.is_ok();
             }
             _ = hup.recv() => match sluice::service::reload(&shared) {
                 Ok(()) => tracing::info!("configuration reloaded"),
