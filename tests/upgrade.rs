@@ -486,3 +486,53 @@ async fn a_transaction_finishes_before_its_client_moves_and_one_left_open_is_tol
         g.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_stays_with_the_old_process_until_upgrade_timeout_while_plain_ones_move() {
+    let pki = common::certs::Pki::new();
+    let extra = format!(
+        "upgrade_timeout = \"3s\"\nclient_tls_sslmode = \"allow\"\nclient_tls_cert_file = {:?}\nclient_tls_key_file = {:?}",
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string()
+    );
+    let mut g = Generations::start(&extra, &[]);
+    let plain = g.client().await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(g.port)
+        .user("sluice_trust")
+        .dbname("app");
+    let tls = common::certs::connect_tls(config, &pki.ca)
+        .await
+        .expect("TLS login");
+    tls.simple_query("SELECT 1").await.unwrap();
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The TLS client is still served, by the old process, which waits for it.
+    tls.simple_query("SELECT 2")
+        .await
+        .expect("the TLS client is served meanwhile");
+    plain
+        .simple_query("SELECT 2")
+        .await
+        .expect("the plain client is served by the new process");
+    assert!(g.alive(old), "the old process waits for its TLS client");
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    plain
+        .simple_query("SELECT 3")
+        .await
+        .expect("the plain client moved");
+    assert!(
+        tls.simple_query("SELECT 3").await.is_err(),
+        "the TLS client was disconnected"
+    );
+    assert!(
+        g.log_text().contains("upgrade_timeout passed"),
+        "{}",
+        g.log_text()
+    );
+}
