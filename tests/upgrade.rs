@@ -12,6 +12,7 @@ use common::{ConsoleRow, console_rows, pg};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A sluice started by the test, and every process that took over from it since.
@@ -535,4 +536,54 @@ async fn a_tls_client_stays_with_the_old_process_until_upgrade_timeout_while_pla
         "{}",
         g.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_sent_to_the_new_process_reaches_a_query_still_running_on_the_old_one() {
+    let mut g = Generations::start("upgrade_timeout = \"20s\"", &[]);
+    let target = g.client().await;
+    let victim = g.client().await;
+    let token = target.cancel_token();
+    // In a transaction: it stays on the old process until the transaction ends.
+    target.simple_query("BEGIN").await.unwrap();
+    victim.simple_query("BEGIN").await.unwrap();
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    let target = Arc::new(target);
+    let slow = tokio::spawn({
+        let target = target.clone();
+        async move { target.simple_query("SELECT pg_sleep(30)").await }
+    });
+    let calm = tokio::spawn(async move {
+        let r = victim.simple_query("SELECT pg_sleep(3)").await;
+        victim.simple_query("COMMIT").await.map(|_| ()).and(r.map(|_| ()))
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Only the new process accepts now: the cancel reaches it, and it does not know the key.
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the query ended")
+        .unwrap()
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+    calm.await
+        .unwrap()
+        .expect("the other client's query was not cancelled");
+    // Once out of its transaction it moves, and the upgrade completes.
+    target.simple_query("ROLLBACK").await.unwrap();
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    target
+        .simple_query("SELECT 1")
+        .await
+        .expect("the cancelled client moved");
 }

@@ -13,6 +13,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The test hook's exit after K clients ([`ExitPoint::AfterClients`]).
+const TEST_EXIT: &str = "test hook: exit after K clients";
+
 /// How long the old process has to answer each opening step.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -158,7 +161,9 @@ fn inherited(
 }
 
 /// Adopts clients until the old process says Done (then tells systemd and says Bye), and
-/// passes cancel requests for keys not known here to the old process meanwhile.
+/// passes cancel requests for keys not known here to the old process meanwhile. Answers go
+/// through a writer task, so this loop never waits to write: the old process may be blocked
+/// writing to us, and reads our answers only between its writes.
 async fn receive(
     shared: Arc<Shared>,
     mut reader: Reader,
@@ -166,6 +171,17 @@ async fn receive(
     exit_after: Option<u64>,
     pidfile: Arc<std::sync::OnceLock<crate::service::pidfile::PidFile>>,
 ) {
+    // Unbounded, but holding at most one answer per client the old process sent (bounded by
+    // its clients) and the cancel requests of the hand-over's few seconds.
+    let (answers, mut queue) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    let writing = tokio::spawn(async move {
+        while let Some(m) = queue.recv().await {
+            if let Err(e) = writer.send(&m, &[]).await {
+                return Err(e.to_string());
+            }
+        }
+        Ok(())
+    });
     let mut outbox = shared.handover.open();
     let mut adopted = 0u64;
     let ended = loop {
@@ -173,7 +189,7 @@ async fn receive(
             got = reader.recv() => match got {
                 Ok((Message::Client { seq, state }, fds)) => {
                     if exit_after == Some(adopted) {
-                        std::process::exit(3);
+                        break TEST_EXIT.to_string();
                     }
                     let answer = match fds.into_iter().next() {
                         Some(fd) => crate::session::handover::adopt(&shared, *state, fd),
@@ -186,8 +202,8 @@ async fn receive(
                         }
                         Err(reason) => Message::NotAdopted { seq, reason },
                     };
-                    if let Err(e) = writer.send(&reply, &[]).await {
-                        break format!("cannot answer the old process: {e}");
+                    if answers.send(reply).is_err() {
+                        break "cannot answer the old process".to_string();
                     }
                 }
                 Ok((Message::Cancel(key), _)) => {
@@ -207,7 +223,9 @@ async fn receive(
                         }
                     }
                     crate::service::notify::main_pid_ready(&crate::service::status_line(&shared));
-                    let _ = writer.send(&Message::Bye, &[]).await;
+                    let _ = answers.send(Message::Bye);
+                    drop(answers);
+                    let _ = tokio::time::timeout(STEP_LIMIT, writing).await;
                     tracing::info!(adopted, "upgrade: done; this process is the pooler now");
                     super::sender::RUNNING.store(false, std::sync::atomic::Ordering::Release);
                     return;
@@ -217,8 +235,8 @@ async fn receive(
             },
             parcel = outbox.recv() => match parcel {
                 Some(Outgoing::Cancel(key)) => {
-                    if let Err(e) = writer.send(&Message::Cancel(key), &[]).await {
-                        break e.to_string();
+                    if answers.send(Message::Cancel(key)).is_err() {
+                        break "cannot write to the old process".to_string();
                     }
                 }
                 Some(Outgoing::Client { reply, .. }) => {
@@ -228,7 +246,15 @@ async fn receive(
             },
         }
     };
+    if ended == TEST_EXIT {
+        // The answers given so far reach the old process first: exactly K clients were adopted.
+        drop(answers);
+        let _ = tokio::time::timeout(STEP_LIMIT, writing).await;
+        std::process::exit(3);
+    }
+    writing.abort();
     shared.handover.close();
+    super::sender::RUNNING.store(false, std::sync::atomic::Ordering::Release);
     tracing::warn!(
         adopted,
         "upgrade: the channel to the old process ended early ({ended}); serving on"

@@ -163,16 +163,18 @@ async fn drive(
             parcel = outbox.recv() => match parcel {
                 Some(Outgoing::Client { state, socket, reply }) => {
                     seq += 1;
-                    let sent = writer.send(&Message::Client { seq, state }, &[socket.as_raw_fd()]).await;
+                    let sent = send(writer, &Message::Client { seq, state }, &[socket.as_raw_fd()]).await;
                     drop(socket); // our extra copy; the session keeps its own until answered
+                    // Pending even when the send failed: part of it (the descriptor) may have
+                    // arrived, so the session takes its client back only once the new process
+                    // is gone.
+                    pending.insert(seq, (reply, Instant::now()));
                     if let Err(e) = sent {
-                        let _ = reply.send(Err(e.to_string()));
                         return Err(format!("cannot send a client: {e}"));
                     }
-                    pending.insert(seq, (reply, Instant::now()));
                 }
                 Some(Outgoing::Cancel(key)) => {
-                    writer.send(&Message::Cancel(key), &[]).await.map_err(io)?;
+                    send(writer, &Message::Cancel(key), &[]).await?;
                 }
                 None => return Err("the outbox closed".to_string()),
             },
@@ -219,7 +221,7 @@ async fn drive(
             }
         }
     }
-    writer.send(&Message::Done, &[]).await.map_err(io)?;
+    send(writer, &Message::Done, &[]).await?;
     // The new process tells systemd it is the main process now, then says Bye.
     match tokio::time::timeout(STEP_LIMIT, reader.recv()).await {
         Ok(Ok((Message::Bye, _))) => {}
@@ -234,6 +236,15 @@ async fn drive(
     );
     shared.shutdown(None);
     Ok(())
+}
+
+/// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go
+/// through a writer task of their own), so a send that takes longer means it hangs.
+async fn send(writer: &Writer, message: &Message, fds: &[std::os::fd::RawFd]) -> Result<(), String> {
+    match tokio::time::timeout(STEP_LIMIT, writer.send(message, fds)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the new process stopped reading".to_string()),
+    }
 }
 
 /// The next message of the opening steps, within [`STEP_LIMIT`].
