@@ -35,7 +35,11 @@ build_sluice
 make_tmp
 start_postgres 0
 SLUICE_EXTRA="pidfile = \"$TMP/sluice.pid\"
-upgrade_timeout = \"30s\"" write_pooler_configs trust
+upgrade_timeout = \"30s\"
+log_connections = false
+log_disconnections = false" write_pooler_configs trust
+# The upgrade's own lines (hand-over time, clients handed over) are at info.
+export SLUICE_LOG=info
 
 ROWS=()
 measure() {
@@ -76,8 +80,9 @@ measure() {
     # The idle clients are still connected (to the new process): each still answers.
     kill -0 "$idle_pid" || die "the idle clients' process died"
     local handed seconds
-    handed=$(grep -o 'handed_over=[0-9]*' "$TMP/sluice.log" | tail -1 | cut -d= -f2)
-    seconds=$(grep 'upgrade: done; this process exits' "$TMP/sluice.log" | tail -1 | grep -o 'seconds=[0-9.]*' | cut -d= -f2)
+    handed=$(grep -o 'handed_over=[0-9]*' "$TMP/sluice.log" | tail -1 | cut -d= -f2 || true)
+    seconds=$(grep 'upgrade: done; this process exits' "$TMP/sluice.log" | tail -1 | grep -o 'seconds=[0-9.]*' | cut -d= -f2 || true)
+    [ -n "$handed" ] && [ -n "$seconds" ] || die "no hand-over figures in the log: $(tail -5 "$TMP/sluice.log")"
     ROWS+=("$(python3 - "$TMP/probe-$n.txt" "$signalled" "$gone" "$n" "$handed" "$seconds" "$(grep -o 'requests=[0-9]*' "$TMP/probe-$n.out")" <<'PY'
 import sys
 path, t0, t1, n, handed, seconds, requests = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], float(sys.argv[6]), sys.argv[7]
