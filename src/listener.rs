@@ -29,14 +29,17 @@ pub struct RunningPooler {
     pub(crate) pidfile: Arc<std::sync::OnceLock<crate::service::pidfile::PidFile>>,
 }
 
-/// What an upgrade needs of the listeners: their descriptors, and the accept loops' pause.
+/// What an upgrade needs of the listeners: their descriptor numbers, and the accept loops'
+/// pause. Numbers, not duplicates: a duplicate held for the process's life would keep a
+/// listener open after a shutdown closed it (and a rolling restart's kernel would go on
+/// queueing connections on it). The accept loops keep them open while the pooler runs.
 pub(crate) struct HandOverListeners {
-    /// TCP, unix (when configured), metrics (when configured).
-    pub(crate) tcp: std::os::fd::OwnedFd,
-    /// The unix listener.
-    pub(crate) unix: Option<std::os::fd::OwnedFd>,
-    /// The metrics endpoint's listener.
-    pub(crate) metrics: Option<std::os::fd::OwnedFd>,
+    /// TCP.
+    pub(crate) tcp: std::os::fd::RawFd,
+    /// The unix listener, when configured.
+    pub(crate) unix: Option<std::os::fd::RawFd>,
+    /// The metrics endpoint's listener, when configured.
+    pub(crate) metrics: Option<std::os::fd::RawFd>,
     /// True: the accept loops do not accept (another process does).
     pub(crate) paused: tokio::sync::watch::Sender<bool>,
     /// Set once the new process owns the unix socket file: this one leaves it at exit.
@@ -148,13 +151,12 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
         }
     };
     let tcp_addr = tcp.local_addr().map_err(bind_err)?;
-    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(bind_err);
-    use std::os::fd::AsFd;
+    use std::os::fd::AsRawFd;
     let (paused, _) = tokio::sync::watch::channel(false);
     let handover = HandOverListeners {
-        tcp: dup(tcp.as_fd())?,
-        unix: unix.as_ref().map(|u| dup(u.listener.as_fd())).transpose()?,
-        metrics: metrics_listener.as_ref().map(|m| dup(m.as_fd())).transpose()?,
+        tcp: tcp.as_raw_fd(),
+        unix: unix.as_ref().map(|u| u.listener.as_raw_fd()),
+        metrics: metrics_listener.as_ref().map(|m| m.as_raw_fd()),
         paused,
         file_given: std::sync::atomic::AtomicBool::new(false),
     };
@@ -313,6 +315,10 @@ async fn accept_loop(
                 }
             }
         }
+    }
+    if *paused.borrow() {
+        // Handed over: the queue is the new process's now (the socket is shared); take nothing.
+        return;
     }
     let queued = listener.close_after_queued();
     if !queued.is_empty() {

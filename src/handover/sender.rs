@@ -130,9 +130,14 @@ async fn drive(
         }
     }
     let l = &pooler.handover;
-    let mut fds = vec![l.tcp.as_raw_fd()];
-    fds.extend(l.unix.as_ref().map(|f| f.as_raw_fd()));
-    fds.extend(l.metrics.as_ref().map(|f| f.as_raw_fd()));
+    // The accept loops hold these open while the pooler runs (checked here: a shutdown closes
+    // them); SCM_RIGHTS sends the new process its own duplicates.
+    if shared.lifecycle() != crate::shared::Lifecycle::Running {
+        return Err("the pooler is shutting down".to_string());
+    }
+    let mut fds = vec![l.tcp];
+    fds.extend(l.unix);
+    fds.extend(l.metrics);
     let unix = pooler.unix_socket().map(|(p, id)| (p.to_path_buf(), id));
     let listeners = Message::Listeners {
         unix,
