@@ -90,6 +90,20 @@ impl UnixSocket {
         }
     }
 
+    /// A unix listener an upgrade's new process received, with the file it listens on.
+    pub(crate) fn inherited(
+        listener: std::os::unix::net::UnixListener,
+        path: PathBuf,
+        file_id: (u64, u64),
+    ) -> io::Result<UnixSocket> {
+        listener.set_nonblocking(true)?;
+        Ok(UnixSocket {
+            listener: UnixListener::from_std(listener)?,
+            path,
+            file_id,
+        })
+    }
+
     /// See [`UnixSocket::remove_file`].
     pub(crate) fn file_id(&self) -> (u64, u64) {
         self.file_id

@@ -13,6 +13,7 @@ pub(crate) mod clients;
 pub mod config;
 pub mod convert;
 pub(crate) mod error;
+pub mod handover;
 pub(crate) mod janitor;
 pub(crate) mod listener;
 pub mod logging;
@@ -31,6 +32,7 @@ pub mod shared;
 pub(crate) mod stream;
 pub(crate) mod tcp_options;
 pub mod tls;
+pub(crate) mod upgrade;
 
 pub use config::Config;
 pub use error::Error;

@@ -23,6 +23,38 @@ pub struct RunningPooler {
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The listening sockets an upgrade passes to the new process, and the switch that stops
+    /// this process's accept loops meanwhile (`handover/`).
+    pub(crate) handover: HandOverListeners,
+    /// The pidfile an upgrade's new process took over from the old one (removed at exit).
+    pub(crate) pidfile: Arc<std::sync::OnceLock<crate::service::pidfile::PidFile>>,
+}
+
+/// What an upgrade needs of the listeners: their descriptor numbers, and the accept loops'
+/// pause. Numbers, not duplicates: a duplicate held for the process's life would keep a
+/// listener open after a shutdown closed it (and a rolling restart's kernel would go on
+/// queueing connections on it). The accept loops keep them open while the pooler runs.
+pub(crate) struct HandOverListeners {
+    /// TCP, one per `listen_addr` address.
+    pub(crate) tcp: Vec<std::os::fd::RawFd>,
+    /// The unix listener, when configured.
+    pub(crate) unix: Option<std::os::fd::RawFd>,
+    /// The metrics endpoint's listener, when configured.
+    pub(crate) metrics: Option<std::os::fd::RawFd>,
+    /// True: the accept loops do not accept (another process does).
+    pub(crate) paused: tokio::sync::watch::Sender<bool>,
+    /// Set once the new process owns the unix socket file: this one leaves it at exit.
+    pub(crate) file_given: std::sync::atomic::AtomicBool,
+}
+
+/// Listening sockets an upgrade's new process received from the old one.
+pub(crate) struct Inherited {
+    /// TCP, one per `listen_addr` address, in order.
+    pub(crate) tcp: Vec<std::net::TcpListener>,
+    /// The unix listener, its file, and the file's (device, inode).
+    pub(crate) unix: Option<(std::os::unix::net::UnixListener, PathBuf, (u64, u64))>,
+    /// The metrics endpoint.
+    pub(crate) metrics: Option<std::net::TcpListener>,
 }
 
 impl RunningPooler {
@@ -45,6 +77,11 @@ impl RunningPooler {
     /// Path of the unix socket file, when one is configured.
     pub fn unix_socket_path(&self) -> Option<&Path> {
         self.unix_socket.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    /// The unix socket file and its (device, inode), when one is configured.
+    pub(crate) fn unix_socket(&self) -> Option<(&Path, (u64, u64))> {
+        self.unix_socket.as_ref().map(|(path, id)| (path.as_path(), *id))
     }
 
     /// The pooler's shared state (pools, config), for inspection.
@@ -70,7 +107,9 @@ impl RunningPooler {
         for t in &self.accept_tasks {
             t.abort();
         }
-        if let Some((path, file_id)) = &self.unix_socket {
+        if let Some((path, file_id)) = &self.unix_socket
+            && !self.handover.file_given.load(Ordering::Acquire)
+        {
             crate::bind::UnixSocket::remove_file(path, *file_id);
         }
     }
@@ -78,27 +117,73 @@ impl RunningPooler {
 
 /// Binds the listeners and starts serving clients in the current tokio runtime.
 pub async fn start(config: Config) -> Result<RunningPooler, Error> {
+    start_with(config, None).await
+}
+
+/// [`start`], on listeners bound here or (an upgrade) received from the old process.
+pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> Result<RunningPooler, Error> {
     crate::security::check(&config)?;
     let what = || format!("{}:{}", config.pooler.listen_addr, config.pooler.listen_port);
-    let tcp = crate::bind::tcp(&config).map_err(|source| Error::Bind { what: what(), source })?;
+    let bind_err = |source| Error::Bind { what: what(), source };
+    let (tcp, unix, metrics_listener) = match inherited {
+        Some(i) => {
+            let tcp = i
+                .tcp
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bind_err)?;
+            let unix = match i.unix {
+                Some((l, path, file_id)) => {
+                    Some(crate::bind::UnixSocket::inherited(l, path, file_id).map_err(bind_err)?)
+                }
+                None => None,
+            };
+            let metrics = i
+                .metrics
+                .map(TcpListener::from_std)
+                .transpose()
+                .map_err(bind_err)?;
+            (tcp, unix, metrics)
+        }
+        None => {
+            let tcp = crate::bind::tcp(&config).map_err(bind_err)?;
+            let port = tcp
+                .first()
+                .map(|l| l.local_addr())
+                .transpose()
+                .map_err(bind_err)?
+                .map_or(config.pooler.listen_port, |a| a.port());
+            let unix = crate::bind::unix(&config, port)?;
+            let metrics = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
+                Some(addr) => Some(crate::bind::tcp_at(addr, config.pooler.so_reuseport).map_err(
+                    |source| Error::Bind {
+                        what: format!("metrics endpoint {addr}"),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+            (tcp, unix, metrics)
+        }
+    };
     let tcp_addrs = tcp
         .iter()
         .map(|l| l.local_addr())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Bind { what: what(), source })?;
+        .map_err(bind_err)?;
     let tcp_addr = *tcp_addrs.first().ok_or_else(|| Error::Bind {
         what: what(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"),
     })?;
-    let unix = crate::bind::unix(&config, tcp_addr.port())?;
-    let metrics_listener = match config.metrics.as_ref().and_then(|m| m.listen_addr()) {
-        Some(addr) => Some(
-            crate::bind::tcp_at(addr, config.pooler.so_reuseport).map_err(|source| Error::Bind {
-                what: format!("metrics endpoint {addr}"),
-                source,
-            })?,
-        ),
-        None => None,
+    use std::os::fd::AsRawFd;
+    let (paused, _) = tokio::sync::watch::channel(false);
+    let handover = HandOverListeners {
+        tcp: tcp.iter().map(|l| l.as_raw_fd()).collect(),
+        unix: unix.as_ref().map(|u| u.listener.as_raw_fd()),
+        metrics: metrics_listener.as_ref().map(|m| m.as_raw_fd()),
+        paused,
+        file_given: std::sync::atomic::AtomicBool::new(false),
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config);
@@ -117,6 +202,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
             listener,
             shared.clone(),
             logins.clone(),
+            handover.paused.subscribe(),
         )));
     }
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
@@ -131,7 +217,13 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     }
     let unix_socket = unix.map(|socket| {
         let file = (socket.path.clone(), socket.file_id());
-        accept_tasks.push(tokio::spawn(accept_loop(socket.listener, shared.clone(), logins)));
+        let paused = handover.paused.subscribe();
+        accept_tasks.push(tokio::spawn(accept_loop(
+            socket.listener,
+            shared.clone(),
+            logins,
+            paused,
+        )));
         file
     });
     Ok(RunningPooler {
@@ -141,6 +233,8 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         metrics_addr,
         shared,
         accept_tasks,
+        handover,
+        pidfile: Arc::default(),
     })
 }
 
@@ -213,16 +307,27 @@ impl Accept for UnixListener {
 /// One task per client until the pooler stops accepting; accept errors back off. At a
 /// shutdown the listener closes at once (a rolling restart's new sluice gets the new
 /// connections), and the connections already queued on it are served, not reset.
-async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<AtomicUsize>) {
+async fn accept_loop(
+    listener: impl Accept,
+    shared: Arc<Shared>,
+    logins: Arc<AtomicUsize>,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
     let mut life = shared.lifecycle_signal();
     let mut suspend = shared.suspend_signal();
     let mut backoff = AcceptBackoff::default();
     loop {
         let suspended = *suspend.borrow_and_update();
+        // During an upgrade the new process accepts on the same socket.
+        let elsewhere = *paused.borrow_and_update();
         // While SUSPEND is in force, new connections wait in the kernel's backlog.
         let accepted = tokio::select! {
-            a = listener.next(), if !suspended => a,
+            a = listener.next(), if !suspended && !elsewhere => a,
             _ = suspend.changed() => continue,
+            r = paused.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => std::future::pending().await,
+            },
             _ = stopped_accepting(&mut life) => break,
         };
         match accepted {
@@ -238,6 +343,10 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<Ato
                 }
             }
         }
+    }
+    if *paused.borrow() {
+        // Handed over: the queue is the new process's now (the socket is shared); take nothing.
+        return;
     }
     let queued = listener.close_after_queued();
     if !queued.is_empty() {

@@ -72,6 +72,11 @@ fn convert(ini: &std::path::Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    sluice::handover::remember_command_line();
+    // Set when an upgrade's old process started this one (docs/upgrades.md).
+    let upgrade_fd = std::env::var(sluice::handover::CHANNEL_FD_VAR)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
     let cli = Cli::parse();
     let (path, check_only) = match (cli.command, cli.config) {
         (Some(Command::Convert { ini }), _) => return convert(&ini),
@@ -120,6 +125,8 @@ fn main() -> ExitCode {
     sluice::logging::init(config.pooler.log_format, log_file.clone());
     // Held until main returns: removed at exit.
     let _pidfile = match &config.pooler.pidfile {
+        // An upgrade's new process takes the file over once the old one has handed over.
+        Some(_) if upgrade_fd.is_some() => None,
         Some(p) => match sluice::service::pidfile::PidFile::create(p) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -150,7 +157,11 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let pooler = match sluice::start(config).await {
+        let started = match upgrade_fd {
+            Some(fd) => sluice::handover::take_over(config, fd).await,
+            None => sluice::start(config).await,
+        };
+        let pooler = match started {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("cannot start: {e}");
@@ -160,7 +171,10 @@ fn main() -> ExitCode {
         if let Some(f) = log_file {
             let _ = pooler.shared().log_file.set(f);
         }
-        sluice::service::notify::ready(&sluice::service::status_line(pooler.shared()));
+        // An upgrade's new process tells systemd once the old one has handed everything over.
+        if upgrade_fd.is_none() {
+            sluice::service::notify::ready(&sluice::service::status_line(pooler.shared()));
+        }
         run_until_exit(&pooler).await;
         pooler.finish().await;
         tracing::info!("sluice stopped");
@@ -168,25 +182,51 @@ fn main() -> ExitCode {
     })
 }
 
+/// An upgrade in progress (`sluice::handover::hand_over`): Ok once done, Err if abandoned.
+type Upgrade<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+
 /// Serves until the pooler exits: SIGHUP reloads the configuration, SIGTERM drains until the
 /// clients leave (WAIT_FOR_CLIENTS), SIGINT until transactions finish (WAIT_FOR_SERVERS); a
-/// second SIGTERM/SIGINT exits at once.
+/// second SIGTERM/SIGINT exits at once. SIGUSR2 upgrades: the binary at the same path takes
+/// over the listeners and the clients (docs/upgrades.md).
 async fn run_until_exit(pooler: &sluice::RunningPooler) {
     use sluice::shared::ShutdownMode;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers; running until the console says SHUTDOWN");
         pooler.exited().await;
         return;
     };
     let shared = pooler.shared().clone();
+    // The upgrade running (SIGUSR2), if any; `handed_over` once one succeeded (exiting now).
+    let mut upgrade: Option<Upgrade<'_>> = None;
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = pooler.exited() => return,
+            _ = usr2.recv() => {
+                if upgrade.is_some() || handed_over {
+                    tracing::warn!("SIGUSR2: an upgrade is already running or done; ignored");
+                } else {
+                    tracing::info!("SIGUSR2: upgrading (the binary at the same path takes over)");
+                    upgrade = Some(Box::pin(sluice::handover::hand_over(pooler)));
+                }
+            }
+            done = async {
+                match upgrade.as_mut() {
+                    Some(running) => running.await,
+                    None => std::future::pending().await,
+                }
+            }, if upgrade.is_some() => {
+                // Ok: the pooler is exiting. Err: it serves on; a later SIGUSR2 tries again.
+                upgrade = None;
+                handed_over = done.is_ok();
+            }
             _ = hup.recv() => match sluice::service::reload(&shared) {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),

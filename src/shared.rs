@@ -55,6 +55,9 @@ pub struct Shared {
     pub metrics: Option<Arc<crate::observe::prometheus::Metrics>>,
     /// The `logfile`, when the binary opened one: reopened by every reload (for logrotate).
     pub log_file: std::sync::OnceLock<Arc<crate::logging::LogFile>>,
+    /// Where idle sessions and unknown cancel keys go while an upgrade hands this process's
+    /// clients to another (docs/upgrades.md); closed otherwise.
+    pub(crate) handover: crate::upgrade::Outbox,
 }
 
 /// How a shutdown waits before the process exits.
@@ -105,6 +108,7 @@ impl Shared {
             notify: Default::default(),
             metrics,
             log_file: std::sync::OnceLock::new(),
+            handover: crate::upgrade::Outbox::default(),
         })
     }
 
@@ -145,6 +149,22 @@ impl Shared {
             counted,
             info,
         }
+    }
+
+    /// [`Shared::register_client`] for a client an upgrade handed over, under the cancel key
+    /// it already has; None when that key is taken here.
+    pub(crate) fn register_adopted(
+        self: &Arc<Self>,
+        info: Arc<ClientInfo>,
+        slot: ClientSlot,
+        key: crate::clients::CancelKey,
+    ) -> Option<Registered> {
+        let counted = self.clients.register_as(&info, slot, key)?;
+        Some(Registered {
+            shared: self.clone(),
+            counted,
+            info,
+        })
     }
 
     /// Every logged-in client, oldest first.

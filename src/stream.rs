@@ -354,3 +354,73 @@ impl AsyncWrite for WriteHalf {
         delegate!(self, poll_shutdown(cx))
     }
 }
+
+/// A plain (not TLS) client socket taken out of the runtime, to hand to another process during
+/// an upgrade (docs/upgrades.md), or to take back when that fails.
+#[derive(Debug)]
+pub(crate) enum PlainSocket {
+    /// TCP.
+    Tcp(std::net::TcpStream),
+    /// Unix-domain socket.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl PlainSocket {
+    /// Puts the halves of a plain stream back together, out of the runtime (nothing is shut
+    /// down: dropping the result only closes this process's descriptor). TLS and closed streams
+    /// come back unchanged: their state cannot leave the process.
+    pub(crate) fn take(read: ReadHalf, write: WriteHalf) -> Result<PlainSocket, (ReadHalf, WriteHalf)> {
+        match (read, write) {
+            (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) => match r.reunite(w) {
+                Ok(s) => s
+                    .into_std()
+                    .map(PlainSocket::Tcp)
+                    .map_err(|_| (ReadHalf::Closed, WriteHalf::Closed)),
+                Err(e) => Err((ReadHalf::Tcp(e.0), WriteHalf::Tcp(e.1))),
+            },
+            (ReadHalf::Unix(r), WriteHalf::Unix(w)) => match r.reunite(w) {
+                Ok(s) => s
+                    .into_std()
+                    .map(PlainSocket::Unix)
+                    .map_err(|_| (ReadHalf::Closed, WriteHalf::Closed)),
+                Err(e) => Err((ReadHalf::Unix(e.0), WriteHalf::Unix(e.1))),
+            },
+            other => Err(other),
+        }
+    }
+
+    /// A socket received from another process: TCP when `tcp`, else unix.
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd, tcp: bool) -> PlainSocket {
+        if tcp {
+            PlainSocket::Tcp(std::net::TcpStream::from(fd))
+        } else {
+            PlainSocket::Unix(std::os::unix::net::UnixStream::from(fd))
+        }
+    }
+
+    /// A second descriptor for the same socket (what travels to the other process).
+    pub(crate) fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            PlainSocket::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            PlainSocket::Unix(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+
+    /// Back into the runtime, split.
+    pub(crate) fn into_split(self) -> io::Result<(ReadHalf, WriteHalf)> {
+        let stream = match self {
+            PlainSocket::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                let s = TcpStream::from_std(s)?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            PlainSocket::Unix(s) => {
+                s.set_nonblocking(true)?;
+                Stream::Unix(UnixStream::from_std(s)?)
+            }
+        };
+        Ok(stream.into_split())
+    }
+}

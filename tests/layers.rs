@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logging", 0),
     ("bind", 0),
     ("tcp_options", 0),
+    ("upgrade", 0),
     // 1 tls/auth, and the per-config security state built from them.
     ("tls", 1),
     ("auth", 1),
@@ -50,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("listener", 8),
     // `sluice convert`: reads pgbouncer.ini, writes the config's TOML (a tool of the CLI).
     ("convert", 8),
+    ("handover", 8),
 ];
 
 /// Known upward edges (importer -> imported), tolerated as debt. Issue 15 removed the last ten

@@ -74,6 +74,7 @@ const CHANGEABLE: &[&str] = &[
     "dns_nxdomain_ttl",
     "pin_session_state",
     "session_state_check",
+    "upgrade_timeout",
 ];
 
 /// Settings read once when sluice starts: what is bound or started then.

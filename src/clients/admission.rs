@@ -4,7 +4,7 @@
 //! At login, the per-database and per-user client limits; each place is given back by its guard.
 
 use super::info::{ClientInfo, PeerAddr};
-use super::registry::ClientRegistry;
+use super::registry::{CancelKey, ClientRegistry};
 use crate::config::PoolerConfig;
 use crate::protocol::{PgError, sqlstate};
 use parking_lot::Mutex;
@@ -277,6 +277,21 @@ impl ClientRegistry {
         self.issue(info, peer_id);
         slot.handed_over = true;
         (slot.database.is_some(), slot.user.is_some())
+    }
+
+    /// [`ClientRegistry::register`] under the cancel key the client already has (handed over
+    /// by an upgrade). None, with the slot given back, when that key is taken.
+    pub(crate) fn register_as(
+        &self,
+        info: &Arc<ClientInfo>,
+        mut slot: ClientSlot,
+        key: CancelKey,
+    ) -> Option<(bool, bool)> {
+        if !self.claim(info, key) {
+            return None;
+        }
+        slot.handed_over = true;
+        Some((slot.database.is_some(), slot.user.is_some()))
     }
 
     /// Ends a registration: retires the client's cancel key and gives back its max_client_conn

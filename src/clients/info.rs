@@ -52,6 +52,10 @@ pub enum Kill {
     /// The client let more notifications pile up than its bounds allow (notify_queue_size
     /// messages, notify_queue_bytes bytes) without reading them.
     NotifyOverflow { messages: usize, bytes: usize },
+    /// An upgrade asks the client's session to hand itself to the new process as soon as it is
+    /// idle (docs/upgrades.md). Not an ending: a busy session keeps it for its next idle wait,
+    /// any other reason replaces it, and a failed hand-over withdraws it.
+    HandOver,
 }
 
 impl Kill {
@@ -84,6 +88,10 @@ impl Kill {
                 "a LISTENing client may have at most {messages} notifications or {bytes} bytes waiting (notify_queue_size, notify_queue_bytes); the ones past that were dropped"
             ))
             .with_hint("Read notifications as they come (poll the connection), or raise notify_queue_size / notify_queue_bytes."),
+            Kill::HandOver => PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "sluice is being upgraded: this connection could not be handed to the new process",
+            ),
         }
     }
 }
@@ -351,6 +359,10 @@ impl ClientInfo {
     pub fn kill_with(&self, why: Kill) {
         let waker = {
             let mut switch = self.kill.lock();
+            // A hand-over request is the weakest reason: any other replaces it.
+            if switch.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
+                switch.reason = None;
+            }
             switch.reason.get_or_insert_with(|| Box::new(why));
             self.kill_signalled.store(true, Ordering::Release);
             switch.waker.take()
@@ -358,6 +370,28 @@ impl ClientInfo {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Withdraws a hand-over request (the upgrade failed or ended); other reasons stay.
+    pub(crate) fn withdraw_hand_over(&self) {
+        let mut switch = self.kill.lock();
+        if switch.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
+            switch.reason = None;
+            self.kill_signalled.store(false, Ordering::Release);
+        }
+    }
+
+    /// A client handed over by an upgrade keeps its connect times (SHOW CLIENTS shows them
+    /// unchanged).
+    pub(crate) fn connected_since(mut self, at: Instant, unix_secs: u64) -> ClientInfo {
+        self.connected_at = at;
+        self.connected_unix = u32::try_from(unix_secs).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Wall-clock connect time in whole seconds since 1970.
+    pub(crate) fn connected_unix_secs(&self) -> u64 {
+        self.connected_unix.into()
     }
 
     /// Resolves with the reason once the client is killed. A client in the middle of a request
@@ -389,6 +423,8 @@ impl ClientInfo {
                 switch.reason = None;
                 self.kill_signalled.store(false, Ordering::Release);
             }
+            // A busy session hands itself over once it is idle again: kept, not withdrawn.
+            Some(k) if busy && **k == Kill::HandOver => {}
             Some(k) => return Poll::Ready((**k).clone()),
             None => {}
         }

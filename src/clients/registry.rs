@@ -43,6 +43,26 @@ impl ClientRegistry {
         }
     }
 
+    /// Records `key` for `client`: a client handed over by an upgrade keeps the key it was
+    /// given. False when another client has that key already.
+    pub(crate) fn claim(&self, client: &Arc<ClientInfo>, key: CancelKey) -> bool {
+        let mut keys = self.keys.lock();
+        match keys.entry(key) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(client.clone());
+                client.set_cancel_key(key);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// True when a logged-in client holds `key` (a cancel for any other key may belong to the
+    /// other process during an upgrade).
+    pub(crate) fn knows(&self, key: CancelKey) -> bool {
+        self.keys.lock().contains_key(&key)
+    }
+
     /// Forgets a key (its client left).
     pub fn retire(&self, key: CancelKey) {
         self.keys.lock().remove(&key);

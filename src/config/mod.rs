@@ -253,6 +253,10 @@ pub struct PoolerConfig {
     /// Time a client has to finish logging in to sluice.
     #[serde(with = "duration")]
     pub client_login_timeout: Duration,
+    /// How long an upgrade (SIGUSR2, docs/upgrades.md) waits for clients in a transaction, or
+    /// on TLS, to become idle or leave before they are disconnected with an error.
+    #[serde(with = "duration")]
+    pub upgrade_timeout: Duration,
     /// Longest a client waits for a server before it gets an error.
     #[serde(with = "duration")]
     pub query_wait_timeout: Duration,
@@ -471,6 +475,7 @@ impl Default for PoolerConfig {
             ignore_startup_parameters: Vec::new(),
             server_connect_timeout: Duration::from_secs(15),
             client_login_timeout: Duration::from_secs(60),
+            upgrade_timeout: Duration::from_secs(30),
             query_wait_timeout: Duration::from_secs(120),
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,

@@ -88,6 +88,7 @@ fn check_pooler(p: &PoolerConfig, out: &mut Vec<Problem>) {
     let timeouts = [
         ("server_connect_timeout", p.server_connect_timeout),
         ("client_login_timeout", p.client_login_timeout),
+        ("upgrade_timeout", p.upgrade_timeout),
         ("query_wait_timeout", p.query_wait_timeout),
     ];
     for (key, value) in timeouts {

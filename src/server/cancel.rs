@@ -53,7 +53,7 @@ pub(crate) async fn route_request(clients: &ClientRegistry, config: &Config, key
 
 /// Forwards a client's CancelRequest carrying `key` to the server that client holds; unknown
 /// keys and clients holding no server are ignored, as PostgreSQL ignores bad cancel keys.
-async fn forward_request(clients: &ClientRegistry, key: CancelKey) {
+pub(crate) async fn forward_request(clients: &ClientRegistry, key: CancelKey) {
     // The in-flight mark is taken under the client's record lock: a release that clears the
     // held server after this sees the mark and keeps the server from other clients.
     let Some((t, in_flight)) = clients.cancel_target(key) else {

@@ -8,6 +8,17 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd that this process, started by an upgrade, is now the service's main process
+/// and ready (the unit needs NotifyAccess=all: the message comes from a process systemd did
+/// not start).
+pub fn main_pid_ready(status: &str) {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(status),
+    ]);
+}
+
 /// Tells systemd a reload began (with the monotonic time systemd asks to go with it).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {

@@ -44,6 +44,21 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Writes this process's id to `path` whoever it names: an upgrade's new process takes the
+    /// file over from the old one, which leaves it alone at exit (it is no longer its own).
+    pub fn take_over(path: &Path) -> Result<PidFile, String> {
+        let shown = path.display();
+        let temp = path.with_extension("upgrade");
+        std::fs::write(&temp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&temp, path))
+            .map_err(|e| format!("cannot take over pidfile {shown}: {e}"))?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Whether a process with this id exists (signal 0 checks without sending anything).
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.

@@ -76,6 +76,11 @@ impl Listening {
         }
     }
 
+    /// True while the client listens on a channel (or will, at its COMMIT).
+    pub(super) fn has_channels(&self) -> bool {
+        !self.sub.is_empty()
+    }
+
     /// The client's server was lost or taken back mid-transaction: the transaction is gone.
     pub(super) fn transaction_lost(&mut self) {
         if self.sub.has_pending() {

@@ -3,6 +3,7 @@
 //! the whole session in session mode) and always gives it back through the pool's release path.
 
 mod client;
+pub(crate) mod handover;
 mod holding;
 mod identity;
 mod link;
@@ -87,6 +88,8 @@ enum Ending {
     ClientLeft,
     /// sluice ends the session with this error (already sent where possible).
     Error(PgError),
+    /// An upgrade handed the client to the new process, which serves it now.
+    HandedOver,
 }
 
 /// Serves one client connection from its first byte to its close.
@@ -132,35 +135,42 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
             let max_message = (shared.config.load().pooler.max_packet_size as usize)
                 .min(crate::protocol::MAX_CLIENT_MESSAGE);
             let (reader, writer) = stream.into_split();
-            let mut session = Session {
+            spawn_session(Session {
                 client: ClientIo::new(reader, writer, max_message),
                 login: logged_in,
                 state: SessionState::Idle,
                 statements: None,
                 listening: None,
-            };
-            // A task of its own, holding only the session (moved in once, then borrowed): the
-            // login's task and everything its frames kept are freed, so an idle client costs
-            // as little as it can.
-            tokio::spawn(async move {
-                let ending = session.run().await;
-                let info = session.login.info();
-                let p = &session.login.shared().config.load().pooler;
-                let reason = match &ending {
-                    Ending::ClientLeft => "client close request",
-                    Ending::Error(e) => {
-                        if p.log_pooler_errors {
-                            tracing::warn!(peer = %info.peer, db = %info.database, user = %info.user, "pooler error: {e}");
-                        }
-                        e.message.as_str()
-                    }
-                };
-                if p.log_disconnections {
-                    log_closing(&info.peer, &info.database, &info.user, reason, info.connected_at);
-                }
             });
         }
     }
+}
+
+/// Runs a logged-in session in a task of its own, holding only the session (moved in once,
+/// then borrowed): the login's task and everything its frames kept are freed, so an idle
+/// client costs as little as it can.
+fn spawn_session(mut session: Session) {
+    tokio::spawn(async move {
+        let ending = session.run().await;
+        let info = session.login.info();
+        let p = &session.login.shared().config.load().pooler;
+        let reason = match &ending {
+            Ending::ClientLeft => "client close request",
+            Ending::HandedOver => {
+                tracing::debug!(client = info.id, "handed over to the new process");
+                return;
+            }
+            Ending::Error(e) => {
+                if p.log_pooler_errors {
+                    tracing::warn!(peer = %info.peer, db = %info.database, user = %info.user, "pooler error: {e}");
+                }
+                e.message.as_str()
+            }
+        };
+        if p.log_disconnections {
+            log_closing(&info.peer, &info.database, &info.user, reason, info.connected_at);
+        }
+    });
 }
 
 /// The disconnection line (log_disconnections), as PgBouncer's "closing because".
@@ -249,6 +259,12 @@ impl Session {
                         Err(ending) => Err(ending),
                     },
                     IdleWake::Left => Err(Ending::ClientLeft),
+                    IdleWake::Killed(crate::clients::Kill::HandOver) => {
+                        match Box::pin(self.hand_over()).await {
+                            Some(ending) => Err(ending),
+                            None => continue,
+                        }
+                    }
                     IdleWake::Killed(kill) => Ok(SessionState::Killed(Box::new(kill))),
                 },
                 _ => Box::pin(self.step_busy()).await,

@@ -5,6 +5,7 @@
 //! own startup values).
 
 use crate::server::ServerConn;
+use crate::upgrade::format::{ParamState, StartupState};
 use std::collections::BTreeMap;
 
 /// Startup parameters that are about the connection, not session settings.
@@ -200,6 +201,47 @@ impl ClientParams {
             }
         }
         Ok(out)
+    }
+
+    /// The wishes in the upgrade's transfer format (docs/upgrades.md), and whether settings are
+    /// read back after every transaction.
+    pub(super) fn export(&self) -> (Vec<ParamState>, bool) {
+        let state = |w: &Wanted| ParamState {
+            name: w.name.clone(),
+            requested: w.requested.clone(),
+            canonical: w.canonical.clone(),
+            startup: match &w.startup {
+                Startup::Absent => StartupState::Absent,
+                Startup::Same => StartupState::Same,
+                Startup::Was(v) => StartupState::Was(v.to_string()),
+            },
+        };
+        let wishes = self.wanted.0.iter().map(|(_, w)| state(w)).collect();
+        (wishes, self.reads_back_always())
+    }
+
+    /// Wishes a client brought from the process it was handed over from.
+    pub(super) fn import(wishes: Vec<ParamState>, read_back_always: bool) -> ClientParams {
+        let mut out = ClientParams::default();
+        for p in wishes {
+            let startup = match p.startup {
+                StartupState::Absent => Startup::Absent,
+                StartupState::Same => Startup::Same,
+                StartupState::Was(v) => Startup::Was(v.into()),
+            };
+            let wanted = Wanted {
+                name: p.name.clone(),
+                requested: p.requested,
+                canonical: p.canonical,
+                startup,
+            };
+            out.wanted.insert(p.name.to_ascii_lowercase(), wanted);
+        }
+        out.refresh_fingerprint();
+        if read_back_always {
+            out.read_back_always();
+        }
+        out
     }
 
     /// The client prepared a statement that calls `set_config` (or `session_state_check =

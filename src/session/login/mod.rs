@@ -4,7 +4,7 @@
 mod client_auth;
 mod startup;
 
-pub(crate) use startup::{LoggedIn, Login, log_in};
+pub(crate) use startup::{LoggedIn, Login, log_in, pool_for};
 
 use crate::protocol::PgError;
 

@@ -4,7 +4,7 @@
 
 use super::Refusal;
 use crate::clients::{ClientInfo, PeerAddr};
-use crate::config::SslMode;
+use crate::config::{Config, SslMode};
 use crate::pool::{Disposition, Pool, PoolKey};
 use crate::protocol::{
     PgError, StartupPacket, StartupParams, TxStatus, messages, read_startup_packet, sqlstate,
@@ -166,33 +166,7 @@ pub(crate) async fn log_in(
         &app_name,
     ));
     let registered = shared.register_client(info.clone(), slot);
-    let key = PoolKey {
-        database: database.clone(),
-        user: user.clone(),
-    };
-    let db_server_limit = effective.database.max_db_connections as usize;
-    let user_server_limit = effective.user.max_user_connections as usize;
-    let settings = || {
-        crate::pool::settings_for(
-            &config,
-            &database,
-            &user,
-            secret.clone(),
-            shared.security.server_tls(&config).unwrap_or_default(),
-        )
-    };
-    let limits = (db_server_limit, user_server_limit);
-    let pool = if config.databases.contains_key(&database) {
-        shared.pools.get_or_create(key, limits.0, limits.1, settings)
-    } else {
-        // A database served through "*": a bounded set, freed after autodb_idle_timeout.
-        let listed = |name: &str| config.databases.contains_key(name);
-        shared
-            .pools
-            .get_or_create_auto(key, limits, listed, settings)
-            .map_err(|bound| Refusal::Fatal(crate::pool::too_many_auto_pools(bound)))?
-    };
-    pool.learn_login_secret(&user, secret.as_ref());
+    let pool = pool_for(shared, &config, &database, &user, secret).map_err(Refusal::Fatal)?;
     // Known once any server of the pool logged in; only the first clients wait (boxed: that
     // wait is large, and every other login would carry it).
     let welcome = match pool.welcome_params() {
@@ -219,6 +193,46 @@ pub(crate) async fn log_in(
         pool,
         params: client_params,
     })))
+}
+
+/// The pool of (`database`, `user`), made when it is the first client's; it learns `secret`
+/// (what the client's login produced) for its server logins.
+pub(crate) fn pool_for(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    database: &str,
+    user: &str,
+    secret: Option<crate::auth::Secret>,
+) -> Result<Arc<Pool>, PgError> {
+    let effective = config.effective(&config.database(database).cloned().unwrap_or_default(), user);
+    let key = PoolKey {
+        database: database.to_string(),
+        user: user.to_string(),
+    };
+    let db_server_limit = effective.database.max_db_connections as usize;
+    let user_server_limit = effective.user.max_user_connections as usize;
+    let settings = || {
+        crate::pool::settings_for(
+            config,
+            database,
+            user,
+            secret.clone(),
+            shared.security.server_tls(config).unwrap_or_default(),
+        )
+    };
+    let limits = (db_server_limit, user_server_limit);
+    let pool = if config.databases.contains_key(database) {
+        shared.pools.get_or_create(key, limits.0, limits.1, settings)
+    } else {
+        // A database served through "*": a bounded set, freed after autodb_idle_timeout.
+        let listed = |name: &str| config.databases.contains_key(name);
+        shared
+            .pools
+            .get_or_create_auto(key, limits, listed, settings)
+            .map_err(crate::pool::too_many_auto_pools)?
+    };
+    pool.learn_login_secret(user, secret.as_ref());
+    Ok(pool)
 }
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests (TLS when configured,
@@ -270,8 +284,7 @@ async fn negotiate(
                 process_id,
                 secret_key,
             } => {
-                crate::server::cancel::route_request(&shared.clients, &config, (process_id, secret_key))
-                    .await;
+                cancel(shared, &config, (process_id, secret_key)).await;
                 return Err(Refusal::Quiet);
             }
             StartupPacket::Startup {
@@ -307,6 +320,27 @@ async fn negotiate(
             }
         }
     }
+}
+
+/// A CancelRequest: to the server its client holds here, or, while an upgrade runs and the key
+/// is not known here, to the other process (its client is there, or on its way).
+async fn cancel(shared: &Arc<Shared>, config: &Config, key: crate::clients::CancelKey) {
+    if let crate::clients::CancelRoute::Local(own) = crate::clients::cancel_route(key, config.pooler.peer_id)
+        && !shared.clients.knows(own)
+        && let Some(outbox) = shared.handover.sender()
+    {
+        let state = crate::upgrade::format::CancelKeyState {
+            pid: own.0,
+            secret: own.1,
+        };
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            outbox.send(crate::upgrade::Outgoing::Cancel(state)),
+        )
+        .await;
+        return;
+    }
+    crate::server::cancel::route_request(&shared.clients, config, key).await;
 }
 
 /// Runs a client TLS handshake; a failed one closes the connection quietly.

@@ -89,6 +89,11 @@ impl ClientStatements {
         None
     }
 
+    /// Every statement with its name (an upgrade hands them to the new process).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Bytes, &ClientStatement)> {
+        self.by_name.iter()
+    }
+
     pub(crate) fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.by_name.get(name)
     }

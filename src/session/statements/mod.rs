@@ -9,7 +9,7 @@ mod deallocate;
 mod prepared;
 mod responses;
 
-pub(crate) use client::{ClientStatements, MAX_LISTEN_STATEMENTS};
+pub(crate) use client::{ClientStatement, ClientStatements, MAX_LISTEN_STATEMENTS};
 pub(super) use prepared::{Translator, drops_all_statements};
 pub(super) use responses::{Books, ErrorNote, Responses, Undo, Verdict};
 

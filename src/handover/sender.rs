@@ -1,0 +1,293 @@
+//! The old process's side of an upgrade: start the new binary, agree on the format, pass the
+//! listeners, stop accepting once the new process accepts, hand each client over as soon as
+//! it is idle, and exit once none is left (or upgrade_timeout ended the rest). If anything
+//! fails before that, the new process is stopped and this one keeps serving everything it has.
+
+use super::{CHANNEL_FD_VAR, COMMAND_LINE, TEST_HOOK_PREFIX};
+use crate::clients::Kill;
+use crate::listener::RunningPooler;
+use crate::shared::Shared;
+use crate::upgrade::Outgoing;
+use crate::upgrade::channel::{self, Reader, Writer};
+use crate::upgrade::format::{Message, VERSION};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long the new process has to start and answer each step before the hand-over of the
+/// listeners (it loads its configuration and may read TLS files).
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+/// How long the new process has to answer for a client handed to it.
+const CLIENT_LIMIT: Duration = Duration::from_secs(10);
+/// After upgrade_timeout, how long the clients told to leave have to go.
+const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// One upgrade at a time: set while this process hands over, or (`receiver`) is still being
+/// handed to.
+pub(super) static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Test hooks go to the first new process only.
+static HOOKS_PASSED: AtomicBool = AtomicBool::new(false);
+
+/// Clients sent and not yet answered for: their sessions wait on these.
+type Pending = HashMap<u64, (oneshot::Sender<Result<(), String>>, Instant)>;
+
+/// Runs an upgrade (SIGUSR2): hands this pooler's listeners and clients to a new process
+/// started from the same binary path and arguments. Ok: everything was handed over (or ended
+/// at upgrade_timeout) and the pooler is exiting. Err: the upgrade did not happen (or stopped
+/// part-way) and this process serves on, with every client it still has.
+pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        tracing::warn!("upgrade refused: one is already running (or this process is still being handed to)");
+        return Err("an upgrade is already running".to_string());
+    }
+    let shared = pooler.shared().clone();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let mut child = spawn(theirs)?;
+    tracing::info!(pid = child.id(), "upgrade: started the new process");
+    let mut pending = Pending::new();
+    let mut asked = HashSet::new();
+    let result = match channel::open(ours, VERSION) {
+        Ok((mut reader, writer)) => drive(pooler, &mut reader, &writer, &mut pending, &mut asked).await,
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &result {
+        // The new process must be gone before this one takes anything back: a socket is
+        // served by one process at a time.
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(STEP_LIMIT, child.wait()).await;
+        pooler.handover.paused.send_replace(false);
+        shared.handover.close();
+        drop(pending); // their sessions take their clients back
+        shared.for_each_client(|c| c.withdraw_hand_over());
+        tracing::error!("upgrade failed, this process serves on: {e}");
+        RUNNING.store(false, Ordering::Release);
+    }
+    result
+}
+
+/// Starts the binary with the channel's other end as its descriptor `CHANNEL_FD_VAR`.
+fn spawn(theirs: std::os::unix::net::UnixStream) -> Result<tokio::process::Child, String> {
+    let (exe, args) = COMMAND_LINE
+        .get()
+        .cloned()
+        .ok_or("the command line was not recorded")?;
+    let fd = theirs.into_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; clearing FD_CLOEXEC lets the child inherit it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(&args)
+        .env(CHANNEL_FD_VAR, fd.to_string())
+        .stdin(std::process::Stdio::null());
+    let pass_hooks = std::env::var_os(CHANNEL_FD_VAR).is_none() && !HOOKS_PASSED.swap(true, Ordering::AcqRel);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(TEST_HOOK_PREFIX) && !pass_hooks {
+            cmd.env_remove(name);
+        }
+    }
+    let child = cmd.spawn();
+    // SAFETY: our copy of the descriptor; the child has its own.
+    unsafe { libc::close(fd) };
+    child.map_err(|e| format!("cannot start {}: {e}", exe.display()))
+}
+
+/// The steps, up to Bye. Clients answered for are settled in `pending` as answers come.
+async fn drive(
+    pooler: &RunningPooler,
+    reader: &mut Reader,
+    writer: &Writer,
+    pending: &mut Pending,
+    asked: &mut HashSet<u64>,
+) -> Result<(), String> {
+    let shared = pooler.shared();
+    let io = |e: std::io::Error| e.to_string();
+    writer
+        .send(
+            &Message::Hello {
+                pid: std::process::id(),
+            },
+            &[],
+        )
+        .await
+        .map_err(io)?;
+    match step(reader).await {
+        Ok(Message::Hello { pid }) => tracing::info!(pid, "upgrade: the new process speaks format {VERSION}"),
+        Ok(Message::Refused { reason }) => return Err(format!("the new process refused: {reason}")),
+        Ok(other) => return Err(format!("unexpected {other:?}")),
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = writer
+                .send(
+                    &Message::Refused {
+                        reason: reason.clone(),
+                    },
+                    &[],
+                )
+                .await;
+            return Err(reason);
+        }
+    }
+    let l = &pooler.handover;
+    // The accept loops hold these open while the pooler runs (checked here: a shutdown closes
+    // them); SCM_RIGHTS sends the new process its own duplicates.
+    if shared.lifecycle() != crate::shared::Lifecycle::Running {
+        return Err("the pooler is shutting down".to_string());
+    }
+    let mut fds = l.tcp.clone();
+    fds.extend(l.unix);
+    fds.extend(l.metrics);
+    let unix = pooler.unix_socket().map(|(p, id)| (p.to_path_buf(), id));
+    let listeners = Message::Listeners {
+        tcp: l.tcp.len(),
+        unix,
+        metrics: l.metrics.is_some(),
+    };
+    writer.send(&listeners, &fds).await.map_err(io)?;
+    match step(reader).await.map_err(io)? {
+        Message::Accepting => {}
+        Message::Refused { reason } => return Err(format!("the new process refused: {reason}")),
+        other => return Err(format!("unexpected {other:?}")),
+    }
+    // Both accept now; from here only the new process does.
+    l.paused.send_replace(true);
+    let mut outbox = shared.handover.open();
+    let timeout = shared.config.load().pooler.upgrade_timeout;
+    tracing::info!(
+        clients = shared.clients.client_count(),
+        "upgrade: the new process accepts; handing over each client once it is idle (upgrade_timeout {})",
+        crate::config::format_duration(timeout)
+    );
+    let started = Instant::now();
+    let mut seq = 0u64;
+    let mut handed = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut told_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            parcel = outbox.recv() => match parcel {
+                Some(Outgoing::Client { state, socket, reply }) => {
+                    seq += 1;
+                    let sent = send(writer, &Message::Client { seq, state }, &[socket.as_raw_fd()]).await;
+                    drop(socket); // our extra copy; the session keeps its own until answered
+                    // Pending even when the send failed: part of it (the descriptor) may have
+                    // arrived, so the session takes its client back only once the new process
+                    // is gone.
+                    pending.insert(seq, (reply, Instant::now()));
+                    if let Err(e) = sent {
+                        return Err(format!("cannot send a client: {e}"));
+                    }
+                }
+                Some(Outgoing::Cancel(key)) => {
+                    send(writer, &Message::Cancel(key), &[]).await?;
+                }
+                None => return Err("the outbox closed".to_string()),
+            },
+            got = reader.recv() => match got.map_err(io)?.0 {
+                Message::Adopted { seq } => {
+                    if let Some((reply, _)) = pending.remove(&seq) {
+                        handed += 1;
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Message::NotAdopted { seq, reason } => {
+                    tracing::warn!("upgrade: the new process did not take a client: {reason}; it stays here");
+                    if let Some((reply, _)) = pending.remove(&seq) {
+                        let _ = reply.send(Err(reason));
+                    }
+                }
+                Message::Cancel(key) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        crate::server::cancel::forward_request(&shared.clients, (key.pid, key.secret)).await;
+                    });
+                }
+                Message::Refused { reason } => return Err(format!("the new process gave up: {reason}")),
+                other => return Err(format!("unexpected {other:?}")),
+            },
+            _ = tick.tick() => {
+                if pending.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT) {
+                    return Err("the new process did not answer for a client in time".to_string());
+                }
+                ask_new_clients(shared, asked);
+                let mut left = shared.logins_in_progress();
+                shared.for_each_client(|_| left += 1);
+                if left == 0 && pending.is_empty() {
+                    break;
+                }
+                match told_at {
+                    None if started.elapsed() >= timeout => {
+                        told_at = Some(Instant::now());
+                        tell_the_rest(shared, timeout);
+                    }
+                    Some(at) if at.elapsed() >= LEAVE_LIMIT && pending.is_empty() => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    send(writer, &Message::Done, &[]).await?;
+    // The new process tells systemd it is the main process now, then says Bye.
+    match tokio::time::timeout(STEP_LIMIT, reader.recv()).await {
+        Ok(Ok((Message::Bye, _))) => {}
+        other => tracing::warn!("upgrade: no Bye from the new process ({other:?}); exiting anyway"),
+    }
+    pooler.handover.file_given.store(true, Ordering::Release);
+    shared.handover.close();
+    tracing::info!(
+        handed_over = handed,
+        seconds = started.elapsed().as_secs_f64(),
+        "upgrade: done; this process exits"
+    );
+    shared.shutdown(None);
+    Ok(())
+}
+
+/// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go
+/// through a writer task of their own), so a send that takes longer means it hangs.
+async fn send(writer: &Writer, message: &Message, fds: &[std::os::fd::RawFd]) -> Result<(), String> {
+    match tokio::time::timeout(STEP_LIMIT, writer.send(message, fds)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the new process stopped reading".to_string()),
+    }
+}
+
+/// The next message of the opening steps, within [`STEP_LIMIT`].
+async fn step(reader: &mut Reader) -> std::io::Result<Message> {
+    match tokio::time::timeout(STEP_LIMIT, reader.recv()).await {
+        Ok(r) => r.map(|(m, _)| m),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the new process did not answer in time",
+        )),
+    }
+}
+
+/// Asks every client not asked yet to hand itself over once idle (clients that logged in
+/// since the last round included). Each is asked once: one that stays (TLS) is not woken again.
+fn ask_new_clients(shared: &Arc<Shared>, asked: &mut HashSet<u64>) {
+    shared.for_each_client(|c| {
+        if asked.insert(c.id) {
+            c.kill_with(Kill::HandOver);
+        }
+    });
+}
+
+/// upgrade_timeout passed: the clients still here (in a transaction, or on TLS) are told why
+/// and disconnected.
+fn tell_the_rest(shared: &Arc<Shared>, timeout: Duration) {
+    let reason = format!(
+        "sluice is being upgraded: the connection was still busy (in a transaction, or on TLS) when upgrade_timeout ({}) ended; reconnect",
+        crate::config::format_duration(timeout)
+    );
+    let mut n = 0;
+    shared.for_each_client(|c| {
+        n += 1;
+        c.kill(&reason);
+    });
+    tracing::warn!(
+        clients = n,
+        "upgrade: upgrade_timeout passed; disconnecting the clients still here"
+    );
+}

@@ -1,0 +1,589 @@
+//! Zero-drop upgrades (docs/upgrades.md): SIGUSR2 makes the running sluice binary start the
+//! binary at the same path, which takes over its listeners and, as each becomes idle, its
+//! clients with their session state. pgbench (simple, extended, prepared) runs through three
+//! upgrades without a failed transaction or a lost connection; prepared statements, settings
+//! and cancel keys carry over; a format mismatch or a new process that dies part-way leaves
+//! the old process serving.
+
+mod common;
+
+use common::config::PoolerToml;
+use common::{ConsoleRow, console_rows, pg};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A sluice started by the test, and every process that took over from it since.
+struct Generations {
+    /// The first process (the test's own child, reaped here).
+    first: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Generations {
+    /// Starts sluice with `extra` lines in `[pooler]` and `env` in its environment (test hooks
+    /// it passes to its first new process).
+    fn start(extra: &str, env: &[(&str, &str)]) -> Generations {
+        Self::start_with_pool(8, extra, env)
+    }
+
+    /// [`Generations::start`] with a pool of `pool_size` servers.
+    fn start_with_pool(pool_size: u32, extra: &str, env: &[(&str, &str)]) -> Generations {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let pidfile = dir.path().join("sluice.pid");
+        let toml = PoolerToml::trust()
+            .listen_port(port)
+            .set(&format!("pidfile = {:?}", pidfile.display().to_string()))
+            .set(&format!(
+                "unix_socket_dir = {:?}",
+                dir.path().display().to_string()
+            ))
+            .set("max_client_conn = 500")
+            .set(extra)
+            .admin()
+            .database("app", Some(pool_size))
+            .build();
+        let config = dir.path().join("pooler.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.path().join("sluice.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("--allow-root")
+            .arg("--config")
+            .arg(&config)
+            .env("SLUICE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let first = cmd.spawn().expect("start sluice");
+        let g = Generations {
+            first,
+            dir,
+            port,
+            log,
+        };
+        g.wait_for_pid(|pid| pid.is_some(), "sluice wrote its pidfile");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !g.log_text().contains("sluice listening") {
+            assert!(Instant::now() < deadline, "sluice listens\n{}", g.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid in the pidfile: the process serving now.
+    fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.path().join("sluice.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    fn wait_for_pid(&self, ok: impl Fn(Option<i32>) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok(self.pid()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: timed out\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while `pid` runs (a zombie, or the first process once reaped, does not).
+    fn alive(&mut self, pid: i32) -> bool {
+        if pid == self.first.id() as i32 {
+            return self.first.try_wait().ok().flatten().is_none();
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+
+    /// Sends SIGUSR2 to the serving process and waits until a new one serves and the old one
+    /// has exited; returns the new pid.
+    async fn upgrade(&mut self) -> i32 {
+        let old = self.pid().expect("a serving process");
+        signal(old, libc::SIGUSR2);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.alive(old) || self.pid() == Some(old) {
+            assert!(
+                Instant::now() < deadline,
+                "the upgrade finished in time\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let new = self.pid().expect("the new process wrote the pidfile");
+        assert!(self.alive(new), "the new process serves\n{}", self.log_text());
+        new
+    }
+
+    /// Waits until the log has `needle` (`count` times).
+    async fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log line {needle:?}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        common::connect(self.addr(), "sluice_trust", "", "app")
+            .await
+            .expect("connect")
+    }
+
+    /// SHOW CLIENTS rows of database `app`.
+    async fn show_clients(&self) -> Vec<ConsoleRow> {
+        console_rows(self.addr(), "admin", "SHOW CLIENTS")
+            .await
+            .into_iter()
+            .filter(|r| r.get("database").cloned().flatten().as_deref() == Some("app"))
+            .collect()
+    }
+}
+
+impl Drop for Generations {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid()
+            && pid != self.first.id() as i32
+        {
+            signal(pid, libc::SIGKILL);
+        }
+        let _ = self.first.kill();
+        let _ = self.first.wait();
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a sluice process this test started (or its successor).
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// (addr, port, connect_time) of each client: what must not change across an upgrade.
+fn identities(rows: &[ConsoleRow]) -> BTreeSet<(String, String, String)> {
+    let get = |r: &ConsoleRow, k: &str| r.get(k).cloned().flatten().unwrap_or_default();
+    rows.iter()
+        .map(|r| (get(r, "addr"), get(r, "port"), get(r, "connect_time")))
+        .collect()
+}
+
+/// A number from pgbench's report line that starts with `prefix`.
+fn reported(stdout: &str, prefix: &str) -> Option<u64> {
+    let line = stdout.lines().find(|l| l.starts_with(prefix))?;
+    line[prefix.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn pgbench(port: u16, mode: &str, clients: u32, seconds: u32, script: &Path) -> Child {
+    Command::new(pg().bindir().join("pgbench"))
+        .args(["-n", "-M", mode, "-c", &clients.to_string(), "-j", "2"])
+        .args([
+            "-T",
+            &seconds.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["-U", "sluice_trust", "-f"])
+        .arg(script)
+        .arg("app")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbench")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_runs_through_three_upgrades_without_a_failure_or_a_lost_client() {
+    // As many servers as clients: pgbench -M prepared prepares each statement synchronously the
+    // first time a connection runs it, which with fewer servers than clients can block its
+    // thread behind its own clients' open transactions (with or without an upgrade).
+    let mut g = Generations::start_with_pool(64, "", &[]);
+    g.client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("sluice serves");
+    let script = g.dir.path().join("bench.sql");
+    // A transaction with a parameter (extended/prepared send it bound).
+    std::fs::write(
+        &script,
+        "\\set n random(1, 1000)\nBEGIN;\nSELECT :n::int + 1;\nSELECT count(*) FROM pg_class WHERE oid > :n;\nEND;\n",
+    )
+    .unwrap();
+    let runs: Vec<(&str, Child)> = ["simple", "extended", "prepared"]
+        .into_iter()
+        .map(|mode| (mode, pgbench(g.port, mode, 20, 25, &script)))
+        .collect();
+    // All 60 connected before the first upgrade.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.show_clients().await.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "pgbench's 60 clients connect\n{}",
+            g.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = identities(&g.show_clients().await);
+    let mut pids = vec![g.pid().unwrap()];
+    for i in 0..3 {
+        let started = Instant::now();
+        pids.push(g.upgrade().await);
+        eprintln!("upgrade {} took {:?}", i + 1, started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = identities(&g.show_clients().await);
+    assert_eq!(before.len(), 60);
+    assert_eq!(
+        before,
+        after,
+        "the same 60 clients, with the same connect times, after three upgrades\n{}",
+        g.log_text()
+    );
+    for (mode, run) in runs {
+        let out = run.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report = format!("pgbench -M {mode} stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            out.status.success(),
+            "pgbench exits 0 (no client aborted)\n{report}"
+        );
+        assert!(!stderr.contains("error"), "no errors\n{report}");
+        let done = reported(&stdout, "number of transactions actually processed: ").unwrap_or(0);
+        assert!(done > 100, "pgbench ran transactions\n{report}");
+        assert_eq!(
+            reported(&stdout, "number of failed transactions: "),
+            Some(0),
+            "no failed transactions\n{report}"
+        );
+    }
+    let distinct: BTreeSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 4, "four processes served in turn: {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_and_settings_survive_an_upgrade() {
+    let mut g = Generations::start("", &[]);
+    let c = g.client().await;
+    let stmt = c.prepare("SELECT $1::int * 2").await.unwrap();
+    c.simple_query("SET statement_timeout = '4321s'").await.unwrap();
+    c.simple_query("SET application_name = 'carried'").await.unwrap();
+    let row = c.query_one(&stmt, &[&21i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let before = identities(&g.show_clients().await);
+
+    g.upgrade().await;
+
+    // The same connection, its statement and its settings, on the new process.
+    let row = c
+        .query_one(&stmt, &[&5i32])
+        .await
+        .expect("the prepared statement works");
+    assert_eq!(row.get::<_, i32>(0), 10);
+    let timeout = c.query_one("SHOW statement_timeout", &[]).await.unwrap();
+    assert_eq!(timeout.get::<_, String>(0), "4321s");
+    let app = c.query_one("SHOW application_name", &[]).await.unwrap();
+    assert_eq!(app.get::<_, String>(0), "carried");
+    let rows = g.show_clients().await;
+    assert_eq!(identities(&rows), before, "the client keeps its connect time");
+    let prepared = rows[0].get("prepared_statements").cloned().flatten();
+    assert!(
+        prepared.is_none() || prepared.as_deref() != Some("0"),
+        "SHOW CLIENTS counts its statement: {rows:?}"
+    );
+    // New clients are served too.
+    g.client().await.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_sent_after_an_upgrade_cancels_the_right_query() {
+    let mut g = Generations::start("", &[]);
+    let target = g.client().await;
+    let victim = g.client().await;
+    let token = target.cancel_token();
+    g.upgrade().await;
+
+    let slow = tokio::spawn(async move { target.simple_query("SELECT pg_sleep(30)").await });
+    let calm = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(3)").await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let started = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the query ended")
+        .unwrap()
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    calm.await
+        .unwrap()
+        .expect("the other client's query was not cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_format_version_mismatch_aborts_and_the_old_process_serves_on() {
+    let mut g = Generations::start("", &[("SLUICE_UPGRADE_TEST_VERSION", "99")]);
+    let c = g.client().await;
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade failed, this process serves on", 1).await;
+    assert!(
+        g.log_text().contains("version 99"),
+        "the log says why\n{}",
+        g.log_text()
+    );
+    assert!(g.alive(old), "the old process runs");
+    assert_eq!(g.pid(), Some(old), "the pidfile still names it");
+    c.simple_query("SELECT 1").await.expect("its client is served");
+    g.client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("it accepts new clients");
+    // The hook went to the first new process only: the next upgrade works.
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    c.simple_query("SELECT 1")
+        .await
+        .expect("the client moved with the upgrade");
+}
+
+/// The new process dies at `point`; the old one must keep (or take back) everything not
+/// handed over yet and serve on. `lost` clients had been adopted by the dead process.
+async fn new_process_dies(point: &str, lost: usize) {
+    let mut g = Generations::start("", &[("SLUICE_UPGRADE_TEST_EXIT", point)]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(g.client().await);
+    }
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade failed, this process serves on", 1).await;
+    assert!(g.alive(old), "the old process runs\n{}", g.log_text());
+    assert_eq!(g.pid(), Some(old));
+    let mut working = 0;
+    for c in &clients {
+        if tokio::time::timeout(Duration::from_secs(5), c.simple_query("SELECT 1"))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            working += 1;
+        }
+    }
+    assert_eq!(
+        working,
+        10 - lost,
+        "clients not handed over are still served\n{}",
+        g.log_text()
+    );
+    g.client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("it accepts again");
+    // A second upgrade (no hook) moves the survivors.
+    g.upgrade().await;
+    let mut moved = 0;
+    for c in &clients {
+        if c.simple_query("SELECT 1").await.is_ok() {
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 10 - lost);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_process_dying_on_receiving_the_listeners_changes_nothing() {
+    new_process_dies("listeners", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_process_dying_after_it_accepts_leaves_the_old_one_accepting() {
+    new_process_dies("accepting", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_process_dying_after_three_clients_leaves_the_rest_with_the_old_one() {
+    new_process_dies("clients:3", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_finishes_before_its_client_moves_and_one_left_open_is_told_at_upgrade_timeout() {
+    let mut g = Generations::start("upgrade_timeout = \"3s\"", &[]);
+    let committer = g.client().await;
+    let params = [("user", "sluice_trust"), ("database", "app")];
+    let mut lingerer = common::raw::RawClient::login_trust(g.addr(), &params).await;
+    committer.simple_query("BEGIN; SELECT 1").await.unwrap();
+    lingerer.query("BEGIN").await;
+    lingerer.read_until(b'Z').await;
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still in its transaction on the old process's server.
+    committer.simple_query("SELECT 2").await.unwrap();
+    committer.simple_query("COMMIT").await.unwrap();
+    // The lingerer never commits: at upgrade_timeout it is told why and disconnected.
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    committer
+        .simple_query("SELECT 3")
+        .await
+        .expect("the committer moved after its COMMIT");
+    let told = lingerer.read_until_end_or(b'Z').await;
+    let fatal = told
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an error before the close");
+    assert_eq!(fatal.field(b'V').as_deref(), Some("FATAL"));
+    let message = fatal.field(b'M').unwrap_or_default();
+    assert!(
+        message.contains("being upgraded") && message.contains("upgrade_timeout"),
+        "{message}"
+    );
+    assert!(
+        lingerer.read_message().await.is_none(),
+        "then the connection closes"
+    );
+    assert!(
+        g.log_text().contains("upgrade_timeout passed"),
+        "{}",
+        g.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_stays_with_the_old_process_until_upgrade_timeout_while_plain_ones_move() {
+    let pki = common::certs::Pki::new();
+    let extra = format!(
+        "upgrade_timeout = \"3s\"\nclient_tls_sslmode = \"allow\"\nclient_tls_cert_file = {:?}\nclient_tls_key_file = {:?}",
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string()
+    );
+    let mut g = Generations::start(&extra, &[]);
+    let plain = g.client().await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(g.port)
+        .user("sluice_trust")
+        .dbname("app");
+    let tls = common::certs::connect_tls(config, &pki.ca)
+        .await
+        .expect("TLS login");
+    tls.simple_query("SELECT 1").await.unwrap();
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The TLS client is still served, by the old process, which waits for it.
+    tls.simple_query("SELECT 2")
+        .await
+        .expect("the TLS client is served meanwhile");
+    plain
+        .simple_query("SELECT 2")
+        .await
+        .expect("the plain client is served by the new process");
+    assert!(g.alive(old), "the old process waits for its TLS client");
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    plain
+        .simple_query("SELECT 3")
+        .await
+        .expect("the plain client moved");
+    assert!(
+        tls.simple_query("SELECT 3").await.is_err(),
+        "the TLS client was disconnected"
+    );
+    assert!(
+        g.log_text().contains("upgrade_timeout passed"),
+        "{}",
+        g.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_sent_to_the_new_process_reaches_a_query_still_running_on_the_old_one() {
+    let mut g = Generations::start("upgrade_timeout = \"20s\"", &[]);
+    let target = g.client().await;
+    let victim = g.client().await;
+    let token = target.cancel_token();
+    // In a transaction: it stays on the old process until the transaction ends.
+    target.simple_query("BEGIN").await.unwrap();
+    victim.simple_query("BEGIN").await.unwrap();
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    let target = Arc::new(target);
+    let slow = tokio::spawn({
+        let target = target.clone();
+        async move { target.simple_query("SELECT pg_sleep(30)").await }
+    });
+    let calm = tokio::spawn(async move {
+        let r = victim.simple_query("SELECT pg_sleep(3)").await;
+        victim.simple_query("COMMIT").await.map(|_| ()).and(r.map(|_| ()))
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Only the new process accepts now: the cancel reaches it, and it does not know the key.
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the query ended")
+        .unwrap()
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+    calm.await
+        .unwrap()
+        .expect("the other client's query was not cancelled");
+    // Once out of its transaction it moves, and the upgrade completes.
+    target.simple_query("ROLLBACK").await.unwrap();
+    let new = g.upgrade().await;
+    assert_ne!(new, old);
+    target
+        .simple_query("SELECT 1")
+        .await
+        .expect("the cancelled client moved");
+}
