@@ -28,6 +28,7 @@ pub(crate) mod session;
 pub mod shared;
 pub(crate) mod stream;
 pub mod tls;
+pub(crate) mod workers;
 
 pub use config::Config;
 pub use error::Error;

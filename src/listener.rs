@@ -2,9 +2,11 @@
 //! process runs out of file descriptors, and a clean stop on shutdown.
 
 use crate::clients::ClientPhase;
+use crate::config::RuntimeKind;
 use crate::session::{self, PeerAddr};
 use crate::shared::{Lifecycle, Shared, ShutdownMode};
 use crate::stream::Stream;
+use crate::workers::{WorkerThreads, Workers};
 use crate::{Config, Error};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ pub struct RunningPooler {
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The per-core runtimes the sessions run on (`runtime = "per-core"`); None: sessions run
+    /// on the runtime that started the pooler.
+    workers: Option<WorkerThreads>,
 }
 
 impl RunningPooler {
@@ -66,6 +71,9 @@ impl RunningPooler {
         if let Some((path, file_id)) = &self.unix_socket {
             crate::bind::UnixSocket::remove_file(path, *file_id);
         }
+        if let Some(workers) = self.workers {
+            workers.stop().await;
+        }
     }
 }
 
@@ -88,6 +96,20 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let workers = match config.pooler.runtime {
+        RuntimeKind::PerCore => {
+            let n = match config.pooler.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            Some(WorkerThreads::start(n).map_err(|source| Error::Bind {
+                what: "worker threads".to_string(),
+                source,
+            })?)
+        }
+        RuntimeKind::Shared => None,
+    };
+    let spawner = workers.as_ref().map(|w| w.workers().clone());
     let shared = Shared::new(config);
     match &unix {
         Some(u) => tracing::info!("sluice listening on {tcp_addr} and {}", u.path.display()),
@@ -96,8 +118,13 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     crate::janitor::spawn(&shared);
     crate::service::spawn_stop_notifier(&shared);
     let logins = Arc::new(AtomicUsize::new(0));
+    let sessions = Sessions {
+        shared: shared.clone(),
+        logins: logins.clone(),
+        workers: spawner,
+    };
     let mut accept_tasks = vec![
-        tokio::spawn(accept_loop(tcp, shared.clone(), logins.clone())),
+        tokio::spawn(accept_loop(tcp, sessions.clone())),
         tokio::spawn(drain_monitor(shared.clone(), logins.clone())),
     ];
     if let (Some(listener), Some(metrics)) = (metrics_listener, shared.metrics.clone()) {
@@ -112,7 +139,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
     }
     let unix_socket = unix.map(|socket| {
         let file = (socket.path.clone(), socket.file_id());
-        accept_tasks.push(tokio::spawn(accept_loop(socket.listener, shared.clone(), logins)));
+        accept_tasks.push(tokio::spawn(accept_loop(socket.listener, sessions)));
         file
     });
     Ok(RunningPooler {
@@ -121,6 +148,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
         metrics_addr,
         shared,
         accept_tasks,
+        workers,
     })
 }
 
@@ -193,7 +221,8 @@ impl Accept for UnixListener {
 /// One task per client until the pooler stops accepting; accept errors back off. At a
 /// shutdown the listener closes at once (a rolling restart's new sluice gets the new
 /// connections), and the connections already queued on it are served, not reset.
-async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<AtomicUsize>) {
+async fn accept_loop(listener: impl Accept, sessions: Sessions) {
+    let shared = &sessions.shared;
     let mut life = shared.lifecycle_signal();
     let mut suspend = shared.suspend_signal();
     let mut backoff = AcceptBackoff::default();
@@ -208,7 +237,7 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<Ato
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                serve(stream, peer, &shared, &logins);
+                sessions.serve(stream, peer);
             }
             Err(e) => {
                 let pause = backoff.failed(&e);
@@ -227,18 +256,80 @@ async fn accept_loop(listener: impl Accept, shared: Arc<Shared>, logins: Arc<Ato
         );
     }
     for (stream, peer) in queued {
-        serve(stream, peer, &shared, &logins);
+        sessions.serve(stream, peer);
     }
 }
 
-/// Spawns a client's task, counted in `logins` until it has logged in (or is a console session).
-fn serve(stream: Stream, peer: PeerAddr, shared: &Arc<Shared>, logins: &Arc<AtomicUsize>) {
-    let guard = LoginInProgress::new(logins.clone());
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        session::handle_client(stream, peer, shared).await;
-        drop(guard);
-    });
+/// Where accepted clients go: the pooler's state, the count of logins in progress, and the
+/// per-core runtimes (if any) that take the sessions in turn.
+#[derive(Clone)]
+struct Sessions {
+    shared: Arc<Shared>,
+    logins: Arc<AtomicUsize>,
+    workers: Option<Arc<Workers>>,
+}
+
+impl Sessions {
+    /// Spawns a client's task, counted in `logins` until it has logged in (or is a console
+    /// session): on the next per-core runtime, or on the current one.
+    fn serve(&self, stream: Stream, peer: PeerAddr) {
+        let guard = LoginInProgress::new(self.logins.clone());
+        let shared = self.shared.clone();
+        match &self.workers {
+            Some(workers) => {
+                // The socket is registered with the accepting runtime; the worker registers
+                // it anew with its own, so that every wake-up of the session stays on its thread.
+                let Some(sock) = Unregistered::take(stream) else {
+                    return;
+                };
+                workers.spawn(async move {
+                    if let Some(stream) = sock.register() {
+                        session::handle_client(stream, peer, shared).await;
+                    }
+                    drop(guard);
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    session::handle_client(stream, peer, shared).await;
+                    drop(guard);
+                });
+            }
+        }
+    }
+}
+
+/// An accepted socket on its way to a per-core runtime, registered with none.
+enum Unregistered {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Unregistered {
+    /// Takes the socket out of the accepting runtime (None: not a plain socket, or failed).
+    fn take(stream: Stream) -> Option<Unregistered> {
+        match stream {
+            Stream::Tcp(s) => s.into_std().ok().map(Unregistered::Tcp),
+            Stream::Unix(s) => s.into_std().ok().map(Unregistered::Unix),
+            Stream::Tls(_) | Stream::Closed => None,
+        }
+    }
+
+    /// Registers the socket with the calling runtime (None: the registration failed, and the
+    /// connection is closed).
+    fn register(self) -> Option<Stream> {
+        let registered = match self {
+            Unregistered::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+            Unregistered::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+        };
+        match registered {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!("cannot register a client connection: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// Counts an accepted connection whose session has not ended yet. A pooled client's login task

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("procfs", 0),
     ("logging", 0),
     ("bind", 0),
+    ("workers", 0),
     // 1 tls/auth, and the per-config security state built from them.
     ("tls", 1),
     ("auth", 1),

@@ -69,6 +69,7 @@ const AT_START: &[&str] = &[
     "unix_socket_group",
     "so_reuseport",
     "workers",
+    "runtime",
     "pidfile",
     "logfile",
     "log_format",

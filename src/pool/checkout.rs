@@ -140,16 +140,25 @@ impl Pool {
         loop {
             let server = {
                 let mut st = self.state.lock();
-                if super::shares::past_fast_path(&st, &settings) && self.held_back_now(&st, client) {
+                let past = super::shares::past_fast_path(&st, &settings);
+                if past && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
-                st.idle.pop_back()?
+                let server = st.pop_idle()?;
+                // Counted as the client's before the lock is let go: a share decision on
+                // another thread meanwhile must see it (vetting may take system calls).
+                if past {
+                    Self::lend(server, client, now)
+                } else {
+                    server
+                }
             };
             match self.vet_idle_now(server, now, &settings) {
                 Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
                 Vetted::Discard => continue,
                 Vetted::Check(server, _, _) => {
                     // The full checkout pops it again (last in, first out) and runs the check.
+                    server.conn.info.set(ServerUse::Idle);
                     self.state.lock().idle.push_back(server);
                     self.idle_returned();
                     return None;
@@ -177,8 +186,12 @@ impl Pool {
         let held_back = !group.is_empty() && super::shares::held_back(&st, &settings, &group);
         drop(settings);
         if !held_back {
-            if let Some(server) = st.idle.pop_back() {
-                return Step::Ready(server);
+            if let Some(server) = st.pop_idle() {
+                // With shares on, counted as the client's under the lock (see try_checkout_now).
+                if group.is_empty() {
+                    return Step::Ready(server);
+                }
+                return Step::Ready(Self::lend(server, client, Instant::now()));
             }
             if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
                 return Step::Open(permit);
@@ -269,7 +282,7 @@ impl Pool {
     /// Tries to turn a queued waiter into a slot holder (reserve allowed or a group freed room).
     fn promote(self: &Arc<Self>, guard: WaitGuard, use_reserve: bool) -> Waited {
         let mut st = self.state.lock();
-        if let Some(server) = st.idle.pop_back() {
+        if let Some(server) = st.pop_idle() {
             drop(st);
             return Waited::Server(server);
         }
@@ -313,6 +326,15 @@ impl Pool {
         }
         if server.expires_at.is_some_and(|t| now >= t) {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
+            return Vetted::Discard;
+        }
+        let mut server = server;
+        if !server.conn.settle_here() {
+            tracing::debug!(
+                server = server.conn.id,
+                "idle server lost moving to this thread; discarding"
+            );
+            self.stats.metrics.recycled(Recycle::Dead, 1);
             return Vetted::Discard;
         }
         if self.hosts.drained(&server.conn) {

@@ -180,6 +180,21 @@ struct PoolState {
     reclaiming: Vec<(u64, u64)>,
 }
 
+impl PoolState {
+    /// Takes the idle server to lend next: the most recently released one whose socket is
+    /// registered on the calling per-core worker, else the most recently released of all (one
+    /// idle queue for every thread, so a waiter never waits while any server is idle).
+    fn pop_idle(&mut self) -> Option<PooledServer> {
+        let here = crate::workers::current();
+        if here != 0
+            && let Some(i) = self.idle.iter().rposition(|s| s.conn.home() == here)
+        {
+            return self.idle.remove(i);
+        }
+        self.idle.pop_back()
+    }
+}
+
 /// A pool of server connections for one (database, user).
 pub struct Pool {
     /// Which pool this is.
