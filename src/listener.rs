@@ -102,10 +102,7 @@ pub async fn start(config: Config) -> Result<RunningPooler, Error> {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             };
-            Some(WorkerThreads::start(n).map_err(|source| Error::Bind {
-                what: "worker threads".to_string(),
-                source,
-            })?)
+            Some(WorkerThreads::start(n).map_err(Error::Workers)?)
         }
         RuntimeKind::Shared => None,
     };
