@@ -15,4 +15,7 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The per-core worker threads (`runtime = "per-core"`) could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }

@@ -33,6 +33,7 @@ pub(crate) mod stream;
 pub(crate) mod tcp_options;
 pub mod tls;
 pub(crate) mod upgrade;
+pub(crate) mod workers;
 
 pub use config::Config;
 pub use error::Error;

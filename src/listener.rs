@@ -2,9 +2,11 @@
 //! process runs out of file descriptors, and a clean stop on shutdown.
 
 use crate::clients::ClientPhase;
+use crate::config::RuntimeKind;
 use crate::session::{self, PeerAddr};
 use crate::shared::{Lifecycle, Shared, ShutdownMode};
 use crate::stream::Stream;
+use crate::workers::{WorkerThreads, Workers};
 use crate::{Config, Error};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ pub struct RunningPooler {
     pub(crate) handover: HandOverListeners,
     /// The pidfile an upgrade's new process took over from the old one (removed at exit).
     pub(crate) pidfile: Arc<std::sync::OnceLock<crate::service::pidfile::PidFile>>,
+    /// The per-core runtimes the sessions run on (`runtime = "per-core"`); None: sessions run
+    /// on the runtime that started the pooler.
+    workers: Option<WorkerThreads>,
 }
 
 /// What an upgrade needs of the listeners: their descriptor numbers, and the accept loops'
@@ -112,6 +117,9 @@ impl RunningPooler {
         {
             crate::bind::UnixSocket::remove_file(path, *file_id);
         }
+        if let Some(workers) = self.workers {
+            workers.stop().await;
+        }
     }
 }
 
@@ -186,6 +194,17 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
         file_given: std::sync::atomic::AtomicBool::new(false),
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let workers = match config.pooler.runtime {
+        RuntimeKind::PerCore => {
+            let n = match config.pooler.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            Some(WorkerThreads::start(n).map_err(Error::Workers)?)
+        }
+        RuntimeKind::Shared => None,
+    };
+    let spawner = workers.as_ref().map(|w| w.workers().clone());
     let shared = Shared::new(config);
     let shown: Vec<String> = tcp_addrs.iter().map(|a| a.to_string()).collect();
     let shown = shown.join(", ");
@@ -196,12 +215,16 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
     crate::janitor::spawn(&shared);
     crate::service::spawn_stop_notifier(&shared);
     let logins = Arc::new(AtomicUsize::new(0));
+    let sessions = Sessions {
+        shared: shared.clone(),
+        logins: logins.clone(),
+        workers: spawner,
+    };
     let mut accept_tasks = vec![tokio::spawn(drain_monitor(shared.clone(), logins.clone()))];
     for listener in tcp {
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
-            shared.clone(),
-            logins.clone(),
+            sessions.clone(),
             handover.paused.subscribe(),
         )));
     }
@@ -218,12 +241,7 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
     let unix_socket = unix.map(|socket| {
         let file = (socket.path.clone(), socket.file_id());
         let paused = handover.paused.subscribe();
-        accept_tasks.push(tokio::spawn(accept_loop(
-            socket.listener,
-            shared.clone(),
-            logins,
-            paused,
-        )));
+        accept_tasks.push(tokio::spawn(accept_loop(socket.listener, sessions, paused)));
         file
     });
     Ok(RunningPooler {
@@ -235,6 +253,7 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
         accept_tasks,
         handover,
         pidfile: Arc::default(),
+        workers,
     })
 }
 
@@ -309,10 +328,10 @@ impl Accept for UnixListener {
 /// connections), and the connections already queued on it are served, not reset.
 async fn accept_loop(
     listener: impl Accept,
-    shared: Arc<Shared>,
-    logins: Arc<AtomicUsize>,
+    sessions: Sessions,
     mut paused: tokio::sync::watch::Receiver<bool>,
 ) {
+    let shared = &sessions.shared;
     let mut life = shared.lifecycle_signal();
     let mut suspend = shared.suspend_signal();
     let mut backoff = AcceptBackoff::default();
@@ -333,7 +352,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                serve(stream, peer, &shared, &logins);
+                sessions.serve(stream, peer);
             }
             Err(e) => {
                 let pause = backoff.failed(&e);
@@ -356,21 +375,83 @@ async fn accept_loop(
         );
     }
     for (stream, peer) in queued {
-        serve(stream, peer, &shared, &logins);
+        sessions.serve(stream, peer);
     }
 }
 
-/// Spawns a client's task, counted in `logins` until it has logged in (or is a console session).
-fn serve(stream: Stream, peer: PeerAddr, shared: &Arc<Shared>, logins: &Arc<AtomicUsize>) {
-    if let Stream::Tcp(socket) = &stream {
-        crate::tcp_options::TcpOptions::from_config(&shared.config.load().pooler).apply(socket);
+/// Where accepted clients go: the pooler's state, the count of logins in progress, and the
+/// per-core runtimes (if any) that take the sessions in turn.
+#[derive(Clone)]
+struct Sessions {
+    shared: Arc<Shared>,
+    logins: Arc<AtomicUsize>,
+    workers: Option<Arc<Workers>>,
+}
+
+impl Sessions {
+    /// Spawns a client's task, counted in `logins` until it has logged in (or is a console
+    /// session): on the next per-core runtime, or on the current one.
+    fn serve(&self, stream: Stream, peer: PeerAddr) {
+        if let Stream::Tcp(socket) = &stream {
+            crate::tcp_options::TcpOptions::from_config(&self.shared.config.load().pooler).apply(socket);
+        }
+        let guard = LoginInProgress::new(self.logins.clone());
+        let shared = self.shared.clone();
+        match &self.workers {
+            Some(workers) => {
+                // The socket is registered with the accepting runtime; the worker registers
+                // it anew with its own, so that every wake-up of the session stays on its thread.
+                let Some(sock) = Unregistered::take(stream) else {
+                    return;
+                };
+                workers.spawn(async move {
+                    if let Some(stream) = sock.register() {
+                        session::handle_client(stream, peer, shared).await;
+                    }
+                    drop(guard);
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    session::handle_client(stream, peer, shared).await;
+                    drop(guard);
+                });
+            }
+        }
     }
-    let guard = LoginInProgress::new(logins.clone());
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        session::handle_client(stream, peer, shared).await;
-        drop(guard);
-    });
+}
+
+/// An accepted socket on its way to a per-core runtime, registered with none.
+enum Unregistered {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Unregistered {
+    /// Takes the socket out of the accepting runtime (None: not a plain socket, or failed).
+    fn take(stream: Stream) -> Option<Unregistered> {
+        match stream {
+            Stream::Tcp(s) => s.into_std().ok().map(Unregistered::Tcp),
+            Stream::Unix(s) => s.into_std().ok().map(Unregistered::Unix),
+            Stream::Tls(_) | Stream::Closed => None,
+        }
+    }
+
+    /// Registers the socket with the calling runtime (None: the registration failed, and the
+    /// connection is closed).
+    fn register(self) -> Option<Stream> {
+        let registered = match self {
+            Unregistered::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+            Unregistered::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+        };
+        match registered {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!("cannot register a client connection: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// Counts an accepted connection whose session has not ended yet. A pooled client's login task

@@ -141,8 +141,11 @@ fn main() -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // One worker: a current-thread runtime, with no work-stealing and no cross-thread wakeups.
-    let mut builder = if workers == 1 {
+    // Per-core: this thread only accepts and runs the process-wide tasks (timers, console
+    // lookups, signals); sessions run on the `workers` threads that `start` creates. Shared:
+    // one runtime for everything (current-thread with one worker: no work-stealing).
+    let per_core = config.pooler.runtime == sluice::config::RuntimeKind::PerCore;
+    let mut builder = if workers == 1 || per_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();

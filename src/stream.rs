@@ -424,3 +424,101 @@ impl PlainSocket {
         Ok(stream.into_split())
     }
 }
+
+/// What [`rehome`] did with a pair of halves.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rehomed {
+    /// The socket is now registered with the calling runtime.
+    Moved,
+    /// Left as it was, registered where it was (TLS: its halves share the session state and
+    /// cannot be taken apart and rebuilt); it works from any thread, with cross-thread wake-ups.
+    Kept,
+    /// The move failed half-way: both halves are closed, the connection is gone.
+    Lost,
+}
+
+/// Moves the registration of a split TCP or unix socket to the calling runtime's I/O driver
+/// (per-core runtimes: a server opened on one worker and lent on another). Nothing is buffered
+/// in the halves themselves, so no byte is lost; the new registration learns the socket's
+/// readiness from the driver's next poll.
+pub(crate) fn rehome(reader: &mut ReadHalf, writer: &mut WriteHalf) -> Rehomed {
+    let r = std::mem::replace(reader, ReadHalf::Closed);
+    let w = std::mem::replace(writer, WriteHalf::Closed);
+    let moved = match (r, w) {
+        (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) => r
+            .reunite(w)
+            .map_err(|_| ())
+            .and_then(|s| s.into_std().map_err(|_| ()))
+            .and_then(|s| TcpStream::from_std(s).map_err(|_| ()))
+            .map(|s| s.into_split())
+            .map(|(r, w)| (ReadHalf::Tcp(r), WriteHalf::Tcp(w))),
+        (ReadHalf::Unix(r), WriteHalf::Unix(w)) => r
+            .reunite(w)
+            .map_err(|_| ())
+            .and_then(|s| s.into_std().map_err(|_| ()))
+            .and_then(|s| UnixStream::from_std(s).map_err(|_| ()))
+            .map(|s| s.into_split())
+            .map(|(r, w)| (ReadHalf::Unix(r), WriteHalf::Unix(w))),
+        (r, w) => {
+            *reader = r;
+            *writer = w;
+            return Rehomed::Kept;
+        }
+    };
+    match moved {
+        Ok((r, w)) => {
+            *reader = r;
+            *writer = w;
+            Rehomed::Moved
+        }
+        Err(()) => Rehomed::Lost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A socket registered on one runtime, rehomed on another, keeps working after the first
+    /// runtime is gone (it would fail with its driver shut down otherwise), and loses no byte
+    /// that arrived before the move.
+    #[test]
+    fn a_rehomed_socket_works_after_its_first_runtime_is_gone() {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mut reader, mut writer, peer) = first.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ours, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let (r, w) = Stream::Tcp(ours.unwrap()).into_split();
+            let mut peer = accepted.unwrap().0;
+            peer.write_all(b"before").await.unwrap();
+            (r, w, peer.into_std().unwrap())
+        });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            assert_eq!(rehome(&mut reader, &mut writer), Rehomed::Moved);
+            let mut peer = TcpStream::from_std(peer).unwrap();
+            let mut got = [0u8; 6];
+            let ReadHalf::Tcp(r) = &mut reader else {
+                panic!("not TCP")
+            };
+            r.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"before");
+            let WriteHalf::Tcp(w) = &mut writer else {
+                panic!("not TCP")
+            };
+            w.write_all(b"after").await.unwrap();
+            let mut back = [0u8; 5];
+            peer.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"after");
+        });
+    }
+}

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("bind", 0),
     ("tcp_options", 0),
     ("upgrade", 0),
+    ("workers", 0),
     // 1 tls/auth, and the per-config security state built from them.
     ("tls", 1),
     ("auth", 1),

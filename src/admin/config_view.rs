@@ -86,6 +86,7 @@ const AT_START: &[&str] = &[
     "unix_socket_group",
     "so_reuseport",
     "workers",
+    "runtime",
     "pidfile",
     "logfile",
     "log_format",

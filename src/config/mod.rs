@@ -266,6 +266,8 @@ pub struct PoolerConfig {
     pub max_packet_size: u32,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
+    /// How client sessions are spread over the worker threads (`per-core` or `shared`).
+    pub runtime: RuntimeKind,
     /// Named prepared statements each server keeps for clients in transaction mode (LRU);
     /// 0 turns the tracking off and statements pass through untouched.
     pub max_prepared_statements: u32,
@@ -429,6 +431,18 @@ pub struct PoolerConfig {
     pub dns_nxdomain_ttl: Duration,
 }
 
+/// How sessions use the `workers` threads (`runtime`). Read at start only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// One current-thread runtime per worker; each client session, and the servers it uses,
+    /// stays on one thread (no work-stealing, no cross-thread wake-ups on the hot path).
+    PerCore,
+    /// One multi-thread (work-stealing) runtime shared by all sessions.
+    #[default]
+    Shared,
+}
+
 /// How log lines are written (`log_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -480,6 +494,7 @@ impl Default for PoolerConfig {
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,
             workers: 0,
+            runtime: RuntimeKind::default(),
             max_prepared_statements: 200,
             max_client_prepared_statements: 1000,
             max_client_prepared_bytes: 16 << 20,

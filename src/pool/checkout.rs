@@ -140,16 +140,25 @@ impl Pool {
         loop {
             let server = {
                 let mut st = self.state.lock();
-                if super::shares::past_fast_path(&st, &settings) && self.held_back_now(&st, client) {
+                let past = super::shares::past_fast_path(&st, &settings);
+                if past && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
-                pop_idle(&mut st.idle, settings.round_robin)?
+                let server = st.pop_idle(settings.round_robin)?;
+                // Counted as the client's before the lock is let go: a share decision on
+                // another thread meanwhile must see it (vetting may take system calls).
+                if past {
+                    Self::lend(server, client, now)
+                } else {
+                    server
+                }
             };
             match self.vet_idle_now(server, now, &settings) {
                 Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
                 Vetted::Discard => continue,
                 Vetted::Check(server, _, _) => {
                     // The full checkout pops it again and runs the check.
+                    server.conn.info.set(ServerUse::Idle);
                     let mut st = self.state.lock();
                     if settings.round_robin {
                         st.idle.push_front(server);
@@ -184,8 +193,12 @@ impl Pool {
         let round_robin = settings.round_robin;
         drop(settings);
         if !held_back {
-            if let Some(server) = pop_idle(&mut st.idle, round_robin) {
-                return Step::Ready(server);
+            if let Some(server) = st.pop_idle(round_robin) {
+                // With shares on, counted as the client's under the lock (see try_checkout_now).
+                if group.is_empty() {
+                    return Step::Ready(server);
+                }
+                return Step::Ready(Self::lend(server, client, Instant::now()));
             }
             if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
                 return Step::Open(permit);
@@ -277,7 +290,7 @@ impl Pool {
     fn promote(self: &Arc<Self>, guard: WaitGuard, use_reserve: bool) -> Waited {
         let round_robin = self.settings().round_robin;
         let mut st = self.state.lock();
-        if let Some(server) = pop_idle(&mut st.idle, round_robin) {
+        if let Some(server) = st.pop_idle(round_robin) {
             drop(st);
             return Waited::Server(server);
         }
@@ -321,6 +334,15 @@ impl Pool {
         }
         if server.expires_at.is_some_and(|t| now >= t) {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
+            return Vetted::Discard;
+        }
+        let mut server = server;
+        if !server.conn.settle_here() {
+            tracing::debug!(
+                server = server.conn.id,
+                "idle server lost moving to this thread; discarding"
+            );
+            self.stats.metrics.recycled(Recycle::Dead, 1);
             return Vetted::Discard;
         }
         if self.hosts.drained(&server.conn) {
@@ -487,17 +509,6 @@ enum Waited {
     Slot(SlotPermit),
     Retry,
     TimedOut,
-}
-
-/// The idle server to lend next: the one released last (PgBouncer's default: the fewest servers
-/// carry the load and the rest can time out), or with server_round_robin the one released
-/// first, so load spreads over every server.
-fn pop_idle(idle: &mut std::collections::VecDeque<PooledServer>, round_robin: bool) -> Option<PooledServer> {
-    if round_robin {
-        idle.pop_front()
-    } else {
-        idle.pop_back()
-    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -100,6 +100,8 @@ pub struct ServerConn {
     pub statements: statements::ServerStatements,
     /// Whether a client may have changed who the session is.
     pub identity: Identity,
+    /// The per-core worker whose I/O driver the socket is registered with (0: none of them).
+    home: usize,
 }
 
 /// Who a server's session is, as far as sluice can tell.
@@ -134,6 +136,31 @@ impl ServerConn {
             target_addr,
             statements: Default::default(),
             identity: Identity::Login,
+            home: crate::workers::current(),
+        }
+    }
+
+    /// The per-core worker the socket is registered with (0: none of them).
+    pub fn home(&self) -> usize {
+        self.home
+    }
+
+    /// Makes the socket's readiness events arrive at the calling per-core worker: a server
+    /// opened on one worker and lent on another moves its registration over (once), so the
+    /// session's wake-ups stay on its own thread. False when the move failed and the
+    /// connection is gone (the caller discards it). Does nothing outside per-core workers.
+    pub fn settle_here(&mut self) -> bool {
+        let here = crate::workers::current();
+        if here == 0 || here == self.home {
+            return true;
+        }
+        match crate::stream::rehome(&mut self.reader, &mut self.writer) {
+            crate::stream::Rehomed::Moved => {
+                self.home = here;
+                true
+            }
+            crate::stream::Rehomed::Kept => true,
+            crate::stream::Rehomed::Lost => false,
         }
     }
 
