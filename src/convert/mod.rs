@@ -208,30 +208,8 @@ impl Builder {
             );
             return Ok(());
         }
-        let pairs = connstr::parse(&e.value).map_err(|why| ConvertError::at(&e.origin, &e.key, why))?;
-        let mut table = Table::new();
-        let mut notes = Vec::new();
-        for (k, v) in &pairs {
-            let Some(info) = catalogue::lookup(Section::Database, k) else {
-                return Err(ConvertError::at(
-                    &e.origin,
-                    &format!("{} {k}", e.key),
-                    format!("unrecognized connection parameter {k:?}"),
-                ));
-            };
-            self.entry_key(e, info, v, &mut table, &mut notes)?;
-        }
-        if !table.contains_key("host") {
-            let dir = self
-                .unix_socket_dir
-                .clone()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "/tmp".to_string());
-            notes.push(format!(
-                "host not set: PgBouncer connects through the unix socket in {dir}"
-            ));
-            table.insert("host", Item::Value(Value::from(dir)));
-        }
+        let (mut table, mut notes) =
+            self.connection_string(e, Section::Database, "connection", "connects through")?;
         let is_list = table
             .get("host")
             .and_then(Item::as_str)
@@ -282,15 +260,31 @@ impl Builder {
                 "a peer's key must be its peer_id, a number".to_string(),
             ));
         }
+        let (table, notes) = self.connection_string(e, Section::Peer, "peer", "reaches the peer through")?;
+        self.peers.push((e.key.clone(), table, notes));
+        Ok(())
+    }
+
+    /// One parameter of a database, user or peer entry.
+    /// A `[databases]` or `[peers]` line's connection string as a table (with the notes its
+    /// keys left): every key known to `section`, and `host` set to PgBouncer's unix socket
+    /// directory when the line has none (`what` and `reaches` word the error and the note).
+    fn connection_string(
+        &mut self,
+        e: &Entry,
+        section: Section,
+        what: &str,
+        reaches: &str,
+    ) -> Result<(Table, Vec<String>), ConvertError> {
         let pairs = connstr::parse(&e.value).map_err(|why| ConvertError::at(&e.origin, &e.key, why))?;
         let mut table = Table::new();
         let mut notes = Vec::new();
         for (k, v) in &pairs {
-            let Some(info) = catalogue::lookup(Section::Peer, k) else {
+            let Some(info) = catalogue::lookup(section, k) else {
                 return Err(ConvertError::at(
                     &e.origin,
                     &format!("{} {k}", e.key),
-                    format!("unrecognized peer parameter {k:?}"),
+                    format!("unrecognized {what} parameter {k:?}"),
                 ));
             };
             self.entry_key(e, info, v, &mut table, &mut notes)?;
@@ -302,15 +296,13 @@ impl Builder {
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| "/tmp".to_string());
             notes.push(format!(
-                "host not set: PgBouncer reaches the peer through the unix socket in {dir}"
+                "host not set: PgBouncer {reaches} the unix socket in {dir}"
             ));
             table.insert("host", Item::Value(Value::from(dir)));
         }
-        self.peers.push((e.key.clone(), table, notes));
-        Ok(())
+        Ok((table, notes))
     }
 
-    /// One parameter of a database, user or peer entry.
     fn entry_key(
         &mut self,
         e: &Entry,
