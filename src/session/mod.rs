@@ -12,6 +12,7 @@ mod listen_wire;
 mod login;
 mod notifications;
 mod params;
+mod piece_text;
 mod pin_refusal;
 mod pins;
 mod relay;

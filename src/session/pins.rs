@@ -88,18 +88,9 @@ impl Mentions {
     const TEMP: u8 = 2;
 }
 
-/// Bytes of the previous piece kept to find a word split between two pieces.
-const TAIL: usize = 15;
-
-/// The client message whose text is being scanned.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Text {
-    /// Not a Query or Parse.
-    #[default]
-    Elsewhere,
-    /// A Query or Parse (`tag`), with the last bytes seen so far (`tail[..len]`).
-    In { tag: u8, tail: [u8; TAIL], len: u8 },
-}
+/// The client message whose text is being scanned, with the last 15 bytes seen (one less than
+/// `_advisory_xact`), to find a word split between two pieces.
+type Text = super::piece_text::PieceText<15>;
 
 /// Whether the server's pinning state must be verified when the transaction ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -197,15 +188,7 @@ impl PinWatch {
         if self.policy == PinSessionState::Off {
             return;
         }
-        self.text = if tag == frontend::QUERY || tag == frontend::PARSE {
-            Text::In {
-                tag,
-                tail: [0; TAIL],
-                len: 0,
-            }
-        } else {
-            Text::Elsewhere
-        };
+        self.text = Text::begin(tag);
         self.scan(piece, params);
     }
 
@@ -223,30 +206,13 @@ impl PinWatch {
     }
 
     fn scan(&mut self, piece: &[u8], params: &mut ClientParams) {
-        let Text::In { tag, tail, len } = &mut self.text else {
-            return;
-        };
-        let mut joint = [0u8; 2 * TAIL];
-        let kept = usize::from(*len);
-        let head = piece.len().min(TAIL);
-        joint[..kept].copy_from_slice(&tail[..kept]);
-        joint[kept..kept + head].copy_from_slice(&piece[..head]);
-        let found = mentions(&joint[..kept + head]) | mentions(piece);
-        if found != 0 {
+        if let Some((tag, found)) = self.text.scan(piece, mentions)
+            && found != 0
+        {
             self.mentions.0 |= found;
-            if *tag == frontend::PARSE {
+            if tag == frontend::PARSE {
                 params.read_back_always();
             }
-        }
-        let all = &joint[..kept + head];
-        if piece.len() >= TAIL {
-            tail.copy_from_slice(&piece[piece.len() - TAIL..]);
-            *len = TAIL as u8;
-        } else {
-            let from = all.len().saturating_sub(TAIL);
-            let n = all.len() - from;
-            tail[..n].copy_from_slice(&all[from..]);
-            *len = n as u8;
         }
     }
 }

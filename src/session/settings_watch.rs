@@ -17,19 +17,9 @@ pub(super) struct ResetWatch {
     text: Text,
 }
 
-/// The client message whose pieces are being forwarded.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Text {
-    /// Not a Query or Parse.
-    #[default]
-    Elsewhere,
-    /// A Query or Parse (`tag`), with the last bytes of its text seen so far (`tail[..len]`), so
-    /// that a name split between two pieces is found.
-    In { tag: u8, tail: [u8; TAIL], len: u8 },
-}
-
-/// One byte less than `set_config`.
-const TAIL: usize = 9;
+/// The client message whose pieces are being forwarded, with the last 9 bytes of its text (one
+/// less than `set_config`), so that a name split between two pieces is found.
+type Text = super::piece_text::PieceText<9>;
 
 /// Whether the server's session settings may have changed since they were last read back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +46,7 @@ impl ResetWatch {
     /// may run in any later transaction, so such a client's settings are read back after every
     /// transaction from then on.
     pub(super) fn on_client_message(&mut self, tag: u8, piece: &[u8], params: &mut ClientParams) {
-        use crate::protocol::tags::frontend;
-        self.text = if tag == frontend::QUERY || tag == frontend::PARSE {
-            Text::In {
-                tag,
-                tail: [0; TAIL],
-                len: 0,
-            }
-        } else {
-            Text::Elsewhere
-        };
+        self.text = Text::begin(tag);
         self.scan(piece, params);
     }
 
@@ -75,30 +56,13 @@ impl ResetWatch {
     }
 
     fn scan(&mut self, piece: &[u8], params: &mut ClientParams) {
-        let Text::In { tag, tail, len } = &mut self.text else {
-            return;
-        };
-        let mut joint = [0u8; 2 * TAIL];
-        let kept = usize::from(*len);
-        let head = piece.len().min(TAIL);
-        joint[..kept].copy_from_slice(&tail[..kept]);
-        joint[kept..kept + head].copy_from_slice(&piece[..head]);
-        if mentions_set_config(&joint[..kept + head]) || mentions_set_config(piece) {
+        if let Some((tag, found)) = self.text.scan(piece, |t| u8::from(mentions_set_config(t)))
+            && found != 0
+        {
             self.state = Watch::MayHaveChanged;
-            if *tag == crate::protocol::tags::frontend::PARSE {
+            if tag == crate::protocol::tags::frontend::PARSE {
                 params.read_back_always();
             }
-        }
-        // Keep the last TAIL bytes of what was seen.
-        let all = &joint[..kept + head];
-        if piece.len() >= TAIL {
-            tail.copy_from_slice(&piece[piece.len() - TAIL..]);
-            *len = TAIL as u8;
-        } else {
-            let from = all.len().saturating_sub(TAIL);
-            let n = all.len() - from;
-            tail[..n].copy_from_slice(&all[from..]);
-            *len = n as u8;
         }
     }
 
