@@ -185,6 +185,10 @@ fn main() -> ExitCode {
     })
 }
 
+/// How long a stopped process waits for an upgrade it runs to end (the new process's answers
+/// for the last clients and its Bye).
+const UPGRADE_END_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// An upgrade in progress (`sluice::handover::hand_over`): Ok once done, Err if abandoned.
 type Upgrade<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 
@@ -211,7 +215,15 @@ async fn run_until_exit(pooler: &sluice::RunningPooler) {
     let mut handed_over = false;
     loop {
         tokio::select! {
-            _ = pooler.exited() => return,
+            _ = pooler.exited() => {
+                // Stopped during an upgrade: the hand-over ends first (the new process, told
+                // to stop as well, takes over the pidfile and systemd's main pid, and stops
+                // once its own clients allow).
+                if let Some(running) = upgrade.take() {
+                    let _ = tokio::time::timeout(UPGRADE_END_LIMIT, running).await;
+                }
+                return;
+            }
             _ = usr2.recv() => {
                 if upgrade.is_some() || handed_over {
                     tracing::warn!("SIGUSR2: an upgrade is already running or done; ignored");

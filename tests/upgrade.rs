@@ -587,3 +587,79 @@ async fn a_cancel_sent_to_the_new_process_reaches_a_query_still_running_on_the_o
         .await
         .expect("the cancelled client moved");
 }
+
+/// The pid the old process logged for the new one it started (`n`-th upgrade, from 1).
+fn started_pid(log: &str, n: usize) -> i32 {
+    let line = log
+        .lines()
+        .filter(|l| l.contains("upgrade: started the new process"))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("no start logged\n{log}"));
+    let digits: String = line
+        .rsplit("pid=")
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().unwrap_or_else(|_| panic!("a pid in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_an_upgrade_stops_both_processes_once_their_clients_leave() {
+    let mut g = Generations::start("upgrade_timeout = \"20s\"", &[]);
+    let mover = g.client().await;
+    let lingerer = g.client().await;
+    lingerer.simple_query("BEGIN").await.unwrap();
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    let new = started_pid(&g.log_text(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The operator stops the service while the lingerer keeps the hand-over going.
+    signal(old, libc::SIGTERM);
+    // Neither process accepts any more: the stop reached the one that took the listeners.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            common::connect(g.addr(), "sluice_trust", "", "app"),
+        )
+        .await
+        {
+            Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a new connection was still accepted after SIGTERM\n{}",
+                    g.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // SIGTERM waits for clients to leave: both are still served, wherever they are.
+    mover
+        .simple_query("SELECT 1")
+        .await
+        .expect("the moved client is served while the service stops");
+    lingerer
+        .simple_query("SELECT 2")
+        .await
+        .expect("the client in a transaction is served");
+    lingerer.simple_query("COMMIT").await.expect("it commits");
+    assert!(g.alive(new), "the new process waits for its clients");
+    drop(mover);
+    drop(lingerer);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while g.alive(old) || g.alive(new) {
+        assert!(
+            Instant::now() < deadline,
+            "both processes exit once their clients left (old alive {}, new alive {})\n{}",
+            g.alive(old),
+            g.alive(new),
+            g.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

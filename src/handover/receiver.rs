@@ -4,10 +4,10 @@
 
 use super::TEST_HOOK_PREFIX;
 use crate::listener::{Inherited, RunningPooler};
-use crate::shared::Shared;
+use crate::shared::{Shared, ShutdownMode};
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, VERSION};
+use crate::upgrade::format::{Message, ShutdownState, VERSION};
 use crate::{Config, Error};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -224,6 +224,14 @@ async fn receive(
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         crate::server::cancel::forward_request(&shared.clients, (key.pid, key.secret)).await;
+                    });
+                }
+                Ok((Message::Shutdown { mode }, _)) => {
+                    tracing::info!(?mode, "upgrade: the old process is stopping; so does this one");
+                    shared.shutdown(match mode {
+                        ShutdownState::WaitForClients => Some(ShutdownMode::WaitForClients),
+                        ShutdownState::WaitForServers => Some(ShutdownMode::WaitForServers),
+                        ShutdownState::Now => None,
                     });
                 }
                 Ok((Message::Done, _)) => {

@@ -7,9 +7,10 @@ use super::{CHANNEL_FD_VAR, COMMAND_LINE, TEST_HOOK_PREFIX};
 use crate::clients::Kill;
 use crate::listener::RunningPooler;
 use crate::shared::Shared;
+use crate::shared::{Lifecycle, ShutdownMode};
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, VERSION};
+use crate::upgrade::format::{Message, ShutdownState, VERSION};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
@@ -164,8 +165,21 @@ async fn drive(
     let mut handed = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut told_at: Option<Instant> = None;
+    // A stop ordered here during the hand-over is the service's stop: the new process, which
+    // serves the clients moved so far (and accepts), is told to stop the same way.
+    let mut lifecycle = shared.lifecycle_signal();
+    let mut passed_on = Lifecycle::Running;
     loop {
         tokio::select! {
+            changed = lifecycle.changed() => {
+                let now = *lifecycle.borrow_and_update();
+                if changed.is_ok() && now != passed_on {
+                    passed_on = now;
+                    let mode = shutdown_state(now);
+                    tracing::info!(?mode, "upgrade: this process is stopping; the new process stops too");
+                    send(writer, &Message::Shutdown { mode }, &[]).await?;
+                }
+            }
             parcel = outbox.recv() => match parcel {
                 Some(Outgoing::Client { state, socket, reply }) => {
                     seq += 1;
@@ -242,6 +256,15 @@ async fn drive(
     );
     shared.shutdown(None);
     Ok(())
+}
+
+/// What the new process is told when this one leaves `Running` during a hand-over.
+fn shutdown_state(lifecycle: Lifecycle) -> ShutdownState {
+    match lifecycle {
+        Lifecycle::Draining(ShutdownMode::WaitForClients) => ShutdownState::WaitForClients,
+        Lifecycle::Draining(ShutdownMode::WaitForServers) => ShutdownState::WaitForServers,
+        Lifecycle::Running | Lifecycle::Exit => ShutdownState::Now,
+    }
 }
 
 /// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go

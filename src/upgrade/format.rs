@@ -85,6 +85,24 @@ pub(crate) enum Message {
     Done,
     /// New to old, after Done: systemd was told the new main pid; the old process exits.
     Bye,
+    /// Old to new: the old process was told to stop (SIGTERM, SIGINT, SHUTDOWN) during the
+    /// hand-over; the service stops, so the new process stops the same way.
+    Shutdown {
+        /// How it stops.
+        mode: ShutdownState,
+    },
+}
+
+/// How a shutdown passed on by [`Message::Shutdown`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ShutdownState {
+    /// Until the clients leave by themselves (SIGTERM, SHUTDOWN WAIT_FOR_CLIENTS).
+    WaitForClients,
+    /// Until transactions finish (SIGINT, SHUTDOWN WAIT_FOR_SERVERS).
+    WaitForServers,
+    /// Now (a second signal, SHUTDOWN).
+    Now,
 }
 
 /// A cancel key (BackendKeyData) sluice issued a client.
