@@ -56,6 +56,9 @@ struct Entry {
     epoch: u64,
     /// A hash of its row description, once a Describe of it on this server was seen.
     shape: Option<u64>,
+    /// Handed over by an upgrade as prepared before its plan was found unusable (this
+    /// process's plan epochs do not know it).
+    stale: bool,
 }
 
 /// The statements one server holds, with their last use for LRU eviction.
@@ -86,7 +89,7 @@ impl ServerStatements {
         match self.entries.get_mut(&hash) {
             Some(e) => {
                 e.last_used = self.clock;
-                if good_since.is_some_and(|g| e.epoch < g) {
+                if e.stale || good_since.is_some_and(|g| e.epoch < g) {
                     Held::Stale
                 } else {
                     Held::Ready
@@ -105,6 +108,34 @@ impl ServerStatements {
                 last_used: self.clock,
                 epoch,
                 shape: None,
+                stale: false,
+            },
+        );
+    }
+
+    /// Each statement as (hash, row description hash, stale) for an upgrade's hand-over;
+    /// `invalidated_at` is the pool's record of refused plans.
+    pub(crate) fn export(&self, invalidated_at: impl Fn(u128) -> Option<u64>) -> Vec<(u128, Option<u64>, bool)> {
+        self.entries
+            .iter()
+            .map(|(hash, e)| {
+                let stale = e.stale || invalidated_at(*hash).is_some_and(|g| e.epoch < g);
+                (*hash, e.shape, stale)
+            })
+            .collect()
+    }
+
+    /// Records a statement a server handed over by an upgrade holds (prepared at `epoch` of
+    /// this process's pool, or stale).
+    pub(crate) fn import(&mut self, hash: u128, epoch: u64, shape: Option<u64>, stale: bool) {
+        self.clock += 1;
+        self.entries.insert(
+            hash,
+            Entry {
+                last_used: self.clock,
+                epoch,
+                shape,
+                stale,
             },
         );
     }
