@@ -7,11 +7,10 @@ use super::servers::{self, PendingServers};
 use super::{CHANNEL_FD_VAR, COMMAND_LINE, TEST_HOOK_PREFIX};
 use crate::clients::Kill;
 use crate::listener::RunningPooler;
-use crate::pool::LeavingServer;
 use crate::shared::Shared;
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, VERSION};
+use crate::upgrade::format::{Message, OLDEST_VERSION, SERVERS_SINCE, VERSION};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
@@ -52,9 +51,12 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
     let mut pending = Pending::new();
     let mut sent_servers = PendingServers::new();
     let mut asked = HashSet::new();
-    let result = match channel::open(ours, VERSION, VERSION..=VERSION) {
+    let version = speaks();
+    let result = match channel::open(ours, version, version..=version) {
         Ok((mut reader, writer)) => {
             let mut handing = Handing {
+                version,
+                servers_move: version >= SERVERS_SINCE,
                 pending: &mut pending,
                 servers: &mut sent_servers,
                 asked: &mut asked,
@@ -109,8 +111,26 @@ fn spawn(theirs: std::os::unix::net::UnixStream) -> Result<tokio::process::Child
     child.map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
 
+/// The format version this process speaks as the old one: its own, unless the test hook
+/// `SLUICE_UPGRADE_TEST_OLD_VERSION=1` makes the first process (not one an upgrade started)
+/// speak an older one (docs/upgrades.md, "Testing").
+fn speaks() -> u32 {
+    if std::env::var_os(CHANNEL_FD_VAR).is_some() {
+        return VERSION;
+    }
+    std::env::var(format!("{TEST_HOOK_PREFIX}OLD_VERSION"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| (OLDEST_VERSION..VERSION).contains(v))
+        .unwrap_or(VERSION)
+}
+
 /// What the old process has handed over so far, and what awaits an answer.
 struct Handing<'a> {
+    /// The format version spoken.
+    version: u32,
+    /// The agreed format carries servers (version 2 on).
+    servers_move: bool,
     /// Clients sent and not yet answered for.
     pending: &'a mut Pending,
     /// Servers sent and not yet answered for.
@@ -127,8 +147,11 @@ struct Handing<'a> {
 
 impl Handing<'_> {
     /// Sends each server with its socket; each awaits its answer in `servers`.
-    async fn send_servers(&mut self, writer: &Writer, leaving: Vec<LeavingServer>) -> Result<(), String> {
-        for server in leaving {
+    async fn send_servers(&mut self, writer: &Writer, all: bool, shared: &Arc<Shared>) -> Result<(), String> {
+        if !self.servers_move {
+            return Ok(());
+        }
+        for server in servers::movable(shared, all) {
             self.seq += 1;
             let seq = self.seq;
             let message = Message::Server {
@@ -191,7 +214,7 @@ async fn drive(
         .await
         .map_err(io)?;
     match step(reader).await {
-        Ok(Message::Hello { pid }) => tracing::info!(pid, "upgrade: the new process speaks format {VERSION}"),
+        Ok(Message::Hello { pid }) => tracing::info!(pid, "upgrade: the new process speaks format {}", h.version),
         Ok(Message::Refused { reason }) => return Err(format!("the new process refused: {reason}")),
         Ok(other) => return Err(format!("unexpected {other:?}")),
         Err(e) => {
@@ -267,7 +290,7 @@ async fn drive(
                     return Err("the new process did not answer for a client or a server in time".to_string());
                 }
                 ask_new_clients(shared, h.asked);
-                h.send_servers(writer, servers::movable(shared, false)).await?;
+                h.send_servers(writer, false, shared).await?;
                 let mut left = shared.logins_in_progress();
                 shared.for_each_client(|_| left += 1);
                 if left == 0 && h.pending.is_empty() {
@@ -285,7 +308,7 @@ async fn drive(
         }
     }
     // Every idle server left goes now; Done once each is answered for.
-    h.send_servers(writer, servers::movable(shared, true)).await?;
+    h.send_servers(writer, true, shared).await?;
     while !h.servers.is_empty() {
         match tokio::time::timeout(CLIENT_LIMIT, reader.recv()).await {
             Ok(got) => answer(shared, h, got.map_err(io)?.0)?,
