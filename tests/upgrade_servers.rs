@@ -159,7 +159,12 @@ async fn idle_servers_move_with_their_backends_and_postgres_never_sees_more_than
         c.simple_query("SELECT 1").await.expect("served");
     }
     let most = sampler.most().await;
-    assert_eq!(after, moved, "the clients are served by the moved backends\n{}", g.log_text());
+    assert_eq!(
+        after,
+        moved,
+        "the clients are served by the moved backends\n{}",
+        g.log_text()
+    );
     assert_eq!(
         backends(&admin, &db).await,
         before,
@@ -192,11 +197,6 @@ async fn a_prepared_statement_runs_on_its_moved_server_without_a_new_parse() {
         .await
         .expect("the statement runs after the upgrade");
     assert_eq!(row.get::<_, i32>(0), 43);
-    assert_eq!(
-        scalar(&c, "SELECT pg_backend_pid()").await,
-        backend,
-        "on the moved server"
-    );
     // The server's copy is the one prepared before the upgrade: not parsed again.
     let held = scalar(
         &c,
@@ -207,6 +207,11 @@ async fn a_prepared_statement_runs_on_its_moved_server_without_a_new_parse() {
     )
     .await;
     assert_eq!(held, "1/1", "one sluice statement, prepared before the upgrade");
+    assert_eq!(
+        scalar(&c, "SELECT pg_backend_pid()").await,
+        backend,
+        "on the moved server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,9 +261,7 @@ async fn a_cancel_reaches_a_query_on_a_moved_server_and_not_the_victims() {
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
         "{e}"
     );
-    calm.await
-        .unwrap()
-        .expect("the victim's query was not cancelled");
+    calm.await.unwrap().expect("the victim's query was not cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,8 +282,12 @@ async fn servers_the_new_configuration_has_no_room_for_are_closed_and_clients_ca
     let app = pids_in_transactions(&all).await;
     {
         // Two servers of pool `gone`, idle once its clients left.
-        let a = common::connect(g.addr(), "sluice_trust", "", "gone").await.unwrap();
-        let b = common::connect(g.addr(), "sluice_trust", "", "gone").await.unwrap();
+        let a = common::connect(g.addr(), "sluice_trust", "", "gone")
+            .await
+            .unwrap();
+        let b = common::connect(g.addr(), "sluice_trust", "", "gone")
+            .await
+            .unwrap();
         assert_eq!(pids_in_transactions(&[&a, &b]).await.len(), 2);
     }
     wait_backends(&admin, &db, 6).await;
@@ -298,8 +305,16 @@ async fn servers_the_new_configuration_has_no_room_for_are_closed_and_clients_ca
         c.simple_query("SELECT 1").await.expect("no client gets an error");
     }
     let two: Vec<&Client> = clients.iter().take(2).collect();
-    assert_eq!(pids_in_transactions(&two).await, pids(&kept), "served by the adopted ones");
-    assert_eq!(backends(&admin, &db).await, kept, "nothing leaked, nothing opened");
+    assert_eq!(
+        pids_in_transactions(&two).await,
+        pids(&kept),
+        "served by the adopted ones"
+    );
+    assert_eq!(
+        backends(&admin, &db).await,
+        kept,
+        "nothing leaked, nothing opened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,7 +347,12 @@ async fn the_new_process_dying_after_two_servers_leaves_the_rest_with_the_old_on
     assert!(pids(&kept).is_subset(&opened), "{kept:?} of {opened:?}");
     let a = g.client().await;
     let b = g.client().await;
-    assert_eq!(pids_in_transactions(&[&a, &b]).await, pids(&kept), "{}", g.log_text());
+    assert_eq!(
+        pids_in_transactions(&[&a, &b]).await,
+        pids(&kept),
+        "{}",
+        g.log_text()
+    );
     assert_eq!(backends(&admin, &db).await, kept);
     // A second upgrade (no hook) moves them.
     g.upgrade().await;
@@ -358,4 +378,38 @@ async fn a_new_process_takes_over_from_an_old_one_speaking_format_1_without_its_
     let new = pids_in_transactions(&[&a, &b]).await;
     assert!(new.is_disjoint(&old), "{new:?} vs {old:?}");
     assert_eq!(pids(&backends(&admin, &db).await), new);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_a_client_left_on_a_moved_server_reach_no_other_client() {
+    let db = pg().create_database("upgrade_servers_settings").await;
+    let mut g = Generations::start_with_tail(1, "", &on_db(&db), &[]);
+    let setter = g.client().await;
+    let other = g.client().await;
+    let zone = scalar(&other, "SHOW TimeZone").await;
+    let timeout = scalar(&other, "SHOW statement_timeout").await;
+    // A reported setting (TimeZone) and an unreported one, left on the only server.
+    setter
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'; SET statement_timeout = '4321s'")
+        .await
+        .unwrap();
+    let backend = scalar(&setter, "SELECT pg_backend_pid()").await;
+    assert_ne!(zone, "Asia/Tokyo");
+
+    g.upgrade().await;
+
+    assert_eq!(
+        scalar(&other, "SELECT pg_backend_pid()").await,
+        backend,
+        "the moved server"
+    );
+    assert_eq!(
+        scalar(&other, "SHOW TimeZone").await,
+        zone,
+        "not the setter's time zone"
+    );
+    assert_eq!(scalar(&other, "SHOW statement_timeout").await, timeout);
+    assert_eq!(scalar(&setter, "SHOW TimeZone").await, "Asia/Tokyo");
+    assert_eq!(scalar(&setter, "SHOW statement_timeout").await, "4321s");
+    assert_eq!(scalar(&setter, "SELECT pg_backend_pid()").await, backend);
 }

@@ -128,7 +128,10 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
         _ => Limit::None,
     };
     if version < SERVERS_SINCE {
-        tracing::info!(version, "upgrade: the old process speaks an older format; its servers stay there");
+        tracing::info!(
+            version,
+            "upgrade: the old process speaks an older format; its servers stay there"
+        );
     }
     tokio::spawn(receive(
         pooler.shared().clone(),

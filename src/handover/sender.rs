@@ -182,7 +182,9 @@ impl Handing<'_> {
         } else if let Some((server, _)) = self.servers.remove(&seq) {
             match why {
                 None => self.moved += 1,
-                Some(reason) => tracing::info!("upgrade: the new process closed a server it did not take: {reason}"),
+                Some(reason) => {
+                    tracing::info!("upgrade: the new process closed a server it did not take: {reason}")
+                }
             }
             server.gone();
         }
@@ -214,7 +216,9 @@ async fn drive(
         .await
         .map_err(io)?;
     match step(reader).await {
-        Ok(Message::Hello { pid }) => tracing::info!(pid, "upgrade: the new process speaks format {}", h.version),
+        Ok(Message::Hello { pid }) => {
+            tracing::info!(pid, "upgrade: the new process speaks format {}", h.version)
+        }
         Ok(Message::Refused { reason }) => return Err(format!("the new process refused: {reason}")),
         Ok(other) => return Err(format!("unexpected {other:?}")),
         Err(e) => {

@@ -41,7 +41,7 @@ impl Pool {
             let fit = server.conn.is_healthy_idle()
                 && server.conn.identity == Identity::Login
                 && server.conn.info.generation() >= self.generation()
-                && !server.expires_at.is_some_and(|t| now >= t);
+                && server.expires_at.is_none_or(|t| now < t);
             if !fit {
                 drop(server);
                 continue;
@@ -72,7 +72,11 @@ impl Pool {
     /// and user, startup parameters and connect_query, its host one of the pool's hosts, TLS
     /// not required) and the pool has room under pool_size and its shared limits. Otherwise
     /// the server is ended with a Terminate and the reason returned.
-    pub(crate) fn adopt_server(self: &Arc<Self>, state: &ServerState, socket: PlainSocket) -> Result<(), String> {
+    pub(crate) fn adopt_server(
+        self: &Arc<Self>,
+        state: &ServerState,
+        socket: PlainSocket,
+    ) -> Result<(), String> {
         if let Err(why) = self.fits(state) {
             crate::server::terminate(socket);
             return Err(why);
@@ -90,7 +94,14 @@ impl Pool {
             ));
         };
         let conn = ServerConn::import(state, socket, self.plans.current()).map_err(|e| e.to_string())?;
-        self.remember_welcome(&conn);
+        // The login-time parameters, not the server's current ones (a client may have SET a
+        // reported one): what a setting no client wants is reset to.
+        if !state.pool_login_params.is_empty() {
+            let mut welcome = self.welcome.lock();
+            if welcome.is_none() {
+                *welcome = Some(Arc::new(state.pool_login_params.iter().cloned().collect()));
+            }
+        }
         conn.info.set_generation(self.generation());
         self.state.lock().servers.insert(conn.id, conn.info.clone());
         let lifetime = self.settings().server_lifetime;
@@ -121,11 +132,20 @@ impl Pool {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         if !hosts_match {
-            Err(format!("{}:{} is not a host of pool {}", state.host, state.port, self.key))
+            Err(format!(
+                "{}:{} is not a host of pool {}",
+                state.host, state.port, self.key
+            ))
         } else if t.dbname != state.server_database || t.user != state.server_user {
-            Err(format!("pool {} now logs in to another database or as another user", self.key))
+            Err(format!(
+                "pool {} now logs in to another database or as another user",
+                self.key
+            ))
         } else if startup != state.startup || t.startup.connect_query != state.connect_query {
-            Err(format!("pool {}'s startup parameters or connect_query changed", self.key))
+            Err(format!(
+                "pool {}'s startup parameters or connect_query changed",
+                self.key
+            ))
         } else if state.tcp && t.tls.mode >= SslMode::Require {
             Err(format!("pool {} requires TLS (server_tls_sslmode)", self.key))
         } else {
@@ -140,9 +160,14 @@ impl LeavingServer {
         let target = self.pool.settings().target.clone();
         let key = (self.pool.key.database.as_str(), self.pool.key.user.as_str());
         let tcp = matches!(self.socket, PlainSocket::Tcp(_));
-        self.server
+        let mut state = self
+            .server
             .conn
-            .export(key, &target, tcp, |h| self.pool.plans.invalidated_at(h))
+            .export(key, &target, tcp, |h| self.pool.plans.invalidated_at(h));
+        if let Some(welcome) = self.pool.welcome_params() {
+            state.pool_login_params = welcome.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        state
     }
 
     /// The socket's descriptor, to attach to the frame (SCM_RIGHTS duplicates it).

@@ -88,12 +88,17 @@ impl ServerConn {
             age_ms: self.created.elapsed().as_millis() as u64,
             idle_ms: self.last_used.elapsed().as_millis() as u64,
             read_only_refused: self.info.read_only_refused(),
+            pool_login_params: Vec::new(),
         }
     }
 
     /// A connection handed over by the old process, on `socket`, its statements recorded as
     /// prepared at plan epoch `epoch` of this process's pool.
-    pub(crate) fn import(state: &ServerState, socket: PlainSocket, epoch: u64) -> std::io::Result<ServerConn> {
+    pub(crate) fn import(
+        state: &ServerState,
+        socket: PlainSocket,
+        epoch: u64,
+    ) -> std::io::Result<ServerConn> {
         let (reader, writer) = socket.into_split()?;
         let addr: (Arc<str>, u16) = (state.host.as_str().into(), state.port);
         let mut conn = ServerConn::new(reader, writer, addr.clone());
@@ -115,7 +120,10 @@ impl ServerConn {
         conn.params_fingerprint = state.params_fingerprint;
         for s in &state.statements {
             let Ok(hash) = u128::from_str_radix(&s.hash, 16) else {
-                return Err(std::io::Error::other(format!("statement hash {:?} unreadable", s.hash)));
+                return Err(std::io::Error::other(format!(
+                    "statement hash {:?} unreadable",
+                    s.hash
+                )));
             };
             conn.statements.import(hash, epoch, s.shape, s.stale);
         }

@@ -115,7 +115,10 @@ impl ServerStatements {
 
     /// Each statement as (hash, row description hash, stale) for an upgrade's hand-over;
     /// `invalidated_at` is the pool's record of refused plans.
-    pub(crate) fn export(&self, invalidated_at: impl Fn(u128) -> Option<u64>) -> Vec<(u128, Option<u64>, bool)> {
+    pub(crate) fn export(
+        &self,
+        invalidated_at: impl Fn(u128) -> Option<u64>,
+    ) -> Vec<(u128, Option<u64>, bool)> {
         self.entries
             .iter()
             .map(|(hash, e)| {
@@ -263,6 +266,30 @@ mod tests {
         s.new_batch();
         assert_eq!(s.victim(2), Some(1));
         assert_eq!(s.touch(3, None), Held::Missing);
+    }
+
+    #[test]
+    fn a_handed_over_stale_copy_stays_stale_until_prepared_again() {
+        let plans = PlanInvalidations::default();
+        let mut old = ServerStatements::default();
+        old.insert(7, plans.current());
+        old.insert(8, plans.current());
+        old.set_shape(8, 99);
+        plans.invalidate(7);
+        let mut moved = old.export(|h| plans.invalidated_at(h));
+        moved.sort();
+        assert_eq!(moved, vec![(7, None, true), (8, Some(99), false)]);
+        // The new process's plans know nothing of the invalidation.
+        let fresh = PlanInvalidations::default();
+        let mut new = ServerStatements::default();
+        for (hash, shape, stale) in moved {
+            new.import(hash, fresh.current(), shape, stale);
+        }
+        assert_eq!(new.touch(7, fresh.invalidated_at(7)), Held::Stale);
+        assert_eq!(new.touch(8, fresh.invalidated_at(8)), Held::Ready);
+        assert_eq!(new.shape(8), Some(99));
+        new.insert(7, fresh.current());
+        assert_eq!(new.touch(7, None), Held::Ready);
     }
 
     #[test]

@@ -245,6 +245,10 @@ pub(crate) struct ServerState {
     pub(crate) idle_ms: u64,
     /// PostgreSQL refused a write on it (its host may have become a standby).
     pub(crate) read_only_refused: bool,
+    /// The ParameterStatus set its pool's servers report at login (what clients are told at
+    /// login, and what a setting no client wants is reset to); empty if unknown.
+    #[serde(default)]
+    pub(crate) pool_login_params: Vec<(String, String)>,
 }
 
 /// A prepared statement a server holds, under sluice's name for it (`sluice_` and the hash).
@@ -316,7 +320,10 @@ pub(crate) fn encode_as(version: u32, message: &Message) -> Result<Vec<u8>, Stri
 /// Decodes a frame, refusing any version outside `accepted` (the versions a reader speaks:
 /// every one this build knows before the hello, the agreed one after it); returns the frame's
 /// version with its message.
-pub(crate) fn decode(bytes: &[u8], accepted: std::ops::RangeInclusive<u32>) -> Result<(u32, Message), String> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    accepted: std::ops::RangeInclusive<u32>,
+) -> Result<(u32, Message), String> {
     let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| format!("unreadable frame: {e}"))?;
     if !accepted.contains(&v.version) {
         let speaks = match accepted.start() == accepted.end() {
@@ -358,7 +365,10 @@ mod tests {
             decode(&bytes, OLDEST_VERSION..=VERSION),
             Ok((1, Message::Hello { pid: 9 }))
         ));
-        assert!(decode(&bytes, VERSION..=VERSION).is_err(), "not after agreeing on 2");
+        assert!(
+            decode(&bytes, VERSION..=VERSION).is_err(),
+            "not after agreeing on 2"
+        );
         let server = Message::Server {
             seq: 1,
             state: Box::new(ServerState {
@@ -381,6 +391,7 @@ mod tests {
                 age_ms: 0,
                 idle_ms: 0,
                 read_only_refused: false,
+                pool_login_params: vec![],
             }),
         };
         let bytes = encode_as(1, &server).expect("encode");

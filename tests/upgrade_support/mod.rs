@@ -229,4 +229,3 @@ pub fn pgbench(port: u16, mode: &str, clients: u32, seconds: u32, script: &Path)
         .spawn()
         .expect("start pgbench")
 }
-
