@@ -6,6 +6,7 @@
 
 mod receiver;
 mod sender;
+mod servers;
 
 pub use receiver::take_over;
 pub use sender::hand_over;

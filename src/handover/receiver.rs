@@ -7,7 +7,7 @@ use crate::listener::{Inherited, RunningPooler};
 use crate::shared::{Shared, ShutdownMode};
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, ShutdownState, VERSION};
+use crate::upgrade::format::{Message, OLDEST_VERSION, SERVERS_SINCE, ShutdownState, VERSION};
 use crate::{Config, Error};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -16,16 +16,26 @@ use std::time::Duration;
 /// The test hook's exit after K clients ([`ExitPoint::AfterClients`]).
 const TEST_EXIT: &str = "test hook: exit after K clients";
 
+/// After how many clients or servers the test hook ends the new process.
+#[derive(PartialEq, Eq)]
+enum Limit {
+    None,
+    Clients(u64),
+    Servers(u64),
+}
+
 /// How long the old process has to answer each opening step.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where a test makes the new process die (docs/upgrades.md, "Testing"):
 /// `SLUICE_UPGRADE_TEST_EXIT=listeners` (on receiving the listeners), `accepting` (right
-/// after saying it accepts), `clients:K` (on receiving client K+1).
+/// after saying it accepts), `clients:K` (on receiving client K+1), `servers:K` (on
+/// receiving server K+1).
 enum ExitPoint {
     Listeners,
     Accepting,
     AfterClients(u64),
+    AfterServers(u64),
 }
 
 fn exit_point() -> Option<ExitPoint> {
@@ -33,11 +43,11 @@ fn exit_point() -> Option<ExitPoint> {
     match v.as_str() {
         "listeners" => Some(ExitPoint::Listeners),
         "accepting" => Some(ExitPoint::Accepting),
-        other => other
-            .strip_prefix("clients:")?
-            .parse()
-            .ok()
-            .map(ExitPoint::AfterClients),
+        other => match other.split_once(':')? {
+            ("clients", k) => k.parse().ok().map(ExitPoint::AfterClients),
+            ("servers", k) => k.parse().ok().map(ExitPoint::AfterServers),
+            _ => None,
+        },
     }
 }
 
@@ -54,24 +64,29 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
     // SAFETY: fcntl on our descriptor: it must not leak into a later upgrade's process.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // A test hook claims another format version, to see the old process refuse it.
-    let version = std::env::var(format!("{TEST_HOOK_PREFIX}VERSION"))
+    let claimed: Option<u32> = std::env::var(format!("{TEST_HOOK_PREFIX}VERSION"))
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(VERSION);
-    let (mut reader, writer) = channel::open(socket, version).map_err(|e| fail(e.to_string()))?;
+        .and_then(|v| v.parse().ok());
+    let (mut reader, mut writer) =
+        channel::open(socket, VERSION, OLDEST_VERSION..=VERSION).map_err(|e| fail(e.to_string()))?;
     let io = |e: std::io::Error| fail(e.to_string());
-    writer
-        .send(
-            &Message::Hello {
-                pid: std::process::id(),
-            },
-            &[],
-        )
-        .await
-        .map_err(io)?;
-    match step(&mut reader).await {
+    // The old process speaks first; this one answers in its version (N+1 takes over from N).
+    let version = match step(&mut reader).await {
         Ok((Message::Hello { pid }, _)) => {
-            tracing::info!(old = pid, "upgrade: taking over from the old process")
+            let version = reader.last_version();
+            reader.accept_only(version);
+            writer.set_version(claimed.unwrap_or(version));
+            writer
+                .send(
+                    &Message::Hello {
+                        pid: std::process::id(),
+                    },
+                    &[],
+                )
+                .await
+                .map_err(io)?;
+            tracing::info!(old = pid, version, "upgrade: taking over from the old process");
+            version
         }
         Ok((Message::Refused { reason }, _)) => {
             return Err(fail(format!("the old process refused: {reason}")));
@@ -89,7 +104,7 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
                 .await;
             return Err(fail(reason));
         }
-    }
+    };
     let (tcp, unix, metrics, fds) = match step(&mut reader).await.map_err(io)? {
         (Message::Listeners { tcp, unix, metrics }, fds) => (tcp, unix, metrics, fds),
         (Message::Refused { reason }, _) => return Err(fail(format!("the old process refused: {reason}"))),
@@ -108,9 +123,16 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
     // Not upgraded again before the old process has handed everything over.
     super::sender::RUNNING.store(true, std::sync::atomic::Ordering::Release);
     let limit = match exit {
-        Some(ExitPoint::AfterClients(k)) => Some(k),
-        _ => None,
+        Some(ExitPoint::AfterClients(k)) => Limit::Clients(k),
+        Some(ExitPoint::AfterServers(k)) => Limit::Servers(k),
+        _ => Limit::None,
     };
+    if version < SERVERS_SINCE {
+        tracing::info!(
+            version,
+            "upgrade: the old process speaks an older format; its servers stay there"
+        );
+    }
     tokio::spawn(receive(
         pooler.shared().clone(),
         reader,
@@ -182,7 +204,7 @@ async fn receive(
     shared: Arc<Shared>,
     mut reader: Reader,
     writer: Writer,
-    exit_after: Option<u64>,
+    exit_after: Limit,
     pidfile: Arc<std::sync::OnceLock<crate::service::pidfile::PidFile>>,
 ) {
     // Unbounded, but holding at most one answer per client the old process sent (bounded by
@@ -198,11 +220,34 @@ async fn receive(
     });
     let mut outbox = shared.handover.open();
     let mut adopted = 0u64;
+    let mut servers = 0u64;
     let ended = loop {
         tokio::select! {
             got = reader.recv() => match got {
+                Ok((Message::Server { seq, state }, fds)) => {
+                    if exit_after == Limit::Servers(servers) {
+                        break TEST_EXIT.to_string();
+                    }
+                    let answer = match fds.into_iter().next() {
+                        Some(fd) => super::servers::adopt(&shared, &state, fd),
+                        None => Err("its socket did not arrive".to_string()),
+                    };
+                    let reply = match answer {
+                        Ok(()) => {
+                            servers += 1;
+                            Message::Adopted { seq }
+                        }
+                        Err(reason) => {
+                            tracing::info!(pool = %format!("{}/{}", state.database, state.user), "upgrade: a server handed over was closed: {reason}");
+                            Message::NotAdopted { seq, reason }
+                        }
+                    };
+                    if answers.send(reply).is_err() {
+                        break "cannot answer the old process".to_string();
+                    }
+                }
                 Ok((Message::Client { seq, state }, fds)) => {
-                    if exit_after == Some(adopted) {
+                    if exit_after == Limit::Clients(adopted) {
                         break TEST_EXIT.to_string();
                     }
                     let answer = match fds.into_iter().next() {
@@ -248,7 +293,7 @@ async fn receive(
                     let _ = answers.send(Message::Bye);
                     drop(answers);
                     let _ = tokio::time::timeout(STEP_LIMIT, writing).await;
-                    tracing::info!(adopted, "upgrade: done; this process is the pooler now");
+                    tracing::info!(adopted, servers, "upgrade: done; this process is the pooler now");
                     super::sender::RUNNING.store(false, std::sync::atomic::Ordering::Release);
                     return;
                 }

@@ -3,6 +3,7 @@
 //! it is idle, and exit once none is left (or upgrade_timeout ended the rest). If anything
 //! fails before that, the new process is stopped and this one keeps serving everything it has.
 
+use super::servers::{self, PendingServers};
 use super::{CHANNEL_FD_VAR, COMMAND_LINE, TEST_HOOK_PREFIX};
 use crate::clients::Kill;
 use crate::listener::RunningPooler;
@@ -10,7 +11,7 @@ use crate::shared::Shared;
 use crate::shared::{Lifecycle, ShutdownMode};
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, ShutdownState, VERSION};
+use crate::upgrade::format::{Message, OLDEST_VERSION, SERVERS_SINCE, SHUTDOWN_SINCE, ShutdownState, VERSION};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
@@ -49,9 +50,23 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
     let mut child = spawn(theirs)?;
     tracing::info!(pid = child.id(), "upgrade: started the new process");
     let mut pending = Pending::new();
+    let mut sent_servers = PendingServers::new();
     let mut asked = HashSet::new();
-    let result = match channel::open(ours, VERSION) {
-        Ok((mut reader, writer)) => drive(pooler, &mut reader, &writer, &mut pending, &mut asked).await,
+    let version = speaks();
+    let result = match channel::open(ours, version, version..=version) {
+        Ok((mut reader, writer)) => {
+            let mut handing = Handing {
+                version,
+                servers_move: version >= SERVERS_SINCE,
+                pending: &mut pending,
+                servers: &mut sent_servers,
+                asked: &mut asked,
+                seq: 0,
+                handed: 0,
+                moved: 0,
+            };
+            drive(pooler, &mut reader, &writer, &mut handing).await
+        }
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = &result {
@@ -62,6 +77,9 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
         pooler.handover.paused.send_replace(false);
         shared.handover.close();
         drop(pending); // their sessions take their clients back
+        for (_, (server, _)) in sent_servers.drain() {
+            server.keep(); // back to its pool, cleaned
+        }
         shared.for_each_client(|c| c.withdraw_hand_over());
         tracing::error!("upgrade failed, this process serves on: {e}");
         RUNNING.store(false, Ordering::Release);
@@ -94,13 +112,98 @@ fn spawn(theirs: std::os::unix::net::UnixStream) -> Result<tokio::process::Child
     child.map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
 
-/// The steps, up to Bye. Clients answered for are settled in `pending` as answers come.
+/// The format version this process speaks as the old one: its own, unless the test hook
+/// `SLUICE_UPGRADE_TEST_OLD_VERSION=1` makes the first process (not one an upgrade started)
+/// speak an older one (docs/upgrades.md, "Testing").
+fn speaks() -> u32 {
+    if std::env::var_os(CHANNEL_FD_VAR).is_some() {
+        return VERSION;
+    }
+    std::env::var(format!("{TEST_HOOK_PREFIX}OLD_VERSION"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| (OLDEST_VERSION..VERSION).contains(v))
+        .unwrap_or(VERSION)
+}
+
+/// What the old process has handed over so far, and what awaits an answer.
+struct Handing<'a> {
+    /// The format version spoken.
+    version: u32,
+    /// The agreed format carries servers (version 2 on).
+    servers_move: bool,
+    /// Clients sent and not yet answered for.
+    pending: &'a mut Pending,
+    /// Servers sent and not yet answered for.
+    servers: &'a mut PendingServers,
+    /// Clients asked to hand themselves over.
+    asked: &'a mut HashSet<u64>,
+    /// The last `seq` given (clients and servers share the numbering).
+    seq: u64,
+    /// Clients adopted.
+    handed: u64,
+    /// Servers adopted.
+    moved: u64,
+}
+
+impl Handing<'_> {
+    /// Sends each server with its socket; each awaits its answer in `servers`.
+    async fn send_servers(&mut self, writer: &Writer, all: bool, shared: &Arc<Shared>) -> Result<(), String> {
+        if !self.servers_move {
+            return Ok(());
+        }
+        for server in servers::movable(shared, all) {
+            self.seq += 1;
+            let seq = self.seq;
+            let message = Message::Server {
+                seq,
+                state: Box::new(server.state()),
+            };
+            let sent = send(writer, &message, &[server.raw_fd()]).await;
+            // Pending even when the send failed: the descriptor may have arrived.
+            self.servers.insert(seq, (server, Instant::now()));
+            sent.map_err(|e| format!("cannot send a server: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Settles the answer for `seq` (a client's or a server's); `why` when not adopted.
+    fn answered(&mut self, seq: u64, why: Option<String>) {
+        if let Some((reply, _)) = self.pending.remove(&seq) {
+            match why {
+                None => {
+                    self.handed += 1;
+                    let _ = reply.send(Ok(()));
+                }
+                Some(reason) => {
+                    tracing::warn!("upgrade: the new process did not take a client: {reason}; it stays here");
+                    let _ = reply.send(Err(reason));
+                }
+            }
+        } else if let Some((server, _)) = self.servers.remove(&seq) {
+            match why {
+                None => self.moved += 1,
+                Some(reason) => {
+                    tracing::info!("upgrade: the new process closed a server it did not take: {reason}")
+                }
+            }
+            server.gone();
+        }
+    }
+
+    /// True when the new process has kept an answer waiting too long.
+    fn overdue(&self) -> bool {
+        self.pending.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT)
+            || self.servers.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT)
+    }
+}
+
+/// The steps, up to Bye. Clients and servers answered for are settled as answers come.
 async fn drive(
     pooler: &RunningPooler,
     reader: &mut Reader,
     writer: &Writer,
-    pending: &mut Pending,
-    asked: &mut HashSet<u64>,
+    h: &mut Handing<'_>,
 ) -> Result<(), String> {
     let shared = pooler.shared();
     let io = |e: std::io::Error| e.to_string();
@@ -114,7 +217,9 @@ async fn drive(
         .await
         .map_err(io)?;
     match step(reader).await {
-        Ok(Message::Hello { pid }) => tracing::info!(pid, "upgrade: the new process speaks format {VERSION}"),
+        Ok(Message::Hello { pid }) => {
+            tracing::info!(pid, "upgrade: the new process speaks format {}", h.version)
+        }
         Ok(Message::Refused { reason }) => return Err(format!("the new process refused: {reason}")),
         Ok(other) => return Err(format!("unexpected {other:?}")),
         Err(e) => {
@@ -161,8 +266,6 @@ async fn drive(
         crate::config::format_duration(timeout)
     );
     let started = Instant::now();
-    let mut seq = 0u64;
-    let mut handed = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut told_at: Option<Instant> = None;
     // A stop ordered here during the hand-over is the service's stop: the new process, which
@@ -173,7 +276,9 @@ async fn drive(
         tokio::select! {
             changed = lifecycle.changed() => {
                 let now = *lifecycle.borrow_and_update();
-                if changed.is_ok() && now != passed_on {
+                // A format-1 new process would not know the message (it stops when this one
+                // exits and closes the channel).
+                if changed.is_ok() && now != passed_on && h.version >= SHUTDOWN_SINCE {
                     passed_on = now;
                     let mode = shutdown_state(now);
                     tracing::info!(?mode, "upgrade: this process is stopping; the new process stops too");
@@ -182,13 +287,14 @@ async fn drive(
             }
             parcel = outbox.recv() => match parcel {
                 Some(Outgoing::Client { state, socket, reply }) => {
-                    seq += 1;
+                    h.seq += 1;
+                    let seq = h.seq;
                     let sent = send(writer, &Message::Client { seq, state }, &[socket.as_raw_fd()]).await;
                     drop(socket); // our extra copy; the session keeps its own until answered
                     // Pending even when the send failed: part of it (the descriptor) may have
                     // arrived, so the session takes its client back only once the new process
                     // is gone.
-                    pending.insert(seq, (reply, Instant::now()));
+                    h.pending.insert(seq, (reply, Instant::now()));
                     if let Err(e) = sent {
                         return Err(format!("cannot send a client: {e}"));
                     }
@@ -198,36 +304,16 @@ async fn drive(
                 }
                 None => return Err("the outbox closed".to_string()),
             },
-            got = reader.recv() => match got.map_err(io)?.0 {
-                Message::Adopted { seq } => {
-                    if let Some((reply, _)) = pending.remove(&seq) {
-                        handed += 1;
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-                Message::NotAdopted { seq, reason } => {
-                    tracing::warn!("upgrade: the new process did not take a client: {reason}; it stays here");
-                    if let Some((reply, _)) = pending.remove(&seq) {
-                        let _ = reply.send(Err(reason));
-                    }
-                }
-                Message::Cancel(key) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        crate::server::cancel::forward_request(&shared.clients, (key.pid, key.secret)).await;
-                    });
-                }
-                Message::Refused { reason } => return Err(format!("the new process gave up: {reason}")),
-                other => return Err(format!("unexpected {other:?}")),
-            },
+            got = reader.recv() => answer(shared, h, got.map_err(io)?.0)?,
             _ = tick.tick() => {
-                if pending.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT) {
-                    return Err("the new process did not answer for a client in time".to_string());
+                if h.overdue() {
+                    return Err("the new process did not answer for a client or a server in time".to_string());
                 }
-                ask_new_clients(shared, asked);
+                ask_new_clients(shared, h.asked);
+                h.send_servers(writer, false, shared).await?;
                 let mut left = shared.logins_in_progress();
                 shared.for_each_client(|_| left += 1);
-                if left == 0 && pending.is_empty() {
+                if left == 0 && h.pending.is_empty() {
                     break;
                 }
                 match told_at {
@@ -235,10 +321,18 @@ async fn drive(
                         told_at = Some(Instant::now());
                         tell_the_rest(shared, timeout);
                     }
-                    Some(at) if at.elapsed() >= LEAVE_LIMIT && pending.is_empty() => break,
+                    Some(at) if at.elapsed() >= LEAVE_LIMIT && h.pending.is_empty() => break,
                     _ => {}
                 }
             }
+        }
+    }
+    // Every idle server left goes now; Done once each is answered for.
+    h.send_servers(writer, true, shared).await?;
+    while !h.servers.is_empty() {
+        match tokio::time::timeout(CLIENT_LIMIT, reader.recv()).await {
+            Ok(got) => answer(shared, h, got.map_err(io)?.0)?,
+            Err(_) => return Err("the new process did not answer for a server in time".to_string()),
         }
     }
     send(writer, &Message::Done, &[]).await?;
@@ -250,7 +344,8 @@ async fn drive(
     pooler.handover.file_given.store(true, Ordering::Release);
     shared.handover.close();
     tracing::info!(
-        handed_over = handed,
+        handed_over = h.handed,
+        servers = h.moved,
         seconds = started.elapsed().as_secs_f64(),
         "upgrade: done; this process exits"
     );
@@ -265,6 +360,23 @@ fn shutdown_state(lifecycle: Lifecycle) -> ShutdownState {
         Lifecycle::Draining(ShutdownMode::WaitForServers) => ShutdownState::WaitForServers,
         Lifecycle::Running | Lifecycle::Exit => ShutdownState::Now,
     }
+}
+
+/// Handles what the new process says during the hand-over: answers, cancel requests.
+fn answer(shared: &Arc<Shared>, h: &mut Handing<'_>, message: Message) -> Result<(), String> {
+    match message {
+        Message::Adopted { seq } => h.answered(seq, None),
+        Message::NotAdopted { seq, reason } => h.answered(seq, Some(reason)),
+        Message::Cancel(key) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                crate::server::cancel::forward_request(&shared.clients, (key.pid, key.secret)).await;
+            });
+        }
+        Message::Refused { reason } => return Err(format!("the new process gave up: {reason}")),
+        other => return Err(format!("unexpected {other:?}")),
+    }
+    Ok(())
 }
 
 /// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go

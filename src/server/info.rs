@@ -77,6 +77,14 @@ impl ServerInfo {
         }
     }
 
+    /// A server handed over by an upgrade keeps its open times (SHOW SERVERS connect_time,
+    /// server_lifetime).
+    pub(crate) fn opened_since(mut self, at: Instant, wall: std::time::SystemTime) -> ServerInfo {
+        self.opened_at = at;
+        self.opened_wall = wall;
+        self
+    }
+
     /// Notes that PostgreSQL refused a write on this server (SQLSTATE 25006).
     pub(crate) fn note_read_only_refusal(&self) {
         self.read_only_refused

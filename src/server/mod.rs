@@ -3,6 +3,7 @@
 
 pub(crate) mod auth_query;
 pub(crate) mod cancel;
+mod handover;
 mod info;
 mod login;
 pub(crate) mod resolve;
@@ -12,6 +13,7 @@ mod tls;
 
 pub(crate) use info::{ServerInfo, ServerUse, TxState};
 
+pub(crate) use handover::terminate;
 pub(crate) use login::{ServerTarget, StartupExtras, connect, open_socket};
 
 use crate::protocol::{MAX_LOGIN_MESSAGE, PgError, TxStatus, UnknownTxStatus};

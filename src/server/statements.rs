@@ -56,6 +56,9 @@ struct Entry {
     epoch: u64,
     /// A hash of its row description, once a Describe of it on this server was seen.
     shape: Option<u64>,
+    /// Handed over by an upgrade as prepared before its plan was found unusable (this
+    /// process's plan epochs do not know it).
+    stale: bool,
 }
 
 /// The statements one server holds, with their last use for LRU eviction.
@@ -86,7 +89,7 @@ impl ServerStatements {
         match self.entries.get_mut(&hash) {
             Some(e) => {
                 e.last_used = self.clock;
-                if good_since.is_some_and(|g| e.epoch < g) {
+                if e.stale || good_since.is_some_and(|g| e.epoch < g) {
                     Held::Stale
                 } else {
                     Held::Ready
@@ -105,6 +108,37 @@ impl ServerStatements {
                 last_used: self.clock,
                 epoch,
                 shape: None,
+                stale: false,
+            },
+        );
+    }
+
+    /// Each statement as (hash, row description hash, stale) for an upgrade's hand-over;
+    /// `invalidated_at` is the pool's record of refused plans.
+    pub(crate) fn export(
+        &self,
+        invalidated_at: impl Fn(u128) -> Option<u64>,
+    ) -> Vec<(u128, Option<u64>, bool)> {
+        self.entries
+            .iter()
+            .map(|(hash, e)| {
+                let stale = e.stale || invalidated_at(*hash).is_some_and(|g| e.epoch < g);
+                (*hash, e.shape, stale)
+            })
+            .collect()
+    }
+
+    /// Records a statement a server handed over by an upgrade holds (prepared at `epoch` of
+    /// this process's pool, or stale).
+    pub(crate) fn import(&mut self, hash: u128, epoch: u64, shape: Option<u64>, stale: bool) {
+        self.clock += 1;
+        self.entries.insert(
+            hash,
+            Entry {
+                last_used: self.clock,
+                epoch,
+                shape,
+                stale,
             },
         );
     }
@@ -232,6 +266,30 @@ mod tests {
         s.new_batch();
         assert_eq!(s.victim(2), Some(1));
         assert_eq!(s.touch(3, None), Held::Missing);
+    }
+
+    #[test]
+    fn a_handed_over_stale_copy_stays_stale_until_prepared_again() {
+        let plans = PlanInvalidations::default();
+        let mut old = ServerStatements::default();
+        old.insert(7, plans.current());
+        old.insert(8, plans.current());
+        old.set_shape(8, 99);
+        plans.invalidate(7);
+        let mut moved = old.export(|h| plans.invalidated_at(h));
+        moved.sort();
+        assert_eq!(moved, vec![(7, None, true), (8, Some(99), false)]);
+        // The new process's plans know nothing of the invalidation.
+        let fresh = PlanInvalidations::default();
+        let mut new = ServerStatements::default();
+        for (hash, shape, stale) in moved {
+            new.import(hash, fresh.current(), shape, stale);
+        }
+        assert_eq!(new.touch(7, fresh.invalidated_at(7)), Held::Stale);
+        assert_eq!(new.touch(8, fresh.invalidated_at(8)), Held::Ready);
+        assert_eq!(new.shape(8), Some(99));
+        new.insert(7, fresh.current());
+        assert_eq!(new.touch(7, None), Held::Ready);
     }
 
     #[test]

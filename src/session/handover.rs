@@ -214,6 +214,21 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
     Ok(())
 }
 
+/// The pool (`database`, `user`) as a login would find or create it, for a server handed over
+/// by the old process; Err when this process's configuration does not serve the database.
+pub(crate) fn pool_of(
+    shared: &Arc<Shared>,
+    database: &str,
+    user: &str,
+) -> Result<Arc<crate::pool::Pool>, String> {
+    let config = shared.config.load_full();
+    if config.database(database).is_none() || shared.is_disabled(database) {
+        return Err(format!("database \"{database}\" is not served here"));
+    }
+    let secret = config.user_secret(user).map(Secret::parse);
+    pool_for(shared, &config, database, user, secret).map_err(|e| e.message)
+}
+
 fn export_secret(secret: &Secret) -> SecretState {
     let verifier = |v: &ScramVerifier| {
         format!(

@@ -6,6 +6,7 @@ use super::fdpass;
 use super::format::{self, MAX_FRAME, Message};
 use std::collections::VecDeque;
 use std::io;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use tokio::io::Interest;
@@ -25,10 +26,19 @@ pub(crate) struct Reader {
     buf: Vec<u8>,
     /// Descriptors received and not yet taken by their frames.
     fds: VecDeque<OwnedFd>,
+    /// The versions frames may have (all this build speaks until the hello; then one).
+    accepted: RangeInclusive<u32>,
+    /// The version of the last frame read.
+    last_version: u32,
 }
 
-/// Splits a connected socket into the channel's two sides; `version` is what frames claim.
-pub(crate) fn open(socket: std::os::unix::net::UnixStream, version: u32) -> io::Result<(Reader, Writer)> {
+/// Splits a connected socket into the channel's two sides; `version` is what frames claim,
+/// `accepted` the versions frames read may have.
+pub(crate) fn open(
+    socket: std::os::unix::net::UnixStream,
+    version: u32,
+    accepted: RangeInclusive<u32>,
+) -> io::Result<(Reader, Writer)> {
     socket.set_nonblocking(true)?;
     let socket = Arc::new(UnixStream::from_std(socket)?);
     Ok((
@@ -36,12 +46,19 @@ pub(crate) fn open(socket: std::os::unix::net::UnixStream, version: u32) -> io::
             socket: socket.clone(),
             buf: Vec::new(),
             fds: VecDeque::new(),
+            last_version: *accepted.start(),
+            accepted,
         },
         Writer { socket, version },
     ))
 }
 
 impl Writer {
+    /// Frames claim `version` from now on (the new process answers in the old one's version).
+    pub(crate) fn set_version(&mut self, version: u32) {
+        self.version = version;
+    }
+
     /// Sends one frame with `fds` attached.
     pub(crate) async fn send(&self, message: &Message, fds: &[RawFd]) -> io::Result<()> {
         let body = format::encode_as(self.version, message).map_err(io::Error::other)?;
@@ -68,6 +85,16 @@ impl Writer {
 }
 
 impl Reader {
+    /// The version of the last frame read (after the hello: the old process's).
+    pub(crate) fn last_version(&self) -> u32 {
+        self.last_version
+    }
+
+    /// Only frames of `version` are read from now on (the one both sides agreed).
+    pub(crate) fn accept_only(&mut self, version: u32) {
+        self.accepted = version..=version;
+    }
+
     /// Receives the next frame and its descriptors. An unreadable frame, one of another
     /// version, or the peer closing is an error.
     pub(crate) async fn recv(&mut self) -> io::Result<(Message, Vec<OwnedFd>)> {
@@ -119,10 +146,12 @@ impl Reader {
                 "a frame's descriptors did not arrive",
             ));
         }
-        let message =
-            format::decode(&self.buf[5..5 + len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        let decoded = format::decode(&self.buf[5..5 + len], self.accepted.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         self.buf.drain(..5 + len);
         let fds = self.fds.drain(..nfds).collect();
-        Ok(Some((message?, fds)))
+        let (version, message) = decoded?;
+        self.last_version = version;
+        Ok(Some((message, fds)))
     }
 }

@@ -1,15 +1,25 @@
 //! The hand-over format, version [`VERSION`] (docs/upgrades.md describes it field by field).
 //! Every frame on the channel is one JSON object `{"version": N, "message": {...}}`; a process
-//! reads the version first and refuses a frame of any other version, so an upgrade between
-//! incompatible builds aborts cleanly and the old process keeps serving. Bump [`VERSION`]
-//! whenever a message or a field changes meaning; adding a field with a default does not.
+//! reads the version first and refuses a frame of a version it does not speak, so an upgrade
+//! between incompatible builds aborts cleanly and the old process keeps serving. The new
+//! process speaks every version from [`OLDEST_VERSION`] up, in the old process's version (N+1
+//! takes over from N). Bump [`VERSION`] whenever a message or a field changes meaning;
+//! adding a field with a default does not.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// The format this build speaks.
-pub(crate) const VERSION: u32 = 1;
+/// The format this build speaks as the old process (2: idle servers move too).
+pub(crate) const VERSION: u32 = 2;
+
+/// The oldest format this build takes over from as the new process (1: no servers come).
+pub(crate) const OLDEST_VERSION: u32 = 1;
+
+/// The first version with [`Message::Server`].
+pub(crate) const SERVERS_SINCE: u32 = 2;
+/// The first version with [`Message::Shutdown`].
+pub(crate) const SHUTDOWN_SINCE: u32 = 2;
 
 /// Largest frame either side accepts (a client's prepared statements are bounded by
 /// max_client_prepared_bytes well below this).
@@ -81,6 +91,15 @@ pub(crate) enum Message {
     /// Either way: a CancelRequest whose key the sender does not know (its client is, or was
     /// just moved, in the other process).
     Cancel(CancelKeyState),
+    /// Old to new (version 2 on), with the server's socket attached: one idle server
+    /// connection and its state. Answered with Adopted or NotAdopted (one `seq` numbering for
+    /// clients and servers); NotAdopted means the new process closed it.
+    Server {
+        /// Numbers the server within this hand-over, for the answer.
+        seq: u64,
+        /// The server's state.
+        state: Box<ServerState>,
+    },
     /// Old to new: every client was handed over or has gone; nothing more comes.
     Done,
     /// New to old, after Done: systemd was told the new main pid; the old process exits.
@@ -204,6 +223,65 @@ pub(crate) struct StatementState {
     pub(crate) changed: bool,
 }
 
+/// One idle server connection to PostgreSQL (plain TCP or unix socket, never TLS): what the new
+/// process needs to lend it as if it had opened it itself, and to show it as before.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ServerState {
+    /// The pool's client-facing database name.
+    pub(crate) database: String,
+    /// The pool's client-facing user name.
+    pub(crate) user: String,
+    /// The database name it logged in to on PostgreSQL.
+    pub(crate) server_database: String,
+    /// The user it logged in as on PostgreSQL.
+    pub(crate) server_user: String,
+    /// The host (or unix socket directory) it is connected to.
+    pub(crate) host: String,
+    /// Its port.
+    pub(crate) port: u16,
+    /// A TCP socket (else unix).
+    pub(crate) tcp: bool,
+    /// The startup parameters it logged in with (the database's client_encoding, ...).
+    pub(crate) startup: Vec<(String, String)>,
+    /// The database's connect_query it ran after login.
+    pub(crate) connect_query: Option<String>,
+    /// BackendKeyData: the backend's process id.
+    pub(crate) backend_pid: i32,
+    /// BackendKeyData: the backend's secret key.
+    pub(crate) backend_secret: i32,
+    /// The ParameterStatus values it reported, as of now.
+    pub(crate) params: Vec<(String, String)>,
+    /// Settings sluice applied on it for the client that used it last.
+    pub(crate) applied: Vec<(String, String)>,
+    /// The settings fingerprint of the client that left it (None: unknown).
+    pub(crate) params_fingerprint: Option<u64>,
+    /// The prepared statements sluice created on it.
+    pub(crate) statements: Vec<ServerStatementState>,
+    /// Wall-clock open time, milliseconds since 1970 (SHOW SERVERS connect_time).
+    pub(crate) opened_unix_ms: u64,
+    /// How long it had been open at the hand-over, in milliseconds (server_lifetime).
+    pub(crate) age_ms: u64,
+    /// How long it had been idle at the hand-over, in milliseconds (server_idle_timeout).
+    pub(crate) idle_ms: u64,
+    /// PostgreSQL refused a write on it (its host may have become a standby).
+    pub(crate) read_only_refused: bool,
+    /// The ParameterStatus set its pool's servers report at login (what clients are told at
+    /// login, and what a setting no client wants is reset to); empty if unknown.
+    #[serde(default)]
+    pub(crate) pool_login_params: Vec<(String, String)>,
+}
+
+/// A prepared statement a server holds, under sluice's name for it (`sluice_` and the hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ServerStatementState {
+    /// The hash naming it on the server (32 hex digits).
+    pub(crate) hash: String,
+    /// Hash of its row description on this server, once seen.
+    pub(crate) shape: Option<u64>,
+    /// Prepared before its plan was found unusable: closed and prepared again before use.
+    pub(crate) stale: bool,
+}
+
 /// A secret for logging in to PostgreSQL (never logged).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -259,17 +337,34 @@ pub(crate) fn encode_as(version: u32, message: &Message) -> Result<Vec<u8>, Stri
     serde_json::to_vec(&Out { version, message }).map_err(|e| e.to_string())
 }
 
-/// Decodes a frame, refusing any version but this build's.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Message, String> {
+/// Decodes a frame, refusing any version outside `accepted` (the versions a reader speaks:
+/// every one this build knows before the hello, the agreed one after it); returns the frame's
+/// version with its message.
+pub(crate) fn decode(
+    bytes: &[u8],
+    accepted: std::ops::RangeInclusive<u32>,
+) -> Result<(u32, Message), String> {
     let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| format!("unreadable frame: {e}"))?;
-    if v.version != VERSION {
+    if !accepted.contains(&v.version) {
+        let speaks = match accepted.start() == accepted.end() {
+            true => accepted.start().to_string(),
+            false => format!("{} to {}", accepted.start(), accepted.end()),
+        };
         return Err(format!(
-            "hand-over format version {} is not this build's ({VERSION})",
+            "hand-over format version {} is not one this build speaks ({speaks})",
             v.version
         ));
     }
     let frame: Frame = serde_json::from_slice(bytes).map_err(|e| format!("unreadable frame: {e}"))?;
-    Ok(frame.message)
+    let (since, what) = match frame.message {
+        Message::Server { .. } => (SERVERS_SINCE, "server"),
+        Message::Shutdown { .. } => (SHUTDOWN_SINCE, "shutdown"),
+        _ => (OLDEST_VERSION, ""),
+    };
+    if frame.version >= since {
+        return Ok((frame.version, frame.message));
+    }
+    Err(format!("a {what} frame in format version {}", frame.version))
 }
 
 #[cfg(test)]
@@ -279,9 +374,57 @@ mod tests {
     #[test]
     fn a_frame_of_another_version_is_refused_and_this_one_round_trips() {
         let bytes = encode_as(VERSION + 1, &Message::Done).expect("encode");
-        let e = decode(&bytes).expect_err("another version");
+        let e = decode(&bytes, OLDEST_VERSION..=VERSION).expect_err("another version");
         assert!(e.contains("version"), "{e}");
         let bytes = encode_as(VERSION, &Message::Adopted { seq: 7 }).expect("encode");
-        assert!(matches!(decode(&bytes), Ok(Message::Adopted { seq: 7 })));
+        assert!(matches!(
+            decode(&bytes, VERSION..=VERSION),
+            Ok((VERSION, Message::Adopted { seq: 7 }))
+        ));
+    }
+
+    #[test]
+    fn version_1_is_read_and_a_server_frame_in_it_is_refused() {
+        let bytes = encode_as(1, &Message::Hello { pid: 9 }).expect("encode");
+        assert!(matches!(
+            decode(&bytes, OLDEST_VERSION..=VERSION),
+            Ok((1, Message::Hello { pid: 9 }))
+        ));
+        assert!(
+            decode(&bytes, VERSION..=VERSION).is_err(),
+            "not after agreeing on 2"
+        );
+        let server = Message::Server {
+            seq: 1,
+            state: Box::new(ServerState {
+                database: "d".into(),
+                user: "u".into(),
+                server_database: "d".into(),
+                server_user: "u".into(),
+                host: "127.0.0.1".into(),
+                port: 5432,
+                tcp: true,
+                startup: vec![],
+                connect_query: None,
+                backend_pid: 1,
+                backend_secret: 2,
+                params: vec![],
+                applied: vec![],
+                params_fingerprint: None,
+                statements: vec![],
+                opened_unix_ms: 0,
+                age_ms: 0,
+                idle_ms: 0,
+                read_only_refused: false,
+                pool_login_params: vec![],
+            }),
+        };
+        let bytes = encode_as(1, &server).expect("encode");
+        assert!(decode(&bytes, OLDEST_VERSION..=VERSION).is_err());
+        let bytes = encode_as(2, &server).expect("encode");
+        assert!(matches!(
+            decode(&bytes, VERSION..=VERSION),
+            Ok((2, Message::Server { seq: 1, .. }))
+        ));
     }
 }
