@@ -182,6 +182,9 @@ async fn drive(
                 Some(Outgoing::Cancel(key)) => {
                     send(writer, &Message::Cancel(key), &[]).await?;
                 }
+                Some(Outgoing::Forward { marker, what }) => {
+                    send(writer, &forwarded(marker, what), &[]).await?;
+                }
                 None => return Err("the outbox closed".to_string()),
             },
             got = reader.recv() => match got.map_err(io)?.0 {
@@ -227,6 +230,12 @@ async fn drive(
             }
         }
     }
+    // What forwarding sessions put in the outbox before they ended goes before Done.
+    while let Ok(parcel) = outbox.try_recv() {
+        if let Outgoing::Forward { marker, what } = parcel {
+            send(writer, &forwarded(marker, what), &[]).await?;
+        }
+    }
     send(writer, &Message::Done, &[]).await?;
     // The new process tells systemd it is the main process now, then says Bye.
     match tokio::time::timeout(STEP_LIMIT, reader.recv()).await {
@@ -242,6 +251,19 @@ async fn drive(
     );
     shared.shutdown(None);
     Ok(())
+}
+
+/// The frame for a LISTENing client's forwarded notifications (or their end).
+fn forwarded(marker: String, what: crate::upgrade::Forwarded) -> Message {
+    use crate::upgrade::Forwarded;
+    match what {
+        Forwarded::Messages(list) => Message::Notifications {
+            marker,
+            messages: list.into_iter().map(|b| b.to_vec()).collect(),
+        },
+        Forwarded::MarkerSeen => Message::MarkerSeen { marker },
+        Forwarded::MarkerMissed(reason) => Message::MarkerMissed { marker, reason },
+    }
 }
 
 /// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go

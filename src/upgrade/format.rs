@@ -85,6 +85,30 @@ pub(crate) enum Message {
     Done,
     /// New to old, after Done: systemd was told the new main pid; the old process exits.
     Bye,
+    /// Old to new: notifications the old process's listening connection read for a client
+    /// handed over with channels ([`ListenState`]), before that client's marker; the new
+    /// process writes them to the client before its own (docs/upgrades.md, "LISTEN").
+    Notifications {
+        /// The client's marker channel ([`ListenState::marker`]).
+        marker: String,
+        /// The messages as the client receives them (NotificationResponse, NoticeResponse).
+        #[serde(with = "b64_list")]
+        messages: Vec<Vec<u8>>,
+    },
+    /// Old to new: the old process's listening connection read the client's marker; every
+    /// notification before it was sent (in `notifications`), and nothing more comes for it.
+    MarkerSeen {
+        /// See [`Message::Notifications`].
+        marker: String,
+    },
+    /// Old to new: the old process stopped forwarding the client's notifications before it saw
+    /// the marker (a bound or a timeout); the new process tells the client some may be missed.
+    MarkerMissed {
+        /// See [`Message::Notifications`].
+        marker: String,
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 /// A cancel key (BackendKeyData) sluice issued a client.
@@ -144,6 +168,24 @@ pub(crate) struct ClientState {
     /// The secret its pool logs in to PostgreSQL with, when the login produced one that the
     /// configuration does not hold (SCRAM pass-through keys, an auth_query answer).
     pub(crate) secret: Option<SecretState>,
+    /// Its LISTEN channels (transaction mode), when it listens on any.
+    #[serde(default)]
+    pub(crate) listen: Option<ListenState>,
+}
+
+/// A LISTENing client's subscriptions in flight (docs/upgrades.md, "LISTEN"): the new process
+/// LISTENs on `channels` and on `marker`, then NOTIFYs `marker`. Notifications the old
+/// process's listening connection reads before the marker are the old process's (sent in
+/// [`Message::Notifications`], then [`Message::MarkerSeen`]); those after it, the new one's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ListenState {
+    /// The channels it listens on (committed: the client is idle, no transaction is open).
+    pub(crate) channels: Vec<String>,
+    /// A channel private to this hand-over of this client (`sluice_handover_<pid>_<n>`).
+    pub(crate) marker: String,
+    /// Messages already waiting in its old mailbox, as the client receives them, in order.
+    #[serde(with = "b64_list")]
+    pub(crate) queued: Vec<Vec<u8>>,
 }
 
 /// One session setting a client wants.
@@ -228,6 +270,25 @@ mod b64 {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Lists of byte strings as lists of base64 strings in JSON.
+mod b64_list {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| STANDARD.encode(b)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .into_iter()
+            .map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 

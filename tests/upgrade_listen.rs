@@ -1,0 +1,319 @@
+//! Upgrades with LISTENing clients (docs/upgrades.md, "LISTEN"): transaction-mode clients with
+//! subscriptions move to the new process like any idle client, with their channels, and every
+//! notification committed on their channels reaches them exactly once, in order, across the
+//! hand-over (a marker NOTIFY splits the stream between the two processes). The real binary,
+//! a real PostgreSQL, tokio-postgres clients, a producer NOTIFYing straight on PostgreSQL.
+
+mod common;
+
+use common::generations::{Generations, identities};
+use common::pg;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+const USER: &str = "sluice_trust";
+const CHANNELS: [&str; 2] = ["upg_a", "upg_b"];
+/// Short enough that a client held until it ends makes the test fail on time.
+const UPGRADE_TIMEOUT_S: u64 = 8;
+
+/// What a connection heard besides answers.
+#[derive(Debug)]
+enum Heard {
+    Note(String, String),
+    Notice(String),
+    Ended(Option<String>),
+}
+
+/// A tokio-postgres client whose connection task forwards notifications and notices.
+struct Listener {
+    client: tokio_postgres::Client,
+    heard: mpsc::UnboundedReceiver<Heard>,
+}
+
+async fn listener(addr: SocketAddr) -> Listener {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(addr.port())
+        .user(USER)
+        .dbname("app")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    let (tx, heard) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let heard = match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    Heard::Note(n.channel().to_string(), n.payload().to_string())
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => Heard::Notice(n.message().to_string()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    let _ = tx.send(Heard::Ended(Some(format!("{e:?}"))));
+                    return;
+                }
+                None => {
+                    let _ = tx.send(Heard::Ended(None));
+                    return;
+                }
+            };
+            if tx.send(heard).is_err() {
+                return;
+            }
+        }
+    });
+    Listener { client, heard }
+}
+
+impl Listener {
+    /// Reads until "end" arrived on each of `channels` (within `limit`): per channel, the
+    /// payloads heard, in order; and the notices heard.
+    async fn until_end(
+        &mut self,
+        channels: &[&str],
+        limit: Duration,
+    ) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut notices = Vec::new();
+        let ended = |got: &BTreeMap<String, Vec<String>>| {
+            channels.iter().all(|c| {
+                got.get(*c)
+                    .is_some_and(|v| v.last().map(String::as_str) == Some("end"))
+            })
+        };
+        while !ended(&got) {
+            match tokio::time::timeout_at(deadline, self.heard.recv()).await {
+                Ok(Some(Heard::Note(c, p))) => got.entry(c).or_default().push(p),
+                Ok(Some(Heard::Notice(n))) => notices.push(n),
+                Ok(Some(Heard::Ended(e))) => panic!("a listener's connection ended: {e:?}"),
+                Ok(None) | Err(_) => panic!(
+                    "a listener did not hear \"end\" on {channels:?} in time; heard {} / {}",
+                    got.values().map(Vec::len).sum::<usize>(),
+                    summary(&got)
+                ),
+            }
+        }
+        (got, notices)
+    }
+}
+
+fn summary(got: &BTreeMap<String, Vec<String>>) -> String {
+    got.iter()
+        .map(|(c, v)| format!("{c}: {} (last {:?})", v.len(), v.last()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every number from 1 to the last, once, in order, then "end".
+fn assert_whole_sequence(who: &str, channel: &str, payloads: &[String]) {
+    let (end, numbers) = payloads.split_last().expect("payloads");
+    assert_eq!(end, "end");
+    let numbers: Vec<u64> = numbers
+        .iter()
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("{who}: payload {p:?}")))
+        .collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    if numbers != expected {
+        let first_bad = numbers
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(numbers.len().min(expected.len()));
+        panic!(
+            "{who} on {channel}: {} notifications, not 1..=N exactly once in order; first difference at index {first_bad}: {:?}",
+            numbers.len(),
+            &numbers[first_bad.saturating_sub(3)..(first_bad + 3).min(numbers.len())]
+        );
+    }
+}
+
+/// NOTIFYs 1, 2, 3, ... on both channels (a transaction each, one channel after the other)
+/// straight on PostgreSQL, about every millisecond, until `stop`; then "end" on both.
+/// Returns the last number sent.
+async fn produce(stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> u64 {
+    let c = common::connect(pg().addr(), USER, "", "app")
+        .await
+        .expect("producer connects to PostgreSQL");
+    let notify = c.prepare("SELECT pg_notify($1, $2)").await.expect("prepare");
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while !stop.load(Ordering::Acquire) {
+        tick.tick().await;
+        n += 1;
+        for ch in CHANNELS {
+            c.execute(&notify, &[&ch, &n.to_string()])
+                .await
+                .expect("pg_notify");
+        }
+        sent.store(n, Ordering::Release);
+    }
+    for ch in CHANNELS {
+        c.execute(&notify, &[&ch, &"end"]).await.expect("end");
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listening_clients_move_through_two_upgrades_hearing_every_notification_once_in_order() {
+    let extra = format!(
+        "pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"\nquery_wait_timeout = \"20s\""
+    );
+    let mut g = Generations::start(&extra, &[]);
+    // Three listeners: one per channel, one on both.
+    let plans: [&[&str]; 3] = [&["upg_a"], &["upg_b"], &["upg_a", "upg_b"]];
+    let mut listeners = Vec::new();
+    for plan in plans {
+        let l = listener(g.addr()).await;
+        for ch in plan {
+            l.client
+                .batch_execute(&format!("LISTEN {ch}"))
+                .await
+                .expect("LISTEN");
+        }
+        listeners.push(l);
+    }
+    // A victim that never listens keeps querying through the upgrades.
+    let mut victim = listener(g.addr()).await;
+    let victim_stop = Arc::new(AtomicBool::new(false));
+    let victim_run = tokio::spawn({
+        let stop = victim_stop.clone();
+        async move {
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Acquire) {
+                match victim.client.simple_query("SELECT 1").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut heard = Vec::new();
+            while let Ok(h) = victim.heard.try_recv() {
+                heard.push(format!("{h:?}"));
+            }
+            (ok, errors, heard)
+        }
+    });
+    let before = identities(&g.show_clients().await);
+    assert_eq!(before.len(), 4);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    while sent.load(Ordering::Acquire) < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut pids = vec![g.pid().expect("pid")];
+    for _ in 0..2 {
+        let started = Instant::now();
+        pids.push(g.upgrade().await);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(UPGRADE_TIMEOUT_S),
+            "the old process exited in {took:?}, not held up to upgrade_timeout by its listeners\n{}",
+            g.log_text()
+        );
+        let at = sent.load(Ordering::Acquire);
+        while sent.load(Ordering::Acquire) < at + 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    let last = producer.await.expect("producer");
+    assert!(last >= 600, "the producer ran ({last})");
+    assert!(
+        !g.log_text().contains("upgrade_timeout passed"),
+        "nobody was held to upgrade_timeout\n{}",
+        g.log_text()
+    );
+
+    for (i, (l, plan)) in listeners.iter_mut().zip(plans).enumerate() {
+        let (got, notices) = l.until_end(plan, Duration::from_secs(30)).await;
+        let who = format!("listener {i}");
+        assert_eq!(
+            got.keys().map(String::as_str).collect::<Vec<_>>(),
+            plan.to_vec(),
+            "{who} heard only its channels"
+        );
+        for ch in plan {
+            let payloads = &got[*ch];
+            assert_whole_sequence(&who, ch, payloads);
+            assert_eq!(payloads.len() as u64, last + 1, "{who} on {ch}: all {last}");
+        }
+        assert!(notices.is_empty(), "{who}: no NOTICE: {notices:?}");
+    }
+    let after = identities(&g.show_clients().await);
+    assert_eq!(
+        before,
+        after,
+        "the same four clients with the same connect times: they moved, none reconnected\n{}",
+        g.log_text()
+    );
+    victim_stop.store(true, Ordering::Release);
+    let (ok, errors, heard) = victim_run.await.expect("victim");
+    assert!(ok > 10, "the victim was served ({ok})");
+    assert!(errors.is_empty(), "the victim saw no error: {errors:?}");
+    assert!(heard.is_empty(), "the victim heard nothing: {heard:?}");
+    assert_eq!(pids.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_upgrade_moved_listeners_change_channels_and_new_clients_listen() {
+    let extra = format!("pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"");
+    let mut g = Generations::start(&extra, &[]);
+    let mut moved = listener(g.addr()).await;
+    moved.client.batch_execute("LISTEN upg_x").await.unwrap();
+    let before = identities(&g.show_clients().await);
+    let started = Instant::now();
+    g.upgrade().await;
+    assert!(started.elapsed() < Duration::from_secs(UPGRADE_TIMEOUT_S));
+    assert_eq!(identities(&g.show_clients().await), before, "it moved");
+
+    // The moved client: still on upg_x; LISTEN on another, UNLISTEN the first.
+    let direct = common::connect(pg().addr(), USER, "", "app").await.unwrap();
+    direct.batch_execute("NOTIFY upg_x, 'one'").await.unwrap();
+    let (got, _) = moved.until_end_one("upg_x", "one").await;
+    assert_eq!(got, ["one"]);
+    moved
+        .client
+        .batch_execute("LISTEN upg_y; ")
+        .await
+        .expect("LISTEN after the upgrade");
+    moved.client.batch_execute("UNLISTEN upg_x").await.unwrap();
+    // A client that connects after the upgrade listens too.
+    let mut fresh = listener(g.addr()).await;
+    fresh.client.batch_execute("LISTEN upg_y").await.unwrap();
+    direct
+        .batch_execute("NOTIFY upg_x, 'gone'; NOTIFY upg_y, 'two'")
+        .await
+        .unwrap();
+    let (got, _) = moved.until_end_one("upg_y", "two").await;
+    assert_eq!(got, ["two"], "upg_x no more, upg_y yes");
+    let (got, _) = fresh.until_end_one("upg_y", "two").await;
+    assert_eq!(got, ["two"]);
+}
+
+impl Listener {
+    /// Notifications heard until `payload` arrives on `channel` (all channels, in order).
+    async fn until_end_one(&mut self, channel: &str, payload: &str) -> (Vec<String>, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let (mut got, mut notices) = (Vec::new(), Vec::new());
+        loop {
+            match tokio::time::timeout_at(deadline, self.heard.recv()).await {
+                Ok(Some(Heard::Note(c, p))) => {
+                    let done = c == channel && p == payload;
+                    got.push(p);
+                    if done {
+                        return (got, notices);
+                    }
+                }
+                Ok(Some(Heard::Notice(n))) => notices.push(n),
+                other => panic!("waiting for {payload:?} on {channel}: {other:?} (heard {got:?})"),
+            }
+        }
+    }
+}
