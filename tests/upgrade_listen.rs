@@ -259,6 +259,15 @@ async fn listening_clients_move_through_two_upgrades_hearing_every_notification_
     assert!(errors.is_empty(), "the victim saw no error: {errors:?}");
     assert!(heard.is_empty(), "the victim heard nothing: {heard:?}");
     assert_eq!(pids.len(), 3);
+    let log = g.log_text();
+    for line in log.lines().filter(|l| l.contains("this process exits")) {
+        eprintln!("{line}");
+    }
+    assert_eq!(
+        log.matches("listening_moved=3").count(),
+        2,
+        "each upgrade saw the three listeners' markers\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

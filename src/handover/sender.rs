@@ -162,6 +162,7 @@ async fn drive(
     let started = Instant::now();
     let mut seq = 0u64;
     let mut handed = 0u64;
+    let mut forwarding = Forwarding::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut told_at: Option<Instant> = None;
     loop {
@@ -183,7 +184,7 @@ async fn drive(
                     send(writer, &Message::Cancel(key), &[]).await?;
                 }
                 Some(Outgoing::Forward { marker, what }) => {
-                    send(writer, &forwarded(marker, what), &[]).await?;
+                    send(writer, &forwarding.frame(marker, what), &[]).await?;
                 }
                 None => return Err("the outbox closed".to_string()),
             },
@@ -233,7 +234,7 @@ async fn drive(
     // What forwarding sessions put in the outbox before they ended goes before Done.
     while let Ok(parcel) = outbox.try_recv() {
         if let Outgoing::Forward { marker, what } = parcel {
-            send(writer, &forwarded(marker, what), &[]).await?;
+            send(writer, &forwarding.frame(marker, what), &[]).await?;
         }
     }
     send(writer, &Message::Done, &[]).await?;
@@ -246,6 +247,9 @@ async fn drive(
     shared.handover.close();
     tracing::info!(
         handed_over = handed,
+        listening_moved = forwarding.seen,
+        notifications_forwarded = forwarding.messages,
+        markers_missed = forwarding.missed,
         seconds = started.elapsed().as_secs_f64(),
         "upgrade: done; this process exits"
     );
@@ -253,16 +257,38 @@ async fn drive(
     Ok(())
 }
 
-/// The frame for a LISTENing client's forwarded notifications (or their end).
-fn forwarded(marker: String, what: crate::upgrade::Forwarded) -> Message {
-    use crate::upgrade::Forwarded;
-    match what {
-        Forwarded::Messages(list) => Message::Notifications {
-            marker,
-            messages: list.into_iter().map(|b| b.to_vec()).collect(),
-        },
-        Forwarded::MarkerSeen => Message::MarkerSeen { marker },
-        Forwarded::MarkerMissed(reason) => Message::MarkerMissed { marker, reason },
+/// LISTENing clients' notifications forwarded in this hand-over, for the closing log line.
+#[derive(Default)]
+struct Forwarding {
+    messages: u64,
+    seen: u64,
+    missed: u64,
+}
+
+impl Forwarding {
+    /// The frame for a LISTENing client's forwarded notifications (or their end), counted.
+    fn frame(&mut self, marker: String, what: crate::upgrade::Forwarded) -> Message {
+        use crate::upgrade::Forwarded;
+        match what {
+            Forwarded::Messages(list) => {
+                self.messages += list.len() as u64;
+                Message::Notifications {
+                    marker,
+                    messages: list.into_iter().map(|b| b.to_vec()).collect(),
+                }
+            }
+            Forwarded::MarkerSeen => {
+                self.seen += 1;
+                Message::MarkerSeen { marker }
+            }
+            Forwarded::MarkerMissed(reason) => {
+                self.missed += 1;
+                tracing::warn!(
+                    "upgrade: a LISTENing client's notifications stopped before its marker: {reason}"
+                );
+                Message::MarkerMissed { marker, reason }
+            }
+        }
     }
 }
 
