@@ -327,4 +327,28 @@ mod tests {
         let bytes = encode_as(VERSION, &Message::Adopted { seq: 7 }).expect("encode");
         assert!(matches!(decode(&bytes), Ok(Message::Adopted { seq: 7 })));
     }
+
+    #[test]
+    fn forwarded_notifications_round_trip_and_a_state_without_listen_reads_as_none() {
+        let m = Message::Notifications {
+            marker: "sluice_handover_1_2".into(),
+            messages: vec![b"A\0\0\0\x0b".to_vec(), vec![0, 255]],
+        };
+        let bytes = encode_as(VERSION, &m).expect("encode");
+        match decode(&bytes) {
+            Ok(Message::Notifications { marker, messages }) => {
+                assert_eq!(marker, "sluice_handover_1_2");
+                assert_eq!(messages, vec![b"A\0\0\0\x0b".to_vec(), vec![0, 255]]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A state written by a build that did not know `listen`.
+        let state = r#"{"peer":"unix","peer_pid":null,"local":null,"user":"u","database":"d",
+            "application_name":"","connected_unix":1,"connected_ms":2,
+            "cancel_key":{"pid":1,"secret":2},"params":[],"read_back_always":false,
+            "statements":[],"tracks_statements":false,"pending_input":"","last_query":"",
+            "secret":null}"#;
+        let state: ClientState = serde_json::from_str(state).expect("reads");
+        assert!(state.listen.is_none());
+    }
 }
