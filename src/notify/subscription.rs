@@ -119,6 +119,11 @@ impl Subscription {
         self.hub.unsubscribe(self.id, marker);
     }
 
+    /// True while a client moved by an upgrade is still joining its notification streams.
+    pub(crate) fn joining(&self) -> bool {
+        self.join.is_some()
+    }
+
     /// The channels the client listens on (committed).
     pub(crate) fn committed_channels(&self) -> Vec<String> {
         let mut out: Vec<String> = self

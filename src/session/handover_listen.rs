@@ -30,6 +30,9 @@ impl Session {
     /// marker could not be LISTENed (why); the client stays here.
     pub(super) async fn export_listen(&mut self) -> Result<Option<ListenState>, String> {
         let wait = self.login.shared().config.load().pooler.query_wait_timeout;
+        if self.listening.as_deref().is_some_and(|l| l.joining()) {
+            self.finish_join().await?;
+        }
         let Some(l) = self.listening.as_deref_mut().filter(|l| l.has_channels()) else {
             return Ok(None);
         };
@@ -45,6 +48,38 @@ impl Session {
             marker,
             queued: sub.take_waiting().into_iter().map(|b| b.to_vec()).collect(),
         }))
+    }
+
+    /// A client moved here by the previous upgrade and asked to move on before its streams
+    /// were joined: the join is finished first (its notifications written to the client), so
+    /// that what goes on is one stream. Bounded: the join ends within [`JOIN_LIMIT`].
+    async fn finish_join(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + JOIN_LIMIT + std::time::Duration::from_secs(1);
+        let late = || "its notifications from the previous upgrade were not joined in time".to_string();
+        while let Some(l) = self.listening.as_deref_mut().filter(|l| l.joining()) {
+            let next = std::future::poll_fn(|cx| l.poll_next(cx));
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Some(m)) => self.client.outbuf.extend_from_slice(&m),
+                Ok(None) => break,
+                Err(_) => return Err(late()),
+            }
+            if self.client.outbuf.len() >= super::relay::OUT_CAP {
+                self.flush_by(deadline)
+                    .await
+                    .map_err(|e| e.unwrap_or_else(late))?;
+            }
+        }
+        self.flush_by(deadline).await.map_err(|e| e.unwrap_or_else(late))
+    }
+
+    /// Writes the client's output by `deadline`. Err(None): not in time.
+    async fn flush_by(&mut self, deadline: tokio::time::Instant) -> Result<(), Option<String>> {
+        let flush = super::relay::flush_client(&mut self.client);
+        match tokio::time::timeout_at(deadline, flush).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Some(e.to_string())),
+            Err(_) => Err(None),
+        }
     }
 
     /// Old process: the client stays after all. Its marker goes, and the notifications taken

@@ -89,6 +89,11 @@ impl Listening {
         &mut self.sub
     }
 
+    /// True while a client moved by an upgrade is still joining its notification streams.
+    pub(super) fn joining(&self) -> bool {
+        self.sub.joining()
+    }
+
     /// True while the client listens on a channel (or will, at its COMMIT).
     pub(super) fn has_channels(&self) -> bool {
         !self.sub.is_empty()
