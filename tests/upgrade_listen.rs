@@ -309,6 +309,37 @@ async fn after_an_upgrade_moved_listeners_change_channels_and_new_clients_listen
     assert_eq!(got, ["two"]);
 }
 
+/// tokio-postgres prepares LISTEN and UNLISTEN as named statements (as asyncpg's add_listener
+/// and remove_listener do): after the move, executing them is still answered by sluice.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_listen_and_unlisten_statements_still_work_after_the_move() {
+    let extra = format!("pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"");
+    let mut g = Generations::start(&extra, &[]);
+    let mut l = listener(g.addr()).await;
+    let listen = l.client.prepare("LISTEN upg_p").await.expect("prepare LISTEN");
+    let unlisten = l
+        .client
+        .prepare("UNLISTEN upg_p")
+        .await
+        .expect("prepare UNLISTEN");
+    l.client.execute(&listen, &[]).await.expect("LISTEN");
+    g.upgrade().await;
+    let direct = common::connect(pg().addr(), USER, "", "app").await.unwrap();
+    l.client
+        .execute(&unlisten, &[])
+        .await
+        .expect("UNLISTEN after the move");
+    direct.batch_execute("NOTIFY upg_p, 'unheard'").await.unwrap();
+    l.client
+        .execute(&listen, &[])
+        .await
+        .expect("LISTEN again after the move");
+    direct.batch_execute("NOTIFY upg_p, 'heard'").await.unwrap();
+    let (got, notices) = l.until_end_one("upg_p", "heard").await;
+    assert_eq!(got, ["heard"], "UNLISTEN and LISTEN took effect in sluice");
+    assert!(notices.is_empty(), "{notices:?}");
+}
+
 impl Listener {
     /// Notifications heard until `payload` arrives on `channel` (all channels, in order).
     async fn until_end_one(&mut self, channel: &str, payload: &str) -> (Vec<String>, Vec<String>) {

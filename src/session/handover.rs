@@ -7,10 +7,11 @@
 use super::client::ClientIo;
 use super::login::{LoggedIn, pool_for};
 use super::params::ClientParams;
-use super::statements::{ClientStatement, ClientStatements};
+use super::statements::{ClientStatement, ClientStatements, MAX_LISTEN_STATEMENTS};
 use super::{Ending, Session, SessionState};
 use crate::auth::{ScramVerifier, Secret};
 use crate::clients::{CancelKey, ClientInfo, PeerAddr};
+use crate::notify::sql::{ListenSql, classify};
 use crate::shared::Shared;
 use crate::stream::{PlainSocket, ReadHalf, WriteHalf};
 use crate::upgrade::Outgoing;
@@ -211,7 +212,13 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
                 shape: st.shape,
                 changed: st.changed,
             };
-            s.restore(st.name.into(), statement);
+            let name = bytes::Bytes::from(st.name);
+            // A prepared LISTEN/UNLISTEN (asyncpg's add_listener) stays answered by sluice.
+            let listens = matches!(classify(&st.body), ListenSql::Command(_));
+            if listens && s.listens.len() < MAX_LISTEN_STATEMENTS {
+                s.listens.push(name.clone());
+            }
+            s.restore(name, statement);
         }
         info.set_prepared(s.len());
         s
