@@ -2,7 +2,8 @@
 //! subscriptions move to the new process like any idle client, with their channels, and every
 //! notification committed on their channels reaches them exactly once, in order, across the
 //! hand-over (a marker NOTIFY splits the stream between the two processes). The real binary,
-//! a real PostgreSQL, tokio-postgres clients, a producer NOTIFYing straight on PostgreSQL.
+//! a real PostgreSQL, tokio-postgres clients and one asyncpg (the compat suite's virtualenv), a
+//! producer NOTIFYing straight on PostgreSQL.
 
 mod common;
 
@@ -109,6 +110,76 @@ fn summary(got: &BTreeMap<String, Vec<String>>) -> String {
         .join(", ")
 }
 
+/// asyncpg's listener (add_listener) on `upg_b`: prints "ready" once listening, then, after
+/// "end", the payloads it heard as one JSON list; disconnects when its stdin closes.
+const ASYNCPG_LISTENER: &str = r#"
+import asyncio, json, sys
+import asyncpg
+
+async def main():
+    conn = await asyncpg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="sluice_trust",
+                                 database="app", timeout=10)
+    got, done = [], asyncio.Event()
+    def on(_conn, _pid, _channel, payload):
+        got.append(payload)
+        if payload == "end":
+            done.set()
+    await conn.add_listener("upg_b", on)
+    print("ready", flush=True)
+    await asyncio.wait_for(done.wait(), 120)
+    print(json.dumps(got), flush=True)
+    # Connected until the test closes stdin (it reads SHOW CLIENTS first).
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await conn.close()
+
+asyncio.run(main())
+"#;
+
+/// The compat suite's virtualenv (tests/compat/setup-venv.sh makes or reuses it).
+async fn venv_python() -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target".into());
+    let venv = root.join(target).join("compat-venv");
+    let out = tokio::process::Command::new("bash")
+        .arg(root.join("tests/compat/setup-venv.sh"))
+        .env("SLUICE_COMPAT_VENV", &venv)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run tests/compat/setup-venv.sh");
+    assert!(
+        out.status.success(),
+        "setup-venv.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    venv.join("bin/python")
+}
+
+/// Starts the asyncpg listener and waits until it listens.
+async fn asyncpg_listener(
+    port: u16,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(venv_python().await)
+        .args(["-c", ASYNCPG_LISTENER, &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the asyncpg listener");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("asyncpg listens in time");
+    assert_eq!(ready.ok().flatten().as_deref(), Some("ready"));
+    (child, lines)
+}
+
 /// Every number from 1 to the last, once, in order, then "end".
 fn assert_whole_sequence(who: &str, channel: &str, payloads: &[String]) {
     let (end, numbers) = payloads.split_last().expect("payloads");
@@ -177,6 +248,7 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         }
         listeners.push(l);
     }
+    let (mut asyncpg, mut asyncpg_out) = asyncpg_listener(g.port).await;
     // A victim that never listens keeps querying through the upgrades.
     let mut victim = listener(g.addr()).await;
     let victim_stop = Arc::new(AtomicBool::new(false));
@@ -199,7 +271,7 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         }
     });
     let before = identities(&g.show_clients().await);
-    assert_eq!(before.len(), 4);
+    assert_eq!(before.len(), 5);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -249,12 +321,27 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         }
         assert!(notices.is_empty(), "{who}: no NOTICE: {notices:?}");
     }
+    let heard = tokio::time::timeout(Duration::from_secs(30), asyncpg_out.next_line())
+        .await
+        .expect("asyncpg heard \"end\" in time")
+        .ok()
+        .flatten()
+        .expect("asyncpg's payloads");
+    let heard: Vec<String> = serde_json::from_str(&heard).expect("a JSON list");
+    assert_whole_sequence("asyncpg", "upg_b", &heard);
+    assert_eq!(heard.len() as u64, last + 1, "asyncpg heard all {last}");
     let after = identities(&g.show_clients().await);
     assert_eq!(
         before,
         after,
-        "the same four clients with the same connect times: they moved, none reconnected\n{}",
+        "the same five clients with the same connect times: they moved, none reconnected\n{}",
         g.log_text()
+    );
+    drop(asyncpg.stdin.take());
+    let exited = tokio::time::timeout(Duration::from_secs(20), asyncpg.wait()).await;
+    assert!(
+        exited.is_ok_and(|r| r.is_ok_and(|s| s.success())),
+        "asyncpg exits cleanly"
     );
     victim_stop.store(true, Ordering::Release);
     let (ok, errors, heard) = victim_run.await.expect("victim");
@@ -267,9 +354,9 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         eprintln!("{line}");
     }
     assert_eq!(
-        log.matches("listening_moved=3").count(),
+        log.matches("listening_moved=4").count(),
         3,
-        "each upgrade saw the three listeners' markers\n{log}"
+        "each upgrade saw the four listeners' markers\n{log}"
     );
 }
 
