@@ -447,3 +447,62 @@ impl Listener {
         }
     }
 }
+
+/// The new process cannot LISTEN (its configuration points the database at a closed port), so
+/// the marker never comes: within the bound (10 s) the client gets what the old process
+/// forwarded and the NOTICE that notifications may have been missed, and stays connected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_marker_that_never_comes_ends_the_wait_within_its_bound_with_a_notice() {
+    let mut g = Generations::start("pool_mode = \"transaction\"\nupgrade_timeout = \"40s\"", &[]);
+    let mut l = listener(g.addr()).await;
+    l.client.batch_execute("LISTEN upg_m").await.unwrap();
+    let before = identities(&g.show_clients().await);
+    let config = g.dir.path().join("pooler.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let closed = common::free_port();
+    let text = text.replace(&format!("port = {}", pg().port()), &format!("port = {closed}"));
+    std::fs::write(&config, text).unwrap();
+
+    let started = Instant::now();
+    let old = g.pid().unwrap();
+    common::generations::signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Read by the old process's listening connection only: forwarded.
+    let direct = common::connect(pg().addr(), USER, "", "app").await.unwrap();
+    direct.batch_execute("NOTIFY upg_m, 'during'").await.unwrap();
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let notice = loop {
+        match tokio::time::timeout_at(deadline, l.heard.recv()).await {
+            Ok(Some(Heard::Note(_, p))) => heard.push(p),
+            Ok(Some(Heard::Notice(n))) => break n,
+            other => panic!(
+                "waiting for the NOTICE: {other:?} (heard {heard:?})\n{}",
+                g.log_text()
+            ),
+        }
+    };
+    let waited = started.elapsed();
+    assert!(notice.contains("notifications may have been missed"), "{notice}");
+    assert_eq!(heard, ["during"], "what the old process read came first");
+    assert!(
+        waited < Duration::from_secs(16),
+        "the wait was bounded ({waited:?})"
+    );
+    while g.alive(old) || g.pid() == Some(old) {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the old process exits before upgrade_timeout\n{}",
+            g.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        identities(&g.show_clients().await),
+        before,
+        "the client moved and stays connected\n{}",
+        g.log_text()
+    );
+    assert!(g.log_text().contains("markers_missed=1"), "{}", g.log_text());
+}
