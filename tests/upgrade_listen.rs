@@ -506,3 +506,45 @@ async fn a_marker_that_never_comes_ends_the_wait_within_its_bound_with_a_notice(
     );
     assert!(g.log_text().contains("markers_missed=1"), "{}", g.log_text());
 }
+
+/// Two hundred listeners on one channel move in one upgrade while a producer NOTIFYs: each hears
+/// every number once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notification() {
+    let extra = format!("pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"");
+    let mut g = Generations::start(&extra, &[]);
+    let mut listeners = Vec::new();
+    for _ in 0..200 {
+        let l = listener(g.addr()).await;
+        l.client.batch_execute("LISTEN upg_a").await.expect("LISTEN");
+        listeners.push(l);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    while sent.load(Ordering::Acquire) < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    g.upgrade().await;
+    let took = started.elapsed();
+    let at = sent.load(Ordering::Acquire);
+    while sent.load(Ordering::Acquire) < at + 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let last = producer.await.expect("producer");
+    for (i, l) in listeners.iter_mut().enumerate() {
+        let (got, notices) = l.until_end(&["upg_a"], Duration::from_secs(30)).await;
+        assert_whole_sequence(&format!("listener {i}"), "upg_a", &got["upg_a"]);
+        assert_eq!(got["upg_a"].len() as u64, last + 1);
+        assert!(notices.is_empty(), "{notices:?}");
+    }
+    let log = g.log_text();
+    let done = log
+        .lines()
+        .find(|l| l.contains("this process exits"))
+        .unwrap_or("");
+    eprintln!("upgrade with 200 listeners: {took:?}; {done}");
+    assert!(done.contains("listening_moved=200"), "{log}");
+}
