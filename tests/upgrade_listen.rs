@@ -548,3 +548,72 @@ async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notifica
     eprintln!("upgrade with 200 listeners: {took:?}; {done}");
     assert!(done.contains("listening_moved=200"), "{log}");
 }
+
+/// The new process refuses some listeners (its max_client_conn is 1): they stay on the old
+/// process, which keeps delivering (the notifications taken out for the hand-over first) until
+/// upgrade_timeout ends them; what each heard is 1, 2, 3, ... without a gap or a repeat.
+#[tokio::test(flavor = "multi_thread")]
+async fn listeners_the_new_process_refuses_stay_and_miss_nothing_until_upgrade_timeout() {
+    let mut g = Generations::start("pool_mode = \"transaction\"\nupgrade_timeout = \"3s\"", &[]);
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let l = listener(g.addr()).await;
+        l.client.batch_execute("LISTEN upg_a").await.expect("LISTEN");
+        listeners.push(l);
+    }
+    let config = g.dir.path().join("pooler.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_client_conn = 500", "max_client_conn = 1"),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    while sent.load(Ordering::Acquire) < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    g.upgrade().await;
+    let at = sent.load(Ordering::Acquire);
+    while sent.load(Ordering::Acquire) < at + 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let last = producer.await.expect("producer");
+    let (mut moved, mut stayed) = (0, 0);
+    for (i, l) in listeners.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(20), l.heard.recv()).await {
+                Ok(Some(Heard::Note(_, p))) if p == "end" => break false,
+                Ok(Some(Heard::Note(_, p))) => got.push(p.parse::<u64>().expect("a number")),
+                Ok(Some(Heard::Notice(n))) => panic!("listener {i}: NOTICE {n}"),
+                Ok(Some(Heard::Ended(_))) | Ok(None) => break true,
+                Err(_) => panic!("listener {i} heard neither \"end\" nor its end"),
+            }
+        };
+        let first_bad = got.iter().zip(1u64..).position(|(a, b)| *a != b);
+        assert!(
+            first_bad.is_none(),
+            "listener {i}: 1..=k without a gap or a repeat; at index {first_bad:?}: {:?}",
+            first_bad.map(|k| &got[k.saturating_sub(2)..(k + 2).min(got.len())])
+        );
+        if ended {
+            stayed += 1;
+            assert!(
+                got.len() >= 100,
+                "listener {i} heard the old process until the end"
+            );
+        } else {
+            moved += 1;
+            assert_eq!(got.len() as u64, last, "listener {i} moved and heard all");
+        }
+    }
+    assert!(
+        moved >= 1 && stayed >= 1,
+        "moved {moved}, stayed {stayed}\n{}",
+        g.log_text()
+    );
+    assert!(g.log_text().contains("did not take a client"), "{}", g.log_text());
+}
