@@ -25,6 +25,7 @@ pub mod binary;
 pub mod certs;
 pub mod config;
 pub mod generations;
+pub mod listening;
 mod postgres;
 pub mod raw;
 
