@@ -317,6 +317,7 @@ impl Hub {
             st.task = Task::Stopped;
             st.connection = ListenerState::Closed;
             st.confirmed.clear();
+            st.marks.clear(); // their clients are gone (the old process's wait is bounded)
             true
         } else {
             false
@@ -329,6 +330,7 @@ impl Hub {
         st.task = Task::Stopped;
         st.connection = ListenerState::Closed;
         st.confirmed.clear();
+        st.marks.clear();
     }
 
     pub(super) fn set_connection(&self, state: ListenerState) {
