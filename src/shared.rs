@@ -58,6 +58,9 @@ pub struct Shared {
     /// Where idle sessions and unknown cancel keys go while an upgrade hands this process's
     /// clients to another (docs/upgrades.md); closed otherwise.
     pub(crate) handover: crate::upgrade::Outbox,
+    /// In a new process during an upgrade: clients adopted with LISTEN channels, waiting for
+    /// the notifications the old process forwards (docs/upgrades.md, "LISTEN").
+    pub(crate) joins: crate::upgrade::Joins,
 }
 
 /// How a shutdown waits before the process exits.
@@ -109,6 +112,7 @@ impl Shared {
             metrics,
             log_file: std::sync::OnceLock::new(),
             handover: crate::upgrade::Outbox::default(),
+            joins: crate::upgrade::Joins::default(),
         })
     }
 

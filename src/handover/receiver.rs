@@ -5,9 +5,9 @@
 use super::TEST_HOOK_PREFIX;
 use crate::listener::{Inherited, RunningPooler};
 use crate::shared::{Shared, ShutdownMode};
-use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
 use crate::upgrade::format::{Message, OLDEST_VERSION, SERVERS_SINCE, ShutdownState, VERSION};
+use crate::upgrade::{Forwarded, Outgoing};
 use crate::{Config, Error};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -279,8 +279,17 @@ async fn receive(
                         ShutdownState::Now => None,
                     });
                 }
+                Ok((Message::Notifications { marker, messages }, _)) => {
+                    let list = messages.into_iter().map(bytes::Bytes::from).collect();
+                    shared.joins.pass(&marker, Forwarded::Messages(list));
+                }
+                Ok((Message::MarkerSeen { marker }, _)) => shared.joins.pass(&marker, Forwarded::MarkerSeen),
+                Ok((Message::MarkerMissed { marker, reason }, _)) => {
+                    shared.joins.pass(&marker, Forwarded::MarkerMissed(reason));
+                }
                 Ok((Message::Done, _)) => {
                     shared.handover.close();
+                    shared.joins.close();
                     if let Some(path) = shared.config.load().pooler.pidfile.clone() {
                         match crate::service::pidfile::PidFile::take_over(&path) {
                             Ok(f) => {
@@ -309,6 +318,7 @@ async fn receive(
                 Some(Outgoing::Client { reply, .. }) => {
                     let _ = reply.send(Err("this is the new process".to_string()));
                 }
+                Some(Outgoing::Forward { .. }) => {}
                 None => break "the outbox closed".to_string(),
             },
         }
@@ -321,6 +331,7 @@ async fn receive(
     }
     writing.abort();
     shared.handover.close();
+    shared.joins.close();
     super::sender::RUNNING.store(false, std::sync::atomic::Ordering::Release);
     tracing::warn!(
         adopted,

@@ -11,7 +11,9 @@ use crate::shared::Shared;
 use crate::shared::{Lifecycle, ShutdownMode};
 use crate::upgrade::Outgoing;
 use crate::upgrade::channel::{self, Reader, Writer};
-use crate::upgrade::format::{Message, OLDEST_VERSION, SERVERS_SINCE, SHUTDOWN_SINCE, ShutdownState, VERSION};
+use crate::upgrade::format::{
+    LISTEN_SINCE, Message, OLDEST_VERSION, SERVERS_SINCE, SHUTDOWN_SINCE, ShutdownState, VERSION,
+};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
@@ -266,6 +268,7 @@ async fn drive(
         crate::config::format_duration(timeout)
     );
     let started = Instant::now();
+    let mut forwarding = Forwarding::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut told_at: Option<Instant> = None;
     // A stop ordered here during the hand-over is the service's stop: the new process, which
@@ -286,6 +289,10 @@ async fn drive(
                 }
             }
             parcel = outbox.recv() => match parcel {
+                Some(Outgoing::Client { state, reply, .. }) if state.listen.is_some() && h.version < LISTEN_SINCE => {
+                    // A format-1 new process would not take its notifications: it stays here.
+                    let _ = reply.send(Err(format!("format {} does not move LISTENing clients", h.version)));
+                }
                 Some(Outgoing::Client { state, socket, reply }) => {
                     h.seq += 1;
                     let seq = h.seq;
@@ -301,6 +308,9 @@ async fn drive(
                 }
                 Some(Outgoing::Cancel(key)) => {
                     send(writer, &Message::Cancel(key), &[]).await?;
+                }
+                Some(Outgoing::Forward { marker, what }) => {
+                    send(writer, &forwarding.frame(marker, what), &[]).await?;
                 }
                 None => return Err("the outbox closed".to_string()),
             },
@@ -335,6 +345,12 @@ async fn drive(
             Err(_) => return Err("the new process did not answer for a server in time".to_string()),
         }
     }
+    // What forwarding sessions put in the outbox before they ended goes before Done.
+    while let Ok(parcel) = outbox.try_recv() {
+        if let Outgoing::Forward { marker, what } = parcel {
+            send(writer, &forwarding.frame(marker, what), &[]).await?;
+        }
+    }
     send(writer, &Message::Done, &[]).await?;
     // The new process tells systemd it is the main process now, then says Bye.
     match tokio::time::timeout(STEP_LIMIT, reader.recv()).await {
@@ -346,6 +362,9 @@ async fn drive(
     tracing::info!(
         handed_over = h.handed,
         servers = h.moved,
+        listening_moved = forwarding.seen,
+        notifications_forwarded = forwarding.messages,
+        markers_missed = forwarding.missed,
         seconds = started.elapsed().as_secs_f64(),
         "upgrade: done; this process exits"
     );
@@ -377,6 +396,41 @@ fn answer(shared: &Arc<Shared>, h: &mut Handing<'_>, message: Message) -> Result
         other => return Err(format!("unexpected {other:?}")),
     }
     Ok(())
+}
+
+/// LISTENing clients' notifications forwarded in this hand-over, for the closing log line.
+#[derive(Default)]
+struct Forwarding {
+    messages: u64,
+    seen: u64,
+    missed: u64,
+}
+
+impl Forwarding {
+    /// The frame for a LISTENing client's forwarded notifications (or their end), counted.
+    fn frame(&mut self, marker: String, what: crate::upgrade::Forwarded) -> Message {
+        use crate::upgrade::Forwarded;
+        match what {
+            Forwarded::Messages(list) => {
+                self.messages += list.len() as u64;
+                Message::Notifications {
+                    marker,
+                    messages: list.into_iter().map(|b| b.to_vec()).collect(),
+                }
+            }
+            Forwarded::MarkerSeen => {
+                self.seen += 1;
+                Message::MarkerSeen { marker }
+            }
+            Forwarded::MarkerMissed(reason) => {
+                self.missed += 1;
+                tracing::warn!(
+                    "upgrade: a LISTENing client's notifications stopped before its marker: {reason}"
+                );
+                Message::MarkerMissed { marker, reason }
+            }
+        }
+    }
 }
 
 /// Sends a frame within [`STEP_LIMIT`]: the new process reads all the time (its answers go

@@ -68,6 +68,9 @@ struct HubState {
     /// Channels LISTENed on the current connection (what the task confirmed).
     confirmed: BTreeSet<String>,
     task: Task,
+    /// Hand-over markers to NOTIFY once the connection LISTENs on every channel wanted when
+    /// they were asked for (one per client adopted in an upgrade, so bounded by the clients).
+    marks: Vec<String>,
 }
 
 /// One pool's subscriptions and listening connection.
@@ -130,6 +133,7 @@ impl Hub {
                 connection: ListenerState::Closed,
                 confirmed: BTreeSet::new(),
                 task: Task::Stopped,
+                marks: Vec::new(),
             }),
             wake: tokio::sync::Notify::new(),
             confirmed_changed: tokio::sync::Notify::new(),
@@ -279,6 +283,33 @@ impl Hub {
         self.state.lock().channels.keys().cloned().collect()
     }
 
+    /// Asks the connection to NOTIFY `marker` once it LISTENs on every channel wanted now.
+    pub(super) fn mark(&self, marker: String) {
+        self.state.lock().marks.push(marker);
+        self.wake.notify_one();
+    }
+
+    /// Markers whose NOTIFY failed, asked for again (in front, in their order).
+    pub(super) fn mark_again(&self, mut marks: Vec<String>) {
+        let mut st = self.state.lock();
+        marks.append(&mut st.marks);
+        st.marks = marks;
+    }
+
+    /// The markers to NOTIFY now: all of them when the connection `listening` is on exactly
+    /// the channels wanted (read in the same look: a marker asked for after its channels were
+    /// subscribed is never sent before they are LISTENed).
+    pub(super) fn take_marks(&self, listening: &BTreeSet<String>) -> Option<Vec<String>> {
+        let mut st = self.state.lock();
+        if st.marks.is_empty() || st.channels.len() != listening.len() {
+            return None;
+        }
+        if !listening.iter().all(|c| st.channels.contains_key(c)) {
+            return None;
+        }
+        Some(std::mem::take(&mut st.marks))
+    }
+
     /// The task stops when nobody listens; true if it stopped (it must then return).
     pub(super) fn stop_if_unused(&self) -> bool {
         let mut st = self.state.lock();
@@ -286,6 +317,7 @@ impl Hub {
             st.task = Task::Stopped;
             st.connection = ListenerState::Closed;
             st.confirmed.clear();
+            st.marks.clear(); // their clients are gone (the old process's wait is bounded)
             true
         } else {
             false
@@ -298,6 +330,7 @@ impl Hub {
         st.task = Task::Stopped;
         st.connection = ListenerState::Closed;
         st.confirmed.clear();
+        st.marks.clear();
     }
 
     pub(super) fn set_connection(&self, state: ListenerState) {

@@ -4,12 +4,14 @@
 //! UNLISTEN out of a client's SQL. Sessions answer the statements and deliver (session/listen.rs).
 
 mod hub;
+mod join;
 mod mailbox;
 pub(crate) mod sql;
 mod subscription;
 mod task;
 
 pub(crate) use hub::{Hub, HubFigures, ListenerState};
+pub(crate) use join::JOIN_LIMIT;
 pub(crate) use subscription::Subscription;
 
 use crate::pool::{Pool, PoolKey};

@@ -112,6 +112,19 @@ async fn serve(hub: &Hub, conn: &mut ServerConn, lost: &mut Option<Instant>) -> 
             }
             continue; // look again: subscriptions may have changed meanwhile
         }
+        // Hand-over markers go once this connection LISTENs on everything wanted when they
+        // were asked for (taken in one look with the channels, see `Hub::take_marks`).
+        if let Some(marks) = hub.take_marks(&listening) {
+            let sql = marks_sql(&marks);
+            let done = tokio::time::timeout(ROUND_TRIP_LIMIT, round_trip(hub, conn, &sql)).await;
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => "NOTIFY did not complete in time".into(),
+            };
+            hub.mark_again(marks);
+            return Ended::Failed(failed, Instant::now());
+        }
         let woke = hub.wake.notified();
         tokio::pin!(woke);
         tokio::select! {
@@ -136,6 +149,17 @@ fn reconcile_sql(listening: &BTreeSet<String>, wanted: &BTreeSet<String>) -> Str
     for c in listening.difference(wanted) {
         sql.push_str("UNLISTEN ");
         push_identifier(&mut sql, c);
+        sql.push(';');
+    }
+    sql
+}
+
+/// NOTIFY on each marker channel, in one simple query.
+fn marks_sql(marks: &[String]) -> String {
+    let mut sql = String::new();
+    for m in marks {
+        sql.push_str("NOTIFY ");
+        push_identifier(&mut sql, m);
         sql.push(';');
     }
     sql
@@ -201,6 +225,16 @@ fn notification(pid: i32, channel: &str, payload: &str) -> Bytes {
     out.freeze()
 }
 
+/// The channel of a NotificationResponse built by [`notification`] (None for other messages).
+pub(super) fn channel_of(msg: &[u8]) -> Option<&[u8]> {
+    if msg.first() != Some(&crate::protocol::tags::backend::NOTIFICATION_RESPONSE) {
+        return None;
+    }
+    let rest = msg.get(9..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    Some(&rest[..end])
+}
+
 /// Tells every subscribed client that notifications may have been missed while the connection
 /// was down.
 fn tell_restored(hub: &Hub, since: Instant) {
@@ -231,5 +265,13 @@ mod tests {
             "LISTEN \"a\";LISTEN \"b\"\"c\";"
         );
         assert_eq!(reconcile_sql(&a, &b), "LISTEN \"Z\";UNLISTEN \"b\"\"c\";");
+        assert_eq!(marks_sql(&["m".to_string()]), "NOTIFY \"m\";");
+    }
+
+    #[test]
+    fn the_channel_of_a_notification_is_read_back() {
+        let n = notification(7, "sluice_handover_1_2", "x");
+        assert_eq!(channel_of(&n), Some(&b"sluice_handover_1_2"[..]));
+        assert_eq!(channel_of(b"N\0\0\0\x04"), None);
     }
 }

@@ -7,10 +7,11 @@
 use super::client::ClientIo;
 use super::login::{LoggedIn, pool_for};
 use super::params::ClientParams;
-use super::statements::{ClientStatement, ClientStatements};
+use super::statements::{ClientStatement, ClientStatements, MAX_LISTEN_STATEMENTS};
 use super::{Ending, Session, SessionState};
 use crate::auth::{ScramVerifier, Secret};
 use crate::clients::{CancelKey, ClientInfo, PeerAddr};
+use crate::notify::sql::{ListenSql, classify};
 use crate::shared::Shared;
 use crate::stream::{PlainSocket, ReadHalf, WriteHalf};
 use crate::upgrade::Outgoing;
@@ -36,16 +37,26 @@ impl Session {
             info.withdraw_hand_over();
             None
         };
-        // A LISTENing client stays: its subscriptions live in this process's hub, and moving
-        // them without losing a notification is not done (docs/upgrades.md).
         let ready = matches!(self.state, SessionState::Idle)
             && self.client.at_boundary()
-            && self.client.outbuf.is_empty()
-            && !self.listening.as_deref().is_some_and(|l| l.has_channels());
+            && self.client.outbuf.is_empty();
         let Some(outbox) = self.login.shared().handover.sender().filter(|_| ready) else {
             return stays();
         };
-        let state = Box::new(self.export());
+        if matches!(self.client.reader, ReadHalf::Tls(..)) {
+            return stays(); // TLS: see below (checked first: no marker for a client that stays)
+        }
+        // A LISTENing client: the marker is LISTENed before it goes (handover_listen.rs).
+        let listen = match self.export_listen().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(client = info.id, "upgrade: a LISTENing client stays: {e}");
+                return stays();
+            }
+        };
+        let kept = listen.clone();
+        let mut state = Box::new(self.export());
+        state.listen = listen;
         let read = std::mem::replace(&mut self.client.reader, ReadHalf::Closed);
         let write = std::mem::replace(&mut self.client.writer, WriteHalf::Closed);
         let socket = match PlainSocket::take(read, write) {
@@ -53,6 +64,9 @@ impl Session {
             Err((read, write)) => {
                 // TLS: its session state cannot leave this process; it stays until it leaves.
                 (self.client.reader, self.client.writer) = (read, write);
+                if let Some(l) = kept {
+                    self.keep_listen(l);
+                }
                 return stays();
             }
         };
@@ -72,11 +86,20 @@ impl Session {
             Err(e) => Some(Ok(Err(e.to_string()))),
         };
         match answer {
-            Some(Ok(Ok(()))) => Some(Ending::HandedOver), // our descriptor closes with `socket`
+            Some(Ok(Ok(()))) => {
+                drop(socket); // the new process serves it now
+                if let Some(l) = kept {
+                    self.forward_listen(l.marker, &outbox).await;
+                }
+                Some(Ending::HandedOver)
+            }
             None => Some(Ending::Error(crate::clients::Kill::HandOver.error())),
             Some(_) => match socket.into_split() {
                 Ok((read, write)) => {
                     (self.client.reader, self.client.writer) = (read, write);
+                    if let Some(l) = kept {
+                        self.keep_listen(l);
+                    }
                     stays()
                 }
                 Err(_) => Some(Ending::ClientLeft),
@@ -126,6 +149,7 @@ impl Session {
                 .secret
                 .as_ref()
                 .map(export_secret),
+            listen: None,
         }
     }
 }
@@ -188,11 +212,23 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
                 shape: st.shape,
                 changed: st.changed,
             };
-            s.restore(st.name.into(), statement);
+            let name = bytes::Bytes::from(st.name);
+            // A prepared LISTEN/UNLISTEN (asyncpg's add_listener) stays answered by sluice.
+            let listens = matches!(classify(&st.body), ListenSql::Command(_));
+            if listens && s.listens.len() < MAX_LISTEN_STATEMENTS {
+                s.listens.push(name.clone());
+            }
+            s.restore(name, statement);
         }
         info.set_prepared(s.len());
         s
     });
+    let listening = match state.listen {
+        Some(listen) => Some(super::handover_listen::adopt_listen(
+            shared, &pool, &info, listen,
+        )?),
+        None => None,
+    };
     let (read, write) = PlainSocket::from_fd(socket, matches!(peer, PeerAddr::Tcp(_)))
         .into_split()
         .map_err(|e| e.to_string())?;
@@ -208,7 +244,7 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
         },
         state: SessionState::Idle,
         statements,
-        listening: None,
+        listening,
     };
     super::spawn_session(session);
     Ok(())

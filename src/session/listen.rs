@@ -76,6 +76,24 @@ impl Listening {
         }
     }
 
+    /// A client handed over by an upgrade with its subscription (`session/handover_listen.rs`).
+    pub(super) fn adopted(sub: Subscription) -> Listening {
+        Listening {
+            sub,
+            ending: Ending::Other,
+        }
+    }
+
+    /// The subscription, for an upgrade's hand-over of it.
+    pub(super) fn subscription(&mut self) -> &mut Subscription {
+        &mut self.sub
+    }
+
+    /// True while a client moved by an upgrade is still joining its notification streams.
+    pub(super) fn joining(&self) -> bool {
+        self.sub.joining()
+    }
+
     /// True while the client listens on a channel (or will, at its COMMIT).
     pub(super) fn has_channels(&self) -> bool {
         !self.sub.is_empty()

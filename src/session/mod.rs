@@ -4,6 +4,7 @@
 
 mod client;
 pub(crate) mod handover;
+mod handover_listen;
 mod holding;
 mod identity;
 mod link;
@@ -263,6 +264,13 @@ impl Session {
                     IdleWake::Killed(crate::clients::Kill::HandOver) => {
                         match Box::pin(self.hand_over()).await {
                             Some(ending) => Err(ending),
+                            // Notifications taken out for a hand-over that did not happen.
+                            None if !self.client.outbuf.is_empty() => {
+                                match Box::pin(self.deliver_idle()).await {
+                                    Ok(()) => continue,
+                                    Err(ending) => Err(ending),
+                                }
+                            }
                             None => continue,
                         }
                     }

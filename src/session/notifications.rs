@@ -61,7 +61,9 @@ impl super::Session {
             l.drain_into(&mut self.client.outbuf, OUT_CAP);
         }
         let info = self.login.info().clone();
-        let killed = info.killed(false);
+        // Busy writing: an upgrade's request to hand over waits until the output is written
+        // (the idle loop sees it then); any other kill ends the client now.
+        let killed = info.killed(true);
         tokio::pin!(killed);
         let kill = loop {
             if self.client.outbuf.is_empty() {

@@ -18,6 +18,8 @@ pub(crate) const OLDEST_VERSION: u32 = 1;
 
 /// The first version with [`Message::Server`].
 pub(crate) const SERVERS_SINCE: u32 = 2;
+/// The first version in which LISTENing clients move ([`Message::Notifications`], ...).
+pub(crate) const LISTEN_SINCE: u32 = 2;
 /// The first version with [`Message::Shutdown`].
 pub(crate) const SHUTDOWN_SINCE: u32 = 2;
 
@@ -104,6 +106,30 @@ pub(crate) enum Message {
     Done,
     /// New to old, after Done: systemd was told the new main pid; the old process exits.
     Bye,
+    /// Old to new: notifications the old process's listening connection read for a client
+    /// handed over with channels ([`ListenState`]), before that client's marker; the new
+    /// process writes them to the client before its own (docs/upgrades.md, "LISTEN").
+    Notifications {
+        /// The client's marker channel ([`ListenState::marker`]).
+        marker: String,
+        /// The messages as the client receives them (NotificationResponse, NoticeResponse).
+        #[serde(with = "b64_list")]
+        messages: Vec<Vec<u8>>,
+    },
+    /// Old to new: the old process's listening connection read the client's marker; every
+    /// notification before it was sent (in `notifications`), and nothing more comes for it.
+    MarkerSeen {
+        /// See [`Message::Notifications`].
+        marker: String,
+    },
+    /// Old to new: the old process stopped forwarding the client's notifications before it saw
+    /// the marker (a bound or a timeout); the new process tells the client some may be missed.
+    MarkerMissed {
+        /// See [`Message::Notifications`].
+        marker: String,
+        /// Why, for the log.
+        reason: String,
+    },
     /// Old to new: the old process was told to stop (SIGTERM, SIGINT, SHUTDOWN) during the
     /// hand-over; the service stops, so the new process stops the same way.
     Shutdown {
@@ -181,6 +207,24 @@ pub(crate) struct ClientState {
     /// The secret its pool logs in to PostgreSQL with, when the login produced one that the
     /// configuration does not hold (SCRAM pass-through keys, an auth_query answer).
     pub(crate) secret: Option<SecretState>,
+    /// Its LISTEN channels (transaction mode), when it listens on any.
+    #[serde(default)]
+    pub(crate) listen: Option<ListenState>,
+}
+
+/// A LISTENing client's subscriptions in flight (docs/upgrades.md, "LISTEN"): the new process
+/// LISTENs on `channels` and on `marker`, then NOTIFYs `marker`. Notifications the old
+/// process's listening connection reads before the marker are the old process's (sent in
+/// [`Message::Notifications`], then [`Message::MarkerSeen`]); those after it, the new one's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ListenState {
+    /// The channels it listens on (committed: the client is idle, no transaction is open).
+    pub(crate) channels: Vec<String>,
+    /// A channel private to this hand-over of this client (`sluice_handover_<pid>_<n>`).
+    pub(crate) marker: String,
+    /// Messages already waiting in its old mailbox, as the client receives them, in order.
+    #[serde(with = "b64_list")]
+    pub(crate) queued: Vec<Vec<u8>>,
 }
 
 /// One session setting a client wants.
@@ -327,6 +371,25 @@ mod b64 {
     }
 }
 
+/// Lists of byte strings as lists of base64 strings in JSON.
+mod b64_list {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| STANDARD.encode(b)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .into_iter()
+            .map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 /// Encodes a frame claiming `version` (a test hook makes a build claim another one).
 pub(crate) fn encode_as(version: u32, message: &Message) -> Result<Vec<u8>, String> {
     #[derive(Serialize)]
@@ -359,6 +422,9 @@ pub(crate) fn decode(
     let (since, what) = match frame.message {
         Message::Server { .. } => (SERVERS_SINCE, "server"),
         Message::Shutdown { .. } => (SHUTDOWN_SINCE, "shutdown"),
+        Message::Notifications { .. } | Message::MarkerSeen { .. } | Message::MarkerMissed { .. } => {
+            (LISTEN_SINCE, "notifications")
+        }
         _ => (OLDEST_VERSION, ""),
     };
     if frame.version >= since {
@@ -426,5 +492,33 @@ mod tests {
             decode(&bytes, VERSION..=VERSION),
             Ok((2, Message::Server { seq: 1, .. }))
         ));
+    }
+
+    #[test]
+    fn forwarded_notifications_round_trip_and_a_state_without_listen_reads_as_none() {
+        let m = Message::Notifications {
+            marker: "sluice_handover_1_2".into(),
+            messages: vec![b"A\0\0\0\x0b".to_vec(), vec![0, 255]],
+        };
+        let bytes = encode_as(VERSION, &m).expect("encode");
+        assert!(
+            decode(&encode_as(1, &m).expect("encode"), OLDEST_VERSION..=VERSION).is_err(),
+            "notifications are not part of format 1"
+        );
+        match decode(&bytes, VERSION..=VERSION) {
+            Ok((_, Message::Notifications { marker, messages })) => {
+                assert_eq!(marker, "sluice_handover_1_2");
+                assert_eq!(messages, vec![b"A\0\0\0\x0b".to_vec(), vec![0, 255]]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A state written by a build that did not know `listen`.
+        let state = r#"{"peer":"unix","peer_pid":null,"local":null,"user":"u","database":"d",
+            "application_name":"","connected_unix":1,"connected_ms":2,
+            "cancel_key":{"pid":1,"secret":2},"params":[],"read_back_always":false,
+            "statements":[],"tracks_statements":false,"pending_input":"","last_query":"",
+            "secret":null}"#;
+        let state: ClientState = serde_json::from_str(state).expect("reads");
+        assert!(state.listen.is_none());
     }
 }

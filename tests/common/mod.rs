@@ -24,6 +24,7 @@
 pub mod binary;
 pub mod certs;
 pub mod config;
+pub mod listening;
 mod postgres;
 pub mod raw;
 
