@@ -16,6 +16,7 @@
 # IDLE_TARGETS (default "pgbouncer sluice") lists what is measured, in order; "sluice@NAME" runs
 # the binary in $SLUICE_BIN_NAME instead of building this checkout. IDLE_ROUNDS (default 1)
 # repeats the list; the summary gives each target's median and range over the rounds.
+# IDLE_SETTLE (default 2) is the seconds waited after the last login before RSS is read.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -26,7 +27,7 @@ for arg in "$@"; do
     case $arg in
     --quick) N=${IDLE_CLIENTS:-1000} ;;
     -h | --help)
-        sed -n '2,20p' "$0"
+        sed -n '2,19p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;
