@@ -5,12 +5,18 @@
 #   bench/idle_clients.sh            # N = 10000
 #   bench/idle_clients.sh --quick    # N = 1000
 #   IDLE_CLIENTS=5000 bench/idle_clients.sh
+#   SLUICE_BIN_base=/tmp/a SLUICE_BIN_new=/tmp/b IDLE_TARGETS="pgbouncer sluice@base sluice@new" \
+#     IDLE_ROUNDS=3 bench/idle_clients.sh     # prebuilt binaries, interleaved rounds
 #
 # The clients (bench/idle_clients.py, Python stdlib asyncio) send a startup packet, wait for
 # ReadyForQuery and then hold the connection. The poolers run with auth_type = trust for this
 # measurement (the cost of a login is run.sh's -C row; this is what an idle client costs). The
 # baseline is taken after one login through the pooler, so the pool and its first server
 # connection are in both numbers. Each pooler is started fresh for the measurement.
+# IDLE_TARGETS (default "pgbouncer sluice") lists what is measured, in order; "sluice@NAME" runs
+# the binary in $SLUICE_BIN_NAME instead of building this checkout. IDLE_ROUNDS (default 1)
+# repeats the list; the summary gives each target's median and range over the rounds.
+# IDLE_SETTLE (default 2) is the seconds waited after the last login before RSS is read.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -21,7 +27,7 @@ for arg in "$@"; do
     case $arg in
     --quick) N=${IDLE_CLIENTS:-1000} ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,19p' "$0"
         exit 0
         ;;
     *) die "unknown argument $arg (try --help)" ;;
@@ -29,17 +35,38 @@ for arg in "$@"; do
 done
 [ "$N" -le 18000 ] || die "N = $N needs more than the 20000 open files allowed here"
 
+TARGETS=${IDLE_TARGETS:-pgbouncer sluice}
+ROUNDS=${IDLE_ROUNDS:-1}
 raise_nofile
 install_traps
 ensure_packages
-build_sluice
+for t in $TARGETS; do
+    case $t in
+    pgbouncer) ;;
+    sluice)
+        [ -n "${SLUICE_BIN:-}" ] || build_sluice
+        OWN_SLUICE=$SLUICE_BIN
+        ;;
+    sluice@*)
+        var="SLUICE_BIN_${t#sluice@}"
+        [ -x "${!var:-}" ] || die "$t: set $var to a sluice binary"
+        ;;
+    *) die "unknown target $t (pgbouncer, sluice, sluice@NAME)" ;;
+    esac
+done
 make_tmp
 start_postgres 0
 write_pooler_configs trust
 
 declare -A RESULT
 measure() {
-    local which=$1 base with i client_pid
+    local target=$1 which=$1 base with i client_pid
+    [ "$target" = sluice ] && SLUICE_BIN=$OWN_SLUICE
+    if [[ $target == sluice@* ]]; then
+        which=sluice
+        local var="SLUICE_BIN_${target#sluice@}"
+        SLUICE_BIN=${!var}
+    fi
     start_pooler "$which"
     sleep 1
     base=$(status_kb "$POOLER_PID" VmRSS)
@@ -53,31 +80,48 @@ measure() {
         sleep 0.1
     done
     grep -q '^ready' "$TMP/idle-$which.out" || die "$which: $N idle clients did not all log in: $(tail -c 300 "$TMP/idle-$which.out")"
-    sleep 2 # let the pooler settle (freed login buffers, allocator)
+    sleep "${IDLE_SETTLE:-2}" # let the pooler settle (freed login buffers, allocator)
     with=$(status_kb "$POOLER_PID" VmRSS)
     kill -0 "$POOLER_PID" || die "$which exited"
-    RESULT[$which]="$base $with"
-    log "$which: RSS $base KiB with no clients, $with KiB with $N idle clients"
+    RESULT[$target]+="$base $with;"
+    log "$target: RSS $base KiB with no clients, $with KiB with $N idle clients"
     kill -TERM "$client_pid" 2>/dev/null || true
     wait "$client_pid" 2>/dev/null || true
     forget_pid "$client_pid"
     stop_pooler
 }
 
-measure pgbouncer
-measure sluice
+for round in $(seq 1 "$ROUNDS"); do
+    for t in $TARGETS; do
+        log "round $round: $t"
+        measure "$t"
+    done
+done
 
 echo
-echo "Idle clients: N = $N logged in (trust) and idle; RSS from /proc/PID/status VmRSS."
+echo "Idle clients: N = $N logged in (trust) and idle; RSS from /proc/PID/status VmRSS; $ROUNDS round(s)."
 echo
-echo "| pooler | RSS, no clients (KiB) | RSS, $N idle clients (KiB) | per idle client (KiB) | per idle client (bytes) |"
-echo "|---|---:|---:|---:|---:|"
-for which in pgbouncer sluice; do
-    read -r base with <<<"${RESULT[$which]}"
-    awk -v w="$which" -v b="$base" -v a="$with" -v n="$N" \
-        'BEGIN { d = (a - b) / n; printf "| %s | %d | %d | %.2f | %.0f |\n", w, b, a, d, d * 1024 }'
+echo "| pooler | round | RSS, no clients (KiB) | RSS, $N idle clients (KiB) | per idle client (KiB) | per idle client (bytes) |"
+echo "|---|---:|---:|---:|---:|---:|"
+for t in $TARGETS; do
+    round=0
+    IFS=';' read -ra pairs <<<"${RESULT[$t]}"
+    for pair in "${pairs[@]}"; do
+        round=$((round + 1))
+        read -r base with <<<"$pair"
+        awk -v w="$t" -v r="$round" -v b="$base" -v a="$with" -v n="$N" \
+            'BEGIN { d = (a - b) / n; printf "| %s | %d | %d | %d | %.2f | %.0f |\n", w, r, b, a, d, d * 1024 }'
+    done
 done
-read -r b1 a1 <<<"${RESULT[pgbouncer]}"
-read -r b2 a2 <<<"${RESULT[sluice]}"
-awk -v b1="$b1" -v a1="$a1" -v b2="$b2" -v a2="$a2" \
-    'BEGIN { if (a1 > b1) printf "\nsluice / PgBouncer per idle client: %.2f\n", (a2 - b2) / (a1 - b1) }'
+echo
+echo "| pooler | rounds | per idle client, median (bytes) | min-max (bytes) |"
+echo "|---|---:|---:|---|"
+for t in $TARGETS; do
+    IFS=';' read -ra pairs <<<"${RESULT[$t]}"
+    for pair in "${pairs[@]}"; do
+        read -r base with <<<"$pair"
+        awk -v b="$base" -v a="$with" -v n="$N" 'BEGIN { printf "%.0f\n", (a - b) / n * 1024 }'
+    done | sort -n | awk -v w="$t" '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "| %s | %d | %.0f | %d-%d |\n", w, NR, m, v[1], v[NR] }'
+done

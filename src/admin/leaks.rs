@@ -45,7 +45,7 @@ pub(super) fn leaks(shared: &Shared) -> ResultSet {
     for s in shared.leaks.suspects() {
         let c = &s.client;
         let live = c.live();
-        let (addr, port) = match &c.peer {
+        let (addr, port) = match &c.peer() {
             PeerAddr::Tcp(a) => (a.ip().to_string(), i32::from(a.port())),
             PeerAddr::Unix => ("unix".to_string(), 0),
         };

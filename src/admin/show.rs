@@ -260,7 +260,7 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: b
         if only_active && live.phase == ClientPhase::Idle {
             continue;
         }
-        let (addr, port) = peer_addr(&c.peer);
+        let (addr, port) = peer_addr(&c.peer());
         let (wait, wait_us) = if live.phase == ClientPhase::Waiting {
             split_us(live.phase_since.elapsed())
         } else {
@@ -274,8 +274,8 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: b
             t(state),
             t(addr),
             n(port),
-            c.local.map(|l| l.ip().to_string()),
-            c.local.map(|l| l.port().to_string()),
+            c.local().map(|l| l.ip().to_string()),
+            c.local().map(|l| l.port().to_string()),
             t(timestamp(c.connected_wall())),
             t(timestamp(wall(live.request_at))),
             n(wait),
@@ -283,7 +283,7 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: b
             n(0),
             t(client_ptr(c.id)),
             t(live.server.map(|(id, _)| server_ptr(id)).unwrap_or_default()),
-            n(c.peer_pid.unwrap_or(0)),
+            n(c.peer_pid().unwrap_or(0)),
             t(""),
             t(c.application_name()),
             n(c.prepared()),

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The server a client holds right now: enough to show it and to cancel a query on it.
+/// The server a client holds right now: enough to show it and to cancel a query on it. 24
+/// bytes: what never changes for the server (where it is) lives in its shared [`CancelsInFlight`].
 #[derive(Debug, Clone)]
 pub struct HeldServer {
     /// The server's id (the console's `link` column, logs).
@@ -14,11 +15,8 @@ pub struct HeldServer {
     pub backend_pid: i32,
     /// The server's real secret key, for cancel requests.
     pub backend_secret: i32,
-    /// Server host (or unix socket directory), shared with the server connection.
-    pub host: Arc<str>,
-    /// Server port.
-    pub port: u16,
-    /// The server's count of cancel requests on their way, where a new one is noted.
+    /// The server's count of cancel requests on their way, where a new one is noted; it also
+    /// knows where the server is ([`CancelsInFlight::target`]).
     pub cancels: Arc<CancelsInFlight>,
 }
 
@@ -26,10 +24,12 @@ pub struct HeldServer {
 /// them to arrive: while one is, the server goes to no other client (it would cancel that
 /// client's query). Each server has one; the client holding the server reaches it through
 /// [`HeldServer::cancels`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CancelsInFlight {
     count: AtomicUsize,
     done: tokio::sync::Notify,
+    /// Server host (or unix socket directory) and port, where a cancel request is sent.
+    target: (Arc<str>, u16),
 }
 
 /// One cancel request on its way to a server's backend; dropping it (the request reached
@@ -47,6 +47,20 @@ impl Drop for CancelInFlight {
 }
 
 impl CancelsInFlight {
+    /// The count for a server at `target` (host or unix socket directory, port).
+    pub fn new(target: (Arc<str>, u16)) -> CancelsInFlight {
+        CancelsInFlight {
+            count: AtomicUsize::new(0),
+            done: tokio::sync::Notify::new(),
+            target,
+        }
+    }
+
+    /// Where the server is: host (or unix socket directory) and port.
+    pub fn target(&self) -> (&str, u16) {
+        (&self.target.0, self.target.1)
+    }
+
     /// Notes a cancel request leaving now; it is in flight until the returned guard is dropped.
     pub fn leaving(self: &Arc<Self>) -> CancelInFlight {
         self.count.fetch_add(1, Ordering::AcqRel);

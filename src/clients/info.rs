@@ -5,9 +5,10 @@
 
 use super::held::{CancelInFlight, HeldServer};
 use super::registry::CancelKey;
+use super::tick::Tick;
 use parking_lot::Mutex;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -174,22 +175,27 @@ pub struct ClientLive {
     pub xact_since: Option<Instant>,
 }
 
-/// The changing part of a client's state, under one lock.
+/// The changing part of a client's state, under one lock (one lock, not one per part, and
+/// times as [`Tick`]s of 8 bytes: every idle client keeps this).
 #[derive(Debug)]
 struct Live {
+    /// Why and how to end the client from outside.
+    kill: KillSwitch,
+    texts: Texts,
     phase: ClientPhase,
-    phase_since: Instant,
-    request_at: Instant,
+    phase_since: Tick,
+    request_at: Tick,
     /// The server it holds and since when: the one record of it (the console shows it, cancel
     /// requests go to it).
-    held: Option<(HeldServer, Instant)>,
-    xact_since: Option<Instant>,
+    held: Option<(HeldServer, Tick)>,
+    xact_since: Option<Tick>,
 }
 
 impl Live {
     /// Records a phase change at `now`. An idle or waiting client holds no server: those
     /// phases also forget the server it held.
     fn set_phase(&mut self, phase: ClientPhase, now: Instant) {
+        let now = Tick::at(now);
         if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && self.phase != ClientPhase::Active {
             self.request_at = now;
         }
@@ -210,29 +216,60 @@ impl Live {
     }
 }
 
-/// One logged-in client.
+/// Both ends of a client's connection (and a unix-socket peer's pid), in 16 bytes: IPv4 TCP
+/// clients, the usual case, keep both addresses inline; anything else is boxed.
+#[derive(Debug)]
+enum Ends {
+    /// TCP over IPv4, with sluice's own end when known.
+    V4 {
+        peer: SocketAddrV4,
+        local: Option<SocketAddrV4>,
+    },
+    /// A unix-socket client, with its process id (SO_PEERCRED) when known.
+    Unix { pid: Option<i32> },
+    /// Any other combination (IPv6).
+    Other(Box<(PeerAddr, Option<SocketAddr>, Option<i32>)>),
+}
+
+impl Ends {
+    fn new(peer: PeerAddr, pid: Option<i32>, local: Option<SocketAddr>) -> Ends {
+        match (peer, local, pid) {
+            (PeerAddr::Tcp(SocketAddr::V4(peer)), None, None) => Ends::V4 { peer, local: None },
+            (PeerAddr::Tcp(SocketAddr::V4(peer)), Some(SocketAddr::V4(l)), None) => {
+                Ends::V4 { peer, local: Some(l) }
+            }
+            (PeerAddr::Unix, None, pid) => Ends::Unix { pid },
+            (peer, local, pid) => Ends::Other(Box::new((peer, local, pid))),
+        }
+    }
+}
+
+/// The texts a client's record keeps, under one lock.
+#[derive(Debug)]
+struct Texts {
+    /// Exactly sized: it changes only when the client sets it.
+    application_name: Box<str>,
+    /// Reused from query to query.
+    last_query: String,
+}
+
+/// One logged-in client. Every idle client keeps one, so it is kept compact: jemalloc gives
+/// its `Arc` a 256-byte block while it stays within 240 bytes (see the size test below).
 #[derive(Debug)]
 pub struct ClientInfo {
     /// Unique id (for logs, SHOW CLIENTS, KILL_CLIENT).
     pub id: u64,
-    /// Where it connected from.
-    pub peer: PeerAddr,
+    /// Where it connected from and to ([`ClientInfo::peer`], [`ClientInfo::local`]).
+    ends: Ends,
     /// Client-facing user name.
     pub user: Arc<str>,
     /// Client-facing database name.
     pub database: Arc<str>,
-    /// When it connected.
-    pub connected_at: Instant,
-    /// Process id of a unix-socket peer (SO_PEERCRED).
-    pub peer_pid: Option<i32>,
-    /// sluice's own end of the connection (TCP).
-    pub local: Option<SocketAddr>,
-    application_name: Mutex<String>,
+    /// When it connected ([`ClientInfo::connected_at`]).
+    connected_at: Tick,
     live: Mutex<Live>,
-    last_query: Mutex<String>,
     /// Boxed: most clients are never asked, and an idle one should stay small.
     process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
-    kill: Mutex<KillSwitch>,
     /// True while the kill switch holds a reason (written under its lock, read without it).
     kill_signalled: AtomicBool,
     prepared: std::sync::atomic::AtomicU32,
@@ -259,26 +296,26 @@ impl ClientInfo {
         database: Arc<str>,
         application_name: &str,
     ) -> ClientInfo {
-        let now = Instant::now();
+        let now = Tick::at(Instant::now());
         ClientInfo {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-            peer,
+            ends: Ends::new(peer, peer_pid, local),
             user,
             database,
             connected_at: now,
-            peer_pid,
-            local,
-            application_name: Mutex::new(application_name.to_string()),
             live: Mutex::new(Live {
+                kill: KillSwitch::default(),
+                texts: Texts {
+                    application_name: application_name.into(),
+                    last_query: String::new(),
+                },
                 phase: ClientPhase::Idle,
                 phase_since: now,
                 request_at: now,
                 held: None,
                 xact_since: None,
             }),
-            last_query: Mutex::new(String::new()),
             process: std::sync::OnceLock::new(),
-            kill: Mutex::new(KillSwitch::default()),
             kill_signalled: AtomicBool::new(false),
             prepared: std::sync::atomic::AtomicU32::new(0),
             pinned: std::sync::atomic::AtomicU8::new(0),
@@ -287,6 +324,38 @@ impl ClientInfo {
                 .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             cancel_key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where it connected from.
+    pub fn peer(&self) -> PeerAddr {
+        match &self.ends {
+            Ends::V4 { peer, .. } => PeerAddr::Tcp(SocketAddr::V4(*peer)),
+            Ends::Unix { .. } => PeerAddr::Unix,
+            Ends::Other(o) => o.0.clone(),
+        }
+    }
+
+    /// sluice's own end of the connection (TCP).
+    pub fn local(&self) -> Option<SocketAddr> {
+        match &self.ends {
+            Ends::V4 { local, .. } => local.map(SocketAddr::V4),
+            Ends::Unix { .. } => None,
+            Ends::Other(o) => o.1,
+        }
+    }
+
+    /// Process id of a unix-socket peer (SO_PEERCRED).
+    pub fn peer_pid(&self) -> Option<i32> {
+        match &self.ends {
+            Ends::V4 { .. } => None,
+            Ends::Unix { pid } => *pid,
+            Ends::Other(o) => o.2,
+        }
+    }
+
+    /// When it connected.
+    pub fn connected_at(&self) -> Instant {
+        self.connected_at.instant()
     }
 
     /// The cancel key issued at login, if one was.
@@ -304,7 +373,7 @@ impl ClientInfo {
         let mut live = self.live.lock();
         let since = match (&live.held, &server) {
             (Some((old, since)), Some(new)) if old.id == new.id => *since,
-            _ => Instant::now(),
+            _ => Tick::at(Instant::now()),
         };
         live.held = server.map(|s| (s, since));
     }
@@ -317,7 +386,7 @@ impl ClientInfo {
         live.set_phase(ClientPhase::Active, now);
         let since = match &live.held {
             Some((old, since)) if old.id == server.id => *since,
-            _ => now,
+            _ => Tick::at(now),
         };
         live.held = Some((server, since));
     }
@@ -358,7 +427,8 @@ impl ClientInfo {
     /// Ends the client for `why` (the first reason given wins).
     pub fn kill_with(&self, why: Kill) {
         let waker = {
-            let mut switch = self.kill.lock();
+            let mut live = self.live.lock();
+            let switch = &mut live.kill;
             // A hand-over request is the weakest reason: any other replaces it.
             if switch.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
                 switch.reason = None;
@@ -375,8 +445,9 @@ impl ClientInfo {
     /// True while the client is asked to hand itself over to a new process and has not
     /// withdrawn (it is not staying: TLS, LISTEN, refused).
     pub(crate) fn hand_over_asked(&self) -> bool {
-        self.kill
+        self.live
             .lock()
+            .kill
             .reason
             .as_deref()
             .is_some_and(|k| *k == Kill::HandOver)
@@ -384,9 +455,9 @@ impl ClientInfo {
 
     /// Withdraws a hand-over request (the upgrade failed or ended); other reasons stay.
     pub(crate) fn withdraw_hand_over(&self) {
-        let mut switch = self.kill.lock();
-        if switch.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
-            switch.reason = None;
+        let mut live = self.live.lock();
+        if live.kill.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
+            live.kill.reason = None;
             self.kill_signalled.store(false, Ordering::Release);
         }
     }
@@ -394,7 +465,7 @@ impl ClientInfo {
     /// A client handed over by an upgrade keeps its connect times (SHOW CLIENTS shows them
     /// unchanged).
     pub(crate) fn connected_since(mut self, at: Instant, unix_secs: u64) -> ClientInfo {
-        self.connected_at = at;
+        self.connected_at = Tick::at(at);
         self.connected_unix = u32::try_from(unix_secs).unwrap_or(u32::MAX);
         self
     }
@@ -417,19 +488,21 @@ impl ClientInfo {
     /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
     /// task is woken when it is (see [`ClientInfo::killed`]).
     pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
-        let mut switch = self.kill.lock();
+        let mut guard = self.live.lock();
+        let live = &mut *guard;
+        let switch = &mut live.kill;
         match &switch.reason {
             Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => {
                 switch.reason = None;
                 self.kill_signalled.store(false, Ordering::Release);
             }
             // A reclaim asked of a client that has meanwhile given its server back.
-            Some(k) if matches!(**k, Kill::Reclaimed(_)) && self.live.lock().held.is_none() => {
+            Some(k) if matches!(**k, Kill::Reclaimed(_)) && live.held.is_none() => {
                 switch.reason = None;
                 self.kill_signalled.store(false, Ordering::Release);
             }
             // server_fast_close never interrupts a transaction or a request in flight.
-            Some(k) if matches!(**k, Kill::FastClose) && self.live.lock().phase != ClientPhase::Holding => {
+            Some(k) if matches!(**k, Kill::FastClose) && live.phase != ClientPhase::Holding => {
                 switch.reason = None;
                 self.kill_signalled.store(false, Ordering::Release);
             }
@@ -448,7 +521,9 @@ impl ClientInfo {
     /// Ends an idle client that has been idle longer than `limit` (client_idle_timeout).
     pub fn kill_if_idle_for(&self, limit: Duration, now: Instant) {
         let live = self.live.lock();
-        if live.phase == ClientPhase::Idle && now.duration_since(live.phase_since) > limit {
+        if live.phase == ClientPhase::Idle
+            && now.saturating_duration_since(live.phase_since.instant()) > limit
+        {
             drop(live);
             self.kill_with(Kill::IdleTimeout(limit));
         }
@@ -459,11 +534,11 @@ impl ClientInfo {
         let live = self.live.lock();
         ClientLive {
             phase: live.phase,
-            phase_since: live.phase_since,
-            request_at: live.request_at,
+            phase_since: live.phase_since.instant(),
+            request_at: live.request_at.instant(),
             server: live.held.as_ref().map(|(s, _)| (s.id, s.backend_pid)),
-            server_since: live.held.as_ref().map(|(_, since)| *since),
-            xact_since: live.xact_since,
+            server_since: live.held.as_ref().map(|(_, since)| since.instant()),
+            xact_since: live.xact_since.map(Tick::instant),
         }
     }
 
@@ -483,7 +558,7 @@ impl ClientInfo {
     pub fn transaction_began(&self, at: Instant) {
         let mut live = self.live.lock();
         if live.xact_since.is_none() {
-            live.xact_since = Some(at);
+            live.xact_since = Some(Tick::at(at));
         }
     }
 
@@ -492,7 +567,7 @@ impl ClientInfo {
     /// lock.
     pub(crate) fn idle_in_transaction(&self, began: Instant, now: Instant) {
         let mut live = self.live.lock();
-        live.xact_since.get_or_insert(began);
+        live.xact_since.get_or_insert(Tick::at(began));
         live.set_phase(ClientPhase::IdleInTransaction, now);
     }
 
@@ -503,14 +578,15 @@ impl ClientInfo {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        let mut q = self.last_query.lock();
+        let mut live = self.live.lock();
+        let q = &mut live.texts.last_query;
         q.clear();
         q.push_str(&text[..end]);
     }
 
     /// The latest query text (first 200 characters).
     pub fn last_query(&self) -> String {
-        self.last_query.lock().clone()
+        self.live.lock().texts.last_query.clone()
     }
 
     /// The client's process (pid and command line): SO_PEERCRED for unix-socket clients, the
@@ -518,8 +594,8 @@ impl ClientInfo {
     pub fn process(&self) -> Option<(i32, String)> {
         self.process
             .get_or_init(|| {
-                let pid = self.peer_pid.or_else(|| match &self.peer {
-                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(*a, self.local?),
+                let pid = self.peer_pid().or_else(|| match self.peer() {
+                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(a, self.local()?),
                     _ => None,
                 })?;
                 Some(Box::new((pid, crate::procfs::cmdline(pid).unwrap_or_default())))
@@ -530,19 +606,19 @@ impl ClientInfo {
 
     /// The application_name the client currently has.
     pub fn application_name(&self) -> String {
-        self.application_name.lock().clone()
+        self.live.lock().texts.application_name.to_string()
     }
 
     /// True when the client's application_name is `name` (compared in place, no copy).
     pub(crate) fn application_name_is(&self, name: &str) -> bool {
-        *self.application_name.lock() == name
+        *self.live.lock().texts.application_name == *name
     }
 
     /// Records a new application_name (the client ran SET application_name).
     pub fn set_application_name(&self, name: &str) {
-        let mut current = self.application_name.lock();
-        if *current != name {
-            *current = name.to_string();
+        let mut live = self.live.lock();
+        if *live.texts.application_name != *name {
+            live.texts.application_name = name.into();
         }
     }
 
@@ -551,7 +627,7 @@ impl ClientInfo {
         format!(
             "'{}' at {} (client {})",
             self.application_name(),
-            self.peer,
+            self.peer(),
             self.id
         )
     }
@@ -594,9 +670,7 @@ mod tests {
             id: 7,
             backend_pid: 4242,
             backend_secret: 1,
-            host: "localhost".into(),
-            port: 5432,
-            cancels: Arc::new(super::super::CancelsInFlight::default()),
+            cancels: Arc::new(super::super::CancelsInFlight::new(("localhost".into(), 5432))),
         }));
         c.kill_with(Kill::Reclaimed(limit));
         let k = c.killed(true).await;
@@ -631,14 +705,12 @@ mod tests {
     #[test]
     fn the_held_server_is_shown_and_cancelled_until_the_client_goes_idle() {
         let c = client();
-        let cancels = Arc::new(super::super::CancelsInFlight::default());
+        let cancels = Arc::new(super::super::CancelsInFlight::new(("localhost".into(), 5432)));
         c.set_phase(ClientPhase::Active);
         c.hold(Some(HeldServer {
             id: 7,
             backend_pid: 70,
             backend_secret: 700,
-            host: "localhost".into(),
-            port: 5432,
             cancels: cancels.clone(),
         }));
         let live = c.live();
@@ -682,11 +754,53 @@ mod tests {
         assert_eq!(k.ok(), Some(Kill::Operator("admin forced disconnect".into())));
     }
 
+    /// Every idle client keeps one record: in an `Arc` (16 bytes of counts) it gets a 256-byte
+    /// jemalloc block while it stays within 240 bytes; a few bytes more make it 320 for every
+    /// client (bench/idle_clients.sh). Grow it only on purpose.
+    #[test]
+    fn a_client_record_stays_within_its_allocation_class() {
+        let size = std::mem::size_of::<ClientInfo>();
+        assert!(size <= 240, "ClientInfo is {size} bytes");
+        assert_eq!(std::mem::size_of::<Ends>(), 16);
+        assert_eq!(std::mem::size_of::<HeldServer>(), 24);
+    }
+
+    #[test]
+    fn both_ends_of_a_connection_read_back_as_given() {
+        let v4: SocketAddr = "10.1.2.3:41234".parse().unwrap(); // ok: literal test input
+        let local: SocketAddr = "10.1.2.4:6432".parse().unwrap(); // ok: literal test input
+        let v6: SocketAddr = "[::1]:5000".parse().unwrap(); // ok: literal test input
+        let mk = |peer, pid, local| ClientInfo::new(peer, pid, local, "u".into(), "d".into(), "");
+        let c = mk(PeerAddr::Tcp(v4), None, Some(local));
+        assert_eq!(
+            (c.peer(), c.local(), c.peer_pid()),
+            (PeerAddr::Tcp(v4), Some(local), None)
+        );
+        let c = mk(PeerAddr::Tcp(v4), None, None);
+        assert_eq!(
+            (c.peer(), c.local(), c.peer_pid()),
+            (PeerAddr::Tcp(v4), None, None)
+        );
+        let c = mk(PeerAddr::Unix, Some(42), None);
+        assert_eq!(
+            (c.peer(), c.local(), c.peer_pid()),
+            (PeerAddr::Unix, None, Some(42))
+        );
+        let c = mk(PeerAddr::Tcp(v6), None, Some(v4));
+        assert_eq!(
+            (c.peer(), c.local(), c.peer_pid()),
+            (PeerAddr::Tcp(v6), Some(v4), None)
+        );
+        let then = Instant::now() - Duration::from_secs(3600);
+        let c = c.connected_since(then, 1);
+        assert_eq!(c.connected_at(), then);
+    }
+
     #[test]
     fn a_client_that_is_not_idle_is_never_killed_for_idleness() {
         let c = client();
         c.set_phase(ClientPhase::Active);
         c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
-        assert!(c.kill.lock().reason.is_none());
+        assert!(c.live.lock().kill.reason.is_none());
     }
 }

@@ -11,6 +11,7 @@ mod peer_key;
 mod pins;
 mod registry;
 mod throttle;
+mod tick;
 
 pub use admission::ClientSlot;
 pub(crate) use admission::{ConsoleSeat, LoginPlace, LoginTicket, max_client_conn_error};

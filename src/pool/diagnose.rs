@@ -114,7 +114,7 @@ fn top_holders(infos: &[std::sync::Arc<crate::server::ServerInfo>]) -> Vec<Strin
 /// Where a client comes from, for grouping (here and in the leak reports): its process command
 /// line when known, else its IP.
 pub(crate) fn client_origin(client: &ClientInfo) -> String {
-    match (client.process(), &client.peer) {
+    match (client.process(), &client.peer()) {
         (Some((_, cmd)), _) if !cmd.is_empty() => cmd,
         (_, PeerAddr::Tcp(a)) => a.ip().to_string(),
         (_, PeerAddr::Unix) => "unix socket".to_string(),

@@ -76,7 +76,7 @@ impl ShareSettings {
     pub(super) fn group_of(&self, client: &ClientInfo) -> String {
         match self.key {
             ShareKey::ApplicationName => client.application_name(),
-            ShareKey::ClientAddr => match &client.peer {
+            ShareKey::ClientAddr => match &client.peer() {
                 PeerAddr::Tcp(a) => a.ip().to_string(),
                 PeerAddr::Unix => "unix socket".to_string(),
             },

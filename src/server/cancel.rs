@@ -24,8 +24,6 @@ impl ServerConn {
             id: self.id,
             backend_pid: self.backend_pid,
             backend_secret: self.backend_secret,
-            host: self.target_addr.0.clone(),
-            port: self.target_addr.1,
             cancels: self.info.cancels().clone(),
         }
     }
@@ -74,7 +72,8 @@ pub(crate) fn cancel_running_query(server: &ServerConn) {
 /// server's in-flight mark goes.
 async fn forward(target: HeldServer, in_flight: CancelInFlight) {
     let backend_pid = target.backend_pid;
-    let sent = send_cancel(&target.host, target.port, (backend_pid, target.backend_secret)).await;
+    let (host, port) = target.cancels.target();
+    let sent = send_cancel(host, port, (backend_pid, target.backend_secret)).await;
     drop(in_flight);
     log_sent(sent, "cancel forwarded", backend_pid);
 }

@@ -64,6 +64,7 @@ pub struct ServerInfo {
 impl ServerInfo {
     /// A server being opened on `addr`.
     pub fn new(id: u64, addr: (Arc<str>, u16)) -> ServerInfo {
+        let cancels = Arc::new(CancelsInFlight::new(addr.clone()));
         ServerInfo {
             id,
             opened_at: Instant::now(),
@@ -72,7 +73,7 @@ impl ServerInfo {
             generation: std::sync::atomic::AtomicU64::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((ServerUse::Login, 0)),
-            cancels: Arc::default(),
+            cancels,
             read_only_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }

@@ -123,17 +123,17 @@ impl Session {
                 .collect()
         });
         ClientState {
-            peer: match &info.peer {
+            peer: match &info.peer() {
                 PeerAddr::Tcp(a) => PeerState::Tcp(*a),
                 PeerAddr::Unix => PeerState::Unix,
             },
-            peer_pid: info.peer_pid,
-            local: info.local,
+            peer_pid: info.peer_pid(),
+            local: info.local(),
             user: info.user.to_string(),
             database: info.database.to_string(),
             application_name: info.application_name(),
             connected_unix: info.connected_unix_secs(),
-            connected_ms: info.connected_at.elapsed().as_millis() as u64,
+            connected_ms: info.connected_at().elapsed().as_millis() as u64,
             cancel_key: CancelKeyState { pid, secret },
             params,
             read_back_always,

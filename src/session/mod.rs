@@ -36,6 +36,7 @@ use link::{Link, Timeouts};
 use login::{LoggedIn, Login, Refusal};
 use relay::RelayEnd;
 use statements::ClientStatements;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -132,7 +133,7 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
             if log_connections {
                 let info = logged_in.info();
                 let tls = stream.tls_description();
-                tracing::info!(db = %info.database, user = %info.user, %tls, peer = %info.peer, "login");
+                tracing::info!(db = %info.database, user = %info.user, %tls, peer = %info.peer(), "login");
             }
             let max_message = (shared.config.load().pooler.max_packet_size as usize)
                 .min(crate::protocol::MAX_CLIENT_MESSAGE);
@@ -151,8 +152,16 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
 /// Runs a logged-in session in a task of its own, holding only the session (moved in once,
 /// then borrowed): the login's task and everything its frames kept are freed, so an idle
 /// client costs as little as it can.
-fn spawn_session(mut session: Session) {
-    tokio::spawn(async move {
+fn spawn_session(session: Session) {
+    tokio::spawn(serve_session(session));
+}
+
+/// The task of a logged-in session: what an idle client's tokio task holds (its size is
+/// tested). An `async move` block, not an `async fn`: an async fn's frame keeps its argument
+/// and the local it moves into, two copies of the session for the task's whole life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_session(mut session: Session) -> impl Future<Output = ()> + Send {
+    async move {
         let ending = session.run().await;
         let info = session.login.info();
         let p = &session.login.shared().config.load().pooler;
@@ -164,15 +173,21 @@ fn spawn_session(mut session: Session) {
             }
             Ending::Error(e) => {
                 if p.log_pooler_errors {
-                    tracing::warn!(peer = %info.peer, db = %info.database, user = %info.user, "pooler error: {e}");
+                    tracing::warn!(peer = %info.peer(), db = %info.database, user = %info.user, "pooler error: {e}");
                 }
                 e.message.as_str()
             }
         };
         if p.log_disconnections {
-            log_closing(&info.peer, &info.database, &info.user, reason, info.connected_at);
+            log_closing(
+                &info.peer(),
+                &info.database,
+                &info.user,
+                reason,
+                info.connected_at(),
+            );
         }
-    });
+    }
 }
 
 /// The disconnection line (log_disconnections), as PgBouncer's "closing because".
@@ -247,41 +262,78 @@ struct Session {
 impl Session {
     async fn run(&mut self) -> Ending {
         loop {
-            // Only the idle wait runs in this frame; everything else is boxed, so an idle
-            // client's task carries just what waiting for input needs.
+            // Only the idle wait runs in this frame; everything else is boxed (in plain
+            // functions: a future built in this frame would keep room in it even once moved),
+            // and what the wait returned is not kept across those awaits: an idle client's task
+            // carries just what waiting for input needs (`serve_session`'s size is tested).
             let next = match self.state {
-                SessionState::Idle | SessionState::Reclaimed(_) => match self.idle_wait().await {
-                    IdleWake::Request => match std::mem::replace(&mut self.state, SessionState::Idle) {
-                        SessionState::Reclaimed(told) => Err(Box::pin(self.answer_reclaimed(*told)).await),
-                        _ => self.step_idle(),
-                    },
-                    IdleWake::Nothing => continue,
-                    IdleWake::Notification => match Box::pin(self.deliver_idle()).await {
-                        Ok(()) => continue,
-                        Err(ending) => Err(ending),
-                    },
-                    IdleWake::Left => Err(Ending::ClientLeft),
-                    IdleWake::Killed(crate::clients::Kill::HandOver) => {
-                        match Box::pin(self.hand_over()).await {
-                            Some(ending) => Err(ending),
-                            // Notifications taken out for a hand-over that did not happen.
-                            None if !self.client.outbuf.is_empty() => {
-                                match Box::pin(self.deliver_idle()).await {
-                                    Ok(()) => continue,
-                                    Err(ending) => Err(ending),
+                SessionState::Idle | SessionState::Reclaimed(_) => {
+                    let rare = match self.idle_wait().await {
+                        IdleWake::Nothing => continue,
+                        IdleWake::Left => return Ending::ClientLeft,
+                        IdleWake::Request if matches!(self.state, SessionState::Idle) => {
+                            match self.step_idle() {
+                                Ok(state) => {
+                                    self.state = state;
+                                    continue;
                                 }
+                                Err(ending) => return ending,
                             }
-                            None => continue,
                         }
+                        IdleWake::Killed(kill) if kill != crate::clients::Kill::HandOver => {
+                            self.state = SessionState::Killed(Box::new(kill));
+                            continue;
+                        }
+                        wake => self.boxed_after_idle(wake),
+                    };
+                    match rare.await {
+                        Some(next) => next,
+                        None => continue,
                     }
-                    IdleWake::Killed(kill) => Ok(SessionState::Killed(Box::new(kill))),
-                },
-                _ => Box::pin(self.step_busy()).await,
+                }
+                _ => {
+                    let busy = self.boxed_step_busy();
+                    busy.await
+                }
             };
             match next {
                 Ok(state) => self.state = state,
                 Err(ending) => return ending,
             }
+        }
+    }
+
+    /// [`Session::step_busy`], boxed outside `run`'s frame.
+    fn boxed_step_busy(&mut self) -> Pin<Box<impl Future<Output = Result<SessionState, Ending>> + '_>> {
+        Box::pin(self.step_busy())
+    }
+
+    /// [`Session::after_idle`], boxed outside `run`'s frame.
+    fn boxed_after_idle(
+        &mut self,
+        wake: IdleWake,
+    ) -> Pin<Box<impl Future<Output = Option<Result<SessionState, Ending>>> + '_>> {
+        Box::pin(self.after_idle(wake))
+    }
+
+    /// The rarer ends of an idle wait, which take awaits of their own: a reclaimed client's
+    /// request, a notification to deliver, a hand-over. None: back to waiting.
+    async fn after_idle(&mut self, wake: IdleWake) -> Option<Result<SessionState, Ending>> {
+        match wake {
+            IdleWake::Request => match std::mem::replace(&mut self.state, SessionState::Idle) {
+                SessionState::Reclaimed(told) => Some(Err(self.answer_reclaimed(*told).await)),
+                _ => Some(self.step_idle()),
+            },
+            IdleWake::Notification => self.deliver_idle().await.err().map(Err),
+            IdleWake::Killed(crate::clients::Kill::HandOver) => match self.hand_over().await {
+                Some(ending) => Some(Err(ending)),
+                // Notifications taken out for a hand-over that did not happen.
+                None if !self.client.outbuf.is_empty() => self.deliver_idle().await.err().map(Err),
+                None => None,
+            },
+            IdleWake::Killed(kill) => Some(Ok(SessionState::Killed(Box::new(kill)))),
+            IdleWake::Nothing => None,
+            IdleWake::Left => Some(Err(Ending::ClientLeft)),
         }
     }
 
@@ -310,7 +362,9 @@ impl Session {
     /// idle client's task holds.
     fn idle_wait(&mut self) -> impl Future<Output = IdleWake> + '_ {
         self.client.shrink_when_empty();
-        std::future::poll_fn(|cx| {
+        // `move`: the closure holds the one `&mut Session` (8 bytes), not a reference to each
+        // field it uses (24), in every idle task.
+        std::future::poll_fn(move |cx| {
             if !self.client.inbuf.is_empty() {
                 return Poll::Ready(IdleWake::Request); // pipelined behind the last transaction
             }
@@ -575,5 +629,23 @@ mod tests {
             "Session is {} bytes",
             std::mem::size_of::<super::Session>()
         );
+    }
+
+    /// The future tokio keeps for an idle client: the session and what `run` holds across its
+    /// idle wait. tokio's cell adds 104 bytes and rounds up to 128: up to 280 bytes of future
+    /// the cell is 384, past that 512 for every idle client. Debug builds lay futures out
+    /// without that care, so this holds for release builds (`cargo test --release`).
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "future layouts are compact in release builds only"
+    )]
+    fn an_idle_session_task_fits_a_384_byte_cell() {
+        fn future_size<A, R, F: Fn(A) -> R>(_: &F) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size(&super::serve_session);
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 280, "the session future is {size} bytes");
     }
 }

@@ -48,17 +48,46 @@ fn never_synced(name: &str) -> bool {
     is_identity(name) || READ_ONLY.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// One parameter the client wants.
+/// One parameter the client wants. The strings are exactly sized (`Box<str>`), and the
+/// lower-cased name it is found by is derived from `name`, not stored: a client keeps its wishes
+/// for its whole life, idle or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Wanted {
     /// Name as the client wrote it.
-    name: String,
+    name: Box<str>,
     /// Value as the client wrote it.
-    requested: String,
-    /// The server's spelling of that value (`utf8` -> `UTF8`), once a server reported it.
-    canonical: Option<String>,
+    requested: Box<str>,
+    /// The server's spelling of that value (`utf8` -> `UTF8`), once a server reported one that
+    /// differs from `requested` (None: not reported, or spelled the same).
+    canonical: Option<Box<str>>,
     /// How this wish relates to the client's startup packet, which RESET returns to.
     startup: Startup,
+}
+
+impl Wanted {
+    /// The server's spelling of the value, as far as known.
+    fn current(&self) -> &str {
+        self.canonical.as_deref().unwrap_or(&self.requested)
+    }
+
+    /// Records `value` as the server's spelling of `requested`.
+    fn set_canonical(&mut self, value: &str) {
+        self.canonical = (*self.requested != *value).then(|| value.into());
+    }
+}
+
+/// The lower-cased name a wish is found by (borrowed when the name has no upper case).
+fn key_of(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Compares `name` lower-cased with `key` (already lower case), without allocating.
+fn cmp_key(name: &str, key: &str) -> std::cmp::Ordering {
+    name.bytes().map(|b| b.to_ascii_lowercase()).cmp(key.bytes())
 }
 
 /// What the client's startup packet said about a parameter. On PostgreSQL, `RESET` and
@@ -74,35 +103,36 @@ enum Startup {
     Was(Box<str>),
 }
 
-/// The client's wishes by lower-cased name, kept sorted in an exactly sized slice: a client has a
+/// The client's wishes, sorted by lower-cased name in an exactly sized slice: a client has a
 /// handful, and a BTreeMap would allocate a whole 11-slot node per idle client (a boxed slice is
 /// also 8 bytes smaller than a Vec in every idle session).
 #[derive(Debug, Clone, Default)]
-struct Wishes(Box<[(String, Wanted)]>);
+struct Wishes(Box<[Wanted]>);
 
 impl Wishes {
+    /// Where the wish for `key` (lower case) is, or would go.
     fn position(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.0.binary_search_by(|w| cmp_key(&w.name, key))
     }
 
-    fn insert(&mut self, key: String, value: Wanted) {
-        match self.position(&key) {
-            Ok(i) => self.0[i].1 = value,
+    fn insert(&mut self, value: Wanted) {
+        match self.position(&key_of(&value.name)) {
+            Ok(i) => self.0[i] = value,
             Err(i) => {
                 // Exactly sized: a client keeps these for its whole life.
                 let mut v = std::mem::take(&mut self.0).into_vec();
-                v.insert(i, (key, value));
+                v.insert(i, value);
                 self.0 = v.into_boxed_slice();
             }
         }
     }
 
     fn get(&self, key: &str) -> Option<&Wanted> {
-        self.position(key).ok().map(|i| &self.0[i].1)
+        self.position(key).ok().map(|i| &self.0[i])
     }
 
     fn get_mut(&mut self, key: &str) -> Option<&mut Wanted> {
-        self.position(key).ok().map(|i| &mut self.0[i].1)
+        self.position(key).ok().map(|i| &mut self.0[i])
     }
 
     fn contains_key(&self, key: &str) -> bool {
@@ -116,23 +146,10 @@ impl Wishes {
             self.0 = v.into_boxed_slice();
         }
     }
-}
 
-impl<'a> IntoIterator for &'a Wishes {
-    type Item = (&'a String, &'a Wanted);
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, (String, Wanted)>, fn(&'a (String, Wanted)) -> Self::Item>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, w)| (k, w))
-    }
-}
-
-impl<'a> IntoIterator for &'a mut Wishes {
-    type Item = (&'a String, &'a mut Wanted);
-    type IntoIter =
-        std::iter::Map<std::slice::IterMut<'a, (String, Wanted)>, fn(&'a mut (String, Wanted)) -> Self::Item>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter_mut().map(|(k, w)| (&*k, w))
+    /// Every wish with its lower-cased name.
+    fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &Wanted)> {
+        self.0.iter().map(|w| (key_of(&w.name), w))
     }
 }
 
@@ -207,16 +224,16 @@ impl ClientParams {
     /// read back after every transaction.
     pub(super) fn export(&self) -> (Vec<ParamState>, bool) {
         let state = |w: &Wanted| ParamState {
-            name: w.name.clone(),
-            requested: w.requested.clone(),
-            canonical: w.canonical.clone(),
+            name: w.name.to_string(),
+            requested: w.requested.to_string(),
+            canonical: w.canonical.as_deref().map(str::to_string),
             startup: match &w.startup {
                 Startup::Absent => StartupState::Absent,
                 Startup::Same => StartupState::Same,
                 Startup::Was(v) => StartupState::Was(v.to_string()),
             },
         };
-        let wishes = self.wanted.0.iter().map(|(_, w)| state(w)).collect();
+        let wishes = self.wanted.0.iter().map(state).collect();
         (wishes, self.reads_back_always())
     }
 
@@ -229,13 +246,16 @@ impl ClientParams {
                 StartupState::Same => Startup::Same,
                 StartupState::Was(v) => Startup::Was(v.into()),
             };
-            let wanted = Wanted {
-                name: p.name.clone(),
-                requested: p.requested,
-                canonical: p.canonical,
+            let mut wanted = Wanted {
+                name: p.name.into(),
+                requested: p.requested.into(),
+                canonical: None,
                 startup,
             };
-            out.wanted.insert(p.name.to_ascii_lowercase(), wanted);
+            if let Some(c) = p.canonical {
+                wanted.set_canonical(&c);
+            }
+            out.wanted.insert(wanted);
         }
         out.refresh_fingerprint();
         if read_back_always {
@@ -263,23 +283,20 @@ impl ClientParams {
     fn refresh_fingerprint(&mut self) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (k, w) in &self.wanted {
-            (k, &w.requested).hash(&mut h);
+        for (k, w) in self.wanted.iter() {
+            (k.as_ref(), &*w.requested).hash(&mut h);
         }
         // Never 0, so a fresh server (fingerprint None) never matches by accident.
         self.fingerprint = h.finish() | 1;
     }
 
     fn want(&mut self, name: &str, value: &str) {
-        self.wanted.insert(
-            name.to_ascii_lowercase(),
-            Wanted {
-                name: name.to_string(),
-                requested: value.to_string(),
-                canonical: None,
-                startup: Startup::Same,
-            },
-        );
+        self.wanted.insert(Wanted {
+            name: name.into(),
+            requested: value.into(),
+            canonical: None,
+            startup: Startup::Same,
+        });
         self.refresh_fingerprint();
     }
 
@@ -296,10 +313,9 @@ impl ClientParams {
         let mut restored = Vec::new();
         let gone: Vec<String> = self
             .wanted
-            .0
             .iter()
-            .filter(|(k, _)| !now.contains_key(k))
-            .map(|(k, _)| k.clone())
+            .filter(|(k, _)| !now.contains_key(k.as_ref()))
+            .map(|(k, _)| k.into_owned())
             .collect();
         for key in gone {
             let Some(w) = self.wanted.get_mut(&key) else {
@@ -307,9 +323,9 @@ impl ClientParams {
             };
             match std::mem::replace(&mut w.startup, Startup::Same) {
                 Startup::Was(value) => {
-                    w.requested = value.into_string();
+                    w.requested = value;
                     w.canonical = None;
-                    restored.push((w.name.clone(), w.requested.clone()));
+                    restored.push((w.name.to_string(), w.requested.to_string()));
                 }
                 // Still the startup value: the server may hold it from its own login.
                 Startup::Same => {}
@@ -318,23 +334,20 @@ impl ClientParams {
         }
         for (key, (name, value)) in &now {
             match self.wanted.get_mut(key) {
-                Some(w) if w.requested == *value || w.canonical.as_deref() == Some(*value) => {}
+                Some(w) if *w.requested == **value || w.canonical.as_deref() == Some(*value) => {}
                 Some(w) => {
-                    let before = std::mem::replace(&mut w.requested, value.to_string());
+                    let before = std::mem::replace(&mut w.requested, (*value).into());
                     w.canonical = None;
                     if w.startup == Startup::Same {
-                        w.startup = Startup::Was(before.into_boxed_str());
+                        w.startup = Startup::Was(before);
                     }
                 }
-                None => self.wanted.insert(
-                    key.clone(),
-                    Wanted {
-                        name: name.to_string(),
-                        requested: value.to_string(),
-                        canonical: None,
-                        startup: Startup::Absent,
-                    },
-                ),
+                None => self.wanted.insert(Wanted {
+                    name: (*name).into(),
+                    requested: (*value).into(),
+                    canonical: None,
+                    startup: Startup::Absent,
+                }),
             }
         }
         self.refresh_fingerprint();
@@ -354,9 +367,7 @@ impl ClientParams {
 
     /// The value to report to the client for a parameter at login, if it asked for one.
     pub(super) fn reported_value(&self, name: &str) -> Option<&str> {
-        self.wanted
-            .get(&name.to_ascii_lowercase())
-            .map(|w| w.requested.as_str())
+        self.wanted.get(&key_of(name)).map(|w| &*w.requested)
     }
 
     /// The server reported a new value while this client held it (the client ran SET): remember
@@ -366,29 +377,25 @@ impl ClientParams {
         if never_synced(name) {
             return;
         }
-        let key = name.to_ascii_lowercase();
-        match self.wanted.get_mut(&key) {
-            Some(w) if w.canonical.as_deref() == Some(value) || w.requested == value => {
-                w.canonical = Some(value.to_string());
+        match self.wanted.get_mut(&key_of(name)) {
+            Some(w) if w.canonical.as_deref() == Some(value) || *w.requested == *value => {
+                w.set_canonical(value);
             }
             Some(w) => {
-                let before = std::mem::replace(&mut w.requested, value.to_string());
-                w.canonical = Some(value.to_string());
+                let before = std::mem::replace(&mut w.requested, value.into());
+                w.canonical = None; // the server's spelling is now the wish itself
                 if w.startup == Startup::Same {
-                    w.startup = Startup::Was(before.into_boxed_str());
+                    w.startup = Startup::Was(before);
                 }
                 self.refresh_fingerprint();
             }
             None => {
-                self.wanted.insert(
-                    key,
-                    Wanted {
-                        name: name.to_string(),
-                        requested: value.to_string(),
-                        canonical: Some(value.to_string()),
-                        startup: Startup::Absent,
-                    },
-                );
+                self.wanted.insert(Wanted {
+                    name: name.into(),
+                    requested: value.into(),
+                    canonical: None,
+                    startup: Startup::Absent,
+                });
                 self.refresh_fingerprint();
             }
         }
@@ -407,13 +414,15 @@ impl ClientParams {
         // After a rollback or a reset query (fingerprint None) what the server carries of the
         // unreported settings is not known for sure: those the client wants are SET again.
         let trusted = server.params_fingerprint.is_some();
-        for (key, w) in &self.wanted {
-            if never_synced(key) {
+        for (key, w) in self.wanted.iter() {
+            if never_synced(&key) {
                 continue;
             }
-            let matches = match reported.get(key) {
-                Some(current) => *current == w.canonical.as_deref().unwrap_or(&w.requested),
-                None => trusted && server.applied.get(key) == Some(&w.requested),
+            let matches = match reported.get(key.as_ref()) {
+                Some(current) => *current == w.current(),
+                None => {
+                    trusted && server.applied.get(key.as_ref()).map(String::as_str) == Some(&*w.requested)
+                }
             };
             if !matches {
                 // set_config takes the value as a startup packet would (lists stay lists).
@@ -450,11 +459,17 @@ impl ClientParams {
     pub(super) fn after_sync(&mut self, server: &mut ServerConn) {
         let reported = lowercase_map(&server.params);
         server.applied.retain(|k, _| self.wanted.contains_key(k));
-        for (key, w) in &mut self.wanted {
-            match reported.get(key) {
-                Some(v) => w.canonical = Some(v.to_string()),
+        for w in self.wanted.0.iter_mut() {
+            let key = key_of(&w.name);
+            match reported.get(key.as_ref()) {
+                Some(v) => {
+                    let v = *v;
+                    drop(key);
+                    w.set_canonical(v);
+                }
                 None => {
-                    server.applied.insert(key.clone(), w.requested.clone());
+                    let key = key.into_owned();
+                    server.applied.insert(key, w.requested.to_string());
                 }
             }
         }
