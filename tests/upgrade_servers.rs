@@ -377,7 +377,8 @@ async fn a_new_process_takes_over_from_an_old_one_speaking_format_1_without_its_
     // The clients moved; their servers did not (format 1 has none) and closed with the old one.
     let new = pids_in_transactions(&[&a, &b]).await;
     assert!(new.is_disjoint(&old), "{new:?} vs {old:?}");
-    assert_eq!(pids(&backends(&admin, &db).await), new);
+    // The old backends end as PostgreSQL notices their connections closed.
+    assert_eq!(pids(&wait_backends(&admin, &db, 2).await), new);
 }
 
 #[tokio::test(flavor = "multi_thread")]
