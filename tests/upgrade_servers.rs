@@ -377,7 +377,8 @@ async fn a_new_process_takes_over_from_an_old_one_speaking_format_1_without_its_
     // The clients moved; their servers did not (format 1 has none) and closed with the old one.
     let new = pids_in_transactions(&[&a, &b]).await;
     assert!(new.is_disjoint(&old), "{new:?} vs {old:?}");
-    assert_eq!(pids(&backends(&admin, &db).await), new);
+    // The old backends end as PostgreSQL notices their connections closed.
+    assert_eq!(pids(&wait_backends(&admin, &db, 2).await), new);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -412,4 +413,53 @@ async fn settings_a_client_left_on_a_moved_server_reach_no_other_client() {
     assert_eq!(scalar(&setter, "SHOW TimeZone").await, "Asia/Tokyo");
     assert_eq!(scalar(&setter, "SHOW statement_timeout").await, "4321s");
     assert_eq!(scalar(&setter, "SELECT pg_backend_pid()").await, backend);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_staying_behind_keeps_its_pools_servers_until_the_end() {
+    let db = pg().create_database("upgrade_servers_staying").await;
+    let admin = pg().admin_client().await;
+    let pki = common::certs::Pki::new();
+    let extra = format!(
+        "upgrade_timeout = \"3s\"\nclient_tls_sslmode = \"allow\"\nclient_tls_cert_file = {:?}\nclient_tls_key_file = {:?}",
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string()
+    );
+    let mut g = Generations::start_with_tail(2, &extra, &on_db(&db), &[]);
+    let plain = g.client().await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(g.port)
+        .user("sluice_trust")
+        .dbname("app");
+    let tls = common::certs::connect_tls(config, &pki.ca)
+        .await
+        .expect("TLS login");
+    let opened = pids_in_transactions(&[&plain, &tls]).await;
+    let before = backends(&admin, &db).await;
+    let old = g.pid().unwrap();
+    signal(old, libc::SIGUSR2);
+    g.wait_log("upgrade: the new process accepts", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The plain client moved; the TLS one stays, and so do its pool's servers: each of its
+    // transactions runs on one of them, not on a server opened for it.
+    for _ in 0..5 {
+        let pid: i32 = scalar(&tls, "SELECT pg_backend_pid()").await.parse().unwrap();
+        assert!(
+            opened.contains(&pid),
+            "the staying client runs on its pool's servers ({pid} in {opened:?})\n{}",
+            g.log_text()
+        );
+    }
+    assert_eq!(backends(&admin, &db).await, before, "no server opened meanwhile");
+    // At upgrade_timeout the TLS client is told to go; the servers move at the end.
+    g.upgrade().await;
+    assert!(
+        tls.simple_query("SELECT 1").await.is_err(),
+        "the TLS client was disconnected"
+    );
+    let now = pids_in_transactions(&[&plain]).await;
+    assert!(now.is_subset(&opened), "{now:?} of {opened:?}\n{}", g.log_text());
+    assert_eq!(backends(&admin, &db).await, before, "both moved at the end");
 }

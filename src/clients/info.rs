@@ -442,17 +442,6 @@ impl ClientInfo {
         }
     }
 
-    /// True while the client is asked to hand itself over to a new process and has not
-    /// withdrawn (it is not staying: TLS, LISTEN, refused).
-    pub(crate) fn hand_over_asked(&self) -> bool {
-        self.live
-            .lock()
-            .kill
-            .reason
-            .as_deref()
-            .is_some_and(|k| *k == Kill::HandOver)
-    }
-
     /// Withdraws a hand-over request (the upgrade failed or ended); other reasons stay.
     pub(crate) fn withdraw_hand_over(&self) {
         let mut live = self.live.lock();

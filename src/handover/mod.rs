@@ -1,8 +1,8 @@
 //! A zero-drop upgrade (docs/upgrades.md), driven at the top: on SIGUSR2 the running process
 //! (`sender`) starts the binary at the path it was started from, with the same arguments, and
-//! hands it the listening sockets and then each idle client over a private socketpair; the new
-//! process (`receiver`) takes them and serves them. The wire is `upgrade/`; the session's part
-//! is `session/handover.rs`.
+//! hands it the listening sockets, then each idle client and idle server (`servers`) over a
+//! private socketpair; the new process (`receiver`) takes them and serves them. The wire is
+//! `upgrade/`; the session's part is `session/handover.rs`, the pool's `pool/handover.rs`.
 
 mod receiver;
 mod sender;

@@ -1,6 +1,6 @@
 //! The new process's side of an upgrade: speak the format, take the listeners and start
-//! serving on them, adopt each client the old process sends, forward cancel requests both
-//! ways, and at the end tell systemd it is the main process now.
+//! serving on them, adopt each client and idle server the old process sends, forward cancel
+//! requests both ways, and at the end tell systemd it is the main process now.
 
 use super::TEST_HOOK_PREFIX;
 use crate::listener::{Inherited, RunningPooler};

@@ -1,7 +1,8 @@
 //! The old process's side of an upgrade: start the new binary, agree on the format, pass the
 //! listeners, stop accepting once the new process accepts, hand each client over as soon as
-//! it is idle, and exit once none is left (or upgrade_timeout ended the rest). If anything
-//! fails before that, the new process is stopped and this one keeps serving everything it has.
+//! it is idle and its pool's idle servers once its clients are going (`servers`), and exit
+//! once none is left (or upgrade_timeout ended the rest). If anything fails before that, the
+//! new process is stopped and this one keeps serving everything it has.
 
 use super::servers::{self, PendingServers};
 use super::{CHANNEL_FD_VAR, COMMAND_LINE, TEST_HOOK_PREFIX};
@@ -35,8 +36,8 @@ pub(super) static RUNNING: AtomicBool = AtomicBool::new(false);
 /// Test hooks go to the first new process only.
 static HOOKS_PASSED: AtomicBool = AtomicBool::new(false);
 
-/// Clients sent and not yet answered for: their sessions wait on these.
-type Pending = HashMap<u64, (oneshot::Sender<Result<(), String>>, Instant)>;
+/// Clients sent and not yet answered for, with their ids: their sessions wait on these.
+type Pending = HashMap<u64, (oneshot::Sender<Result<(), String>>, Instant, u64)>;
 
 /// Runs an upgrade (SIGUSR2): hands this pooler's listeners and clients to a new process
 /// started from the same binary path and arguments. Ok: everything was handed over (or ended
@@ -59,7 +60,6 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
         Ok((mut reader, writer)) => {
             let mut handing = Handing {
                 version,
-                servers_move: version >= SERVERS_SINCE,
                 pending: &mut pending,
                 servers: &mut sent_servers,
                 asked: &mut asked,
@@ -130,10 +130,8 @@ fn speaks() -> u32 {
 
 /// What the old process has handed over so far, and what awaits an answer.
 struct Handing<'a> {
-    /// The format version spoken.
+    /// The format version spoken (servers move from [`SERVERS_SINCE`] on).
     version: u32,
-    /// The agreed format carries servers (version 2 on).
-    servers_move: bool,
     /// Clients sent and not yet answered for.
     pending: &'a mut Pending,
     /// Servers sent and not yet answered for.
@@ -149,12 +147,14 @@ struct Handing<'a> {
 }
 
 impl Handing<'_> {
-    /// Sends each server with its socket; each awaits its answer in `servers`.
+    /// Sends the idle servers that may move now (`all`: every one, at the end) with their
+    /// sockets; each awaits its answer in `servers`.
     async fn send_servers(&mut self, writer: &Writer, all: bool, shared: &Arc<Shared>) -> Result<(), String> {
-        if !self.servers_move {
+        if self.version < SERVERS_SINCE {
             return Ok(());
         }
-        for server in servers::movable(shared, all) {
+        let on_their_way: HashSet<u64> = self.pending.values().map(|(_, _, id)| *id).collect();
+        for server in servers::movable(shared, all, &on_their_way) {
             self.seq += 1;
             let seq = self.seq;
             let message = Message::Server {
@@ -171,7 +171,7 @@ impl Handing<'_> {
 
     /// Settles the answer for `seq` (a client's or a server's); `why` when not adopted.
     fn answered(&mut self, seq: u64, why: Option<String>) {
-        if let Some((reply, _)) = self.pending.remove(&seq) {
+        if let Some((reply, _, _)) = self.pending.remove(&seq) {
             match why {
                 None => {
                     self.handed += 1;
@@ -195,7 +195,9 @@ impl Handing<'_> {
 
     /// True when the new process has kept an answer waiting too long.
     fn overdue(&self) -> bool {
-        self.pending.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT)
+        self.pending
+            .values()
+            .any(|(_, at, _)| at.elapsed() > CLIENT_LIMIT)
             || self.servers.values().any(|(_, at)| at.elapsed() > CLIENT_LIMIT)
     }
 }
@@ -293,7 +295,7 @@ async fn drive(
                     // A format-1 new process would not take its notifications: it stays here.
                     let _ = reply.send(Err(format!("format {} does not move LISTENing clients", h.version)));
                 }
-                Some(Outgoing::Client { state, socket, reply }) => {
+                Some(Outgoing::Client { id, state, socket, reply }) => {
                     h.seq += 1;
                     let seq = h.seq;
                     let sent = send(writer, &Message::Client { seq, state }, &[socket.as_raw_fd()]).await;
@@ -301,7 +303,7 @@ async fn drive(
                     // Pending even when the send failed: part of it (the descriptor) may have
                     // arrived, so the session takes its client back only once the new process
                     // is gone.
-                    h.pending.insert(seq, (reply, Instant::now()));
+                    h.pending.insert(seq, (reply, Instant::now(), id));
                     if let Err(e) = sent {
                         return Err(format!("cannot send a client: {e}"));
                     }

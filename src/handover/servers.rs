@@ -1,8 +1,9 @@
 //! Idle server connections in an upgrade (docs/upgrades.md, "What moves with a server"). Old
-//! process: a pool's idle servers move once every client of that pool left here is idle and
-//! about to hand itself over (a client staying behind — TLS, LISTEN, a long transaction —
-//! keeps them, so it is not served by a new server per transaction), and all that remain move
-//! before `done`. New process: each is adopted by its pool, or ended.
+//! process: a pool's idle servers move once every client of that pool left here is on its way
+//! to the new process (sent, not yet answered for); a client staying behind — TLS, LISTEN, a
+//! long transaction, one not yet idle — keeps them, so it is not served by a new server per
+//! transaction. All that remain move before `done`. New process: each is adopted by its pool,
+//! or ended.
 
 use crate::pool::LeavingServer;
 use crate::shared::Shared;
@@ -16,9 +17,9 @@ use std::time::Instant;
 /// Servers sent and not yet answered for, by `seq`.
 pub(super) type PendingServers = HashMap<u64, (LeavingServer, Instant)>;
 
-/// The idle servers that may move now: of every pool whose clients here are all idle and
-/// asked to hand themselves over (`all`: of every pool, at the end of the hand-over).
-pub(super) fn movable(shared: &Arc<Shared>, all: bool) -> Vec<LeavingServer> {
+/// The idle servers that may move now: of every pool whose clients here are all on their way
+/// to the new process (`on_their_way`: their ids) (`all`: of every pool, at the end).
+pub(super) fn movable(shared: &Arc<Shared>, all: bool, on_their_way: &HashSet<u64>) -> Vec<LeavingServer> {
     let pools: Vec<_> = shared
         .pools
         .all()
@@ -31,8 +32,7 @@ pub(super) fn movable(shared: &Arc<Shared>, all: bool) -> Vec<LeavingServer> {
     let mut held: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
     if !all {
         shared.for_each_client(|c| {
-            let moving = c.hand_over_asked() && c.live().phase == crate::clients::ClientPhase::Idle;
-            if !moving {
+            if !on_their_way.contains(&c.id) {
                 held.insert((c.database.clone(), c.user.clone()));
             }
         });

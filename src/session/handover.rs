@@ -74,6 +74,7 @@ impl Session {
             Ok(copy) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let parcel = Outgoing::Client {
+                    id: info.id,
                     state,
                     socket: copy,
                     reply,

@@ -18,6 +18,9 @@ pub(crate) enum Outgoing {
     /// An idle client: its state and its socket. `reply` says whether the peer adopted it (the
     /// old process keeps the client, and closes nothing, until the peer said yes).
     Client {
+        /// The client's id in this process (its pool's idle servers wait for clients not
+        /// on their way).
+        id: u64,
         /// The session's state, in the transfer format.
         state: Box<format::ClientState>,
         /// The client's socket (a duplicate travels; this one is closed once adopted).

@@ -186,6 +186,22 @@ impl Drop for Generations {
         {
             signal(pid, libc::SIGKILL);
         }
+        // A test that failed mid-upgrade leaves a new process the pidfile does not name yet:
+        // every process an upgrade started (the log names them) that still runs this config.
+        let config = self.dir.path().join("pooler.toml");
+        for line in self.log_text().lines() {
+            let Some(pid) = line
+                .split("upgrade: started the new process pid=")
+                .nth(1)
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy()) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
         let _ = self.first.kill();
         let _ = self.first.wait();
     }
