@@ -5,20 +5,19 @@
 mod client;
 pub(crate) mod handover;
 mod holding;
-mod identity;
 mod link;
 mod listen;
 mod listen_wire;
 mod login;
 mod notifications;
 mod params;
-mod piece_text;
 mod pin_refusal;
 mod pins;
 mod relay;
 mod settings;
 mod settings_watch;
 mod statements;
+mod text_scan;
 mod waiting;
 
 pub(crate) use crate::clients::PeerAddr;
