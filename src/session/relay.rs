@@ -709,8 +709,16 @@ fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
         body
     };
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
-    info.set_last_query(&String::from_utf8_lossy(text));
+    // The record keeps the first LAST_QUERY_BYTES: when they are valid UTF-8 (nearly always),
+    // they are all that needs reading.
+    match std::str::from_utf8(&text[..text.len().min(LAST_QUERY_BYTES)]) {
+        Ok(head) => info.set_last_query(head),
+        Err(_) => info.set_last_query(&String::from_utf8_lossy(text)),
+    }
 }
+
+/// Bytes of a query text the client's record keeps (`ClientInfo::set_last_query`).
+const LAST_QUERY_BYTES: usize = 200;
 
 fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     let mut parts = body.split(|&b| b == 0);
