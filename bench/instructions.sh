@@ -9,8 +9,7 @@
 #
 #   SLUICE_BIN=/tmp/a bench/instructions.sh                   # -S
 #   SLUICE_BIN=/tmp/a INSN_PGBENCH='-S -M extended' bench/instructions.sh
-#   SLUICE_BIN=/tmp/a INSN_TOP=30 bench/instructions.sh       # and the top functions (inclusive
-#                                                             # of nothing: self instructions)
+#   SLUICE_BIN=/tmp/a INSN_TOP=30 bench/instructions.sh       # and the top functions
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -67,7 +66,8 @@ awk -v a="$a" -v b="$b" -v ta="$TX_A" -v tb="$TX_B" -v bin="$SLUICE_BIN" -v load
     printf "== %s, pgbench %s: %.0f instructions per transaction (%d and %d per client: %.0f and %.0f)\n",
         bin, load, (b - a) / (16 * (tb - ta)), ta, tb, a, b }'
 if [ -n "${INSN_TOP:-}" ]; then
-    echo "== top functions of the second run (self instructions per transaction, all threads)"
-    callgrind_annotate --inclusive=no "$TMP/cg.out.$POOLER_PID.2" 2>/dev/null | awk -v n=$((16 * TX_B)) '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); c[$NF] += $1 } END {
-        for (k in c) printf "%10.1f  %s\n", c[k] / n, k }' | sort -rn | head -"$INSN_TOP"
+    echo "== top functions of the second run (callgrind_annotate; divide by $((16 * TX_B)) transactions)"
+    callgrind_annotate --threshold=100 --auto=no "$TMP/cg.out.$POOLER_PID.2" 2>/dev/null \
+        | sed -n '/file:function/,$p' | grep -v 'tokio::runtime::\|clone\|start_thread\|thread_start\|call_once\|begin_short' \
+        | head -"$INSN_TOP"
 fi
