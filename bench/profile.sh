@@ -8,6 +8,7 @@
 #   bench/profile.sh                  # flat profile
 #   PROFILE_CALLGRAPH=1 bench/profile.sh   # also inclusive (children) times, via DWARF unwinding
 #   SLUICE_BIN=/tmp/sluice-old bench/profile.sh   # profile this binary instead of building
+#   PROFILE_PGBENCH='-S -M extended' bench/profile.sh   # another pgbench load (default -S)
 #
 # Writes perf.data and the reports into bench/results/profile-<time>/.
 set -euo pipefail
@@ -16,6 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SECS=${PROFILE_SECONDS:-10}
+read -r -a LOAD <<<"${PROFILE_PGBENCH:--S}"
 OUT=${BENCH_RESULTS:-$REPO_DIR/bench/results}/profile-$(date -u +%Y%m%dT%H%M%SZ)
 
 if ! command -v perf >/dev/null; then
@@ -38,8 +40,8 @@ start_pooler sluice
 
 cg=()
 [ -n "${PROFILE_CALLGRAPH:-}" ] && cg=(--call-graph dwarf,16384)
-log "perf record on sluice (pid $POOLER_PID) during pgbench -S -c 16 -j 2 -T $SECS"
-PGPASSWORD=$BENCH_PASSWORD "$PG_BINDIR/pgbench" -n -S -h 127.0.0.1 -p "$POOLER_PORT" \
+log "perf record on sluice (pid $POOLER_PID) during pgbench ${LOAD[*]} -c 16 -j 2 -T $SECS"
+PGPASSWORD=$BENCH_PASSWORD "$PG_BINDIR/pgbench" -n "${LOAD[@]}" -h 127.0.0.1 -p "$POOLER_PORT" \
     -U "$BENCH_USER" -c 16 -j 2 -T $((SECS + 2)) bench >"$OUT/pgbench.out" 2>&1 &
 pgbench_pid=$!
 PIDS_TO_KILL+=("$pgbench_pid")

@@ -5,6 +5,7 @@
 # 16 logins and pgbench's few setup queries (negligible against 32,000 transactions).
 #
 #   bench/syscalls.sh
+#   SLUICE_BIN=/tmp/sluice-old bench/syscalls.sh   # count this binary's instead of building
 #
 # A second pass without strace counts context switches per transaction (voluntary and not,
 # summed over the pooler's threads from /proc/PID/task/*/status, so threads that exit during
@@ -22,7 +23,11 @@ command -v strace >/dev/null || {
 raise_nofile
 install_traps
 ensure_packages
-build_sluice
+if [ -n "${SLUICE_BIN:-}" ]; then
+    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
+else
+    build_sluice
+fi
 make_tmp
 start_postgres 10
 write_pooler_configs scram-sha-256

@@ -60,31 +60,27 @@ impl ClientIo {
         }
     }
 
-    /// After the socket reported readiness: takes what the client sent (through a stack
-    /// buffer, so `inbuf` is exactly what arrived).
+    /// After the socket reported readiness: takes what the client sent (`inbuf` grows by
+    /// exactly what arrived).
     pub(crate) fn take_input(&mut self) -> std::io::Result<Input> {
-        let mut chunk = [0u8; 8192];
-        Ok(match self.reader.read_ready_into(&mut chunk)? {
+        Ok(match self.reader.read_ready_exact(&mut self.inbuf)? {
             None => Input::Nothing,
             Some(0) => Input::Closed,
             Some(n) => {
                 self.bytes_in += n as u64;
-                self.inbuf.extend_from_slice(&chunk[..n]);
                 Input::Data
             }
         })
     }
 
     /// Waits for bytes from the client and appends exactly them to `inbuf` (0: the client
-    /// closed). They land on the stack first, so a client that is idle or queued for a server
-    /// holds no read buffer beyond what it sent.
+    /// closed), so a client that is idle or queued for a server holds no read buffer beyond
+    /// what it sent.
     pub(crate) async fn read_input(&mut self) -> std::io::Result<usize> {
         loop {
             self.reader.wait_readable().await?;
-            let mut chunk = [0u8; 8192];
-            if let Some(n) = self.reader.read_ready_into(&mut chunk)? {
+            if let Some(n) = self.reader.read_ready_exact(&mut self.inbuf)? {
                 self.bytes_in += n as u64;
-                self.inbuf.extend_from_slice(&chunk[..n]);
                 return Ok(n);
             }
         }

@@ -40,8 +40,9 @@ pub(super) struct Link {
     shown: Shown,
     /// What the server reported and reset, for RESET's semantics.
     pub(super) resets: super::settings_watch::ResetWatch,
-    /// Watches the client's messages for changes of role or session authorization.
-    pub(super) identity: super::identity::IdentityWatch,
+    /// The one pass over the text of the client's message now passing, for the watches that
+    /// read it (settings, pins, identity, LISTEN).
+    pub(super) text: super::text_scan::TextScan,
     /// Watches for session state that pins the server to the client (transaction mode).
     pub(super) pins: super::pins::PinWatch,
 }
@@ -230,7 +231,7 @@ impl Link {
             idle_since: now,
             shown: Shown::Written(ClientPhase::Active, TxState::Active),
             resets: Default::default(),
-            identity: Default::default(),
+            text: Default::default(),
             pins: Default::default(),
         }
     }

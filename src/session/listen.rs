@@ -171,12 +171,15 @@ pub(super) enum Intercept {
 /// `quiet`: whether everything sent to the server is answered (see [`Quiet`]).
 /// `statements`: the client's tracked statements (None when prepared statements pass through
 /// untracked): a named LISTEN statement is recorded there, and its executions answered.
+/// `mentions_listen`: the message has the letters `listen` somewhere (`text_scan.rs`); a text
+/// without them is no LISTEN, and is not read again.
 pub(super) fn intercept(
     tag: u8,
     client: &mut ClientIo,
     len: usize,
     quiet: Quiet,
     statements: Option<&mut Option<Box<ClientStatements>>>,
+    mentions_listen: bool,
 ) -> Intercept {
     if tag == frontend::BIND {
         return match statements.and_then(|s| s.as_deref()) {
@@ -193,7 +196,11 @@ pub(super) fn intercept(
         },
         _ => return Intercept::Pass,
     };
-    let classified = classify(text);
+    let classified = if mentions_listen {
+        classify(text)
+    } else {
+        ListenSql::Other
+    };
     if let Some(name) = name.filter(|n| !n.is_empty()) {
         return parse_named(client, len, name.to_vec(), classified, statements);
     }

@@ -5,10 +5,11 @@
 //! the statements refused before they reach the server.
 //!
 //! A transaction that shows none of the signs (CommandComplete tags, a few words of its query
-//! text) costs a tag comparison per statement and one pass over its text; only a marked one is
-//! verified, in the same query that reads the session settings back.
+//! text, found by the one pass of `text_scan.rs`) costs a tag comparison per statement; only a
+//! marked one is verified, in the same query that reads the session settings back.
 
 use super::params::ClientParams;
+use super::text_scan::Words;
 use crate::clients::{PinReason, Pins};
 use crate::config::PinSessionState;
 use crate::pool::Disposition;
@@ -76,22 +77,6 @@ pub(super) fn take_pin_rows(rows: &mut Vec<(String, String)>) -> Pins {
     pins
 }
 
-/// Words of a query text that may create or drop pinning state in a statement whose
-/// CommandComplete tag alone does not tell (`SELECT`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Mentions(u8);
-
-impl Mentions {
-    /// `_advisory` (a session advisory lock or unlock function; not `_advisory_xact`).
-    const ADVISORY: u8 = 1;
-    /// The word `temp` or `temporary` (`SELECT ... INTO TEMP t`, `CREATE TEMP TABLE ... AS`).
-    const TEMP: u8 = 2;
-}
-
-/// The client message whose text is being scanned, with the last 15 bytes seen (one less than
-/// `_advisory_xact`), to find a word split between two pieces.
-type Text = super::piece_text::PieceText<15>;
-
 /// Whether the server's pinning state must be verified when the transaction ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Verify {
@@ -110,9 +95,9 @@ pub(super) struct PinWatch {
     /// What the last verification found on the server.
     held: Pins,
     verify: Verify,
-    /// What this transaction's query texts mention.
-    mentions: Mentions,
-    text: Text,
+    /// The words of this transaction's query texts that may create or drop pinning state in a
+    /// statement whose CommandComplete tag alone does not tell (`SELECT`): [`Words::PINNING`].
+    mentions: Words,
 }
 
 impl PinWatch {
@@ -134,7 +119,7 @@ impl PinWatch {
     pub(super) fn set_held(&mut self, pins: Pins) {
         self.held = pins;
         self.verify = Verify::NotDue;
-        self.mentions = Mentions::default();
+        self.mentions = Words::NONE;
     }
 
     /// The policy in force (read at each checkout and relay, so SET and RELOAD apply).
@@ -172,7 +157,7 @@ impl PinWatch {
             b"DISCARD TEMP" | b"DISCARD ALL" | b"CLOSE CURSOR" | b"CLOSE CURSOR ALL" | b"DEALLOCATE"
             | b"DEALLOCATE ALL" | b"DROP TABLE" | b"DROP SEQUENCE" | b"DROP VIEW" => !self.held.is_empty(),
             // SELECT pg_advisory_lock(..), SELECT .. INTO TEMP, CREATE TEMP TABLE .. AS.
-            t if t.starts_with(b"SELECT") => words.0 != 0,
+            t if t.starts_with(b"SELECT") => words.has(Words::PINNING),
             _ => false,
         };
         if due {
@@ -180,79 +165,27 @@ impl PinWatch {
         }
     }
 
-    /// The client sent a message (`tag`), whole or its first piece. A Parse whose text mentions
-    /// an advisory lock or a temp table prepares a statement that may run in any later
-    /// transaction (and on later servers): such a client is verified after every transaction
-    /// from then on (`params`' read-back-always, which outlives this server).
-    pub(super) fn on_client_message(&mut self, tag: u8, piece: &[u8], params: &mut ClientParams) {
-        if self.policy == PinSessionState::Off {
+    /// The client sent a message (`tag`), or a piece of it, with these `words`. A Parse whose
+    /// text mentions an advisory lock or a temp table prepares a statement that may run in any
+    /// later transaction (and on later servers): such a client is verified after every
+    /// transaction from then on (`params`' read-back-always, which outlives this server).
+    pub(super) fn on_client_text(&mut self, tag: u8, words: Words, params: &mut ClientParams) {
+        if self.policy == PinSessionState::Off || !words.has(Words::PINNING) {
             return;
         }
-        self.text = Text::begin(tag);
-        self.scan(piece, params);
-    }
-
-    /// A further piece of the client message last begun.
-    pub(super) fn on_client_piece(&mut self, piece: &[u8], params: &mut ClientParams) {
-        self.scan(piece, params);
+        self.mentions.add(words.only(Words::PINNING));
+        if tag == frontend::PARSE {
+            params.read_back_always();
+        }
     }
 
     /// The client's prepared statements may have pinned the server with no sign in this
-    /// transaction (see [`PinWatch::on_client_message`]): verify at its end.
+    /// transaction (see [`PinWatch::on_client_text`]): verify at its end.
     pub(super) fn may_have_changed(&mut self) {
         if self.policy != PinSessionState::Off {
             self.verify = Verify::Due;
         }
     }
-
-    fn scan(&mut self, piece: &[u8], params: &mut ClientParams) {
-        if let Some((tag, found)) = self.text.scan(piece, mentions)
-            && found != 0
-        {
-            self.mentions.0 |= found;
-            if tag == frontend::PARSE {
-                params.read_back_always();
-            }
-        }
-    }
-}
-
-/// The [`Mentions`] bits of `text`: one pass, looking closer only at `_` and `t`/`T`.
-fn mentions(text: &[u8]) -> u8 {
-    let mut found = 0;
-    for (i, &b) in text.iter().enumerate() {
-        match b {
-            b'_' => {
-                let rest = &text[i..];
-                if starts_with_ci(rest, b"_advisory") && !starts_with_ci(&rest[9..], b"_xact") {
-                    found |= Mentions::ADVISORY;
-                }
-            }
-            b't' | b'T' => {
-                let word_start = i == 0 || !is_word_byte(text[i - 1]);
-                let rest = &text[i..];
-                // The word TEMP or TEMPORARY (a word ending where the text piece ends counts).
-                let word = |n: usize| rest.get(n).is_none_or(|&c| !is_word_byte(c));
-                if word_start
-                    && ((starts_with_ci(rest, b"temp") && word(4))
-                        || (starts_with_ci(rest, b"temporary") && word(9)))
-                {
-                    found |= Mentions::TEMP;
-                }
-            }
-            _ => {}
-        }
-    }
-    found
-}
-
-fn starts_with_ci(text: &[u8], needle: &[u8]) -> bool {
-    text.get(..needle.len())
-        .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-}
-
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 #[cfg(test)]
@@ -260,29 +193,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_that_may_pin_are_seen_in_any_case_and_across_pieces() {
-        assert_eq!(mentions(b"select pg_advisory_lock(1)"), Mentions::ADVISORY);
-        assert_eq!(mentions(b"SELECT PG_TRY_ADVISORY_LOCK(1)"), Mentions::ADVISORY);
-        assert_eq!(mentions(b"select pg_advisory_xact_lock(1)"), 0);
-        assert_eq!(mentions(b"select 1 into TEMP t"), Mentions::TEMP);
-        assert_eq!(
-            mentions(b"select attempt, contempt, temperature, temp_c from x"),
-            0
-        );
-        assert_eq!(mentions(b"CREATE TEMPORARY TABLE t AS SELECT 1"), Mentions::TEMP);
-        assert_eq!(
-            mentions(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
-            0
-        );
+    fn words_that_may_pin_mark_a_select_and_a_prepared_one_marks_every_transaction() {
         let mut p = ClientParams::default();
         let mut w = PinWatch::new(PinSessionState::Pin);
-        w.on_client_message(b'Q', b"SELECT pg_catalog.pg_adv", &mut p);
-        w.on_client_piece(b"isory_lock(7)", &mut p);
+        w.on_client_text(b'Q', Words::NONE, &mut p);
+        w.on_client_text(b'Q', Words::ADVISORY, &mut p);
         w.on_command_complete(b"SELECT 1\0");
         assert!(w.pending());
         w.set_held(Pins::NONE);
         // A SELECT that mentions nothing costs nothing.
-        w.on_client_message(b'Q', b"SELECT 1", &mut p);
+        w.on_client_text(b'Q', Words::SET_CONFIG, &mut p);
         w.on_command_complete(b"SELECT 1\0");
         assert!(!w.pending());
         // Tags that may drop state matter only while some is held.
@@ -308,7 +228,7 @@ mod tests {
         // verified after each.
         assert!(!p.reads_back_always());
         let mut w = PinWatch::new(PinSessionState::Pin);
-        w.on_client_message(b'P', b"s1\0SELECT pg_advisory_lock($1)", &mut p);
+        w.on_client_text(b'P', Words::TEMP, &mut p);
         assert!(p.reads_back_always());
     }
 

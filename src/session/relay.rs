@@ -5,10 +5,10 @@
 //! and the completions that answer extended-protocol messages (see `responses`).
 
 use super::client::ClientIo;
-use super::identity::watch_identity;
 use super::link::{ClientBatch, Expiry, Link, Timeouts};
 use super::params::ClientParams;
 use super::statements::{BindOutcome, Books, ClientStatements, ErrorNote, Outcome, Translator, Verdict};
+use super::text_scan::Words;
 use crate::clients::ClientInfo;
 use crate::pool::PoolStats;
 use crate::protocol::tags::{backend, frontend};
@@ -294,7 +294,11 @@ fn pump_client(
             ScanItem::NeedMore => return Ok(ClientPump::Starved),
             ScanItem::Pass { len, tag } => {
                 let piece = client.inbuf.split_to(len);
-                watch_identity(&mut link.identity, server, tag, &piece);
+                let words = match tag {
+                    Some(t) => link.text.begin(t, &piece),
+                    None => link.text.more(&piece),
+                };
+                watch_identity(server, words);
                 match tag {
                     Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != frontend::SYNC => {
                         continue;
@@ -302,16 +306,16 @@ fn pump_client(
                     Some(t) => {
                         link.client_batch = ClientBatch::Forwarding;
                         link.on_client_message(t);
-                        link.resets.on_client_message(t, &piece, ctx.params);
-                        link.pins.on_client_message(t, &piece, ctx.params);
                         if t == frontend::QUERY || t == frontend::PARSE {
+                            on_client_text(link, ctx.params, t, words);
                             remember_query(ctx.info, t, &piece);
                         }
                     }
                     None if link.client_batch != ClientBatch::Forwarding => continue,
                     None => {
-                        link.resets.on_client_piece(&piece, ctx.params);
-                        link.pins.on_client_piece(&piece, ctx.params);
+                        if let Some(t @ (frontend::QUERY | frontend::PARSE)) = link.text.tag() {
+                            on_client_text(link, ctx.params, t, words);
+                        }
                     }
                 }
                 link.to_server.unsplit(piece);
@@ -324,7 +328,8 @@ fn pump_client(
                 return Ok(ClientPump::Terminated);
             }
             ScanItem::Whole { tag, len } => {
-                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..len]);
+                let words = link.text.begin(tag, &client.inbuf[..len]);
+                watch_identity(server, words);
                 if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(len);
                     continue;
@@ -345,7 +350,8 @@ fn pump_client(
                     } else {
                         super::listen::Quiet::Busy
                     };
-                    match super::listen::intercept(tag, client, len, quiet, statements) {
+                    let mentions_listen = words.has(Words::LISTEN);
+                    match super::listen::intercept(tag, client, len, quiet, statements, mentions_listen) {
                         Intercept::Pass => {}
                         Intercept::Wait => break,
                         Intercept::Starved => return Ok(ClientPump::Starved),
@@ -377,10 +383,9 @@ fn pump_client(
                     break; // read again once the shape check is answered
                 }
                 let msg = client.inbuf.split_to(len);
-                if tag == frontend::QUERY || tag == frontend::PARSE {
+                if sql {
                     remember_query(ctx.info, tag, &msg);
-                    link.resets.on_client_message(tag, &msg, ctx.params);
-                    link.pins.on_client_message(tag, &msg, ctx.params);
+                    on_client_text(link, ctx.params, tag, words);
                 }
                 match outcome {
                     Outcome::Forward => {
@@ -392,7 +397,8 @@ fn pump_client(
                 }
             }
             ScanItem::Head { tag, len, head } => {
-                watch_identity(&mut link.identity, server, Some(tag), &client.inbuf[..head]);
+                let words = link.text.begin(tag, &client.inbuf[..head]);
+                watch_identity(server, words);
                 if link.client_batch == ClientBatch::SkippingToSync {
                     client.inbuf.advance(head);
                     client.scan.pass_rest(len - head);
@@ -431,6 +437,25 @@ fn pump_client(
         }
     }
     Ok(ClientPump::Stopped)
+}
+
+/// A client message that may change who the session is (`SET ROLE`, `SET SESSION
+/// AUTHORIZATION`, `set_config('role', ...)`, a FunctionCall: [`Words::IDENTITY`]) marks its
+/// server: the release path resets its role and session authorization (or closes it) before any
+/// other client gets it. A false alarm costs one reset off the client's path.
+fn watch_identity(server: &mut ServerConn, words: Words) {
+    if words.has(Words::IDENTITY) {
+        server.identity = crate::server::Identity::MaybeChanged;
+    }
+}
+
+/// The words of a forwarded Query's or Parse's text (`tag`), for the watches of settings and
+/// pins.
+fn on_client_text(link: &mut Link, params: &mut ClientParams, tag: u8, words: Words) {
+    if words != Words::NONE {
+        link.resets.on_client_text(tag, words, params);
+        link.pins.on_client_text(tag, words, params);
+    }
 }
 
 fn translator<'a>(
@@ -684,8 +709,16 @@ fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
         body
     };
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
-    info.set_last_query(&String::from_utf8_lossy(text));
+    // The record keeps the first LAST_QUERY_BYTES: when they are valid UTF-8 (nearly always),
+    // they are all that needs reading.
+    match std::str::from_utf8(&text[..text.len().min(LAST_QUERY_BYTES)]) {
+        Ok(head) => info.set_last_query(head),
+        Err(_) => info.set_last_query(&String::from_utf8_lossy(text)),
+    }
 }
+
+/// Bytes of a query text the client's record keeps (`ClientInfo::set_last_query`).
+const LAST_QUERY_BYTES: usize = 200;
 
 fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     let mut parts = body.split(|&b| b == 0);

@@ -134,6 +134,12 @@ pub(super) fn execute(client: &mut ClientStatements, responses: &mut Responses, 
 /// The statement named by a query that is exactly `DEALLOCATE [PREPARE] name` (an optional
 /// semicolon and white space around), as PostgreSQL would resolve the identifier.
 fn deallocate_target(query: &[u8]) -> Option<String> {
+    // Nearly every query starts with another word: no need to read it as UTF-8 to say so. (A
+    // first byte past ASCII may be Unicode white space, which `trim` below skips.)
+    let first = query.iter().find(|&&b| !(b.is_ascii_whitespace() || b == 0x0b))?;
+    if first.is_ascii() && !first.eq_ignore_ascii_case(&b'd') {
+        return None;
+    }
     let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
     let text = text.trim().trim_end_matches(';').trim_end();
     let mut rest = strip_keyword(text, "deallocate")?;
@@ -187,6 +193,14 @@ mod tests {
         assert_eq!(deallocate_target(b"DEALLOCATE ALL\0"), None);
         assert_eq!(deallocate_target(b"DEALLOCATE a; SELECT 1\0"), None);
         assert_eq!(deallocate_target(b"DEALLOCATEa\0"), None);
+        assert_eq!(deallocate_target(b"SELECT 1\0"), None);
+        assert_eq!(deallocate_target(b" \t\0"), None);
+        assert_eq!(deallocate_target(b""), None);
+        assert_eq!(
+            deallocate_target("\u{a0}DEALLOCATE x\0".as_bytes()).as_deref(),
+            Some("x")
+        );
+        assert_eq!(deallocate_target(b"\x0b DEALLOCATE y").as_deref(), Some("y"));
         assert_eq!(deallocate_target(b"SELECT 1\0"), None);
     }
 }
