@@ -65,7 +65,9 @@ impl Pool {
             self.note_release(holder, now);
         }
         if cancel_in_flight && !matches!(disposition, Disposition::Close(_)) {
-            server.conn.info.set(ServerUse::Cleaning);
+            server.conn.info.set(ServerUse::Cleaning {
+                rolling_back_for: None,
+            });
             let pool = self.clone();
             tokio::spawn(async move {
                 if server.conn.info.cancels_arrived(CANCEL_WAIT).await {
@@ -83,7 +85,13 @@ impl Pool {
             }
             Disposition::Clean if fast => self.give_back_from(server, now, holder.as_deref()),
             Disposition::Clean | Disposition::Rollback | Disposition::Discard { .. } => {
-                server.conn.info.set(ServerUse::Cleaning);
+                let rollback = matches!(
+                    disposition,
+                    Disposition::Rollback | Disposition::Discard { rollback: true }
+                );
+                server.conn.info.set(ServerUse::Cleaning {
+                    rolling_back_for: holder.filter(|_| rollback),
+                });
                 let pool = self.clone();
                 tokio::spawn(async move { pool.clean_up(server, disposition).await });
             }

@@ -180,12 +180,22 @@ impl Tally {
             waiter_groups: Vec::with_capacity(st.waiters.len()),
         };
         for info in st.servers.values() {
-            if let ServerUse::Lent { holder, tx, .. } = info.current() {
-                let g = t.index(settings.group_of(&holder));
-                t.groups[g].active += 1;
-                if tx == TxState::IdleInTransaction {
-                    t.groups[g].idle_in_transaction += 1;
+            match info.current() {
+                ServerUse::Lent { holder, tx, .. } => {
+                    let g = t.index(settings.group_of(&holder));
+                    t.groups[g].active += 1;
+                    if tx == TxState::IdleInTransaction {
+                        t.groups[g].idle_in_transaction += 1;
+                    }
                 }
+                // Its holder's transaction is still open on it until the rollback is through.
+                ServerUse::Cleaning {
+                    rolling_back_for: Some(holder),
+                } => {
+                    let g = t.index(settings.group_of(&holder));
+                    t.groups[g].active += 1;
+                }
+                _ => {}
             }
         }
         for w in &st.waiters {
@@ -251,7 +261,10 @@ fn only_group(st: &PoolState, settings: &ShareSettings, group: &str) -> bool {
     st.recent.only(group)
         && st.waiters.iter().all(|w| w.group == group)
         && st.servers.values().all(|info| match info.current() {
-            ServerUse::Lent { holder, .. } => settings.in_group(&holder, group),
+            ServerUse::Lent { holder, .. }
+            | ServerUse::Cleaning {
+                rolling_back_for: Some(holder),
+            } => settings.in_group(&holder, group),
             _ => true,
         })
 }
