@@ -58,6 +58,9 @@ pub struct Shared {
     /// Where idle sessions and unknown cancel keys go while an upgrade hands this process's
     /// clients to another (docs/upgrades.md); closed otherwise.
     pub(crate) handover: crate::upgrade::Outbox,
+    /// The per-core runtimes (`runtime = "per-core"`), set once at start: sessions that do not
+    /// come through an accept loop (clients adopted in an upgrade) are placed on them too.
+    pub(crate) workers: std::sync::OnceLock<Arc<crate::workers::Workers>>,
 }
 
 /// How a shutdown waits before the process exits.
@@ -109,6 +112,7 @@ impl Shared {
             metrics,
             log_file: std::sync::OnceLock::new(),
             handover: crate::upgrade::Outbox::default(),
+            workers: std::sync::OnceLock::new(),
         })
     }
 

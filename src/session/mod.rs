@@ -150,8 +150,13 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
 /// Runs a logged-in session in a task of its own, holding only the session (moved in once,
 /// then borrowed): the login's task and everything its frames kept are freed, so an idle
 /// client costs as little as it can.
-fn spawn_session(mut session: Session) {
-    tokio::spawn(async move {
+fn spawn_session(session: Session) {
+    tokio::spawn(run_session(session));
+}
+
+/// The body of a session's own task (see [`spawn_session`]).
+async fn run_session(mut session: Session) {
+    {
         let ending = session.run().await;
         let info = session.login.info();
         let p = &session.login.shared().config.load().pooler;
@@ -171,7 +176,7 @@ fn spawn_session(mut session: Session) {
         if p.log_disconnections {
             log_closing(&info.peer, &info.database, &info.user, reason, info.connected_at);
         }
-    });
+    }
 }
 
 /// The disconnection line (log_disconnections), as PgBouncer's "closing because".
