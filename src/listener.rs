@@ -206,6 +206,10 @@ pub(crate) async fn start_with(config: Config, inherited: Option<Inherited>) -> 
     };
     let spawner = workers.as_ref().map(|w| w.workers().clone());
     let shared = Shared::new(config);
+    if let Some(spawner) = &spawner {
+        // Clients adopted in an upgrade run on the workers too (session/handover.rs).
+        let _ = shared.workers.set(spawner.clone());
+    }
     let shown: Vec<String> = tcp_addrs.iter().map(|a| a.to_string()).collect();
     let shown = shown.join(", ");
     match &unix {

@@ -61,6 +61,9 @@ pub struct Shared {
     /// In a new process during an upgrade: clients adopted with LISTEN channels, waiting for
     /// the notifications the old process forwards (docs/upgrades.md, "LISTEN").
     pub(crate) joins: crate::upgrade::Joins,
+    /// The per-core runtimes (`runtime = "per-core"`), set once at start: sessions that do not
+    /// come through an accept loop (clients adopted in an upgrade) are placed on them too.
+    pub(crate) workers: std::sync::OnceLock<Arc<crate::workers::Workers>>,
 }
 
 /// How a shutdown waits before the process exits.
@@ -113,6 +116,7 @@ impl Shared {
             log_file: std::sync::OnceLock::new(),
             handover: crate::upgrade::Outbox::default(),
             joins: crate::upgrade::Joins::default(),
+            workers: std::sync::OnceLock::new(),
         })
     }
 

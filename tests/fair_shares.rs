@@ -578,3 +578,80 @@ async fn one_waiting_client_takes_back_one_server_the_one_idle_longest() {
             .expect("the others' transactions live on");
     }
 }
+
+/// A healthy application that thinks between short transactions holds no server most of the
+/// time: the leaker must still keep to its share (the share decision remembers a group that
+/// released a server within the last second), and gets the whole pool once the healthy
+/// application has really gone, without a release to trigger it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_application_thinking_between_transactions_still_holds_the_leaker_to_its_share() {
+    let db = pg().create_database("t_shares_think").await;
+    // A long wait limit: the leaker's queued clients are served by the pool, not by retrying.
+    let cfg = config(&db, "max_pool_share = 0.5")
+        .replace("query_wait_timeout = \"2s\"", "query_wait_timeout = \"60s\"");
+    let sluice = start_sluice(&cfg).await;
+    let addr = sluice.tcp_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let healthy = Arc::new(Mutex::new(Healthy::default()));
+    // Two healthy clients: one short transaction, then 20 ms of thinking, again and again.
+    let thinkers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, stop, out) = (db.clone(), stop.clone(), healthy.clone());
+            tokio::spawn(async move {
+                let (c, _conn) = client(addr, &db, "healthy").await;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match c.batch_execute("SELECT 1").await {
+                        Ok(()) => out.lock().latencies.push(t.elapsed()),
+                        Err(e) => out.lock().errors.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "the healthy application runs",
+        || async { healthy.lock().latencies.len() > 20 },
+    )
+    .await;
+    // Four leaking clients, one after the other: two get servers, two queue.
+    let mut leakers = Vec::new();
+    for _ in 0..LEAKERS {
+        let (c, conn) = client(addr, &db, "leaky").await;
+        leakers.push((
+            tokio::spawn(async move { c.batch_execute("BEGIN; SELECT 1").await.map(|()| c) }),
+            conn,
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until(Duration::from_secs(5), "the leaker holds its share", || async {
+        idle_in_transaction(&db).await >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        idle_in_transaction(&db).await,
+        2,
+        "the leaker took more than its share while the healthy application was between transactions"
+    );
+    let queued = leakers.iter().filter(|(t, _)| !t.is_finished()).count();
+    assert_eq!(queued, 2, "two of the leaker's clients wait");
+    // The healthy application leaves: within about a second the leaker has the whole pool.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    join(thinkers).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the leaker, alone, gets the whole pool",
+        || async { idle_in_transaction(&db).await == LEAKERS as i64 },
+    )
+    .await;
+    let healthy = std::mem::take(&mut *healthy.lock());
+    assert!(healthy.errors.is_empty(), "healthy errors: {:?}", healthy.errors);
+    for (t, _conn) in leakers {
+        t.await
+            .expect("leaker task")
+            .expect("every leaking client got a server");
+    }
+}

@@ -145,3 +145,10 @@ async fn the_worker_threads_end_with_the_pooler() {
     })
     .await;
 }
+
+#[test]
+fn per_core_is_the_default_runtime() {
+    let config = sluice::Config::from_toml_str("[pooler]\nlisten_port = 0\n", "pooler.toml", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.pooler.runtime, sluice::config::RuntimeKind::PerCore);
+}

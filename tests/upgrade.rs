@@ -458,3 +458,58 @@ async fn a_sigterm_during_an_upgrade_stops_both_processes_once_their_clients_lea
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// CPU time (utime + stime, in clock ticks) of each thread of process `pid`: (tid, name, ticks).
+fn thread_ticks(pid: i32) -> Vec<(String, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the name: state is field 3, utime 14 and stime 15 (1-based, proc(5)).
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((t.file_name().to_string_lossy().into_owned(), name, ticks))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_per_core_an_adopted_client_runs_on_a_worker_thread_not_the_accepting_one() {
+    let mut g = Generations::start("runtime = \"per-core\"\nworkers = 2", &[]);
+    let client = g.client().await;
+    client.simple_query("SELECT 1").await.expect("before the upgrade");
+    let new = g.upgrade().await;
+    assert_eq!(g.show_clients().await.len(), 1, "the client was adopted");
+    // Load only the adopted client's session, then see which of the new process's threads
+    // spent the CPU: the worker threads, not the main thread that accepts and runs the
+    // hand-over.
+    let before = thread_ticks(new);
+    for i in 0..3000 {
+        client
+            .simple_query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("query {i} after the upgrade: {e}"));
+    }
+    let after = thread_ticks(new);
+    let spent = |named: &dyn Fn(&str) -> bool| -> u64 {
+        after
+            .iter()
+            .filter(|(_, name, _)| named(name))
+            .map(|(tid, _, ticks)| {
+                let was = before.iter().find(|(t, ..)| t == tid).map_or(0, |(.., k)| *k);
+                ticks.saturating_sub(was)
+            })
+            .sum()
+    };
+    let workers = spent(&|name| name.starts_with("sluice-worker"));
+    let main = spent(&|name| name == "sluice");
+    assert!(
+        workers > main,
+        "the adopted session ran on the main thread: workers {workers} ticks, main {main} ticks ({after:?})"
+    );
+}

@@ -314,7 +314,7 @@ fn server_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: b
                 }
                 ServerUse::Idle => ("idle", String::new(), info.opened_wall, Default::default()),
                 ServerUse::Login => ("new", String::new(), info.opened_wall, Default::default()),
-                ServerUse::Cleaning => ("tested", String::new(), info.opened_wall, Default::default()),
+                ServerUse::Cleaning { .. } => ("tested", String::new(), info.opened_wall, Default::default()),
             };
             if only_active && state == "idle" {
                 continue;

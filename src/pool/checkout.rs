@@ -260,12 +260,17 @@ impl Pool {
         // idle_transaction_reclaim_timeout: only a waiting client ever takes a server back, and
         // at most one per wait, so no more are taken than clients wait.
         let mut asked = false;
+        // Fair shares: a group held to its cap by one that only released a server lately
+        // (shares.rs, SHARE_MEMORY) is let have the idle servers once that memory runs out,
+        // without a release to trigger it.
+        let shares = self.shares_on();
         loop {
             let reclaim_at = if asked {
                 None
             } else {
                 self.reclaim_due().map(tokio::time::Instant::from_std)
             };
+            let look_again = shares.then(|| tokio::time::Instant::now() + super::shares::SHARE_MEMORY);
             return tokio::select! {
                 r = &mut guard.rx => match r {
                     Ok(Grant::Server(server)) => Waited::Server(*server),
@@ -280,6 +285,10 @@ impl Pool {
                 _ = &mut user_freed, if group_blocked => self.promote(guard, false),
                 _ = sleep_until_opt(reclaim_at), if reclaim_at.is_some_and(|r| r < deadline) => {
                     asked = self.reclaim_one();
+                    continue;
+                }
+                _ = sleep_until_opt(look_again), if look_again.is_some_and(|r| r < deadline) => {
+                    self.hand_on_idle();
                     continue;
                 }
             };

@@ -167,7 +167,7 @@ impl Pool {
         for info in st.servers.values() {
             match info.current() {
                 crate::server::ServerUse::Lent { .. } => c.active += 1,
-                crate::server::ServerUse::Cleaning | crate::server::ServerUse::Login => c.tested += 1,
+                crate::server::ServerUse::Cleaning { .. } | crate::server::ServerUse::Login => c.tested += 1,
                 crate::server::ServerUse::Idle => {}
             }
         }

@@ -47,7 +47,7 @@ impl Pool {
                     }
                 }
                 ServerUse::Idle => idle += 1,
-                ServerUse::Login | ServerUse::Cleaning => other += 1,
+                ServerUse::Login | ServerUse::Cleaning { .. } => other += 1,
             }
         }
         let mut text = format!(

@@ -48,7 +48,9 @@ impl Pool {
             }
             match server.conn.take_socket() {
                 Some(socket) => {
-                    server.conn.info.set(ServerUse::Cleaning);
+                    server.conn.info.set(ServerUse::Cleaning {
+                        rolling_back_for: None,
+                    });
                     leaving.push(LeavingServer {
                         server,
                         socket,

@@ -190,6 +190,8 @@ struct PoolState {
     /// (server id, client id) of servers whose holders were asked to give them back
     /// (idle_transaction_reclaim_timeout) and have not yet; at most one per server.
     reclaiming: Vec<(u64, u64)>,
+    /// Share groups that released a server lately (fair shares count them as present).
+    recent: shares::Recent,
 }
 
 impl PoolState {

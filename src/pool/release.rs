@@ -48,8 +48,26 @@ impl Pool {
     /// [`Pool::release`] with the caller's clock reading for the moment the server came back
     /// (a session releases at its last ReadyForQuery and has read the clock for it already).
     pub fn release_at(self: &Arc<Self>, server: PooledServer, disposition: Disposition, now: Instant) {
-        if server.conn.info.cancel_in_flight() && !matches!(disposition, Disposition::Close(_)) {
-            server.conn.info.set(ServerUse::Cleaning);
+        // One settings load for the reset rule and fair shares.
+        let (reset, shares) = {
+            let s = self.settings();
+            (Self::needs_reset_in(&s), s.shares.cap(s.pool_size).is_some())
+        };
+        // Fair shares remember the group that releases (shares.rs, SHARE_MEMORY): noted under
+        // give_back's lock on the common path, separately on the others.
+        let holder = Self::releasing_holder(&server, shares);
+        let cancel_in_flight = server.conn.info.cancel_in_flight();
+        let fast = matches!(disposition, Disposition::Clean)
+            && !reset
+            && server.conn.identity == Identity::Login
+            && !cancel_in_flight;
+        if !fast && let Some(holder) = &holder {
+            self.note_release(holder, now);
+        }
+        if cancel_in_flight && !matches!(disposition, Disposition::Close(_)) {
+            server.conn.info.set(ServerUse::Cleaning {
+                rolling_back_for: None,
+            });
             let pool = self.clone();
             tokio::spawn(async move {
                 if server.conn.info.cancels_arrived(CANCEL_WAIT).await {
@@ -60,17 +78,20 @@ impl Pool {
             });
             return;
         }
-        let reset = self.needs_reset();
         match disposition {
             Disposition::Close(reason) => {
                 tracing::debug!(pool = %self.key, server = server.conn.id, reason = %reason, "closing server");
                 drop(server);
             }
-            Disposition::Clean if !reset && server.conn.identity == Identity::Login => {
-                self.give_back(server, now)
-            }
+            Disposition::Clean if fast => self.give_back_from(server, now, holder.as_deref()),
             Disposition::Clean | Disposition::Rollback | Disposition::Discard { .. } => {
-                server.conn.info.set(ServerUse::Cleaning);
+                let rollback = matches!(
+                    disposition,
+                    Disposition::Rollback | Disposition::Discard { rollback: true }
+                );
+                server.conn.info.set(ServerUse::Cleaning {
+                    rolling_back_for: holder.filter(|_| rollback),
+                });
                 let pool = self.clone();
                 tokio::spawn(async move { pool.clean_up(server, disposition).await });
             }
@@ -78,7 +99,10 @@ impl Pool {
     }
 
     fn needs_reset(&self) -> bool {
-        let s = self.settings();
+        Self::needs_reset_in(&self.settings())
+    }
+
+    fn needs_reset_in(s: &super::PoolSettings) -> bool {
         !s.reset_query.trim().is_empty() && (s.mode == PoolMode::Session || s.reset_query_always)
     }
 
@@ -161,15 +185,34 @@ impl Pool {
     /// Hands a clean server to the oldest waiter, or puts it in the idle queue; a server past its
     /// lifetime is closed instead (its slot then goes to a waiter, who opens a fresh one).
     /// `now`: when it came back (one clock reading for the lifetime check and its idle time).
-    pub(super) fn give_back(self: &Arc<Self>, mut server: PooledServer, now: Instant) {
+    pub(super) fn give_back(self: &Arc<Self>, server: PooledServer, now: Instant) {
+        self.give_back_from(server, now, None)
+    }
+
+    /// [`Pool::give_back`] of a server `holder` (Some only while fair shares are on) released
+    /// just now: its group is noted as present (shares.rs, `SHARE_MEMORY`) under the same lock.
+    fn give_back_from(
+        self: &Arc<Self>,
+        mut server: PooledServer,
+        now: Instant,
+        holder: Option<&crate::clients::ClientInfo>,
+    ) {
+        // A server closed here was still released by its holder's group.
+        let note_closed = |pool: &Self| {
+            if let Some(holder) = holder {
+                pool.note_release(holder, now);
+            }
+        };
         if self.retire_for_host(&server) {
             self.stats.metrics.recycled(Recycle::CheckFailed, 1);
+            note_closed(self);
             return;
         }
         if server.expires_at.is_some_and(|t| now >= t) {
             tracing::debug!(pool = %self.key, server = server.conn.id, "server_lifetime reached; closing");
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             drop(server);
+            note_closed(self);
             return;
         }
         if server.conn.info.generation() < self.generation() || self.is_paused() {
@@ -178,11 +221,16 @@ impl Pool {
                 self.stats.metrics.recycled(Recycle::Reconnect, 1);
             }
             drop(server);
+            note_closed(self);
             return;
         }
         server.conn.last_used = now;
         server.conn.info.set(ServerUse::Idle);
         let mut st = self.state.lock();
+        if let Some(holder) = holder {
+            // Before the waiters are looked at: the releasing group counts as present.
+            st.recent.note(&self.settings().shares, holder, now);
+        }
         let mut marked = false;
         while let Some(waiter) = self.take_waiter(&mut st) {
             if self.shares_on() {

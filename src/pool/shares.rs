@@ -3,15 +3,17 @@
 //! takes more than its cap, and a released server goes to the oldest waiter of a group under
 //! its cap (FIFO within a group). With shares off, or a single group present, the oldest waiter
 //! gets it, as always. Groups are counted from the pool's own state when a decision is made
-//! (who holds each lent server, who waits), never stored beside it; the tally is only built
-//! when a release meets waiters or a checkout finds the pool past the cap, so an uncontended
-//! checkout pays nothing. At most `MAX_SHARE_GROUPS` groups per pool are told apart; clients of
-//! further groups share one overflow group.
+//! (who holds each lent server, who waits), plus the groups that released a server within
+//! `SHARE_MEMORY` (see [`Recent`]: an application between two short transactions is still
+//! there); the tally is only built when a release meets waiters or a checkout finds the pool
+//! past the cap, so an uncontended checkout pays nothing. At most `MAX_SHARE_GROUPS` groups per
+//! pool are told apart; clients of further groups share one overflow group.
 
 use super::{Grant, Pool, PoolSettings, PoolState, PooledServer, Waiter};
 use crate::clients::{ClientInfo, PeerAddr};
 use crate::config::{PoolerConfig, ShareKey};
 use crate::server::{ServerUse, TxState};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most groups one pool tells apart (SHOW POOL_SHARES rows and metric series per pool); clients
@@ -21,6 +23,68 @@ pub const MAX_SHARE_GROUPS: usize = 32;
 /// The group clients beyond `MAX_SHARE_GROUPS` share (the name the metrics use for names past
 /// their cap, too).
 pub const OVERFLOW_GROUP: &str = crate::name_cap::OTHER;
+
+/// How long a group that released a server still counts as present for the share decision.
+///
+/// "Another group holds or waits for a server" is true of an application running short
+/// transactions only while one is in flight: between two of them (its client reading the
+/// answer, thinking, sending the next query) it holds nothing and waits for nothing, and a
+/// release at that moment would otherwise let a leaker past its cap, for good (a leaker keeps
+/// what it takes). Which of those moments a release meets depends on thread scheduling (with
+/// `runtime = "per-core"` it happened often enough to fail tests/fair_shares.rs), so the rule
+/// counts a group as present for this long after its last release. One second is far longer
+/// than the gap between the transactions of an application that keeps using the pool, even on
+/// a loaded machine (micro- to milliseconds), and short against `query_wait_timeout` (120 s by
+/// default): a group alone again gets the whole pool within a second of the others leaving
+/// (waiters look again every `SHARE_MEMORY`, see `Pool::wait`).
+pub(super) const SHARE_MEMORY: Duration = Duration::from_secs(1);
+
+/// The groups of one pool that released a server within [`SHARE_MEMORY`], with when they last
+/// did. Bounded like the tally: at most `MAX_SHARE_GROUPS` named groups plus the overflow group;
+/// entries older than `SHARE_MEMORY` are dropped as others are noted. Kept in the pool's state
+/// (under its lock) and only written while shares are on.
+#[derive(Debug, Default)]
+pub(super) struct Recent {
+    groups: Vec<(String, Instant)>,
+}
+
+impl Recent {
+    /// Notes that `holder` released a server at `now`. Compares in place; builds the group's key
+    /// only for a group not yet listed.
+    pub(super) fn note(&mut self, settings: &ShareSettings, holder: &ClientInfo, now: Instant) {
+        let live = |t: &Instant| now.saturating_duration_since(*t) < SHARE_MEMORY;
+        if let Some(entry) = self.groups.iter_mut().find(|(g, _)| settings.in_group(holder, g)) {
+            entry.1 = now;
+            if self.groups.len() > 1 {
+                self.groups.retain(|(_, t)| live(t));
+            }
+            return;
+        }
+        self.groups.retain(|(_, t)| live(t));
+        let key = if self.groups.len() < MAX_SHARE_GROUPS {
+            settings.group_of(holder)
+        } else if let Some(entry) = self.groups.iter_mut().find(|(g, _)| g == OVERFLOW_GROUP) {
+            entry.1 = now;
+            return;
+        } else {
+            OVERFLOW_GROUP.to_string()
+        };
+        self.groups.push((key, now));
+    }
+
+    /// The groups noted within `SHARE_MEMORY` of `now`.
+    fn live(&self, now: Instant) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .filter(move |(_, t)| now.saturating_duration_since(*t) < SHARE_MEMORY)
+            .map(|(g, _)| g.as_str())
+    }
+
+    /// True when every group listed (live or not) is `group`: nothing else can count.
+    fn only(&self, group: &str) -> bool {
+        self.groups.iter().all(|(g, _)| g == group)
+    }
+}
 
 /// The share and reclaim policy of a pool (from `[pooler]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,6 +160,9 @@ pub struct GroupFigures {
     pub idle_in_transaction: usize,
     /// The group's clients queued for a server.
     pub waiting: usize,
+    /// The group released a server within the last `SHARE_MEMORY` (1 s): the share decision
+    /// still counts it as present even while it holds and waits for nothing.
+    pub recent: bool,
 }
 
 /// The groups of one pool right now, and which group each waiter (in queue order) is in.
@@ -105,25 +172,40 @@ struct Tally {
 }
 
 impl Tally {
-    /// Counts who holds each lent server and who waits. Called with the state lock held.
-    fn of(st: &PoolState, settings: &ShareSettings) -> Tally {
+    /// Counts who holds each lent server, who waits, and who released one lately (as of `now`).
+    /// Called with the state lock held.
+    fn of(st: &PoolState, settings: &ShareSettings, now: Instant) -> Tally {
         let mut t = Tally {
             groups: Vec::new(),
             waiter_groups: Vec::with_capacity(st.waiters.len()),
         };
         for info in st.servers.values() {
-            if let ServerUse::Lent { holder, tx, .. } = info.current() {
-                let g = t.index(settings.group_of(&holder));
-                t.groups[g].active += 1;
-                if tx == TxState::IdleInTransaction {
-                    t.groups[g].idle_in_transaction += 1;
+            match info.current() {
+                ServerUse::Lent { holder, tx, .. } => {
+                    let g = t.index(settings.group_of(&holder));
+                    t.groups[g].active += 1;
+                    if tx == TxState::IdleInTransaction {
+                        t.groups[g].idle_in_transaction += 1;
+                    }
                 }
+                // Its holder's transaction is still open on it until the rollback is through.
+                ServerUse::Cleaning {
+                    rolling_back_for: Some(holder),
+                } => {
+                    let g = t.index(settings.group_of(&holder));
+                    t.groups[g].active += 1;
+                }
+                _ => {}
             }
         }
         for w in &st.waiters {
             let g = t.index_str(&w.group);
             t.groups[g].waiting += 1;
             t.waiter_groups.push(g);
+        }
+        for group in st.recent.live(now) {
+            let g = t.index_str(group);
+            t.groups[g].recent = true;
         }
         t
     }
@@ -158,22 +240,31 @@ impl Tally {
         self.groups.len() - 1
     }
 
-    /// Groups holding or waiting for servers.
+    /// Groups holding, waiting for or lately releasing servers.
     fn present(&self) -> usize {
-        self.groups
-            .iter()
-            .filter(|g| g.active > 0 || g.waiting > 0)
-            .count()
+        self.groups.iter().filter(|g| g.present()).count()
     }
 }
 
-/// True when every client holding or waiting for a server of the pool is in `group`: then
-/// shares change nothing, and no tally (which copies every key) is needed. Compares in place;
-/// called with the state lock held.
+impl GroupFigures {
+    /// True when the share decision counts the group: it holds or waits for a server, or
+    /// released one within `SHARE_MEMORY`.
+    fn present(&self) -> bool {
+        self.active > 0 || self.waiting > 0 || self.recent
+    }
+}
+
+/// True when every client holding or waiting for a server of the pool is in `group`, and no
+/// other group released one lately: then shares change nothing, and no tally (which copies
+/// every key) is needed. Compares in place; called with the state lock held.
 fn only_group(st: &PoolState, settings: &ShareSettings, group: &str) -> bool {
-    st.waiters.iter().all(|w| w.group == group)
+    st.recent.only(group)
+        && st.waiters.iter().all(|w| w.group == group)
         && st.servers.values().all(|info| match info.current() {
-            ServerUse::Lent { holder, .. } => settings.in_group(&holder, group),
+            ServerUse::Lent { holder, .. }
+            | ServerUse::Cleaning {
+                rolling_back_for: Some(holder),
+            } => settings.in_group(&holder, group),
             _ => true,
         })
 }
@@ -196,7 +287,7 @@ pub(super) fn next_waiter(st: &PoolState, settings: &PoolSettings) -> Option<usi
     {
         return Some(0);
     }
-    let tally = Tally::of(st, &settings.shares);
+    let tally = Tally::of(st, &settings.shares, Instant::now());
     if tally.present() <= 1 {
         return Some(0);
     }
@@ -216,16 +307,13 @@ pub(super) fn held_back(st: &PoolState, settings: &PoolSettings, group: &str) ->
     if only_group(st, &settings.shares, group) {
         return false;
     }
-    let tally = Tally::of(st, &settings.shares);
+    let tally = Tally::of(st, &settings.shares, Instant::now());
     let own = tally
         .groups
         .iter()
         .find(|g| g.group == group)
         .map_or(0, |g| g.active);
-    let others = tally
-        .groups
-        .iter()
-        .any(|g| g.group != group && (g.active > 0 || g.waiting > 0));
+    let others = tally.groups.iter().any(|g| g.group != group && g.present());
     others && own >= cap
 }
 
@@ -239,18 +327,16 @@ pub(super) fn past_fast_path(st: &PoolState, settings: &PoolSettings) -> bool {
 }
 
 impl Pool {
-    /// The groups of this pool holding or waiting for servers, with the cap each is held to
-    /// (None: shares off), for SHOW POOL_SHARES and the metrics.
+    /// The groups of this pool holding, waiting for or lately releasing servers (the ones the
+    /// share decision counts), with the cap each is held to (None: shares off), for SHOW
+    /// POOL_SHARES and the metrics.
     pub fn share_groups(&self) -> (Vec<GroupFigures>, Option<usize>) {
         let settings = self.settings();
+        let now = Instant::now();
         let st = self.state.lock();
-        let tally = Tally::of(&st, &settings.shares);
+        let tally = Tally::of(&st, &settings.shares, now);
         drop(st);
-        let mut groups: Vec<GroupFigures> = tally
-            .groups
-            .into_iter()
-            .filter(|g| g.active > 0 || g.waiting > 0)
-            .collect();
+        let mut groups: Vec<GroupFigures> = tally.groups.into_iter().filter(GroupFigures::present).collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
         (groups, settings.shares.cap(settings.pool_size))
     }
@@ -276,6 +362,25 @@ impl Pool {
             tx: TxState::Active,
             tx_since: now,
         });
+    }
+
+    /// The client a server being released was lent to, when shares are on (`shares`: the
+    /// caller's reading of [`Pool::shares_on`]), for [`Recent::note`]; None otherwise.
+    pub(super) fn releasing_holder(server: &PooledServer, shares: bool) -> Option<Arc<ClientInfo>> {
+        if !shares {
+            return None;
+        }
+        match server.conn.info.current() {
+            ServerUse::Lent { holder, .. } => Some(holder),
+            _ => None,
+        }
+    }
+
+    /// Notes that `holder`'s group released a server at `now` (see [`SHARE_MEMORY`]), for
+    /// releases that do not go straight back through [`Pool::give_back`].
+    pub(super) fn note_release(&self, holder: &ClientInfo, now: Instant) {
+        let settings = self.settings();
+        self.state.lock().recent.note(&settings.shares, holder, now);
     }
 
     /// True when fair shares apply to this pool (max_pool_share set, a grouping key chosen).

@@ -37,7 +37,13 @@ pub enum ServerUse {
         tx_since: Instant,
     },
     /// Being rolled back, reset or checked off any client's path.
-    Cleaning,
+    Cleaning {
+        /// The client whose transaction is being rolled back: until the ROLLBACK is through,
+        /// PostgreSQL still shows the transaction, and fair shares count the server as its
+        /// group's (a leaker's waiting client may not take another meanwhile). None when no
+        /// transaction is left open on it, or fair shares are off (nothing else reads it).
+        rolling_back_for: Option<Arc<ClientInfo>>,
+    },
 }
 
 /// A server's shared, observable state.

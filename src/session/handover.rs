@@ -230,24 +230,40 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
         )?),
         None => None,
     };
-    let (read, write) = PlainSocket::from_fd(socket, matches!(peer, PeerAddr::Tcp(_)))
-        .into_split()
-        .map_err(|e| e.to_string())?;
+    let socket = PlainSocket::from_fd(socket, matches!(peer, PeerAddr::Tcp(_)));
     let max_message = (config.pooler.max_packet_size as usize).min(crate::protocol::MAX_CLIENT_MESSAGE);
-    let mut client = ClientIo::new(read, write, max_message);
-    client.inbuf.extend_from_slice(&state.pending_input);
-    let session = Session {
-        client,
-        login: LoggedIn {
-            registered,
-            pool,
-            params: ClientParams::import(state.params, state.read_back_always),
-        },
-        state: SessionState::Idle,
-        statements,
-        listening,
+    let login = LoggedIn {
+        registered,
+        pool,
+        params: ClientParams::import(state.params, state.read_back_always),
     };
-    super::spawn_session(session);
+    let pending = state.pending_input;
+    // Registers the socket with the calling thread's runtime and makes the session.
+    let place = move || -> std::io::Result<Session> {
+        let (read, write) = socket.into_split()?;
+        let mut client = ClientIo::new(read, write, max_message);
+        client.inbuf.extend_from_slice(&pending);
+        Ok(Session {
+            client,
+            login,
+            state: SessionState::Idle,
+            statements,
+            listening,
+        })
+    };
+    match shared.workers.get() {
+        // runtime = "per-core": on a worker thread like any accepted client (the accepting
+        // thread, which runs the hand-over, would otherwise serve every adopted client).
+        Some(workers) => workers.spawn(async move {
+            match place() {
+                Ok(session) => super::serve_session(session).await,
+                Err(e) => tracing::warn!(
+                    "upgrade: an adopted client's socket could not be registered on its worker thread: {e}"
+                ),
+            }
+        }),
+        None => super::spawn_session(place().map_err(|e| e.to_string())?),
+    }
     Ok(())
 }
 
