@@ -147,8 +147,19 @@ async fn the_worker_threads_end_with_the_pooler() {
 }
 
 #[test]
-fn per_core_is_the_default_runtime() {
-    let config = sluice::Config::from_toml_str("[pooler]\nlisten_port = 0\n", "pooler.toml", None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.pooler.runtime, sluice::config::RuntimeKind::PerCore);
+fn shared_is_the_default_runtime_and_per_core_is_chosen_by_name() {
+    let read = |text: &str| {
+        sluice::Config::from_toml_str(text, "pooler.toml", None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .pooler
+            .runtime
+    };
+    assert_eq!(
+        read("[pooler]\nlisten_port = 0\n"),
+        sluice::config::RuntimeKind::Shared
+    );
+    assert_eq!(
+        read("[pooler]\nlisten_port = 0\nruntime = \"per-core\"\n"),
+        sluice::config::RuntimeKind::PerCore
+    );
 }

@@ -436,11 +436,11 @@ pub struct PoolerConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeKind {
     /// One current-thread runtime per worker; each client session, and the servers it uses,
-    /// stays on one thread (no work-stealing, no cross-thread wake-ups on the hot path). The
-    /// default: less CPU per transaction (docs/runtime.md).
-    #[default]
+    /// stays on one thread (no work-stealing, no cross-thread wake-ups on the hot path): less
+    /// CPU per transaction at 16 clients, opt-in for now (docs/runtime.md).
     PerCore,
-    /// One multi-thread (work-stealing) runtime shared by all sessions.
+    /// One multi-thread (work-stealing) runtime shared by all sessions: the default.
+    #[default]
     Shared,
 }
 
