@@ -13,8 +13,9 @@ use tokio::net::{TcpStream, UnixStream, tcp, unix};
 pub(crate) enum ClientSocket {
     /// TCP, whole.
     Tcp(TcpStream),
-    /// Unix-domain socket, whole.
-    Unix(UnixStream),
+    /// Unix-domain socket, whole (boxed: the enum stays the size of a `TcpStream`, 32 bytes,
+    /// in every idle session).
+    Unix(Box<UnixStream>),
     /// TLS (its halves share the session state, split for good) or closed.
     Split(Box<(ReadHalf, WriteHalf)>),
 }
@@ -43,7 +44,7 @@ impl From<Stream> for ClientSocket {
     fn from(stream: Stream) -> ClientSocket {
         match stream {
             Stream::Tcp(s) => ClientSocket::Tcp(s),
-            Stream::Unix(s) => ClientSocket::Unix(s),
+            Stream::Unix(s) => ClientSocket::Unix(Box::new(s)),
             other => ClientSocket::Split(Box::new(other.into_split())),
         }
     }
@@ -212,5 +213,18 @@ impl AsyncWrite for ClientWrite<'_> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate_write!(self, poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle session holds its client's socket: as big as a `TcpStream`, not one word more
+    /// (the session's size decides tokio's task cell, see `session::tests`).
+    #[test]
+    fn a_client_socket_is_the_size_of_a_tcp_stream() {
+        assert_eq!(
+            std::mem::size_of::<super::ClientSocket>(),
+            std::mem::size_of::<tokio::net::TcpStream>()
+        );
     }
 }
