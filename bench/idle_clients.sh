@@ -67,6 +67,15 @@ measure() {
         local var="SLUICE_BIN_${target#sluice@}"
         SLUICE_BIN=${!var}
     fi
+    # The previous targets' client ports sit in TIME_WAIT for 60 s; three targets in a row
+    # would take more than the 28,232 ephemeral ports and the logins would stall. Wait (at most
+    # 70 s) until N ports and a margin are free.
+    local ports
+    ports=$(awk '{print $2 - $1 + 1}' /proc/sys/net/ipv4/ip_local_port_range)
+    for i in $(seq 1 70); do
+        [ "$(ss -Htan state time-wait | wc -l)" -lt $((ports - N - 2000)) ] && break
+        sleep 1
+    done
     start_pooler "$which"
     sleep 1
     base=$(status_kb "$POOLER_PID" VmRSS)

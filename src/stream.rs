@@ -1,5 +1,6 @@
 //! TCP, unix-socket and TLS streams behind one type, split into owned halves so a session can read
-//! and write both of its peers at once (TLS halves share the session through a short lock).
+//! and write both of its peers at once (TLS halves share the session through a short lock); a
+//! client's plain socket stays whole and is split by borrow (`client.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -200,6 +201,15 @@ macro_rules! try_read_drained {
     }};
 }
 
+thread_local! {
+    /// The per-thread buffer reads pass through (zeroed once, not on every read).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
+mod client;
+pub(crate) use client::ClientSocket;
+
 impl ReadHalf {
     /// Reads what is available into `buf` (reserving `chunk` bytes first), waiting until
     /// something is; `Ok(0)` is end of stream.
@@ -278,10 +288,6 @@ impl ReadHalf {
     /// read (8 KiB of stores per request), so a client waiting for a server holds no read buffer
     /// of its own, only the bytes it sent.
     pub fn read_ready_exact(&mut self, out: &mut bytes::BytesMut) -> io::Result<Option<usize>> {
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-                std::cell::RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
-        }
         if let ReadHalf::Tls(t) = self {
             return Ok(Some(t.take_all(out)));
         }
@@ -431,9 +437,19 @@ impl PlainSocket {
         }
     }
 
+    /// Back into the runtime, as a client's socket (kept whole).
+    pub(crate) fn into_client(self) -> io::Result<ClientSocket> {
+        Ok(ClientSocket::from(self.into_stream()?))
+    }
+
     /// Back into the runtime, split.
     pub(crate) fn into_split(self) -> io::Result<(ReadHalf, WriteHalf)> {
-        let stream = match self {
+        Ok(self.into_stream()?.into_split())
+    }
+
+    /// Registered with the calling runtime.
+    fn into_stream(self) -> io::Result<Stream> {
+        Ok(match self {
             PlainSocket::Tcp(s) => {
                 s.set_nonblocking(true)?;
                 let s = TcpStream::from_std(s)?;
@@ -444,8 +460,7 @@ impl PlainSocket {
                 s.set_nonblocking(true)?;
                 Stream::Unix(UnixStream::from_std(s)?)
             }
-        };
-        Ok(stream.into_split())
+        })
     }
 }
 

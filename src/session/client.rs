@@ -1,15 +1,14 @@
-//! The client's side of a session: its socket halves, the bytes read from it and not yet
+//! The client's side of a session: its socket (whole: split by borrow where needed), the bytes read from it and not yet
 //! forwarded, the bytes waiting to be written to it, and the scanner that keeps its framing.
 
 use crate::protocol::{FrameScanner, PgError, TxStatus, messages};
-use crate::stream::{ReadHalf, WriteHalf};
+use crate::stream::ClientSocket;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 /// The client connection after login.
 pub(crate) struct ClientIo {
-    pub(crate) reader: ReadHalf,
-    pub(crate) writer: WriteHalf,
+    pub(crate) socket: ClientSocket,
     /// Read from the client, not yet forwarded. Empty (and unallocated) while the client is idle.
     pub(crate) inbuf: BytesMut,
     /// Waiting to be written to the client.
@@ -31,10 +30,9 @@ pub(crate) enum Input {
 }
 
 impl ClientIo {
-    pub(crate) fn new(reader: ReadHalf, writer: WriteHalf, max_message: usize) -> ClientIo {
+    pub(crate) fn new(socket: ClientSocket, max_message: usize) -> ClientIo {
         ClientIo {
-            reader,
-            writer,
+            socket,
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
             // Messages decoded whole (Terminate; Parse, Describe, Close, short Queries when
@@ -63,7 +61,7 @@ impl ClientIo {
     /// After the socket reported readiness: takes what the client sent (`inbuf` grows by
     /// exactly what arrived).
     pub(crate) fn take_input(&mut self) -> std::io::Result<Input> {
-        Ok(match self.reader.read_ready_exact(&mut self.inbuf)? {
+        Ok(match self.socket.reader().read_ready_exact(&mut self.inbuf)? {
             None => Input::Nothing,
             Some(0) => Input::Closed,
             Some(n) => {
@@ -77,9 +75,10 @@ impl ClientIo {
     /// closed), so a client that is idle or queued for a server holds no read buffer beyond
     /// what it sent.
     pub(crate) async fn read_input(&mut self) -> std::io::Result<usize> {
+        let mut reader = self.socket.reader();
         loop {
-            self.reader.wait_readable().await?;
-            if let Some(n) = self.reader.read_ready_exact(&mut self.inbuf)? {
+            reader.wait_readable().await?;
+            if let Some(n) = reader.read_ready_exact(&mut self.inbuf)? {
                 self.bytes_in += n as u64;
                 return Ok(n);
             }
@@ -96,7 +95,7 @@ impl ClientIo {
         if let Some(status) = ready_status {
             messages::ready_for_query(&mut self.outbuf, status);
         }
-        self.writer.write_all(&self.outbuf).await?;
+        self.socket.writer().write_all(&self.outbuf).await?;
         self.outbuf.clear();
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::auth::{ScramVerifier, Secret};
 use crate::clients::{CancelKey, ClientInfo, PeerAddr};
 use crate::notify::sql::{ListenSql, classify};
 use crate::shared::Shared;
-use crate::stream::{PlainSocket, ReadHalf, WriteHalf};
+use crate::stream::{ClientSocket, PlainSocket};
 use crate::upgrade::Outgoing;
 use crate::upgrade::format::{CancelKeyState, ClientState, PeerState, SecretState, StatementState};
 use base64::Engine;
@@ -43,7 +43,7 @@ impl Session {
         let Some(outbox) = self.login.shared().handover.sender().filter(|_| ready) else {
             return stays();
         };
-        if matches!(self.client.reader, ReadHalf::Tls(..)) {
+        if self.client.socket.is_tls() {
             return stays(); // TLS: see below (checked first: no marker for a client that stays)
         }
         // A LISTENing client: the marker is LISTENed before it goes (handover_listen.rs).
@@ -57,13 +57,12 @@ impl Session {
         let kept = listen.clone();
         let mut state = Box::new(self.export());
         state.listen = listen;
-        let read = std::mem::replace(&mut self.client.reader, ReadHalf::Closed);
-        let write = std::mem::replace(&mut self.client.writer, WriteHalf::Closed);
-        let socket = match PlainSocket::take(read, write) {
+        let whole = std::mem::replace(&mut self.client.socket, ClientSocket::closed());
+        let socket = match whole.take_plain() {
             Ok(s) => s,
-            Err((read, write)) => {
+            Err(whole) => {
                 // TLS: its session state cannot leave this process; it stays until it leaves.
-                (self.client.reader, self.client.writer) = (read, write);
+                self.client.socket = whole;
                 if let Some(l) = kept {
                     self.keep_listen(l);
                 }
@@ -95,9 +94,9 @@ impl Session {
                 Some(Ending::HandedOver)
             }
             None => Some(Ending::Error(crate::clients::Kill::HandOver.error())),
-            Some(_) => match socket.into_split() {
-                Ok((read, write)) => {
-                    (self.client.reader, self.client.writer) = (read, write);
+            Some(_) => match socket.into_client() {
+                Ok(whole) => {
+                    self.client.socket = whole;
                     if let Some(l) = kept {
                         self.keep_listen(l);
                     }
@@ -240,8 +239,7 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
     let pending = state.pending_input;
     // Registers the socket with the calling thread's runtime and makes the session.
     let place = move || -> std::io::Result<Session> {
-        let (read, write) = socket.into_split()?;
-        let mut client = ClientIo::new(read, write, max_message);
+        let mut client = ClientIo::new(socket.into_client()?, max_message);
         client.inbuf.extend_from_slice(&pending);
         Ok(Session {
             client,

@@ -136,9 +136,8 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
             }
             let max_message = (shared.config.load().pooler.max_packet_size as usize)
                 .min(crate::protocol::MAX_CLIENT_MESSAGE);
-            let (reader, writer) = stream.into_split();
             spawn_session(Session {
-                client: ClientIo::new(reader, writer, max_message),
+                client: ClientIo::new(crate::stream::ClientSocket::from(stream), max_message),
                 login: logged_in,
                 state: SessionState::Idle,
                 statements: None,
@@ -376,7 +375,7 @@ impl Session {
                 self.client.outbuf.extend_from_slice(&msg);
                 return Poll::Ready(IdleWake::Notification);
             }
-            match self.client.reader.poll_readable(cx) {
+            match self.client.socket.poll_readable(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(_)) => Poll::Ready(IdleWake::Left),
                 Poll::Ready(Ok(())) => Poll::Ready(match self.client.take_input() {

@@ -70,8 +70,9 @@ impl super::Session {
                 self.client.outbuf = BytesMut::new();
                 return Ok(());
             }
+            let mut writer = self.client.socket.writer();
             tokio::select! {
-                r = self.client.writer.write(&self.client.outbuf) => match r {
+                r = writer.write(&self.client.outbuf) => match r {
                     Ok(0) | Err(_) => return Err(super::Ending::ClientLeft),
                     Ok(n) => {
                         self.client.bytes_out += n as u64;

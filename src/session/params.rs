@@ -6,6 +6,7 @@
 
 use crate::server::ServerConn;
 use crate::upgrade::format::{ParamState, StartupState};
+use compact_str::CompactString;
 use std::collections::BTreeMap;
 
 /// Startup parameters that are about the connection, not session settings.
@@ -48,31 +49,94 @@ fn never_synced(name: &str) -> bool {
     is_identity(name) || READ_ONLY.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// One parameter the client wants. The strings are exactly sized (`Box<str>`), and the
-/// lower-cased name it is found by is derived from `name`, not stored: a client keeps its wishes
-/// for its whole life, idle or not.
+/// One parameter the client wants. The name and value are inline up to 24 bytes (no allocation
+/// for the usual `application_name`), what is rarely known sits behind one optional box, and
+/// the lower-cased name it is found by is derived from `name`, not stored: a client keeps its
+/// wishes for its whole life, idle or not (56 bytes: one 64-byte block for a single wish).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Wanted {
     /// Name as the client wrote it.
-    name: Box<str>,
+    name: CompactString,
     /// Value as the client wrote it.
-    requested: Box<str>,
-    /// The server's spelling of that value (`utf8` -> `UTF8`), once a server reported one that
+    requested: CompactString,
+    /// None: no server spelling of its own, and `requested` is the startup value (or the wish
+    /// came with the startup packet and was not changed since).
+    rare: Option<Box<Rare>>,
+}
+
+/// What a wish rarely has.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Rare {
+    /// The server's spelling of the value (`utf8` -> `UTF8`), once a server reported one that
     /// differs from `requested` (None: not reported, or spelled the same).
     canonical: Option<Box<str>>,
     /// How this wish relates to the client's startup packet, which RESET returns to.
     startup: Startup,
 }
 
+/// The startup relation of a wish without a [`Rare`] part.
+static SAME: Startup = Startup::Same;
+
 impl Wanted {
+    /// A wish; its rare part only when `startup` is not `Same`.
+    fn new(name: CompactString, requested: CompactString, startup: Startup) -> Wanted {
+        let mut w = Wanted {
+            name,
+            requested,
+            rare: None,
+        };
+        w.update(|r| r.startup = startup);
+        w
+    }
+
+    /// Changes the rare part, keeping it unallocated while it holds nothing (a change that
+    /// leaves nothing allocates nothing: the usual report of an unchanged value).
+    fn update(&mut self, change: impl FnOnce(&mut Rare)) {
+        let mut rare = self.rare.take().map(|b| *b).unwrap_or_default();
+        change(&mut rare);
+        if rare != Rare::default() {
+            self.rare = Some(Box::new(rare));
+        }
+    }
+
+    /// The server's spelling, when it differs from `requested`.
+    fn canonical(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.canonical.as_deref())
+    }
+
+    /// How the wish relates to the client's startup packet.
+    fn startup(&self) -> &Startup {
+        self.rare.as_ref().map_or(&SAME, |r| &r.startup)
+    }
+
+    /// The startup relation, leaving `Same` in its place.
+    fn take_startup(&mut self) -> Startup {
+        let mut taken = Startup::Same;
+        self.update(|r| taken = std::mem::replace(&mut r.startup, Startup::Same));
+        taken
+    }
+
+    /// The client has a new value: the server's spelling is now the wish itself, and a startup
+    /// value it replaces is remembered for RESET.
+    fn replace_requested(&mut self, value: &str) {
+        let before = std::mem::replace(&mut self.requested, value.into());
+        self.update(|r| {
+            r.canonical = None;
+            if r.startup == Startup::Same {
+                r.startup = Startup::Was(before.as_str().into());
+            }
+        });
+    }
+
     /// The server's spelling of the value, as far as known.
     fn current(&self) -> &str {
-        self.canonical.as_deref().unwrap_or(&self.requested)
+        self.canonical().unwrap_or(&self.requested)
     }
 
     /// Records `value` as the server's spelling of `requested`.
     fn set_canonical(&mut self, value: &str) {
-        self.canonical = (*self.requested != *value).then(|| value.into());
+        let canonical = (*self.requested != *value).then(|| value.into());
+        self.update(|r| r.canonical = canonical);
     }
 }
 
@@ -93,11 +157,12 @@ fn cmp_key(name: &str, key: &str) -> std::cmp::Ordering {
 /// What the client's startup packet said about a parameter. On PostgreSQL, `RESET` and
 /// `DISCARD ALL` return a setting to the connection's startup value; sluice's servers started
 /// with sluice's values, so sluice has to remember the client's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 enum Startup {
     /// Not in the startup packet: a reset drops the wish (the server's default applies).
     Absent,
     /// `requested` is still the startup value.
+    #[default]
     Same,
     /// The client has SET another value since; this was the startup value.
     Was(Box<str>),
@@ -226,8 +291,8 @@ impl ClientParams {
         let state = |w: &Wanted| ParamState {
             name: w.name.to_string(),
             requested: w.requested.to_string(),
-            canonical: w.canonical.as_deref().map(str::to_string),
-            startup: match &w.startup {
+            canonical: w.canonical().map(str::to_string),
+            startup: match w.startup() {
                 Startup::Absent => StartupState::Absent,
                 Startup::Same => StartupState::Same,
                 Startup::Was(v) => StartupState::Was(v.to_string()),
@@ -246,12 +311,7 @@ impl ClientParams {
                 StartupState::Same => Startup::Same,
                 StartupState::Was(v) => Startup::Was(v.into()),
             };
-            let mut wanted = Wanted {
-                name: p.name.into(),
-                requested: p.requested.into(),
-                canonical: None,
-                startup,
-            };
+            let mut wanted = Wanted::new(p.name.into(), p.requested.into(), startup);
             if let Some(c) = p.canonical {
                 wanted.set_canonical(&c);
             }
@@ -291,12 +351,8 @@ impl ClientParams {
     }
 
     fn want(&mut self, name: &str, value: &str) {
-        self.wanted.insert(Wanted {
-            name: name.into(),
-            requested: value.into(),
-            canonical: None,
-            startup: Startup::Same,
-        });
+        self.wanted
+            .insert(Wanted::new(name.into(), value.into(), Startup::Same));
         self.refresh_fingerprint();
     }
 
@@ -321,10 +377,10 @@ impl ClientParams {
             let Some(w) = self.wanted.get_mut(&key) else {
                 continue;
             };
-            match std::mem::replace(&mut w.startup, Startup::Same) {
+            match w.take_startup() {
                 Startup::Was(value) => {
-                    w.requested = value;
-                    w.canonical = None;
+                    w.requested = CompactString::from(&*value);
+                    w.update(|r| r.canonical = None);
                     restored.push((w.name.to_string(), w.requested.to_string()));
                 }
                 // Still the startup value: the server may hold it from its own login.
@@ -334,20 +390,11 @@ impl ClientParams {
         }
         for (key, (name, value)) in &now {
             match self.wanted.get_mut(key) {
-                Some(w) if *w.requested == **value || w.canonical.as_deref() == Some(*value) => {}
-                Some(w) => {
-                    let before = std::mem::replace(&mut w.requested, (*value).into());
-                    w.canonical = None;
-                    if w.startup == Startup::Same {
-                        w.startup = Startup::Was(before);
-                    }
-                }
-                None => self.wanted.insert(Wanted {
-                    name: (*name).into(),
-                    requested: (*value).into(),
-                    canonical: None,
-                    startup: Startup::Absent,
-                }),
+                Some(w) if *w.requested == **value || w.canonical() == Some(*value) => {}
+                Some(w) => w.replace_requested(value),
+                None => self
+                    .wanted
+                    .insert(Wanted::new((*name).into(), (*value).into(), Startup::Absent)),
             }
         }
         self.refresh_fingerprint();
@@ -378,24 +425,16 @@ impl ClientParams {
             return;
         }
         match self.wanted.get_mut(&key_of(name)) {
-            Some(w) if w.canonical.as_deref() == Some(value) || *w.requested == *value => {
+            Some(w) if w.canonical() == Some(value) || *w.requested == *value => {
                 w.set_canonical(value);
             }
             Some(w) => {
-                let before = std::mem::replace(&mut w.requested, value.into());
-                w.canonical = None; // the server's spelling is now the wish itself
-                if w.startup == Startup::Same {
-                    w.startup = Startup::Was(before);
-                }
+                w.replace_requested(value);
                 self.refresh_fingerprint();
             }
             None => {
-                self.wanted.insert(Wanted {
-                    name: name.into(),
-                    requested: value.into(),
-                    canonical: None,
-                    startup: Startup::Absent,
-                });
+                self.wanted
+                    .insert(Wanted::new(name.into(), value.into(), Startup::Absent));
                 self.refresh_fingerprint();
             }
         }
@@ -547,6 +586,35 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, BadParam> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wish, kept for the client's whole life, stays one 64-byte block with its usual name
+    /// and value inline (`application_name` and a value of up to 24 bytes allocate nothing) and
+    /// no rare part while the server spells it the same and it is still the startup value.
+    #[test]
+    fn a_usual_wish_is_one_64_byte_block() {
+        assert!(
+            std::mem::size_of::<Wanted>() <= 64,
+            "Wanted is {} bytes",
+            std::mem::size_of::<Wanted>()
+        );
+        let mut p = ClientParams::from_startup(
+            &[("application_name".into(), "a_twenty_four_byte_value".into())],
+            &[],
+        )
+        .unwrap(); // ok: literal test input
+        p.observe_server_report("application_name", "a_twenty_four_byte_value");
+        let w = p.wanted.get("application_name").unwrap(); // ok: just asked for
+        assert!(!w.name.is_heap_allocated() && !w.requested.is_heap_allocated());
+        assert!(w.rare.is_none());
+        // A SET makes the startup value rare; RESET (reconcile without it) returns to it.
+        p.observe_server_report("application_name", "other");
+        let set = p.wanted.get("application_name").unwrap(); // ok: present
+        assert_eq!(set.startup(), &Startup::Was("a_twenty_four_byte_value".into()));
+        assert_eq!(p.reconcile(&[]).len(), 1);
+        let w = p.wanted.get("application_name").unwrap(); // ok: present
+        assert_eq!(&*w.requested, "a_twenty_four_byte_value");
+        assert!(w.rare.is_none());
+    }
 
     #[test]
     fn options_are_unpacked_and_connection_keys_dropped() {

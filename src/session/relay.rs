@@ -153,6 +153,7 @@ async fn relay_loop(
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         // Notifications go out between the server's messages, as PostgreSQL sends them.
         let deliver = ctx.listen.is_some() && link.server_scan.at_boundary() && client.outbuf.len() < OUT_CAP;
+        let (mut client_reader, mut client_writer) = client.socket.split();
         tokio::select! {
             Some(msg) = next_notification(ctx.listen), if deliver => {
                 client.outbuf.extend_from_slice(&msg);
@@ -170,7 +171,7 @@ async fn relay_loop(
                 }
                 return Ok(RelayEnd::TimedOut(expiry));
             }
-            r = client.writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
+            r = client_writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
                 let n = r.map_err(RelayError::Client)?;
                 client.bytes_out += n as u64;
                 client.outbuf.advance(n);
@@ -186,7 +187,7 @@ async fn relay_loop(
                     return Err(RelayError::Server(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
-            r = read_some(&mut client.reader, &mut client.inbuf), if read_client => {
+            r = client_reader.read_available(&mut client.inbuf, READ_CHUNK), if read_client => {
                 let n = r.map_err(RelayError::Client)?;
                 if n == 0 {
                     return Ok(RelayEnd::ClientGone);
@@ -730,7 +731,7 @@ fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
 /// Writes everything buffered for the client.
 pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
     if !client.outbuf.is_empty() {
-        client.writer.write_all(&client.outbuf).await?;
+        client.socket.writer().write_all(&client.outbuf).await?;
         client.bytes_out += client.outbuf.len() as u64;
         client.outbuf = BytesMut::new();
     }

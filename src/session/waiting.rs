@@ -185,6 +185,6 @@ async fn discard_request(client: &mut ClientIo) -> std::io::Result<()> {
 /// Sends a FATAL to the client (best effort).
 pub(super) async fn send_fatal(client: &mut ClientIo, error: &PgError) {
     error.encode(&mut client.outbuf);
-    let _ = client.writer.write_all(&client.outbuf).await;
+    let _ = client.socket.writer().write_all(&client.outbuf).await;
     client.outbuf.clear();
 }
