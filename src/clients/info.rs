@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,11 @@ impl Kill {
     }
 }
 
+/// [`ClientInfo::kill_state`]: the switch holds a reason.
+const SIGNALLED: u8 = 1;
+/// [`ClientInfo::kill_state`]: the switch holds the waker of the session's idle wait.
+const IDLE_ARMED: u8 = 2;
+
 /// A client's kill switch. Only its own session ever waits on it, so one waker slot does what a
 /// `Notify` would, in less room: an idle client carries this for its whole life.
 #[derive(Debug, Default)]
@@ -114,14 +119,14 @@ pub struct Killed<'a> {
     info: &'a ClientInfo,
     busy: bool,
     /// Its task's waker is in the kill switch (a poll found no reason): until a kill raises
-    /// [`ClientInfo::kill_signalled`] (and takes the waker to wake it), a poll need not lock.
+    /// [`SIGNALLED`] (and takes the waker to wake it), a poll need not lock.
     armed: bool,
 }
 
 impl Future for Killed<'_> {
     type Output = Kill;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
-        if self.armed && !self.info.kill_signalled.load(Ordering::Acquire) {
+        if self.armed && self.info.kill_state.load(Ordering::Acquire) & SIGNALLED == 0 {
             return Poll::Pending; // the relay polls this on every turn: no lock for nothing
         }
         let polled = self.info.poll_killed(cx, self.busy);
@@ -270,8 +275,10 @@ pub struct ClientInfo {
     live: Mutex<Live>,
     /// Boxed: most clients are never asked, and an idle one should stay small.
     process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
-    /// True while the kill switch holds a reason (written under its lock, read without it).
-    kill_signalled: AtomicBool,
+    /// The kill switch as seen without its lock (bits written under it): [`SIGNALLED`] while it
+    /// holds a reason, [`IDLE_ARMED`] while it holds the waker the idle wait registered and no
+    /// kill has come since.
+    kill_state: AtomicU8,
     prepared: std::sync::atomic::AtomicU32,
     /// What pins the server it holds to it between transactions ([`super::Pins`] bits).
     pinned: std::sync::atomic::AtomicU8,
@@ -316,7 +323,7 @@ impl ClientInfo {
                 xact_since: None,
             }),
             process: std::sync::OnceLock::new(),
-            kill_signalled: AtomicBool::new(false),
+            kill_state: AtomicU8::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             pinned: std::sync::atomic::AtomicU8::new(0),
             connected_unix: std::time::SystemTime::now()
@@ -434,7 +441,8 @@ impl ClientInfo {
                 switch.reason = None;
             }
             switch.reason.get_or_insert_with(|| Box::new(why));
-            self.kill_signalled.store(true, Ordering::Release);
+            // Raised, and the idle wait's waker taken: the next poll of either kind locks.
+            self.kill_state.store(SIGNALLED, Ordering::Release);
             switch.waker.take()
         };
         if let Some(w) = waker {
@@ -447,7 +455,7 @@ impl ClientInfo {
         let mut live = self.live.lock();
         if live.kill.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
             live.kill.reason = None;
-            self.kill_signalled.store(false, Ordering::Release);
+            self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
         }
     }
 
@@ -477,23 +485,39 @@ impl ClientInfo {
     /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
     /// task is woken when it is (see [`ClientInfo::killed`]).
     pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
+        self.poll_switch(cx, busy, false)
+    }
+
+    /// [`ClientInfo::poll_killed`] for the session's idle wait, which runs once per request: after
+    /// one poll registered its task's waker, the next ones read a flag instead of locking,
+    /// until a kill takes that waker. Only the session's own task may call this.
+    pub(crate) fn poll_killed_idle(&self, cx: &mut Context<'_>) -> Poll<Kill> {
+        if self.kill_state.load(Ordering::Acquire) == IDLE_ARMED {
+            return Poll::Pending;
+        }
+        self.poll_switch(cx, false, true)
+    }
+
+    /// Both polls; `arm`: the idle wait's, which marks its waker registered (under the lock, so
+    /// a kill in between cannot be missed).
+    fn poll_switch(&self, cx: &mut Context<'_>, busy: bool, arm: bool) -> Poll<Kill> {
         let mut guard = self.live.lock();
         let live = &mut *guard;
         let switch = &mut live.kill;
         match &switch.reason {
             Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => {
                 switch.reason = None;
-                self.kill_signalled.store(false, Ordering::Release);
+                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
             }
             // A reclaim asked of a client that has meanwhile given its server back.
             Some(k) if matches!(**k, Kill::Reclaimed(_)) && live.held.is_none() => {
                 switch.reason = None;
-                self.kill_signalled.store(false, Ordering::Release);
+                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
             }
             // server_fast_close never interrupts a transaction or a request in flight.
             Some(k) if matches!(**k, Kill::FastClose) && live.phase != ClientPhase::Holding => {
                 switch.reason = None;
-                self.kill_signalled.store(false, Ordering::Release);
+                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
             }
             // A busy session hands itself over once it is idle again: kept, not withdrawn.
             Some(k) if busy && **k == Kill::HandOver => {}
@@ -502,7 +526,14 @@ impl ClientInfo {
         }
         match &switch.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => switch.waker = Some(cx.waker().clone()),
+            _ => {
+                // Another task's waker (tests) is not the idle wait's.
+                self.kill_state.fetch_and(!IDLE_ARMED, Ordering::Release);
+                switch.waker = Some(cx.waker().clone());
+            }
+        }
+        if arm {
+            self.kill_state.fetch_or(IDLE_ARMED, Ordering::Release);
         }
         Poll::Pending
     }
@@ -724,6 +755,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_idle_wait_polled_again_sees_a_kill_after_a_withdrawn_hand_over() {
+        // After its first poll the idle wait reads a flag only: a kill must take that flag down
+        // with the waker, and a withdrawn hand-over must not raise it again.
+        let c = Arc::new(client());
+        let idle = std::future::poll_fn(|cx| c.poll_killed_idle(cx));
+        tokio::pin!(idle);
+        let quiet = tokio::time::timeout(Duration::from_millis(20), &mut idle).await;
+        assert!(quiet.is_err(), "nothing killed the client yet");
+        assert_eq!(c.kill_state.load(Ordering::Acquire), IDLE_ARMED);
+        c.kill_with(Kill::HandOver);
+        c.withdraw_hand_over();
+        let withdrawn = tokio::time::timeout(Duration::from_millis(20), &mut idle).await;
+        assert!(withdrawn.is_err(), "a withdrawn hand-over ends nothing");
+        // The kill comes while the wait sleeps: only the registered waker can wake it.
+        let killer = Arc::clone(&c);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            killer.kill("admin forced disconnect");
+        });
+        let started = Instant::now();
+        let k = tokio::time::timeout(Duration::from_secs(2), &mut idle).await;
+        // (the timeout polls the wait once more as it fires: only the time shows a lost wake-up)
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the kill woke the idle wait"
+        );
+        assert_eq!(k.ok(), Some(Kill::Operator("admin forced disconnect".into())));
+    }
+
+    #[tokio::test]
     async fn a_kill_check_polled_again_sees_a_kill_that_came_after_a_withdrawn_one() {
         // The relay polls one Killed future on every turn; after its first poll it looks at a
         // flag only, so a kill must raise the flag and a withdrawn one lower it.
@@ -736,7 +797,7 @@ mod tests {
         c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
         let withdrawn = tokio::time::timeout(Duration::from_millis(20), &mut check).await;
         assert!(withdrawn.is_err(), "a busy client is not ended for idleness");
-        assert!(!c.kill_signalled.load(Ordering::Acquire));
+        assert_eq!(c.kill_state.load(Ordering::Acquire) & SIGNALLED, 0);
         // An operator's kill after that reaches the same, already polled, future.
         c.kill("admin forced disconnect");
         let k = tokio::time::timeout(Duration::from_secs(5), &mut check).await;

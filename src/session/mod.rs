@@ -366,7 +366,7 @@ impl Session {
             if !self.client.inbuf.is_empty() {
                 return Poll::Ready(IdleWake::Request); // pipelined behind the last transaction
             }
-            if let Poll::Ready(kill) = self.login.info().poll_killed(cx, false) {
+            if let Poll::Ready(kill) = self.login.info().poll_killed_idle(cx) {
                 return Poll::Ready(IdleWake::Killed(kill));
             }
             if let Some(l) = self.listening.as_deref_mut()

@@ -154,13 +154,16 @@ async fn relay_loop(
         // Notifications go out between the server's messages, as PostgreSQL sends them.
         let deliver = ctx.listen.is_some() && link.server_scan.at_boundary() && client.outbuf.len() < OUT_CAP;
         let (mut client_reader, mut client_writer) = client.socket.split();
+        // In a fixed order (`biased`: no random draw per turn, and the branches that are ready
+        // most often are polled first). Nothing starves: the kill and the deadline come first
+        // and end the relay (or, for query_timeout's cancel, fire once); each write only drains
+        // a buffer bounded by OUT_CAP and its branch is off once that is empty; notifications
+        // stop at OUT_CAP of unsent output too (and a full queue ends the client), so they come
+        // before the server's input, which stops at OUT_CAP as well; the server's input comes
+        // before the client's because the client's is bounded by what the server has yet to
+        // answer (`room_for_more`). Each such stop is drained by a branch ahead of it.
         tokio::select! {
-            Some(msg) = next_notification(ctx.listen), if deliver => {
-                client.outbuf.extend_from_slice(&msg);
-                if let Some(l) = ctx.listen.as_deref_mut() {
-                    l.drain_into(&mut client.outbuf, OUT_CAP);
-                }
-            }
+            biased;
             reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
             _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
                 let Some((_, expiry)) = deadline else { continue };
@@ -171,16 +174,22 @@ async fn relay_loop(
                 }
                 return Ok(RelayEnd::TimedOut(expiry));
             }
+            r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
+                let n = r.map_err(RelayError::Server)?;
+                link.to_server.advance(n);
+                release_if_empty(&mut link.to_server);
+            }
             r = client_writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
                 let n = r.map_err(RelayError::Client)?;
                 client.bytes_out += n as u64;
                 client.outbuf.advance(n);
                 release_if_empty(&mut client.outbuf);
             }
-            r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
-                let n = r.map_err(RelayError::Server)?;
-                link.to_server.advance(n);
-                release_if_empty(&mut link.to_server);
+            Some(msg) = next_notification(ctx.listen), if deliver => {
+                client.outbuf.extend_from_slice(&msg);
+                if let Some(l) = ctx.listen.as_deref_mut() {
+                    l.drain_into(&mut client.outbuf, OUT_CAP);
+                }
             }
             r = read_some(&mut server.reader, &mut server.read_buf), if read_server => {
                 if r.map_err(RelayError::Server)? == 0 {
