@@ -17,17 +17,7 @@ PER_CLIENT=${ALLOCS_TX:-2000}
 read -r -a LOAD <<<"${ALLOCS_PGBENCH:--S}"
 is_root || die "uprobes need root"
 command -v perf >/dev/null || apt-get install -y -q --no-install-recommends linux-perf >/dev/null
-raise_nofile
-install_traps
-ensure_packages
-if [ -n "${SLUICE_BIN:-}" ]; then
-    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
-else
-    build_sluice
-fi
-make_tmp
-start_postgres 10
-write_pooler_configs scram-sha-256
+setup_one_sluice
 
 # Every jemalloc entry point the binary has (Rust's allocator calls malloc/mallocx, sdallocx,
 # rallocx/realloc; C code malloc/calloc/free).

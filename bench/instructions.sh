@@ -22,17 +22,7 @@ command -v valgrind >/dev/null || {
     is_root || die "valgrind not found"
     apt-get install -y -q --no-install-recommends valgrind >/dev/null
 }
-raise_nofile
-install_traps
-ensure_packages
-if [ -n "${SLUICE_BIN:-}" ]; then
-    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
-else
-    build_sluice
-fi
-make_tmp
-start_postgres 10
-write_pooler_configs scram-sha-256
+setup_one_sluice
 
 POOLER_PORT=$SLUICE_PORT
 valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.out.%p" \

@@ -61,6 +61,23 @@ build_sluice() {
     [ -x "$SLUICE_BIN" ] || die "no sluice binary at $SLUICE_BIN"
 }
 
+# The setup of the single-pooler tools (profile.sh, syscalls.sh, instructions.sh, allocs.sh):
+# limits, traps and packages, the sluice binary ($SLUICE_BIN when given, else a release build),
+# a temporary directory, PostgreSQL with the bench tables (scale 10) and the SCRAM configs.
+setup_one_sluice() {
+    raise_nofile
+    install_traps
+    ensure_packages
+    if [ -n "${SLUICE_BIN:-}" ]; then
+        [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
+    else
+        build_sluice
+    fi
+    make_tmp
+    start_postgres 10
+    write_pooler_configs scram-sha-256
+}
+
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() {

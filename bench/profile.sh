@@ -24,17 +24,7 @@ if ! command -v perf >/dev/null; then
     is_root || die "perf not found; install linux-perf"
     apt-get install -y -q --no-install-recommends linux-perf >/dev/null
 fi
-raise_nofile
-install_traps
-ensure_packages
-if [ -n "${SLUICE_BIN:-}" ]; then
-    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
-else
-    build_sluice
-fi
-make_tmp
-start_postgres 10
-write_pooler_configs scram-sha-256
+setup_one_sluice
 mkdir -p "$OUT"
 start_pooler sluice
 

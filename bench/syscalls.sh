@@ -20,17 +20,7 @@ command -v strace >/dev/null || {
     is_root || die "strace not found"
     apt-get install -y -q --no-install-recommends strace >/dev/null
 }
-raise_nofile
-install_traps
-ensure_packages
-if [ -n "${SLUICE_BIN:-}" ]; then
-    [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
-else
-    build_sluice
-fi
-make_tmp
-start_postgres 10
-write_pooler_configs scram-sha-256
+setup_one_sluice
 
 total=$((16 * PER_CLIENT))
 for target in pgbouncer sluice; do
