@@ -245,3 +245,25 @@ pub fn pgbench(port: u16, mode: &str, clients: u32, seconds: u32, script: &Path)
         .spawn()
         .expect("start pgbench")
 }
+
+/// Sends a CancelRequest with `token` and checks that the query running in `slow` ends with
+/// 57014 (query_canceled) within 10 s.
+pub async fn cancel_and_see_it_cancelled<T: std::fmt::Debug>(
+    token: &tokio_postgres::CancelToken,
+    slow: tokio::task::JoinHandle<Result<T, tokio_postgres::Error>>,
+) {
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
+        .await
+        .expect("the query ended")
+        .unwrap()
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+}
