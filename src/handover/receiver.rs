@@ -92,18 +92,7 @@ pub async fn take_over(config: Config, fd: i32) -> Result<RunningPooler, Error> 
             return Err(fail(format!("the old process refused: {reason}")));
         }
         Ok((other, _)) => return Err(fail(format!("unexpected {other:?}"))),
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = writer
-                .send(
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                    &[],
-                )
-                .await;
-            return Err(fail(reason));
-        }
+        Err(e) => return Err(fail(writer.refuse(e.to_string()).await)),
     };
     let (tcp, unix, metrics, fds) = match step(&mut reader).await.map_err(io)? {
         (Message::Listeners { tcp, unix, metrics }, fds) => (tcp, unix, metrics, fds),

@@ -226,18 +226,7 @@ async fn drive(
         }
         Ok(Message::Refused { reason }) => return Err(format!("the new process refused: {reason}")),
         Ok(other) => return Err(format!("unexpected {other:?}")),
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = writer
-                .send(
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                    &[],
-                )
-                .await;
-            return Err(reason);
-        }
+        Err(e) => return Err(writer.refuse(e.to_string()).await),
     }
     let l = &pooler.handover;
     // The accept loops hold these open while the pooler runs (checked here: a shutdown closes

@@ -59,6 +59,20 @@ impl Writer {
         self.version = version;
     }
 
+    /// Tells the other process this one gives up (`refused`; best effort: the channel may be
+    /// gone already) and gives the reason back for the caller's error.
+    pub(crate) async fn refuse(&self, reason: String) -> String {
+        let _ = self
+            .send(
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                &[],
+            )
+            .await;
+        reason
+    }
+
     /// Sends one frame with `fds` attached.
     pub(crate) async fn send(&self, message: &Message, fds: &[RawFd]) -> io::Result<()> {
         let body = format::encode_as(self.version, message).map_err(io::Error::other)?;
