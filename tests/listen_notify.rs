@@ -687,3 +687,62 @@ async fn unlisten_among_other_statements_runs_and_ends_the_subscriptions() {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
     sluice.shutdown().await;
 }
+
+/// A LISTEN takes effect from the moment sluice answers it, no earlier: a notification
+/// committed while the client had UNLISTENed is not delivered to it after it LISTENs again,
+/// even when the pool's listening connection (kept on the channel by another client) reads it
+/// only after that LISTEN. Repeated, because the window is the listening task's read delay; the
+/// other client hears everything, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_committed_while_unlistened_is_not_heard_after_listening_again() {
+    const ROUNDS: usize = 40;
+    let db = pg().create_database("t_ln_relisten").await;
+    let sluice = start_sluice(&config(&db, 2, "")).await;
+    let addr = sluice.tcp_addr();
+    let mut keeper = listener(addr, &db).await;
+    keeper.client.batch_execute("LISTEN relisten").await.unwrap();
+    let mut flip = listener(addr, &db).await;
+    let notifier = direct(&db).await;
+    let mut extra = Vec::new();
+    for i in 0..ROUNDS {
+        flip.client.batch_execute("LISTEN relisten").await.unwrap();
+        flip.client.batch_execute("UNLISTEN relisten").await.unwrap();
+        let unheard = format!("unheard {i}");
+        notifier
+            .execute("SELECT pg_notify('relisten', $1)", &[&unheard])
+            .await
+            .unwrap();
+        flip.client.batch_execute("LISTEN relisten").await.unwrap();
+        let heard = format!("heard {i}");
+        notifier
+            .execute("SELECT pg_notify('relisten', $1)", &[&heard])
+            .await
+            .unwrap();
+        let got = flip.next_note(Duration::from_secs(10)).await;
+        let Some((_, payload)) = got else {
+            panic!("round {i}: {heard:?} did not arrive");
+        };
+        if payload != heard {
+            extra.push(payload.clone());
+            // What was due must still come, right after.
+            assert_eq!(
+                flip.next_note(Duration::from_secs(10)).await,
+                Some(("relisten".into(), heard.clone())),
+                "round {i}"
+            );
+        }
+        flip.client.batch_execute("UNLISTEN relisten").await.unwrap();
+        for want in [unheard, heard] {
+            assert_eq!(
+                keeper.next_note(Duration::from_secs(10)).await,
+                Some(("relisten".into(), want)),
+                "the keeper hears everything, round {i}"
+            );
+        }
+    }
+    assert!(
+        extra.is_empty(),
+        "notifications committed while the client did not listen reached it: {extra:?}"
+    );
+    sluice.shutdown().await;
+}

@@ -44,6 +44,20 @@ pub(crate) enum Phase {
     Pending,
     /// Delivered to.
     Active,
+    /// LISTENed on a channel the connection may already LISTEN on: what it reads before fence
+    /// `n` comes back was committed before the client's LISTEN, and is not delivered to it.
+    Fenced(u64),
+}
+
+impl Phase {
+    /// True when a notification read now (fences up to `seen` came back) is delivered.
+    fn hears(self, seen: u64) -> bool {
+        match self {
+            Phase::Pending => false,
+            Phase::Active => true,
+            Phase::Fenced(n) => n <= seen,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,13 +85,23 @@ struct HubState {
     /// Hand-over markers to NOTIFY once the connection LISTENs on every channel wanted when
     /// they were asked for (one per client adopted in an upgrade, so bounded by the clients).
     marks: Vec<String>,
+    /// The last fence asked for (by a LISTEN waiting to take effect).
+    fence_asked: u64,
+    /// The last fence that came back through the connection.
+    fence_seen: u64,
 }
+
+/// Numbers the hubs' fence channels in this process.
+static HUBS: AtomicU64 = AtomicU64::new(1);
 
 /// One pool's subscriptions and listening connection.
 pub(crate) struct Hub {
     key: PoolKey,
     pool: Weak<Pool>,
     state: Mutex<HubState>,
+    /// The private channel the connection NOTIFYs itself on to mark a point in its stream
+    /// (notifications come in commit order): a LISTEN takes effect from its fence on.
+    fence_channel: String,
     /// Subscriptions changed: the task reconciles (a permit is kept if it is busy).
     pub(super) wake: tokio::sync::Notify,
     /// The confirmed set changed (a waiting LISTEN looks again).
@@ -134,7 +158,14 @@ impl Hub {
                 confirmed: BTreeSet::new(),
                 task: Task::Stopped,
                 marks: Vec::new(),
+                fence_asked: 0,
+                fence_seen: 0,
             }),
+            fence_channel: format!(
+                "sluice_fence_{}_{}",
+                std::process::id(),
+                HUBS.fetch_add(1, Ordering::Relaxed)
+            ),
             wake: tokio::sync::Notify::new(),
             confirmed_changed: tokio::sync::Notify::new(),
             delivered: AtomicU64::new(0),
@@ -189,6 +220,37 @@ impl Hub {
         phase: Phase,
         pool_channels: usize,
     ) -> Result<(), PgError> {
+        self.subscribe_as(id, channel, pool_channels, |_| phase)
+            .map(|_| ())
+    }
+
+    /// Subscribes client `id` to `channel` from a new fence on (asked for in the same look, so
+    /// whatever was committed before it is not delivered to the client); returns the fence to
+    /// wait for (see [`Hub::wait_confirmed`]).
+    pub(super) fn subscribe_fenced(
+        self: &Arc<Self>,
+        id: u64,
+        channel: &str,
+        pool_channels: usize,
+    ) -> Result<u64, PgError> {
+        let phase = self.subscribe_as(id, channel, pool_channels, |st| {
+            st.fence_asked += 1;
+            Phase::Fenced(st.fence_asked)
+        })?;
+        self.wake.notify_one();
+        Ok(match phase {
+            Phase::Fenced(n) => n,
+            Phase::Pending | Phase::Active => 0,
+        })
+    }
+
+    fn subscribe_as(
+        self: &Arc<Self>,
+        id: u64,
+        channel: &str,
+        pool_channels: usize,
+        phase: impl FnOnce(&mut HubState) -> Phase,
+    ) -> Result<Phase, PgError> {
         let mut st = self.state.lock();
         let is_new = !st.channels.contains_key(channel);
         if is_new && st.channels.len() >= pool_channels {
@@ -200,6 +262,7 @@ impl Hub {
                 ),
             ));
         }
+        let phase = phase(&mut st);
         st.channels
             .entry(channel.to_string())
             .or_default()
@@ -217,13 +280,14 @@ impl Hub {
         if is_new {
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(phase)
     }
 
     /// A subscription LISTENed inside a transaction takes effect (its transaction committed).
     pub(super) fn activate(&self, id: u64, channel: &str) {
         if let Some(c) = self.state.lock().channels.get_mut(channel)
             && let Some(p) = c.subscribers.get_mut(&id)
+            && *p == Phase::Pending
         {
             *p = Phase::Active;
         }
@@ -244,8 +308,14 @@ impl Hub {
     }
 
     /// Waits until the listening connection has LISTENed on `channel` (so nothing NOTIFYed
-    /// after the client's LISTEN returns is missed), or `limit` passes.
-    pub(super) async fn wait_confirmed(&self, channel: &str, limit: Duration) -> Result<(), PgError> {
+    /// after the client's LISTEN returns is missed) and `fence` (0: none) came back through it,
+    /// or `limit` passes.
+    pub(super) async fn wait_confirmed(
+        &self,
+        channel: &str,
+        fence: u64,
+        limit: Duration,
+    ) -> Result<(), PgError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let changed = self.confirmed_changed.notified();
@@ -253,7 +323,7 @@ impl Hub {
             changed.as_mut().enable();
             let last_error = {
                 let st = self.state.lock();
-                if st.confirmed.contains(channel) {
+                if st.confirmed.contains(channel) && st.fence_seen >= fence {
                     return Ok(());
                 }
                 match &st.connection {
@@ -278,9 +348,38 @@ impl Hub {
         }
     }
 
-    /// The channels the connection should LISTEN on now.
+    /// The channels the connection should LISTEN on now: the clients' and, while there are
+    /// any, the fence channel.
     pub(super) fn wanted(&self) -> BTreeSet<String> {
-        self.state.lock().channels.keys().cloned().collect()
+        self.wanted_in(&self.state.lock())
+    }
+
+    fn wanted_in(&self, st: &HubState) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = st.channels.keys().cloned().collect();
+        if !out.is_empty() {
+            out.insert(self.fence_channel.clone());
+        }
+        out
+    }
+
+    /// The fence channel (LISTENed with the clients' channels; its notifications are the hub's).
+    pub(super) fn fence_channel(&self) -> &str {
+        &self.fence_channel
+    }
+
+    /// The last fence asked for, when it is past `sent` (what this connection NOTIFYed last).
+    pub(super) fn fence_to_send(&self, sent: u64) -> Option<u64> {
+        let asked = self.state.lock().fence_asked;
+        (asked > sent).then_some(asked)
+    }
+
+    /// Fence `n` came back: every notification committed before it has been read.
+    pub(super) fn fence_seen(&self, n: u64) {
+        {
+            let mut st = self.state.lock();
+            st.fence_seen = st.fence_seen.max(n);
+        }
+        self.confirmed_changed.notify_waiters();
     }
 
     /// Asks the connection to NOTIFY `marker` once it LISTENs on every channel wanted now.
@@ -301,10 +400,7 @@ impl Hub {
     /// subscribed is never sent before they are LISTENed).
     pub(super) fn take_marks(&self, listening: &BTreeSet<String>) -> Option<Vec<String>> {
         let mut st = self.state.lock();
-        if st.marks.is_empty() || st.channels.len() != listening.len() {
-            return None;
-        }
-        if !listening.iter().all(|c| st.channels.contains_key(c)) {
+        if st.marks.is_empty() || self.wanted_in(&st) != *listening {
             return None;
         }
         Some(std::mem::take(&mut st.marks))
@@ -353,6 +449,7 @@ impl Hub {
     /// waiting: a client over its bounds is dropped from delivery and disconnected.
     pub(super) fn deliver(&self, channel: &str, msg: Bytes) {
         let mut st = self.state.lock();
+        let seen = st.fence_seen;
         let HubState {
             channels, mailboxes, ..
         } = &mut *st;
@@ -361,7 +458,7 @@ impl Hub {
         };
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for (id, phase) in &c.subscribers {
-            if *phase != Phase::Active {
+            if !phase.hears(seen) {
                 continue;
             }
             let Some(mailbox) = mailboxes.get(id) else {
@@ -385,7 +482,7 @@ impl Hub {
         let mut told = BTreeSet::new();
         for c in st.channels.values() {
             for (id, phase) in &c.subscribers {
-                if *phase == Phase::Active
+                if phase.hears(st.fence_seen)
                     && told.insert(*id)
                     && let Some(m) = st.mailboxes.get(id)
                 {

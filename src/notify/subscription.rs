@@ -107,7 +107,7 @@ impl Subscription {
     pub(crate) async fn listen_marker(&mut self, marker: &str, wait: Duration) -> Result<(), PgError> {
         self.hub
             .subscribe(self.id, marker, Phase::Active, self.limits.pool_channels)?;
-        if let Err(e) = self.hub.wait_confirmed(marker, wait).await {
+        if let Err(e) = self.hub.wait_confirmed(marker, 0, wait).await {
             self.hub.unsubscribe(self.id, marker);
             return Err(e);
         }
@@ -176,13 +176,16 @@ impl Subscription {
                 ),
             ));
         }
-        let phase = if in_transaction {
-            Phase::Pending
+        // Inside a transaction nothing is delivered before its COMMIT; outside, from a fence on,
+        // so that what the connection reads later but was committed before is not delivered.
+        let fence = if in_transaction {
+            self.hub
+                .subscribe(self.id, channel, Phase::Pending, self.limits.pool_channels)?;
+            0
         } else {
-            Phase::Active
+            self.hub
+                .subscribe_fenced(self.id, channel, self.limits.pool_channels)?
         };
-        self.hub
-            .subscribe(self.id, channel, phase, self.limits.pool_channels)?;
         self.channels.insert(
             channel.to_string(),
             Wish {
@@ -190,7 +193,7 @@ impl Subscription {
                 wanted: true,
             },
         );
-        if let Err(e) = self.hub.wait_confirmed(channel, wait).await {
+        if let Err(e) = self.hub.wait_confirmed(channel, fence, wait).await {
             self.channels.remove(channel);
             self.hub.unsubscribe(self.id, channel);
             return Err(e);

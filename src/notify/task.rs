@@ -65,6 +65,8 @@ async fn run(hub: Arc<Hub>) {
                 match serve(&hub, &mut server.conn, &mut lost).await {
                     Ended::Unused => {
                         let _ = server.conn.writer.write_all(b"X\0\0\0\x04").await;
+                        // Closed: a LISTEN coming now waits for the next connection's.
+                        hub.confirm(&BTreeSet::new());
                         tracing::info!(pool = %hub.key(), "nobody listens any more; listening connection closed");
                     }
                     Ended::Failed(error, at) => {
@@ -89,6 +91,8 @@ async fn run(hub: Arc<Hub>) {
 /// or it fails.
 async fn serve(hub: &Hub, conn: &mut ServerConn, lost: &mut Option<Instant>) -> Ended {
     let mut listening: BTreeSet<String> = BTreeSet::new();
+    // The last fence NOTIFYed on this connection.
+    let mut fence_sent = 0u64;
     loop {
         let wanted = hub.wanted();
         if wanted.is_empty() {
@@ -124,6 +128,20 @@ async fn serve(hub: &Hub, conn: &mut ServerConn, lost: &mut Option<Instant>) -> 
             };
             hub.mark_again(marks);
             return Ended::Failed(failed, Instant::now());
+        }
+        // A LISTEN waits for its fence: NOTIFYed on this connection's own fence channel, it
+        // comes back after everything committed before it (one NOTIFY covers all fences asked).
+        if let Some(n) = hub.fence_to_send(fence_sent) {
+            let mut sql = "NOTIFY ".to_string();
+            push_identifier(&mut sql, hub.fence_channel());
+            sql.push_str(&format!(", '{n}';"));
+            match tokio::time::timeout(ROUND_TRIP_LIMIT, round_trip(hub, conn, &sql)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ended::Failed(e, Instant::now()),
+                Err(_) => return Ended::Failed("NOTIFY did not complete in time".into(), Instant::now()),
+            }
+            fence_sent = n;
+            continue;
         }
         let woke = hub.wake.notified();
         tokio::pin!(woke);
@@ -203,6 +221,12 @@ fn on_message(hub: &Hub, msg: Result<Message, crate::server::ServerError>) -> Re
         Ok(Message::NotificationResponse(body)) => {
             let channel = body.channel().map_err(|e| e.to_string())?;
             let payload = body.message().map_err(|e| e.to_string())?;
+            if channel == hub.fence_channel() {
+                if let Ok(n) = payload.parse() {
+                    hub.fence_seen(n);
+                }
+                return Ok(());
+            }
             hub.deliver(channel, notification(body.process_id(), channel, payload));
             Ok(())
         }
