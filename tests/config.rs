@@ -316,7 +316,9 @@ fn example_config_is_valid_and_documents_every_key() {
     assert_eq!(c.user_secret("postgres"), Some("postgres"));
     assert_eq!(c.user_secret("app"), Some("md53f901e5d2129ef5c8fc0d90619eb3f03"));
     let text = std::fs::read_to_string(root.join("pooler.toml.example")).unwrap();
-    let src = std::fs::read_to_string(root.join("src/config/mod.rs")).unwrap();
+    let src = ["mod.rs", "pooler.rs"]
+        .map(|f| std::fs::read_to_string(root.join("src/config").join(f)).unwrap())
+        .concat();
     for table in ["PoolerConfig", "UserConfig", "DatabaseConfig", "MetricsConfig"] {
         let body = src.split(&format!("pub struct {table} {{")).nth(1).unwrap();
         let body = &body[..body.find("\n}").unwrap()];
