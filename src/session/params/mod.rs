@@ -4,10 +4,13 @@
 //! round trip, before the client's own request. RESET keeps PostgreSQL's meaning (the client's
 //! own startup values).
 
+mod wishes;
+
 use crate::server::ServerConn;
 use crate::upgrade::format::{ParamState, StartupState};
 use compact_str::CompactString;
 use std::collections::BTreeMap;
+use wishes::{Startup, Wanted, Wishes, key_of};
 
 /// Startup parameters that are about the connection, not session settings.
 const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"];
@@ -47,175 +50,6 @@ pub(super) fn is_identity(name: &str) -> bool {
 /// True for a parameter sluice never SETs or RESETs on a server, nor keeps as a client's wish.
 fn never_synced(name: &str) -> bool {
     is_identity(name) || READ_ONLY.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// One parameter the client wants. The name and value are inline up to 24 bytes (no allocation
-/// for the usual `application_name`), what is rarely known sits behind one optional box, and
-/// the lower-cased name it is found by is derived from `name`, not stored: a client keeps its
-/// wishes for its whole life, idle or not (56 bytes: one 64-byte block for a single wish).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
-    /// Name as the client wrote it.
-    name: CompactString,
-    /// Value as the client wrote it.
-    requested: CompactString,
-    /// None: no server spelling of its own, and `requested` is the startup value (or the wish
-    /// came with the startup packet and was not changed since).
-    rare: Option<Box<Rare>>,
-}
-
-/// What a wish rarely has.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Rare {
-    /// The server's spelling of the value (`utf8` -> `UTF8`), once a server reported one that
-    /// differs from `requested` (None: not reported, or spelled the same).
-    canonical: Option<Box<str>>,
-    /// How this wish relates to the client's startup packet, which RESET returns to.
-    startup: Startup,
-}
-
-/// The startup relation of a wish without a [`Rare`] part.
-static SAME: Startup = Startup::Same;
-
-impl Wanted {
-    /// A wish; its rare part only when `startup` is not `Same`.
-    fn new(name: CompactString, requested: CompactString, startup: Startup) -> Wanted {
-        let mut w = Wanted {
-            name,
-            requested,
-            rare: None,
-        };
-        w.update(|r| r.startup = startup);
-        w
-    }
-
-    /// Changes the rare part, keeping it unallocated while it holds nothing (a change that
-    /// leaves nothing allocates nothing: the usual report of an unchanged value).
-    fn update(&mut self, change: impl FnOnce(&mut Rare)) {
-        let mut rare = self.rare.take().map(|b| *b).unwrap_or_default();
-        change(&mut rare);
-        if rare != Rare::default() {
-            self.rare = Some(Box::new(rare));
-        }
-    }
-
-    /// The server's spelling, when it differs from `requested`.
-    fn canonical(&self) -> Option<&str> {
-        self.rare.as_ref().and_then(|r| r.canonical.as_deref())
-    }
-
-    /// How the wish relates to the client's startup packet.
-    fn startup(&self) -> &Startup {
-        self.rare.as_ref().map_or(&SAME, |r| &r.startup)
-    }
-
-    /// The startup relation, leaving `Same` in its place.
-    fn take_startup(&mut self) -> Startup {
-        let mut taken = Startup::Same;
-        self.update(|r| taken = std::mem::replace(&mut r.startup, Startup::Same));
-        taken
-    }
-
-    /// The client has a new value: the server's spelling is now the wish itself, and a startup
-    /// value it replaces is remembered for RESET.
-    fn replace_requested(&mut self, value: &str) {
-        let before = std::mem::replace(&mut self.requested, value.into());
-        self.update(|r| {
-            r.canonical = None;
-            if r.startup == Startup::Same {
-                r.startup = Startup::Was(before.as_str().into());
-            }
-        });
-    }
-
-    /// The server's spelling of the value, as far as known.
-    fn current(&self) -> &str {
-        self.canonical().unwrap_or(&self.requested)
-    }
-
-    /// Records `value` as the server's spelling of `requested`.
-    fn set_canonical(&mut self, value: &str) {
-        let canonical = (*self.requested != *value).then(|| value.into());
-        self.update(|r| r.canonical = canonical);
-    }
-}
-
-/// The lower-cased name a wish is found by (borrowed when the name has no upper case).
-fn key_of(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(name)
-    }
-}
-
-/// Compares `name` lower-cased with `key` (already lower case), without allocating.
-fn cmp_key(name: &str, key: &str) -> std::cmp::Ordering {
-    name.bytes().map(|b| b.to_ascii_lowercase()).cmp(key.bytes())
-}
-
-/// What the client's startup packet said about a parameter. On PostgreSQL, `RESET` and
-/// `DISCARD ALL` return a setting to the connection's startup value; sluice's servers started
-/// with sluice's values, so sluice has to remember the client's.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-enum Startup {
-    /// Not in the startup packet: a reset drops the wish (the server's default applies).
-    Absent,
-    /// `requested` is still the startup value.
-    #[default]
-    Same,
-    /// The client has SET another value since; this was the startup value.
-    Was(Box<str>),
-}
-
-/// The client's wishes, sorted by lower-cased name in an exactly sized slice: a client has a
-/// handful, and a BTreeMap would allocate a whole 11-slot node per idle client (a boxed slice is
-/// also 8 bytes smaller than a Vec in every idle session).
-#[derive(Debug, Clone, Default)]
-struct Wishes(Box<[Wanted]>);
-
-impl Wishes {
-    /// Where the wish for `key` (lower case) is, or would go.
-    fn position(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|w| cmp_key(&w.name, key))
-    }
-
-    fn insert(&mut self, value: Wanted) {
-        match self.position(&key_of(&value.name)) {
-            Ok(i) => self.0[i] = value,
-            Err(i) => {
-                // Exactly sized: a client keeps these for its whole life.
-                let mut v = std::mem::take(&mut self.0).into_vec();
-                v.insert(i, value);
-                self.0 = v.into_boxed_slice();
-            }
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&Wanted> {
-        self.position(key).ok().map(|i| &self.0[i])
-    }
-
-    fn get_mut(&mut self, key: &str) -> Option<&mut Wanted> {
-        self.position(key).ok().map(|i| &mut self.0[i])
-    }
-
-    fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_ok()
-    }
-
-    fn remove(&mut self, key: &str) {
-        if let Ok(i) = self.position(key) {
-            let mut v = std::mem::take(&mut self.0).into_vec();
-            v.remove(i);
-            self.0 = v.into_boxed_slice();
-        }
-    }
-
-    /// Every wish with its lower-cased name.
-    fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &Wanted)> {
-        self.0.iter().map(|w| (key_of(&w.name), w))
-    }
 }
 
 /// What a client expects of the session state of any server it is given.
