@@ -124,7 +124,11 @@ impl Listener {
 
 /// NOTIFY straight on PostgreSQL (not through sluice).
 async fn notify_direct(db: &str, channel: &str, payload: &str) {
-    let c = direct(db).await;
+    notify_on(&direct(db).await, channel, payload).await;
+}
+
+/// NOTIFY on a connection straight to PostgreSQL.
+async fn notify_on(c: &tokio_postgres::Client, channel: &str, payload: &str) {
     c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
         .await
         .expect("pg_notify");
@@ -708,16 +712,10 @@ async fn a_notification_committed_while_unlistened_is_not_heard_after_listening_
         flip.client.batch_execute("LISTEN relisten").await.unwrap();
         flip.client.batch_execute("UNLISTEN relisten").await.unwrap();
         let unheard = format!("unheard {i}");
-        notifier
-            .execute("SELECT pg_notify('relisten', $1)", &[&unheard])
-            .await
-            .unwrap();
+        notify_on(&notifier, "relisten", &unheard).await;
         flip.client.batch_execute("LISTEN relisten").await.unwrap();
         let heard = format!("heard {i}");
-        notifier
-            .execute("SELECT pg_notify('relisten', $1)", &[&heard])
-            .await
-            .unwrap();
+        notify_on(&notifier, "relisten", &heard).await;
         let got = flip.next_note(Duration::from_secs(10)).await;
         let Some((_, payload)) = got else {
             panic!("round {i}: {heard:?} did not arrive");
