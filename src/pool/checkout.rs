@@ -214,6 +214,7 @@ impl Pool {
             tx,
             client: client.clone(),
             group,
+            place: super::Place::here(),
         });
         Step::Wait(
             WaitGuard {
