@@ -1,6 +1,6 @@
-//! The per-core runtimes (`runtime = "per-core"`): one tokio runtime per worker, each with a
-//! single worker thread; client sessions are handed to them in turn and run on that one thread
-//! for their whole life, so the hot path has no work-stealing and no cross-thread wake-ups.
+//! The per-core runtimes (`runtime = "per-core"`): one thread per worker, each running a
+//! current-thread tokio runtime; client sessions are handed to them in turn and run on that one
+//! thread for their whole life, so the hot path has no work-stealing and no cross-thread wake-ups.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -52,28 +52,20 @@ pub(crate) struct WorkerThreads {
 }
 
 impl WorkerThreads {
-    /// Starts `n` (at least 1) runtimes, each with its own worker thread (and a thread that
-    /// holds the runtime until it is stopped).
+    /// Starts `n` (at least 1) worker threads, each with its own current-thread runtime.
     pub(crate) fn start(n: usize) -> std::io::Result<WorkerThreads> {
         let mut handles = Vec::with_capacity(n.max(1));
         let mut threads = Vec::with_capacity(n.max(1));
         for i in 1..=n.max(1) {
-            // The multi-thread scheduler with one worker, not the current-thread one: a task
-            // woken by the running task (a waiter handed a released server) runs next, from
-            // its LIFO slot, where the current-thread scheduler queues it behind every task
-            // ready; nothing is stolen, there is no other worker. Its blocking threads (named
-            // alike) register sockets with this runtime too, so they count as worker `i`.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("sluice-worker-{i}"))
-                .on_thread_start(move || INDEX.with(|c| c.set(i)))
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
-                .name(format!("sluice-rt-{i}"))
+                .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
+                    INDEX.with(|c| c.set(i));
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });

@@ -214,7 +214,6 @@ impl Pool {
             tx,
             client: client.clone(),
             group,
-            place: super::Place::here(),
         });
         Step::Wait(
             WaitGuard {

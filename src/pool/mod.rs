@@ -177,54 +177,6 @@ struct Waiter {
     client: Arc<crate::clients::ClientInfo>,
     /// Its share group (empty while shares are off).
     group: String,
-    /// Where its session runs, and how often it was overtaken (see [`Place::pick_local`]).
-    place: Place,
-}
-
-/// Where a waiter's session runs (its per-core worker, 0 when none) and how many times a
-/// younger waiter on the releasing worker was handed a server before it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Place {
-    home: usize,
-    passed: u8,
-}
-
-/// How many younger waiters may be served before a waiter on another per-core worker: a
-/// server handed to a waiter on the releasing worker needs no cross-thread wake-up and keeps
-/// its socket registered where it is, and the bound keeps the queue first come, first served
-/// but for a few places.
-const MAX_PASSES: u8 = 4;
-
-impl Place {
-    /// The place of a waiter queueing on the calling thread.
-    fn here() -> Place {
-        Place {
-            home: crate::workers::current(),
-            passed: 0,
-        }
-    }
-
-    /// Which of the queued waiters (`queue`, oldest first; `place` finds each one's place) a
-    /// server released on worker `here` goes to: the oldest one on `here`, as long as every
-    /// older one may still be overtaken (each at most [`MAX_PASSES`] times; those passed over
-    /// are counted); the oldest otherwise, and always outside the per-core workers (`here` 0).
-    fn pick_local<T>(queue: &mut VecDeque<T>, place: fn(&mut T) -> &mut Place, here: usize) -> usize {
-        if here == 0 {
-            return 0;
-        }
-        let Some(i) = queue
-            .iter_mut()
-            .map(place)
-            .take_while(|p| p.home == here || p.passed < MAX_PASSES)
-            .position(|p| p.home == here)
-        else {
-            return 0;
-        };
-        for p in queue.iter_mut().take(i).map(place) {
-            p.passed += 1;
-        }
-        i
-    }
 }
 
 #[derive(Default)]
@@ -243,16 +195,6 @@ struct PoolState {
 }
 
 impl PoolState {
-    /// The waiter to hand a released server to when the oldest (position 0) would do: under
-    /// the per-core runtime, the oldest on the calling worker within the bound of
-    /// [`Place::pick_local`].
-    fn local_waiter(&mut self) -> usize {
-        fn place_of(w: &mut Waiter) -> &mut Place {
-            &mut w.place
-        }
-        Place::pick_local(&mut self.waiters, place_of, crate::workers::current())
-    }
-
     /// Takes the idle server to lend next: the one released last (PgBouncer's default: the
     /// fewest servers carry the load and the rest can time out), or with `round_robin`
     /// (server_round_robin) the one released first, so load spreads over every server. Under
@@ -482,54 +424,5 @@ impl Pool {
     /// Starts the pool's maintenance task (min_pool_size, idle timeout, lifetime).
     pub fn start_maintenance(self: &Arc<Self>) {
         maintenance::spawn(self);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queue(homes: &[usize]) -> VecDeque<Place> {
-        homes.iter().map(|&home| Place { home, passed: 0 }).collect()
-    }
-
-    fn same(p: &mut Place) -> &mut Place {
-        p
-    }
-
-    /// A server released on a per-core worker goes to the oldest waiter on that worker, and
-    /// the older waiters it overtook are counted.
-    #[test]
-    fn a_release_goes_to_the_oldest_waiter_on_the_releasing_worker() {
-        let mut q = queue(&[2, 2, 1, 2, 1]);
-        assert_eq!(Place::pick_local(&mut q, same, 1), 2);
-        assert_eq!(q.iter().map(|p| p.passed).collect::<Vec<_>>(), [1, 1, 0, 0, 0]);
-        // The oldest is on the releasing worker: nobody is overtaken.
-        assert_eq!(Place::pick_local(&mut q, same, 2), 0);
-        assert_eq!(q[0].passed, 1);
-    }
-
-    /// A waiter is overtaken at most MAX_PASSES times; then it is served next, wherever the
-    /// server was released. Outside the per-core workers the queue is strictly first come,
-    /// first served.
-    #[test]
-    fn no_waiter_is_overtaken_more_than_max_passes_times() {
-        let mut q = queue(&[2, 1, 1, 1, 1, 1, 1]);
-        for _ in 0..MAX_PASSES {
-            let i = Place::pick_local(&mut q, same, 1);
-            assert_eq!(q.remove(i).map(|p| p.home), Some(1));
-        }
-        assert_eq!(q[0].passed, MAX_PASSES);
-        assert_eq!(
-            Place::pick_local(&mut q, same, 1),
-            0,
-            "the waiter on worker 2 goes first now"
-        );
-        let mut q = queue(&[2, 1]);
-        assert_eq!(Place::pick_local(&mut q, same, 0), 0);
-        // Nobody on the releasing worker: the oldest, and nobody counted as overtaken.
-        let mut q = queue(&[2, 2]);
-        assert_eq!(Place::pick_local(&mut q, same, 1), 0);
-        assert_eq!(q[0].passed, 0);
     }
 }

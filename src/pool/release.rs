@@ -232,7 +232,7 @@ impl Pool {
             st.recent.note(&self.settings().shares, holder, now);
         }
         let mut marked = false;
-        while let Some(waiter) = self.take_waiter_for_server(&mut st) {
+        while let Some(waiter) = self.take_waiter(&mut st) {
             if self.shares_on() {
                 // Counted as its new holder's at once, so the next share decision sees it.
                 Self::mark_granted(&server, &waiter);

@@ -352,20 +352,6 @@ impl Pool {
         st.waiters.remove(i)
     }
 
-    /// [`Pool::take_waiter`] for a released server: with shares off, the oldest waiter on the
-    /// releasing per-core worker may go first (see `PoolState::local_waiter`).
-    pub(super) fn take_waiter_for_server(&self, st: &mut PoolState) -> Option<Waiter> {
-        if st.waiters.is_empty() {
-            return None;
-        }
-        let settings = self.settings();
-        let i = match settings.shares.cap(settings.pool_size) {
-            None => st.local_waiter(),
-            Some(_) => next_waiter(st, &settings)?,
-        };
-        st.waiters.remove(i)
-    }
-
     /// Records the waiter a server is being handed to as its holder before the waiter wakes, so
     /// a share decision made meanwhile counts it for the right group.
     pub(super) fn mark_granted(server: &PooledServer, waiter: &Waiter) {
