@@ -147,7 +147,7 @@ async fn the_worker_threads_end_with_the_pooler() {
 }
 
 #[test]
-fn shared_is_the_default_runtime_and_per_core_is_chosen_by_name() {
+fn per_core_is_the_default_runtime_and_shared_is_chosen_by_name() {
     let read = |text: &str| {
         sluice::Config::from_toml_str(text, "pooler.toml", None)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -156,10 +156,10 @@ fn shared_is_the_default_runtime_and_per_core_is_chosen_by_name() {
     };
     assert_eq!(
         read("[pooler]\nlisten_port = 0\n"),
-        sluice::config::RuntimeKind::Shared
+        sluice::config::RuntimeKind::PerCore
     );
     assert_eq!(
-        read("[pooler]\nlisten_port = 0\nruntime = \"per-core\"\n"),
-        sluice::config::RuntimeKind::PerCore
+        read("[pooler]\nlisten_port = 0\nruntime = \"shared\"\n"),
+        sluice::config::RuntimeKind::Shared
     );
 }
