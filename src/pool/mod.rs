@@ -198,27 +198,22 @@ impl PoolState {
     /// Takes the idle server to lend next: the one released last (PgBouncer's default: the
     /// fewest servers carry the load and the rest can time out), or with `round_robin`
     /// (server_round_robin) the one released first, so load spreads over every server. Under
-    /// the per-core runtime, the first such one whose socket is registered on the calling
-    /// worker is preferred; any other follows (one idle queue for every thread, so a waiter
-    /// never waits while any server is idle).
+    /// the per-core runtime, without `round_robin`, the last released one whose socket is
+    /// registered on the calling worker is preferred; any other follows (one idle queue for
+    /// every thread, so a waiter never waits while any server is idle). With `round_robin` the
+    /// order alone decides: preferring the worker's own servers would keep each worker on its
+    /// own few, which is what the setting exists to prevent.
     fn pop_idle(&mut self, round_robin: bool) -> Option<PooledServer> {
-        let here = crate::workers::current();
-        if here != 0 {
-            let mine = |s: &PooledServer| s.conn.home() == here;
-            let local = if round_robin {
-                self.idle.iter().position(mine)
-            } else {
-                self.idle.iter().rposition(mine)
-            };
-            if let Some(i) = local {
-                return self.idle.remove(i);
-            }
-        }
         if round_robin {
-            self.idle.pop_front()
-        } else {
-            self.idle.pop_back()
+            return self.idle.pop_front();
         }
+        let here = crate::workers::current();
+        if here != 0
+            && let Some(i) = self.idle.iter().rposition(|s| s.conn.home() == here)
+        {
+            return self.idle.remove(i);
+        }
+        self.idle.pop_back()
     }
 }
 
