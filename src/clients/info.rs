@@ -102,14 +102,18 @@ const SIGNALLED: u8 = 1;
 /// [`ClientInfo::kill_state`]: the switch holds the waker of the session's idle wait.
 const IDLE_ARMED: u8 = 2;
 
-/// A client's kill switch. Only its own session ever waits on it, so one waker slot does what a
-/// `Notify` would, in less room: an idle client carries this for its whole life.
+/// What a client's record keeps that an idle client rarely has, boxed together behind one
+/// pointer (allocated the first time one of them is set, then kept and reused, so a busy
+/// client's transactions allocate nothing): an idle client that never ran a query carries 8
+/// bytes for all of it.
 #[derive(Debug, Default)]
-struct KillSwitch {
+struct Rare {
     /// Why the client must end (the first reason given wins; boxed, as it rarely comes).
-    reason: Option<Box<Kill>>,
-    /// The session's task, to wake when a reason arrives.
-    waker: Option<Waker>,
+    kill: Option<Box<Kill>>,
+    /// The latest query text, reused from query to query.
+    last_query: String,
+    /// The client's process (pid and command line), once looked up (None inside: none found).
+    process: Option<Option<Box<(i32, String)>>>,
 }
 
 /// The future of [`ClientInfo::killed`]: a borrow and two flags, nothing to pin or unlink.
@@ -184,9 +188,14 @@ pub struct ClientLive {
 /// times as [`Tick`]s of 8 bytes: every idle client keeps this).
 #[derive(Debug)]
 struct Live {
-    /// Why and how to end the client from outside.
-    kill: KillSwitch,
-    texts: Texts,
+    /// The kill switch's waker: the session's task, to wake when a reason arrives (the reason
+    /// is in [`Rare`]). Only its own session ever waits on it, so one waker slot does what a
+    /// `Notify` would, in less room.
+    waker: Option<Waker>,
+    /// Exactly sized: it changes only when the client sets it.
+    application_name: Box<str>,
+    /// The parts an idle client rarely has (None until one is set).
+    rare: Option<Box<Rare>>,
     phase: ClientPhase,
     phase_since: Tick,
     request_at: Tick,
@@ -197,6 +206,16 @@ struct Live {
 }
 
 impl Live {
+    /// The kill reason, if one was given.
+    fn kill_reason(&self) -> Option<&Kill> {
+        self.rare.as_ref()?.kill.as_deref()
+    }
+
+    /// The rare part, allocated the first time it is needed.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// Records a phase change at `now`. An idle or waiting client holds no server: those
     /// phases also forget the server it held.
     fn set_phase(&mut self, phase: ClientPhase, now: Instant) {
@@ -249,32 +268,39 @@ impl Ends {
     }
 }
 
-/// The texts a client's record keeps, under one lock.
+/// A client's database and user names, one shared pair for all the clients of a pool (the
+/// registry's admission hands out the one copy), so a client's record keeps 8 bytes for both.
 #[derive(Debug)]
-struct Texts {
-    /// Exactly sized: it changes only when the client sets it.
-    application_name: Box<str>,
-    /// Reused from query to query.
-    last_query: String,
+pub struct ClientNames {
+    /// Client-facing database name.
+    pub database: Arc<str>,
+    /// Client-facing user name.
+    pub user: Arc<str>,
+}
+
+impl ClientNames {
+    /// A pair of its own (a client not counted by admission: the auth_query lookup's holder).
+    pub fn new(database: &str, user: &str) -> Arc<ClientNames> {
+        Arc::new(ClientNames {
+            database: database.into(),
+            user: user.into(),
+        })
+    }
 }
 
 /// One logged-in client. Every idle client keeps one, so it is kept compact: jemalloc gives
-/// its `Arc` a 256-byte block while it stays within 240 bytes (see the size test below).
+/// its `Arc` a 192-byte block while it stays within 176 bytes (see the size test below).
 #[derive(Debug)]
 pub struct ClientInfo {
     /// Unique id (for logs, SHOW CLIENTS, KILL_CLIENT).
     pub id: u64,
     /// Where it connected from and to ([`ClientInfo::peer`], [`ClientInfo::local`]).
     ends: Ends,
-    /// Client-facing user name.
-    pub user: Arc<str>,
-    /// Client-facing database name.
-    pub database: Arc<str>,
+    /// Client-facing database and user names ([`ClientInfo::database`], [`ClientInfo::user`]).
+    names: Arc<ClientNames>,
     /// When it connected ([`ClientInfo::connected_at`]).
     connected_at: Tick,
     live: Mutex<Live>,
-    /// Boxed: most clients are never asked, and an idle one should stay small.
-    process: std::sync::OnceLock<Option<Box<(i32, String)>>>,
     /// The kill switch as seen without its lock (bits written under it): [`SIGNALLED`] while it
     /// holds a reason, [`IDLE_ARMED`] while it holds the waker the idle wait registered and no
     /// kill has come since.
@@ -299,30 +325,25 @@ impl ClientInfo {
         peer: PeerAddr,
         peer_pid: Option<i32>,
         local: Option<SocketAddr>,
-        user: Arc<str>,
-        database: Arc<str>,
+        names: Arc<ClientNames>,
         application_name: &str,
     ) -> ClientInfo {
         let now = Tick::at(Instant::now());
         ClientInfo {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             ends: Ends::new(peer, peer_pid, local),
-            user,
-            database,
+            names,
             connected_at: now,
             live: Mutex::new(Live {
-                kill: KillSwitch::default(),
-                texts: Texts {
-                    application_name: application_name.into(),
-                    last_query: String::new(),
-                },
+                waker: None,
+                application_name: application_name.into(),
+                rare: None,
                 phase: ClientPhase::Idle,
                 phase_since: now,
                 request_at: now,
                 held: None,
                 xact_since: None,
             }),
-            process: std::sync::OnceLock::new(),
             kill_state: AtomicU8::new(0),
             prepared: std::sync::atomic::AtomicU32::new(0),
             pinned: std::sync::atomic::AtomicU8::new(0),
@@ -331,6 +352,16 @@ impl ClientInfo {
                 .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             cancel_key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Client-facing user name.
+    pub fn user(&self) -> &Arc<str> {
+        &self.names.user
+    }
+
+    /// Client-facing database name.
+    pub fn database(&self) -> &Arc<str> {
+        &self.names.database
     }
 
     /// Where it connected from.
@@ -435,15 +466,15 @@ impl ClientInfo {
     pub fn kill_with(&self, why: Kill) {
         let waker = {
             let mut live = self.live.lock();
-            let switch = &mut live.kill;
+            let reason = &mut live.rare().kill;
             // A hand-over request is the weakest reason: any other replaces it.
-            if switch.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
-                switch.reason = None;
+            if reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
+                *reason = None;
             }
-            switch.reason.get_or_insert_with(|| Box::new(why));
+            reason.get_or_insert_with(|| Box::new(why));
             // Raised, and the idle wait's waker taken: the next poll of either kind locks.
             self.kill_state.store(SIGNALLED, Ordering::Release);
-            switch.waker.take()
+            live.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
@@ -453,8 +484,8 @@ impl ClientInfo {
     /// Withdraws a hand-over request (the upgrade failed or ended); other reasons stay.
     pub(crate) fn withdraw_hand_over(&self) {
         let mut live = self.live.lock();
-        if live.kill.reason.as_deref().is_some_and(|k| *k == Kill::HandOver) {
-            live.kill.reason = None;
+        if live.kill_reason().is_some_and(|k| *k == Kill::HandOver) {
+            live.rare().kill = None;
             self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
         }
     }
@@ -501,35 +532,28 @@ impl ClientInfo {
     /// Both polls; `arm`: the idle wait's, which marks its waker registered (under the lock, so
     /// a kill in between cannot be missed).
     fn poll_switch(&self, cx: &mut Context<'_>, busy: bool, arm: bool) -> Poll<Kill> {
-        let mut guard = self.live.lock();
-        let live = &mut *guard;
-        let switch = &mut live.kill;
-        match &switch.reason {
-            Some(k) if busy && matches!(**k, Kill::IdleTimeout(_)) => {
-                switch.reason = None;
-                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
-            }
+        let mut live = self.live.lock();
+        let withdraw = match live.kill_reason() {
+            Some(k) if busy && matches!(k, Kill::IdleTimeout(_)) => true,
             // A reclaim asked of a client that has meanwhile given its server back.
-            Some(k) if matches!(**k, Kill::Reclaimed(_)) && live.held.is_none() => {
-                switch.reason = None;
-                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
-            }
+            Some(Kill::Reclaimed(_)) if live.held.is_none() => true,
             // server_fast_close never interrupts a transaction or a request in flight.
-            Some(k) if matches!(**k, Kill::FastClose) && live.phase != ClientPhase::Holding => {
-                switch.reason = None;
-                self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
-            }
+            Some(Kill::FastClose) if live.phase != ClientPhase::Holding => true,
             // A busy session hands itself over once it is idle again: kept, not withdrawn.
-            Some(k) if busy && **k == Kill::HandOver => {}
-            Some(k) => return Poll::Ready((**k).clone()),
-            None => {}
+            Some(Kill::HandOver) if busy => false,
+            Some(k) => return Poll::Ready(k.clone()),
+            None => false,
+        };
+        if withdraw {
+            live.rare().kill = None;
+            self.kill_state.fetch_and(!SIGNALLED, Ordering::Release);
         }
-        match &switch.waker {
+        match &live.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => {
                 // Another task's waker (tests) is not the idle wait's.
                 self.kill_state.fetch_and(!IDLE_ARMED, Ordering::Release);
-                switch.waker = Some(cx.waker().clone());
+                live.waker = Some(cx.waker().clone());
             }
         }
         if arm {
@@ -592,53 +616,62 @@ impl ClientInfo {
     }
 
     /// Keeps the first 200 characters of the latest simple query or Parse text (never
-    /// parameter values).
+    /// parameter values). The first query allocates the record's rare part and the text's
+    /// buffer; later ones reuse both.
     pub fn set_last_query(&self, text: &str) {
         let mut end = text.len().min(200);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         let mut live = self.live.lock();
-        let q = &mut live.texts.last_query;
+        if end == 0 && live.rare.is_none() {
+            return; // nothing to keep, and no reason to allocate for it
+        }
+        let q = &mut live.rare().last_query;
         q.clear();
         q.push_str(&text[..end]);
     }
 
     /// The latest query text (first 200 characters).
     pub fn last_query(&self) -> String {
-        self.live.lock().texts.last_query.clone()
+        let live = self.live.lock();
+        live.rare
+            .as_ref()
+            .map_or_else(String::new, |r| r.last_query.clone())
     }
 
     /// The client's process (pid and command line): SO_PEERCRED for unix-socket clients, the
-    /// owner of the socket in /proc for loopback TCP clients; looked up once, on demand.
+    /// owner of the socket in /proc for loopback TCP clients; looked up once, on demand (not
+    /// under the record's lock: the session never waits for /proc).
     pub fn process(&self) -> Option<(i32, String)> {
-        self.process
-            .get_or_init(|| {
-                let pid = self.peer_pid().or_else(|| match self.peer() {
-                    PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(a, self.local()?),
-                    _ => None,
-                })?;
-                Some(Box::new((pid, crate::procfs::cmdline(pid).unwrap_or_default())))
-            })
-            .as_deref()
-            .cloned()
+        let known = |p: &Option<Box<(i32, String)>>| p.as_deref().cloned();
+        if let Some(p) = self.live.lock().rare.as_ref().and_then(|r| r.process.as_ref()) {
+            return known(p);
+        }
+        let pid = self.peer_pid().or_else(|| match self.peer() {
+            PeerAddr::Tcp(a) if a.ip().is_loopback() => crate::procfs::tcp_owner(a, self.local()?),
+            _ => None,
+        });
+        let found = pid.map(|pid| Box::new((pid, crate::procfs::cmdline(pid).unwrap_or_default())));
+        let mut live = self.live.lock();
+        known(live.rare().process.get_or_insert(found))
     }
 
     /// The application_name the client currently has.
     pub fn application_name(&self) -> String {
-        self.live.lock().texts.application_name.to_string()
+        self.live.lock().application_name.to_string()
     }
 
     /// True when the client's application_name is `name` (compared in place, no copy).
     pub(crate) fn application_name_is(&self, name: &str) -> bool {
-        *self.live.lock().texts.application_name == *name
+        *self.live.lock().application_name == *name
     }
 
     /// Records a new application_name (the client ran SET application_name).
     pub fn set_application_name(&self, name: &str) {
         let mut live = self.live.lock();
-        if *live.texts.application_name != *name {
-            live.texts.application_name = name.into();
+        if *live.application_name != *name {
+            live.application_name = name.into();
         }
     }
 
@@ -658,7 +691,7 @@ mod tests {
     use super::*;
 
     fn client() -> ClientInfo {
-        ClientInfo::new(PeerAddr::Unix, None, None, "u".into(), "d".into(), "app")
+        ClientInfo::new(PeerAddr::Unix, None, None, ClientNames::new("d", "u"), "app")
     }
 
     #[tokio::test]
@@ -804,15 +837,62 @@ mod tests {
         assert_eq!(k.ok(), Some(Kill::Operator("admin forced disconnect".into())));
     }
 
-    /// Every idle client keeps one record: in an `Arc` (16 bytes of counts) it gets a 256-byte
-    /// jemalloc block while it stays within 240 bytes; a few bytes more make it 320 for every
-    /// client (bench/idle_clients.sh). Grow it only on purpose.
+    /// Every idle client keeps one record: in an `Arc` (16 bytes of counts) it gets a 192-byte
+    /// jemalloc block while it stays within 176 bytes; a few bytes more make it 224 or 256 for
+    /// every client (bench/idle_clients.sh). Grow it only on purpose.
     #[test]
     fn a_client_record_stays_within_its_allocation_class() {
         let size = std::mem::size_of::<ClientInfo>();
-        assert!(size <= 240, "ClientInfo is {size} bytes");
+        assert!(size <= 176, "ClientInfo is {size} bytes");
         assert_eq!(std::mem::size_of::<Ends>(), 16);
         assert_eq!(std::mem::size_of::<HeldServer>(), 24);
+        // A client that ran a query keeps its rare part too: one 48-byte block.
+        assert!(
+            std::mem::size_of::<Rare>() <= 48,
+            "Rare is {} bytes",
+            std::mem::size_of::<Rare>()
+        );
+    }
+
+    /// The rare part is allocated once: never for an idle client going through its states, and
+    /// for a busy one at its first query, then reused by every later transaction.
+    #[test]
+    fn an_idle_client_has_no_rare_part_and_a_busy_one_reuses_its_one() {
+        let c = client();
+        let rare_at = |c: &ClientInfo| c.live.lock().rare.as_deref().map(std::ptr::from_ref);
+        let server = HeldServer {
+            id: 7,
+            backend_pid: 70,
+            backend_secret: 700,
+            cancels: Arc::new(super::super::CancelsInFlight::new(("localhost".into(), 5432))),
+        };
+        c.set_last_query(""); // a handed-over client that had run nothing
+        c.set_phase(ClientPhase::Waiting);
+        c.activate(server.clone(), Instant::now());
+        c.idle_in_transaction(Instant::now(), Instant::now());
+        c.set_phase(ClientPhase::Idle);
+        c.set_application_name("other");
+        assert_eq!(c.last_query(), "");
+        assert!(rare_at(&c).is_none(), "an idle client allocates no rare part");
+        c.set_last_query("select 1");
+        let first = rare_at(&c).expect("a query is kept");
+        let capacity = c.live.lock().rare.as_ref().map(|r| r.last_query.capacity());
+        for _ in 0..100 {
+            c.set_phase(ClientPhase::Waiting);
+            c.activate(server.clone(), Instant::now());
+            c.set_last_query("select 2");
+            c.set_phase(ClientPhase::Idle);
+        }
+        assert_eq!(
+            rare_at(&c),
+            Some(first),
+            "the same rare part, not a new one per transaction"
+        );
+        assert_eq!(
+            c.live.lock().rare.as_ref().map(|r| r.last_query.capacity()),
+            capacity
+        );
+        assert_eq!(c.last_query(), "select 2");
     }
 
     #[test]
@@ -820,7 +900,7 @@ mod tests {
         let v4: SocketAddr = "10.1.2.3:41234".parse().unwrap(); // ok: literal test input
         let local: SocketAddr = "10.1.2.4:6432".parse().unwrap(); // ok: literal test input
         let v6: SocketAddr = "[::1]:5000".parse().unwrap(); // ok: literal test input
-        let mk = |peer, pid, local| ClientInfo::new(peer, pid, local, "u".into(), "d".into(), "");
+        let mk = |peer, pid, local| ClientInfo::new(peer, pid, local, ClientNames::new("d", "u"), "");
         let c = mk(PeerAddr::Tcp(v4), None, Some(local));
         assert_eq!(
             (c.peer(), c.local(), c.peer_pid()),
@@ -851,6 +931,6 @@ mod tests {
         let c = client();
         c.set_phase(ClientPhase::Active);
         c.kill_if_idle_for(Duration::from_millis(1), Instant::now() + Duration::from_secs(60));
-        assert!(c.live.lock().kill.reason.is_none());
+        assert!(c.live.lock().kill_reason().is_none());
     }
 }
