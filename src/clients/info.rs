@@ -192,8 +192,9 @@ struct Live {
     /// is in [`Rare`]). Only its own session ever waits on it, so one waker slot does what a
     /// `Notify` would, in less room.
     waker: Option<Waker>,
-    /// Exactly sized: it changes only when the client sets it.
-    application_name: Box<str>,
+    /// Inline up to 15 bytes in the 16 a `Box<str>` takes (most names are that short), so a
+    /// usual client allocates nothing for it; longer ones go to the heap.
+    application_name: ecow::EcoString,
     /// The parts an idle client rarely has (None until one is set).
     rare: Option<Box<Rare>>,
     phase: ClientPhase,
@@ -664,13 +665,13 @@ impl ClientInfo {
 
     /// True when the client's application_name is `name` (compared in place, no copy).
     pub(crate) fn application_name_is(&self, name: &str) -> bool {
-        *self.live.lock().application_name == *name
+        self.live.lock().application_name.as_str() == name
     }
 
     /// Records a new application_name (the client ran SET application_name).
     pub fn set_application_name(&self, name: &str) {
         let mut live = self.live.lock();
-        if *live.application_name != *name {
+        if live.application_name.as_str() != name {
             live.application_name = name.into();
         }
     }
@@ -846,6 +847,7 @@ mod tests {
         assert!(size <= 176, "ClientInfo is {size} bytes");
         assert_eq!(std::mem::size_of::<Ends>(), 16);
         assert_eq!(std::mem::size_of::<HeldServer>(), 24);
+        assert_eq!(std::mem::size_of::<ecow::EcoString>(), 16);
         // A client that ran a query keeps its rare part too: one 48-byte block.
         assert!(
             std::mem::size_of::<Rare>() <= 48,
