@@ -172,7 +172,7 @@ async fn act(
             for c in shared
                 .clients()
                 .iter()
-                .filter(|c| arg.is_none_or(|db| *c.database == *db))
+                .filter(|c| arg.is_none_or(|db| **c.database() == *db))
             {
                 c.kill("database removed");
             }

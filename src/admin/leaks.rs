@@ -57,8 +57,8 @@ pub(super) fn leaks(shared: &Shared) -> ResultSet {
         rs.push(vec![
             n(c.id),
             t(s.kind.as_str()),
-            t(&*c.user),
-            t(&*c.database),
+            t(&**c.user()),
+            t(&**c.database()),
             t(c.application_name()),
             t(addr),
             n(port),

@@ -268,8 +268,8 @@ fn client_rows(shared: &Shared, rs: &mut ResultSet, only_active: bool, pinned: b
         };
         let mut row = vec![
             t("C"),
-            t(&*c.user),
-            t(&*c.database),
+            t(&**c.user()),
+            t(&**c.database()),
             t("none"),
             t(state),
             t(addr),
@@ -451,7 +451,7 @@ fn users(shared: &Shared) -> ResultSet {
     let clients = shared.clients();
     let mut names: BTreeMap<String, ()> = config.users.keys().map(|k| (k.clone(), ())).collect();
     names.extend(config.auth_file_users.keys().map(|k| (k.clone(), ())));
-    names.extend(clients.iter().map(|c| (c.user.to_string(), ())));
+    names.extend(clients.iter().map(|c| (c.user().to_string(), ())));
     for name in names.keys() {
         let u = config.user_settings(name);
         rs.push(vec![
@@ -466,7 +466,7 @@ fn users(shared: &Shared) -> ResultSet {
                 .map(|x| x.open_servers())
                 .sum::<usize>()),
             n(u.max_user_client_connections),
-            n(clients.iter().filter(|c| *c.user == **name).count()),
+            n(clients.iter().filter(|c| **c.user() == **name).count()),
         ]);
     }
     rs

@@ -3,7 +3,7 @@
 //! small reserve beyond max_client_conn is granted only once a console user has authenticated.
 //! At login, the per-database and per-user client limits; each place is given back by its guard.
 
-use super::info::{ClientInfo, PeerAddr};
+use super::info::{ClientInfo, ClientNames, PeerAddr};
 use super::registry::{CancelKey, ClientRegistry};
 use crate::config::PoolerConfig;
 use crate::protocol::{PgError, sqlstate};
@@ -30,10 +30,22 @@ pub(crate) struct Admission {
     login_overflow: AtomicUsize,
     /// Logged-in console sessions in the console's reserve.
     console_seats: AtomicUsize,
-    /// Clients per database [0] and per user [1] name. The keys double as the names' one shared
-    /// copy: every client of a database points at the same `Arc<str>`.
-    client_counts: Mutex<[HashMap<Arc<str>, usize>; 2]>,
+    /// Clients per database and per user name, and the pairs' shared copies.
+    client_counts: Mutex<ClientCounts>,
 }
+
+/// Clients per database [0] and per user [1] name. The keys double as the names' one shared
+/// copy: every client of a database points at the same `Arc<str>`; every client of a pool at
+/// the same [`ClientNames`] (counted too, to be dropped with its last client).
+#[derive(Default)]
+struct ClientCounts {
+    by_name: [HashMap<Arc<str>, usize>; 2],
+    /// Bounded like the others: one entry per (database, user) with a logged-in client.
+    pairs: HashMap<NamePair, (Arc<ClientNames>, usize)>,
+}
+
+/// A (database, user) pair by the names' shared copies.
+type NamePair = (Arc<str>, Arc<str>);
 
 /// Where a connection stands while it logs in.
 pub(crate) enum LoginPlace {
@@ -60,15 +72,18 @@ pub struct ClientSlot {
     registry: Arc<ClientRegistry>,
     database: Option<Arc<str>>,
     user: Option<Arc<str>>,
+    /// The pair's shared copy, once both names are counted.
+    names: Option<Arc<ClientNames>>,
     /// The client's registration gives the slot back instead (set by
     /// [`ClientRegistry::register`]).
     handed_over: bool,
 }
 
 impl ClientSlot {
-    /// The database and user names the slot counts the client under, as shared copies.
-    pub fn names(&self) -> Option<(Arc<str>, Arc<str>)> {
-        Some((self.database.clone()?, self.user.clone()?))
+    /// The database and user names the slot counts the client under, as the pool's one shared
+    /// pair.
+    pub fn names(&self) -> Option<Arc<ClientNames>> {
+        self.names.clone()
     }
 }
 
@@ -199,6 +214,7 @@ impl ClientRegistry {
                 registry: self.clone(),
                 database: None,
                 user: None,
+                names: None,
                 handed_over: false,
             })
         } else {
@@ -239,11 +255,12 @@ impl ClientRegistry {
                 (0usize, database, "max_db_client_connections"),
                 (1, user, "max_user_client_connections"),
             ] {
-                let shared_name = match counts[kind].get_key_value(name) {
+                let by_name = &mut counts.by_name[kind];
+                let shared_name = match by_name.get_key_value(name) {
                     Some((k, _)) => k.clone(),
                     None => Arc::from(name),
                 };
-                let n = counts[kind].entry(shared_name.clone()).or_insert(0);
+                let n = by_name.entry(shared_name.clone()).or_insert(0);
                 if max > 0 && *n >= max {
                     break 'check Some(refusal);
                 }
@@ -254,6 +271,20 @@ impl ClientRegistry {
                 } else {
                     slot.user = taken;
                 }
+            }
+            if let (Some(database), Some(user)) = (&slot.database, &slot.user) {
+                let (names, n) = counts
+                    .pairs
+                    .entry((database.clone(), user.clone()))
+                    .or_insert_with(|| {
+                        let names = ClientNames {
+                            database: database.clone(),
+                            user: user.clone(),
+                        };
+                        (Arc::new(names), 0)
+                    });
+                *n += 1;
+                slot.names = Some(names.clone());
             }
             None
         };
@@ -301,20 +332,38 @@ impl ClientRegistry {
             self.retire(key);
         }
         let (database, user) = counted;
-        self.release_client_slot(database.then_some(&*info.database), user.then_some(&*info.user));
+        self.release_client_slot(
+            database.then_some(&**info.database()),
+            user.then_some(&**info.user()),
+        );
     }
 
     /// Gives back a client's max_client_conn slot and its per-database and per-user counts.
     fn release_client_slot(&self, database: Option<&str>, user: Option<&str>) {
         self.admission.clients.fetch_sub(1, Ordering::AcqRel);
         let mut counts = self.admission.client_counts.lock();
-        for (kind, name) in [(0usize, database), (1, user)] {
-            if let Some(name) = name
-                && let Some(n) = counts[kind].get_mut(name)
+        if let (Some(database), Some(user)) = (database, user) {
+            // Found by its names' shared copies (a pair exists while both are counted).
+            let key = counts.by_name[0]
+                .get_key_value(database)
+                .zip(counts.by_name[1].get_key_value(user))
+                .map(|((d, _), (u, _))| (d.clone(), u.clone()));
+            if let Some(key) = key
+                && let Some((_, n)) = counts.pairs.get_mut(&key)
             {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts[kind].remove(name);
+                    counts.pairs.remove(&key);
+                }
+            }
+        }
+        for (kind, name) in [(0usize, database), (1, user)] {
+            if let Some(name) = name
+                && let Some(n) = counts.by_name[kind].get_mut(name)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.by_name[kind].remove(name);
                 }
             }
         }
@@ -329,5 +378,69 @@ impl ClientRegistry {
     /// Logins in progress (SHOW LISTS login_clients).
     pub fn logins_in_progress(&self) -> usize {
         self.admission.logins.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(registry: &Arc<ClientRegistry>) -> LoginPlace {
+        registry.admission.clients.fetch_add(1, Ordering::AcqRel);
+        LoginPlace::Client(ClientSlot {
+            registry: registry.clone(),
+            database: None,
+            user: None,
+            names: None,
+            handed_over: false,
+        })
+    }
+
+    fn pairs(registry: &ClientRegistry) -> Vec<(String, String, usize)> {
+        let counts = registry.admission.client_counts.lock();
+        let mut out: Vec<_> = counts
+            .pairs
+            .iter()
+            .map(|((d, u), (_, n))| (d.to_string(), u.to_string(), *n))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_clients_of_a_pool_share_one_pair_of_names_dropped_with_the_last() {
+        let r = Arc::new(ClientRegistry::default());
+        let admit = |db, user, max_user| r.admit(place(&r), (db, 0), (user, max_user));
+        let a = admit("db", "u", 2).expect("admitted");
+        let b = admit("db", "u", 2).expect("admitted");
+        let other = admit("db", "v", 0).expect("admitted");
+        let (na, nb, no) = (a.names(), b.names(), other.names());
+        let (na, nb, no) = (na.expect("named"), nb.expect("named"), no.expect("named"));
+        assert!(Arc::ptr_eq(&na, &nb), "one pair for the clients of a pool");
+        assert!(
+            Arc::ptr_eq(&na.database, &no.database),
+            "one database name for both pools"
+        );
+        assert!(!Arc::ptr_eq(&na, &no));
+        assert_eq!((&*na.database, &*na.user, &*no.user), ("db", "u", "v"));
+        // A client refused by its user's limit leaves no pair behind.
+        assert!(admit("db", "u", 2).is_err());
+        assert_eq!(
+            pairs(&r),
+            [("db".into(), "u".into(), 2), ("db".into(), "v".into(), 1)]
+        );
+        drop(a);
+        assert_eq!(pairs(&r).len(), 2);
+        drop((b, other));
+        assert!(pairs(&r).is_empty(), "the pairs go with their last client");
+        assert_eq!(r.client_count(), 0);
+        assert!(
+            r.admission
+                .client_counts
+                .lock()
+                .by_name
+                .iter()
+                .all(HashMap::is_empty)
+        );
     }
 }

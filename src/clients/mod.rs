@@ -16,7 +16,7 @@ mod tick;
 pub use admission::ClientSlot;
 pub(crate) use admission::{ConsoleSeat, LoginPlace, LoginTicket, max_client_conn_error};
 pub(crate) use held::{CancelInFlight, CancelsInFlight, HeldServer};
-pub(crate) use info::{ClientInfo, ClientPhase, Kill, PeerAddr};
+pub(crate) use info::{ClientInfo, ClientNames, ClientPhase, Kill, PeerAddr};
 pub(crate) use peer_key::{CancelRoute, route as cancel_route};
 pub(crate) use pins::{PinReason, Pins};
 pub(crate) use registry::{CancelKey, ClientRegistry};

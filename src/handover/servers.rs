@@ -33,7 +33,7 @@ pub(super) fn movable(shared: &Arc<Shared>, all: bool, on_their_way: &HashSet<u6
     if !all {
         shared.for_each_client(|c| {
             if !on_their_way.contains(&c.id) {
-                held.insert((c.database.clone(), c.user.clone()));
+                held.insert((c.database().clone(), c.user().clone()));
             }
         });
     }

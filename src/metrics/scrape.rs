@@ -187,7 +187,7 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
     let mut pinned: BTreeMap<(String, String, &'static str), usize> = BTreeMap::new();
     for c in shared.clients() {
         for reason in c.pins().reasons() {
-            let key = (c.database.to_string(), c.user.to_string(), reason.as_str());
+            let key = (c.database().to_string(), c.user().to_string(), reason.as_str());
             *pinned.entry(key).or_default() += 1;
         }
         let state = match c.live().phase {
@@ -196,8 +196,8 @@ pub(super) fn refresh(m: &Metrics, shared: &Shared) -> String {
             _ => "active",
         };
         let key = (
-            c.database.to_string(),
-            c.user.to_string(),
+            c.database().to_string(),
+            c.user().to_string(),
             apps.fold(&c.application_name()),
             state,
         );

@@ -33,7 +33,7 @@ fn clients_of<'a>(clients: &'a [Arc<ClientInfo>], pool: &Pool) -> impl Iterator<
     let (db, user) = (pool.key.database.clone(), pool.key.user.clone());
     clients
         .iter()
-        .filter(move |c| *c.database == *db && *c.user == *user)
+        .filter(move |c| **c.database() == *db && **c.user() == *user)
 }
 
 /// SHOW POOLS' figures for every pool of `pools` (in the console's order), with its clients
@@ -138,7 +138,7 @@ pub(crate) fn database_figures(
             max_connections: settings.max_db_connections as usize,
             current_connections: mine.iter().map(|x| x.open_servers()).sum(),
             max_client_connections: settings.max_db_client_connections as usize,
-            current_client_connections: clients.iter().filter(|c| *c.database == **name).count(),
+            current_client_connections: clients.iter().filter(|c| **c.database() == **name).count(),
             paused: !mine.is_empty() && mine.iter().all(|x| x.is_paused()),
             disabled: disabled(name),
         });

@@ -186,8 +186,8 @@ impl LeakTracker {
         tracing::warn!(
             kind = %"abandoned_transaction",
             client = client.id,
-            user = %client.user,
-            database = %client.database,
+            user = %client.user(),
+            database = %client.database(),
             application_name = %client.application_name(),
             addr = %client.peer(),
             pid = %client.process().map_or(String::new(), |p| p.0.to_string()),
@@ -296,8 +296,8 @@ impl LeakTracker {
         tracing::warn!(
             kind = %kind.as_str(),
             client = c.id,
-            user = %c.user,
-            database = %c.database,
+            user = %c.user(),
+            database = %c.database(),
             application_name = %app,
             addr = %c.peer(),
             pid = %process.as_ref().map_or(String::new(), |p| p.0.to_string()),

@@ -129,8 +129,8 @@ impl Session {
             },
             peer_pid: info.peer_pid(),
             local: info.local(),
-            user: info.user.to_string(),
-            database: info.database.to_string(),
+            user: info.user().to_string(),
+            database: info.database().to_string(),
             application_name: info.application_name(),
             connected_unix: info.connected_unix_secs(),
             connected_ms: info.connected_at().elapsed().as_millis() as u64,
@@ -177,7 +177,9 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
             (user, effective.user.max_user_client_connections as usize),
         )
         .map_err(|limit| format!("no more connections allowed ({limit})"))?;
-    let (database_name, user_name) = slot.names().unwrap_or_else(|| (database.into(), user.into()));
+    let names = slot
+        .names()
+        .unwrap_or_else(|| crate::clients::ClientNames::new(database, user));
     let connected_at = Instant::now()
         .checked_sub(Duration::from_millis(state.connected_ms))
         .unwrap_or_else(Instant::now);
@@ -185,8 +187,7 @@ pub(crate) fn adopt(shared: &Arc<Shared>, state: ClientState, socket: OwnedFd) -
         peer.clone(),
         state.peer_pid,
         state.local,
-        user_name,
-        database_name,
+        names,
         &state.application_name,
     )
     .connected_since(connected_at, state.connected_unix);

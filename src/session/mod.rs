@@ -132,7 +132,7 @@ pub(crate) async fn handle_client(mut stream: Stream, peer: PeerAddr, shared: Ar
             if log_connections {
                 let info = logged_in.info();
                 let tls = stream.tls_description();
-                tracing::info!(db = %info.database, user = %info.user, %tls, peer = %info.peer(), "login");
+                tracing::info!(db = %info.database(), user = %info.user(), %tls, peer = %info.peer(), "login");
             }
             let max_message = (shared.config.load().pooler.max_packet_size as usize)
                 .min(crate::protocol::MAX_CLIENT_MESSAGE);
@@ -171,7 +171,7 @@ fn serve_session(mut session: Session) -> impl Future<Output = ()> + Send {
             }
             Ending::Error(e) => {
                 if p.log_pooler_errors {
-                    tracing::warn!(peer = %info.peer(), db = %info.database, user = %info.user, "pooler error: {e}");
+                    tracing::warn!(peer = %info.peer(), db = %info.database(), user = %info.user(), "pooler error: {e}");
                 }
                 e.message.as_str()
             }
@@ -179,8 +179,8 @@ fn serve_session(mut session: Session) -> impl Future<Output = ()> + Send {
         if p.log_disconnections {
             log_closing(
                 &info.peer(),
-                &info.database,
-                &info.user,
+                info.database(),
+                info.user(),
                 reason,
                 info.connected_at(),
             );

@@ -96,7 +96,7 @@ impl Session {
                 }
                 if self.login.shared().config.load().pooler.log_pooler_errors {
                     let info = self.login.info();
-                    tracing::warn!(peer = %info.peer(), db = %info.database, user = %info.user, "pooler error: {error}");
+                    tracing::warn!(peer = %info.peer(), db = %info.database(), user = %info.user(), "pooler error: {error}");
                 }
                 match fail_request(&mut self.client, &error, limit).await {
                     Ok(()) => WaitOutcome::Failed,

@@ -183,8 +183,7 @@ async fn looked_up_secret(
         PeerAddr::Unix,
         None,
         None,
-        auth_user.into(),
-        db_name.as_str().into(),
+        crate::clients::ClientNames::new(&db_name, auth_user),
         "sluice auth_query",
     ));
     let limit = p.server_connect_timeout;

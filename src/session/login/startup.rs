@@ -154,15 +154,14 @@ pub(crate) async fn log_in(
         .unwrap_or("")
         .to_string();
     // The names as the registry's shared copies: no allocation per client.
-    let (database_name, user_name) = slot
+    let names = slot
         .names()
-        .unwrap_or_else(|| (database.as_str().into(), user.as_str().into()));
+        .unwrap_or_else(|| crate::clients::ClientNames::new(&database, &user));
     let info = Arc::new(ClientInfo::new(
         peer.clone(),
         stream.peer_pid(),
         stream.local_addr(),
-        user_name,
-        database_name,
+        names,
         &app_name,
     ));
     let registered = shared.register_client(info.clone(), slot);
