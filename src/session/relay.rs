@@ -124,12 +124,14 @@ async fn relay_loop(
     // Built once per relay, not per loop turn: each turn only polls it.
     let killed = ctx.info.killed(true);
     tokio::pin!(killed);
+    // The checkout's clock reading when this first turn runs in the same poll (else None).
+    let mut fresh = link.take_fresh();
     loop {
         let pumped = pump_client(client, link, server, ctx)?;
         if let Some(request) = ctx.listen_request.take() {
             return Ok(RelayEnd::Listen(request));
         }
-        link.note_request_start(server, ctx.info);
+        link.note_request_start(server, ctx.info, fresh.take());
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)?
             && (ctx.release_when_idle
