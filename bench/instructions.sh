@@ -11,8 +11,8 @@
 #   SLUICE_BIN=/tmp/a INSN_PGBENCH='-S -M extended' bench/instructions.sh
 #   SLUICE_BIN=/tmp/a INSN_TOP=30 bench/instructions.sh       # and the top functions
 #   INSN_POOLER=pgbouncer bench/instructions.sh               # PgBouncer counted the same way
-#   INSN_KEEP=/tmp/cg bench/instructions.sh                   # keep the second run's callgrind
-#                                                             # file there (callgrind_annotate
+#   INSN_KEEP=/tmp/cg bench/instructions.sh                   # keep both runs' callgrind
+#                                                             # files there (callgrind_annotate
 #                                                             # --tree=caller reads callers)
 set -euo pipefail
 
@@ -29,6 +29,8 @@ command -v valgrind >/dev/null || {
 POOLER=${INSN_POOLER:-sluice}
 [ "$POOLER" = pgbouncer ] && SLUICE_BIN=${SLUICE_BIN:-/bin/true} # no sluice build for PgBouncer
 setup_one_sluice
+# INSN_AUTH=trust: clients log in without SCRAM (the logins are left out of the count either way).
+[ "${INSN_AUTH:-scram-sha-256}" = scram-sha-256 ] || write_pooler_configs "$INSN_AUTH"
 
 # start_counted: the pooler under callgrind; sets POOLER_PID.
 start_counted() {
@@ -57,7 +59,7 @@ start_counted() {
 
 # Instructions since the last zeroing: dump number $1 (callgrind writes cg.out.PID.N).
 total_ir() {
-    callgrind_control -d "$POOLER_PID" >/dev/null 2>&1
+    "${CTL[@]}" callgrind_control -d "$POOLER_PID" >/dev/null 2>&1
     local f="$TMP/cg.out.$POOLER_PID.$1"
     for _ in $(seq 1 300); do [ -s "$f" ] && grep -q '^totals:' "$f" && break; sleep 0.1; done
     awk '/^totals:/ {print $2}' "$f"
@@ -67,47 +69,33 @@ run_pgbench() {
         -U "$BENCH_USER" -c 16 -j 2 -t "$1" bench >>"$TMP/pgbench.out" 2>&1 \
         || die "pgbench failed: $(tail -3 "$TMP/pgbench.out")"
 }
+# callgrind_control finds the process through vgdb's FIFOs, named after the user it runs as.
+CTL=()
 case $POOLER in
 sluice)
     POOLER_PORT=$SLUICE_PORT
     LABEL=$SLUICE_BIN
-    start_counted
-    run_pgbench 20 # warm-up: the pool's server logins happen here
-    callgrind_control -z "$POOLER_PID" >/dev/null 2>&1
-    run_pgbench "$TX_A"
-    a=$(total_ir 1)
-    callgrind_control -z "$POOLER_PID" >/dev/null 2>&1
-    run_pgbench "$TX_B"
-    b=$(total_ir 2)
-    stop_pooler
-    KEPT=$TMP/cg.out.$POOLER_PID.2
     ;;
 pgbouncer)
-    # PgBouncer's one thread sleeps in epoll_wait when idle, where callgrind_control cannot
-    # reach it (vgdb would need ptrace): instead one PgBouncer per run, each counted whole from
-    # start to exit (warm-up, then INSN_TX_A or INSN_TX_B per client), and the difference
-    # leaves out all but the transactions, as above.
     POOLER_PORT=$PGB_PORT
     LABEL="pgbouncer $("$(pgbouncer_bin)" --version 2>/dev/null | head -1)"
-    counted_run() {
-        start_counted
-        run_pgbench 20
-        run_pgbench "$1"
-        stop_pooler
-        for _ in $(seq 1 100); do grep -qs '^totals:' "$TMP/cg.out.$POOLER_PID" && break; sleep 0.1; done
-        KEPT=$TMP/cg.out.$POOLER_PID
-        awk '/^totals:/ {print $2}' "$KEPT"
-    }
-    a=$(counted_run "$TX_A")
-    b=$(counted_run "$TX_B")
-    KEPT=$(ls -t "$TMP"/cg.out.* | head -1)
+    is_root && CTL=(setpriv --reuid=postgres --regid=postgres --init-groups)
     ;;
-*) die "INSN_POOLER is sluice or pgbouncer, not $POOLER" ;;
 esac
+start_counted
+run_pgbench 20 # warm-up: the pool's server logins happen here
+"${CTL[@]}" callgrind_control -z "$POOLER_PID" >/dev/null 2>&1
+run_pgbench "$TX_A"
+a=$(total_ir 1)
+"${CTL[@]}" callgrind_control -z "$POOLER_PID" >/dev/null 2>&1
+run_pgbench "$TX_B"
+b=$(total_ir 2)
+stop_pooler
+KEPT=$TMP/cg.out.$POOLER_PID.2
 if [ -n "${INSN_KEEP:-}" ]; then
     mkdir -p "$INSN_KEEP"
-    cp "$KEPT" "$INSN_KEEP/"
-    echo "== kept $INSN_KEEP/$(basename "$KEPT")"
+    cp "$TMP/cg.out.$POOLER_PID.1" "$KEPT" "$INSN_KEEP/"
+    echo "== kept $INSN_KEEP/cg.out.$POOLER_PID.1 and .2"
 fi
 awk -v a="$a" -v b="$b" -v ta="$TX_A" -v tb="$TX_B" -v bin="$LABEL" -v load="${LOAD[*]}" 'BEGIN {
     printf "== %s, pgbench %s: %.0f instructions per transaction (%d and %d per client: %.0f and %.0f)\n",
