@@ -24,13 +24,15 @@ pub(super) enum PrepareFailure {
 
 impl Session {
     /// Brings a server to the client's session settings and points cancels at it: the
-    /// `Active` state's data, tracking from now on.
+    /// `Active` state's data, tracking from now on. `at`: the clock reading of a checkout that
+    /// found the server idle in this same poll (no new reading is needed then).
     pub(super) async fn prepare(
         &mut self,
         server: PooledServer,
         since: Instant,
+        at: Option<Instant>,
     ) -> Result<Box<Active>, PrepareFailure> {
-        let now = Instant::now();
+        let now = at.unwrap_or_else(Instant::now);
         self.login
             .pool
             .stats
@@ -38,18 +40,20 @@ impl Session {
         let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
         // Usually the server already carries the client's settings: no await, nothing boxed,
         // and the client's record is written once.
-        let server = if in_step {
+        let (server, fresh) = if in_step {
             self.login.info().activate(server.conn.held(), now);
-            server
+            // Nothing awaited since the reading: the relay, polled next in the same poll, may
+            // take it for its first request's start.
+            (server, Some(now))
         } else {
             self.login.info().set_phase_at(ClientPhase::Active, now);
             let server = Box::pin(self.sync_params(server)).await?;
             self.login.info().hold(Some(server.conn.held()));
-            server
+            (server, None)
         };
         Ok(Box::new(Active {
             server,
-            link: Link::new(now),
+            link: Link::new(now, fresh),
         }))
     }
 

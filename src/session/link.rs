@@ -45,6 +45,10 @@ pub(super) struct Link {
     pub(super) text: super::text_scan::TextScan,
     /// Watches for session state that pins the server to the client (transaction mode).
     pub(super) pins: super::pins::PinWatch,
+    /// The checkout's clock reading, while nothing has been awaited since it was taken: the
+    /// relay's first turn takes it (for its first request's start) instead of reading the
+    /// clock again, and it is gone from then on.
+    fresh: Option<Instant>,
 }
 
 /// Whether extended-protocol messages went to the server since the last Sync.
@@ -215,8 +219,9 @@ impl Expiry {
 
 impl Link {
     /// Fresh tracking for a server that is at ReadyForQuery, lent (the client's record shows it
-    /// `Active`, the server's `Active`) at `now`.
-    pub(super) fn new(now: Instant) -> Link {
+    /// `Active`, the server's `Active`) at `now`. `fresh`: `now` again when the relay will be
+    /// polled before anything is awaited (see [`Link::take_fresh`]).
+    pub(super) fn new(now: Instant, fresh: Option<Instant>) -> Link {
         Link {
             responses: Responses::default(),
             input: ServerInput::Messages(Batch::Synced),
@@ -233,7 +238,14 @@ impl Link {
             resets: Default::default(),
             text: Default::default(),
             pins: Default::default(),
+            fresh,
         }
+    }
+
+    /// The checkout's clock reading, once: only the relay's first turn, polled in the same poll
+    /// as the checkout, may use it as "now".
+    pub(super) fn take_fresh(&mut self) -> Option<Instant> {
+        self.fresh.take()
     }
 
     /// When the server fails under the client, can the client be told with ERRORs and keep its
@@ -325,10 +337,16 @@ impl Link {
         }
     }
 
-    /// Marks the start of a request when one is in flight and none was.
-    pub(super) fn note_request_start(&mut self, server: &ServerConn, info: &ClientInfo) {
+    /// Marks the start of a request when one is in flight and none was. `fresh`: a clock
+    /// reading taken in this same poll, if the caller has one.
+    pub(super) fn note_request_start(
+        &mut self,
+        server: &ServerConn,
+        info: &ClientInfo,
+        fresh: Option<Instant>,
+    ) {
         if self.request == Request::Nothing && self.responses.requests() > 0 {
-            let now = Instant::now();
+            let now = fresh.unwrap_or_else(Instant::now);
             self.request = Request::Running { since: now };
             self.transaction.xact_counted_since().get_or_insert(now);
             self.show(ClientPhase::Active, TxState::Active, now, server, info);

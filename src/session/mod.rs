@@ -338,14 +338,13 @@ impl Session {
     /// A session that is waiting for a server or holding one, until it is idle again: one
     /// boxed future per transaction, whatever steps it takes.
     async fn step_busy(&mut self) -> Result<SessionState, Ending> {
-        let mode = self.login.pool.settings().mode;
         loop {
             let next = match std::mem::replace(&mut self.state, SessionState::Idle) {
                 SessionState::Idle => return Ok(SessionState::Idle),
                 SessionState::Reclaimed(told) => return Ok(SessionState::Reclaimed(told)),
                 SessionState::Killed(kill) => return Err(self.end_with(kill.error(), false).await),
                 SessionState::Waiting { since } => self.step_waiting(since).await?,
-                SessionState::Active(active) => self.step_active(active, mode).await?,
+                SessionState::Active(active) => self.step_active(active).await?,
             };
             if matches!(next, SessionState::Idle | SessionState::Reclaimed(_)) {
                 return Ok(next);
@@ -449,7 +448,7 @@ impl Session {
         let mut now = since;
         loop {
             return match self.wait_for_server(since, now).await {
-                WaitOutcome::Server(server) => match self.prepare(server, since).await {
+                WaitOutcome::Server(server, at) => match self.prepare(server, since, at).await {
                     Ok(active) => Ok(SessionState::Active(active)),
                     Err(PrepareFailure::ServerLost(e)) => {
                         // Nothing of the client's request reached that server: another one can
@@ -480,18 +479,18 @@ impl Session {
 
     /// Active: relay until the transaction ends (transaction mode), the client leaves, or
     /// something fails; then give the server back through the release path.
-    async fn step_active(&mut self, mut active: Box<Active>, mode: PoolMode) -> Result<SessionState, Ending> {
-        let timeouts = self.timeouts(mode, active.link.pins.keeps_server());
+    async fn step_active(&mut self, mut active: Box<Active>) -> Result<SessionState, Ending> {
         let pool = &self.login.pool;
-        // One load of the pool's settings for what the relay needs of them.
-        let (capacity, prepared_limit, pin) = {
+        // One load of the pool's settings for what this step needs of them (the mode too).
+        let (mode, capacity, prepared_limit, pin) = {
             let s = pool.settings();
-            let pin = match mode {
+            let pin = match s.mode {
                 PoolMode::Transaction => s.pin,
                 PoolMode::Session => crate::config::PinSessionState::Off,
             };
-            (s.max_prepared_statements, s.client_prepared_limit, pin)
+            (s.mode, s.max_prepared_statements, s.client_prepared_limit, pin)
         };
+        let timeouts = self.timeouts(mode, active.link.pins.keeps_server());
         active.link.pins.set_policy(pin);
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).

@@ -124,12 +124,14 @@ async fn relay_loop(
     // Built once per relay, not per loop turn: each turn only polls it.
     let killed = ctx.info.killed(true);
     tokio::pin!(killed);
+    // The checkout's clock reading when this first turn runs in the same poll (else None).
+    let mut fresh = link.take_fresh();
     loop {
         let pumped = pump_client(client, link, server, ctx)?;
         if let Some(request) = ctx.listen_request.take() {
             return Ok(RelayEnd::Listen(request));
         }
-        link.note_request_start(server, ctx.info);
+        link.note_request_start(server, ctx.info, fresh.take());
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)?
             && (ctx.release_when_idle
@@ -711,19 +713,24 @@ fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
     let body = message.get(5..).unwrap_or_default();
     let text = if tag == frontend::PARSE {
         // Statement name, then the query text.
-        match body.iter().position(|&b| b == 0) {
+        match memchr::memchr(0, body) {
             Some(i) => &body[i + 1..],
             None => return,
         }
     } else {
         body
     };
-    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
     // The record keeps the first LAST_QUERY_BYTES: when they are valid UTF-8 (nearly always),
-    // they are all that needs reading.
-    match std::str::from_utf8(&text[..text.len().min(LAST_QUERY_BYTES)]) {
+    // they are all that needs reading, so the text's end is looked for among them only (a
+    // vectorised search: this runs for every query).
+    let head = &text[..text.len().min(LAST_QUERY_BYTES)];
+    let head = &head[..memchr::memchr(0, head).unwrap_or(head.len())];
+    match std::str::from_utf8(head) {
         Ok(head) => info.set_last_query(head),
-        Err(_) => info.set_last_query(&String::from_utf8_lossy(text)),
+        Err(_) => {
+            let text = &text[..memchr::memchr(0, text).unwrap_or(text.len()).min(800)];
+            info.set_last_query(&String::from_utf8_lossy(text))
+        }
     }
 }
 
@@ -751,5 +758,52 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The text kept before the search looked at the first LAST_QUERY_BYTES only: the whole
+    /// text up to its NUL (at most 800 bytes), its head kept when valid UTF-8, else a lossy copy.
+    fn kept_as_defined(tag: u8, body: &[u8]) -> Option<String> {
+        let text = if tag == frontend::PARSE {
+            &body[body.iter().position(|&b| b == 0)? + 1..]
+        } else {
+            body
+        };
+        let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
+        let text = match std::str::from_utf8(&text[..text.len().min(LAST_QUERY_BYTES)]) {
+            Ok(head) => head.to_string(),
+            Err(_) => String::from_utf8_lossy(text).into_owned(),
+        };
+        let mut end = text.len().min(200);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(text[..end].to_string())
+    }
+
+    proptest! {
+        #[test]
+        fn the_remembered_query_is_the_text_as_defined(
+            parse in any::<bool>(),
+            terminated in any::<bool>(),
+            mut body in proptest::collection::vec(prop_oneof![4 => 0x20u8..0x7f, 1 => Just(0u8), 1 => any::<u8>()], 0..1000),
+        ) {
+            if terminated {
+                body.push(0); // as a real Query or Parse text is
+            }
+            let info = ClientInfo::new(crate::clients::PeerAddr::Unix, None, None, "u".into(), "d".into(), "");
+            info.set_last_query("before");
+            let tag = if parse { frontend::PARSE } else { frontend::QUERY };
+            let mut message = vec![tag, 0, 0, 0, 0];
+            message.extend_from_slice(&body);
+            remember_query(&info, tag, &message);
+            let expected = kept_as_defined(tag, &body).unwrap_or_else(|| "before".to_string());
+            prop_assert_eq!(info.last_query(), expected);
+        }
     }
 }

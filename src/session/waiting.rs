@@ -15,8 +15,9 @@ use tokio::io::AsyncWriteExt;
 
 /// How a wait ended.
 pub(super) enum WaitOutcome {
-    /// A server, ready for the client's request.
-    Server(PooledServer),
+    /// A server, ready for the client's request, and the clock reading it was had at when it
+    /// was idle at once (in the same poll as the caller's `now`: nothing awaited since).
+    Server(PooledServer, Option<Instant>),
     /// No server: the client was told (ERROR + ReadyForQuery) and may go on.
     Failed,
     /// The client hung up while waiting.
@@ -31,7 +32,7 @@ impl Session {
     /// reading of the event that asks (the request's arrival, in the same poll).
     pub(super) async fn wait_for_server(&mut self, since: Instant, now: Instant) -> WaitOutcome {
         if let Some(server) = self.login.pool.try_checkout_now(self.login.info(), now) {
-            return WaitOutcome::Server(server);
+            return WaitOutcome::Server(server, Some(now));
         }
         Box::pin(self.queue_for_server(since)).await
     }
@@ -82,7 +83,7 @@ impl Session {
             }
         };
         match result {
-            Ok(server) => WaitOutcome::Server(server),
+            Ok(server) => WaitOutcome::Server(server, None),
             Err(e) => {
                 let error = checkout_error(&e, &pool);
                 let disconnect = match e {
