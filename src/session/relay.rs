@@ -796,7 +796,7 @@ mod tests {
             if terminated {
                 body.push(0); // as a real Query or Parse text is
             }
-            let info = ClientInfo::new(crate::clients::PeerAddr::Unix, None, None, "u".into(), "d".into(), "");
+            let info = ClientInfo::new(crate::clients::PeerAddr::Unix, None, None, crate::clients::ClientNames::new("d", "u"), "");
             info.set_last_query("before");
             let tag = if parse { frontend::PARSE } else { frontend::QUERY };
             let mut message = vec![tag, 0, 0, 0, 0];
