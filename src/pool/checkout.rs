@@ -358,11 +358,13 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::CheckFailed, 1);
             return Vetted::Discard;
         }
+        // Whether a check is due first: it rarely is on a busy pool, and the rest costs more.
         let check = {
             let s = settings;
             let due = now.saturating_duration_since(server.conn.last_used) >= s.server_check_delay;
-            let query = s.server_check_query.trim();
-            (due && (!query.is_empty() || s.ha.checks_role())).then(|| (query.to_string(), s.connect_timeout))
+            due.then(|| s.server_check_query.trim())
+                .filter(|query| !query.is_empty() || s.ha.checks_role())
+                .map(|query| (query.to_string(), s.connect_timeout))
         };
         match check {
             Some((query, limit)) => Vetted::Check(server, query, limit),

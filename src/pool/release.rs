@@ -103,7 +103,7 @@ impl Pool {
     }
 
     fn needs_reset_in(s: &super::PoolSettings) -> bool {
-        !s.reset_query.trim().is_empty() && (s.mode == PoolMode::Session || s.reset_query_always)
+        (s.mode == PoolMode::Session || s.reset_query_always) && !s.reset_query.trim().is_empty()
     }
 
     async fn clean_up(self: Arc<Self>, mut server: PooledServer, disposition: Disposition) {
