@@ -7,7 +7,7 @@
 mod common;
 
 use common::binary::SluiceBinary;
-use common::{connect, pg, start_sluice, wait_until};
+use common::{connect, console_query, pg, start_sluice, wait_until};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -613,15 +613,8 @@ async fn server_round_robin_spreads_transactions_over_the_pools_servers() {
         // is a prepare, an execute and a fire-and-forget Close, whose checkouts vary with
         // timing, so which servers its executes land on would not show the order.)
         for _ in 0..6 {
-            let rows = one.simple_query("SELECT pg_backend_pid()").await.unwrap();
-            let pid = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .expect("a row");
-            pids.insert(pid);
+            let rows = console_query(one, "SELECT pg_backend_pid() AS pid").await;
+            pids.insert(rows[0]["pid"].clone());
         }
         if want_several {
             assert_eq!(pids.len(), 3, "round robin used servers {pids:?}");
