@@ -165,6 +165,16 @@ pub(crate) async fn log_in(
         &app_name,
     ));
     let registered = shared.register_client(info.clone(), slot);
+    // Checked once registered: a shutdown that begins after this check finds the client in
+    // the registry and closes it with the others.
+    if let crate::shared::Lifecycle::Draining(crate::shared::ShutdownMode::WaitForServers)
+    | crate::shared::Lifecycle::Exit = shared.lifecycle()
+    {
+        return Err(Refusal::Fatal(PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "pooler is shutting down",
+        )));
+    }
     let pool = pool_for(shared, &config, &database, &user, secret).map_err(Refusal::Fatal)?;
     // Known once any server of the pool logged in; only the first clients wait (boxed: that
     // wait is large, and every other login would carry it).
