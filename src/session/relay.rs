@@ -132,6 +132,16 @@ async fn relay_loop(
             return Ok(RelayEnd::Listen(request));
         }
         link.note_request_start(server, ctx.info, fresh.take());
+        // What was just buffered for the server goes now if its socket takes it (no turn of
+        // the `select!` below for that write). When room for the client's buffered messages
+        // was short and this made some, they are pumped first (the `select!` would not read
+        // the client for them, nor wake for them).
+        if !link.to_server.is_empty() {
+            let blocked = !room_for_more(link);
+            if send_now(link, server)? && blocked && room_for_more(link) && !client.inbuf.is_empty() {
+                continue;
+            }
+        }
         let was_checking = link.responses.checking();
         if pump_server(client, link, server, ctx)?
             && (ctx.release_when_idle
@@ -148,6 +158,14 @@ async fn relay_loop(
         }
         if was_checking && !link.responses.checking() {
             continue; // a shape check was answered: the client's held messages go on now
+        }
+        // Likewise for the client: when its full buffer had stopped `pump_server` with the
+        // server's bytes still here, they are pumped before the `select!` waits on the server.
+        if !client.outbuf.is_empty() {
+            let full = client.outbuf.len() >= OUT_CAP;
+            if deliver_now(client)? && full && client.outbuf.len() < OUT_CAP && !server.read_buf.is_empty() {
+                continue;
+            }
         }
         let starved = pumped == ClientPump::Starved;
         let read_client = (client.inbuf.len() < OUT_CAP || starved) && room_for_more(link);
@@ -216,6 +234,43 @@ async fn next_notification(listen: &mut Option<Box<super::listen::Listening>>) -
         None => std::task::Poll::Pending,
     })
     .await
+}
+
+/// Writes what the server's socket takes now of the bytes buffered for it, without waiting
+/// (TLS and a socket that takes nothing now are left to the `select!`). True when some went.
+fn send_now(link: &mut Link, server: &ServerConn) -> Result<bool, RelayError> {
+    match server.writer.try_write(&link.to_server) {
+        Ok(n) => {
+            link.to_server.advance(n);
+            release_if_empty(&mut link.to_server);
+            Ok(n > 0)
+        }
+        Err(e) if would_wait(&e) => Ok(false),
+        Err(e) => Err(RelayError::Server(e)),
+    }
+}
+
+/// Writes what the client's socket takes now of its buffered output, without waiting (as
+/// [`send_now`]). True when some went.
+fn deliver_now(client: &mut ClientIo) -> Result<bool, RelayError> {
+    match client.socket.try_write(&client.outbuf) {
+        Ok(n) => {
+            client.bytes_out += n as u64;
+            client.outbuf.advance(n);
+            release_if_empty(&mut client.outbuf);
+            Ok(n > 0)
+        }
+        Err(e) if would_wait(&e) => Ok(false),
+        Err(e) => Err(RelayError::Client(e)),
+    }
+}
+
+/// A non-blocking write that did nothing and may be tried again.
+fn would_wait(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }
 
 /// True while the server-bound buffer and the replies owed leave room for more client messages.
