@@ -181,7 +181,10 @@ async fn relay_loop(
         // stop at OUT_CAP of unsent output too (and a full queue ends the client), so they come
         // before the server's input, which stops at OUT_CAP as well; the server's input comes
         // before the client's because the client's is bounded by what the server has yet to
-        // answer (`room_for_more`). Each such stop is drained by a branch ahead of it.
+        // answer (`room_for_more`). Each such stop is drained by a branch ahead of it. The two
+        // write branches only finish what `send_now` and `deliver_now` above could not (TLS, a
+        // full socket). A kill or a deadline that comes while such a write is tried is seen
+        // here, right after it, as one that came just after a write by this `select!` would be.
         tokio::select! {
             biased;
             reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
