@@ -325,6 +325,20 @@ impl ReadHalf {
     }
 }
 
+impl WriteHalf {
+    /// Writes what the socket takes now without waiting (the relay's write right after it
+    /// buffered something, saving a turn of its `select!`): `WouldBlock` when it takes nothing
+    /// now, and always for TLS (whose writes go through its session) and closed halves, which
+    /// are left to the waiting write.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(h) => h.try_write(buf),
+            WriteHalf::Unix(h) => h.try_write(buf),
+            WriteHalf::Tls(_) | WriteHalf::Closed => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $method:ident ( $($arg:expr),* )) => {
         match $self.get_mut() {

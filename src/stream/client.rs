@@ -99,6 +99,16 @@ impl ClientSocket {
         }
     }
 
+    /// Writes what the socket takes now without waiting (see [`WriteHalf::try_write`]):
+    /// `WouldBlock` when it takes nothing now, and always for TLS and closed sockets.
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => s.try_write(buf),
+            ClientSocket::Unix(s) => s.try_write(buf),
+            ClientSocket::Split(h) => h.1.try_write(buf),
+        }
+    }
+
     /// Takes a plain socket out of the runtime, to hand to another process (nothing is shut
     /// down); TLS and closed sockets come back unchanged.
     pub(crate) fn take_plain(self) -> Result<PlainSocket, ClientSocket> {

@@ -1,0 +1,412 @@
+//! The client-to-server side of the relay: the client's buffered messages cut into what goes
+//! to the server (whole when sluice must read them, in pieces otherwise), prepared-statement
+//! names translated, and what sluice answers or refuses itself kept back.
+
+use super::{RelayContext, RelayError, room_for_more};
+use crate::clients::ClientInfo;
+use crate::protocol::tags::frontend;
+use crate::protocol::{FrameError, ScanItem, TxStatus, Want};
+use crate::server::ServerConn;
+use crate::session::client::ClientIo;
+use crate::session::link::{ClientBatch, Link};
+use crate::session::params::ClientParams;
+use crate::session::statements::{BindOutcome, Outcome, Translator};
+use crate::session::text_scan::Words;
+use bytes::Buf;
+
+/// How much of a Bind is looked at to find its statement name (the parameters pass as they are).
+const BIND_HEAD: usize = 1024;
+/// Simple queries up to this size are read whole when statements are tracked (to see a
+/// `DEALLOCATE name`); longer ones pass in pieces.
+const SMALL_QUERY: usize = 512;
+
+/// How a client message is read: whole when sluice must look at it, in pieces otherwise.
+/// `executes_answered`: a portal is a DEALLOCATE sluice answers, so Executes are read whole.
+/// A message PostgreSQL would not accept here is refused at its header: nothing of it, nor of
+/// anything after it, reaches the server.
+/// `whole_text`: statements that would pin the server are refused, so query texts come whole.
+/// `listening`: sluice answers LISTEN/UNLISTEN, so query texts short enough to be one come whole.
+fn client_want(
+    tag: u8,
+    total: usize,
+    tracking: bool,
+    executes_answered: bool,
+    whole_text: bool,
+    listening: bool,
+) -> Result<Want, FrameError> {
+    crate::protocol::check_client_message(tag, total)?;
+    Ok(match tag {
+        frontend::TERMINATE => Want::Whole,
+        frontend::QUERY | frontend::PARSE if whole_text => Want::Whole,
+        frontend::QUERY | frontend::PARSE
+            if listening && total <= crate::session::listen::LISTEN_TEXT_MAX =>
+        {
+            Want::Whole
+        }
+        frontend::EXECUTE if executes_answered => Want::Whole,
+        frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE if tracking => Want::Whole,
+        frontend::BIND if tracking => Want::Head(BIND_HEAD),
+        frontend::QUERY if tracking && total <= SMALL_QUERY => Want::Whole,
+        _ => Want::Pass,
+    })
+}
+
+/// Where reading the client's buffered messages stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientPump {
+    /// Out of bytes, or of room for more.
+    Stopped,
+    /// For want of bytes of a message that must come whole: the client must be read even past
+    /// the usual buffer limit.
+    Starved,
+    /// The client sent Terminate (which never reaches the server).
+    Terminated,
+}
+
+/// Moves complete client messages (or pieces of large ones) to the server-bound buffer,
+/// translating prepared-statement names on the way.
+pub(super) fn pump_client(
+    client: &mut ClientIo,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Result<ClientPump, RelayError> {
+    let tracking = ctx.statement_capacity > 0;
+    let whole_text = link.pins.refuses();
+    let listening = ctx.emulates_listen;
+    while room_for_more(link) {
+        // Per message: a Bind just read may have made the next Execute sluice's to answer.
+        let executes_answered = ctx
+            .statements
+            .as_ref()
+            .is_some_and(|s| s.deallocating.has_portal());
+        let item = client
+            .scan
+            .next_with(&client.inbuf, |tag, total| {
+                client_want(tag, total, tracking, executes_answered, whole_text, listening)
+            })
+            .map_err(RelayError::ClientProtocol)?;
+        match item {
+            ScanItem::NeedMore => return Ok(ClientPump::Starved),
+            ScanItem::Pass { len, tag } => {
+                let piece = client.inbuf.split_to(len);
+                let words = match tag {
+                    Some(t) => link.text.begin(t, &piece),
+                    None => link.text.more(&piece),
+                };
+                watch_identity(server, words);
+                match tag {
+                    Some(t) if link.client_batch == ClientBatch::SkippingToSync && t != frontend::SYNC => {
+                        continue;
+                    }
+                    Some(t) => {
+                        link.client_batch = ClientBatch::Forwarding;
+                        link.on_client_message(t);
+                        if t == frontend::QUERY || t == frontend::PARSE {
+                            on_client_text(link, ctx.params, t, words);
+                            remember_query(ctx.info, t, &piece);
+                        }
+                    }
+                    None if link.client_batch != ClientBatch::Forwarding => continue,
+                    None => {
+                        if let Some(t @ (frontend::QUERY | frontend::PARSE)) = link.text.tag() {
+                            on_client_text(link, ctx.params, t, words);
+                        }
+                    }
+                }
+                link.to_server.unsplit(piece);
+            }
+            ScanItem::Whole {
+                tag: frontend::TERMINATE,
+                len,
+            } => {
+                client.inbuf.advance(len);
+                return Ok(ClientPump::Terminated);
+            }
+            ScanItem::Whole { tag, len } => {
+                let words = link.text.begin(tag, &client.inbuf[..len]);
+                watch_identity(server, words);
+                if link.client_batch == ClientBatch::SkippingToSync {
+                    client.inbuf.advance(len);
+                    continue;
+                }
+                link.client_batch = ClientBatch::Forwarding;
+                if whole_text && crate::session::pin_refusal::refuse(tag, &client.inbuf[..len], link) {
+                    client.inbuf.advance(len);
+                    continue;
+                }
+                let sql = tag == frontend::QUERY || tag == frontend::PARSE;
+                if listening && (sql || tag == frontend::BIND) {
+                    use crate::session::listen::Intercept;
+                    let statements = tracking.then_some(&mut *ctx.statements);
+                    let quiet = if link.quiet(client) {
+                        crate::session::listen::Quiet::Synced
+                    } else if link.answered(client) {
+                        crate::session::listen::Quiet::OpenBatch
+                    } else {
+                        crate::session::listen::Quiet::Busy
+                    };
+                    let mentions_listen = words.has(Words::LISTEN);
+                    match crate::session::listen::intercept(
+                        tag,
+                        client,
+                        len,
+                        quiet,
+                        statements,
+                        mentions_listen,
+                    ) {
+                        Intercept::Pass => {}
+                        Intercept::Wait => break,
+                        Intercept::Starved => return Ok(ClientPump::Starved),
+                        Intercept::Rewritten => continue,
+                        Intercept::Refused(e) => {
+                            client.inbuf.advance(len);
+                            link.responses.push_error(&e);
+                            link.input.unsynced();
+                            link.client_batch = ClientBatch::SkippingToSync;
+                            continue;
+                        }
+                        Intercept::Answer(request) => {
+                            ctx.listen_request = Some(request);
+                            return Ok(ClientPump::Stopped);
+                        }
+                        Intercept::PassUnlistening { commands, blocks } => {
+                            if let Some(l) = ctx.listen.as_deref_mut() {
+                                l.unlisten_among(&commands, blocks || server.tx_status != TxStatus::Idle);
+                            }
+                        }
+                    }
+                }
+                let outcome = if tracking || !sql {
+                    translate(tag, &client.inbuf[..len], link, server, ctx)
+                } else {
+                    Outcome::Forward
+                };
+                if outcome == Outcome::Wait {
+                    break; // read again once the shape check is answered
+                }
+                let msg = client.inbuf.split_to(len);
+                if sql {
+                    remember_query(ctx.info, tag, &msg);
+                    on_client_text(link, ctx.params, tag, words);
+                }
+                match outcome {
+                    Outcome::Forward => {
+                        link.on_client_message(tag);
+                        link.to_server.unsplit(msg);
+                    }
+                    Outcome::Done | Outcome::Wait => {}
+                    Outcome::Refused => link.client_batch = ClientBatch::SkippingToSync,
+                }
+            }
+            ScanItem::Head { tag, len, head } => {
+                let words = link.text.begin(tag, &client.inbuf[..head]);
+                watch_identity(server, words);
+                if link.client_batch == ClientBatch::SkippingToSync {
+                    client.inbuf.advance(head);
+                    client.scan.pass_rest(len - head);
+                    continue;
+                }
+                link.client_batch = ClientBatch::Forwarding;
+                let outcome = if tag == frontend::BIND {
+                    bind(&client.inbuf[..head], len, link, server, ctx)
+                } else {
+                    BindOutcome::Forward
+                };
+                match outcome {
+                    BindOutcome::Rewritten(k) => {
+                        client.inbuf.advance(k);
+                        client.scan.pass_rest(len - k);
+                    }
+                    BindOutcome::Forward => {
+                        let piece = client.inbuf.split_to(head);
+                        client.scan.pass_rest(len - head);
+                        link.on_client_message(tag);
+                        link.to_server.unsplit(piece);
+                    }
+                    BindOutcome::Refused => {
+                        client.inbuf.advance(head);
+                        client.scan.pass_rest(len - head);
+                        link.client_batch = ClientBatch::SkippingToSync;
+                    }
+                    BindOutcome::Wait => break,
+                    BindOutcome::Answered => {
+                        client.inbuf.advance(head);
+                        client.scan.pass_rest(len - head);
+                        link.client_batch = ClientBatch::DroppingMessage;
+                    }
+                }
+            }
+        }
+    }
+    Ok(ClientPump::Stopped)
+}
+
+/// A client message that may change who the session is (`SET ROLE`, `SET SESSION
+/// AUTHORIZATION`, `set_config('role', ...)`, a FunctionCall: [`Words::IDENTITY`]) marks its
+/// server: the release path resets its role and session authorization (or closes it) before any
+/// other client gets it. A false alarm costs one reset off the client's path.
+fn watch_identity(server: &mut ServerConn, words: Words) {
+    if words.has(Words::IDENTITY) {
+        server.identity = crate::server::Identity::MaybeChanged;
+    }
+}
+
+/// The words of a forwarded Query's or Parse's text (`tag`), for the watches of settings and
+/// pins.
+fn on_client_text(link: &mut Link, params: &mut ClientParams, tag: u8, words: Words) {
+    if words != Words::NONE {
+        link.resets.on_client_text(tag, words, params);
+        link.pins.on_client_text(tag, words, params);
+    }
+}
+
+fn translator<'a>(
+    link: &'a mut Link,
+    server: &'a mut ServerConn,
+    ctx: &'a mut RelayContext<'_>,
+) -> Translator<'a> {
+    Translator {
+        client: ctx.statements.get_or_insert_with(Default::default),
+        server: &mut server.statements,
+        capacity: ctx.statement_capacity,
+        limit: ctx.prepared_limit,
+        responses: &mut link.responses,
+        out: &mut link.to_server,
+        stats: ctx.stats,
+        plans: ctx.plans,
+    }
+}
+
+/// Translates a whole Parse, Describe, Close or short Query when statements are tracked.
+fn translate(
+    tag: u8,
+    msg: &[u8],
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Outcome {
+    if link.responses.server_skipping() {
+        return Outcome::Forward; // the server discards it anyway
+    }
+    let tx_status = server.tx_status;
+    let quiet = link.responses.is_empty();
+    let outcome = match tag {
+        frontend::PARSE => translator(link, server, ctx).parse(msg, quiet && tx_status == TxStatus::Failed),
+        frontend::EXECUTE => translator(link, server, ctx).execute_deallocate(msg),
+        frontend::DESCRIBE => translator(link, server, ctx).describe(msg),
+        frontend::CLOSE => translator(link, server, ctx).close(msg),
+        // Only with nothing in flight is the status sluice would report certain.
+        frontend::QUERY if quiet => translator(link, server, ctx).query_deallocate(msg, tx_status),
+        frontend::BIND => match bind(msg, msg.len(), link, server, ctx) {
+            BindOutcome::Rewritten(k) => {
+                link.to_server.extend_from_slice(&msg[k..]);
+                Outcome::Done
+            }
+            BindOutcome::Forward => Outcome::Forward,
+            BindOutcome::Refused => Outcome::Refused,
+            BindOutcome::Wait => Outcome::Wait,
+            BindOutcome::Answered => Outcome::Done,
+        },
+        _ => Outcome::Forward,
+    };
+    if outcome != Outcome::Forward && tag != frontend::QUERY {
+        link.input.unsynced();
+    }
+    outcome
+}
+
+/// Translates the head of a Bind.
+fn bind(
+    head: &[u8],
+    total: usize,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> BindOutcome {
+    if link.responses.server_skipping() {
+        return BindOutcome::Forward; // the server discards it anyway
+    }
+    let outcome = translator(link, server, ctx).bind(head, total);
+    if outcome != BindOutcome::Forward {
+        link.input.unsynced();
+    }
+    outcome
+}
+
+/// Keeps the start of a Query's SQL, or of a Parse's statement text, as the client's last query
+/// (only the bytes already here; at most 200 characters are kept).
+fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
+    let body = message.get(5..).unwrap_or_default();
+    let text = if tag == frontend::PARSE {
+        // Statement name, then the query text.
+        match memchr::memchr(0, body) {
+            Some(i) => &body[i + 1..],
+            None => return,
+        }
+    } else {
+        body
+    };
+    // The record keeps the first LAST_QUERY_BYTES: when they are valid UTF-8 (nearly always),
+    // they are all that needs reading, so the text's end is looked for among them only (a
+    // vectorised search: this runs for every query).
+    let head = &text[..text.len().min(LAST_QUERY_BYTES)];
+    let head = &head[..memchr::memchr(0, head).unwrap_or(head.len())];
+    match std::str::from_utf8(head) {
+        Ok(head) => info.set_last_query(head),
+        Err(_) => {
+            let text = &text[..memchr::memchr(0, text).unwrap_or(text.len()).min(800)];
+            info.set_last_query(&String::from_utf8_lossy(text))
+        }
+    }
+}
+
+/// Bytes of a query text the client's record keeps (`ClientInfo::set_last_query`).
+const LAST_QUERY_BYTES: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The text kept before the search looked at the first LAST_QUERY_BYTES only: the whole
+    /// text up to its NUL (at most 800 bytes), its head kept when valid UTF-8, else a lossy copy.
+    fn kept_as_defined(tag: u8, body: &[u8]) -> Option<String> {
+        let text = if tag == frontend::PARSE {
+            &body[body.iter().position(|&b| b == 0)? + 1..]
+        } else {
+            body
+        };
+        let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len()).min(800)];
+        let text = match std::str::from_utf8(&text[..text.len().min(LAST_QUERY_BYTES)]) {
+            Ok(head) => head.to_string(),
+            Err(_) => String::from_utf8_lossy(text).into_owned(),
+        };
+        let mut end = text.len().min(200);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(text[..end].to_string())
+    }
+
+    proptest! {
+        #[test]
+        fn the_remembered_query_is_the_text_as_defined(
+            parse in any::<bool>(),
+            terminated in any::<bool>(),
+            mut body in proptest::collection::vec(prop_oneof![4 => 0x20u8..0x7f, 1 => Just(0u8), 1 => any::<u8>()], 0..1000),
+        ) {
+            if terminated {
+                body.push(0); // as a real Query or Parse text is
+            }
+            let info = ClientInfo::new(crate::clients::PeerAddr::Unix, None, None, crate::clients::ClientNames::new("d", "u"), "");
+            info.set_last_query("before");
+            let tag = if parse { frontend::PARSE } else { frontend::QUERY };
+            let mut message = vec![tag, 0, 0, 0, 0];
+            message.extend_from_slice(&body);
+            remember_query(&info, tag, &message);
+            let expected = kept_as_defined(tag, &body).unwrap_or_else(|| "before".to_string());
+            prop_assert_eq!(info.last_query(), expected);
+        }
+    }
+}
