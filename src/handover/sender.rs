@@ -29,6 +29,9 @@ const STEP_LIMIT: Duration = Duration::from_secs(30);
 const CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// After upgrade_timeout, how long the clients told to leave have to go.
 const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+/// After a failure, how long the answers left in the channel may take to read (they are there
+/// already, or the dead process's end closed).
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// One upgrade at a time: set while this process hands over, or (`receiver`) is still being
 /// handed to.
@@ -52,23 +55,11 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     let mut child = spawn(theirs)?;
     tracing::info!(pid = child.id(), "upgrade: started the new process");
-    let mut pending = Pending::new();
-    let mut sent_servers = PendingServers::new();
-    let mut asked = HashSet::new();
     let version = speaks();
-    let result = match channel::open(ours, version, version..=version) {
-        Ok((mut reader, writer)) => {
-            let mut handing = Handing {
-                version,
-                pending: &mut pending,
-                servers: &mut sent_servers,
-                asked: &mut asked,
-                seq: 0,
-                handed: 0,
-                moved: 0,
-            };
-            drive(pooler, &mut reader, &writer, &mut handing).await
-        }
+    let mut handing = Handing::new(version);
+    let mut channel = channel::open(ours, version, version..=version);
+    let result = match &mut channel {
+        Ok((reader, writer)) => drive(pooler, reader, writer, &mut handing).await,
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = &result {
@@ -76,14 +67,30 @@ pub async fn hand_over(pooler: &RunningPooler) -> Result<(), String> {
         // served by one process at a time.
         let _ = child.start_kill();
         let _ = tokio::time::timeout(STEP_LIMIT, child.wait()).await;
+        // What it answered before it died counts, read or not: a failed send ends `drive`
+        // with answers still unread in the channel.
+        if let Ok((reader, _)) = &mut channel {
+            handing.settle_last_answers(reader).await;
+        }
         pooler.handover.paused.send_replace(false);
         shared.handover.close();
+        let Handing {
+            pending,
+            servers: sent_servers,
+            handed,
+            moved,
+            ..
+        } = handing;
         drop(pending); // their sessions take their clients back
-        for (_, (server, _)) in sent_servers.drain() {
+        for (_, (server, _)) in sent_servers {
             server.keep(); // back to its pool, cleaned
         }
         shared.for_each_client(|c| c.withdraw_hand_over());
-        tracing::error!("upgrade failed, this process serves on: {e}");
+        tracing::error!(
+            clients_lost = handed,
+            servers_lost = moved,
+            "upgrade failed, this process serves on: {e}"
+        );
         RUNNING.store(false, Ordering::Release);
     }
     result
@@ -129,15 +136,15 @@ fn speaks() -> u32 {
 }
 
 /// What the old process has handed over so far, and what awaits an answer.
-struct Handing<'a> {
+struct Handing {
     /// The format version spoken (servers move from [`SERVERS_SINCE`] on).
     version: u32,
     /// Clients sent and not yet answered for.
-    pending: &'a mut Pending,
+    pending: Pending,
     /// Servers sent and not yet answered for.
-    servers: &'a mut PendingServers,
+    servers: PendingServers,
     /// Clients asked to hand themselves over.
-    asked: &'a mut HashSet<u64>,
+    asked: HashSet<u64>,
     /// The last `seq` given (clients and servers share the numbering).
     seq: u64,
     /// Clients adopted.
@@ -146,7 +153,36 @@ struct Handing<'a> {
     moved: u64,
 }
 
-impl Handing<'_> {
+impl Handing {
+    /// Nothing handed over yet, in format `version`.
+    fn new(version: u32) -> Handing {
+        Handing {
+            version,
+            pending: Pending::new(),
+            servers: PendingServers::new(),
+            asked: HashSet::new(),
+            seq: 0,
+            handed: 0,
+            moved: 0,
+        }
+    }
+
+    /// The hand-over failed and the new process is gone: settles the answers it sent before
+    /// it died that are still in the channel. A client it adopted is lost with it (it may have
+    /// served the client meanwhile), as is a server; only the ones it never answered for come
+    /// back. Bounded by [`DRAIN_LIMIT`]; the channel ends at the last answer.
+    async fn settle_last_answers(&mut self, reader: &mut Reader) {
+        let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while !(self.pending.is_empty() && self.servers.is_empty()) {
+            match tokio::time::timeout_at(until, reader.recv()).await {
+                Ok(Ok((Message::Adopted { seq }, _))) => self.answered(seq, None),
+                Ok(Ok((Message::NotAdopted { seq, reason }, _))) => self.answered(seq, Some(reason)),
+                Ok(Ok(_)) => {} // a cancel request or a refusal: nobody is left to act on it
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+
     /// Sends the idle servers that may move now (`all`: every one, at the end) with their
     /// sockets; each awaits its answer in `servers`.
     async fn send_servers(&mut self, writer: &Writer, all: bool, shared: &Arc<Shared>) -> Result<(), String> {
@@ -207,7 +243,7 @@ async fn drive(
     pooler: &RunningPooler,
     reader: &mut Reader,
     writer: &Writer,
-    h: &mut Handing<'_>,
+    h: &mut Handing,
 ) -> Result<(), String> {
     let shared = pooler.shared();
     let io = |e: std::io::Error| e.to_string();
@@ -310,7 +346,7 @@ async fn drive(
                 if h.overdue() {
                     return Err("the new process did not answer for a client or a server in time".to_string());
                 }
-                ask_new_clients(shared, h.asked);
+                ask_new_clients(shared, &mut h.asked);
                 h.send_servers(writer, false, shared).await?;
                 let mut left = shared.logins_in_progress();
                 shared.for_each_client(|_| left += 1);
@@ -373,7 +409,7 @@ fn shutdown_state(lifecycle: Lifecycle) -> ShutdownState {
 }
 
 /// Handles what the new process says during the hand-over: answers, cancel requests.
-fn answer(shared: &Arc<Shared>, h: &mut Handing<'_>, message: Message) -> Result<(), String> {
+fn answer(shared: &Arc<Shared>, h: &mut Handing, message: Message) -> Result<(), String> {
     match message {
         Message::Adopted { seq } => h.answered(seq, None),
         Message::NotAdopted { seq, reason } => h.answered(seq, Some(reason)),
