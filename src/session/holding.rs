@@ -33,10 +33,13 @@ impl Session {
         at: Option<Instant>,
     ) -> Result<Box<Active>, PrepareFailure> {
         let now = at.unwrap_or_else(Instant::now);
-        self.login
-            .pool
-            .stats
-            .record_assignment(now.saturating_duration_since(since));
+        // A server found idle at the request's arrival was had at once: no subtraction for that.
+        let waited = if now == since {
+            std::time::Duration::ZERO
+        } else {
+            now.saturating_duration_since(since)
+        };
+        self.login.pool.stats.record_assignment(waited);
         let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
         // Usually the server already carries the client's settings: no await, nothing boxed,
         // and the client's record is written once.

@@ -403,7 +403,8 @@ impl Link {
     ) {
         let now = Instant::now();
         let started = self.request.since().unwrap_or(now);
-        stats.record_query(now.duration_since(started));
+        let query_time = now.duration_since(started);
+        stats.record_query(query_time);
         if self.responses.requests() > 0 {
             return;
         }
@@ -419,8 +420,12 @@ impl Link {
                     Transaction::InBlock { .. } => BlocksSeen::Some,
                 },
             };
-            let xact_start = xact_counted_since.unwrap_or(started);
-            stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
+            // A transaction of one request took as long as it (no second subtraction).
+            let xact_time = match xact_counted_since {
+                Some(start) if start != started => now.duration_since(start),
+                _ => query_time,
+            };
+            stats.record_xact(xact_time, client.bytes_in, client.bytes_out);
             (client.bytes_in, client.bytes_out) = (0, 0);
             if release_when_idle {
                 self.shown = Shown::Due(now);
