@@ -270,7 +270,8 @@ impl ClientInfo {
     /// A request got its server, which already carries the client's settings: the phase
     /// becomes `Active` and the server is recorded as held, under one lock and with the
     /// caller's clock reading (what [`ClientInfo::set_phase`] then [`ClientInfo::hold`] do).
-    pub(crate) fn activate(&self, server: HeldServer, now: Instant) {
+    /// Returns the reading as the record keeps it, for the caller to derive later ones from.
+    pub(crate) fn activate(&self, server: HeldServer, now: Instant) -> Tick {
         // One conversion of the reading for both times recorded.
         let now = Tick::at(now);
         let mut live = self.live.lock();
@@ -280,6 +281,7 @@ impl ClientInfo {
             _ => now,
         };
         live.held = Some((server, since));
+        now
     }
 
     /// Where a cancel request from this client goes now, with that server marked as having a
@@ -345,7 +347,11 @@ impl ClientInfo {
     /// [`ClientInfo::set_phase`] with the clock reading the caller already took for the same
     /// event (the hot path reads the clock once per event, not once per record it updates).
     pub(crate) fn set_phase_at(&self, phase: ClientPhase, now: Instant) {
-        let now = Tick::at(now);
+        self.set_phase_tick(phase, Tick::at(now));
+    }
+
+    /// [`ClientInfo::set_phase_at`] with the reading already converted (see [`Tick::after`]).
+    pub(crate) fn set_phase_tick(&self, phase: ClientPhase, now: Tick) {
         self.live.lock().set_phase(phase, now);
     }
 
