@@ -193,6 +193,27 @@ async fn query_timeout_cancels_a_long_query() {
     c.simple_query("SELECT 1").await.unwrap();
 }
 
+/// The limits on a client holding a server are read from the pool's settings, which SET and
+/// RELOAD replace: a client connected before the change is held to the new limit at its next
+/// transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_timeout_set_on_the_console_applies_to_a_connected_client() {
+    let db = pg().create_database("t_query_timeout_set").await;
+    let sluice = start_sluice(&trust_config(&db, 1, "admin_users = [\"sluice_trust\"]")).await;
+    let c = connect(sluice.tcp_addr(), "sluice_trust", "", &db).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    common::console_rows(sluice.tcp_addr(), "sluice_trust", "SET query_timeout = 1").await;
+    let started = Instant::now();
+    let e = c.simple_query("SELECT pg_sleep(20)").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"), "{e}");
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
 async fn fatal_after_idle(extra: &str, script: &[&str], expected: &str) {
     let db = pg()
         .create_database(&format!("t_{}", expected.replace(' ', "_")))

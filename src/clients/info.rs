@@ -22,6 +22,13 @@ pub(crate) use kill::Kill;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Bytes of the latest query's text shown ([`ClientInfo::last_query`]).
+const LAST_QUERY_SHOWN: usize = 200;
+
+/// Bytes of the latest query's text kept raw: what is shown, and up to 4 more so that a
+/// character (or invalid sequence) begun within the shown bytes is read whole.
+const LAST_QUERY_RAW: usize = LAST_QUERY_SHOWN + 4;
+
 /// What a client's record keeps that an idle client rarely has, boxed together behind one
 /// pointer (allocated the first time one of them is set, then kept and reused, so a busy
 /// client's transactions allocate nothing): an idle client that never ran a query carries 8
@@ -30,8 +37,10 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 struct Rare {
     /// Why the client must end (the first reason given wins; boxed, as it rarely comes).
     kill: Option<Box<Kill>>,
-    /// The latest query text, reused from query to query.
-    last_query: String,
+    /// The head of the latest query text as the client sent it (at most
+    /// [`LAST_QUERY_RAW`] bytes), reused from query to query: its end and its UTF-8 are looked
+    /// at only when someone reads it ([`ClientInfo::last_query`]), not on every query.
+    last_query: Vec<u8>,
     /// The client's process (pid and command line), once looked up (None inside: none found).
     process: Option<Option<Box<(i32, String)>>>,
 }
@@ -116,8 +125,7 @@ impl Live {
 
     /// Records a phase change at `now`. An idle or waiting client holds no server: those
     /// phases also forget the server it held.
-    fn set_phase(&mut self, phase: ClientPhase, now: Instant) {
-        let now = Tick::at(now);
+    fn set_phase(&mut self, phase: ClientPhase, now: Tick) {
         if matches!(phase, ClientPhase::Waiting | ClientPhase::Active) && self.phase != ClientPhase::Active {
             self.request_at = now;
         }
@@ -262,14 +270,18 @@ impl ClientInfo {
     /// A request got its server, which already carries the client's settings: the phase
     /// becomes `Active` and the server is recorded as held, under one lock and with the
     /// caller's clock reading (what [`ClientInfo::set_phase`] then [`ClientInfo::hold`] do).
-    pub(crate) fn activate(&self, server: HeldServer, now: Instant) {
+    /// Returns the reading as the record keeps it, for the caller to derive later ones from.
+    pub(crate) fn activate(&self, server: HeldServer, now: Instant) -> Tick {
+        // One conversion of the reading for both times recorded.
+        let now = Tick::at(now);
         let mut live = self.live.lock();
         live.set_phase(ClientPhase::Active, now);
         let since = match &live.held {
             Some((old, since)) if old.id == server.id => *since,
-            _ => Tick::at(now),
+            _ => now,
         };
         live.held = Some((server, since));
+        now
     }
 
     /// Where a cancel request from this client goes now, with that server marked as having a
@@ -335,6 +347,11 @@ impl ClientInfo {
     /// [`ClientInfo::set_phase`] with the clock reading the caller already took for the same
     /// event (the hot path reads the clock once per event, not once per record it updates).
     pub(crate) fn set_phase_at(&self, phase: ClientPhase, now: Instant) {
+        self.set_phase_tick(phase, Tick::at(now));
+    }
+
+    /// [`ClientInfo::set_phase_at`] with the reading already converted (see [`Tick::after`]).
+    pub(crate) fn set_phase_tick(&self, phase: ClientPhase, now: Tick) {
         self.live.lock().set_phase(phase, now);
     }
 
@@ -350,34 +367,47 @@ impl ClientInfo {
     /// running: [`ClientInfo::transaction_began`] then the `IdleInTransaction` phase, under one
     /// lock.
     pub(crate) fn idle_in_transaction(&self, began: Instant, now: Instant) {
+        let (began, now) = (Tick::at(began), Tick::at(now));
         let mut live = self.live.lock();
-        live.xact_since.get_or_insert(Tick::at(began));
+        live.xact_since.get_or_insert(began);
         live.set_phase(ClientPhase::IdleInTransaction, now);
     }
 
-    /// Keeps the first 200 characters of the latest simple query or Parse text (never
-    /// parameter values). The first query allocates the record's rare part and the text's
-    /// buffer; later ones reuse both.
+    /// Keeps the first 200 bytes (cut at a character's start) of the latest query text. The
+    /// first query allocates the record's rare part and the text's buffer; later ones reuse
+    /// both.
     pub fn set_last_query(&self, text: &str) {
-        let mut end = text.len().min(200);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
+        self.set_last_query_raw(text.as_bytes());
+    }
+
+    /// [`ClientInfo::set_last_query`] for a text as the client sent it (a simple query's or a
+    /// Parse's, never parameter values): what is shown ends at its first NUL, and bytes that
+    /// are not UTF-8 are shown as U+FFFD, both worked out when it is read, not on every query.
+    pub(crate) fn set_last_query_raw(&self, text: &[u8]) {
+        let text = &text[..text.len().min(LAST_QUERY_RAW)];
         let mut live = self.live.lock();
-        if end == 0 && live.rare.is_none() {
-            return; // nothing to keep, and no reason to allocate for it
+        if matches!(text.first(), None | Some(0)) && live.rare.is_none() {
+            return; // nothing to show, and no reason to allocate for it
         }
         let q = &mut live.rare().last_query;
         q.clear();
-        q.push_str(&text[..end]);
+        q.extend_from_slice(text);
     }
 
-    /// The latest query text (first 200 characters).
+    /// The latest query text: up to its first NUL, not-UTF-8 bytes shown as U+FFFD, the first
+    /// 200 bytes (cut at a character's start).
     pub fn last_query(&self) -> String {
         let live = self.live.lock();
-        live.rare
-            .as_ref()
-            .map_or_else(String::new, |r| r.last_query.clone())
+        let Some(raw) = live.rare.as_ref().map(|r| r.last_query.as_slice()) else {
+            return String::new();
+        };
+        let raw = &raw[..memchr::memchr(0, raw).unwrap_or(raw.len())];
+        let text = String::from_utf8_lossy(raw);
+        let mut end = text.len().min(LAST_QUERY_SHOWN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_string()
     }
 
     /// The client's process (pid and command line): SO_PEERCRED for unix-socket clients, the
@@ -482,6 +512,26 @@ mod tests {
             "Rare is {} bytes",
             std::mem::size_of::<Rare>()
         );
+    }
+
+    /// What is kept raw is shown as the text up to its NUL, not-UTF-8 bytes as U+FFFD, cut to
+    /// 200 bytes at a character's start: a character begun before the cut is read whole, so a
+    /// valid one across it is dropped and an invalid sequence ending at it is shown.
+    #[test]
+    fn the_last_query_is_shown_as_the_text_cut_at_a_character() {
+        let c = client();
+        let a197 = "a".repeat(197);
+        let shown = |raw: &[u8]| {
+            c.set_last_query_raw(raw);
+            c.last_query()
+        };
+        assert_eq!(shown(format!("{a197}\u{1F600}b").as_bytes()), a197);
+        let mut invalid = a197.clone().into_bytes();
+        invalid.extend_from_slice(&[0xF0, 0x9F, 0x98, b'a']);
+        assert_eq!(shown(&invalid), format!("{a197}\u{FFFD}"));
+        assert_eq!(shown(b"select 1\0garbage"), "select 1");
+        assert_eq!(shown(&"x".repeat(1000).into_bytes()), "x".repeat(200));
+        assert_eq!(shown(b"\0"), "");
     }
 
     /// The rare part is allocated once: never for an idle client going through its states, and

@@ -20,3 +20,4 @@ pub(crate) use info::{ClientInfo, ClientNames, ClientPhase, Kill, PeerAddr};
 pub(crate) use peer_key::{CancelRoute, route as cancel_route};
 pub(crate) use pins::{PinReason, Pins};
 pub(crate) use registry::{CancelKey, ClientRegistry};
+pub(crate) use tick::Tick;

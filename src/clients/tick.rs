@@ -26,6 +26,16 @@ impl Tick {
         Tick(NonZeroU64::MIN.saturating_add(nanos))
     }
 
+    /// The tick `d` after this one: a later reading's tick from the time between them,
+    /// when the caller has that time already (an addition, where [`Tick::at`] subtracts
+    /// instants and multiplies).
+    pub(crate) fn after(self, d: Duration) -> Tick {
+        Tick(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
     /// The instant this tick stands for.
     pub(crate) fn instant(self) -> Instant {
         *EPOCH + Duration::from_nanos(self.0.get() - 1)
@@ -44,5 +54,7 @@ mod tests {
         assert_eq!(Tick::at(old).instant(), old);
         assert!(Tick::at(old) < Tick::at(now));
         assert_eq!(std::mem::size_of::<Option<Tick>>(), 8);
+        let later = now + Duration::from_micros(1234);
+        assert_eq!(Tick::at(now).after(later - now), Tick::at(later));
     }
 }

@@ -361,7 +361,15 @@ impl Pool {
         // Whether a check is due first: it rarely is on a busy pool, and the rest costs more.
         let check = {
             let s = settings;
-            let due = now.saturating_duration_since(server.conn.last_used) >= s.server_check_delay;
+            // An addition and a comparison (a subtraction of instants costs about 90
+            // instructions, once per transaction); a sum past the clock's range is never due.
+            // A zero delay is always due (`now` may be a reading from before the release).
+            let due = s.server_check_delay.is_zero()
+                || server
+                    .conn
+                    .last_used
+                    .checked_add(s.server_check_delay)
+                    .is_some_and(|at| now >= at);
             due.then(|| s.server_check_query.trim())
                 .filter(|query| !query.is_empty() || s.ha.checks_role())
                 .map(|query| (query.to_string(), s.connect_timeout))

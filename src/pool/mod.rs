@@ -113,6 +113,22 @@ pub struct PoolSettings {
     /// Idle servers are handed out oldest-released first (server_round_robin) instead of
     /// last-released first.
     pub round_robin: bool,
+    /// The time limits on a client holding a server (global settings, copied here so a
+    /// transaction reads them with the one settings load it makes anyway).
+    pub held_limits: HeldLimits,
+}
+
+/// The `[pooler]` time limits enforced on a client while it holds a server (zero: off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeldLimits {
+    /// query_timeout.
+    pub query: Duration,
+    /// idle_transaction_timeout.
+    pub idle_transaction: Duration,
+    /// transaction_timeout.
+    pub transaction: Duration,
+    /// client_idle_timeout.
+    pub client_idle: Duration,
 }
 
 /// The most one client may keep prepared through sluice: its statements are held in sluice's

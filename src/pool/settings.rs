@@ -70,6 +70,12 @@ pub fn settings_for(
         },
         query_wait_timeout: effective.query_wait_timeout,
         round_robin: p.server_round_robin,
+        held_limits: super::HeldLimits {
+            query: p.query_timeout,
+            idle_transaction: p.idle_transaction_timeout,
+            transaction: p.transaction_timeout,
+            client_idle: p.client_idle_timeout,
+        },
     }
 }
 

@@ -33,18 +33,21 @@ impl Session {
         at: Option<Instant>,
     ) -> Result<Box<Active>, PrepareFailure> {
         let now = at.unwrap_or_else(Instant::now);
-        self.login
-            .pool
-            .stats
-            .record_assignment(now.saturating_duration_since(since));
+        // A server found idle at the request's arrival was had at once: no subtraction for that.
+        let waited = if now == since {
+            std::time::Duration::ZERO
+        } else {
+            now.saturating_duration_since(since)
+        };
+        self.login.pool.stats.record_assignment(waited);
         let in_step = server.conn.params_fingerprint == Some(self.login.params.fingerprint());
         // Usually the server already carries the client's settings: no await, nothing boxed,
         // and the client's record is written once.
         let (server, fresh) = if in_step {
-            self.login.info().activate(server.conn.held(), now);
+            let tick = self.login.info().activate(server.conn.held(), now);
             // Nothing awaited since the reading: the relay, polled next in the same poll, may
             // take it for its first request's start.
-            (server, Some(now))
+            (server, Some((now, tick)))
         } else {
             self.login.info().set_phase_at(ClientPhase::Active, now);
             let server = Box::pin(self.sync_params(server)).await?;
@@ -106,7 +109,12 @@ impl Session {
 
     /// Gives the server back through the release path, the client going idle at `now`.
     pub(super) fn release_at(&mut self, mut server: PooledServer, link: &Link, now: Instant) {
-        self.login.info().set_phase_at(ClientPhase::Idle, now);
+        // At the last ReadyForQuery's reading, its tick is usually known already.
+        let tick = link
+            .idle_tick()
+            .filter(|_| now == link.idle_since())
+            .unwrap_or_else(|| crate::clients::Tick::at(now));
+        self.login.info().set_phase_tick(ClientPhase::Idle, tick);
         // The server carries this client's settings (SETs it made were tracked as it went),
         // unless a RESET or DISCARD ALL left it out of step (then the next checkout syncs it).
         if server.conn.params_fingerprint.is_some() {

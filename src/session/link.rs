@@ -6,7 +6,7 @@
 
 use super::client::ClientIo;
 use super::statements::Responses;
-use crate::clients::{ClientInfo, ClientPhase};
+use crate::clients::{ClientInfo, ClientPhase, Tick};
 use crate::pool::{Disposition, PoolStats};
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{FrameScanner, TxStatus};
@@ -49,6 +49,11 @@ pub(super) struct Link {
     /// relay's first turn takes it (for its first request's start) instead of reading the
     /// clock again, and it is gone from then on.
     fresh: Option<Instant>,
+    /// A clock reading and its [`Tick`], as the client's record keeps it (the checkout's): a
+    /// request that began at it ends at a tick found by addition ([`Tick::after`]).
+    known: Option<(Instant, Tick)>,
+    /// The tick of `idle_since`, when it was found that way.
+    idle_tick: Option<Tick>,
 }
 
 /// Whether extended-protocol messages went to the server since the last Sync.
@@ -220,8 +225,8 @@ impl Expiry {
 impl Link {
     /// Fresh tracking for a server that is at ReadyForQuery, lent (the client's record shows it
     /// `Active`, the server's `Active`) at `now`. `fresh`: `now` again when the relay will be
-    /// polled before anything is awaited (see [`Link::take_fresh`]).
-    pub(super) fn new(now: Instant, fresh: Option<Instant>) -> Link {
+    /// polled before anything is awaited (see [`Link::take_fresh`]), with its tick.
+    pub(super) fn new(now: Instant, fresh: Option<(Instant, Tick)>) -> Link {
         Link {
             responses: Responses::default(),
             input: ServerInput::Messages(Batch::Synced),
@@ -238,7 +243,9 @@ impl Link {
             resets: Default::default(),
             text: Default::default(),
             pins: Default::default(),
-            fresh,
+            fresh: fresh.map(|(at, _)| at),
+            known: fresh,
+            idle_tick: None,
         }
     }
 
@@ -390,6 +397,11 @@ impl Link {
         self.idle_since
     }
 
+    /// The tick of [`Link::idle_since`], when known without a conversion.
+    pub(super) fn idle_tick(&self) -> Option<Tick> {
+        self.idle_tick
+    }
+
     /// A request was answered (its ReadyForQuery was forwarded, with status `server.tx_status`).
     /// With `release_when_idle` (transaction mode), a transaction's end leaves the records'
     /// update due (see [`Shown::Due`]).
@@ -403,12 +415,17 @@ impl Link {
     ) {
         let now = Instant::now();
         let started = self.request.since().unwrap_or(now);
-        stats.record_query(now.duration_since(started));
+        let query_time = now.duration_since(started);
+        stats.record_query(query_time);
         if self.responses.requests() > 0 {
             return;
         }
         self.request = Request::Nothing;
         self.idle_since = now;
+        self.idle_tick = match self.known {
+            Some((at, tick)) if at == started => Some(tick.after(query_time)),
+            _ => None,
+        };
         let xact_counted_since = *self.transaction.xact_counted_since();
         if server.tx_status == TxStatus::Idle {
             self.transaction = Transaction::Outside {
@@ -419,8 +436,12 @@ impl Link {
                     Transaction::InBlock { .. } => BlocksSeen::Some,
                 },
             };
-            let xact_start = xact_counted_since.unwrap_or(started);
-            stats.record_xact(now.duration_since(xact_start), client.bytes_in, client.bytes_out);
+            // A transaction of one request took as long as it (no second subtraction).
+            let xact_time = match xact_counted_since {
+                Some(start) if start != started => now.duration_since(start),
+                _ => query_time,
+            };
+            stats.record_xact(xact_time, client.bytes_in, client.bytes_out);
             (client.bytes_in, client.bytes_out) = (0, 0);
             if release_when_idle {
                 self.shown = Shown::Due(now);

@@ -393,11 +393,12 @@ impl Session {
         {
             return Err(Ending::ClientLeft);
         }
-        // One clock reading for the event: the phase, the wait's start, and the checkout that
-        // follows in the same poll.
-        let now = Instant::now();
-        self.login.info().set_phase_at(ClientPhase::Waiting, now);
-        Ok(SessionState::Waiting { since: now })
+        // One clock reading for the event: the wait's start, and the checkout that follows in
+        // the same poll (the record shows the client Waiting only if it queues, see
+        // `wait_for_server`).
+        Ok(SessionState::Waiting {
+            since: Instant::now(),
+        })
     }
 
     /// A request whose first message PostgreSQL would not accept gets no server at all (the
@@ -482,15 +483,21 @@ impl Session {
     async fn step_active(&mut self, mut active: Box<Active>) -> Result<SessionState, Ending> {
         let pool = &self.login.pool;
         // One load of the pool's settings for what this step needs of them (the mode too).
-        let (mode, capacity, prepared_limit, pin) = {
+        let (mode, capacity, prepared_limit, pin, limits) = {
             let s = pool.settings();
             let pin = match s.mode {
                 PoolMode::Transaction => s.pin,
                 PoolMode::Session => crate::config::PinSessionState::Off,
             };
-            (s.mode, s.max_prepared_statements, s.client_prepared_limit, pin)
+            (
+                s.mode,
+                s.max_prepared_statements,
+                s.client_prepared_limit,
+                pin,
+                s.held_limits,
+            )
         };
-        let timeouts = self.timeouts(mode, active.link.pins.keeps_server());
+        let timeouts = timeouts(&limits, mode, active.link.pins.keeps_server());
         active.link.pins.set_policy(pin);
         // A client whose statements sluice already tracks keeps being tracked (if the setting
         // dropped to 0, its statements stay usable with an LRU of one).
@@ -594,23 +601,22 @@ impl Session {
             },
         }
     }
+}
 
-    /// `pinned`: a transaction-mode client keeping its server for session state (it is held
-    /// to client_idle_timeout as a session-mode client is).
-    fn timeouts(&self, mode: PoolMode, pinned: bool) -> Timeouts {
-        let p = &self.login.shared().config.load().pooler;
-        Timeouts {
-            query: p.query_timeout,
-            idle_transaction: p.idle_transaction_timeout,
-            transaction: p.transaction_timeout,
-            // Between transactions a transaction-mode client holds no server (unless pinned);
-            // the Idle state enforces client_idle_timeout then.
-            client_idle: if mode == PoolMode::Session || pinned {
-                p.client_idle_timeout
-            } else {
-                Default::default()
-            },
-        }
+/// The limits on a client holding a server; `pinned`: a transaction-mode client keeping its
+/// server for session state (it is held to client_idle_timeout as a session-mode client is).
+fn timeouts(p: &crate::pool::HeldLimits, mode: PoolMode, pinned: bool) -> Timeouts {
+    Timeouts {
+        query: p.query,
+        idle_transaction: p.idle_transaction,
+        transaction: p.transaction,
+        // Between transactions a transaction-mode client holds no server (unless pinned);
+        // the Idle state enforces client_idle_timeout then.
+        client_idle: if mode == PoolMode::Session || pinned {
+            p.client_idle
+        } else {
+            Default::default()
+        },
     }
 }
 

@@ -6,6 +6,7 @@
 use super::Session;
 use super::client::ClientIo;
 use super::relay::OUT_CAP;
+use crate::clients::ClientPhase;
 use crate::pool::{CheckoutError, Pool, PooledServer};
 use crate::protocol::tags::frontend;
 use crate::protocol::{FrameScanner, PgError, ScanItem, Severity, TxStatus, messages, sqlstate};
@@ -34,6 +35,9 @@ impl Session {
         if let Some(server) = self.login.pool.try_checkout_now(self.login.info(), now) {
             return WaitOutcome::Server(server, Some(now));
         }
+        // Only a client that queues is shown waiting: one served at once goes from Idle to
+        // Active at the same reading (no await between), and its record is written once.
+        self.login.info().set_phase_at(ClientPhase::Waiting, now);
         Box::pin(self.queue_for_server(since)).await
     }
 

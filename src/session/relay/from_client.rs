@@ -347,21 +347,12 @@ fn remember_query(info: &ClientInfo, tag: u8, message: &[u8]) {
     } else {
         body
     };
-    // The record keeps the first LAST_QUERY_BYTES: when they are valid UTF-8 (nearly always),
-    // they are all that needs reading, so the text's end is looked for among them only (a
-    // vectorised search: this runs for every query).
-    let head = &text[..text.len().min(LAST_QUERY_BYTES)];
-    let head = &head[..memchr::memchr(0, head).unwrap_or(head.len())];
-    match std::str::from_utf8(head) {
-        Ok(head) => info.set_last_query(head),
-        Err(_) => {
-            let text = &text[..memchr::memchr(0, text).unwrap_or(text.len()).min(800)];
-            info.set_last_query(&String::from_utf8_lossy(text))
-        }
-    }
+    // The record keeps the raw head (a character is at most 4 bytes: enough to end the last
+    // one begun within LAST_QUERY_BYTES); its end and UTF-8 are looked at when it is read.
+    info.set_last_query_raw(&text[..text.len().min(LAST_QUERY_BYTES + 4)]);
 }
 
-/// Bytes of a query text the client's record keeps (`ClientInfo::set_last_query`).
+/// Bytes of a query text shown as the client's last query (`ClientInfo::last_query`).
 const LAST_QUERY_BYTES: usize = 200;
 
 #[cfg(test)]
