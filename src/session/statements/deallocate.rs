@@ -42,7 +42,7 @@ pub(super) fn query(
         messages::command_complete(&mut out, "DEALLOCATE");
         Undo::ClientClose {
             name: Bytes::from(name.into_bytes()),
-            statement,
+            statement: Box::new(statement),
         }
     };
     messages::ready_for_query(&mut out, tx_status);
@@ -123,7 +123,10 @@ pub(super) fn execute(client: &mut ClientStatements, responses: &mut Responses, 
     let undo = match client.get(&name).cloned() {
         Some(statement) => {
             client.forget(&name);
-            Undo::ClientClose { name, statement }
+            Undo::ClientClose {
+                name,
+                statement: Box::new(statement),
+            }
         }
         None => Undo::Nothing, // deallocated twice in one batch: PostgreSQL would say 26000
     };

@@ -178,7 +178,10 @@ impl Translator<'_> {
             return Outcome::Forward;
         };
         self.client.forget(&name);
-        let undo = Undo::ClientClose { name, statement };
+        let undo = Undo::ClientClose {
+            name,
+            statement: Box::new(statement),
+        };
         self.responses
             .push_reply(Bytes::from_static(CLOSE_COMPLETE), undo, false);
         Outcome::Done
