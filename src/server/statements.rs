@@ -64,7 +64,9 @@ struct Entry {
 /// The statements one server holds, with their last use for LRU eviction.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    entries: HashMap<u128, Entry>,
+    /// By the text's hash; randomly seeded all the same, bounded by max_prepared_statements
+    /// (beyond it only while one batch uses them all).
+    entries: HashMap<u128, Entry, foldhash::fast::RandomState>,
     clock: u64,
     /// Uses at or after this tick belong to the batch in flight (since the last Sync), whose
     /// statements must not be closed under it.
