@@ -31,10 +31,39 @@ impl StatementDef {
     }
 }
 
+/// Bytes of a server-side statement name: the prefix and 32 hex digits.
+const SERVER_NAME_LEN: usize = SERVER_NAME_PREFIX.len() + 32;
+
+/// A server-side statement name, built on the stack (one is written per Bind and Describe of a
+/// prepared statement: no allocation, no formatting machinery).
+#[derive(Clone, Copy)]
+pub(crate) struct ServerName([u8; SERVER_NAME_LEN]);
+
+impl ServerName {
+    /// The name's bytes (ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Always ASCII: the prefix and hex digits.
+        f.write_str(std::str::from_utf8(&self.0).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// The name under which a statement with this hash lives on servers (39 bytes, under
-/// PostgreSQL's 63-byte identifier limit).
-pub(crate) fn server_name(hash: u128) -> String {
-    format!("{SERVER_NAME_PREFIX}{hash:032x}")
+/// PostgreSQL's 63-byte identifier limit): the prefix, then the hash in 32 lowercase hex digits.
+pub(crate) fn server_name(hash: u128) -> ServerName {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = [0u8; SERVER_NAME_LEN];
+    let (prefix, digits) = name.split_at_mut(SERVER_NAME_PREFIX.len());
+    prefix.copy_from_slice(SERVER_NAME_PREFIX.as_bytes());
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((hash >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    ServerName(name)
 }
 
 /// What a server has of a statement.
@@ -249,7 +278,23 @@ mod tests {
         let c = StatementDef::from_parse_body(b"select $1\0\0\x01\0\0\0\x14");
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);
-        assert_eq!(server_name(a.hash).len(), 39);
+        assert_eq!(server_name(a.hash).as_bytes().len(), 39);
+    }
+
+    #[test]
+    fn the_server_name_is_the_prefix_and_the_hash_in_lowercase_hex() {
+        let hashes = [
+            0,
+            1,
+            0xdead_beef,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ];
+        for hash in hashes {
+            let name = server_name(hash);
+            assert_eq!(name.to_string(), format!("{SERVER_NAME_PREFIX}{hash:032x}"));
+            assert_eq!(name.as_bytes(), name.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -100,6 +100,12 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
+    /// The statement `name` with the name as kept (a clone of it shares its bytes: the
+    /// bookkeeping of a Bind or Describe copies nothing).
+    pub(crate) fn get_named(&self, name: &[u8]) -> Option<(&Bytes, &ClientStatement)> {
+        self.by_name.get_key_value(name)
+    }
+
     /// The client was given this row description for `name`.
     pub(crate) fn set_shape(&mut self, name: &[u8], shape: u64) {
         if let Some(s) = self.by_name.get_mut(name) {
