@@ -56,14 +56,25 @@ impl std::fmt::Display for ServerName {
 /// The name under which a statement with this hash lives on servers (39 bytes, under
 /// PostgreSQL's 63-byte identifier limit): the prefix, then the hash in 32 lowercase hex digits.
 pub(crate) fn server_name(hash: u128) -> ServerName {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut name = [0u8; SERVER_NAME_LEN];
     let (prefix, digits) = name.split_at_mut(SERVER_NAME_PREFIX.len());
     prefix.copy_from_slice(SERVER_NAME_PREFIX.as_bytes());
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((hash >> (4 * (31 - i))) & 0xf) as usize];
+    for (eight, word) in digits.chunks_exact_mut(8).zip(0..4u32) {
+        eight.copy_from_slice(&hex8((hash >> (96 - 32 * word)) as u32));
     }
     ServerName(name)
+}
+
+/// `v` in 8 lowercase hex digits, most significant first, all eight at once in one u64.
+fn hex8(v: u32) -> [u8; 8] {
+    // One nibble per byte, the most significant in the highest byte.
+    let mut s = u64::from(v);
+    s = (s | (s << 16)) & 0x0000_ffff_0000_ffff;
+    s = (s | (s << 8)) & 0x00ff_00ff_00ff_00ff;
+    s = (s | (s << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // '0' + n, and 'a' - '0' - 10 = 39 more where n > 9 (n + 6 carries into bit 4).
+    let letters = ((s + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (s + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 /// What a server has of a statement.
@@ -283,13 +294,16 @@ mod tests {
 
     #[test]
     fn the_server_name_is_the_prefix_and_the_hash_in_lowercase_hex() {
-        let hashes = [
+        let mut hashes = vec![
             0,
             1,
             0xdead_beef,
             u128::MAX,
             0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
         ];
+        // Every nibble value in every position, and hashes of real statement texts.
+        hashes.extend((0..16u128).map(|n| n * 0x1111_1111_1111_1111_1111_1111_1111_1111));
+        hashes.extend((0..200).map(|i| StatementDef::from_parse_body(format!("select {i}").as_bytes()).hash));
         for hash in hashes {
             let name = server_name(hash);
             assert_eq!(name.to_string(), format!("{SERVER_NAME_PREFIX}{hash:032x}"));

@@ -58,9 +58,12 @@ pub(super) fn parse_unnamed(
     rest: &[u8],
     aborted: bool,
 ) -> Outcome {
+    client.deallocating.statement = None;
+    if client.len() == 0 {
+        return Outcome::Forward; // nothing to deallocate (every `-M extended` query's case)
+    }
     let text = cstr(rest).map_or(rest, |(t, _)| t);
     let target = deallocate_target(text).filter(|n| client.get(n.as_bytes()).is_some());
-    client.deallocating.statement = None;
     let Some(target) = target else {
         return Outcome::Forward;
     };

@@ -37,6 +37,13 @@ pub(crate) struct Translator<'a> {
     pub(crate) plans: &'a PlanInvalidations,
 }
 
+/// Most of a Bind's size reserved at once in the server-bound buffer (a larger one's
+/// parameters pass in pieces anyway).
+const BIND_ROOM: usize = 4096;
+/// Room reserved after a rewritten Bind for the messages that end a batch (a Describe, an
+/// Execute and a Sync take 24 bytes for an unnamed portal).
+const BATCH_TAIL_ROOM: usize = 64;
+
 /// The statement name and text of the Parse that fails in place of a refused one: not valid
 /// SQL, so PostgreSQL refuses it before anything is created (and its log says who sent it).
 const REFUSED_NAME: &[u8] = b"sluice_refused";
@@ -122,6 +129,9 @@ impl Translator<'_> {
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
         let server_name = server_name(hash);
         let new_len = total - consumed + 4 + portal.len() + 1 + server_name.as_bytes().len() + 1;
+        // Room for the whole rewritten Bind and what usually follows it (Describe, Execute,
+        // Sync) at once: written piece by piece, they grew the buffer three or four times.
+        self.out.reserve((1 + new_len).min(BIND_ROOM) + BATCH_TAIL_ROOM);
         self.out.put_u8(frontend::BIND);
         self.out.put_i32(new_len as i32);
         self.out.put_slice(portal);
