@@ -14,6 +14,11 @@
 #   INSN_KEEP=/tmp/cg bench/instructions.sh                   # keep both runs' callgrind
 #                                                             # files there (callgrind_annotate
 #                                                             # --tree=caller reads callers)
+#   INSN_WARMUP=100 bench/instructions.sh                     # transactions per client before
+#                                                             # counting (default 20): more when
+#                                                             # the pool still grows in the counted
+#                                                             # runs (server logins: sasl::hi in
+#                                                             # the top functions)
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -83,7 +88,7 @@ pgbouncer)
     ;;
 esac
 start_counted
-run_pgbench 20 # warm-up: the pool's server logins happen here
+run_pgbench "${INSN_WARMUP:-20}" # warm-up: the pool's server logins happen here
 "${CTL[@]}" callgrind_control -z "$POOLER_PID" >/dev/null 2>&1
 run_pgbench "$TX_A"
 a=$(total_ir 1)

@@ -31,10 +31,50 @@ impl StatementDef {
     }
 }
 
+/// Bytes of a server-side statement name: the prefix and 32 hex digits.
+const SERVER_NAME_LEN: usize = SERVER_NAME_PREFIX.len() + 32;
+
+/// A server-side statement name, built on the stack (one is written per Bind and Describe of a
+/// prepared statement: no allocation, no formatting machinery).
+#[derive(Clone, Copy)]
+pub(crate) struct ServerName([u8; SERVER_NAME_LEN]);
+
+impl ServerName {
+    /// The name's bytes (ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Always ASCII: the prefix and hex digits.
+        f.write_str(std::str::from_utf8(&self.0).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// The name under which a statement with this hash lives on servers (39 bytes, under
-/// PostgreSQL's 63-byte identifier limit).
-pub(crate) fn server_name(hash: u128) -> String {
-    format!("{SERVER_NAME_PREFIX}{hash:032x}")
+/// PostgreSQL's 63-byte identifier limit): the prefix, then the hash in 32 lowercase hex digits.
+pub(crate) fn server_name(hash: u128) -> ServerName {
+    let mut name = [0u8; SERVER_NAME_LEN];
+    let (prefix, digits) = name.split_at_mut(SERVER_NAME_PREFIX.len());
+    prefix.copy_from_slice(SERVER_NAME_PREFIX.as_bytes());
+    for (eight, word) in digits.chunks_exact_mut(8).zip(0..4u32) {
+        eight.copy_from_slice(&hex8((hash >> (96 - 32 * word)) as u32));
+    }
+    ServerName(name)
+}
+
+/// `v` in 8 lowercase hex digits, most significant first, all eight at once in one u64.
+fn hex8(v: u32) -> [u8; 8] {
+    // One nibble per byte, the most significant in the highest byte.
+    let mut s = u64::from(v);
+    s = (s | (s << 16)) & 0x0000_ffff_0000_ffff;
+    s = (s | (s << 8)) & 0x00ff_00ff_00ff_00ff;
+    s = (s | (s << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // '0' + n, and 'a' - '0' - 10 = 39 more where n > 9 (n + 6 carries into bit 4).
+    let letters = ((s + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (s + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 /// What a server has of a statement.
@@ -64,7 +104,9 @@ struct Entry {
 /// The statements one server holds, with their last use for LRU eviction.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    entries: HashMap<u128, Entry>,
+    /// By the text's hash; randomly seeded all the same, bounded by max_prepared_statements
+    /// (beyond it only while one batch uses them all).
+    entries: HashMap<u128, Entry, foldhash::fast::RandomState>,
     clock: u64,
     /// Uses at or after this tick belong to the batch in flight (since the last Sync), whose
     /// statements must not be closed under it.
@@ -247,7 +289,26 @@ mod tests {
         let c = StatementDef::from_parse_body(b"select $1\0\0\x01\0\0\0\x14");
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);
-        assert_eq!(server_name(a.hash).len(), 39);
+        assert_eq!(server_name(a.hash).as_bytes().len(), 39);
+    }
+
+    #[test]
+    fn the_server_name_is_the_prefix_and_the_hash_in_lowercase_hex() {
+        let mut hashes = vec![
+            0,
+            1,
+            0xdead_beef,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ];
+        // Every nibble value in every position, and hashes of real statement texts.
+        hashes.extend((0..16u128).map(|n| n * 0x1111_1111_1111_1111_1111_1111_1111_1111));
+        hashes.extend((0..200).map(|i| StatementDef::from_parse_body(format!("select {i}").as_bytes()).hash));
+        for hash in hashes {
+            let name = server_name(hash);
+            assert_eq!(name.to_string(), format!("{SERVER_NAME_PREFIX}{hash:032x}"));
+            assert_eq!(name.as_bytes(), name.to_string().as_bytes());
+        }
     }
 
     #[test]

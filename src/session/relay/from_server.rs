@@ -127,7 +127,9 @@ pub(super) fn pump_server(
 fn row_description(msg: &[u8], link: &Link, server: &mut ServerConn, ctx: &mut RelayContext<'_>) {
     use crate::session::statements::Undo;
     use std::hash::{Hash, Hasher};
-    let Some(undo) = link.responses.describing() else {
+    // Only a Describe of a tracked statement is remembered: a portal's (every extended
+    // query's) is not hashed.
+    let Some(undo @ (Undo::Uses { .. } | Undo::ShapeCheck { .. })) = link.responses.describing() else {
         return;
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -26,7 +26,9 @@ pub(crate) struct ClientStatement {
 /// The statements a client prepared, by the client's names.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
-    by_name: HashMap<Bytes, ClientStatement>,
+    /// Randomly seeded (the names are the client's choice), bounded by
+    /// max_client_prepared_statements.
+    by_name: HashMap<Bytes, ClientStatement, foldhash::fast::RandomState>,
     /// What they cost, as counted against max_client_prepared_bytes: names and Parse bodies.
     bytes: usize,
     /// An unnamed statement or portal that is a `DEALLOCATE` sluice answers itself.
@@ -96,6 +98,12 @@ impl ClientStatements {
 
     pub(crate) fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.by_name.get(name)
+    }
+
+    /// The statement `name` with the name as kept (a clone of it shares its bytes: the
+    /// bookkeeping of a Bind or Describe copies nothing).
+    pub(crate) fn get_named(&self, name: &[u8]) -> Option<(&Bytes, &ClientStatement)> {
+        self.by_name.get_key_value(name)
     }
 
     /// The client was given this row description for `name`.

@@ -42,7 +42,7 @@ pub(super) fn query(
         messages::command_complete(&mut out, "DEALLOCATE");
         Undo::ClientClose {
             name: Bytes::from(name.into_bytes()),
-            statement,
+            statement: Box::new(statement),
         }
     };
     messages::ready_for_query(&mut out, tx_status);
@@ -58,9 +58,12 @@ pub(super) fn parse_unnamed(
     rest: &[u8],
     aborted: bool,
 ) -> Outcome {
+    client.deallocating.statement = None;
+    if client.len() == 0 {
+        return Outcome::Forward; // nothing to deallocate (every `-M extended` query's case)
+    }
     let text = cstr(rest).map_or(rest, |(t, _)| t);
     let target = deallocate_target(text).filter(|n| client.get(n.as_bytes()).is_some());
-    client.deallocating.statement = None;
     let Some(target) = target else {
         return Outcome::Forward;
     };
@@ -123,7 +126,10 @@ pub(super) fn execute(client: &mut ClientStatements, responses: &mut Responses, 
     let undo = match client.get(&name).cloned() {
         Some(statement) => {
             client.forget(&name);
-            Undo::ClientClose { name, statement }
+            Undo::ClientClose {
+                name,
+                statement: Box::new(statement),
+            }
         }
         None => Undo::Nothing, // deallocated twice in one batch: PostgreSQL would say 26000
     };

@@ -48,7 +48,8 @@ pub(crate) enum BindOutcome {
 
 /// Splits a NUL-terminated string off the front of `b`.
 fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = b.iter().position(|&c| c == 0)?;
+    // Vectorised: a Parse's whole query text is looked through for its end.
+    let i = memchr::memchr(0, b)?;
     Some((&b[..i], &b[i + 1..]))
 }
 

@@ -37,6 +37,13 @@ pub(crate) struct Translator<'a> {
     pub(crate) plans: &'a PlanInvalidations,
 }
 
+/// Most of a Bind's size reserved at once in the server-bound buffer (a larger one's
+/// parameters pass in pieces anyway).
+const BIND_ROOM: usize = 4096;
+/// Room reserved after a rewritten Bind for the messages that end a batch (a Describe, an
+/// Execute and a Sync take 24 bytes for an unnamed portal).
+const BATCH_TAIL_ROOM: usize = 64;
+
 /// The statement name and text of the Parse that fails in place of a refused one: not valid
 /// SQL, so PostgreSQL refuses it before anything is created (and its log says who sent it).
 const REFUSED_NAME: &[u8] = b"sluice_refused";
@@ -104,10 +111,11 @@ impl Translator<'_> {
         if name.is_empty() {
             return deallocate::bind_unnamed(self.client, self.responses, portal);
         }
-        let Some(statement) = self.client.get(name).cloned() else {
+        let Some((kept, statement)) = self.client.get_named(name) else {
             return BindOutcome::Forward;
         };
-        match self.gate(name, &statement) {
+        let (kept, statement) = (kept.clone(), statement.clone());
+        match self.gate(&kept, &statement) {
             Gate::Go => {}
             Gate::Refuse(e) => {
                 self.refuse(e);
@@ -120,17 +128,17 @@ impl Translator<'_> {
         self.ensure(&statement.def);
         let consumed = 5 + portal.len() + 1 + name.len() + 1;
         let server_name = server_name(hash);
-        let new_len = total - consumed + 4 + portal.len() + 1 + server_name.len() + 1;
+        let new_len = total - consumed + 4 + portal.len() + 1 + server_name.as_bytes().len() + 1;
+        // Room for the whole rewritten Bind and what usually follows it (Describe, Execute,
+        // Sync) at once: written piece by piece, they grew the buffer three or four times.
+        self.out.reserve((1 + new_len).min(BIND_ROOM) + BATCH_TAIL_ROOM);
         self.out.put_u8(frontend::BIND);
         self.out.put_i32(new_len as i32);
         self.out.put_slice(portal);
         self.out.put_u8(0);
         self.out.put_slice(server_name.as_bytes());
         self.out.put_u8(0);
-        let undo = Undo::Uses {
-            hash,
-            name: Bytes::copy_from_slice(name),
-        };
+        let undo = Undo::Uses { hash, name: kept };
         self.responses.push_server(Ends::Bind, false, undo);
         BindOutcome::Rewritten(consumed)
     }
@@ -143,10 +151,11 @@ impl Translator<'_> {
         let Some((kind, name)) = statement_target(msg) else {
             return Outcome::Forward;
         };
-        let Some(statement) = self.client.get(name).cloned() else {
+        let Some((kept, statement)) = self.client.get_named(name) else {
             return Outcome::Forward;
         };
-        match self.gate(name, &statement) {
+        let (kept, statement) = (kept.clone(), statement.clone());
+        match self.gate(&kept, &statement) {
             Gate::Go => {}
             Gate::Refuse(e) => return self.refuse(e),
             Gate::Wait => return Outcome::Wait,
@@ -160,7 +169,7 @@ impl Translator<'_> {
         );
         let undo = Undo::Uses {
             hash: statement.def.hash,
-            name: Bytes::copy_from_slice(name),
+            name: kept,
         };
         self.responses.push_server(Ends::Describe, false, undo);
         Outcome::Done
@@ -178,7 +187,10 @@ impl Translator<'_> {
             return Outcome::Forward;
         };
         self.client.forget(&name);
-        let undo = Undo::ClientClose { name, statement };
+        let undo = Undo::ClientClose {
+            name,
+            statement: Box::new(statement),
+        };
         self.responses
             .push_reply(Bytes::from_static(CLOSE_COMPLETE), undo, false);
         Outcome::Done
@@ -189,7 +201,7 @@ impl Translator<'_> {
     /// rows of another shape from a server's copy prepared after a schema change (PostgreSQL
     /// would refuse the statement). A copy whose description sluice has not seen is described
     /// first, with the client's message held until the answer.
-    fn gate(&mut self, name: &[u8], statement: &ClientStatement) -> Gate {
+    fn gate(&mut self, name: &Bytes, statement: &ClientStatement) -> Gate {
         if let Err(e) = self.check_plan(name, statement) {
             return Gate::Refuse(e);
         }
@@ -219,7 +231,7 @@ impl Translator<'_> {
                 put_message(self.out, frontend::FLUSH, &[]);
                 let undo = Undo::ShapeCheck {
                     hash,
-                    name: Bytes::copy_from_slice(name),
+                    name: name.clone(),
                 };
                 self.responses.push_server(Ends::Describe, true, undo);
                 Gate::Wait

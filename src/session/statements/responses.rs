@@ -9,6 +9,7 @@
 use crate::protocol::tags::{backend, frontend};
 use crate::server::statements::{PlanInvalidations, ServerStatements};
 use bytes::Bytes;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 /// Which server message completes an entry.
@@ -75,7 +76,9 @@ pub(crate) enum Undo {
     /// A client's Close of `name`, answered by sluice: the client still has it.
     ClientClose {
         name: Bytes,
-        statement: super::client::ClientStatement,
+        /// Boxed: rare, and the largest variant otherwise (every entry of the ledger is as
+        /// large as the largest).
+        statement: Box<super::client::ClientStatement>,
     },
     /// A Parse sluice sent so a statement exists on this server.
     ServerParse(u128),
@@ -147,7 +150,7 @@ impl Books<'_> {
             }
             Undo::ClientClose { name, statement } => {
                 if let Some(c) = self.client.as_deref_mut() {
-                    c.restore(name, statement);
+                    c.restore(name, *statement);
                 }
             }
             Undo::ServerParse(h) => {
@@ -187,7 +190,7 @@ impl ErrorNote {
 }
 
 /// The queue of replies owed, and how many of them are ReadyForQuery.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Responses {
     due: VecDeque<Due>,
     /// Entries answered by ReadyForQuery (requests in flight).
@@ -197,6 +200,58 @@ pub(crate) struct Responses {
     server_skipping: bool,
     /// Shape checks in the queue (the client's messages wait while there are any).
     checks: usize,
+}
+
+/// Most entries' room a ledger's queue keeps for the next checkout (about 3.5 KiB): one that a
+/// long pipeline grew past it gives the rest back.
+const KEPT_ENTRIES: usize = 32;
+/// Most emptied queues kept per thread: about as many as the servers held at once by sessions on
+/// it, beyond which a checkout allocates its own.
+const KEPT_QUEUES: usize = 32;
+
+thread_local! {
+    /// Emptied queues of ledgers dropped on this thread, with their room: a checkout's ledger
+    /// takes one instead of allocating a queue and growing it (two allocations and a copy per
+    /// transaction). Per thread, not per client, so an idle client carries none of it; bounded
+    /// by `KEPT_QUEUES` of `KEPT_ENTRIES`.
+    static SPARES: RefCell<Vec<VecDeque<Due>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Default for Responses {
+    /// An empty ledger, with the room of one dropped earlier on this thread if there is one.
+    fn default() -> Self {
+        let due = SPARES
+            .try_with(|spares| spares.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Responses {
+            due,
+            requests: 0,
+            server_skipping: false,
+            checks: 0,
+        }
+    }
+}
+
+impl Drop for Responses {
+    /// Hands the emptied queue on to a ledger made later on this thread.
+    fn drop(&mut self) {
+        if self.due.capacity() == 0 {
+            return;
+        }
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        due.shrink_to(KEPT_ENTRIES);
+        // During the thread's exit the slot is gone, and past the bound there is no room: the
+        // queue is then simply freed.
+        let _ = SPARES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < KEPT_QUEUES {
+                spares.push(due);
+            }
+        });
+    }
 }
 
 impl Responses {
@@ -431,5 +486,79 @@ impl Responses {
                 .retain(|d| !matches!(d, Due::Server { ends: Ends::Sync, .. }));
             self.requests -= before - self.due.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread of its own, so no other test's ledgers are in its spares.
+    fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().expect("the test thread panicked");
+    }
+
+    #[test]
+    fn a_ledger_takes_the_room_of_one_dropped_before_on_its_thread_and_nothing_else() {
+        on_fresh_thread(|| {
+            let mut first = Responses::default();
+            assert_eq!(first.due.capacity(), 0);
+            // A client that leaves mid-batch: entries still owed when the ledger goes.
+            for tag in [
+                frontend::PARSE,
+                frontend::BIND,
+                frontend::EXECUTE,
+                frontend::SYNC,
+                frontend::QUERY,
+            ] {
+                first.expect(tag);
+            }
+            let room = first.due.capacity();
+            drop(first);
+            let next = Responses::default();
+            assert_eq!(next.due.capacity(), room);
+            assert!(next.is_empty());
+            assert_eq!(next.requests(), 0);
+            assert!(!next.checking() && !next.server_skipping());
+        });
+    }
+
+    #[test]
+    fn a_ledger_grown_by_a_long_pipeline_keeps_only_bounded_room() {
+        on_fresh_thread(|| {
+            let mut pipeline = Responses::default();
+            for _ in 0..10_000 {
+                pipeline.expect(frontend::SYNC);
+            }
+            drop(pipeline);
+            let next = Responses::default();
+            assert!(next.due.capacity() >= 1 && next.due.capacity() <= KEPT_ENTRIES);
+        });
+    }
+
+    #[test]
+    fn a_thread_keeps_a_bounded_number_of_emptied_queues() {
+        on_fresh_thread(|| {
+            let ledgers: Vec<Responses> = (0..KEPT_QUEUES + 5)
+                .map(|_| {
+                    let mut r = Responses::default();
+                    r.expect(frontend::SYNC);
+                    r
+                })
+                .collect();
+            drop(ledgers);
+            assert_eq!(SPARES.with(|s| s.borrow().len()), KEPT_QUEUES);
+        });
+    }
+
+    #[test]
+    fn a_ledger_entry_stays_small() {
+        // Every entry of the queue is as large as the largest kind: a rare one that is larger
+        // (a client's Close) is boxed.
+        assert!(
+            std::mem::size_of::<Due>() <= 112,
+            "{}",
+            std::mem::size_of::<Due>()
+        );
     }
 }
