@@ -18,6 +18,12 @@ use upgrade_support::{Generations, identities};
 const USER: &str = "sluice_trust";
 /// Short enough that a client held until it ends makes the test fail on time.
 const UPGRADE_TIMEOUT_S: u64 = 8;
+/// Each test with a producer NOTIFYs on channels of its own: the tests run at once on one
+/// PostgreSQL, and a listener must hear only its own test's numbers. Two channels each (the
+/// producer's pace); the last two tests listen on the first only.
+const THREE_UPGRADES: [&str; 2] = ["upg3_a", "upg3_b"];
+const TWO_HUNDRED: [&str; 2] = ["upg200_a", "upg200_b"];
+const REFUSED: [&str; 2] = ["upgref_a", "upgref_b"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listening_clients_move_through_three_upgrades_hearing_every_notification_once_in_order() {
@@ -26,7 +32,8 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
     );
     let mut g = Generations::start(&extra, &[]);
     // Three listeners: one per channel, one on both.
-    let plans: [&[&str]; 3] = [&["upg_a"], &["upg_b"], &["upg_a", "upg_b"]];
+    let [a, b] = THREE_UPGRADES;
+    let plans: [&[&str]; 3] = [&[a], &[b], &[a, b]];
     let mut listeners = Vec::new();
     for plan in plans {
         let l = listener(g.addr()).await;
@@ -38,7 +45,7 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         }
         listeners.push(l);
     }
-    let (mut asyncpg, mut asyncpg_out) = asyncpg_listener(g.port).await;
+    let (mut asyncpg, mut asyncpg_out) = asyncpg_listener(g.port, b).await;
     // A victim that never listens keeps querying through the upgrades.
     let mut victim = listener(g.addr()).await;
     let victim_stop = Arc::new(AtomicBool::new(false));
@@ -65,7 +72,7 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    let producer = tokio::spawn(produce(&THREE_UPGRADES, stop.clone(), sent.clone()));
     while sent.load(Ordering::Acquire) < 200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -118,7 +125,7 @@ async fn listening_clients_move_through_three_upgrades_hearing_every_notificatio
         .flatten()
         .expect("asyncpg's payloads");
     let heard: Vec<String> = serde_json::from_str(&heard).expect("a JSON list");
-    assert_whole_sequence("asyncpg", "upg_b", &heard);
+    assert_whole_sequence("asyncpg", b, &heard);
     assert_eq!(heard.len() as u64, last + 1, "asyncpg heard all {last}");
     let after = identities(&g.show_clients().await);
     assert_eq!(
@@ -283,14 +290,18 @@ async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notifica
     let extra = format!("pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"");
     let mut g = Generations::start(&extra, &[]);
     let mut listeners = Vec::new();
+    let [ch, _] = TWO_HUNDRED;
     for _ in 0..200 {
         let l = listener(g.addr()).await;
-        l.client.batch_execute("LISTEN upg_a").await.expect("LISTEN");
+        l.client
+            .batch_execute(&format!("LISTEN {ch}"))
+            .await
+            .expect("LISTEN");
         listeners.push(l);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    let producer = tokio::spawn(produce(&TWO_HUNDRED, stop.clone(), sent.clone()));
     while sent.load(Ordering::Acquire) < 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -304,9 +315,9 @@ async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notifica
     stop.store(true, Ordering::Release);
     let last = producer.await.expect("producer");
     for (i, l) in listeners.iter_mut().enumerate() {
-        let (got, notices) = l.until_end(&["upg_a"], Duration::from_secs(30)).await;
-        assert_whole_sequence(&format!("listener {i}"), "upg_a", &got["upg_a"]);
-        assert_eq!(got["upg_a"].len() as u64, last + 1);
+        let (got, notices) = l.until_end(&[ch], Duration::from_secs(30)).await;
+        assert_whole_sequence(&format!("listener {i}"), ch, &got[ch]);
+        assert_eq!(got[ch].len() as u64, last + 1);
         assert!(notices.is_empty(), "{notices:?}");
     }
     let log = g.log_text();
@@ -325,9 +336,13 @@ async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notifica
 async fn listeners_the_new_process_refuses_stay_and_miss_nothing_until_upgrade_timeout() {
     let mut g = Generations::start("pool_mode = \"transaction\"\nupgrade_timeout = \"3s\"", &[]);
     let mut listeners = Vec::new();
+    let [ch, _] = REFUSED;
     for _ in 0..3 {
         let l = listener(g.addr()).await;
-        l.client.batch_execute("LISTEN upg_a").await.expect("LISTEN");
+        l.client
+            .batch_execute(&format!("LISTEN {ch}"))
+            .await
+            .expect("LISTEN");
         listeners.push(l);
     }
     let config = g.dir.path().join("pooler.toml");
@@ -339,7 +354,7 @@ async fn listeners_the_new_process_refuses_stay_and_miss_nothing_until_upgrade_t
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(stop.clone(), sent.clone()));
+    let producer = tokio::spawn(produce(&REFUSED, stop.clone(), sent.clone()));
     while sent.load(Ordering::Acquire) < 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

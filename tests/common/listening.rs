@@ -12,8 +12,6 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 pub const USER: &str = "sluice_trust";
-/// The producer's two channels.
-pub const CHANNELS: [&str; 2] = ["upg_a", "upg_b"];
 
 /// What a connection heard besides answers.
 #[derive(Debug)]
@@ -124,8 +122,9 @@ impl Listener {
     }
 }
 
-/// asyncpg's listener (add_listener) on `upg_b`: prints "ready" once listening, then, after
-/// "end", the payloads it heard as one JSON list; disconnects when its stdin closes.
+/// asyncpg's listener (add_listener) on the channel named by its second argument: prints
+/// "ready" once listening, then, after "end", the payloads it heard as one JSON list;
+/// disconnects when its stdin closes.
 pub const ASYNCPG_LISTENER: &str = r#"
 import asyncio, json, sys
 import asyncpg
@@ -138,7 +137,7 @@ async def main():
         got.append(payload)
         if payload == "end":
             done.set()
-    await conn.add_listener("upg_b", on)
+    await conn.add_listener(sys.argv[2], on)
     print("ready", flush=True)
     await asyncio.wait_for(done.wait(), 120)
     print(json.dumps(got), flush=True)
@@ -171,16 +170,17 @@ pub async fn venv_python() -> std::path::PathBuf {
     venv.join("bin/python")
 }
 
-/// Starts the asyncpg listener and waits until it listens.
+/// Starts the asyncpg listener on `channel` and waits until it listens.
 pub async fn asyncpg_listener(
     port: u16,
+    channel: &str,
 ) -> (
     tokio::process::Child,
     tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(venv_python().await)
-        .args(["-c", ASYNCPG_LISTENER, &port.to_string()])
+        .args(["-c", ASYNCPG_LISTENER, &port.to_string(), channel])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -217,10 +217,12 @@ pub fn assert_whole_sequence(who: &str, channel: &str, payloads: &[String]) {
     }
 }
 
-/// NOTIFYs 1, 2, 3, ... on both channels (a transaction each, one channel after the other)
-/// straight on PostgreSQL, about every millisecond, until `stop`; then "end" on both.
-/// Returns the last number sent.
-pub async fn produce(stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> u64 {
+/// NOTIFYs 1, 2, 3, ... on each of `channels` (a transaction each, one channel after the
+/// other) straight on PostgreSQL, about every millisecond, until `stop`; then "end" on each.
+/// Returns the last number sent. The test binary's tests share one PostgreSQL and run at
+/// once: each test's producer and listeners use channels of their own, or a listener hears
+/// another test's numbers and "end".
+pub async fn produce(channels: &'static [&'static str], stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> u64 {
     let c = super::connect(pg().addr(), USER, "", "app")
         .await
         .expect("producer connects to PostgreSQL");
@@ -230,15 +232,15 @@ pub async fn produce(stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> u64 {
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
         n += 1;
-        for ch in CHANNELS {
-            c.execute(&notify, &[&ch, &n.to_string()])
+        for ch in channels {
+            c.execute(&notify, &[ch, &n.to_string()])
                 .await
                 .expect("pg_notify");
         }
         sent.store(n, Ordering::Release);
     }
-    for ch in CHANNELS {
-        c.execute(&notify, &[&ch, &"end"]).await.expect("end");
+    for ch in channels {
+        c.execute(&notify, &[ch, &"end"]).await.expect("end");
     }
     n
 }
