@@ -287,7 +287,12 @@ async fn a_marker_that_never_comes_ends_the_wait_within_its_bound_with_a_notice(
 /// every number once, in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_listeners_move_in_one_upgrade_and_each_hears_every_notification() {
-    let extra = format!("pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"");
+    // The producer sends about 1,000 a second; moving 200 listeners can take a debug build on
+    // two busy cores 2-3 s, so each client's queue holds 10 s of them (the default holds 1 s,
+    // and a full queue drops by design; that limit is tested in listen_notify).
+    let extra = format!(
+        "pool_mode = \"transaction\"\nupgrade_timeout = \"{UPGRADE_TIMEOUT_S}s\"\nnotify_queue_size = 10000"
+    );
     let mut g = Generations::start(&extra, &[]);
     let mut listeners = Vec::new();
     let [ch, _] = TWO_HUNDRED;

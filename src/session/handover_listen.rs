@@ -57,7 +57,12 @@ impl Session {
         let deadline = tokio::time::Instant::now() + JOIN_LIMIT + std::time::Duration::from_secs(1);
         let late = || "its notifications from the previous upgrade were not joined in time".to_string();
         while let Some(l) = self.listening.as_deref_mut().filter(|l| l.joining()) {
-            let next = std::future::poll_fn(|cx| l.poll_next(cx));
+            // A join that ends with nothing waiting ends the wait too (else it would last until
+            // the next notification, or the deadline on a quiet channel).
+            let next = std::future::poll_fn(|cx| match l.poll_next(cx) {
+                std::task::Poll::Pending if !l.joining() => std::task::Poll::Ready(None),
+                other => other,
+            });
             match tokio::time::timeout_at(deadline, next).await {
                 Ok(Some(m)) => self.client.outbuf.extend_from_slice(&m),
                 Ok(None) => break,
