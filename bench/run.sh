@@ -140,7 +140,8 @@ run_one() {
             SLUICE_CONFIG=$TMP/sluice.toml
             if [ -n "${!extra:-}" ]; then
                 SLUICE_CONFIG=$TMP/sluice-${target#sluice@}.toml
-                awk -v extra="${!extra}" '{ print } /^workers = / { print extra }' \
+                # Lines of the extra replace the generated `workers` line when they set it.
+                awk -v extra="${!extra}" '/^workers = / { if (extra !~ /(^|\n)workers *=/) print; print extra; next } { print }' \
                     "$TMP/sluice.toml" >"$SLUICE_CONFIG"
             fi
             start_pooler sluice
