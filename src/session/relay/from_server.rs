@@ -9,17 +9,96 @@ use crate::server::ServerConn;
 use crate::session::client::ClientIo;
 use crate::session::link::Link;
 use crate::session::statements::{Books, ErrorNote, Verdict};
+use bytes::{Buf, BytesMut};
 
 /// Moves server messages to the client-bound buffer (and sluice's own replies into their
 /// places). Returns true when it stopped at a ReadyForQuery that leaves nothing due.
+///
+/// The server's read buffer is taken out for the pump, so a message is looked at where it lies
+/// while the server's other fields change. The bytes forwarded as they are gather at its front
+/// (a run) and go to the client's buffer in one piece: when something is put between them (a
+/// reply of sluice's own, a message hidden or replaced), at a ReadyForQuery, and when the pump
+/// stops, on every path, errors included, as the messages before the failure were forwarded.
 pub(super) fn pump_server(
     client: &mut ClientIo,
     link: &mut Link,
     server: &mut ServerConn,
     ctx: &mut RelayContext<'_>,
 ) -> Result<bool, RelayError> {
+    let mut input = Input {
+        buf: std::mem::take(&mut server.read_buf),
+        run: 0,
+    };
+    let pumped = pump(&mut input, client, link, server, ctx);
+    input.forward(client);
+    server.read_buf = input.buf;
+    pumped
+}
+
+/// The server's input during a pump: its first `run` bytes are whole messages (or pieces)
+/// already judged to go to the client as they are.
+struct Input {
+    buf: BytesMut,
+    run: usize,
+}
+
+/// Up to this many bytes are copied to the client's buffer; a longer run is split off the read
+/// buffer and joined to it without a copy when it can be.
+const COPY_MAX: usize = 2048;
+
+impl Input {
+    /// The bytes not yet judged.
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.run..]
+    }
+
+    /// Sends the run on. With nothing buffered for the client before it, it is written straight
+    /// from the read buffer as far as the socket takes it now (the common reply: no copy, no
+    /// allocation, no later write). What is left is buffered for the relay's writes: a short
+    /// rest is copied, as splitting it off would turn the read buffer into a shared one (an
+    /// allocation) that cannot reuse its room afterwards. A failed write is left to the
+    /// buffered write to find again, so the relay ends where it always did.
+    fn forward(&mut self, client: &mut ClientIo) {
+        let run = std::mem::take(&mut self.run);
+        if run == 0 {
+            return;
+        }
+        let mut sent = 0;
+        if client.outbuf.is_empty()
+            && let Ok(n) = client.socket.try_write(&self.buf[..run])
+        {
+            sent = n;
+            client.bytes_out += n as u64;
+            self.buf.advance(n);
+        }
+        let out = &mut client.outbuf;
+        match run - sent {
+            0 => {}
+            n if n <= COPY_MAX || !out.is_empty() => {
+                out.extend_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+            }
+            n => out.unsplit(self.buf.split_to(n)),
+        }
+    }
+
+    /// Drops the `len` bytes after the run (a message that does not go to the client as is).
+    fn drop_next(&mut self, len: usize, client: &mut ClientIo) {
+        self.forward(client);
+        self.buf.advance(len);
+    }
+}
+
+fn pump(
+    input: &mut Input,
+    client: &mut ClientIo,
+    link: &mut Link,
+    server: &mut ServerConn,
+    ctx: &mut RelayContext<'_>,
+) -> Result<bool, RelayError> {
     loop {
-        if link.server_scan.at_boundary() {
+        if link.server_scan.at_boundary() && link.responses.has_reply() {
+            input.forward(client);
             while let Some((bytes, ready)) = link.responses.pop_reply() {
                 client.outbuf.extend_from_slice(&bytes);
                 if ready {
@@ -30,17 +109,17 @@ pub(super) fn pump_server(
                 }
             }
         }
-        if client.outbuf.len() >= OUT_CAP {
+        if client.outbuf.len() + input.run >= OUT_CAP {
             return Ok(false);
         }
         let item = link
             .server_scan
-            .next(&server.read_buf, backend::read_whole_by_relay)
+            .next(input.rest(), backend::read_whole_by_relay)
             .map_err(|e| RelayError::ServerProtocol(e.to_string()))?;
         let (tag, len, whole) = match item {
             ScanItem::NeedMore => return Ok(false),
             ScanItem::Pass { len, tag: None } => {
-                client.outbuf.unsplit(server.read_buf.split_to(len));
+                input.run += len;
                 continue;
             }
             ScanItem::Pass { len, tag: Some(t) } => (t, len, false),
@@ -49,9 +128,9 @@ pub(super) fn pump_server(
                 return Err(RelayError::ServerProtocol("unexpected partial message".into()));
             }
         };
-        let msg = server.read_buf.split_to(len);
         let mut note = None;
         if whole {
+            let msg = &input.rest()[..len];
             match tag {
                 backend::READY_FOR_QUERY => {
                     if len != 6 {
@@ -79,7 +158,7 @@ pub(super) fn pump_server(
                         l.on_command_complete(&msg[5..]);
                     }
                 }
-                backend::ROW_DESCRIPTION | backend::NO_DATA => row_description(&msg, link, server, ctx),
+                backend::ROW_DESCRIPTION | backend::NO_DATA => row_description(msg, link, server, ctx),
                 backend::PARAMETER_STATUS => {
                     if let Some((name, value)) = parameter_status(&msg[5..]) {
                         if crate::session::params::is_identity(name) {
@@ -104,15 +183,19 @@ pub(super) fn pump_server(
             plans: ctx.plans,
         };
         match link.responses.on_server_message(tag, note, &mut books) {
-            Verdict::Hide => continue,
+            Verdict::Hide => {
+                input.drop_next(len, client);
+                continue;
+            }
             Verdict::Replace(reply) => {
+                input.drop_next(len, client);
                 client.outbuf.extend_from_slice(&reply);
                 continue;
             }
-            Verdict::Forward => {}
+            Verdict::Forward => input.run += len,
         }
-        client.outbuf.unsplit(msg);
         if tag == backend::READY_FOR_QUERY {
+            input.forward(client);
             link.on_ready_for_query(server, ctx.stats, ctx.info, client, ctx.release_when_idle);
             if link.pending_requests() == 0 && server.tx_status == TxStatus::Idle {
                 return Ok(true);

@@ -346,6 +346,12 @@ impl Responses {
         self.push_reply(out.freeze(), Undo::Nothing, false);
     }
 
+    /// True when the next reply owed is one of sluice's own (what [`Responses::pop_reply`]
+    /// would give).
+    pub(crate) fn has_reply(&self) -> bool {
+        matches!(self.due.front(), Some(Due::Reply { .. }))
+    }
+
     /// The next reply of sluice's own, if it is at the front of the queue, and whether it
     /// answered a request.
     pub(crate) fn pop_reply(&mut self) -> Option<(Bytes, bool)> {
