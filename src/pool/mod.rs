@@ -219,15 +219,23 @@ impl PoolState {
     /// every thread, so a waiter never waits while any server is idle). With `round_robin` the
     /// order alone decides: preferring the worker's own servers would keep each worker on its
     /// own few, which is what the setting exists to prevent.
+    #[inline(always)] // once per checkout: the common case costs less than the call
     fn pop_idle(&mut self, round_robin: bool) -> Option<PooledServer> {
         if round_robin {
             return self.idle.pop_front();
         }
         let here = crate::workers::current();
-        // Usually the last released is the worker's own: taken without a search.
+        // Usually the last released is the worker's own: taken without a search or a call.
         if here == 0 || self.idle.back().is_some_and(|s| s.conn.home() == here) {
             return self.idle.pop_back();
         }
+        self.pop_idle_searching(here)
+    }
+
+    /// [`PoolState::pop_idle`] when the last released server is not worker `here`'s: the last
+    /// released one that is, else the last released.
+    #[inline(never)] // the rare case, kept out of the callers
+    fn pop_idle_searching(&mut self, here: usize) -> Option<PooledServer> {
         if let Some(i) = self.idle.iter().rposition(|s| s.conn.home() == here) {
             return self.idle.remove(i);
         }
