@@ -17,6 +17,7 @@ thread_local! {
 /// Which per-core worker the calling thread is (1-based), or 0 when it is none (the shared
 /// runtime, the thread that accepts, a blocking-pool thread). A server records it when its
 /// socket is registered, so a session on another worker knows to move the registration.
+#[inline]
 pub(crate) fn current() -> usize {
     INDEX.with(Cell::get)
 }

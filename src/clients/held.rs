@@ -68,6 +68,7 @@ impl CancelsInFlight {
     }
 
     /// True while a cancel request is on its way.
+    #[inline]
     pub fn any(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0
     }

@@ -70,14 +70,15 @@ impl Drop for WaitGuard {
     }
 }
 
-/// What vetting an idle server without I/O decided.
+/// What vetting an idle server without I/O decided (the server stays with the caller: moved
+/// through fewer hands, it is copied fewer times).
 enum Vetted {
     /// Lend it.
-    Ready(PooledServer),
+    Ready,
     /// Close it (dead, or past its lifetime).
     Discard,
     /// Run server_check_query (with this time limit) first.
-    Check(PooledServer, String, Duration),
+    Check(String, Duration),
 }
 
 impl Pool {
@@ -124,7 +125,8 @@ impl Pool {
                 }
             }
         };
-        Ok(Self::lend(server, client, Instant::now()))
+        Self::lend(&server, client, Instant::now());
+        Ok(server)
     }
 
     /// The common case of a checkout, with no await at all: an idle server that needs no check
@@ -135,32 +137,34 @@ impl Pool {
         if self.is_paused() {
             return None;
         }
-        // One load of the settings for the whole fast path.
-        let settings = self.settings();
+        // What the fast path needs of the settings, without loading them (fair shares do).
+        let hot = self.hot();
         loop {
-            let server = {
+            let mut server = {
                 let mut st = self.state.lock();
-                let past = super::shares::past_fast_path(&st, &settings);
+                let past = hot.shares() && super::shares::past_fast_path(&st, &self.settings());
                 if past && self.held_back_now(&st, client) {
                     return None; // the full checkout queues it
                 }
-                let server = st.pop_idle(settings.round_robin)?;
+                let server = st.pop_idle(hot.round_robin())?;
                 // Counted as the client's before the lock is let go: a share decision on
                 // another thread meanwhile must see it (vetting may take system calls).
                 if past {
-                    Self::lend(server, client, now)
-                } else {
-                    server
+                    Self::lend(&server, client, now);
                 }
+                server
             };
-            match self.vet_idle_now(server, now, &settings) {
-                Vetted::Ready(server) => return Some(Self::lend(server, client, now)),
+            match self.vet_idle_now(&mut server, now, hot) {
+                Vetted::Ready => {
+                    Self::lend(&server, client, now);
+                    return Some(server);
+                }
                 Vetted::Discard => continue,
-                Vetted::Check(server, _, _) => {
+                Vetted::Check(..) => {
                     // The full checkout pops it again and runs the check.
                     server.conn.info.set(ServerUse::Idle);
                     let mut st = self.state.lock();
-                    if settings.round_robin {
+                    if hot.round_robin() {
                         st.idle.push_front(server);
                     } else {
                         st.idle.push_back(server);
@@ -174,14 +178,13 @@ impl Pool {
     }
 
     /// Records `client` as the holder of `server` since `now`.
-    fn lend(server: PooledServer, client: &Arc<ClientInfo>, now: Instant) -> PooledServer {
+    fn lend(server: &PooledServer, client: &Arc<ClientInfo>, now: Instant) {
         server.conn.info.set(ServerUse::Lent {
             holder: client.clone(),
             since: now,
             tx: TxState::Active,
             tx_since: now,
         });
-        server
     }
 
     fn next_step(self: &Arc<Self>, use_reserve: bool, client: &Arc<ClientInfo>) -> Step {
@@ -198,7 +201,8 @@ impl Pool {
                 if group.is_empty() {
                     return Step::Ready(server);
                 }
-                return Step::Ready(Self::lend(server, client, Instant::now()));
+                Self::lend(&server, client, Instant::now());
+                return Step::Ready(server);
             }
             if let Some(permit) = self.try_take_slot(&mut st, use_reserve) {
                 return Step::Open(permit);
@@ -320,19 +324,26 @@ impl Pool {
     /// check query when it has been idle longer than server_check_delay.
     /// Vets an idle server before lending it. The common case (healthy, not due for a check)
     /// takes no await; the check query's wait is boxed, so every checkout does not carry it.
-    fn vet_idle(&self, server: PooledServer) -> impl Future<Output = Option<PooledServer>> + '_ {
-        let vetted = self.vet_idle_now(server, Instant::now(), &self.settings());
+    fn vet_idle(&self, mut server: PooledServer) -> impl Future<Output = Option<PooledServer>> + '_ {
+        let vetted = self.vet_idle_now(&mut server, Instant::now(), self.hot());
+        // A discarded server is closed now, not when the future is first polled.
+        let server = match vetted {
+            Vetted::Discard => None,
+            Vetted::Ready | Vetted::Check(..) => Some(server),
+        };
         async move {
-            match vetted {
-                Vetted::Ready(server) => Some(server),
-                Vetted::Discard => None,
-                Vetted::Check(server, query, limit) => Box::pin(self.run_check(server, query, limit)).await,
+            match (server, vetted) {
+                (Some(server), Vetted::Check(query, limit)) => {
+                    Box::pin(self.run_check(server, query, limit)).await
+                }
+                (server, _) => server,
             }
         }
     }
 
-    /// The part of vetting that needs no I/O, as of `now`, under `settings`.
-    fn vet_idle_now(&self, server: PooledServer, now: Instant, settings: &super::PoolSettings) -> Vetted {
+    /// The part of vetting that needs no I/O, as of `now`, under the settings `hot` was read
+    /// from (loaded whole only when a check is due).
+    fn vet_idle_now(&self, server: &mut PooledServer, now: Instant, hot: super::settings::Hot) -> Vetted {
         if !server.conn.is_healthy_idle() {
             tracing::debug!(
                 server = server.conn.id,
@@ -345,7 +356,6 @@ impl Pool {
             self.stats.metrics.recycled(Recycle::Lifetime, 1);
             return Vetted::Discard;
         }
-        let mut server = server;
         if !server.conn.settle_here() {
             tracing::debug!(
                 server = server.conn.id,
@@ -359,25 +369,15 @@ impl Pool {
             return Vetted::Discard;
         }
         // Whether a check is due first: it rarely is on a busy pool, and the rest costs more.
-        let check = {
-            let s = settings;
-            // An addition and a comparison (a subtraction of instants costs about 90
-            // instructions, once per transaction); a sum past the clock's range is never due.
-            // A zero delay is always due (`now` may be a reading from before the release).
-            let due = s.server_check_delay.is_zero()
-                || server
-                    .conn
-                    .last_used
-                    .checked_add(s.server_check_delay)
-                    .is_some_and(|at| now >= at);
-            due.then(|| s.server_check_query.trim())
-                .filter(|query| !query.is_empty() || s.ha.checks_role())
-                .map(|query| (query.to_string(), s.connect_timeout))
-        };
-        match check {
-            Some((query, limit)) => Vetted::Check(server, query, limit),
-            None => Vetted::Ready(server),
+        if !hot.check_due(server.conn.last_used, now) {
+            return Vetted::Ready;
         }
+        let s = self.settings();
+        let query = s.server_check_query.trim();
+        if query.is_empty() && !s.ha.checks_role() {
+            return Vetted::Ready; // the check was turned off just now
+        }
+        Vetted::Check(query.to_string(), s.connect_timeout)
     }
 
     /// Runs server_check_query on an idle server; None if it fails.

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 impl Pool {
     /// True while PAUSE is in force.
+    #[inline]
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
@@ -44,6 +45,7 @@ impl Pool {
     /// A server went (back) into the idle queue: wakes a PAUSE waiting for it. Called after the
     /// state lock is released; a PAUSE that began before that lock was taken is told here, one
     /// that began after it sees the server idle. Costs one atomic load when nothing is paused.
+    #[inline]
     pub(super) fn idle_returned(&self) {
         if self.paused.load(Ordering::SeqCst) {
             self.servers_changed();
@@ -110,6 +112,7 @@ impl Pool {
 
     /// The current server generation: older servers are closed on release (RECONNECT), and SHOW
     /// SERVERS marks them close_needed.
+    #[inline]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

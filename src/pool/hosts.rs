@@ -328,10 +328,14 @@ impl HostSet {
     }
 
     /// True when `conn` was opened on a host before it was drained.
+    #[inline]
     pub(crate) fn drained(&self, conn: &ServerConn) -> bool {
-        if !self.any_drained.load(Ordering::Relaxed) {
-            return false;
-        }
+        // Checked at every checkout and release: the common answer without a call.
+        self.any_drained.load(Ordering::Relaxed) && self.drained_slow(conn)
+    }
+
+    /// [`HostSet::drained`] once some host was drained: is it this server's?
+    fn drained_slow(&self, conn: &ServerConn) -> bool {
         let hosts = self.hosts.lock();
         hosts.iter().any(|h| {
             h.addr.host.as_str() == &*conn.target_addr.0

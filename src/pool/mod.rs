@@ -219,14 +219,24 @@ impl PoolState {
     /// every thread, so a waiter never waits while any server is idle). With `round_robin` the
     /// order alone decides: preferring the worker's own servers would keep each worker on its
     /// own few, which is what the setting exists to prevent.
+    #[inline(always)] // once per checkout: the common case costs less than the call
     fn pop_idle(&mut self, round_robin: bool) -> Option<PooledServer> {
         if round_robin {
             return self.idle.pop_front();
         }
         let here = crate::workers::current();
-        if here != 0
-            && let Some(i) = self.idle.iter().rposition(|s| s.conn.home() == here)
-        {
+        // Usually the last released is the worker's own: taken without a search or a call.
+        if here == 0 || self.idle.back().is_some_and(|s| s.conn.home() == here) {
+            return self.idle.pop_back();
+        }
+        self.pop_idle_searching(here)
+    }
+
+    /// [`PoolState::pop_idle`] when the last released server is not worker `here`'s: the last
+    /// released one that is, else the last released.
+    #[inline(never)] // the rare case, kept out of the callers
+    fn pop_idle_searching(&mut self, here: usize) -> Option<PooledServer> {
+        if let Some(i) = self.idle.iter().rposition(|s| s.conn.home() == here) {
             return self.idle.remove(i);
         }
         self.idle.pop_back()
@@ -238,6 +248,9 @@ pub struct Pool {
     /// Which pool this is.
     pub key: PoolKey,
     settings: arc_swap::ArcSwap<PoolSettings>,
+    /// What a transaction needs of `settings` ([`settings::Hot`]), rewritten with them under
+    /// the state lock (so two changes at once cannot leave it behind the settings).
+    hot: std::sync::atomic::AtomicU64,
     /// PAUSE: new checkouts wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -279,6 +292,7 @@ impl Pool {
         let login = LoginHealth::new();
         let pool = Arc::new(Pool {
             key,
+            hot: std::sync::atomic::AtomicU64::new(settings::Hot::of(&settings).bits()),
             settings: arc_swap::ArcSwap::from_pointee(settings),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
@@ -309,6 +323,12 @@ impl Pool {
         self.settings.load()
     }
 
+    /// What a transaction's checkout and release need of the settings, without loading them.
+    #[inline]
+    fn hot(&self) -> settings::Hot {
+        settings::Hot::from_bits(self.hot.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     /// Replaces the settings (RELOAD, SET); a smaller pool shrinks as servers are released.
     /// The secret servers log in with is derived state: the pool keeps what clients' logins
     /// taught it unless the configured secret changed ([`settings::reloaded_secret`]).
@@ -316,11 +336,20 @@ impl Pool {
     /// RECONNECT): a server lent in session mode keeps whatever its client left on it, and
     /// after a switch to transaction mode it would otherwise be handed on unreset.
     pub fn update_settings(&self, settings: PoolSettings) {
-        let before = self.settings.rcu(|current| {
-            let mut next = settings.clone();
-            next.target.secret = settings::reloaded_secret(&current.target, &settings.target);
-            next
-        });
+        let before = {
+            // Under the state lock: of two changes at once, the word follows the later one.
+            let _st = self.state.lock();
+            let before = self.settings.rcu(|current| {
+                let mut next = settings.clone();
+                next.target.secret = settings::reloaded_secret(&current.target, &settings.target);
+                next
+            });
+            self.hot.store(
+                settings::Hot::of(&settings).bits(),
+                std::sync::atomic::Ordering::Release,
+            );
+            before
+        };
         if let Some(what) = settings::servers_outdated(&before, &settings) {
             tracing::info!(database = %self.key.database, user = %self.key.user, changed = what, "replacing the pool's servers after a reload");
             self.reconnect();

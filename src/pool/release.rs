@@ -48,11 +48,9 @@ impl Pool {
     /// [`Pool::release`] with the caller's clock reading for the moment the server came back
     /// (a session releases at its last ReadyForQuery and has read the clock for it already).
     pub fn release_at(self: &Arc<Self>, server: PooledServer, disposition: Disposition, now: Instant) {
-        // One settings load for the reset rule and fair shares.
-        let (reset, shares) = {
-            let s = self.settings();
-            (Self::needs_reset_in(&s), s.shares.cap(s.pool_size).is_some())
-        };
+        // The reset rule and fair shares, without loading the settings.
+        let hot = self.hot();
+        let (reset, shares) = (hot.reset(), hot.shares());
         // Fair shares remember the group that releases (shares.rs, SHARE_MEMORY): noted under
         // give_back's lock on the common path, separately on the others.
         let holder = Self::releasing_holder(&server, shares);
@@ -102,7 +100,7 @@ impl Pool {
         Self::needs_reset_in(&self.settings())
     }
 
-    fn needs_reset_in(s: &super::PoolSettings) -> bool {
+    pub(super) fn needs_reset_in(s: &super::PoolSettings) -> bool {
         (s.mode == PoolMode::Session || s.reset_query_always) && !s.reset_query.trim().is_empty()
     }
 

@@ -4,6 +4,7 @@ use super::PoolSettings;
 use crate::auth::Secret;
 use crate::config::Config;
 use crate::server::ServerTarget;
+use std::time::{Duration, Instant};
 
 /// The settings of the pool for (`database`, `user`) under `config`; `client_secret` is the
 /// client's own secret, used to log in to the server unless the database forces a user.
@@ -133,5 +134,144 @@ pub(crate) fn servers_outdated(before: &PoolSettings, after: &PoolSettings) -> O
         Some("connect_query or a startup parameter")
     } else {
         None
+    }
+}
+
+/// What a transaction's checkout and release need of the settings, packed in one word the pool
+/// keeps beside them ([`super::Pool::hot`]): an atomic load where loading the settings costs
+/// about a hundred instructions, twice per transaction. Rewritten with every change of the
+/// settings; anything else is read from the settings themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hot(u64);
+
+impl Hot {
+    const ROUND_ROBIN: u64 = 1;
+    const SHARES: u64 = 1 << 1;
+    const RESET: u64 = 1 << 2;
+    const CHECKS: u64 = 1 << 3;
+    const FLAG_BITS: u32 = 4;
+    /// The longest server_check_delay the word holds, in nanoseconds (36 years): a longer one
+    /// is never due either.
+    const MAX_DELAY: u64 = u64::MAX >> Self::FLAG_BITS;
+
+    /// The word for `s`.
+    pub(crate) fn of(s: &PoolSettings) -> Hot {
+        let flag = |on: bool, bit: u64| if on { bit } else { 0 };
+        let checks = !s.server_check_query.trim().is_empty() || s.ha.checks_role();
+        let delay = u64::try_from(s.server_check_delay.as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(Self::MAX_DELAY);
+        Hot(flag(s.round_robin, Self::ROUND_ROBIN)
+            | flag(s.shares.cap(s.pool_size).is_some(), Self::SHARES)
+            | flag(super::Pool::needs_reset_in(s), Self::RESET)
+            | flag(checks, Self::CHECKS)
+            | delay << Self::FLAG_BITS)
+    }
+
+    /// The word as stored.
+    pub(crate) fn from_bits(bits: u64) -> Hot {
+        Hot(bits)
+    }
+
+    /// The word to store.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// server_round_robin.
+    pub(crate) fn round_robin(self) -> bool {
+        self.0 & Self::ROUND_ROBIN != 0
+    }
+
+    /// Fair shares are on (a cap applies).
+    pub(crate) fn shares(self) -> bool {
+        self.0 & Self::SHARES != 0
+    }
+
+    /// Released servers get the reset query.
+    pub(crate) fn reset(self) -> bool {
+        self.0 & Self::RESET != 0
+    }
+
+    /// Whether a server last used at `last_used` must be checked before it is lent at `now`:
+    /// there is a check (server_check_query, or the role check of a host list) and it has been
+    /// idle server_check_delay. An addition and a comparison (a subtraction of instants costs
+    /// about 90 instructions); a sum past the clock's range is never due, and a zero delay
+    /// always is (`now` may be a reading from before the release).
+    pub(crate) fn check_due(self, last_used: Instant, now: Instant) -> bool {
+        if self.0 & Self::CHECKS == 0 {
+            return false;
+        }
+        let delay = self.0 >> Self::FLAG_BITS;
+        delay == 0
+            || last_used
+                .checked_add(Duration::from_nanos(delay))
+                .is_some_and(|at| now >= at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings of a pool under `pooler` (lines of the `[pooler]` section).
+    fn settings(pooler: &str) -> PoolSettings {
+        let toml = format!("[pooler]\n{pooler}\n[databases.app]\n");
+        let config = Config::from_toml_str(&toml, "test.toml", None).expect("a valid config");
+        settings_for(&config, "app", "u", None, Default::default())
+    }
+
+    /// The word says what the settings say, flag by flag.
+    #[test]
+    fn the_word_carries_each_rule_of_the_settings() {
+        let plain = Hot::of(&settings(""));
+        assert!(!plain.round_robin() && !plain.shares());
+        assert!(Hot::of(&settings("server_round_robin = true")).round_robin());
+        let shared = settings("max_pool_share = 0.5\npool_share_key = \"application_name\"");
+        assert_eq!(
+            Hot::of(&shared).shares(),
+            shared.shares.cap(shared.pool_size).is_some()
+        );
+        assert!(Hot::of(&shared).shares());
+        for (pooler, reset) in [
+            ("pool_mode = \"transaction\"", false),
+            (
+                "pool_mode = \"transaction\"\nserver_reset_query_always = true",
+                true,
+            ),
+            ("pool_mode = \"session\"", true),
+            ("pool_mode = \"session\"\nserver_reset_query = \"\"", false),
+        ] {
+            let s = settings(pooler);
+            assert_eq!(Hot::of(&s).reset(), reset, "{pooler}");
+            assert_eq!(
+                Hot::of(&s).reset(),
+                super::super::Pool::needs_reset_in(&s),
+                "{pooler}"
+            );
+        }
+    }
+
+    /// A check is due once the server has been idle server_check_delay: at once with a zero
+    /// delay, never with no check query, and never with a delay past the word's range.
+    #[test]
+    fn a_check_is_due_after_the_delay_only_when_there_is_a_check() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let hot = Hot::of(&settings("server_check_delay = 30"));
+        assert!(!hot.check_due(t0, at(29)));
+        assert!(hot.check_due(t0, at(30)));
+        assert!(!hot.check_due(at(1), at(30)));
+        let zero = Hot::of(&settings("server_check_delay = 0"));
+        assert!(
+            zero.check_due(at(5), t0),
+            "a zero delay is due even for a later release"
+        );
+        let none = Hot::of(&settings("server_check_query = \"\"\nserver_check_delay = 0"));
+        assert!(!none.check_due(t0, at(1_000_000)));
+        let mut long = settings("");
+        long.server_check_delay = Duration::MAX;
+        assert!(!Hot::of(&long).check_due(t0, at(1_000_000_000)));
+        assert!(Hot::of(&long).shares() == Hot::of(&settings("")).shares());
     }
 }

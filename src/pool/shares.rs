@@ -344,10 +344,16 @@ impl Pool {
     /// Takes the waiter that may have a server or slot freed now (see [`next_waiter`]): the
     /// oldest, unless fair shares say otherwise. Called with the state lock held; with nobody
     /// waiting it costs nothing more than before shares existed.
+    #[inline]
     pub(super) fn take_waiter(&self, st: &mut PoolState) -> Option<Waiter> {
         if st.waiters.is_empty() {
             return None;
         }
+        self.take_waiter_queued(st)
+    }
+
+    /// [`Pool::take_waiter`] with someone waiting.
+    fn take_waiter_queued(&self, st: &mut PoolState) -> Option<Waiter> {
         let i = next_waiter(st, &self.settings())?;
         st.waiters.remove(i)
     }
@@ -385,8 +391,7 @@ impl Pool {
 
     /// True when fair shares apply to this pool (max_pool_share set, a grouping key chosen).
     pub(super) fn shares_on(&self) -> bool {
-        let settings = self.settings();
-        settings.shares.cap(settings.pool_size).is_some()
+        self.hot().shares()
     }
 
     /// A waiter left the queue while shares are on: servers that sat idle because every waiting

@@ -99,6 +99,7 @@ impl ServerInfo {
     }
 
     /// True once PostgreSQL refused a write on this server (SQLSTATE 25006).
+    #[inline]
     pub(crate) fn read_only_refused(&self) -> bool {
         self.read_only_refused.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -115,6 +116,7 @@ impl ServerInfo {
     }
 
     /// True while a cancel request for this server is on its way.
+    #[inline]
     pub(crate) fn cancel_in_flight(&self) -> bool {
         self.cancels.any()
     }
@@ -125,6 +127,7 @@ impl ServerInfo {
     }
 
     /// The pool generation it belongs to (RECONNECT starts a new one).
+    #[inline]
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -157,7 +160,9 @@ impl ServerInfo {
         self.state.lock().1 = pid;
     }
 
-    /// Moves the server to a new use.
+    /// Moves the server to a new use (twice per transaction: inlined, the call and the
+    /// move of its argument cost as much as the store).
+    #[inline(always)]
     pub fn set(&self, use_: ServerUse) {
         self.state.lock().0 = use_;
     }
