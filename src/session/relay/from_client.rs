@@ -280,11 +280,17 @@ fn pump(
                     }
                 }
                 let sql = tag == frontend::QUERY || tag == frontend::PARSE;
-                // A Bind is looked at only when the client prepared a LISTEN.
-                let bind_watched = tag == frontend::BIND
-                    && tracking
-                    && ctx.statements.as_ref().is_some_and(|s| !s.listens.is_empty());
-                if listening && (sql || bind_watched) {
+                // What LISTEN's interception would pass untouched is not shown to it: a Query
+                // whose text names no LISTEN, a Bind when the client prepared no LISTEN.
+                let watched = match tag {
+                    frontend::QUERY => words.has(Words::LISTEN),
+                    frontend::PARSE => true,
+                    frontend::BIND => {
+                        tracking && ctx.statements.as_ref().is_some_and(|s| !s.listens.is_empty())
+                    }
+                    _ => false,
+                };
+                if listening && watched {
                     use crate::session::listen::Intercept;
                     // The interception reads the message at the front of the input, and asks
                     // the link whether anything is owed to the server.
