@@ -278,7 +278,13 @@ fn would_wait(e: &std::io::Error) -> bool {
 
 /// True while the server-bound buffer and the replies owed leave room for more client messages.
 fn room_for_more(link: &Link) -> bool {
-    link.to_server.len() < OUT_CAP
+    room_for(link, 0)
+}
+
+/// As [`room_for_more`], with `run` more bytes owed to the server than its buffer holds (the
+/// client's messages a pump has judged to go on as they are, still in the client's input).
+fn room_for(link: &Link, run: usize) -> bool {
+    link.to_server.len() + run < OUT_CAP
         && link.pending_requests() < MAX_PENDING
         && link.responses.len() < MAX_DUE
         && !link.responses.checking()
