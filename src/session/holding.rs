@@ -154,7 +154,7 @@ impl Session {
                 send_fatal(&mut self.client, &err).await;
                 return Some(Ending::Error(err));
             }
-            RelayError::ServerFatal(pg) => pg,
+            RelayError::ServerFatal(pg) => *pg,
             other @ (RelayError::Server(_) | RelayError::ServerProtocol(_)) => {
                 PgError::fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
                     .with_detail(format!("{other}; the request in progress did not complete"))

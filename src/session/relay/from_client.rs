@@ -167,7 +167,7 @@ pub(super) fn pump_client(
                             continue;
                         }
                         Intercept::Answer(request) => {
-                            ctx.listen_request = Some(request);
+                            ctx.listen_request = Some(Box::new(request));
                             return Ok(ClientPump::Stopped);
                         }
                         Intercept::PassUnlistening { commands, blocks } => {
