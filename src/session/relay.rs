@@ -179,12 +179,7 @@ async fn relay_loop(
         // Notifications go out between the server's messages, as PostgreSQL sends them.
         let deliver = ctx.listen.is_some() && link.server_scan.at_boundary() && client.outbuf.len() < OUT_CAP;
         if let Some((at, _)) = deadline {
-            let at = tokio::time::Instant::from_std(at);
-            match timer.as_mut() {
-                Some(t) if t.deadline() == at => {}
-                Some(t) => t.as_mut().reset(at),
-                None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+            arm(&mut timer, tokio::time::Instant::from_std(at));
         }
         // One poll of what the relay waits on, in a fixed order (no random draw per turn, and
         // what is ready most often is polled first), each only when its condition holds, with
@@ -310,6 +305,16 @@ enum Woke {
     ClientRead(std::io::Result<usize>),
 }
 
+/// Sets the relay's timer to `at`: made the first time, then moved (re-registered) only when
+/// `at` differs from the deadline it has.
+fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, at: tokio::time::Instant) {
+    match timer.as_mut() {
+        Some(t) if t.deadline() == at => {}
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
 /// Writes what the server's socket takes now of the bytes buffered for it, without waiting
 /// (TLS and a socket that takes nothing now are left to the wait). True when some went.
 fn send_now(link: &mut Link, server: &ServerConn) -> Result<bool, RelayError> {
@@ -371,4 +376,46 @@ pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
         client.outbuf = BytesMut::new();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::time::Duration;
+
+    /// Polls once, with a waker that does nothing.
+    fn ready(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(&mut cx).is_ready())
+    }
+
+    /// Where the timer lives (a new one made while the old is still there lives elsewhere).
+    fn place(timer: &Option<Pin<Box<tokio::time::Sleep>>>) -> Option<*const tokio::time::Sleep> {
+        timer.as_ref().map(|t| &**t as *const tokio::time::Sleep)
+    }
+
+    #[tokio::test]
+    async fn the_relay_timer_is_made_once_and_moved_with_its_deadline() {
+        let mut timer = None;
+        let now = tokio::time::Instant::now();
+        let (past, later, latest) = (
+            now - Duration::from_secs(1),
+            now + Duration::from_secs(3600),
+            now + Duration::from_secs(7200),
+        );
+        arm(&mut timer, past);
+        let made = place(&timer);
+        assert!(made.is_some());
+        assert!(ready(&mut timer), "a deadline that has passed fires");
+        // A later deadline (a query cancelled: it gets as long again) moves the fired timer.
+        for (at, fires) in [(later, false), (later, false), (latest, false), (past, true)] {
+            arm(&mut timer, at);
+            assert_eq!(place(&timer), made, "one timer all along, not one per deadline");
+            assert_eq!(timer.as_ref().map(|t| t.deadline()), Some(at));
+            assert_eq!(ready(&mut timer), fires);
+        }
+    }
 }
