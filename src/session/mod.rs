@@ -407,7 +407,8 @@ impl Session {
             let server = active.server;
             self.release_at(server, &active.link, active.link.idle_since());
         }
-        if relay::flush_client(&mut self.client).await.is_err() {
+        // Usually the relay wrote everything already: no write future is made then.
+        if !self.client.outbuf.is_empty() && relay::flush_client(&mut self.client).await.is_err() {
             return Err(Ending::ClientLeft);
         }
         Ok(SessionState::Idle)
