@@ -124,7 +124,7 @@ async fn relay_loop(
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
     // Built once per relay, not per loop turn: each turn only polls it.
-    let mut killed = ctx.info.killed(true);
+    let mut killed = ctx.info.killed_after_idle(true);
     // The relay's one timer, made on the first turn that has a deadline (boxed: most relays
     // have none, and the future of every transaction should not carry one) and moved only when
     // the deadline does.
