@@ -62,7 +62,7 @@ pub enum WriteHalf {
 }
 
 impl Stream {
-    /// Splits into halves that can be used from one task concurrently (in a `select!`).
+    /// Splits into halves that can be used from one task concurrently (the relay's wait).
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(s) => {
@@ -141,6 +141,15 @@ impl TlsRead {
         n
     }
 
+    /// Moves at most `max` read-ahead bytes to the end of `out`.
+    fn take_up_to(&self, out: &mut bytes::BytesMut, max: usize) -> usize {
+        let mut guard = self.inner.lock();
+        let ahead = &mut guard.1;
+        let n = max.min(ahead.len());
+        out.extend_from_slice(&ahead.split_to(n));
+        n
+    }
+
     /// Moves read-ahead bytes into `out`.
     fn take(&self, out: &mut [u8]) -> usize {
         let mut guard = self.inner.lock();
@@ -214,14 +223,28 @@ impl ReadHalf {
     /// Reads what is available into `buf` (reserving `chunk` bytes first), waiting until
     /// something is; `Ok(0)` is end of stream.
     pub async fn read_available(&mut self, buf: &mut bytes::BytesMut, chunk: usize) -> io::Result<usize> {
-        if let ReadHalf::Tls(_) = self {
+        std::future::poll_fn(|cx| self.poll_read_available(cx, buf, chunk)).await
+    }
+
+    /// [`ReadHalf::read_available`] as a poll: for a wait on several things at once that keeps
+    /// no future per thing (the relay's turn). TLS takes at most the room reserved, as a read
+    /// into the buffer's spare capacity would.
+    pub fn poll_read_available(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+        chunk: usize,
+    ) -> Poll<io::Result<usize>> {
+        if let ReadHalf::Tls(t) = self {
             buf.reserve(chunk);
-            return tokio::io::AsyncReadExt::read_buf(self, buf).await;
+            return t
+                .poll_fill(cx)
+                .map_ok(|_| t.take_up_to(buf, buf.capacity() - buf.len()));
         }
         loop {
-            self.wait_readable().await?;
+            std::task::ready!(self.poll_readable(cx))?;
             if let Some(n) = self.read_ready(buf, chunk)? {
-                return Ok(n);
+                return Poll::Ready(Ok(n));
             }
         }
     }
@@ -327,7 +350,7 @@ impl ReadHalf {
 
 impl WriteHalf {
     /// Writes what the socket takes now without waiting (the relay's write right after it
-    /// buffered something, saving a turn of its `select!`): `WouldBlock` when it takes nothing
+    /// buffered something, saving a turn of its wait): `WouldBlock` when it takes nothing
     /// now, and always for TLS (whose writes go through its session) and closed halves, which
     /// are left to the waiting write.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {

@@ -20,8 +20,9 @@ use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
 use from_client::{ClientPump, pump_client};
 use from_server::pump_server;
-use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Stop reading a peer once this much is waiting to be written to the other side.
 pub(super) const OUT_CAP: usize = 64 * 1024;
@@ -45,8 +46,9 @@ pub(super) enum RelayEnd {
     TimedOut(Expiry),
     /// The client was ended from outside (KILL_CLIENT, shutdown).
     Killed(crate::clients::Kill),
-    /// A LISTEN or UNLISTEN for the session to answer (transaction mode; nothing in flight).
-    Listen(super::listen::ListenRequest),
+    /// A LISTEN or UNLISTEN for the session to answer (transaction mode; nothing in flight;
+    /// boxed: the relay's result is carried by every transaction's future).
+    Listen(Box<super::listen::ListenRequest>),
 }
 
 /// Why relaying stopped abnormally.
@@ -67,7 +69,7 @@ pub(super) enum RelayError {
     /// The server sent a FATAL error (it is about to close): not forwarded, so the session can
     /// decide what the client is told.
     #[error("server sent FATAL: {0}")]
-    ServerFatal(crate::protocol::PgError),
+    ServerFatal(Box<crate::protocol::PgError>),
 }
 
 /// What the relay needs besides the two connections: the client's settings, statements and
@@ -98,7 +100,7 @@ pub(super) struct RelayContext<'a> {
     /// notifications to deliver between messages.
     pub(super) listen: &'a mut Option<Box<super::listen::Listening>>,
     /// A LISTEN request taken off the client's input, for the session to answer.
-    pub(super) listen_request: Option<super::listen::ListenRequest>,
+    pub(super) listen_request: Option<Box<super::listen::ListenRequest>>,
 }
 
 /// Relays until the transaction ends (when `release_when_idle`), the client leaves, or a side fails.
@@ -122,8 +124,11 @@ async fn relay_loop(
     ctx: &mut RelayContext<'_>,
 ) -> Result<RelayEnd, RelayError> {
     // Built once per relay, not per loop turn: each turn only polls it.
-    let killed = ctx.info.killed(true);
-    tokio::pin!(killed);
+    let mut killed = ctx.info.killed_after_idle(true);
+    // The relay's one timer, made on the first turn that has a deadline (boxed: most relays
+    // have none, and the future of every transaction should not carry one) and moved only when
+    // the deadline does.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // The checkout's clock reading when this first turn runs in the same poll (else None).
     let mut fresh = link.take_fresh();
     loop {
@@ -133,8 +138,8 @@ async fn relay_loop(
         }
         link.note_request_start(server, ctx.info, fresh.take());
         // What was just buffered for the server goes now if its socket takes it (no turn of
-        // the `select!` below for that write). When room for the client's buffered messages
-        // was short and this made some, they are pumped first (the `select!` would not read
+        // the wait below for that write). When room for the client's buffered messages
+        // was short and this made some, they are pumped first (the wait would not read
         // the client for them, nor wake for them).
         if !link.to_server.is_empty() {
             let blocked = !room_for_more(link);
@@ -160,7 +165,7 @@ async fn relay_loop(
             continue; // a shape check was answered: the client's held messages go on now
         }
         // Likewise for the client: when its full buffer had stopped `pump_server` with the
-        // server's bytes still here, they are pumped before the `select!` waits on the server.
+        // server's bytes still here, they are pumped before the wait below polls the server.
         if !client.outbuf.is_empty() {
             let full = client.outbuf.len() >= OUT_CAP;
             if deliver_now(client)? && full && client.outbuf.len() < OUT_CAP && !server.read_buf.is_empty() {
@@ -173,53 +178,105 @@ async fn relay_loop(
         let deadline = link.next_deadline(server.tx_status, &ctx.timeouts);
         // Notifications go out between the server's messages, as PostgreSQL sends them.
         let deliver = ctx.listen.is_some() && link.server_scan.at_boundary() && client.outbuf.len() < OUT_CAP;
-        let (mut client_reader, mut client_writer) = client.socket.split();
-        // In a fixed order (`biased`: no random draw per turn, and the branches that are ready
-        // most often are polled first). Nothing starves: the kill and the deadline come first
-        // and end the relay (or, for query_timeout's cancel, fire once); each write only drains
-        // a buffer bounded by OUT_CAP and its branch is off once that is empty; notifications
-        // stop at OUT_CAP of unsent output too (and a full queue ends the client), so they come
-        // before the server's input, which stops at OUT_CAP as well; the server's input comes
-        // before the client's because the client's is bounded by what the server has yet to
-        // answer (`room_for_more`). Each such stop is drained by a branch ahead of it. The two
-        // write branches only finish what `send_now` and `deliver_now` above could not (TLS, a
-        // full socket). A kill or a deadline that comes while such a write is tried is seen
-        // here, right after it, as one that came just after a write by this `select!` would be.
-        tokio::select! {
-            biased;
-            reason = &mut killed => return Ok(RelayEnd::Killed(reason)),
-            _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
+        if let Some((at, _)) = deadline {
+            arm(&mut timer, tokio::time::Instant::from_std(at));
+        }
+        // One poll of what the relay waits on, in a fixed order (no random draw per turn, and
+        // what is ready most often is polled first), each only when its condition holds, with
+        // no future per branch. Nothing starves: the kill and the deadline come first and end
+        // the relay (or, for query_timeout's cancel, fire once); each write only drains a buffer
+        // bounded by OUT_CAP and is skipped once that is empty; notifications stop at OUT_CAP of
+        // unsent output too (and a full queue ends the client), so they come before the
+        // server's input, which stops at OUT_CAP as well; the server's input comes before the
+        // client's because the client's is bounded by what the server has yet to answer
+        // (`room_for_more`). Each such stop is drained by a branch ahead of it. The two writes
+        // only finish what `send_now` and `deliver_now` above could not (TLS, a full socket). A
+        // kill or a deadline that comes while such a write is tried is seen here, right after
+        // it, as one that came just after a write in this wait would be.
+        let woke = {
+            let (mut client_reader, mut client_writer) = client.socket.split();
+            let (inbuf, outbuf) = (&mut client.inbuf, &client.outbuf);
+            let listen = &mut *ctx.listen;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(reason) = Pin::new(&mut killed).poll(cx) {
+                    return Poll::Ready(Woke::Killed(reason));
+                }
+                if deadline.is_some()
+                    && let Some(t) = timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Woke::Deadline);
+                }
+                if !link.to_server.is_empty()
+                    && let Poll::Ready(r) = Pin::new(&mut server.writer).poll_write(cx, &link.to_server)
+                {
+                    return Poll::Ready(Woke::ServerWritten(r));
+                }
+                if !outbuf.is_empty()
+                    && let Poll::Ready(r) = Pin::new(&mut client_writer).poll_write(cx, outbuf)
+                {
+                    return Poll::Ready(Woke::ClientWritten(r));
+                }
+                if deliver
+                    && let Some(l) = listen.as_deref_mut()
+                    && let Poll::Ready(Some(msg)) = l.poll_next(cx)
+                {
+                    return Poll::Ready(Woke::Notification(msg));
+                }
+                if read_server
+                    && let Poll::Ready(r) =
+                        server
+                            .reader
+                            .poll_read_available(cx, &mut server.read_buf, READ_CHUNK)
+                {
+                    return Poll::Ready(Woke::ServerRead(r));
+                }
+                if read_client
+                    && let Poll::Ready(r) = client_reader.poll_read_available(cx, inbuf, READ_CHUNK)
+                {
+                    return Poll::Ready(Woke::ClientRead(r));
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match woke {
+            Woke::Killed(reason) => return Ok(RelayEnd::Killed(reason)),
+            Woke::Deadline => {
                 let Some((_, expiry)) = deadline else { continue };
                 if expiry == Expiry::Query && link.cancel_request() {
-                    tracing::info!(backend_pid = server.backend_pid, "query_timeout: cancelling the query");
+                    tracing::info!(
+                        backend_pid = server.backend_pid,
+                        "query_timeout: cancelling the query"
+                    );
                     crate::server::cancel::cancel_running_query(server);
                     continue;
                 }
                 return Ok(RelayEnd::TimedOut(expiry));
             }
-            r = server.writer.write(&link.to_server), if !link.to_server.is_empty() => {
+            Woke::ServerWritten(r) => {
                 let n = r.map_err(RelayError::Server)?;
                 link.to_server.advance(n);
                 release_if_empty(&mut link.to_server);
             }
-            r = client_writer.write(&client.outbuf), if !client.outbuf.is_empty() => {
+            Woke::ClientWritten(r) => {
                 let n = r.map_err(RelayError::Client)?;
                 client.bytes_out += n as u64;
                 client.outbuf.advance(n);
                 release_if_empty(&mut client.outbuf);
             }
-            Some(msg) = next_notification(ctx.listen), if deliver => {
+            Woke::Notification(msg) => {
                 client.outbuf.extend_from_slice(&msg);
                 if let Some(l) = ctx.listen.as_deref_mut() {
                     l.drain_into(&mut client.outbuf, OUT_CAP);
                 }
             }
-            r = read_some(&mut server.reader, &mut server.read_buf), if read_server => {
+            Woke::ServerRead(r) => {
                 if r.map_err(RelayError::Server)? == 0 {
                     return Err(RelayError::Server(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
-            r = client_reader.read_available(&mut client.inbuf, READ_CHUNK), if read_client => {
+            Woke::ClientRead(r) => {
                 let n = r.map_err(RelayError::Client)?;
                 if n == 0 {
                     return Ok(RelayEnd::ClientGone);
@@ -230,17 +287,36 @@ async fn relay_loop(
     }
 }
 
-/// The client's next notification (never, when it listens on nothing).
-async fn next_notification(listen: &mut Option<Box<super::listen::Listening>>) -> Option<bytes::Bytes> {
-    std::future::poll_fn(|cx| match listen.as_deref_mut() {
-        Some(l) => l.poll_next(cx),
-        None => std::task::Poll::Pending,
-    })
-    .await
+/// What ended a wait of the relay (see `relay_loop`).
+enum Woke {
+    /// The client was ended from outside.
+    Killed(crate::clients::Kill),
+    /// The earliest time limit came.
+    Deadline,
+    /// A write to the server (of `Link::to_server`).
+    ServerWritten(std::io::Result<usize>),
+    /// A write to the client (of its output).
+    ClientWritten(std::io::Result<usize>),
+    /// A notification for the client.
+    Notification(bytes::Bytes),
+    /// A read from the server into its read buffer.
+    ServerRead(std::io::Result<usize>),
+    /// A read from the client into its input.
+    ClientRead(std::io::Result<usize>),
+}
+
+/// Sets the relay's timer to `at`: made the first time, then moved (re-registered) only when
+/// `at` differs from the deadline it has.
+fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, at: tokio::time::Instant) {
+    match timer.as_mut() {
+        Some(t) if t.deadline() == at => {}
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
 }
 
 /// Writes what the server's socket takes now of the bytes buffered for it, without waiting
-/// (TLS and a socket that takes nothing now are left to the `select!`). True when some went.
+/// (TLS and a socket that takes nothing now are left to the wait). True when some went.
 fn send_now(link: &mut Link, server: &ServerConn) -> Result<bool, RelayError> {
     match server.writer.try_write(&link.to_server) {
         Ok(n) => {
@@ -298,10 +374,6 @@ fn release_if_empty(buf: &mut BytesMut) {
     }
 }
 
-async fn read_some(reader: &mut crate::stream::ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
-    reader.read_available(buf, READ_CHUNK).await
-}
-
 /// Writes everything buffered for the client.
 pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
     if !client.outbuf.is_empty() {
@@ -312,9 +384,44 @@ pub(super) async fn flush_client(client: &mut ClientIo) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::time::Duration;
+
+    /// Polls once, with a waker that does nothing.
+    fn ready(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(&mut cx).is_ready())
+    }
+
+    /// Where the timer lives (a new one made while the old is still there lives elsewhere).
+    fn place(timer: &Option<Pin<Box<tokio::time::Sleep>>>) -> Option<*const tokio::time::Sleep> {
+        timer.as_ref().map(|t| &**t as *const tokio::time::Sleep)
+    }
+
+    #[tokio::test]
+    async fn the_relay_timer_is_made_once_and_moved_with_its_deadline() {
+        let mut timer = None;
+        let now = tokio::time::Instant::now();
+        let (past, later, latest) = (
+            now - Duration::from_secs(1),
+            now + Duration::from_secs(3600),
+            now + Duration::from_secs(7200),
+        );
+        arm(&mut timer, past);
+        let made = place(&timer);
+        assert!(made.is_some());
+        assert!(ready(&mut timer), "a deadline that has passed fires");
+        // A later deadline (a query cancelled: it gets as long again) moves the fired timer.
+        for (at, fires) in [(later, false), (later, false), (latest, false), (past, true)] {
+            arm(&mut timer, at);
+            assert_eq!(place(&timer), made, "one timer all along, not one per deadline");
+            assert_eq!(timer.as_ref().map(|t| t.deadline()), Some(at));
+            assert_eq!(ready(&mut timer), fires);
+        }
     }
 }

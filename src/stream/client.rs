@@ -56,7 +56,7 @@ impl ClientSocket {
         ClientSocket::Split(Box::new((ReadHalf::Closed, WriteHalf::Closed)))
     }
 
-    /// Both sides at once (a relay that reads and writes the client in one `select!`).
+    /// Both sides at once (a relay that reads and writes the client in one wait).
     pub(crate) fn split(&mut self) -> (ClientRead<'_>, ClientWrite<'_>) {
         match self {
             ClientSocket::Tcp(s) => {
@@ -164,18 +164,24 @@ impl ClientRead<'_> {
         })
     }
 
-    /// Reads what is available into `buf` (reserving `chunk` bytes first), waiting until
-    /// something is; `Ok(0)` is end of stream.
-    pub(crate) async fn read_available(
+    /// Reads what is available into `buf` (reserving `chunk` bytes first): Ready once
+    /// something was read (`Ok(0)` is end of stream), else the task is woken when there is
+    /// something (see [`ReadHalf::poll_read_available`]).
+    pub(crate) fn poll_read_available(
         &mut self,
+        cx: &mut Context<'_>,
         buf: &mut bytes::BytesMut,
         chunk: usize,
-    ) -> io::Result<usize> {
+    ) -> Poll<io::Result<usize>> {
         if let ClientRead::Half(h) = self {
-            return h.read_available(buf, chunk).await;
+            return h.poll_read_available(cx, buf, chunk);
         }
         loop {
-            self.wait_readable().await?;
+            std::task::ready!(match self {
+                ClientRead::Tcp(h) => h.as_ref().poll_read_ready(cx),
+                ClientRead::Unix(h) => h.as_ref().poll_read_ready(cx),
+                ClientRead::Half(h) => h.poll_readable(cx),
+            })?;
             buf.reserve(chunk);
             let room = buf.capacity() - buf.len();
             let got = match self {
@@ -188,7 +194,7 @@ impl ClientRead<'_> {
                 ClientRead::Half(_) => Ok(Some(0)),
             };
             if let Some(n) = got? {
-                return Ok(n);
+                return Poll::Ready(Ok(n));
             }
         }
     }

@@ -143,6 +143,19 @@ impl ClientInfo {
         }
     }
 
+    /// [`ClientInfo::killed`] for the session's own task right after its idle wait: when that
+    /// wait left its waker in the switch (the task's, the same as this future's) and nothing
+    /// was signalled since, the future starts armed, so its first poll reads the flag instead
+    /// of taking the lock (once per transaction, in the relay). Only the session's own task may
+    /// poll it.
+    pub(crate) fn killed_after_idle(&self, busy: bool) -> Killed<'_> {
+        Killed {
+            info: self,
+            busy,
+            armed: self.kill_state.load(Ordering::Acquire) == IDLE_ARMED,
+        }
+    }
+
     /// Polls the kill switch: Ready with the reason once the client is killed, otherwise the
     /// task is woken when it is (see [`ClientInfo::killed`]).
     pub fn poll_killed(&self, cx: &mut Context<'_>, busy: bool) -> Poll<Kill> {
@@ -279,6 +292,43 @@ mod tests {
             k.ok().and_then(Result::ok),
             Some(Kill::Operator("admin forced disconnect".into()))
         );
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_kill_future_made_after_the_idle_wait_armed_the_switch_keeps_its_waker() {
+        let c = client();
+        let task = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&waker);
+        assert!(c.poll_killed_idle(&mut cx).is_pending());
+        assert_eq!(c.kill_state.load(Ordering::Acquire), IDLE_ARMED);
+        // The relay's future starts armed: its first poll reads the flag and leaves the idle
+        // wait's waker (the task's) in place, untouched by this other waker.
+        let mut killed = c.killed_after_idle(true);
+        let other = std::task::Waker::noop();
+        assert!(
+            Pin::new(&mut killed)
+                .poll(&mut Context::from_waker(other))
+                .is_pending()
+        );
+        c.kill("admin forced disconnect");
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the kill woke the task");
+        let k = Pin::new(&mut killed).poll(&mut cx);
+        assert_eq!(k, Poll::Ready(Kill::Operator("admin forced disconnect".into())));
+        // Not armed: a switch that holds no idle wait's waker is locked and registered.
+        let d = client();
+        let mut killed = d.killed_after_idle(true);
+        assert!(Pin::new(&mut killed).poll(&mut cx).is_pending());
+        d.kill("bye");
+        assert_eq!(task.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -324,7 +324,7 @@ fn pump(
                             continue;
                         }
                         Intercept::Answer(request) => {
-                            ctx.listen_request = Some(request);
+                            ctx.listen_request = Some(Box::new(request));
                             return Ok(ClientPump::Stopped);
                         }
                         Intercept::PassUnlistening { commands, blocks } => {

@@ -145,7 +145,7 @@ fn pump(
                 backend::ERROR_RESPONSE => {
                     let error = crate::protocol::PgError::from_fields(&msg[5..]);
                     if error.severity == crate::protocol::Severity::Fatal {
-                        return Err(RelayError::ServerFatal(error));
+                        return Err(RelayError::ServerFatal(Box::new(error)));
                     }
                     if error.sqlstate == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION {
                         server.info.note_read_only_refusal();

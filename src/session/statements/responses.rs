@@ -241,8 +241,14 @@ impl Drop for Responses {
             return;
         }
         let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        due.shrink_to(KEPT_ENTRIES);
+        // A ledger is usually dropped empty (at a transaction's end) and within its bound:
+        // neither call is made then (each is a call and a walk for nothing).
+        if !due.is_empty() {
+            due.clear();
+        }
+        if due.capacity() > KEPT_ENTRIES {
+            due.shrink_to(KEPT_ENTRIES);
+        }
         // During the thread's exit the slot is gone, and past the bound there is no room: the
         // queue is then simply freed.
         let _ = SPARES.try_with(|spares| {
