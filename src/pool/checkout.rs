@@ -343,7 +343,7 @@ impl Pool {
 
     /// The part of vetting that needs no I/O, as of `now`, under the settings `hot` was read
     /// from (loaded whole only when a check is due).
-    fn vet_idle_now(&self, server: &mut PooledServer, now: Instant, hot: super::settings::Hot) -> Vetted {
+    fn vet_idle_now(&self, server: &mut PooledServer, now: Instant, hot: super::hot::Hot) -> Vetted {
         if !server.conn.is_healthy_idle() {
             tracing::debug!(
                 server = server.conn.id,

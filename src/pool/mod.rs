@@ -10,6 +10,7 @@ mod dedicated;
 mod diagnose;
 mod handover;
 mod hosts;
+mod hot;
 mod instruments;
 mod limits;
 mod login_health;
@@ -248,7 +249,7 @@ pub struct Pool {
     /// Which pool this is.
     pub key: PoolKey,
     settings: arc_swap::ArcSwap<PoolSettings>,
-    /// What a transaction needs of `settings` ([`settings::Hot`]), rewritten with them under
+    /// What a transaction needs of `settings` ([`hot::Hot`]), rewritten with them under
     /// the state lock (so two changes at once cannot leave it behind the settings).
     hot: std::sync::atomic::AtomicU64,
     /// PAUSE: new checkouts wait until RESUME.
@@ -292,7 +293,7 @@ impl Pool {
         let login = LoginHealth::new();
         let pool = Arc::new(Pool {
             key,
-            hot: std::sync::atomic::AtomicU64::new(settings::Hot::of(&settings).bits()),
+            hot: std::sync::atomic::AtomicU64::new(hot::Hot::of(&settings).bits()),
             settings: arc_swap::ArcSwap::from_pointee(settings),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
@@ -325,8 +326,8 @@ impl Pool {
 
     /// What a transaction's checkout and release need of the settings, without loading them.
     #[inline]
-    fn hot(&self) -> settings::Hot {
-        settings::Hot::from_bits(self.hot.load(std::sync::atomic::Ordering::Acquire))
+    fn hot(&self) -> hot::Hot {
+        hot::Hot::from_bits(self.hot.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Replaces the settings (RELOAD, SET); a smaller pool shrinks as servers are released.
@@ -345,7 +346,7 @@ impl Pool {
                 next
             });
             self.hot.store(
-                settings::Hot::of(&settings).bits(),
+                hot::Hot::of(&settings).bits(),
                 std::sync::atomic::Ordering::Release,
             );
             before
