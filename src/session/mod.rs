@@ -530,6 +530,11 @@ mod tests {
         );
     }
 
+    /// The size of the future `f` returns (the session's tasks and steps, measured below).
+    fn future_size<A, R, F: Fn(A) -> R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
     /// The future tokio keeps for an idle client: the session and what `run` holds across its
     /// idle wait. tokio's cell adds 104 bytes and rounds up to 128: up to 280 bytes of future
     /// the cell is 384, past that 512 for every idle client. Debug builds lay futures out
@@ -540,9 +545,6 @@ mod tests {
         ignore = "future layouts are compact in release builds only"
     )]
     fn an_idle_session_task_fits_a_384_byte_cell() {
-        fn future_size<A, R, F: Fn(A) -> R>(_: &F) -> usize {
-            std::mem::size_of::<R>()
-        }
         let size = future_size(&super::serve_session);
         eprintln!("session future: {size} bytes");
         assert!(size <= 280, "the session future is {size} bytes");
@@ -557,9 +559,6 @@ mod tests {
         ignore = "future layouts are compact in release builds only"
     )]
     fn a_transaction_future_stays_small() {
-        fn future_size<A, R, F: Fn(A) -> R>(_: &F) -> usize {
-            std::mem::size_of::<R>()
-        }
         let size = future_size(&super::Session::step_busy);
         eprintln!("busy future: {size} bytes");
         assert!(size <= 1024, "the busy future is {size} bytes");
